@@ -1,0 +1,90 @@
+#include "engine/session.h"
+
+#include <algorithm>
+#include <chrono>
+
+namespace peregrine {
+
+Result<std::unique_ptr<Session>> Session::open(const std::string& path, const SessionOptions& opt) {
+  if (opt.n_threads < 0 || opt.n_threads > 1024)
+    return make_error("thread count {} is out of range (1 to 1024)", opt.n_threads);
+  if (opt.n_batch < 1 || opt.n_batch > 65536)
+    return make_error("batch size {} is out of range (1 to 65536)", opt.n_batch);
+  auto s = std::unique_ptr<Session>(new Session());
+  PG_ASSIGN(auto file, gguf::File::open(path));
+  s->file_ = std::shared_ptr<gguf::File>(std::move(file));
+  s->pool_ = std::make_unique<ThreadPool>(opt.n_threads > 0 ? opt.n_threads : ThreadPool::default_threads());
+  PG_ASSIGN(s->model_, load_model(s->file_, *s->pool_));
+  PG_ASSIGN(s->tok_, Tokenizer::from_gguf(*s->file_));
+  const Hparams& hp = s->model_->hparams();
+  if (s->tok_->n_vocab() != hp.n_vocab)
+    return make_error("{}: tokenizer has {} tokens but the model's vocabulary is {}", path,
+                      s->tok_->n_vocab(), hp.n_vocab);
+  int64_t n_ctx = opt.n_ctx > 0 ? opt.n_ctx : std::min<int64_t>(hp.n_ctx_train, 4096);
+  if (opt.n_ctx < 0 || n_ctx > (int64_t(1) << 20))
+    return make_error("context size {} is out of range (1 to 1048576)", opt.n_ctx);
+  s->cache_ = std::make_unique<KvCache>(s->model_->kv_shape(n_ctx, 1));
+  s->n_batch_ = opt.n_batch;
+  return s;
+}
+
+Status Session::eval(std::span<const TokenId> tokens, bool all_logits, std::vector<float>& logits) {
+  if (tokens.empty()) return make_error("nothing to evaluate");
+  if (n_past_ + int64_t(tokens.size()) > n_ctx())
+    return make_error("{} tokens do not fit in the context: {} used of {} (raise -c)",
+                      tokens.size(), n_past_, n_ctx());
+  std::vector<float> chunk_logits;
+  logits.clear();
+  for (size_t start = 0; start < tokens.size(); start += size_t(n_batch_)) {
+    size_t end = std::min(tokens.size(), start + size_t(n_batch_));
+    batch_.clear();
+    for (size_t i = start; i < end; ++i)
+      batch_.add(tokens[i], int32_t(n_past_ + int64_t(i - start)), 0,
+                 all_logits || i + 1 == tokens.size());
+    PG_TRY(model_->forward(batch_, *cache_, chunk_logits));
+    logits.insert(logits.end(), chunk_logits.begin(), chunk_logits.end());
+    n_past_ += int64_t(end - start);
+    history_.insert(history_.end(), tokens.begin() + std::ptrdiff_t(start),
+                    tokens.begin() + std::ptrdiff_t(end));
+  }
+  return Status::Ok();
+}
+
+Result<GenerateStats> Session::generate(std::span<const TokenId> prompt, int64_t n_predict,
+                                        Sampler& sampler,
+                                        const std::function<bool(TokenId)>& on_token) {
+  using Clock = std::chrono::steady_clock;
+  GenerateStats st;
+  std::vector<float> logits;
+  const int64_t n_vocab = model_->hparams().n_vocab;
+  if (prompt.empty()) return make_error("the prompt is empty");
+  // Keep the cached prefix; at least one token is evaluated to get logits.
+  size_t keep = 0;
+  while (keep + 1 < prompt.size() && keep < history_.size() && history_[keep] == prompt[keep]) ++keep;
+  n_past_ = int64_t(keep);
+  history_.resize(keep);
+  auto t0 = Clock::now();
+  PG_TRY(eval(prompt.subspan(keep), false, logits));
+  for (TokenId t : prompt) sampler.accept(t);
+  auto t1 = Clock::now();
+  st.n_prompt = int64_t(prompt.size() - keep);
+  st.prompt_seconds = std::chrono::duration<double>(t1 - t0).count();
+  for (int64_t i = 0; i < n_predict; ++i) {
+    TokenId next = sampler.sample(logits.data() + logits.size() - size_t(n_vocab), n_vocab);
+    sampler.accept(next);
+    if (tok_->is_end_of_generation(next)) break;
+    ++st.n_generated;
+    if (!on_token(next)) break;
+    if (i + 1 == n_predict) break;
+    if (n_past_ >= n_ctx()) {
+      st.hit_context_limit = true;
+      break;
+    }
+    TokenId one[1] = {next};
+    PG_TRY(eval(one, false, logits));
+  }
+  st.gen_seconds = std::chrono::duration<double>(Clock::now() - t1).count();
+  return st;
+}
+
+}  // namespace peregrine

@@ -1,0 +1,74 @@
+// A loaded model with its tokenizer, thread pool and KV cache, driving one
+// sequence: prompt processing in batches, then token-by-token generation.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "core/thread_pool.h"
+#include "gguf/gguf.h"
+#include "kv/kv_cache.h"
+#include "model/model.h"
+#include "sample/sampler.h"
+#include "tokenizer/tokenizer.h"
+
+namespace peregrine {
+
+struct SessionOptions {
+  int n_threads = 0;     // 0 = all cores
+  int64_t n_ctx = 0;     // 0 = min(trained context, 4096)
+  int64_t n_batch = 512; // prompt tokens per forward pass
+};
+
+struct GenerateStats {
+  int64_t n_prompt = 0;
+  int64_t n_generated = 0;
+  double prompt_seconds = 0;
+  double gen_seconds = 0;
+  bool hit_context_limit = false;
+};
+
+class Session {
+ public:
+  static Result<std::unique_ptr<Session>> open(const std::string& path, const SessionOptions& opt);
+
+  Model& model() { return *model_; }
+  const Tokenizer& tokenizer() const { return *tok_; }
+  const gguf::File& file() const { return *file_; }
+  ThreadPool& pool() { return *pool_; }
+  int64_t n_ctx() const { return cache_->shape().n_ctx; }
+  int64_t n_past() const { return n_past_; }
+  void reset() {
+    n_past_ = 0;
+    history_.clear();
+  }
+
+  // Appends tokens to the sequence. Logits of the last token (or of every token
+  // with all_logits) land in `logits` as [rows, n_vocab].
+  Status eval(std::span<const TokenId> tokens, bool all_logits, std::vector<float>& logits);
+
+  // Evaluates the prompt (reusing the longest prefix already in the cache, so a
+  // multi-turn chat only computes its new turn), then samples up to n_predict tokens, calling on_token
+  // for each (return false to stop). Stops at end-of-generation tokens (not
+  // passed to on_token) and at the context limit.
+  Result<GenerateStats> generate(std::span<const TokenId> prompt, int64_t n_predict,
+                                 Sampler& sampler, const std::function<bool(TokenId)>& on_token);
+
+ private:
+  std::shared_ptr<gguf::File> file_;
+  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<Tokenizer> tok_;
+  std::unique_ptr<KvCache> cache_;
+  int64_t n_batch_ = 512;
+  int64_t n_past_ = 0;
+  std::vector<TokenId> history_;  // the tokens whose K/V are in the cache
+  Batch batch_;
+};
+
+}  // namespace peregrine

@@ -1,0 +1,43 @@
+// Inner loops, one table per instruction set. The scalar table is the reference
+// every SIMD table is tested against; the active table is chosen once, at first
+// use, from CPUID (PEREGRINE_ISA=scalar|avx2|avx512 forces one).
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+#include "quant/blocks.h"
+
+namespace peregrine {
+
+enum class Isa { Scalar, Avx2, Avx512 };
+std::string_view isa_name(Isa isa);
+
+struct KernelTable {
+  Isa isa;
+  // x[n] -> n/32 activation blocks (n multiple of 32).
+  void (*quantize_q8)(const float* x, BlockQ8Act* out, int64_t n);
+  // Dot product of one weight row (nb blocks) with one activation row.
+  float (*dot_q4_0)(const void* w, const BlockQ8Act* x, int64_t nb);
+  float (*dot_q4_1)(const void* w, const BlockQ8Act* x, int64_t nb);
+  float (*dot_q8_0)(const void* w, const BlockQ8Act* x, int64_t nb);
+  // Float weights against float activations (n any length).
+  float (*dot_f32)(const float* w, const float* x, int64_t n);
+  float (*dot_f16)(const uint16_t* w, const float* x, int64_t n);
+  float (*dot_bf16)(const uint16_t* w, const float* x, int64_t n);
+  // y[n] += a * x[n]
+  void (*axpy_f32)(float a, const float* x, float* y, int64_t n);
+};
+
+const KernelTable& scalar_kernels();
+const KernelTable* avx2_kernels();    // nullptr when not compiled in
+const KernelTable* avx512_kernels();  // nullptr when not compiled in
+
+// Can this CPU run the ISA? (CPUID and OS support for the register state.)
+bool cpu_supports(Isa isa);
+
+// The table in use. Reads PEREGRINE_ISA once; an unknown or unsupported value is a
+// fatal configuration error reported on stderr.
+const KernelTable& kernels();
+
+}  // namespace peregrine

@@ -1,0 +1,97 @@
+// Scalar reference kernels: plain loops, the oracle for every SIMD path.
+#include <cmath>
+
+#include "kernels/kernels.h"
+#include "quant/fp16.h"
+
+namespace peregrine {
+namespace {
+
+void quantize_q8(const float* x, BlockQ8Act* out, int64_t n) {
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    const float* v = x + b * kQK;
+    float amax = 0.0f;
+    for (int j = 0; j < kQK; ++j) amax = std::fmax(amax, std::fabs(v[j]));
+    float d = amax / 127.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    int sum = 0;
+    for (int j = 0; j < kQK; ++j) {
+      int q = static_cast<int>(std::nearbyint(v[j] * id));  // round half to even
+      out[b].qs[j] = static_cast<int8_t>(q);
+      sum += q;
+    }
+    out[b].d = d;
+    out[b].s = d * float(sum);
+  }
+}
+
+float dot_q4_0(const void* w, const BlockQ8Act* x, int64_t nb) {
+  auto* b = static_cast<const BlockQ4_0*>(w);
+  float acc = 0.0f;
+  for (int64_t i = 0; i < nb; ++i) {
+    int sum = 0;
+    for (int j = 0; j < kQK / 2; ++j) {
+      sum += ((b[i].qs[j] & 0xF) - 8) * x[i].qs[j];
+      sum += ((b[i].qs[j] >> 4) - 8) * x[i].qs[j + 16];
+    }
+    acc += fp16_to_f32(b[i].d) * x[i].d * float(sum);
+  }
+  return acc;
+}
+
+float dot_q4_1(const void* w, const BlockQ8Act* x, int64_t nb) {
+  auto* b = static_cast<const BlockQ4_1*>(w);
+  float acc = 0.0f;
+  for (int64_t i = 0; i < nb; ++i) {
+    int sum = 0;
+    for (int j = 0; j < kQK / 2; ++j) {
+      sum += (b[i].qs[j] & 0xF) * x[i].qs[j];
+      sum += (b[i].qs[j] >> 4) * x[i].qs[j + 16];
+    }
+    acc += fp16_to_f32(b[i].d) * x[i].d * float(sum) + fp16_to_f32(b[i].m) * x[i].s;
+  }
+  return acc;
+}
+
+float dot_q8_0(const void* w, const BlockQ8Act* x, int64_t nb) {
+  auto* b = static_cast<const BlockQ8_0*>(w);
+  float acc = 0.0f;
+  for (int64_t i = 0; i < nb; ++i) {
+    int sum = 0;
+    for (int j = 0; j < kQK; ++j) sum += b[i].qs[j] * x[i].qs[j];
+    acc += fp16_to_f32(b[i].d) * x[i].d * float(sum);
+  }
+  return acc;
+}
+
+float dot_f32(const float* w, const float* x, int64_t n) {
+  float acc = 0.0f;
+  for (int64_t i = 0; i < n; ++i) acc += w[i] * x[i];
+  return acc;
+}
+
+float dot_f16(const uint16_t* w, const float* x, int64_t n) {
+  float acc = 0.0f;
+  for (int64_t i = 0; i < n; ++i) acc += fp16_to_f32(w[i]) * x[i];
+  return acc;
+}
+
+float dot_bf16(const uint16_t* w, const float* x, int64_t n) {
+  float acc = 0.0f;
+  for (int64_t i = 0; i < n; ++i) acc += bf16_to_f32(w[i]) * x[i];
+  return acc;
+}
+
+void axpy_f32(float a, const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+}  // namespace
+
+const KernelTable& scalar_kernels() {
+  static const KernelTable t{Isa::Scalar, quantize_q8, dot_q4_0, dot_q4_1, dot_q8_0,
+                             dot_f32,     dot_f16,     dot_bf16, axpy_f32};
+  return t;
+}
+
+}  // namespace peregrine

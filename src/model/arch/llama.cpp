@@ -1,0 +1,186 @@
+// The llama family (Llama 2/3, SmolLM2, ...): pre-norm decoder blocks of
+// RMSNorm -> GQA attention with RoPE -> residual, RMSNorm -> SwiGLU FFN -> residual.
+// GGUF stores Q and K with rows permuted so RoPE rotates adjacent pairs.
+#include <cmath>
+
+#include "model/arch/arch.h"
+#include "model/tensor_table.h"
+#include "ops/attention.h"
+#include "ops/ops.h"
+
+namespace peregrine::arch {
+namespace {
+
+struct LayerWeights {
+  Weight attn_norm, wq, wk, wv, wo;
+  Weight ffn_norm, w_gate, w_up, w_down;
+};
+
+class Llama final : public Model {
+ public:
+  Llama(std::shared_ptr<const gguf::File> file, ThreadPool& pool) : pool_(pool) {
+    file_ = std::move(file);
+  }
+
+  Status load() {
+    const gguf::File& f = *file_;
+    const std::string a = "llama.";
+    hp_.arch = "llama";
+    hp_.name = f.get_string("general.name").ok() ? f.get_string("general.name").value() : "";
+    PG_ASSIGN(hp_.n_layer, read_hparam(f, a + "block_count", 1, 1024));
+    PG_ASSIGN(hp_.n_embd, read_hparam(f, a + "embedding_length", 1, 1 << 16));
+    PG_ASSIGN(hp_.n_ff, read_hparam(f, a + "feed_forward_length", 1, 1 << 18));
+    PG_ASSIGN(hp_.n_head, read_hparam(f, a + "attention.head_count", 1, 1024));
+    hp_.n_head_kv = hp_.n_head;
+    if (f.find(a + "attention.head_count_kv")) {
+      PG_ASSIGN(hp_.n_head_kv, read_hparam(f, a + "attention.head_count_kv", 1, hp_.n_head));
+    }
+    if (hp_.n_head % hp_.n_head_kv != 0)
+      return make_error("{}: head_count {} is not a multiple of head_count_kv {}", f.name(),
+                        hp_.n_head, hp_.n_head_kv);
+    hp_.head_dim = hp_.n_embd / hp_.n_head;
+    if (f.find(a + "attention.key_length")) {
+      PG_ASSIGN(hp_.head_dim, read_hparam(f, a + "attention.key_length", 2, 1024));
+    }
+    if (hp_.head_dim % 2 != 0)
+      return make_error("{}: head dimension {} is odd", f.name(), hp_.head_dim);
+    hp_.rope_dim = hp_.head_dim;
+    if (f.find(a + "rope.dimension_count")) {
+      PG_ASSIGN(hp_.rope_dim, read_hparam(f, a + "rope.dimension_count", 2, hp_.head_dim));
+    }
+    if (hp_.rope_dim % 2 != 0) return make_error("{}: rope.dimension_count is odd", f.name());
+    hp_.n_ctx_train = 2048;
+    if (f.find(a + "context_length")) {
+      PG_ASSIGN(hp_.n_ctx_train, read_hparam(f, a + "context_length", 1, 1 << 24));
+    }
+    if (f.find(a + "rope.freq_base")) {
+      PG_ASSIGN(double base, f.get_float(a + "rope.freq_base"));
+      if (!(base > 1.0 && base < 1e12)) return make_error("{}: rope.freq_base {} is out of range", f.name(), base);
+      hp_.rope_base = float(base);
+    }
+    PG_ASSIGN(double eps, f.get_float(a + "attention.layer_norm_rms_epsilon"));
+    if (!(eps > 0.0 && eps < 1.0)) return make_error("{}: rms epsilon {} is out of range", f.name(), eps);
+    hp_.rms_eps = float(eps);
+
+    const gguf::TensorInfo* emb = f.find_tensor("token_embd.weight");
+    if (emb == nullptr) return make_error("{}: missing tensor 'token_embd.weight'", f.name());
+    if (emb->dims.size() < 2 || emb->dims[1] > (1u << 24))
+      return make_error("{}: tensor 'token_embd.weight' has a bad shape", f.name());
+    hp_.n_vocab = int64_t(emb->dims[1]);
+
+    std::vector<TensorSpec> table = tensor_table();
+    PG_TRY(bind_tensors(f, table));
+    for (const TensorSpec& s : table)
+      if (s.dest->data) weight_bytes_ += s.dest->row_bytes * size_t(s.dest->rows);
+    if (output_.data == nullptr) output_ = tok_embd_;  // tied embeddings
+    return Status::Ok();
+  }
+
+  size_t weight_bytes() const override { return weight_bytes_; }
+
+  Status forward(const Batch& batch, KvCache& cache, std::vector<float>& logits) override {
+    PG_TRY(check_batch(batch, cache));
+    const int64_t T = batch.size(), E = hp_.n_embd, hd = hp_.head_dim;
+    const int64_t kv_dim = hp_.n_head_kv * hd;
+    ws_.resize(T, hp_);
+    float *x = ws_.x.data(), *xn = ws_.xn.data(), *q = ws_.q.data(), *k = ws_.k.data(),
+          *v = ws_.v.data(), *att = ws_.att.data(), *gate = ws_.gate.data(), *up = ws_.up.data();
+    const AttentionShape as{hp_.n_head, hp_.n_head_kv, hd, 1.0f / std::sqrt(float(hd))};
+
+    embed_rows(tok_embd_, batch.tokens.data(), T, x);  // x [T, E]
+    for (int64_t il = 0; il < hp_.n_layer; ++il) {
+      const LayerWeights& L = layers_[size_t(il)];
+      rmsnorm(x, L.attn_norm.f32(), xn, T, E, hp_.rms_eps);
+      matmul(L.wq, xn, q, T, pool_, ops_);  // q [T, n_head * hd]
+      matmul(L.wk, xn, k, T, pool_, ops_);  // k [T, n_head_kv * hd]
+      matmul(L.wv, xn, v, T, pool_, ops_);  // v [T, n_head_kv * hd]
+      rope_adjacent(q, batch.pos.data(), T, hp_.n_head, hd, hp_.rope_dim, hp_.rope_base);
+      rope_adjacent(k, batch.pos.data(), T, hp_.n_head_kv, hd, hp_.rope_dim, hp_.rope_base);
+      for (int64_t t = 0; t < T; ++t) {
+        std::copy_n(k + t * kv_dim, kv_dim, cache.k(il, batch.seq[t], batch.pos[t]));
+        std::copy_n(v + t * kv_dim, kv_dim, cache.v(il, batch.seq[t], batch.pos[t]));
+      }
+      attention(q, batch.pos.data(), batch.seq.data(), T, cache, il, as, att, pool_);  // [T, q_dim]
+      matmul(L.wo, att, xn, T, pool_, ops_);  // xn [T, E]
+      for (int64_t i = 0; i < T * E; ++i) x[i] += xn[i];
+
+      rmsnorm(x, L.ffn_norm.f32(), xn, T, E, hp_.rms_eps);
+      matmul(L.w_gate, xn, gate, T, pool_, ops_);  // [T, n_ff]
+      matmul(L.w_up, xn, up, T, pool_, ops_);      // [T, n_ff]
+      swiglu(gate, up, T * hp_.n_ff);
+      matmul(L.w_down, gate, xn, T, pool_, ops_);  // [T, E]
+      for (int64_t i = 0; i < T * E; ++i) x[i] += xn[i];
+    }
+
+    // Final norm and output head only for the rows that want logits.
+    int64_t n_out = 0;
+    for (int64_t t = 0; t < T; ++t)
+      if (batch.want_logits[t]) std::copy_n(x + t * E, E, x + (n_out++) * E);
+    logits.resize(size_t(n_out * hp_.n_vocab));
+    if (n_out == 0) return Status::Ok();
+    rmsnorm(x, output_norm_.f32(), xn, n_out, E, hp_.rms_eps);
+    matmul(output_, xn, logits.data(), n_out, pool_, ops_);  // [n_out, n_vocab]
+    return Status::Ok();
+  }
+
+ private:
+  std::vector<TensorSpec> tensor_table() {
+    const int64_t E = hp_.n_embd, hd = hp_.head_dim;
+    std::vector<TensorSpec> t;
+    t.push_back({"token_embd.weight", {E, hp_.n_vocab}, true, &tok_embd_});
+    t.push_back({"output_norm.weight", {E}, true, &output_norm_, true});
+    t.push_back({"output.weight", {E, hp_.n_vocab}, false, &output_});
+    layers_.resize(size_t(hp_.n_layer));
+    for (int64_t il = 0; il < hp_.n_layer; ++il) {
+      LayerWeights& L = layers_[size_t(il)];
+      auto n = [il](const char* s) { return fmt::format("blk.{}.{}.weight", il, s); };
+      t.push_back({n("attn_norm"), {E}, true, &L.attn_norm, true});
+      t.push_back({n("attn_q"), {E, hp_.n_head * hd}, true, &L.wq});
+      t.push_back({n("attn_k"), {E, hp_.n_head_kv * hd}, true, &L.wk});
+      t.push_back({n("attn_v"), {E, hp_.n_head_kv * hd}, true, &L.wv});
+      t.push_back({n("attn_output"), {hp_.n_head * hd, E}, true, &L.wo});
+      t.push_back({n("ffn_norm"), {E}, true, &L.ffn_norm, true});
+      t.push_back({n("ffn_gate"), {E, hp_.n_ff}, true, &L.w_gate});
+      t.push_back({n("ffn_up"), {E, hp_.n_ff}, true, &L.w_up});
+      t.push_back({n("ffn_down"), {hp_.n_ff, E}, true, &L.w_down});
+    }
+    return t;
+  }
+
+  // Activation buffers for the largest batch seen so far.
+  struct Workspace {
+    int64_t cap = 0;
+    std::vector<float> x, xn, q, k, v, att, gate, up;
+    void resize(int64_t T, const Hparams& hp) {
+      if (T <= cap) return;
+      cap = T;
+      const int64_t q_dim = hp.n_head * hp.head_dim, kv_dim = hp.n_head_kv * hp.head_dim;
+      const int64_t wide = std::max({hp.n_embd, q_dim});
+      x.resize(size_t(T * hp.n_embd));
+      xn.resize(size_t(T * wide));
+      q.resize(size_t(T * q_dim));
+      k.resize(size_t(T * kv_dim));
+      v.resize(size_t(T * kv_dim));
+      att.resize(size_t(T * q_dim));
+      gate.resize(size_t(T * hp.n_ff));
+      up.resize(size_t(T * hp.n_ff));
+    }
+  };
+
+  ThreadPool& pool_;
+  Weight tok_embd_, output_norm_, output_;
+  std::vector<LayerWeights> layers_;
+  Workspace ws_;
+  OpScratch ops_;
+  size_t weight_bytes_ = 0;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Model>> make_llama(std::shared_ptr<const gguf::File> file, ThreadPool& pool) {
+  auto m = std::make_unique<Llama>(std::move(file), pool);
+  PG_TRY(m->load());
+  return std::unique_ptr<Model>(std::move(m));
+}
+
+}  // namespace peregrine::arch

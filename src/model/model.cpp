@@ -1,0 +1,36 @@
+#include "model/model.h"
+
+namespace peregrine {
+
+int64_t Batch::n_logits() const {
+  int64_t n = 0;
+  for (uint8_t w : want_logits) n += w;
+  return n;
+}
+
+KvShape Model::kv_shape(int64_t n_ctx, int64_t n_seq) const {
+  return KvShape{hp_.n_layer, n_ctx, n_seq, hp_.n_head_kv * hp_.head_dim};
+}
+
+Status Model::check_batch(const Batch& b, const KvCache& cache) const {
+  const int64_t n = b.size();
+  if (n == 0) return make_error("empty batch");
+  if (int64_t(b.pos.size()) != n || int64_t(b.seq.size()) != n || int64_t(b.want_logits.size()) != n)
+    return make_error("batch arrays differ in length");
+  const KvShape& s = cache.shape();
+  if (s.n_layer != hp_.n_layer || s.kv_dim != hp_.n_head_kv * hp_.head_dim)
+    return make_error("KV cache shape does not match the model");
+  for (int64_t i = 0; i < n; ++i) {
+    if (b.tokens[i] < 0 || b.tokens[i] >= hp_.n_vocab)
+      return make_error("token id {} at batch index {} is outside the vocabulary (0..{})",
+                        b.tokens[i], i, hp_.n_vocab - 1);
+    if (b.pos[i] < 0 || b.pos[i] >= s.n_ctx)
+      return make_error("position {} at batch index {} is outside the context (0..{})", b.pos[i],
+                        i, s.n_ctx - 1);
+    if (b.seq[i] < 0 || b.seq[i] >= s.n_seq)
+      return make_error("sequence {} at batch index {} is outside 0..{}", b.seq[i], i, s.n_seq - 1);
+  }
+  return Status::Ok();
+}
+
+}  // namespace peregrine

@@ -1,0 +1,79 @@
+// What a model is: hyperparameters, a batch in, logits out. Every architecture
+// implements Model in one file under model/arch/ and has one line in registry.cpp.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "core/thread_pool.h"
+#include "gguf/gguf.h"
+#include "kv/kv_cache.h"
+
+namespace peregrine {
+
+// A list of (token, position, sequence, wants-logits). Prompt processing,
+// generation, chunked prefill and continuous batching are all just batches.
+struct Batch {
+  std::vector<int32_t> tokens;
+  std::vector<int32_t> pos;
+  std::vector<int32_t> seq;
+  std::vector<uint8_t> want_logits;
+
+  void clear() { tokens.clear(); pos.clear(); seq.clear(); want_logits.clear(); }
+  void add(int32_t token, int32_t position, int32_t sequence, bool logits) {
+    tokens.push_back(token);
+    pos.push_back(position);
+    seq.push_back(sequence);
+    want_logits.push_back(logits ? 1 : 0);
+  }
+  int64_t size() const { return int64_t(tokens.size()); }
+  int64_t n_logits() const;
+};
+
+struct Hparams {
+  std::string arch;
+  std::string name;
+  int64_t n_vocab = 0;
+  int64_t n_ctx_train = 0;
+  int64_t n_embd = 0;
+  int64_t n_layer = 0;
+  int64_t n_head = 0;
+  int64_t n_head_kv = 0;
+  int64_t head_dim = 0;
+  int64_t n_ff = 0;
+  int64_t rope_dim = 0;  // rotated dimensions per head
+  float rope_base = 10000.0f;
+  float rms_eps = 1e-5f;
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  const Hparams& hparams() const { return hp_; }
+  const gguf::File& file() const { return *file_; }
+
+  // Runs the batch: writes its K/V into the cache, then fills `logits` with
+  // [batch.n_logits(), n_vocab] rows, in batch order. Bad tokens, positions or
+  // sequence ids give an error and leave the cache unchanged.
+  virtual Status forward(const Batch& batch, KvCache& cache, std::vector<float>& logits) = 0;
+
+  KvShape kv_shape(int64_t n_ctx, int64_t n_seq) const;
+  // Weight bytes actually used by the model.
+  virtual size_t weight_bytes() const = 0;
+
+ protected:
+  Status check_batch(const Batch& batch, const KvCache& cache) const;
+  Hparams hp_;
+  std::shared_ptr<const gguf::File> file_;
+};
+
+// Build the model named by the file's general.architecture.
+Result<std::unique_ptr<Model>> load_model(std::shared_ptr<const gguf::File> file, ThreadPool& pool);
+
+// The architectures the registry knows, for messages and `info`.
+std::vector<std::string> supported_architectures();
+
+}  // namespace peregrine

@@ -1,0 +1,95 @@
+#include "sample/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace peregrine {
+
+Status SamplerOptions::validate() const {
+  if (!(temperature >= 0.0f && temperature <= 100.0f))
+    return make_error("--temp {} is out of range (0 to 100)", temperature);
+  if (top_k < 0) return make_error("--top-k {} is negative", top_k);
+  if (!(top_p > 0.0f && top_p <= 1.0f)) return make_error("--top-p {} is out of range (0, 1]", top_p);
+  if (!(min_p >= 0.0f && min_p <= 1.0f)) return make_error("--min-p {} is out of range [0, 1]", min_p);
+  if (!(repeat_penalty > 0.0f && repeat_penalty <= 100.0f))
+    return make_error("--repeat-penalty {} is out of range (0, 100]", repeat_penalty);
+  if (repeat_last_n < 0) return make_error("--repeat-last-n {} is negative", repeat_last_n);
+  return Status::Ok();
+}
+
+Sampler::Sampler(const SamplerOptions& opt) : opt_(opt), rng_(opt.seed) {}
+
+void Sampler::reset() {
+  rng_.seed(opt_.seed);
+  recent_.clear();
+}
+
+void Sampler::accept(int32_t token) {
+  if (opt_.repeat_last_n == 0) return;
+  recent_.push_back(token);
+  while (int32_t(recent_.size()) > opt_.repeat_last_n) recent_.pop_front();
+}
+
+int32_t Sampler::sample(const float* logits, int64_t n_vocab) {
+  cand_.resize(size_t(n_vocab));
+  for (int64_t i = 0; i < n_vocab; ++i) cand_[i] = {int32_t(i), logits[i]};
+  if (opt_.repeat_penalty != 1.0f) {
+    // Each distinct recent token is penalised once.
+    std::vector<int32_t> seen(recent_.begin(), recent_.end());
+    std::sort(seen.begin(), seen.end());
+    seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
+    for (int32_t id : seen) {
+      if (id < 0 || id >= n_vocab) continue;
+      float& l = cand_[size_t(id)].logit;
+      l = l > 0 ? l / opt_.repeat_penalty : l * opt_.repeat_penalty;
+    }
+  }
+  // Ties break toward the lower id, so greedy is well defined.
+  auto better = [](const Candidate& a, const Candidate& b) {
+    return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
+  };
+  if (opt_.temperature <= 0.0f)
+    return std::min_element(cand_.begin(), cand_.end(), better)->id;
+
+  size_t n = cand_.size();
+  if (opt_.top_k > 0 && size_t(opt_.top_k) < n) {
+    std::partial_sort(cand_.begin(), cand_.begin() + opt_.top_k, cand_.end(), better);
+    n = size_t(opt_.top_k);
+  } else {
+    std::sort(cand_.begin(), cand_.end(), better);
+  }
+  // Probabilities at temperature 1 decide the top-p and min-p cuts; temperature
+  // then reshapes what is left (the order llama.cpp's default chain uses too).
+  probs_.resize(n);
+  const float mx = cand_[0].logit;
+  double sum = 0.0;
+  for (size_t i = 0; i < n; ++i) sum += (probs_[i] = std::exp(cand_[i].logit - mx));
+  if (opt_.top_p < 1.0f) {
+    double acc = 0.0;
+    for (size_t i = 0; i < n; ++i) {
+      acc += probs_[i] / sum;
+      if (acc >= opt_.top_p) {
+        n = i + 1;
+        break;
+      }
+    }
+  }
+  if (opt_.min_p > 0.0f) {
+    // probs_[0] is the max; keep tokens with p >= min_p * p_max.
+    size_t keep = 1;
+    while (keep < n && probs_[keep] >= opt_.min_p * probs_[0]) ++keep;
+    n = keep;
+  }
+  sum = 0.0;
+  for (size_t i = 0; i < n; ++i)
+    sum += (probs_[i] = std::exp((cand_[i].logit - mx) / opt_.temperature));
+  // Draw with our own uniform mapping: std distributions differ across libraries.
+  double u = double(rng_() >> 11) * (1.0 / 9007199254740992.0) * sum;
+  for (size_t i = 0; i < n; ++i) {
+    u -= probs_[i];
+    if (u < 0.0) return cand_[i].id;
+  }
+  return cand_[n - 1].id;
+}
+
+}  // namespace peregrine

@@ -1,0 +1,154 @@
+#include "tokenizer/bpe_tokenizer.h"
+
+#include <limits>
+
+#include "tokenizer/bpe_byte_level.h"
+
+namespace peregrine {
+
+Result<std::unique_ptr<Tokenizer>> BpeTokenizer::create(const gguf::File& file) {
+  std::unique_ptr<BpeTokenizer> tok(new BpeTokenizer());
+  PG_TRY(tok->load_vocab(file));
+  PG_TRY(tok->load_merges(file));
+
+  // Files written before tokenizer.ggml.pre existed used llama.cpp's
+  // "default" split, which is not the GPT-2 one; say so rather than guess.
+  std::string pre = "default";
+  if (file.find("tokenizer.ggml.pre") != nullptr) {
+    PG_ASSIGN(pre, file.get_string("tokenizer.ggml.pre"));
+  }
+  PG_ASSIGN(tok->pre_, Pretokenizer::create(pre));
+
+  std::vector<std::pair<std::string, int32_t>> special;
+  for (TokenId id = 0; id < tok->n_vocab(); ++id) {
+    if (tok->type_[id] == TokenType::Control || tok->type_[id] == TokenType::UserDefined) {
+      special.emplace_back(tok->text_[id], id);
+    }
+  }
+  tok->special_ = std::make_unique<SpecialTokenMatcher>(std::move(special));
+
+  PG_TRY(tok->init_special_tokens(file));
+  return std::unique_ptr<Tokenizer>(std::move(tok));
+}
+
+Status BpeTokenizer::load_vocab(const gguf::File& file) {
+  PG_ASSIGN(text_, file.get_string_array("tokenizer.ggml.tokens"));
+  const size_t n = text_.size();
+  if (n == 0) return make_error("tokenizer.ggml.tokens is empty");
+  if (n > static_cast<size_t>(std::numeric_limits<TokenId>::max())) {
+    return make_error("tokenizer.ggml.tokens has {} entries, more than token ids can hold", n);
+  }
+
+  type_.assign(n, TokenType::Normal);
+  if (file.find("tokenizer.ggml.token_type") != nullptr) {
+    PG_ASSIGN(const std::vector<int64_t> types, file.get_int_array("tokenizer.ggml.token_type"));
+    if (types.size() != n) {
+      return make_error("tokenizer.ggml.token_type has {} entries but tokenizer.ggml.tokens has {}",
+                        types.size(), n);
+    }
+    for (size_t i = 0; i < n; ++i) {
+      if (types[i] < 0 || types[i] > static_cast<int64_t>(TokenType::Byte)) {
+        return make_error("tokenizer.ggml.token_type[{}] = {} is not a token type (0..6)", i,
+                          types[i]);
+      }
+      type_[i] = static_cast<TokenType>(types[i]);
+    }
+  }
+
+  bytes_.resize(n);
+  index_.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    const auto id = static_cast<TokenId>(i);
+    // Like llama.cpp and a Python dict built from the list: a later duplicate wins.
+    index_.insert_or_assign(text_[i], id);
+    // Control and user-defined tokens hold their literal text, not byte-level spelling.
+    const bool literal = type_[i] == TokenType::Control || type_[i] == TokenType::UserDefined;
+    bytes_[i] = literal ? text_[i] : byte_level::text_to_bytes(text_[i]);
+  }
+  for (int b = 0; b < 256; ++b) {
+    byte_id_[b] = find_token(byte_level::byte_to_text(static_cast<uint8_t>(b)));
+  }
+  return {};
+}
+
+Status BpeTokenizer::load_merges(const gguf::File& file) {
+  PG_ASSIGN(const std::vector<std::string> merges, file.get_string_array("tokenizer.ggml.merges"));
+  if (merges.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
+    return make_error("tokenizer.ggml.merges has {} entries, too many", merges.size());
+  }
+  merges_.reserve(merges.size());
+  for (size_t i = 0; i < merges.size(); ++i) {
+    const std::string_view m = merges[i];
+    const size_t sp = m.find(' ');
+    if (sp == std::string_view::npos || sp == 0 || sp + 1 == m.size() ||
+        m.find(' ', sp + 1) != std::string_view::npos) {
+      return make_error("tokenizer.ggml.merges[{}] = '{}' is not two tokens separated by one space",
+                        i, m);
+    }
+    const std::string_view left = m.substr(0, sp), right = m.substr(sp + 1);
+    const std::string merged = std::string(left) + std::string(right);
+    const TokenId l = find_token(left), r = find_token(right), id = find_token(merged);
+    const std::string_view missing = l < 0 ? left : r < 0 ? right : id < 0 ? merged : "";
+    if (!missing.empty()) {
+      return make_error("tokenizer.ggml.merges[{}] = '{}': token '{}' is not in the vocab", i, m,
+                        missing);
+    }
+    merges_.add(l, r, {static_cast<int32_t>(i), id});
+  }
+  return {};
+}
+
+std::vector<TokenId> BpeTokenizer::encode(std::string_view text, bool parse_special) const {
+  std::vector<SpecialTokenMatcher::Fragment> fragments;
+  if (parse_special) {
+    special_->split(text, fragments);
+  } else {
+    fragments.push_back({text, -1});
+  }
+  std::vector<TokenId> out, scratch;
+  out.reserve(text.size() / 3 + 1);
+  std::vector<std::string_view> pieces;
+  for (const auto& f : fragments) {
+    if (f.id >= 0) {
+      out.push_back(f.id);
+      continue;
+    }
+    pieces.clear();
+    pre_->split(f.text, pieces);
+    for (std::string_view p : pieces) encode_piece(p, out, scratch);
+  }
+  return out;
+}
+
+void BpeTokenizer::encode_piece(std::string_view piece, std::vector<TokenId>& out,
+                                std::vector<TokenId>& scratch) const {
+  scratch.clear();
+  for (char c : piece) {
+    const TokenId id = byte_id_[static_cast<uint8_t>(c)];
+    if (id >= 0) scratch.push_back(id);
+  }
+  merges_.apply(scratch);
+  out.insert(out.end(), scratch.begin(), scratch.end());
+}
+
+std::string BpeTokenizer::token_bytes(TokenId id) const {
+  if (id < 0 || id >= n_vocab()) return {};
+  return bytes_[id];
+}
+
+std::string_view BpeTokenizer::token_text(TokenId id) const {
+  if (id < 0 || id >= n_vocab()) return {};
+  return text_[id];
+}
+
+TokenType BpeTokenizer::token_type(TokenId id) const {
+  if (id < 0 || id >= n_vocab()) return TokenType::Undefined;
+  return type_[id];
+}
+
+TokenId BpeTokenizer::find_token(std::string_view text) const {
+  const auto it = index_.find(text);
+  return it == index_.end() ? -1 : it->second;
+}
+
+}  // namespace peregrine

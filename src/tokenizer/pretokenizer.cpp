@@ -1,0 +1,121 @@
+#include "tokenizer/pretokenizer.h"
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include <string>
+
+#include "tokenizer/unicode_utf8.h"
+
+namespace peregrine {
+namespace {
+
+// HF tokenizers runs this regex with Oniguruma, whose \s is the Unicode
+// White_Space property (it includes U+0085 NEL); PCRE2's \s differs by
+// version and mode, so the set is spelled out. White_Space has been stable
+// since Unicode 6.3.
+#define PG_WS "\\t\\n\\x{0B}\\f\\r\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}" \
+              "\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
+
+// GPT-2: 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+constexpr const char* kGpt2Pattern =
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" PG_WS "\\p{L}\\p{N}]+"
+    "|[" PG_WS "]+(?![^" PG_WS "])|[" PG_WS "]+";
+
+// HF's Sequence[Digits(individual_digits), ByteLevel] cuts the text before and
+// after every \p{N} character, then runs the GPT-2 regex on each segment. One
+// regex does both: " ?\p{N}+" becomes "\p{N}" (a digit alone, never with a
+// leading space), and "\s+(?!\S)" may also stop before a digit, because there
+// the segment ends and the lookahead sees its end. No other alternative can
+// match across a digit, so the two are the same split.
+constexpr const char* kDigitsIsolatedPattern =
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+|\\p{N}| ?[^" PG_WS "\\p{L}\\p{N}]+"
+    "|[" PG_WS "]+(?![^" PG_WS "\\p{N}])|[" PG_WS "]+";
+
+#undef PG_WS
+
+}  // namespace
+
+struct Pretokenizer::Regex {
+  pcre2_code* code = nullptr;
+  ~Regex() { pcre2_code_free(code); }
+};
+
+Pretokenizer::Pretokenizer(PretokenizerKind kind, std::unique_ptr<Regex> re)
+    : kind_(kind), re_(std::move(re)) {}
+Pretokenizer::~Pretokenizer() = default;
+
+Result<std::unique_ptr<Pretokenizer>> Pretokenizer::create(std::string_view pre_name) {
+  PretokenizerKind kind;
+  const char* pattern;
+  if (pre_name == "gpt2") {
+    kind = PretokenizerKind::Gpt2;
+    pattern = kGpt2Pattern;
+  } else if (pre_name == "smollm" || pre_name == "starcoder" || pre_name == "refact") {
+    kind = PretokenizerKind::DigitsIsolated;
+    pattern = kDigitsIsolatedPattern;
+  } else {
+    return make_error("unsupported tokenizer pre-tokenizer '{}'", pre_name);
+  }
+  auto re = std::make_unique<Regex>();
+  int err = 0;
+  PCRE2_SIZE err_off = 0;
+  re->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern), PCRE2_ZERO_TERMINATED,
+                           PCRE2_UTF | PCRE2_UCP, &err, &err_off, nullptr);
+  if (re->code == nullptr) {
+    PCRE2_UCHAR msg[256];
+    pcre2_get_error_message(err, msg, sizeof msg);
+    return make_error("pre-tokenizer '{}': regex does not compile at offset {}: {}", pre_name,
+                      err_off, reinterpret_cast<const char*>(msg));
+  }
+  // JIT is several times faster; without it (unsupported CPU) the interpreter
+  // gives the same matches.
+  pcre2_jit_compile(re->code, PCRE2_JIT_COMPLETE);
+  return std::unique_ptr<Pretokenizer>(new Pretokenizer(kind, std::move(re)));
+}
+
+void Pretokenizer::split(std::string_view text, std::vector<std::string_view>& out) const {
+  size_t pos = 0;
+  while (pos < text.size()) {
+    const size_t run = utf8::valid_prefix(text.substr(pos));
+    if (run > 0) {
+      split_valid(text.substr(pos, run), out);
+      pos += run;
+    }
+    if (pos < text.size()) {
+      const utf8::Seq q = utf8::next(text, pos);  // Invalid or Truncated
+      out.push_back(text.substr(pos, q.len));
+      pos += q.len;
+    }
+  }
+}
+
+void Pretokenizer::split_valid(std::string_view text, std::vector<std::string_view>& out) const {
+  pcre2_match_data* md = pcre2_match_data_create_from_pattern(re_->code, nullptr);
+  const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
+  size_t pos = 0;
+  while (pos < text.size()) {
+    // The text was validated above, so PCRE2 need not re-check it on every
+    // call (which would make a long text quadratic).
+    const int rc = pcre2_match(re_->code, subject, text.size(), pos, PCRE2_NO_UTF_CHECK, md, nullptr);
+    size_t start = text.size(), end = text.size();
+    if (rc >= 0) {
+      const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
+      start = ov[0];
+      end = ov[1];
+    }
+    // Every character is in \s, \p{L}, \p{N} or the complement class, so no
+    // gap and no empty match occur; should the matcher fail (a resource
+    // limit), the rest still becomes a piece rather than being lost.
+    if (start > pos) out.push_back(text.substr(pos, start - pos));
+    if (end <= start) {
+      if (start < text.size()) out.push_back(text.substr(start));
+      break;
+    }
+    out.push_back(text.substr(start, end - start));
+    pos = end;
+  }
+  pcre2_match_data_free(md);
+}
+
+}  // namespace peregrine

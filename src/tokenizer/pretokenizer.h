@@ -1,0 +1,43 @@
+// Pre-tokenization: cutting text into the pieces that BPE merges within (it
+// never merges across a piece boundary). Chosen by tokenizer.ggml.pre.
+#pragma once
+
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "core/status.h"
+
+namespace peregrine {
+
+enum class PretokenizerKind {
+  Gpt2,          // "gpt2": the GPT-2 regex
+  DigitsIsolated,  // "smollm", "starcoder", "refact": each digit alone, then the GPT-2 regex
+};
+
+class Pretokenizer {
+ public:
+  // Error "unsupported tokenizer pre-tokenizer 'X'" for names we do not know.
+  static Result<std::unique_ptr<Pretokenizer>> create(std::string_view pre_name);
+  ~Pretokenizer();
+  Pretokenizer(const Pretokenizer&) = delete;
+  Pretokenizer& operator=(const Pretokenizer&) = delete;
+
+  PretokenizerKind kind() const { return kind_; }
+
+  // Appends the pieces of `text` to `out` (views into text; together they
+  // cover every byte exactly once, in order). Text need not be valid UTF-8:
+  // valid runs go through the regex and each invalid sequence becomes a piece
+  // of its own, so arbitrary bytes still round-trip. Thread-safe.
+  void split(std::string_view text, std::vector<std::string_view>& out) const;
+
+ private:
+  struct Regex;
+  Pretokenizer(PretokenizerKind kind, std::unique_ptr<Regex> re);
+  void split_valid(std::string_view text, std::vector<std::string_view>& out) const;
+
+  PretokenizerKind kind_;
+  std::unique_ptr<Regex> re_;
+};
+
+}  // namespace peregrine

@@ -1,0 +1,112 @@
+#include "tokenizer/tokenizer.h"
+
+#include <algorithm>
+
+#include "tokenizer/bpe_tokenizer.h"
+#include "tokenizer/unicode_utf8.h"
+
+namespace peregrine {
+namespace {
+
+// An optional token id from metadata: -1 when the key is absent, an error
+// when it is not an integer or names no token.
+Result<TokenId> read_token_id(const gguf::File& file, std::string_view key, int32_t n_vocab) {
+  const gguf::Value* v = file.find(key);
+  if (v == nullptr) return TokenId{-1};
+  if (!v->is_integer()) {
+    return make_error("{} has type {}, expected an integer token id", key,
+                      gguf::value_type_name(v->type));
+  }
+  const bool is_signed = v->type == gguf::ValueType::I8 || v->type == gguf::ValueType::I16 ||
+                         v->type == gguf::ValueType::I32 || v->type == gguf::ValueType::I64;
+  if (is_signed ? (v->i < 0 || v->i >= n_vocab) : v->u >= static_cast<uint64_t>(n_vocab)) {
+    return make_error("{} = {} is outside the vocab ({} tokens)", key,
+                      is_signed ? std::to_string(v->i) : std::to_string(v->u), n_vocab);
+  }
+  return static_cast<TokenId>(is_signed ? v->i : static_cast<int64_t>(v->u));
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const gguf::File& file) {
+  PG_ASSIGN(const std::string model, file.get_string("tokenizer.ggml.model"));
+  if (model == "gpt2") return BpeTokenizer::create(file);
+  return make_error("unsupported tokenizer model '{}' (tokenizer.ggml.model); supported: gpt2",
+                    model);
+}
+
+Status Tokenizer::init_special_tokens(const gguf::File& file) {
+  const int32_t n = n_vocab();
+  PG_ASSIGN(bos_, read_token_id(file, "tokenizer.ggml.bos_token_id", n));
+  PG_ASSIGN(eos_, read_token_id(file, "tokenizer.ggml.eos_token_id", n));
+  PG_ASSIGN(eot_, read_token_id(file, "tokenizer.ggml.eot_token_id", n));
+  PG_ASSIGN(pad_, read_token_id(file, "tokenizer.ggml.padding_token_id", n));
+  PG_ASSIGN(const TokenId unk, read_token_id(file, "tokenizer.ggml.unknown_token_id", n));
+  (void)unk;  // checked for consistency; byte-level BPE never needs it
+  if (file.find("tokenizer.ggml.add_bos_token") != nullptr) {
+    PG_ASSIGN(add_bos_, file.get_bool("tokenizer.ggml.add_bos_token"));
+  }
+
+  // Older conversions carry no eot id; chat models still end turns with a
+  // well-known token.
+  if (eot_ < 0) {
+    for (std::string_view name : {"<|im_end|>", "<|eot_id|>", "<end_of_turn>"}) {
+      if (const TokenId id = find_token(name); id >= 0) {
+        eot_ = id;
+        break;
+      }
+    }
+  }
+  end_of_generation_.clear();
+  const TokenId im_end = find_token("<|im_end|>");
+  const bool chatml = im_end >= 0 && token_type(im_end) == TokenType::Control;
+  for (TokenId id : {eos_, eot_, chatml ? im_end : TokenId{-1}}) {
+    if (id >= 0 && std::find(end_of_generation_.begin(), end_of_generation_.end(), id) ==
+                       end_of_generation_.end()) {
+      end_of_generation_.push_back(id);
+    }
+  }
+  return {};
+}
+
+bool Tokenizer::is_end_of_generation(TokenId id) const {
+  return id >= 0 &&
+         std::find(end_of_generation_.begin(), end_of_generation_.end(), id) !=
+             end_of_generation_.end();
+}
+
+std::string Tokenizer::decode(std::span<const TokenId> ids) const {
+  std::string out;
+  for (TokenId id : ids) out += token_bytes(id);
+  return out;
+}
+
+std::string StreamDecoder::push(TokenId id) {
+  pending_ += tok_.token_bytes(id);
+  // Emit every complete sequence; bytes that can never become valid are
+  // replaced now (waiting would not help); only a valid but unfinished
+  // sequence at the very end is held for the next token.
+  std::string out;
+  size_t i = 0;
+  while (i < pending_.size()) {
+    const utf8::Seq q = utf8::next(pending_, i);
+    if (q.kind == utf8::Seq::Truncated) break;
+    if (q.kind == utf8::Seq::Valid) {
+      out.append(pending_, i, q.len);
+    } else {
+      out.append(utf8::kReplacement);
+    }
+    i += q.len;
+  }
+  pending_.erase(0, i);
+  return out;
+}
+
+std::string StreamDecoder::flush() {
+  std::string out;
+  utf8::append_replacing_invalid(out, pending_);
+  pending_.clear();
+  return out;
+}
+
+}  // namespace peregrine

@@ -1,0 +1,90 @@
+// peregrine chat: interactive multi-turn chat with the model's template.
+// The KV cache keeps the conversation, so each turn only computes what is new.
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+
+#include "engine/session.h"
+#include "tokenizer/chat_template.h"
+#include "tools/commands.h"
+#include "tools/common.h"
+#include "tools/generate_io.h"
+
+namespace peregrine::tools {
+
+void register_chat(CLI::App& app) {
+  struct Opts {
+    ModelOptions model;
+    SamplerOptions sampler;
+    std::string system;
+    int64_t n_predict = 512;
+  };
+  auto o = std::make_shared<Opts>();
+  CLI::App* cmd = app.add_subcommand("chat", "Interactive chat (/reset clears, Ctrl-D leaves)");
+  cmd->add_option("--system", o->system, "System message");
+  cmd->add_option("-n,--n-predict", o->n_predict, "Most tokens per reply")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 24));
+  add_model_options(cmd, o->model);
+  add_sampler_options(cmd, o->sampler);
+  cmd->callback([o] {
+    check(o->sampler.validate());
+    std::string path = check(resolve_model(o->model.model));
+    auto session = check(Session::open(path, {o->model.threads, o->model.ctx, o->model.batch}));
+    const Tokenizer& tok = session->tokenizer();
+    ChatTemplate tpl = check(ChatTemplate::from_gguf(session->file()));
+    const bool interactive = isatty(STDIN_FILENO);
+    std::vector<ChatMessage> msgs;
+    auto reset = [&] {
+      msgs.clear();
+      if (!o->system.empty()) msgs.push_back({"system", o->system});
+      session->reset();
+    };
+    reset();
+    Sampler sampler(o->sampler);
+    if (interactive)
+      std::fprintf(stderr, "chatting with %s (/reset to start over, Ctrl-D to leave)\n", path.c_str());
+    std::string line;
+    for (;;) {
+      if (interactive) std::fprintf(stderr, "> ");
+      if (!std::getline(std::cin, line)) break;
+      if (line == "/reset") {
+        reset();
+        std::fprintf(stderr, "(conversation cleared)\n");
+        continue;
+      }
+      if (line.empty()) continue;
+      msgs.push_back({"user", line});
+      std::vector<TokenId> prompt;
+      if (tok.add_bos()) prompt.push_back(tok.bos());
+      std::vector<TokenId> body = tok.encode(tpl.render(msgs, true), true);
+      prompt.insert(prompt.end(), body.begin(), body.end());
+      if (int64_t(prompt.size()) >= session->n_ctx()) {
+        std::fprintf(stderr, "error: the conversation no longer fits in the context (%lld tokens); "
+                     "use /reset or raise -c\n", (long long)session->n_ctx());
+        msgs.pop_back();
+        continue;
+      }
+      StreamDecoder dec(tok);
+      std::string reply;
+      auto st = session->generate(prompt, o->n_predict, sampler, [&](TokenId id) {
+        std::string s = dec.push(id);
+        reply += s;
+        std::fwrite(s.data(), 1, s.size(), stdout);
+        std::fflush(stdout);
+        return true;
+      });
+      if (!st.ok()) fail(st.error());
+      std::string rest = dec.flush();
+      reply += rest;
+      std::fwrite(rest.data(), 1, rest.size(), stdout);
+      std::printf("\n");
+      std::fflush(stdout);
+      msgs.push_back({"assistant", reply});
+      if (interactive) print_timing(*st);
+    }
+  });
+}
+
+}  // namespace peregrine::tools

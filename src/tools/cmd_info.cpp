@@ -1,0 +1,109 @@
+// peregrine info FILE: metadata, hyperparameters, tokenizer summary, tensor table.
+#include <map>
+
+#include "gguf/gguf.h"
+#include "model/model.h"
+#include "tools/commands.h"
+#include "tools/common.h"
+
+namespace peregrine::tools {
+namespace {
+
+std::string value_summary(const gguf::Value& v) {
+  using gguf::ValueType;
+  switch (v.type) {
+    case ValueType::STRING: {
+      std::string s = v.str.size() > 80 ? v.str.substr(0, 77) + "..." : v.str;
+      for (char& c : s)
+        if (c == '\n' || c == '\r' || c == '\t') c = ' ';
+      return "\"" + s + "\"";
+    }
+    case ValueType::ARRAY:
+      return fmt::format("[{} x {}]", v.items.size(), gguf::value_type_name(v.elem_type));
+    case ValueType::BOOL: return v.u ? "true" : "false";
+    case ValueType::F32: case ValueType::F64: return fmt::format("{}", v.f);
+    case ValueType::I8: case ValueType::I16: case ValueType::I32: case ValueType::I64:
+      return fmt::format("{}", v.i);
+    default: return fmt::format("{}", v.u);
+  }
+}
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) { b /= 1024; ++u; }
+  return fmt::format("{:.2f} {}", b, units[u]);
+}
+
+}  // namespace
+
+void register_info(CLI::App& app) {
+  auto path = std::make_shared<std::string>();
+  auto all = std::make_shared<bool>(false);
+  CLI::App* cmd = app.add_subcommand("info", "Show a GGUF file's metadata, hyperparameters and tensors");
+  cmd->add_option("file", *path, "GGUF file or cache name")->required();
+  cmd->add_flag("--tensors", *all, "List every tensor");
+  cmd->callback([path, all] {
+    std::string p = check(resolve_model(*path));
+    auto f = check(gguf::File::open(p));
+    std::printf("file:        %s (%s)\n", p.c_str(), human_bytes(double(f->file_size())).c_str());
+    std::printf("gguf:        v%u, %zu metadata keys, %zu tensors, alignment %llu\n", f->version(),
+                f->metadata().size(), f->tensors().size(), (unsigned long long)f->alignment());
+    std::string arch = f->get_string("general.architecture").ok()
+                           ? f->get_string("general.architecture").value() : "?";
+    std::printf("arch:        %s\n", arch.c_str());
+    {
+      ThreadPool pool(1);
+      auto shared = std::shared_ptr<const gguf::File>(check(gguf::File::open(p)));
+      auto model = load_model(shared, pool);
+      if (model.ok()) {
+        const Hparams& h = (*model)->hparams();
+        std::printf("hparams:     layers %lld, embd %lld, heads %lld (kv %lld, dim %lld), ffn %lld, "
+                    "vocab %lld, ctx %lld, rope base %g (dims %lld), rms eps %g\n",
+                    (long long)h.n_layer, (long long)h.n_embd, (long long)h.n_head,
+                    (long long)h.n_head_kv, (long long)h.head_dim, (long long)h.n_ff,
+                    (long long)h.n_vocab, (long long)h.n_ctx_train, h.rope_base,
+                    (long long)h.rope_dim, h.rms_eps);
+        std::printf("kv cache:    %s per token (f32)\n",
+                    human_bytes(double((*model)->kv_shape(1, 1).kv_dim * h.n_layer * 2 * 4)).c_str());
+      } else {
+        std::printf("model:       cannot run: %s\n", model.error().message.c_str());
+      }
+    }
+    std::printf("\nmetadata:\n");
+    for (const auto& [key, v] : f->metadata())
+      std::printf("  %-44s %s\n", key.c_str(), value_summary(v).c_str());
+    // Tokenizer summary.
+    if (auto toks = f->find("tokenizer.ggml.tokens")) {
+      std::printf("\ntokenizer:   %s, %zu tokens", value_summary(*f->find("tokenizer.ggml.model")).c_str(),
+                  toks->items.size());
+      if (auto merges = f->find("tokenizer.ggml.merges")) std::printf(", %zu merges", merges->items.size());
+      std::printf("\n");
+    }
+    // Tensor table: count and bytes by type.
+    struct Agg { size_t n = 0; uint64_t bytes = 0, elems = 0; };
+    std::map<std::string, Agg> by_type;
+    uint64_t total = 0, total_elems = 0;
+    for (const auto& t : f->tensors()) {
+      Agg& a = by_type[std::string(type_name(t.type))];
+      a.n++; a.bytes += t.n_bytes; a.elems += t.n_elements;
+      total += t.n_bytes; total_elems += t.n_elements;
+    }
+    std::printf("\ntensors:     %zu, %.1fM parameters, %s\n", f->tensors().size(),
+                double(total_elems) / 1e6, human_bytes(double(total)).c_str());
+    std::printf("  %-8s %6s %14s %8s\n", "type", "count", "bytes", "bits/w");
+    for (const auto& [name, a] : by_type)
+      std::printf("  %-8s %6zu %14s %8.2f\n", name.c_str(), a.n, human_bytes(double(a.bytes)).c_str(),
+                  a.elems ? 8.0 * double(a.bytes) / double(a.elems) : 0.0);
+    if (*all) {
+      std::printf("\n  %-40s %-8s %s\n", "name", "type", "dims");
+      for (const auto& t : f->tensors()) {
+        std::string dims;
+        for (size_t i = 0; i < t.dims.size(); ++i) dims += (i ? " x " : "") + std::to_string(t.dims[i]);
+        std::printf("  %-40s %-8s %s\n", t.name.c_str(), std::string(type_name(t.type)).c_str(), dims.c_str());
+      }
+    }
+  });
+}
+
+}  // namespace peregrine::tools

@@ -1,0 +1,75 @@
+// peregrine perplexity -f FILE: perplexity over non-overlapping windows of -c tokens.
+// Each window starts from an empty cache; every token after the window's first is
+// scored. The last stdout line is "PPL = <value>".
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "engine/session.h"
+#include "tools/commands.h"
+#include "tools/common.h"
+
+namespace peregrine::tools {
+
+void register_perplexity(CLI::App& app) {
+  struct Opts {
+    ModelOptions model;
+    std::string file;
+    int64_t max_windows = 0;
+  };
+  auto o = std::make_shared<Opts>();
+  o->model.ctx = 512;
+  CLI::App* cmd = app.add_subcommand("perplexity", "Perplexity of a text file");
+  cmd->add_option("-f,--file", o->file, "Text file")->required();
+  cmd->add_option("--chunks", o->max_windows, "Score at most this many windows (0 = all)")
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 30));
+  add_model_options(cmd, o->model);
+  cmd->callback([o] {
+    if (o->model.ctx < 2) fail("perplexity needs -c of at least 2");
+    std::ifstream in(o->file, std::ios::binary);
+    if (!in) fail(fmt::format("{}: cannot open", o->file));
+    std::stringstream ss;
+    ss << in.rdbuf();
+    const std::string text = ss.str();
+    std::string path = check(resolve_model(o->model.model));
+    auto session = check(Session::open(path, {o->model.threads, o->model.ctx, o->model.batch}));
+    const Tokenizer& tok = session->tokenizer();
+    // Plain text: special-token strings in the file are just text.
+    std::vector<TokenId> tokens = tok.encode(text, false);
+    const int64_t c = o->model.ctx, n_vocab = session->model().hparams().n_vocab;
+    // With add_bos the window's first slot is BOS and c-1 text tokens follow.
+    const int64_t per_window = tok.add_bos() ? c - 1 : c;
+    int64_t n_windows = int64_t(tokens.size()) / per_window;
+    if (o->max_windows > 0) n_windows = std::min(n_windows, o->max_windows);
+    if (n_windows == 0)
+      fail(fmt::format("{}: {} tokens is less than one window of {}", o->file, tokens.size(), c));
+    std::fprintf(stderr, "%zu tokens, %lld windows of %lld\n", tokens.size(), (long long)n_windows,
+                 (long long)c);
+    double nll = 0.0;
+    int64_t count = 0;
+    std::vector<float> logits;
+    for (int64_t w = 0; w < n_windows; ++w) {
+      std::vector<TokenId> win;
+      if (tok.add_bos()) win.push_back(tok.bos());
+      win.insert(win.end(), tokens.begin() + w * per_window, tokens.begin() + (w + 1) * per_window);
+      session->reset();
+      check(session->eval(win, true, logits));
+      const int64_t first = tok.add_bos() ? 1 : 0;  // score real text tokens only
+      for (int64_t i = std::max<int64_t>(first, 1); i < int64_t(win.size()); ++i) {
+        const float* l = logits.data() + (i - 1) * n_vocab;
+        float mx = l[0];
+        for (int64_t j = 1; j < n_vocab; ++j) mx = std::max(mx, l[j]);
+        double sum = 0.0;
+        for (int64_t j = 0; j < n_vocab; ++j) sum += std::exp(double(l[j] - mx));
+        nll += std::log(sum) + mx - l[win[size_t(i)]];
+        ++count;
+      }
+      std::printf("[%lld] %.4f\n", (long long)(w + 1), std::exp(nll / double(count)));
+      std::fflush(stdout);
+    }
+    std::printf("PPL = %.4f\n", std::exp(nll / double(count)));
+  });
+}
+
+}  // namespace peregrine::tools

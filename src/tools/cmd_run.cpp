@@ -1,0 +1,71 @@
+// peregrine run -p PROMPT: generate text; text on stdout, one timing line on stderr.
+#include <cstdio>
+
+#include "engine/session.h"
+#include "tokenizer/chat_template.h"
+#include "tools/commands.h"
+#include "tools/common.h"
+#include "tools/generate_io.h"
+
+namespace peregrine::tools {
+
+void register_run(CLI::App& app) {
+  struct Opts {
+    ModelOptions model;
+    SamplerOptions sampler;
+    std::string prompt;
+    std::string system;
+    int64_t n_predict = 128;
+    bool chat = false;
+  };
+  auto o = std::make_shared<Opts>();
+  CLI::App* cmd = app.add_subcommand("run", "Generate text from a prompt");
+  cmd->add_option("-p,--prompt", o->prompt, "Prompt text")->required();
+  cmd->add_option("-n,--n-predict", o->n_predict, "Tokens to generate")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 24));
+  cmd->add_flag("--chat", o->chat, "Wrap the prompt in the model's chat template");
+  cmd->add_option("--system", o->system, "System message for --chat");
+  add_model_options(cmd, o->model);
+  add_sampler_options(cmd, o->sampler);
+  cmd->callback([o] {
+    check(o->sampler.validate());
+    std::string path = check(resolve_model(o->model.model));
+    auto session = check(Session::open(path, {o->model.threads, o->model.ctx, o->model.batch}));
+    const Tokenizer& tok = session->tokenizer();
+    std::string text = o->prompt;
+    if (o->chat) {
+      ChatTemplate tpl = check(ChatTemplate::from_gguf(session->file()));
+      std::vector<ChatMessage> msgs;
+      if (!o->system.empty()) msgs.push_back({"system", o->system});
+      msgs.push_back({"user", o->prompt});
+      text = tpl.render(msgs, true);
+    }
+    std::vector<TokenId> prompt;
+    if (tok.add_bos()) prompt.push_back(tok.bos());
+    // Special tokens written in the prompt (<|im_start|> ...) are recognised: the
+    // CLI user is the operator. (The server will not parse them in user content.)
+    std::vector<TokenId> body = tok.encode(text, true);
+    prompt.insert(prompt.end(), body.begin(), body.end());
+    if (prompt.empty()) fail("the prompt is empty");
+    if (int64_t(prompt.size()) >= session->n_ctx())
+      fail(fmt::format("the prompt has {} tokens but the context holds {} (raise -c)",
+                       prompt.size(), session->n_ctx()));
+    Sampler sampler(o->sampler);
+    StreamDecoder dec(tok);
+    GenerateStats st = check(session->generate(prompt, o->n_predict, sampler,
+                                               [&](TokenId id) {
+                                                 std::string s = dec.push(id);
+                                                 std::fwrite(s.data(), 1, s.size(), stdout);
+                                                 std::fflush(stdout);
+                                                 return true;
+                                               }));
+    std::string rest = dec.flush();
+    std::fwrite(rest.data(), 1, rest.size(), stdout);
+    std::printf("\n");
+    std::fflush(stdout);
+    print_timing(st);
+  });
+}
+
+}  // namespace peregrine::tools

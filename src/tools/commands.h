@@ -1,0 +1,17 @@
+// CLI commands. Each registers a subcommand on the app; main() dispatches.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace peregrine::tools {
+
+void register_pull(CLI::App& app);
+void register_info(CLI::App& app);
+void register_run(CLI::App& app);
+void register_chat(CLI::App& app);
+void register_perplexity(CLI::App& app);
+void register_tokenize(CLI::App& app);
+void register_logits(CLI::App& app);
+void register_dequant(CLI::App& app);
+
+}  // namespace peregrine::tools

@@ -1,0 +1,41 @@
+#include "tools/common.h"
+
+#include <cstdio>
+
+namespace peregrine::tools {
+
+void add_model_options(CLI::App* cmd, ModelOptions& o, bool with_ctx) {
+  cmd->add_option("-m,--model", o.model, "Model: a cache name (smollm2-135m) or a GGUF path")
+      ->capture_default_str();
+  cmd->add_option("-t,--threads", o.threads, "Threads (default: all cores)")->check(CLI::Range(0, 1024));
+  if (with_ctx) {
+    cmd->add_option("-c,--ctx-size", o.ctx, "Context size in tokens (default: min(trained, 4096))")
+        ->check(CLI::Range(int64_t(0), int64_t(1) << 20));
+  }
+  cmd->add_option("-b,--batch-size", o.batch, "Prompt tokens per forward pass")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(1), int64_t(65536)));
+}
+
+void add_sampler_options(CLI::App* cmd, SamplerOptions& o) {
+  cmd->add_option("--temp", o.temperature, "Temperature (0 = greedy)")->capture_default_str();
+  cmd->add_option("--top-k", o.top_k, "Keep the k most likely tokens (0 = off)")->capture_default_str();
+  cmd->add_option("--top-p", o.top_p, "Nucleus sampling mass (1 = off)")->capture_default_str();
+  cmd->add_option("--min-p", o.min_p, "Drop tokens below min-p times the top probability")
+      ->capture_default_str();
+  cmd->add_option("--repeat-penalty", o.repeat_penalty, "Penalty for recent tokens (1 = off)")
+      ->capture_default_str();
+  cmd->add_option("--repeat-last-n", o.repeat_last_n, "How many recent tokens are penalised")
+      ->capture_default_str();
+  cmd->add_option("-s,--seed", o.seed, "Random seed")->capture_default_str();
+}
+
+void fail(const Error& e) { fail(e.message); }
+
+void fail(const std::string& message) {
+  std::fprintf(stderr, "error: %s\n", message.c_str());
+  std::fflush(stderr);
+  throw CLI::RuntimeError(1);
+}
+
+}  // namespace peregrine::tools

@@ -1,0 +1,41 @@
+// Shared pieces of the CLI commands: model/thread/context options, error exit.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "core/status.h"
+#include "sample/sampler.h"
+#include "tools/model_resolve.h"
+
+namespace peregrine::tools {
+
+struct ModelOptions {
+  std::string model = kDefaultModel;
+  int threads = 0;
+  int64_t ctx = 0;
+  int64_t batch = 512;
+};
+
+// -m, -t, -c, -b
+void add_model_options(CLI::App* cmd, ModelOptions& o, bool with_ctx = true);
+// --temp, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --seed
+void add_sampler_options(CLI::App* cmd, SamplerOptions& o);
+
+// Prints "error: <message>" on stderr and leaves the command with exit code 1.
+[[noreturn]] void fail(const Error& e);
+[[noreturn]] void fail(const std::string& message);
+
+// Unwrap a Result or fail with its error.
+template <typename T>
+T check(Result<T> r) {
+  if (!r.ok()) fail(r.error());
+  return std::move(r).value();
+}
+inline void check(const Status& s) {
+  if (!s.ok()) fail(s.error());
+}
+
+}  // namespace peregrine::tools
