@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Sets up Peregrine on a fresh Debian machine (packages, build, default model) and
+# runs `peregrine ARGS`. With no arguments: a short demo generation.
+set -euo pipefail
+cd "$(dirname "$0")"
+scripts/deps.sh
+scripts/build.sh peregrine
+if [ $# -eq 0 ]; then
+  set -- run --chat -p "Write one sentence about the sea." -n 48 --temp 0
+fi
+exec build/bin/peregrine "$@"

@@ -1,0 +1,173 @@
+// Every SIMD kernel table against the scalar reference on random data, including
+// lengths that are not multiples of the vector width.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/kernels.h"
+#include "quant/blocks.h"
+#include "quant/dequantize.h"
+#include "quant/fp16.h"
+
+namespace peregrine {
+namespace {
+
+std::vector<const KernelTable*> simd_tables() {
+  std::vector<const KernelTable*> t;
+  if (cpu_supports(Isa::Avx2) && avx2_kernels()) t.push_back(avx2_kernels());
+  if (cpu_supports(Isa::Avx512) && avx512_kernels()) t.push_back(avx512_kernels());
+  return t;
+}
+
+std::vector<float> random_floats(size_t n, std::mt19937& rng, float scale = 1.0f) {
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+// Random weight blocks of a type, with sane (finite, positive) fp16 scales.
+std::vector<uint8_t> random_blocks(GgmlType t, int64_t nb, std::mt19937& rng) {
+  const size_t bytes = *row_bytes(t, uint64_t(nb) * kQK);
+  std::vector<uint8_t> buf(bytes);
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (auto& b : buf) b = uint8_t(byte(rng));
+  std::uniform_real_distribution<float> scale(0.001f, 0.05f);
+  const size_t bb = bytes / size_t(nb);
+  for (int64_t i = 0; i < nb; ++i) {
+    uint16_t d = f32_to_fp16(scale(rng));
+    std::memcpy(buf.data() + size_t(i) * bb, &d, 2);
+    if (t == GgmlType::Q4_1) {
+      uint16_t m = f32_to_fp16(-scale(rng) * 8);
+      std::memcpy(buf.data() + size_t(i) * bb + 2, &m, 2);
+    }
+  }
+  return buf;
+}
+
+TEST(Kernels, ScalarQuantizeRoundTripsWithinHalfAStep) {
+  std::mt19937 rng(1);
+  auto x = random_floats(32 * 7, rng, 3.0f);
+  std::vector<BlockQ8Act> q(7);
+  scalar_kernels().quantize_q8(x.data(), q.data(), int64_t(x.size()));
+  for (int b = 0; b < 7; ++b) {
+    int sum = 0;
+    for (int j = 0; j < 32; ++j) {
+      EXPECT_LE(std::fabs(q[b].d * q[b].qs[j] - x[b * 32 + j]), q[b].d * 0.5f + 1e-6f);
+      sum += q[b].qs[j];
+    }
+    EXPECT_FLOAT_EQ(q[b].s, q[b].d * float(sum));
+  }
+}
+
+TEST(Kernels, QuantizeIsBitExactAcrossIsas) {
+  std::mt19937 rng(2);
+  for (const KernelTable* t : simd_tables()) {
+    for (int nb : {1, 2, 5, 18, 48}) {
+      auto x = random_floats(size_t(nb) * 32, rng, 2.0f);
+      x[3] = 0.0f;
+      std::vector<BlockQ8Act> a(static_cast<size_t>(nb)), b(static_cast<size_t>(nb));
+      scalar_kernels().quantize_q8(x.data(), a.data(), nb * 32);
+      t->quantize_q8(x.data(), b.data(), nb * 32);
+      ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(BlockQ8Act)))
+          << isa_name(t->isa) << " nb=" << nb;
+    }
+    // An all-zero block must give d = 0 and no NaN.
+    std::vector<float> z(32, 0.0f);
+    BlockQ8Act q;
+    t->quantize_q8(z.data(), &q, 32);
+    EXPECT_EQ(q.d, 0.0f);
+    EXPECT_EQ(q.s, 0.0f);
+  }
+}
+
+// Integer dot products: the per-block integer sums are exact on every path, so
+// the only difference is the order of float accumulation.
+TEST(Kernels, QuantizedDotsMatchScalar) {
+  std::mt19937 rng(3);
+  struct Case { GgmlType type; float (*KernelTable::*fn)(const void*, const BlockQ8Act*, int64_t); };
+  const Case cases[] = {{GgmlType::Q4_0, &KernelTable::dot_q4_0},
+                        {GgmlType::Q4_1, &KernelTable::dot_q4_1},
+                        {GgmlType::Q8_0, &KernelTable::dot_q8_0}};
+  for (const KernelTable* t : simd_tables()) {
+    for (const Case& c : cases) {
+      for (int nb : {1, 3, 8, 17, 48}) {
+        auto w = random_blocks(c.type, nb, rng);
+        auto x = random_floats(size_t(nb) * 32, rng);
+        std::vector<BlockQ8Act> xq(static_cast<size_t>(nb));
+        scalar_kernels().quantize_q8(x.data(), xq.data(), nb * 32);
+        float ref = (scalar_kernels().*c.fn)(w.data(), xq.data(), nb);
+        float got = (t->*c.fn)(w.data(), xq.data(), nb);
+        EXPECT_NEAR(got, ref, 1e-5f * (1.0f + std::fabs(ref)))
+            << isa_name(t->isa) << " " << type_name(c.type) << " nb=" << nb;
+      }
+    }
+  }
+}
+
+// The scalar quantized dot equals the float dot of dequantized weights and
+// dequantized activations (up to float rounding): the reference is right.
+TEST(Kernels, ScalarQuantizedDotMatchesDequantizedMath) {
+  std::mt19937 rng(4);
+  struct Case { GgmlType type; float (*KernelTable::*fn)(const void*, const BlockQ8Act*, int64_t); };
+  const Case cases[] = {{GgmlType::Q4_0, &KernelTable::dot_q4_0},
+                        {GgmlType::Q4_1, &KernelTable::dot_q4_1},
+                        {GgmlType::Q8_0, &KernelTable::dot_q8_0}};
+  for (const Case& c : cases) {
+    const int nb = 9;
+    auto w = random_blocks(c.type, nb, rng);
+    auto x = random_floats(size_t(nb) * 32, rng);
+    std::vector<BlockQ8Act> xq(nb);
+    scalar_kernels().quantize_q8(x.data(), xq.data(), nb * 32);
+    std::vector<float> wf(size_t(nb) * 32);
+    dequantize_row(c.type, w.data(), wf.data(), nb * 32);
+    double ref = 0.0;
+    for (int i = 0; i < nb * 32; ++i) ref += double(wf[i]) * xq[i / 32].d * xq[i / 32].qs[i % 32];
+    float got = (scalar_kernels().*c.fn)(w.data(), xq.data(), nb);
+    EXPECT_NEAR(got, ref, 1e-4 * (1.0 + std::fabs(ref))) << type_name(c.type);
+  }
+}
+
+TEST(Kernels, FloatDotsAndAxpyMatchScalar) {
+  std::mt19937 rng(5);
+  for (const KernelTable* t : simd_tables()) {
+    for (int n : {1, 7, 8, 9, 15, 16, 17, 33, 64, 100, 576}) {
+      auto w = random_floats(size_t(n), rng), x = random_floats(size_t(n), rng);
+      std::vector<uint16_t> h(static_cast<size_t>(n)), bf(static_cast<size_t>(n));
+      for (int i = 0; i < n; ++i) {
+        h[i] = f32_to_fp16(w[i]);
+        bf[i] = f32_to_bf16(w[i]);
+      }
+      const float tol = 1e-5f * float(n);
+      EXPECT_NEAR(t->dot_f32(w.data(), x.data(), n), scalar_kernels().dot_f32(w.data(), x.data(), n), tol);
+      EXPECT_NEAR(t->dot_f16(h.data(), x.data(), n), scalar_kernels().dot_f16(h.data(), x.data(), n), tol);
+      EXPECT_NEAR(t->dot_bf16(bf.data(), x.data(), n), scalar_kernels().dot_bf16(bf.data(), x.data(), n), tol);
+      std::vector<float> y1 = x, y2 = x;
+      scalar_kernels().axpy_f32(0.37f, w.data(), y1.data(), n);
+      t->axpy_f32(0.37f, w.data(), y2.data(), n);
+      for (int i = 0; i < n; ++i) EXPECT_NEAR(y1[i], y2[i], 1e-6f) << i;
+    }
+  }
+}
+
+TEST(Fp16, ConversionsAreExactOnRepresentableValues) {
+  // Every finite half converts to float and back unchanged.
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff)) continue;  // NaN payloads
+    float f = fp16_to_f32(uint16_t(h));
+    ASSERT_EQ(f32_to_fp16(f), h) << std::hex << h;
+  }
+  EXPECT_EQ(fp16_to_f32(0x3c00), 1.0f);
+  EXPECT_EQ(fp16_to_f32(0xc000), -2.0f);
+  EXPECT_EQ(fp16_to_f32(0x0001), std::ldexp(1.0f, -24));
+  EXPECT_EQ(f32_to_fp16(1e6f), 0x7c00);               // overflow -> inf
+  EXPECT_EQ(f32_to_fp16(1.0f + std::ldexp(1.0f, -11)), 0x3c00);  // tie -> even
+  EXPECT_EQ(bf16_to_f32(0x3f80), 1.0f);
+  EXPECT_EQ(f32_to_bf16(1.0f), 0x3f80);
+}
+
+}  // namespace
+}  // namespace peregrine

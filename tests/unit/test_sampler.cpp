@@ -1,0 +1,110 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <vector>
+
+#include "sample/sampler.h"
+
+namespace peregrine {
+namespace {
+
+TEST(Sampler, TemperatureZeroIsArgmaxWithLowestIdOnTies) {
+  SamplerOptions o;
+  o.temperature = 0.0f;
+  Sampler s(o);
+  std::vector<float> l = {0.1f, 3.0f, -1.0f, 3.0f, 2.9f};
+  EXPECT_EQ(s.sample(l.data(), 5), 1);
+}
+
+TEST(Sampler, SameSeedSameDraws) {
+  SamplerOptions o;
+  o.temperature = 1.0f;
+  o.top_k = 0;
+  o.top_p = 1.0f;
+  o.min_p = 0.0f;
+  o.seed = 1234;
+  std::vector<float> l = {1.0f, 1.1f, 0.9f, 1.05f, 0.2f, 0.0f};
+  Sampler a(o), b(o);
+  std::vector<int> da, db;
+  for (int i = 0; i < 200; ++i) {
+    da.push_back(a.sample(l.data(), 6));
+    db.push_back(b.sample(l.data(), 6));
+  }
+  EXPECT_EQ(da, db);
+  o.seed = 1235;
+  Sampler c(o);
+  std::vector<int> dc;
+  for (int i = 0; i < 200; ++i) dc.push_back(c.sample(l.data(), 6));
+  EXPECT_NE(da, dc);
+}
+
+// At temperature 1 with no truncation, draw frequencies follow softmax(logits).
+TEST(Sampler, DrawsFollowSoftmax) {
+  SamplerOptions o;
+  o.temperature = 1.0f;
+  o.top_k = 0;
+  o.top_p = 1.0f;
+  o.min_p = 0.0f;
+  o.seed = 7;
+  std::vector<float> l = {0.0f, 1.0f, 2.0f};
+  Sampler s(o);
+  std::map<int, int> n;
+  const int N = 30000;
+  for (int i = 0; i < N; ++i) n[s.sample(l.data(), 3)]++;
+  double z = 1 + std::exp(1.0) + std::exp(2.0);
+  EXPECT_NEAR(n[0] / double(N), 1 / z, 0.01);
+  EXPECT_NEAR(n[1] / double(N), std::exp(1.0) / z, 0.01);
+  EXPECT_NEAR(n[2] / double(N), std::exp(2.0) / z, 0.01);
+}
+
+TEST(Sampler, TopKTopPMinPTruncate) {
+  std::vector<float> l = {5.0f, 4.0f, 0.0f, -1.0f, -2.0f};
+  auto draws = [&](SamplerOptions o) {
+    o.temperature = 1.0f;
+    Sampler s(o);
+    std::map<int, int> n;
+    for (int i = 0; i < 3000; ++i) n[s.sample(l.data(), 5)]++;
+    return n;
+  };
+  SamplerOptions k;
+  k.top_k = 2; k.top_p = 1.0f; k.min_p = 0.0f;
+  for (auto [id, c] : draws(k)) EXPECT_LT(id, 2);
+  SamplerOptions p;
+  p.top_k = 0; p.top_p = 0.5f; p.min_p = 0.0f;  // p(0) ~ 0.72 > 0.5: only token 0
+  EXPECT_EQ(draws(p).size(), 1u);
+  SamplerOptions m;
+  m.top_k = 0; m.top_p = 1.0f; m.min_p = 0.3f;  // p1/p0 = e^-1 ~ 0.37 kept, e^-5 dropped
+  auto n = draws(m);
+  EXPECT_EQ(n.size(), 2u);
+}
+
+TEST(Sampler, RepeatPenaltyDemotesRecentTokens) {
+  SamplerOptions o;
+  o.temperature = 0.0f;
+  o.repeat_penalty = 2.0f;
+  Sampler s(o);
+  std::vector<float> l = {2.0f, 1.5f};
+  EXPECT_EQ(s.sample(l.data(), 2), 0);
+  s.accept(0);
+  EXPECT_EQ(s.sample(l.data(), 2), 1);  // 2.0 / 2 = 1.0 < 1.5
+}
+
+TEST(Sampler, ValidateRejectsBadOptions) {
+  SamplerOptions o;
+  o.temperature = -1.0f;
+  EXPECT_FALSE(o.validate().ok());
+  o = {};
+  o.top_p = 0.0f;
+  EXPECT_FALSE(o.validate().ok());
+  o = {};
+  o.min_p = 1.5f;
+  EXPECT_FALSE(o.validate().ok());
+  o = {};
+  o.temperature = NAN;
+  EXPECT_FALSE(o.validate().ok());
+  EXPECT_TRUE(SamplerOptions{}.validate().ok());
+}
+
+}  // namespace
+}  // namespace peregrine
