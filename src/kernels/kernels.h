@@ -17,10 +17,13 @@ struct KernelTable {
   Isa isa;
   // x[n] -> n/32 activation blocks (n multiple of 32).
   void (*quantize_q8)(const float* x, BlockQ8Act* out, int64_t n);
-  // Dot product of one weight row (nb blocks) with one activation row.
-  float (*dot_q4_0)(const void* w, const BlockQ8Act* x, int64_t nb);
-  float (*dot_q4_1)(const void* w, const BlockQ8Act* x, int64_t nb);
-  float (*dot_q8_0)(const void* w, const BlockQ8Act* x, int64_t nb);
+  // One weight row (nb blocks) against n_x activation rows (each nb blocks, one after
+  // another): y[r * y_stride] = dot(w, x_r). A row's result is the same for any n_x.
+  using DotRows = void (*)(const void* w, int64_t nb, const BlockQ8Act* x, int64_t n_x,
+                           float* y, int64_t y_stride);
+  DotRows dot_q4_0;
+  DotRows dot_q4_1;
+  DotRows dot_q8_0;
   // Float weights against float activations (n any length).
   float (*dot_f32)(const float* w, const float* x, int64_t n);
   float (*dot_f16)(const uint16_t* w, const float* x, int64_t n);

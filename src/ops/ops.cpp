@@ -28,18 +28,24 @@ void matmul(const Weight& w, const float* x, float* y, int64_t n_tok, ThreadPool
   pool.parallel_range(n_out, 16, [&](int64_t r0, int64_t r1, int) {
     for (int64_t r = r0; r < r1; ++r) {
       const uint8_t* wr = w.row(r);
-      for (int64_t t = 0; t < n_tok; ++t) {
-        float v = 0.0f;
-        switch (w.type) {
-          case GgmlType::Q4_0: v = k.dot_q4_0(wr, xq + t * nb, nb); break;
-          case GgmlType::Q4_1: v = k.dot_q4_1(wr, xq + t * nb, nb); break;
-          case GgmlType::Q8_0: v = k.dot_q8_0(wr, xq + t * nb, nb); break;
-          case GgmlType::F32: v = k.dot_f32(reinterpret_cast<const float*>(wr), x + t * n_in, n_in); break;
-          case GgmlType::F16: v = k.dot_f16(reinterpret_cast<const uint16_t*>(wr), x + t * n_in, n_in); break;
-          case GgmlType::BF16: v = k.dot_bf16(reinterpret_cast<const uint16_t*>(wr), x + t * n_in, n_in); break;
-          default: PG_ASSERT(false && "matmul: unsupported weight type");
-        }
-        y[t * n_out + r] = v;
+      float* yr = y + r;  // column r of y [n_tok, n_out]
+      switch (w.type) {
+        case GgmlType::Q4_0: k.dot_q4_0(wr, nb, xq, n_tok, yr, n_out); break;
+        case GgmlType::Q4_1: k.dot_q4_1(wr, nb, xq, n_tok, yr, n_out); break;
+        case GgmlType::Q8_0: k.dot_q8_0(wr, nb, xq, n_tok, yr, n_out); break;
+        case GgmlType::F32:
+          for (int64_t t = 0; t < n_tok; ++t)
+            yr[t * n_out] = k.dot_f32(reinterpret_cast<const float*>(wr), x + t * n_in, n_in);
+          break;
+        case GgmlType::F16:
+          for (int64_t t = 0; t < n_tok; ++t)
+            yr[t * n_out] = k.dot_f16(reinterpret_cast<const uint16_t*>(wr), x + t * n_in, n_in);
+          break;
+        case GgmlType::BF16:
+          for (int64_t t = 0; t < n_tok; ++t)
+            yr[t * n_out] = k.dot_bf16(reinterpret_cast<const uint16_t*>(wr), x + t * n_in, n_in);
+          break;
+        default: PG_ASSERT(false && "matmul: unsupported weight type");
       }
     }
   });

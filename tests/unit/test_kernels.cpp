@@ -84,25 +84,37 @@ TEST(Kernels, QuantizeIsBitExactAcrossIsas) {
   }
 }
 
+struct DotCase {
+  GgmlType type;
+  KernelTable::DotRows KernelTable::*fn;
+};
+const DotCase kDotCases[] = {{GgmlType::Q4_0, &KernelTable::dot_q4_0},
+                             {GgmlType::Q4_1, &KernelTable::dot_q4_1},
+                             {GgmlType::Q8_0, &KernelTable::dot_q8_0}};
+
 // Integer dot products: the per-block integer sums are exact on every path, so
 // the only difference is the order of float accumulation.
 TEST(Kernels, QuantizedDotsMatchScalar) {
   std::mt19937 rng(3);
-  struct Case { GgmlType type; float (*KernelTable::*fn)(const void*, const BlockQ8Act*, int64_t); };
-  const Case cases[] = {{GgmlType::Q4_0, &KernelTable::dot_q4_0},
-                        {GgmlType::Q4_1, &KernelTable::dot_q4_1},
-                        {GgmlType::Q8_0, &KernelTable::dot_q8_0}};
   for (const KernelTable* t : simd_tables()) {
-    for (const Case& c : cases) {
+    for (const DotCase& c : kDotCases) {
       for (int nb : {1, 3, 8, 17, 48}) {
+        const int n_x = 7;  // not a multiple of the 4-row tile
         auto w = random_blocks(c.type, nb, rng);
-        auto x = random_floats(size_t(nb) * 32, rng);
-        std::vector<BlockQ8Act> xq(static_cast<size_t>(nb));
-        scalar_kernels().quantize_q8(x.data(), xq.data(), nb * 32);
-        float ref = (scalar_kernels().*c.fn)(w.data(), xq.data(), nb);
-        float got = (t->*c.fn)(w.data(), xq.data(), nb);
-        EXPECT_NEAR(got, ref, 1e-5f * (1.0f + std::fabs(ref)))
-            << isa_name(t->isa) << " " << type_name(c.type) << " nb=" << nb;
+        auto x = random_floats(size_t(nb) * 32 * n_x, rng);
+        std::vector<BlockQ8Act> xq(static_cast<size_t>(nb * n_x));
+        scalar_kernels().quantize_q8(x.data(), xq.data(), nb * 32 * n_x);
+        std::vector<float> ref(n_x), got(n_x * 2);
+        (scalar_kernels().*c.fn)(w.data(), nb, xq.data(), n_x, ref.data(), 1);
+        (t->*c.fn)(w.data(), nb, xq.data(), n_x, got.data(), 2);  // strided output
+        for (int r = 0; r < n_x; ++r) {
+          EXPECT_NEAR(got[r * 2], ref[r], 1e-5f * (1.0f + std::fabs(ref[r])))
+              << isa_name(t->isa) << " " << type_name(c.type) << " nb=" << nb << " row " << r;
+          // Batch invariance: the row alone gives bit-identical output.
+          float alone = 0.0f;
+          (t->*c.fn)(w.data(), nb, xq.data() + r * nb, 1, &alone, 1);
+          EXPECT_EQ(alone, got[r * 2]) << isa_name(t->isa) << " " << type_name(c.type);
+        }
       }
     }
   }
@@ -112,11 +124,7 @@ TEST(Kernels, QuantizedDotsMatchScalar) {
 // dequantized activations (up to float rounding): the reference is right.
 TEST(Kernels, ScalarQuantizedDotMatchesDequantizedMath) {
   std::mt19937 rng(4);
-  struct Case { GgmlType type; float (*KernelTable::*fn)(const void*, const BlockQ8Act*, int64_t); };
-  const Case cases[] = {{GgmlType::Q4_0, &KernelTable::dot_q4_0},
-                        {GgmlType::Q4_1, &KernelTable::dot_q4_1},
-                        {GgmlType::Q8_0, &KernelTable::dot_q8_0}};
-  for (const Case& c : cases) {
+  for (const DotCase& c : kDotCases) {
     const int nb = 9;
     auto w = random_blocks(c.type, nb, rng);
     auto x = random_floats(size_t(nb) * 32, rng);
@@ -126,7 +134,8 @@ TEST(Kernels, ScalarQuantizedDotMatchesDequantizedMath) {
     dequantize_row(c.type, w.data(), wf.data(), nb * 32);
     double ref = 0.0;
     for (int i = 0; i < nb * 32; ++i) ref += double(wf[i]) * xq[i / 32].d * xq[i / 32].qs[i % 32];
-    float got = (scalar_kernels().*c.fn)(w.data(), xq.data(), nb);
+    float got = 0.0f;
+    (scalar_kernels().*c.fn)(w.data(), nb, xq.data(), 1, &got, 1);
     EXPECT_NEAR(got, ref, 1e-4 * (1.0 + std::fabs(ref))) << type_name(c.type);
   }
 }

@@ -82,6 +82,12 @@ float dot_bf16(const uint16_t* w, const float* x, int64_t n) {
   return acc;
 }
 
+template <float (*Dot)(const void*, const BlockQ8Act*, int64_t)>
+void dot_rows(const void* w, int64_t nb, const BlockQ8Act* x, int64_t n_x, float* y,
+              int64_t y_stride) {
+  for (int64_t r = 0; r < n_x; ++r) y[r * y_stride] = Dot(w, x + r * nb, nb);
+}
+
 void axpy_f32(float a, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
@@ -89,7 +95,8 @@ void axpy_f32(float a, const float* x, float* y, int64_t n) {
 }  // namespace
 
 const KernelTable& scalar_kernels() {
-  static const KernelTable t{Isa::Scalar, quantize_q8, dot_q4_0, dot_q4_1, dot_q8_0,
+  static const KernelTable t{Isa::Scalar, quantize_q8, dot_rows<dot_q4_0>, dot_rows<dot_q4_1>,
+                             dot_rows<dot_q8_0>,
                              dot_f32,     dot_f16,     dot_bf16, axpy_f32};
   return t;
 }

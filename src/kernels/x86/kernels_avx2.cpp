@@ -10,6 +10,9 @@
 namespace peregrine {
 namespace {
 
+// F16C conversion: the portable bit-twiddling one is branchy and slow.
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -22,14 +25,6 @@ inline int hsum_i32(__m256i v) {
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
   return _mm_cvtsi128_si32(s);
-}
-
-// Sum of products of 32 signed bytes, as 8 int32 lanes. maddubs needs an unsigned
-// left operand, so move w's sign onto x: w*x == |w| * (sign(w) x).
-inline __m256i dot_i8(__m256i w, __m256i x) {
-  __m256i aw = _mm256_sign_epi8(w, w);
-  __m256i sx = _mm256_sign_epi8(x, w);
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), _mm256_set1_epi16(1));
 }
 
 // 16 bytes of nibbles -> 32 bytes: low nibbles first, then high (the GGUF order).
@@ -72,43 +67,64 @@ void quantize_q8(const float* x, BlockQ8Act* out, int64_t n) {
   }
 }
 
-float dot_q4_0(const void* w, const BlockQ8Act* x, int64_t nb) {
-  auto* b = static_cast<const BlockQ4_0*>(w);
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t i = 0; i < nb; ++i) {
-    __m256i q = _mm256_sub_epi8(unpack_nibbles(b[i].qs), _mm256_set1_epi8(8));
-    __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i].qs));
-    __m256 s = _mm256_cvtepi32_ps(dot_i8(q, xv));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_f32(b[i].d) * x[i].d), s, acc);
-  }
-  return hsum(acc);
-}
+// One weight row against N activation rows at once: each weight block is decoded
+// once for all N. Every activation row keeps its own accumulator and sees the same
+// operations in the same order for any N, so a row's result never depends on which
+// other rows share the call (batch invariance).
+struct Q4_0Decode {
+  using Block = BlockQ4_0;
+  static constexpr bool kSigned = true;
+  static __m256i q(const Block& b) { return _mm256_sub_epi8(unpack_nibbles(b.qs), _mm256_set1_epi8(8)); }
+  static float m(const Block&) { return 0.0f; }
+};
+struct Q4_1Decode {
+  using Block = BlockQ4_1;
+  static constexpr bool kSigned = false;
+  static __m256i q(const Block& b) { return unpack_nibbles(b.qs); }
+  static float m(const Block& b) { return h2f(b.m); }
+};
+struct Q8_0Decode {
+  using Block = BlockQ8_0;
+  static constexpr bool kSigned = true;
+  static __m256i q(const Block& b) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs)); }
+  static float m(const Block&) { return 0.0f; }
+};
 
-float dot_q4_1(const void* w, const BlockQ8Act* x, int64_t nb) {
-  auto* b = static_cast<const BlockQ4_1*>(w);
-  __m256 acc = _mm256_setzero_ps();
-  float offset = 0.0f;
+template <class D, int N>
+inline void dot_n(const typename D::Block* b, int64_t nb, const BlockQ8Act* x, float* y,
+                  int64_t y_stride) {
+  __m256 acc[N];
+  float offset[N];
+  for (int r = 0; r < N; ++r) {
+    acc[r] = _mm256_setzero_ps();
+    offset[r] = 0.0f;
+  }
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t i = 0; i < nb; ++i) {
-    __m256i q = unpack_nibbles(b[i].qs);  // unsigned 0..15
-    __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i].qs));
-    __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, xv), ones);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_f32(b[i].d) * x[i].d), _mm256_cvtepi32_ps(p), acc);
-    offset += fp16_to_f32(b[i].m) * x[i].s;
+    const __m256i q = D::q(b[i]);
+    const float d = h2f(b[i].d);
+    __m256i aq = q;
+    // maddubs needs an unsigned left operand: move w's sign onto x, w*x == |w| * (sign(w) x).
+    if constexpr (D::kSigned) aq = _mm256_sign_epi8(q, q);
+    for (int r = 0; r < N; ++r) {
+      const BlockQ8Act& xb = x[r * nb + i];
+      __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.qs));
+      if constexpr (D::kSigned) xv = _mm256_sign_epi8(xv, q);
+      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aq, xv), ones);
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p), acc[r]);
+      if constexpr (!D::kSigned) offset[r] += D::m(b[i]) * xb.s;
+    }
   }
-  return hsum(acc) + offset;
+  for (int r = 0; r < N; ++r) y[r * y_stride] = hsum(acc[r]) + offset[r];
 }
 
-float dot_q8_0(const void* w, const BlockQ8Act* x, int64_t nb) {
-  auto* b = static_cast<const BlockQ8_0*>(w);
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t i = 0; i < nb; ++i) {
-    __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qs));
-    __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i].qs));
-    __m256 s = _mm256_cvtepi32_ps(dot_i8(q, xv));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_f32(b[i].d) * x[i].d), s, acc);
-  }
-  return hsum(acc);
+template <class D>
+void dot_rows(const void* w, int64_t nb, const BlockQ8Act* x, int64_t n_x, float* y,
+              int64_t y_stride) {
+  auto* b = static_cast<const typename D::Block*>(w);
+  int64_t r = 0;
+  for (; r + 4 <= n_x; r += 4) dot_n<D, 4>(b, nb, x + r * nb, y + r * y_stride, y_stride);
+  for (; r < n_x; ++r) dot_n<D, 1>(b, nb, x + r * nb, y + r * y_stride, y_stride);
 }
 
 float dot_f32(const float* w, const float* x, int64_t n) {
@@ -132,7 +148,7 @@ float dot_f16(const uint16_t* w, const float* x, int64_t n) {
     a0 = _mm256_fmadd_ps(wf, _mm256_loadu_ps(x + i), a0);
   }
   float acc = hsum(a0);
-  for (; i < n; ++i) acc += fp16_to_f32(w[i]) * x[i];
+  for (; i < n; ++i) acc += h2f(w[i]) * x[i];
   return acc;
 }
 
@@ -160,7 +176,8 @@ void axpy_f32(float a, const float* x, float* y, int64_t n) {
 }  // namespace
 
 const KernelTable* avx2_kernels() {
-  static const KernelTable t{Isa::Avx2, quantize_q8, dot_q4_0, dot_q4_1, dot_q8_0,
+  static const KernelTable t{Isa::Avx2, quantize_q8, dot_rows<Q4_0Decode>, dot_rows<Q4_1Decode>,
+                             dot_rows<Q8_0Decode>,
                              dot_f32,   dot_f16,     dot_bf16, axpy_f32};
   return &t;
 }
