@@ -1,5 +1,6 @@
 // peregrine: command-line entry point. Each command lives in src/tools/cmd_*.cpp.
 #include <cstdio>
+#include <string>
 
 #include <CLI/CLI.hpp>
 
@@ -18,17 +19,28 @@ int main(int argc, char** argv) {
   t::register_tokenize(app);
   t::register_logits(app);
   t::register_dequant(app);
+
+  std::string commands;
+  for (const CLI::App* sub : app.get_subcommands({}))
+    commands += (commands.empty() ? "" : ", ") + sub->get_name();
+  if (argc > 1 && argv[1][0] != '-') {
+    try {
+      app.get_subcommand(argv[1]);
+    } catch (const CLI::OptionNotFound&) {
+      std::fprintf(stderr, "error: unknown command '%s' (commands: %s)\n", argv[1], commands.c_str());
+      return 2;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::RuntimeError& e) {
     return e.get_exit_code();  // the command already printed its error line
   } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() != 0) {
-      std::fprintf(stderr, "error: %s\n", e.what());
-      std::fprintf(stderr, "run 'peregrine --help' for usage\n");
-      return e.get_exit_code();
-    }
-    return app.exit(e);
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    // One line, as every error: the message and where to look for usage.
+    std::string where = argc > 1 && argv[1][0] != '-' ? std::string("peregrine ") + argv[1] : "peregrine";
+    std::fprintf(stderr, "error: %s (see '%s --help')\n", e.what(), where.c_str());
+    return 2;
   }
   return 0;
 }

@@ -1,6 +1,8 @@
 #include "tokenizer/bpe_merges.h"
 
 #include <algorithm>
+#include <cstddef>
+#include <cstdint>
 #include <queue>
 
 namespace peregrine {
@@ -13,7 +15,9 @@ void BpeMerges::reserve(size_t n_merges) {
   slots_.assign(cap, Slot{0, {0, 0}, false});
   n_ = 0;
   for (const Slot& s : old) {
-    if (s.used) add(static_cast<int32_t>(s.key >> 32), static_cast<int32_t>(s.key & 0xFFFFFFFFu), s.m);
+    if (s.used) {
+      add(static_cast<int32_t>(s.key >> 32), static_cast<int32_t>(s.key & 0xFFFFFFFFu), s.m);
+    }
   }
 }
 
@@ -48,9 +52,42 @@ const BpeMerges::Merge* BpeMerges::find(int32_t left, int32_t right) const {
   }
 }
 
+void BpeMerges::apply_short(std::vector<int32_t>& ids) const {
+  // Most pieces are a word of a few bytes: keep the rank of every adjacent
+  // pair in a small array and merge the first minimum until none is left. The
+  // O(n^2) scan costs less than the heap's allocations for such sizes.
+  constexpr int32_t kNone = INT32_MAX;
+  int32_t rank[kShortPiece];  // rank[i]: pair (ids[i], ids[i + 1])
+  int32_t merged[kShortPiece];
+  size_t n = ids.size();
+  auto rate = [&](size_t i) {
+    const Merge* m = find(ids[i], ids[i + 1]);
+    rank[i] = m ? m->rank : kNone;
+    merged[i] = m ? m->merged : -1;
+  };
+  for (size_t i = 0; i + 1 < n; ++i) rate(i);
+  while (n > 1) {
+    size_t best = 0;
+    for (size_t i = 1; i + 1 < n; ++i) {
+      if (rank[i] < rank[best]) best = i;
+    }
+    if (rank[best] == kNone) break;
+    ids[best] = merged[best];
+    ids.erase(ids.begin() + static_cast<std::ptrdiff_t>(best) + 1);
+    --n;
+    for (size_t i = best + 1; i + 1 < n; ++i) {  // shift the pairs right of the merge
+      rank[i] = rank[i + 1];
+      merged[i] = merged[i + 1];
+    }
+    if (best > 0) rate(best - 1);
+    if (best + 1 < n) rate(best);
+  }
+}
+
 void BpeMerges::apply(std::vector<int32_t>& ids) const {
   const auto n = static_cast<int32_t>(ids.size());
   if (n < 2) return;
+  if (ids.size() <= kShortPiece) return apply_short(ids);
 
   // Symbols form a doubly linked list over the original positions; a merge
   // folds the right symbol into the left one and marks the right one dead.
@@ -74,7 +111,8 @@ void BpeMerges::apply(std::vector<int32_t>& ids) const {
                                                                        std::move(storage));
   auto push = [&](int32_t pos) {
     if (pos < 0 || next[pos] < 0) return;
-    if (const Merge* m = find(ids[pos], ids[next[pos]])) heap.push({m->rank, pos, ids[pos], ids[next[pos]], m->merged});
+    const int32_t l = ids[pos], r = ids[next[pos]];
+    if (const Merge* m = find(l, r)) heap.push({m->rank, pos, l, r, m->merged});
   };
   for (int32_t i = 0; i + 1 < n; ++i) push(i);
 

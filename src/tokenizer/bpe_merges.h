@@ -29,6 +29,9 @@ class BpeMerges {
   void apply(std::vector<int32_t>& ids) const;
 
  private:
+  static constexpr size_t kShortPiece = 48;  // pieces up to this many bytes skip the heap
+  void apply_short(std::vector<int32_t>& ids) const;
+
   // Open addressing with linear probing: one flat array, no node allocations;
   // the key packs both ids into 64 bits.
   struct Slot {

@@ -88,7 +88,8 @@ Status BpeTokenizer::load_merges(const gguf::File& file) {
     const std::string_view left = m.substr(0, sp), right = m.substr(sp + 1);
     const std::string merged = std::string(left) + std::string(right);
     const TokenId l = find_token(left), r = find_token(right), id = find_token(merged);
-    const std::string_view missing = l < 0 ? left : r < 0 ? right : id < 0 ? merged : "";
+    const std::string_view missing =
+        l < 0 ? left : r < 0 ? right : id < 0 ? std::string_view(merged) : std::string_view();
     if (!missing.empty()) {
       return make_error("tokenizer.ggml.merges[{}] = '{}': token '{}' is not in the vocab", i, m,
                         missing);

@@ -97,7 +97,8 @@ void Pretokenizer::split_valid(std::string_view text, std::vector<std::string_vi
   while (pos < text.size()) {
     // The text was validated above, so PCRE2 need not re-check it on every
     // call (which would make a long text quadratic).
-    const int rc = pcre2_match(re_->code, subject, text.size(), pos, PCRE2_NO_UTF_CHECK, md, nullptr);
+    const int rc =
+        pcre2_match(re_->code, subject, text.size(), pos, PCRE2_NO_UTF_CHECK, md, nullptr);
     size_t start = text.size(), end = text.size();
     if (rc >= 0) {
       const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);

@@ -11,7 +11,7 @@
 namespace peregrine {
 
 enum class PretokenizerKind {
-  Gpt2,          // "gpt2": the GPT-2 regex
+  Gpt2,            // "gpt2": the GPT-2 regex
   DigitsIsolated,  // "smollm", "starcoder", "refact": each digit alone, then the GPT-2 regex
 };
 

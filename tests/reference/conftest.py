@@ -1,0 +1,57 @@
+"""Shared fixtures for the Python reference tests (tests/reference).
+
+Environment:
+  PEREGRINE_BIN         engine binary (default <repo>/build/bin/peregrine)
+  PEREGRINE_MODEL_PATH  GGUF model (default ~/.cache/peregrine/models/SmolLM2-135M-Instruct.Q4_1.gguf)
+Tests that need a missing one are skipped with a message saying which.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL = Path.home() / ".cache/peregrine/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Let test modules import the helpers that live beside them (llama_ref, gguf_hf_tokenizer, ...).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def peregrine_bin() -> Path:
+    p = Path(os.environ.get("PEREGRINE_BIN", REPO_ROOT / "build/bin/peregrine"))
+    if not (p.is_file() and os.access(p, os.X_OK)):
+        pytest.skip(f"engine binary not found at {p} (build it, or set PEREGRINE_BIN)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    p = Path(os.environ.get("PEREGRINE_MODEL_PATH", DEFAULT_MODEL))
+    if not p.is_file():
+        pytest.skip(f"model not found at {p} (run `peregrine pull smollm2-135m`, or set PEREGRINE_MODEL_PATH)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def run_peregrine(peregrine_bin):
+    """run_peregrine(*args, timeout=...) -> CompletedProcess; fails the test, with stderr, on non-zero exit."""
+
+    def run(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+        cmd = [str(peregrine_bin), *map(str, args)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} exited {r.returncode}\nstderr:\n{r.stderr[-4000:]}")
+        return r
+
+    return run
