@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   t::register_tokenize(app);
   t::register_logits(app);
   t::register_dequant(app);
+  t::register_bench(app);
 
   std::string commands;
   for (const CLI::App* sub : app.get_subcommands({}))

@@ -13,5 +13,6 @@ void register_perplexity(CLI::App& app);
 void register_tokenize(CLI::App& app);
 void register_logits(CLI::App& app);
 void register_dequant(CLI::App& app);
+void register_bench(CLI::App& app);
 
 }  // namespace peregrine::tools

@@ -1,0 +1,119 @@
+// peregrine bench: prompt-processing and generation throughput in the terms of
+// llama.cpp's llama-bench (pp512: a 512-token prompt as one batch from an empty
+// cache; tg128: 128 tokens generated one at a time), mean ± sd over repetitions.
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/session.h"
+#include "kernels/kernels.h"
+#include "tools/commands.h"
+#include "tools/common.h"
+
+namespace peregrine::tools {
+namespace {
+
+struct Stat {
+  double mean = 0, sd = 0;
+};
+
+Stat summarize(const std::vector<double>& v) {
+  Stat s;
+  for (double x : v) s.mean += x;
+  s.mean /= double(v.size());
+  for (double x : v) s.sd += (x - s.mean) * (x - s.mean);
+  s.sd = v.size() > 1 ? std::sqrt(s.sd / double(v.size() - 1)) : 0.0;
+  return s;
+}
+
+}  // namespace
+
+void register_bench(CLI::App& app) {
+  struct Opts {
+    ModelOptions model;
+    int64_t n_prompt = 512, n_gen = 128;
+    int reps = 3;
+    bool json = false;
+  };
+  auto o = std::make_shared<Opts>();
+  CLI::App* cmd = app.add_subcommand("bench", "Prompt processing and generation speed (like llama-bench)");
+  cmd->add_option("-p,--n-prompt", o->n_prompt, "Prompt tokens (0 = skip)")
+      ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 16));
+  cmd->add_option("-n,--n-gen", o->n_gen, "Generated tokens (0 = skip)")
+      ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 16));
+  cmd->add_option("-r,--repetitions", o->reps, "Repetitions")->capture_default_str()->check(CLI::Range(1, 1000));
+  cmd->add_flag("--json", o->json, "Print JSON");
+  add_model_options(cmd, o->model, false);
+  cmd->callback([o] {
+    using Clock = std::chrono::steady_clock;
+    std::string path = check(resolve_model(o->model.model));
+    const int64_t n_ctx = std::max<int64_t>(o->n_prompt + o->n_gen, 1);
+    auto session = check(Session::open(path, {o->model.threads, n_ctx, std::max<int64_t>(o->model.batch, o->n_prompt)}));
+    const int64_t n_vocab = session->model().hparams().n_vocab;
+    std::mt19937 rng(42);
+    std::uniform_int_distribution<int32_t> tok(0, int32_t(n_vocab - 1));
+    std::vector<float> logits;
+    // Warm-up: touch the weights and size the scratch buffers.
+    {
+      std::vector<TokenId> w = {tok(rng), tok(rng)};
+      check(session->eval(w, false, logits));
+      session->reset();
+    }
+    std::vector<double> pp, tg;
+    for (int r = 0; r < o->reps; ++r) {
+      if (o->n_prompt > 0) {
+        std::vector<TokenId> prompt(size_t(o->n_prompt));
+        for (TokenId& t : prompt) t = tok(rng);
+        session->reset();
+        auto t0 = Clock::now();
+        check(session->eval(prompt, false, logits));
+        pp.push_back(double(o->n_prompt) / std::chrono::duration<double>(Clock::now() - t0).count());
+      }
+      if (o->n_gen > 0) {
+        session->reset();
+        TokenId t = tok(rng);
+        auto t0 = Clock::now();
+        for (int64_t i = 0; i < o->n_gen; ++i) {
+          TokenId one[1] = {t};
+          check(session->eval(one, false, logits));
+          t = tok(rng);
+        }
+        tg.push_back(double(o->n_gen) / std::chrono::duration<double>(Clock::now() - t0).count());
+      }
+    }
+    struct rusage ru {};
+    getrusage(RUSAGE_SELF, &ru);
+    const double peak_mib = double(ru.ru_maxrss) / 1024.0;
+    const Hparams& hp = session->model().hparams();
+    const double weight_mib = double(session->model().weight_bytes()) / (1024.0 * 1024.0);
+    const std::string isa(isa_name(kernels().isa));
+    const int threads = session->pool().size();
+    if (o->json) {
+      nlohmann::json j = {{"model", path}, {"arch", hp.arch}, {"threads", threads}, {"isa", isa},
+                          {"weights_mib", weight_mib}, {"peak_rss_mib", peak_mib}, {"repetitions", o->reps}};
+      if (!pp.empty()) j["pp"] = {{"n", o->n_prompt}, {"tps_mean", summarize(pp).mean}, {"tps_sd", summarize(pp).sd}};
+      if (!tg.empty()) j["tg"] = {{"n", o->n_gen}, {"tps_mean", summarize(tg).mean}, {"tps_sd", summarize(tg).sd}};
+      std::printf("%s\n", j.dump().c_str());
+      return;
+    }
+    std::printf("model: %s (%s, %.1f MiB of weights), %d threads, %s kernels\n", path.c_str(),
+                hp.arch.c_str(), weight_mib, threads, isa.c_str());
+    std::printf("| test   |          t/s |\n|--------|--------------|\n");
+    if (!pp.empty()) {
+      Stat s = summarize(pp);
+      std::printf("| pp%-4lld | %7.2f ± %.2f |\n", (long long)o->n_prompt, s.mean, s.sd);
+    }
+    if (!tg.empty()) {
+      Stat s = summarize(tg);
+      std::printf("| tg%-4lld | %7.2f ± %.2f |\n", (long long)o->n_gen, s.mean, s.sd);
+    }
+    std::printf("peak memory: %.1f MiB\n", peak_mib);
+  });
+}
+
+}  // namespace peregrine::tools
