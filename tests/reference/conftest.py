@@ -44,6 +44,14 @@ def model_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def model_reader(model_path):
+    """One gguf-py reader of the model for the whole session (parsing its 49k-token vocabulary takes seconds)."""
+    import gguf
+
+    return gguf.GGUFReader(str(model_path))
+
+
+@pytest.fixture(scope="session")
 def run_peregrine(peregrine_bin):
     """run_peregrine(*args, timeout=...) -> CompletedProcess; fails the test, with stderr, on non-zero exit."""
 
