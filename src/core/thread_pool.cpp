@@ -1,8 +1,23 @@
 #include "core/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define PG_CPU_RELAX() _mm_pause()
+#else
+#define PG_CPU_RELAX() std::this_thread::yield()
+#endif
 
 namespace peregrine {
+namespace {
+
+// How long an idle worker spins before it sleeps: longer than the gap between two
+// ops of a decode step, far shorter than a human-visible pause.
+constexpr auto kSpin = std::chrono::microseconds(50);
+
+}  // namespace
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
   for (int t = 1; t < n_threads_; ++t) workers_.emplace_back([this, t] { worker(t); });
@@ -11,7 +26,7 @@ ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
+    stop_.store(true);
   }
   wake_.notify_all();
   for (auto& w : workers_) w.join();
@@ -33,17 +48,24 @@ void ThreadPool::run_tasks(int thread) {
 void ThreadPool::worker(int thread) {
   uint64_t seen = 0;
   for (;;) {
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
+    // Spin, then sleep, until a new generation (or stop) appears.
+    auto deadline = std::chrono::steady_clock::now() + kSpin;
+    int spins = 0;
+    while (generation_.load(std::memory_order_acquire) == seen && !stop_.load()) {
+      if (spins < 256) PG_CPU_RELAX();
+      else std::this_thread::yield();
+      if (++spins % 64 == 0 && std::chrono::steady_clock::now() > deadline) {
+        std::unique_lock<std::mutex> lock(mu_);
+        sleepers_.fetch_add(1);
+        wake_.wait(lock, [&] { return stop_.load() || generation_.load() != seen; });
+        sleepers_.fetch_sub(1);
+        break;
+      }
     }
+    if (stop_.load()) return;
+    seen = generation_.load(std::memory_order_acquire);
     run_tasks(thread);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--busy_ == 0) done_.notify_one();
-    }
+    busy_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }
 
@@ -54,18 +76,23 @@ void ThreadPool::parallel_for(int64_t n_tasks,
     for (int64_t i = 0; i < n_tasks; ++i) fn(i, 0);
     return;
   }
+  fn_ = &fn;
+  n_tasks_ = n_tasks;
+  next_.store(0, std::memory_order_relaxed);
+  busy_.store(n_threads_ - 1, std::memory_order_relaxed);
   {
+    // The lock orders the bump against a worker deciding to sleep.
     std::lock_guard<std::mutex> lock(mu_);
-    fn_ = &fn;
-    n_tasks_ = n_tasks;
-    next_.store(0, std::memory_order_relaxed);
-    busy_ = n_threads_ - 1;
-    ++generation_;
+    generation_.fetch_add(1, std::memory_order_release);
   }
-  wake_.notify_all();
+  if (sleepers_.load() > 0) wake_.notify_all();
   run_tasks(0);
-  std::unique_lock<std::mutex> lock(mu_);
-  done_.wait(lock, [&] { return busy_ == 0; });
+  // Spin briefly, then yield: when the machine is oversubscribed, a descheduled
+  // worker needs our core to finish its share.
+  for (int spins = 0; busy_.load(std::memory_order_acquire) != 0; ++spins) {
+    if (spins < 256) PG_CPU_RELAX();
+    else std::this_thread::yield();
+  }
   fn_ = nullptr;
 }
 

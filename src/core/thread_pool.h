@@ -1,5 +1,7 @@
 // A persistent pool of worker threads. Ops hand it a task count and a function;
 // the calling thread works too, so `n_threads` counts it. No thread is created per op.
+// Between ops, workers spin briefly before sleeping: a decode step issues hundreds
+// of small ops, and a futex wake per op would cost more than the op itself.
 #pragma once
 
 #include <atomic>
@@ -39,10 +41,10 @@ class ThreadPool {
   std::vector<std::thread> workers_;
   std::mutex mu_;
   std::condition_variable wake_;
-  std::condition_variable done_;
-  uint64_t generation_ = 0;
-  bool stop_ = false;
-  int busy_ = 0;
+  std::atomic<uint64_t> generation_{0};  // bumped once per parallel_for
+  std::atomic<int> sleepers_{0};         // workers blocked on wake_
+  std::atomic<int> busy_{0};             // workers still running the current op
+  std::atomic<bool> stop_{false};
   const std::function<void(int64_t, int)>* fn_ = nullptr;
   int64_t n_tasks_ = 0;
   std::atomic<int64_t> next_{0};

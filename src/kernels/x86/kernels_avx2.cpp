@@ -90,17 +90,20 @@ struct Q8_0Decode {
   static float m(const Block&) { return 0.0f; }
 };
 
+// Each row accumulates even and odd blocks separately: two independent FMA chains
+// hide the FMA latency when N is 1 (decode), and the order is the same for any N.
 template <class D, int N>
 inline void dot_n(const typename D::Block* b, int64_t nb, const BlockQ8Act* x, float* y,
                   int64_t y_stride) {
-  __m256 acc[N];
-  float offset[N];
+  __m256 acc[N][2];
+  float offset[N][2];
   for (int r = 0; r < N; ++r) {
-    acc[r] = _mm256_setzero_ps();
-    offset[r] = 0.0f;
+    acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    offset[r][0] = offset[r][1] = 0.0f;
   }
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t i = 0; i < nb; ++i) {
+    const int k = int(i & 1);
     const __m256i q = D::q(b[i]);
     const float d = h2f(b[i].d);
     __m256i aq = q;
@@ -111,11 +114,12 @@ inline void dot_n(const typename D::Block* b, int64_t nb, const BlockQ8Act* x, f
       __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.qs));
       if constexpr (D::kSigned) xv = _mm256_sign_epi8(xv, q);
       const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aq, xv), ones);
-      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p), acc[r]);
-      if constexpr (!D::kSigned) offset[r] += D::m(b[i]) * xb.s;
+      acc[r][k] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p), acc[r][k]);
+      if constexpr (!D::kSigned) offset[r][k] += D::m(b[i]) * xb.s;
     }
   }
-  for (int r = 0; r < N; ++r) y[r * y_stride] = hsum(acc[r]) + offset[r];
+  for (int r = 0; r < N; ++r)
+    y[r * y_stride] = hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + (offset[r][0] + offset[r][1]);
 }
 
 template <class D>
