@@ -30,8 +30,7 @@ void register_chat(CLI::App& app) {
   add_sampler_options(cmd, o->sampler);
   cmd->callback([o] {
     check(o->sampler.validate());
-    std::string path = check(resolve_model(o->model.model));
-    auto session = check(Session::open(path, {o->model.threads, o->model.ctx, o->model.batch}));
+    auto session = open_session(o->model);
     const Tokenizer& tok = session->tokenizer();
     ChatTemplate tpl = check(ChatTemplate::from_gguf(session->file()));
     const bool interactive = isatty(STDIN_FILENO);
@@ -44,7 +43,8 @@ void register_chat(CLI::App& app) {
     reset();
     Sampler sampler(o->sampler);
     if (interactive)
-      std::fprintf(stderr, "chatting with %s (/reset to start over, Ctrl-D to leave)\n", path.c_str());
+      std::fprintf(stderr, "chatting with %s (/reset to start over, Ctrl-D to leave)\n",
+                   session->file().name().c_str());
     std::string line;
     for (;;) {
       if (interactive) std::fprintf(stderr, "> ");
@@ -56,10 +56,7 @@ void register_chat(CLI::App& app) {
       }
       if (line.empty()) continue;
       msgs.push_back({"user", line});
-      std::vector<TokenId> prompt;
-      if (tok.add_bos()) prompt.push_back(tok.bos());
-      std::vector<TokenId> body = tok.encode(tpl.render(msgs, true), true);
-      prompt.insert(prompt.end(), body.begin(), body.end());
+      std::vector<TokenId> prompt = prompt_tokens(tok, tpl.render(msgs, true));
       if (int64_t(prompt.size()) >= session->n_ctx()) {
         std::fprintf(stderr, "error: the conversation no longer fits in the context (%lld tokens); "
                      "use /reset or raise -c\n", (long long)session->n_ctx());

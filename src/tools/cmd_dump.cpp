@@ -52,8 +52,7 @@ void register_logits(CLI::App& app) {
   cmd->callback([o] {
     std::vector<TokenId> ids = parse_ids(o->tokens);
     if (ids.empty()) fail("--tokens is empty");
-    std::string path = check(resolve_model(o->model.model));
-    auto session = check(Session::open(path, {o->model.threads, o->model.ctx, o->model.batch}));
+    auto session = open_session(o->model);
     std::vector<float> logits;
     check(session->eval(ids, true, logits));
     write_floats(o->out, logits.data(), logits.size());

@@ -32,8 +32,7 @@ void register_perplexity(CLI::App& app) {
     std::stringstream ss;
     ss << in.rdbuf();
     const std::string text = ss.str();
-    std::string path = check(resolve_model(o->model.model));
-    auto session = check(Session::open(path, {o->model.threads, o->model.ctx, o->model.batch}));
+    auto session = open_session(o->model);
     const Tokenizer& tok = session->tokenizer();
     // Plain text: special-token strings in the file are just text.
     std::vector<TokenId> tokens = tok.encode(text, false);

@@ -30,8 +30,7 @@ void register_run(CLI::App& app) {
   add_sampler_options(cmd, o->sampler);
   cmd->callback([o] {
     check(o->sampler.validate());
-    std::string path = check(resolve_model(o->model.model));
-    auto session = check(Session::open(path, {o->model.threads, o->model.ctx, o->model.batch}));
+    auto session = open_session(o->model);
     const Tokenizer& tok = session->tokenizer();
     std::string text = o->prompt;
     if (o->chat) {
@@ -41,12 +40,7 @@ void register_run(CLI::App& app) {
       msgs.push_back({"user", o->prompt});
       text = tpl.render(msgs, true);
     }
-    std::vector<TokenId> prompt;
-    if (tok.add_bos()) prompt.push_back(tok.bos());
-    // Special tokens written in the prompt (<|im_start|> ...) are recognised: the
-    // CLI user is the operator. (The server will not parse them in user content.)
-    std::vector<TokenId> body = tok.encode(text, true);
-    prompt.insert(prompt.end(), body.begin(), body.end());
+    std::vector<TokenId> prompt = prompt_tokens(tok, text);
     if (prompt.empty()) fail("the prompt is empty");
     if (int64_t(prompt.size()) >= session->n_ctx())
       fail(fmt::format("the prompt has {} tokens but the context holds {} (raise -c)",

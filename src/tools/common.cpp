@@ -30,6 +30,19 @@ void add_sampler_options(CLI::App* cmd, SamplerOptions& o) {
   cmd->add_option("-s,--seed", o.seed, "Random seed")->capture_default_str();
 }
 
+std::unique_ptr<Session> open_session(const ModelOptions& o) {
+  std::string path = check(resolve_model(o.model));
+  return check(Session::open(path, {o.threads, o.ctx, o.batch}));
+}
+
+std::vector<TokenId> prompt_tokens(const Tokenizer& tok, const std::string& text) {
+  std::vector<TokenId> ids;
+  if (tok.add_bos()) ids.push_back(tok.bos());
+  std::vector<TokenId> body = tok.encode(text, true);
+  ids.insert(ids.end(), body.begin(), body.end());
+  return ids;
+}
+
 void fail(const Error& e) { fail(e.message); }
 
 void fail(const std::string& message) {

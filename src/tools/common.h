@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 
 #include "core/status.h"
+#include "engine/session.h"
 #include "sample/sampler.h"
 #include "tools/model_resolve.h"
 
@@ -23,6 +24,13 @@ struct ModelOptions {
 void add_model_options(CLI::App* cmd, ModelOptions& o, bool with_ctx = true);
 // --temp, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --seed
 void add_sampler_options(CLI::App* cmd, SamplerOptions& o);
+
+// Resolves -m (pulling a known model on first use) and opens a session with -t/-c/-b.
+std::unique_ptr<Session> open_session(const ModelOptions& o);
+
+// BOS (when the model wants it) followed by the text's tokens, special tokens
+// recognised: the CLI user is the operator.
+std::vector<TokenId> prompt_tokens(const Tokenizer& tok, const std::string& text);
 
 // Prints "error: <message>" on stderr and leaves the command with exit code 1.
 [[noreturn]] void fail(const Error& e);

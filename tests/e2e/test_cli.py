@@ -157,8 +157,13 @@ def test_top_k_1_is_greedy(ok, model_path, describe):
 
 
 def test_run_chat_template_answers_paris(ok, model_path, describe):
-    r = ok("run", "-m", model_path, *T, "--chat", "-p", "What is the capital of France?",
-           "-n", "24", "--temp", "0")
+    # The bare question "What is the capital of France?" is a near-tie for this 135M
+    # model between "The capital..." and "L'..." (top-2 logits 0.24 apart in our
+    # engine, and the numpy reference prefers "The"): 8-bit activation noise can
+    # flip it. Asking for a sentence gives a clear margin, so this tests the template,
+    # not the rounding.
+    r = ok("run", "-m", model_path, *T, "--chat", "-p",
+           "What is the capital of France? Answer in one sentence.", "-n", "24", "--temp", "0")
     assert "Paris" in r.stdout, describe(r)
     assert "<|im_start|>" not in r.stdout and "<|im_end|>" not in r.stdout, describe(r)
     assert len(timing_lines(r.stderr)) == 1, describe(r)
