@@ -10,6 +10,8 @@
 # env:   FUZZ_SECONDS per target (default 20), PEREGRINE_JOBS build jobs (default 2)
 # A longer run by hand: BUILD_DIR/bin/fuzz_gguf -max_total_time=3600 SOME_CORPUS_DIR
 set -euo pipefail
+# ccache leaves the build dir out of its hash, so a fresh build dir still hits the cache.
+export CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
 
 start=$SECONDS
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -8,6 +8,8 @@
 # usage: scripts/test_sanitizers.sh [BUILD_DIR]   (default build-asan, relative to the repo root)
 # env:   CXX (default clang++, else g++), PEREGRINE_JOBS (default 2), PEREGRINE_MODEL_PATH
 set -euo pipefail
+# ccache leaves the build dir out of its hash, so a fresh build dir still hits the cache.
+export CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
 
 start=$SECONDS
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Write a small seed corpus for a fuzz target: make_seeds.py TARGET OUTDIR.
+
+TARGET is a fuzz target name with or without the fuzz_ prefix. Targets this script does not know
+get no seeds (exit 0), so scripts/test_fuzz.sh can call it for every target. Only the standard
+library is used: seeds are generated at test time, never committed as binaries.
+
+gguf: a few tiny valid GGUF files (v2 and v3, every value type, nested arrays, tensors of several
+types, a custom alignment), each under 1 KB so that mutations reach every field quickly.
+"""
+import os
+import struct
+import sys
+
+U8, I8, U16, I16, U32, I32, F32, BOOL, STRING, ARRAY, U64, I64, F64 = range(13)
+SCALAR_FMT = {U8: "<B", I8: "<b", U16: "<H", I16: "<h", U32: "<I", I32: "<i", F32: "<f",
+              BOOL: "<B", U64: "<Q", I64: "<q", F64: "<d"}
+# ggml type id -> (values per block, bytes per block), from the GGUF spec.
+GGML = {"F32": (0, 1, 4), "F16": (1, 1, 2), "Q4_0": (2, 32, 18), "Q4_1": (3, 32, 20),
+        "Q8_0": (8, 32, 34), "Q4_K": (12, 256, 144), "Q6_K": (14, 256, 210), "I32": (26, 1, 4)}
+
+
+def gstr(s):
+    b = s.encode()
+    return struct.pack("<Q", len(b)) + b
+
+
+def value(vtype, v):
+    """Bytes of a value (without its type tag); arrays are (elem_type, [items])."""
+    if vtype == STRING:
+        return gstr(v)
+    if vtype == ARRAY:
+        elem, items = v
+        return struct.pack("<IQ", elem, len(items)) + b"".join(value(elem, x) for x in items)
+    return struct.pack(SCALAR_FMT[vtype], v)
+
+
+def gguf(kvs, tensors=(), version=3, alignment=32):
+    """kvs: [(key, type, value)]; tensors: [(name, dims, type name)], data is a byte pattern."""
+    out = struct.pack("<IIQQ", 0x46554747, version, len(tensors), len(kvs))
+    for key, vtype, v in kvs:
+        out += gstr(key) + struct.pack("<I", vtype) + value(vtype, v)
+    data, offsets = b"", []
+    for name, dims, tname in tensors:
+        tid, be, bb = GGML[tname]
+        n = 1
+        for d in dims:
+            n *= d
+        data += b"\0" * (-len(data) % alignment)
+        offsets.append(len(data))
+        data += bytes((k * 7 + 1) & 0xFF for k in range(n // be * bb))
+    for (name, dims, tname), off in zip(tensors, offsets):
+        out += gstr(name) + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims)
+        out += struct.pack("<IQ", GGML[tname][0], off)
+    if tensors:
+        out += b"\0" * (-len(out) % alignment) + data
+    return out
+
+
+def gguf_seeds():
+    every_scalar = [("u8", U8, 200), ("i8", I8, -3), ("u16", U16, 60000), ("i16", I16, -300),
+                    ("u32", U32, 4000000000), ("i32", I32, -7), ("f32", F32, 1.5),
+                    ("bool", BOOL, 1), ("str", STRING, "hello"), ("u64", U64, 2**63),
+                    ("i64", I64, -(2**40)), ("f64", F64, 0.25)]
+    arrays = [("tokenizer.ggml.tokens", ARRAY, (STRING, ["<s>", "a", "bc", ""])),
+              ("tokenizer.ggml.token_type", ARRAY, (I32, [3, 1, 1, 1])),
+              ("tokenizer.ggml.scores", ARRAY, (F32, [0.0, -1.0, -2.5, 0.5])),
+              ("nested", ARRAY, (ARRAY, [(U8, [1, 2]), (U8, []), (U8, [3])])),
+              ("bools", ARRAY, (BOOL, [0, 1]))]
+    llama = [("general.architecture", STRING, "llama"), ("llama.block_count", U32, 1),
+             ("llama.embedding_length", U32, 32), ("llama.context_length", U32, 64)]
+    return {
+        "empty.gguf": gguf([]),
+        "scalars_v3.gguf": gguf(every_scalar),
+        "scalars_v2.gguf": gguf(every_scalar, version=2),
+        "arrays.gguf": gguf(arrays),
+        "tensors.gguf": gguf([], [("a", [8], "F32"), ("b", [32, 2], "Q4_0"), ("c", [3, 1, 2], "F16"),
+                                  ("d", [2, 2, 1, 1], "I32")]),
+        "align64.gguf": gguf([("general.alignment", U32, 64)],
+                             [("x", [4], "F32"), ("y", [32], "Q8_0")], alignment=64),
+        "llama_tiny.gguf": gguf(llama + arrays[:3],
+                                [("token_embd.weight", [32, 4], "Q4_1"), ("output_norm.weight", [32], "F32"),
+                                 ("blk.0.ffn_down.weight", [256, 1], "Q4_K")]),
+    }
+
+
+SEEDS = {"gguf": gguf_seeds}
+
+
+def main():
+    if len(sys.argv) != 3:
+        sys.exit("usage: make_seeds.py TARGET OUTDIR")
+    target = sys.argv[1].removeprefix("fuzz_")
+    make = SEEDS.get(target)
+    if make is None:
+        return
+    os.makedirs(sys.argv[2], exist_ok=True)
+    for name, data in make().items():
+        with open(os.path.join(sys.argv[2], name), "wb") as f:
+            f.write(data)
+
+
+if __name__ == "__main__":
+    main()
