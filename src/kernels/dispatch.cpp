@@ -68,9 +68,9 @@ const KernelTable& kernels() {
       std::fprintf(stderr, "error: PEREGRINE_ISA=%s is unknown (scalar, avx2, avx512)\n", env);
       std::exit(2);
     }
-    for (Isa isa : {Isa::Avx512, Isa::Avx2}) {
-      if (const KernelTable* t = table_for(isa)) return t;
-    }
+    // AVX-512 is opt-in (PEREGRINE_ISA=avx512) until it has run against the scalar
+    // reference on real AVX-512 hardware: the machines we test on so far lack it.
+    if (const KernelTable* t = table_for(Isa::Avx2)) return t;
     return &scalar_kernels();
   }();
   return *chosen;

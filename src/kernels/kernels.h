@@ -1,6 +1,6 @@
 // Inner loops, one table per instruction set. The scalar table is the reference
 // every SIMD table is tested against; the active table is chosen once, at first
-// use, from CPUID (PEREGRINE_ISA=scalar|avx2|avx512 forces one).
+// use, from CPUID (PEREGRINE_ISA=scalar|avx2|avx512 forces one; avx512 is opt-in).
 #pragma once
 
 #include <cstdint>
