@@ -12,6 +12,10 @@ constexpr uint32_t kMaxDims = 4;
 constexpr int kMaxArrayDepth = 4;
 // Metadata keys and tensor names longer than this are rejected (real ones are < 100).
 constexpr uint64_t kMaxKeyLen = 65536;
+// Every metadata value is held as a ~100-byte Value, so a hostile file of tiny array
+// elements could ask for ~100x its size. Real files hold ~1M values at most (a 256k
+// vocabulary's tokens, scores and types, plus merges); past this we refuse.
+constexpr uint64_t kMaxMetadataValues = uint64_t(1) << 22;
 
 }  // namespace
 
@@ -125,6 +129,9 @@ class Parser {
         if (count > left / min_encoded_size(v.elem_type))
           return fail(count_at, "array of {} {} values cannot fit in the {} bytes left", count,
                       value_type_name(v.elem_type), left);
+        if (count > kMaxMetadataValues - n_values_)
+          return fail(count_at, "metadata holds more than {} values", kMaxMetadataValues);
+        n_values_ += count;
         v.items.reserve(count);
         for (uint64_t k = 0; k < count; ++k) {
           PG_ASSIGN(Value item, read_value(v.elem_type, depth + 1));
@@ -242,6 +249,7 @@ class Parser {
   const uint8_t* p_;
   size_t size_;
   size_t pos_ = 0;
+  uint64_t n_values_ = 0;  // array elements read so far, against kMaxMetadataValues
   const std::string& name_;
 };
 

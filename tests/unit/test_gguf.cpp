@@ -550,6 +550,24 @@ TEST(GgufAbsurd, Arrays) {
   EXPECT_EQ(f->find("k")->items.size(), 100000u);
 }
 
+TEST(GgufAbsurd, TooManyMetadataValuesIsRefused) {
+  // 5M one-byte elements fit in a 5 MB file but would cost ~500 MB as Values.
+  const uint64_t n = 5u << 20;
+  GgufBuilder b;
+  b.kv("big", GgufValue::array_raw(uint32_t(ValueType::U8), n, std::vector<uint8_t>(n, 1)));
+  auto bytes = b.build();
+  auto f = gguf::File::parse(bytes.data(), bytes.size(), "big.gguf");
+  ASSERT_FALSE(f.ok());
+  EXPECT_NE(f.error().message.find("metadata holds more than"), std::string::npos) << f.error().message;
+  // The budget counts across arrays too: two arrays of 3M each.
+  GgufBuilder c;
+  const uint64_t m = 3u << 20;
+  c.kv("a", GgufValue::array_raw(uint32_t(ValueType::U8), m, std::vector<uint8_t>(m, 1)));
+  c.kv("b", GgufValue::array_raw(uint32_t(ValueType::U8), m, std::vector<uint8_t>(m, 1)));
+  bytes = c.build();
+  EXPECT_FALSE(gguf::File::parse(bytes.data(), bytes.size(), "two.gguf").ok());
+}
+
 TEST(GgufAbsurd, ArraysNested100Deep) {
   GgufValue v = GgufValue::array(ValueType::U8, {GgufValue::u8(1)});
   for (int k = 0; k < 99; ++k) v = GgufValue::array(ValueType::ARRAY, {v});
