@@ -8,7 +8,6 @@ export PEREGRINE_BIN="$PWD/build/bin/peregrine"
 scripts/deps.sh
 scripts/venv.sh
 scripts/build.sh
-build/bin/peregrine pull smollm2-135m >/dev/null
 export PEREGRINE_MODEL_PATH
 PEREGRINE_MODEL_PATH=$(build/bin/peregrine pull smollm2-135m)
 
@@ -17,6 +16,18 @@ ctest --test-dir build --output-on-failure -j"$(nproc)"
 
 echo "== reference and end-to-end tests (pytest)"
 .venv/bin/python -m pytest -q tests/reference tests/e2e
+
+# The whole-model logits once more for every other kernel path this CPU can run.
+default_isa=$(build/bin/peregrine bench -p 0 -n 1 -r 1 --json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["isa"])')
+for isa in scalar avx2 avx512; do
+  [ "$isa" = "$default_isa" ] && continue
+  if PEREGRINE_ISA=$isa build/bin/peregrine logits --tokens 1 -c 8 -o /dev/null 2>/dev/null; then
+    echo "== logits against the numpy reference with PEREGRINE_ISA=$isa"
+    PEREGRINE_ISA=$isa .venv/bin/python -m pytest -q tests/reference/test_forward.py -k logits
+  else
+    echo "== PEREGRINE_ISA=$isa: not available on this CPU, skipped"
+  fi
+done
 
 echo "== sanitizers (ASan + UBSan)"
 scripts/test_sanitizers.sh
