@@ -23,7 +23,7 @@ Result<std::unique_ptr<Session>> Session::open(const std::string& path, const Se
   int64_t n_ctx = opt.n_ctx > 0 ? opt.n_ctx : std::min<int64_t>(hp.n_ctx_train, 4096);
   if (opt.n_ctx < 0 || n_ctx > (int64_t(1) << 20))
     return make_error("context size {} is out of range (1 to 1048576)", opt.n_ctx);
-  s->cache_ = std::make_unique<KvCache>(s->model_->kv_shape(n_ctx, 1));
+  s->cache_ = std::make_unique<KvCache>(s->model_->kv_shape(n_ctx, 1, opt.kv_type));
   s->n_batch_ = opt.n_batch;
   return s;
 }

@@ -23,6 +23,7 @@ struct SessionOptions {
   int n_threads = 0;     // 0 = all cores
   int64_t n_ctx = 0;     // 0 = min(trained context, 4096)
   int64_t n_batch = 512; // prompt tokens per forward pass
+  KvType kv_type = KvType::F16;
 };
 
 struct GenerateStats {

@@ -30,6 +30,7 @@ struct KernelTable {
   float (*dot_bf16)(const uint16_t* w, const float* x, int64_t n);
   // y[n] += a * x[n]
   void (*axpy_f32)(float a, const float* x, float* y, int64_t n);
+  void (*axpy_f16)(float a, const uint16_t* x, float* y, int64_t n);
 };
 
 const KernelTable& scalar_kernels();

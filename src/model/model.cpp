@@ -8,8 +8,8 @@ int64_t Batch::n_logits() const {
   return n;
 }
 
-KvShape Model::kv_shape(int64_t n_ctx, int64_t n_seq) const {
-  return KvShape{hp_.n_layer, n_ctx, n_seq, hp_.n_head_kv * hp_.head_dim};
+KvShape Model::kv_shape(int64_t n_ctx, int64_t n_seq, KvType type) const {
+  return KvShape{hp_.n_layer, n_ctx, n_seq, hp_.n_head_kv * hp_.head_dim, type};
 }
 
 Status Model::check_batch(const Batch& b, const KvCache& cache) const {

@@ -60,7 +60,7 @@ class Model {
   // sequence ids give an error and leave the cache unchanged.
   virtual Status forward(const Batch& batch, KvCache& cache, std::vector<float>& logits) = 0;
 
-  KvShape kv_shape(int64_t n_ctx, int64_t n_seq) const;
+  KvShape kv_shape(int64_t n_ctx, int64_t n_seq, KvType type = KvType::F16) const;
   // Weight bytes actually used by the model.
   virtual size_t weight_bytes() const = 0;
 

@@ -53,7 +53,8 @@ void register_bench(CLI::App& app) {
     using Clock = std::chrono::steady_clock;
     std::string path = check(resolve_model(o->model.model));
     const int64_t n_ctx = std::max<int64_t>(o->n_prompt + o->n_gen, 1);
-    auto session = check(Session::open(path, {o->model.threads, n_ctx, std::max<int64_t>(o->model.batch, o->n_prompt)}));
+    auto session = check(Session::open(path, {o->model.threads, n_ctx, std::max<int64_t>(o->model.batch, o->n_prompt),
+                                              *parse_kv_type(o->model.kv_type)}));
     const int64_t n_vocab = session->model().hparams().n_vocab;
     std::mt19937 rng(42);
     std::uniform_int_distribution<int32_t> tok(0, int32_t(n_vocab - 1));

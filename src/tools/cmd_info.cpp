@@ -64,8 +64,9 @@ void register_info(CLI::App& app) {
                     (long long)h.n_head_kv, (long long)h.head_dim, (long long)h.n_ff,
                     (long long)h.n_vocab, (long long)h.n_ctx_train, h.rope_base,
                     (long long)h.rope_dim, h.rms_eps);
-        std::printf("kv cache:    %s per token (f32)\n",
-                    human_bytes(double((*model)->kv_shape(1, 1).kv_dim * h.n_layer * 2 * 4)).c_str());
+        std::printf("kv cache:    %s per token (f16), at the trained context %s\n",
+                    human_bytes(double((*model)->kv_shape(1, 1).bytes_per_token())).c_str(),
+                    human_bytes(double((*model)->kv_shape(1, 1).bytes_per_token() * h.n_ctx_train)).c_str());
       } else {
         std::printf("model:       cannot run: %s\n", model.error().message.c_str());
       }

@@ -15,6 +15,9 @@ void add_model_options(CLI::App* cmd, ModelOptions& o, bool with_ctx) {
   cmd->add_option("-b,--batch-size", o.batch, "Prompt tokens per forward pass")
       ->capture_default_str()
       ->check(CLI::Range(int64_t(1), int64_t(65536)));
+  cmd->add_option("--kv-type", o.kv_type, "KV cache element type")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f16", "f32"}));
 }
 
 void add_sampler_options(CLI::App* cmd, SamplerOptions& o) {
@@ -32,7 +35,7 @@ void add_sampler_options(CLI::App* cmd, SamplerOptions& o) {
 
 std::unique_ptr<Session> open_session(const ModelOptions& o) {
   std::string path = check(resolve_model(o.model));
-  return check(Session::open(path, {o.threads, o.ctx, o.batch}));
+  return check(Session::open(path, {o.threads, o.ctx, o.batch, *parse_kv_type(o.kv_type)}));
 }
 
 std::vector<TokenId> prompt_tokens(const Tokenizer& tok, const std::string& text) {

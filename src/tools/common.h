@@ -18,6 +18,7 @@ struct ModelOptions {
   int threads = 0;
   int64_t ctx = 0;
   int64_t batch = 512;
+  std::string kv_type = "f16";
 };
 
 // -m, -t, -c, -b

@@ -162,9 +162,11 @@ def test_logits_match_reference(ref, tok, run_peregrine, model_path, tmp_path, n
     assert not problems, f"{name} ({len(ids)} tokens):\n  " + "\n  ".join(problems[:10])
 
 
-@pytest.mark.parametrize("flags", [("-t", "1"), ("-t", "3"), ("-b", "7")], ids=["t1", "t3", "b7"])
+@pytest.mark.parametrize("flags", [("-t", "1"), ("-t", "3"), ("-b", "7"), ("--kv-type", "f32")],
+                         ids=["t1", "t3", "b7", "kv_f32"])
 def test_logits_engine_options(ref, tok, run_peregrine, model_path, tmp_path, flags):
-    """Thread count and prompt chunking (-b 7: the prompt runs as 6 batches through the KV cache)."""
+    """Thread count, prompt chunking (-b 7: the prompt runs as 6 batches through the
+    KV cache) and the f32 KV cache (the default is f16)."""
     ids = encode(tok, PROMPTS["chat"])
     got = engine_logits(run_peregrine, model_path, ids, tmp_path / "logits.f32", ref.hp.n_vocab, *flags)
     problems, figures = compare_logits(got, ref.logits(ids))

@@ -158,6 +158,11 @@ TEST(Kernels, FloatDotsAndAxpyMatchScalar) {
       scalar_kernels().axpy_f32(0.37f, w.data(), y1.data(), n);
       t->axpy_f32(0.37f, w.data(), y2.data(), n);
       for (int i = 0; i < n; ++i) EXPECT_NEAR(y1[i], y2[i], 1e-6f) << i;
+      y1 = x;
+      y2 = x;
+      scalar_kernels().axpy_f16(-1.5f, h.data(), y1.data(), n);
+      t->axpy_f16(-1.5f, h.data(), y2.data(), n);
+      for (int i = 0; i < n; ++i) EXPECT_NEAR(y1[i], y2[i], 1e-5f) << i;
     }
   }
 }

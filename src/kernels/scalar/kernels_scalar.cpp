@@ -92,12 +92,16 @@ void axpy_f32(float a, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
+void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * fp16_to_f32(x[i]);
+}
+
 }  // namespace
 
 const KernelTable& scalar_kernels() {
   static const KernelTable t{Isa::Scalar, quantize_q8, dot_rows<dot_q4_0>, dot_rows<dot_q4_1>,
                              dot_rows<dot_q8_0>,
-                             dot_f32,     dot_f16,     dot_bf16, axpy_f32};
+                             dot_f32,     dot_f16,     dot_bf16, axpy_f32, axpy_f16};
   return t;
 }
 

@@ -177,12 +177,22 @@ void axpy_f32(float a, const float* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] += a * x[i];
 }
 
+void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
+  __m256 va = _mm256_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 xf = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i)));
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, xf, _mm256_loadu_ps(y + i)));
+  }
+  for (; i < n; ++i) y[i] += a * h2f(x[i]);
+}
+
 }  // namespace
 
 const KernelTable* avx2_kernels() {
   static const KernelTable t{Isa::Avx2, quantize_q8, dot_rows<Q4_0Decode>, dot_rows<Q4_1Decode>,
                              dot_rows<Q8_0Decode>,
-                             dot_f32,   dot_f16,     dot_bf16, axpy_f32};
+                             dot_f32,   dot_f16,     dot_bf16, axpy_f32, axpy_f16};
   return &t;
 }
 

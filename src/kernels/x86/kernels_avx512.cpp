@@ -215,11 +215,25 @@ void axpy_f32(float a, const float* x, float* y, int64_t n) {
   }
 }
 
+void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
+  const __m512 va = _mm512_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 xf = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)));
+    _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, xf, _mm512_loadu_ps(y + i)));
+  }
+  if (i < n) {
+    const __mmask16 m = __mmask16((1u << (n - i)) - 1);
+    __m512 xf = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, x + i));
+    _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, xf, _mm512_maskz_loadu_ps(m, y + i)));
+  }
+}
+
 }  // namespace
 
 const KernelTable* avx512_kernels() {
   static const KernelTable t{Isa::Avx512, quantize_q8, dot_rows<Q4_0Decode>, dot_rows<Q4_1Decode>,
-                             dot_rows<Q8_0Decode>, dot_f32, dot_f16, dot_bf16, axpy_f32};
+                             dot_rows<Q8_0Decode>, dot_f32, dot_f16, dot_bf16, axpy_f32, axpy_f16};
   return &t;
 }
 

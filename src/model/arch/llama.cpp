@@ -96,10 +96,8 @@ class Llama final : public Model {
       matmul(L.wv, xn, v, T, pool_, ops_);  // v [T, n_head_kv * hd]
       rope_adjacent(q, batch.pos.data(), T, hp_.n_head, hd, hp_.rope_dim, hp_.rope_base);
       rope_adjacent(k, batch.pos.data(), T, hp_.n_head_kv, hd, hp_.rope_dim, hp_.rope_base);
-      for (int64_t t = 0; t < T; ++t) {
-        std::copy_n(k + t * kv_dim, kv_dim, cache.k(il, batch.seq[t], batch.pos[t]));
-        std::copy_n(v + t * kv_dim, kv_dim, cache.v(il, batch.seq[t], batch.pos[t]));
-      }
+      for (int64_t t = 0; t < T; ++t)
+        cache.store(il, batch.seq[t], batch.pos[t], k + t * kv_dim, v + t * kv_dim);
       attention(q, batch.pos.data(), batch.seq.data(), T, cache, il, as, att, pool_);  // [T, q_dim]
       matmul(L.wo, att, xn, T, pool_, ops_);  // xn [T, E]
       for (int64_t i = 0; i < T * E; ++i) x[i] += xn[i];
