@@ -5,13 +5,11 @@
 #include <cmath>
 
 #include "kernels/kernels.h"
+#include "kernels/x86/x86_common.h"
 #include "quant/fp16.h"
 
 namespace peregrine {
 namespace {
-
-// F16C conversion: the portable bit-twiddling one is branchy and slow.
-inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -25,14 +23,6 @@ inline int hsum_i32(__m256i v) {
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
   return _mm_cvtsi128_si32(s);
-}
-
-// 16 bytes of nibbles -> 32 bytes: low nibbles first, then high (the GGUF order).
-inline __m256i unpack_nibbles(const uint8_t* qs) {
-  __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-  __m128i lo = _mm_and_si128(b, _mm_set1_epi8(0x0f));
-  __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0f));
-  return _mm256_set_m128i(hi, lo);
 }
 
 void quantize_q8(const float* x, BlockQ8Act* out, int64_t n) {
@@ -93,8 +83,14 @@ struct Q8_0Decode {
 // Each row accumulates even and odd blocks separately: two independent FMA chains
 // hide the FMA latency when N is 1 (decode), and the order is the same for any N.
 template <class D, int N>
-inline void dot_n(const typename D::Block* b, int64_t nb, const BlockQ8Act* x, float* y,
-                  int64_t y_stride) {
+struct DotN {
+  static void run(const typename D::Block* b, int64_t nb, const BlockQ8Act* x, float* y,
+                  int64_t y_stride);
+};
+
+template <class D, int N>
+void DotN<D, N>::run(const typename D::Block* b, int64_t nb, const BlockQ8Act* x, float* y,
+                     int64_t y_stride) {
   __m256 acc[N][2];
   float offset[N][2];
   for (int r = 0; r < N; ++r) {
@@ -123,13 +119,7 @@ inline void dot_n(const typename D::Block* b, int64_t nb, const BlockQ8Act* x, f
 }
 
 template <class D>
-void dot_rows(const void* w, int64_t nb, const BlockQ8Act* x, int64_t n_x, float* y,
-              int64_t y_stride) {
-  auto* b = static_cast<const typename D::Block*>(w);
-  int64_t r = 0;
-  for (; r + 4 <= n_x; r += 4) dot_n<D, 4>(b, nb, x + r * nb, y + r * y_stride, y_stride);
-  for (; r < n_x; ++r) dot_n<D, 1>(b, nb, x + r * nb, y + r * y_stride, y_stride);
-}
+constexpr KernelTable::DotRows dot_rows = dot_rows_by4<D, DotN>;
 
 float dot_f32(const float* w, const float* x, int64_t n) {
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();

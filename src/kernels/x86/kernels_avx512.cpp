@@ -11,19 +11,10 @@
 #include <immintrin.h>
 
 #include "kernels/kernels.h"
+#include "kernels/x86/x86_common.h"
 
 namespace peregrine {
 namespace {
-
-inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
-
-// 16 bytes of nibbles -> 32 bytes: low nibbles first, then high (the GGUF order).
-inline __m256i unpack_nibbles(const uint8_t* qs) {
-  __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-  __m128i lo = _mm_and_si128(b, _mm_set1_epi8(0x0f));
-  __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0f));
-  return _mm256_set_m128i(hi, lo);
-}
 
 inline __m512i join(__m256i lo, __m256i hi) {
   return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
@@ -124,8 +115,14 @@ inline void accumulate(RowAcc& r, int k, const Pair& p, const BlockQ8Act& x0, co
 // One weight row against N activation rows; the per-row order of operations is
 // the same for every N (batch invariance).
 template <class D, int N>
-inline void dot_n(const typename D::Block* b, int64_t nb, const BlockQ8Act* x, float* y,
-                  int64_t y_stride) {
+struct DotN {
+  static void run(const typename D::Block* b, int64_t nb, const BlockQ8Act* x, float* y,
+                  int64_t y_stride);
+};
+
+template <class D, int N>
+void DotN<D, N>::run(const typename D::Block* b, int64_t nb, const BlockQ8Act* x, float* y,
+                     int64_t y_stride) {
   RowAcc r[N];
   for (int j = 0; j < N; ++j) {
     r[j].acc[0] = r[j].acc[1] = _mm512_setzero_ps();
@@ -147,13 +144,7 @@ inline void dot_n(const typename D::Block* b, int64_t nb, const BlockQ8Act* x, f
 }
 
 template <class D>
-void dot_rows(const void* w, int64_t nb, const BlockQ8Act* x, int64_t n_x, float* y,
-              int64_t y_stride) {
-  auto* b = static_cast<const typename D::Block*>(w);
-  int64_t r = 0;
-  for (; r + 4 <= n_x; r += 4) dot_n<D, 4>(b, nb, x + r * nb, y + r * y_stride, y_stride);
-  for (; r < n_x; ++r) dot_n<D, 1>(b, nb, x + r * nb, y + r * y_stride, y_stride);
-}
+constexpr KernelTable::DotRows dot_rows = dot_rows_by4<D, DotN>;
 
 float dot_f32(const float* w, const float* x, int64_t n) {
   __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
