@@ -3,6 +3,8 @@
 # runs `peregrine ARGS`. With no arguments: a short demo generation.
 set -euo pipefail
 cd "$(dirname "$0")"
+# ccache: hash paths relative to the checkout, so a fresh clone reuses earlier builds.
+export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
 scripts/deps.sh
 scripts/build.sh peregrine
 if [ $# -eq 0 ]; then

@@ -3,6 +3,8 @@
 # reference and end-to-end tests (pytest), sanitizer and fuzz runs.
 set -euo pipefail
 cd "$(dirname "$0")"
+# ccache: hash paths relative to the checkout, so a fresh clone reuses earlier builds.
+export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
 export PEREGRINE_BIN="$PWD/build/bin/peregrine"
 
 scripts/deps.sh
