@@ -52,7 +52,7 @@ void register_bench(CLI::App& app) {
   cmd->callback([o] {
     using Clock = std::chrono::steady_clock;
     std::string path = check(resolve_model(o->model.model));
-    const int64_t n_ctx = std::max<int64_t>(o->n_prompt + o->n_gen, 1);
+    const int64_t n_ctx = std::max<int64_t>(o->n_prompt + o->n_gen, 8);  // 8: room for the warm-up
     auto session = check(Session::open(path, {o->model.threads, n_ctx, std::max<int64_t>(o->model.batch, o->n_prompt),
                                               *parse_kv_type(o->model.kv_type)}));
     const int64_t n_vocab = session->model().hparams().n_vocab;
