@@ -8,6 +8,7 @@ template rendered here by hand, perplexity recomputed here from raw logits, sha2
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
@@ -381,3 +382,18 @@ def check_pull(ok, env, dest, model_path, log, cache, describe):
     r = ok("run", "-m", "smollm2-135m", *T, "-p", "The capital of France is", "-n", "8", "--temp", "0",
            env=env)
     assert "Paris" in r.stdout and not log.exists(), describe(r)
+
+
+# --- bench --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [("-p", "8", "-n", "4"), ("-p", "0", "-n", "1"), ("-p", "3", "-n", "0")],
+                         ids=["pp8_tg4", "tg1_only", "pp3_only"])
+def test_bench_json(ok, model_path, describe, shape):
+    r = ok("bench", "-m", model_path, *T, *shape, "-r", "2", "--json")
+    j = json.loads(r.stdout)
+    n_prompt, n_gen = int(shape[1]), int(shape[3])
+    assert ("pp" in j) == (n_prompt > 0) and ("tg" in j) == (n_gen > 0), describe(r)
+    for key, n in (("pp", n_prompt), ("tg", n_gen)):
+        if n:
+            assert j[key]["n"] == n and j[key]["tps_mean"] > 0 and j[key]["tps_sd"] >= 0, describe(r)
+    assert j["threads"] == 2 and j["peak_rss_mib"] > j["weights_mib"] > 50, describe(r)
