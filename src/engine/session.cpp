@@ -33,7 +33,6 @@ Status Session::eval(std::span<const TokenId> tokens, bool all_logits, std::vect
   if (n_past_ + int64_t(tokens.size()) > n_ctx())
     return make_error("{} tokens do not fit in the context: {} used of {} (raise -c)",
                       tokens.size(), n_past_, n_ctx());
-  std::vector<float> chunk_logits;
   logits.clear();
   for (size_t start = 0; start < tokens.size(); start += size_t(n_batch_)) {
     size_t end = std::min(tokens.size(), start + size_t(n_batch_));
@@ -41,8 +40,8 @@ Status Session::eval(std::span<const TokenId> tokens, bool all_logits, std::vect
     for (size_t i = start; i < end; ++i)
       batch_.add(tokens[i], int32_t(n_past_ + int64_t(i - start)), 0,
                  all_logits || i + 1 == tokens.size());
-    PG_TRY(model_->forward(batch_, *cache_, chunk_logits));
-    logits.insert(logits.end(), chunk_logits.begin(), chunk_logits.end());
+    PG_TRY(model_->forward(batch_, *cache_, chunk_logits_));
+    logits.insert(logits.end(), chunk_logits_.begin(), chunk_logits_.end());
     n_past_ += int64_t(end - start);
     history_.insert(history_.end(), tokens.begin() + std::ptrdiff_t(start),
                     tokens.begin() + std::ptrdiff_t(end));

@@ -70,6 +70,7 @@ class Session {
   int64_t n_past_ = 0;
   std::vector<TokenId> history_;  // the tokens whose K/V are in the cache
   Batch batch_;
+  std::vector<float> chunk_logits_;  // reused: no allocation per decoded token
 };
 
 }  // namespace peregrine

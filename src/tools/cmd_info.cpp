@@ -45,7 +45,7 @@ void register_info(CLI::App& app) {
   cmd->add_flag("--tensors", *all, "List every tensor");
   cmd->callback([path, all] {
     std::string p = check(resolve_model(*path));
-    auto f = check(gguf::File::open(p));
+    std::shared_ptr<const gguf::File> f = check(gguf::File::open(p));
     std::printf("file:        %s (%s)\n", p.c_str(), human_bytes(double(f->file_size())).c_str());
     std::printf("gguf:        v%u, %zu metadata keys, %zu tensors, alignment %llu\n", f->version(),
                 f->metadata().size(), f->tensors().size(), (unsigned long long)f->alignment());
@@ -54,8 +54,7 @@ void register_info(CLI::App& app) {
     std::printf("arch:        %s\n", arch.c_str());
     {
       ThreadPool pool(1);
-      auto shared = std::shared_ptr<const gguf::File>(check(gguf::File::open(p)));
-      auto model = load_model(shared, pool);
+      auto model = load_model(f, pool);
       if (model.ok()) {
         const Hparams& h = (*model)->hparams();
         std::printf("hparams:     layers %lld, embd %lld, heads %lld (kv %lld, dim %lld), ffn %lld, "
