@@ -1,5 +1,6 @@
 #include "core/mapped_file.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
@@ -36,6 +37,15 @@ Result<std::unique_ptr<MappedFile>> MappedFile::open(const std::string& path) {
   }
   ::close(fd);
   return f;
+}
+
+void MappedFile::release(const uint8_t* p, size_t n) const {
+  const auto page = uintptr_t(sysconf(_SC_PAGESIZE));
+  uintptr_t lo = std::max(uintptr_t(p), uintptr_t(data_));
+  uintptr_t hi = std::min(uintptr_t(p) + n, uintptr_t(data_) + size_);
+  lo = (lo + page - 1) / page * page;
+  hi = hi / page * page;
+  if (lo < hi) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
 }
 
 MappedFile::~MappedFile() {

@@ -20,6 +20,9 @@ class MappedFile {
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // Drops the resident pages lying wholly inside [p, p + n) (MADV_DONTNEED): for data
+  // that was copied elsewhere. Reading them again faults them back in from the file.
+  void release(const uint8_t* p, size_t n) const;
 
  private:
   MappedFile() = default;

@@ -70,7 +70,7 @@ void ThreadPool::worker(int thread) {
 }
 
 void ThreadPool::parallel_for(int64_t n_tasks,
-                              const std::function<void(int64_t task, int thread)>& fn) {
+                              FunctionRef<void(int64_t task, int thread)> fn) {
   if (n_tasks <= 0) return;
   if (n_threads_ == 1 || n_tasks == 1) {
     for (int64_t i = 0; i < n_tasks; ++i) fn(i, 0);
@@ -97,7 +97,7 @@ void ThreadPool::parallel_for(int64_t n_tasks,
 }
 
 void ThreadPool::parallel_range(int64_t n, int64_t grain,
-                                const std::function<void(int64_t, int64_t, int)>& fn) {
+                                FunctionRef<void(int64_t, int64_t, int)> fn) {
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);
   // A few chunks per thread balances uneven work without much overhead.

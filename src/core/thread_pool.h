@@ -7,10 +7,11 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#include "core/function_ref.h"
 
 namespace peregrine {
 
@@ -25,11 +26,11 @@ class ThreadPool {
 
   // Runs fn(task, thread) for task in [0, n_tasks); tasks are handed out dynamically.
   // Returns when every task has finished. Not reentrant.
-  void parallel_for(int64_t n_tasks, const std::function<void(int64_t task, int thread)>& fn);
+  void parallel_for(int64_t n_tasks, FunctionRef<void(int64_t task, int thread)> fn);
 
   // Convenience: split [0, n) into contiguous ranges, about `grain` items each at least.
   void parallel_range(int64_t n, int64_t grain,
-                      const std::function<void(int64_t begin, int64_t end, int thread)>& fn);
+                      FunctionRef<void(int64_t begin, int64_t end, int thread)> fn);
 
   static int default_threads();
 
@@ -45,7 +46,7 @@ class ThreadPool {
   std::atomic<int> sleepers_{0};         // workers blocked on wake_
   std::atomic<int> busy_{0};             // workers still running the current op
   std::atomic<bool> stop_{false};
-  const std::function<void(int64_t, int)>* fn_ = nullptr;
+  const FunctionRef<void(int64_t, int)>* fn_ = nullptr;
   int64_t n_tasks_ = 0;
   std::atomic<int64_t> next_{0};
 };

@@ -61,6 +61,11 @@ class File {
   uint64_t data_offset() const { return data_offset_; }
   size_t file_size() const { return size_; }
   const std::string& name() const { return name_; }
+  // Lets the OS drop the mapped pages of [p, p + n) once their bytes were copied
+  // (repacked weights). No-op for parsed buffers.
+  void release(const uint8_t* p, size_t n) const {
+    if (map_) map_->release(p, n);
+  }
 
   const std::vector<std::pair<std::string, Value>>& metadata() const { return kv_; }
   const Value* find(std::string_view key) const;

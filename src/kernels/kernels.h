@@ -1,6 +1,7 @@
 // Inner loops, one table per instruction set. The scalar table is the reference
 // every SIMD table is tested against; the active table is chosen once, at first
-// use, from CPUID (PEREGRINE_ISA=scalar|avx2|avx512 forces one; avx512 is opt-in).
+// use, from the CPU (PEREGRINE_ISA=scalar|avx2|avx512|neon forces one; avx512 is
+// opt-in; neon is the default on AArch64).
 #pragma once
 
 #include <cstdint>
@@ -10,7 +11,7 @@
 
 namespace peregrine {
 
-enum class Isa { Scalar, Avx2, Avx512 };
+enum class Isa { Scalar, Avx2, Avx512, Neon };
 std::string_view isa_name(Isa isa);
 
 struct KernelTable {
@@ -31,11 +32,24 @@ struct KernelTable {
   // y[n] += a * x[n]
   void (*axpy_f32)(float a, const float* x, float* y, int64_t n);
   void (*axpy_f16)(float a, const uint16_t* x, float* y, int64_t n);
+  // Packed weights (kernels/packed.h): one panel of kPanelRows rows and nb blocks
+  // against n_x activation rows of nb blocks each:
+  //   y[t * y_stride + r] = dot(row r, x_t),  r < kPanelRows, t < n_x.
+  // Per row and block: isum = exact integer dot; acc = fma(d, float(isum) * dx, acc),
+  // then for Q4_1 acc = fma(m, s, acc) -- the same float operations in every table,
+  // so SIMD results equal the scalar ones bit for bit, for any n_x (batch invariance).
+  // nullptr: the table has no panel kernels and matmul uses the row kernels above.
+  using PanelDot = void (*)(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_x,
+                            float* y, int64_t y_stride);
+  PanelDot panel_q4_0 = nullptr;
+  PanelDot panel_q4_1 = nullptr;
+  PanelDot panel_q8_0 = nullptr;
 };
 
 const KernelTable& scalar_kernels();
 const KernelTable* avx2_kernels();    // nullptr when not compiled in
 const KernelTable* avx512_kernels();  // nullptr when not compiled in
+const KernelTable* neon_kernels();    // nullptr when not compiled in (AArch64 only)
 
 // Can this CPU run the ISA? (CPUID and OS support for the register state.)
 bool cpu_supports(Isa isa);

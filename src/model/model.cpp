@@ -1,5 +1,9 @@
 #include "model/model.h"
 
+#include <chrono>
+
+#include "ops/matmul.h"
+
 namespace peregrine {
 
 int64_t Batch::n_logits() const {
@@ -30,6 +34,20 @@ Status Model::check_batch(const Batch& b, const KvCache& cache) const {
     if (b.seq[i] < 0 || b.seq[i] >= s.n_seq)
       return make_error("sequence {} at batch index {} is outside 0..{}", b.seq[i], i, s.n_seq - 1);
   }
+  return Status::Ok();
+}
+
+Status Model::pack_weights(std::initializer_list<Weight*> weights, bool release_source) {
+  const auto start = std::chrono::steady_clock::now();
+  for (Weight* w : weights) {
+    if (w->data == nullptr) continue;
+    PG_ASSIGN(size_t bytes, pack_weight(*w));
+    if (bytes == 0) continue;
+    ++pack_stats_.matrices;
+    pack_stats_.bytes += bytes;
+    if (release_source) file_->release(w->data, w->row_bytes * size_t(w->rows));
+  }
+  pack_stats_.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return Status::Ok();
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "core/thread_pool.h"
 #include "gguf/gguf.h"
 #include "kv/kv_cache.h"
+#include "ops/weight.h"
 
 namespace peregrine {
 
@@ -64,8 +66,20 @@ class Model {
   // Weight bytes actually used by the model.
   virtual size_t weight_bytes() const = 0;
 
+  // Load-time repacking of matmul weights for the panel kernels (kernels/packed.h).
+  struct PackStats {
+    int64_t matrices = 0;
+    size_t bytes = 0;
+    double seconds = 0.0;
+  };
+  const PackStats& pack_stats() const { return pack_stats_; }
+
  protected:
   Status check_batch(const Batch& batch, const KvCache& cache) const;
+  // Packs each weight the kernels have a panel layout for. With release_source the
+  // file's pages of that weight are dropped afterwards (nothing else reads them).
+  Status pack_weights(std::initializer_list<Weight*> weights, bool release_source);
+  PackStats pack_stats_;
   Hparams hp_;
   std::shared_ptr<const gguf::File> file_;
 };

@@ -5,21 +5,10 @@
 #include <vector>
 
 #include "core/thread_pool.h"
+#include "ops/matmul.h"
 #include "ops/weight.h"
-#include "quant/blocks.h"
 
 namespace peregrine {
-
-// Reusable scratch for ops (grows to the largest batch, then stays: no
-// allocation in the steady-state decode loop).
-struct OpScratch {
-  std::vector<BlockQ8Act> xq;  // quantized activations [n_tok, cols/32]
-};
-
-// y[n_tok, W.rows] = x[n_tok, W.cols] * W^T. Each weight row is read once for
-// all tokens of the batch; rows are split across threads.
-void matmul(const Weight& w, const float* x, float* y, int64_t n_tok, ThreadPool& pool,
-            OpScratch& scratch);
 
 // y[n_tok, n] = x * weight / rms(x), row by row.
 void rmsnorm(const float* x, const float* weight, float* y, int64_t n_tok, int64_t n, float eps);

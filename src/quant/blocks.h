@@ -31,13 +31,16 @@ struct BlockQ8_0 {
 static_assert(sizeof(BlockQ8_0) == 34);
 
 // Activations quantized on the fly: value[j] ~= d * qs[j]; s = d * sum(qs) feeds
-// the offset term of Q4_1 (sum_j (dw*q + m) * dx*qx = dw*dx*sum(q*qx) + m*s).
+// the offset term of Q4_1 (sum_j (dw*q + m) * dx*qx = dw*dx*sum(q*qx) + m*s), and the
+// integer sum lets kernels that multiply unsigned weights (u = q + 8 for Q4_0,
+// u = q + 128 for Q8_0) correct exactly: sum(q*qx) = sum(u*qx) - 8 * sum.
 // f32 scales keep activation error to the 8-bit rounding alone.
 struct BlockQ8Act {
   float d;
   float s;
+  int32_t sum;
   int8_t qs[kQK];
 };
-static_assert(sizeof(BlockQ8Act) == 40);
+static_assert(sizeof(BlockQ8Act) == 44);
 
 }  // namespace peregrine

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "kernels/packed.h"
 #include "quant/blocks.h"
 #include "quant/dequantize.h"
 #include "quant/fp16.h"
@@ -19,6 +20,7 @@ std::vector<const KernelTable*> simd_tables() {
   std::vector<const KernelTable*> t;
   if (cpu_supports(Isa::Avx2) && avx2_kernels()) t.push_back(avx2_kernels());
   if (cpu_supports(Isa::Avx512) && avx512_kernels()) t.push_back(avx512_kernels());
+  if (cpu_supports(Isa::Neon) && neon_kernels()) t.push_back(neon_kernels());
   return t;
 }
 
@@ -118,6 +120,74 @@ TEST(Kernels, QuantizedDotsMatchScalar) {
       }
     }
   }
+}
+
+// Packed panels: the scalar panel kernel agrees with the row kernel on the GGUF
+// layout (same integer sums, float steps in another order); every SIMD panel kernel
+// equals the scalar one bit for bit, for any number of tokens and any tile split.
+const struct PanelCase {
+  GgmlType type;
+  KernelTable::PanelDot KernelTable::*panel;
+  KernelTable::DotRows KernelTable::*rows;
+} kPanelCases[] = {{GgmlType::Q4_0, &KernelTable::panel_q4_0, &KernelTable::dot_q4_0},
+                   {GgmlType::Q4_1, &KernelTable::panel_q4_1, &KernelTable::dot_q4_1},
+                   {GgmlType::Q8_0, &KernelTable::panel_q8_0, &KernelTable::dot_q8_0}};
+
+TEST(Kernels, PanelKernelsMatchRowKernelsAndAreBitExactAcrossIsas) {
+  std::mt19937 rng(11);
+  std::vector<const KernelTable*> tables = simd_tables();
+  tables.insert(tables.begin(), &scalar_kernels());
+  for (const PanelCase& c : kPanelCases) {
+    for (int rows : {16, 21, 48}) {  // 21: a padded last panel
+      for (int nb : {1, 3, 18}) {
+        const size_t rb = *row_bytes(c.type, uint64_t(nb) * 32);
+        std::vector<uint8_t> w;
+        for (int r = 0; r < rows; ++r) {
+          auto row = random_blocks(c.type, nb, rng);
+          w.insert(w.end(), row.begin(), row.end());
+        }
+        auto packed = pack_matrix(c.type, w.data(), rows, nb * 32, rb);
+        ASSERT_TRUE(packed.ok()) << packed.error().message;
+        const int n_x = 13;  // not a multiple of any token tile
+        auto x = random_floats(size_t(nb) * 32 * n_x, rng);
+        std::vector<BlockQ8Act> xq(size_t(nb * n_x));
+        scalar_kernels().quantize_q8(x.data(), xq.data(), nb * 32 * n_x);
+        const int64_t n_panels = packed->n_panels, width = n_panels * kPanelRows;
+        auto run = [&](const KernelTable& t, int64_t t0, int64_t nt, std::vector<float>& y) {
+          for (int64_t p = 0; p < n_panels; ++p)
+            (t.*c.panel)(packed->panel(p), nb, xq.data() + t0 * nb, nt,
+                         y.data() + t0 * width + p * kPanelRows, width);
+        };
+        std::vector<float> ref(size_t(n_x * width));
+        run(scalar_kernels(), 0, n_x, ref);
+        for (int r = 0; r < rows; ++r) {
+          std::vector<float> by_row(n_x);
+          (scalar_kernels().*c.rows)(w.data() + size_t(r) * rb, nb, xq.data(), n_x, by_row.data(), 1);
+          for (int t = 0; t < n_x; ++t)
+            ASSERT_NEAR(ref[size_t(t * width + r)], by_row[t], 2e-5f * (1.0f + std::fabs(by_row[t])))
+                << type_name(c.type) << " rows=" << rows << " nb=" << nb << " r=" << r << " t=" << t;
+        }
+        for (int r = rows; r < width; ++r) ASSERT_EQ(ref[size_t(r)], 0.0f) << "padding row " << r;
+        for (const KernelTable* t : tables) {
+          std::vector<float> all(ref.size()), split(ref.size());
+          run(*t, 0, n_x, all);
+          for (int64_t t0 = 0, nt = 1; t0 < n_x; t0 += nt, nt = nt % 5 + 1)  // tiles 1,2,3,4,5,1..
+            run(*t, t0, std::min<int64_t>(nt, n_x - t0), split);
+          ASSERT_EQ(0, std::memcmp(all.data(), ref.data(), ref.size() * 4))
+              << isa_name(t->isa) << " " << type_name(c.type) << " rows=" << rows << " nb=" << nb;
+          ASSERT_EQ(0, std::memcmp(split.data(), ref.data(), ref.size() * 4))
+              << isa_name(t->isa) << " " << type_name(c.type) << " split into tiles";
+        }
+      }
+    }
+  }
+}
+
+TEST(Kernels, PackRejectsBadShapesAndTypes) {
+  std::vector<uint8_t> w(64);
+  EXPECT_FALSE(pack_matrix(GgmlType::F16, w.data(), 1, 32, 64).ok());
+  EXPECT_FALSE(pack_matrix(GgmlType::Q4_0, w.data(), 1, 33, 18).ok());
+  EXPECT_FALSE(pack_matrix(GgmlType::Q4_0, w.data(), 0, 32, 18).ok());
 }
 
 // The scalar quantized dot equals the float dot of dequantized weights and

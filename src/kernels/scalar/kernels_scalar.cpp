@@ -1,7 +1,9 @@
 // Scalar reference kernels: plain loops, the oracle for every SIMD path.
 #include <cmath>
+#include <cstring>
 
 #include "kernels/kernels.h"
+#include "kernels/packed.h"
 #include "quant/fp16.h"
 
 namespace peregrine {
@@ -22,6 +24,7 @@ void quantize_q8(const float* x, BlockQ8Act* out, int64_t n) {
     }
     out[b].d = d;
     out[b].s = d * float(sum);
+    out[b].sum = sum;
   }
 }
 
@@ -96,12 +99,53 @@ void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * fp16_to_f32(x[i]);
 }
 
+// Panel kernels: the packed layout read with plain loops. The float steps per row
+// and block are the ones every SIMD table must reproduce exactly (see kernels.h).
+template <GgmlType T>
+void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_x, float* y,
+               int64_t y_stride) {
+  const PanelFormat& f = *panel_format(T);
+  for (int64_t t = 0; t < n_x; ++t) {
+    for (int r = 0; r < kPanelRows; ++r) {
+      float acc = 0.0f;
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = panel + size_t(b) * f.block_bytes;
+        const BlockQ8Act& xb = x[t * nb + b];
+        const uint8_t* qs = blk + f.qs_offset;
+        int32_t isum = 0;
+        if constexpr (T == GgmlType::Q8_0) {
+          for (int g = 0; g < 8; ++g)
+            for (int j = 0; j < 4; ++j)
+              isum += int8_t(qs[(g * kPanelRows + r) * 4 + j]) * xb.qs[4 * g + j];
+        } else {
+          for (int g = 0; g < 4; ++g)
+            for (int j = 0; j < 4; ++j) {
+              const uint8_t q = qs[(g * kPanelRows + r) * 4 + j];
+              isum += (q & 0xF) * xb.qs[4 * g + j] + (q >> 4) * xb.qs[16 + 4 * g + j];
+            }
+          if constexpr (T == GgmlType::Q4_0) isum -= 8 * xb.sum;
+        }
+        uint16_t dh, mh;
+        std::memcpy(&dh, blk + 2 * r, 2);
+        acc = std::fma(fp16_to_f32(dh), float(isum) * xb.d, acc);
+        if constexpr (T == GgmlType::Q4_1) {
+          std::memcpy(&mh, blk + f.m_offset + 2 * r, 2);
+          acc = std::fma(fp16_to_f32(mh), xb.s, acc);
+        }
+      }
+      y[t * y_stride + r] = acc;
+    }
+  }
+}
+
 }  // namespace
 
 const KernelTable& scalar_kernels() {
   static const KernelTable t{Isa::Scalar, quantize_q8, dot_rows<dot_q4_0>, dot_rows<dot_q4_1>,
                              dot_rows<dot_q8_0>,
-                             dot_f32,     dot_f16,     dot_bf16, axpy_f32, axpy_f16};
+                             dot_f32,     dot_f16,     dot_bf16, axpy_f32, axpy_f16,
+                             panel_dot<GgmlType::Q4_0>, panel_dot<GgmlType::Q4_1>,
+                             panel_dot<GgmlType::Q8_0>};
   return t;
 }
 

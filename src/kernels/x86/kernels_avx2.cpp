@@ -3,8 +3,10 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "kernels/kernels.h"
+#include "kernels/packed.h"
 #include "kernels/x86/x86_common.h"
 #include "quant/fp16.h"
 
@@ -54,6 +56,7 @@ void quantize_q8(const float* x, BlockQ8Act* out, int64_t n) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[b].qs), p);
     out[b].d = d;
     out[b].s = d * float(sum);
+    out[b].sum = sum;
   }
 }
 
@@ -177,12 +180,103 @@ void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] += a * h2f(x[i]);
 }
 
+// ---- Panel kernels (packed layout, kernels/packed.h). A 64-byte panel group is two
+// 256-bit halves, rows 0-7 and rows 8-15; each half is done on its own so that its
+// weights stay in registers while up to kTile tokens pass. Lane r of every vector is
+// row r: no horizontal reductions. Integer sums are exact; the float steps are the
+// scalar reference's (kernels.h), so results are bit-identical to it.
+template <GgmlType T>
+struct HalfWeights {
+  __m256i w[8];  // Q4: nibbles 0..15 (w[g] pairs with x bytes x_offset(g)); Q8: signed q
+  __m256 d, m;
+
+  void load(const uint8_t* blk, const PanelFormat& f, int half) {
+    d = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(blk + 16 * half)));
+    if constexpr (T == GgmlType::Q4_1)
+      m = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(blk + f.m_offset + 16 * half)));
+    const uint8_t* qs = blk + f.qs_offset + 32 * half;
+    auto at = [&](int g) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(qs + 64 * g)); };
+    if constexpr (T == GgmlType::Q8_0) {
+      for (int g = 0; g < 8; ++g) w[g] = at(g);
+    } else {
+      const __m256i lo = _mm256_set1_epi8(0x0f);
+      for (int g = 0; g < 4; ++g) {
+        const __m256i v = at(g);
+        w[g] = _mm256_and_si256(v, lo);
+        w[g + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), lo);
+      }
+    }
+  }
+
+  static constexpr int x_offset(int g) {
+    return T == GgmlType::Q8_0 ? 4 * g : (g < 4 ? 4 * g : 16 + 4 * (g - 4));
+  }
+  static __m256i bcast(const BlockQ8Act& x, int g) {
+    int32_t x4;
+    std::memcpy(&x4, x.qs + x_offset(g), 4);
+    return _mm256_set1_epi32(x4);
+  }
+
+  __m256 accumulate(const BlockQ8Act& x, __m256 acc) const {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i isum;
+    if constexpr (T == GgmlType::Q8_0) {
+      // maddubs wants an unsigned left side: |q| * (x with q's sign); 2*128*127 fits int16.
+      isum = _mm256_setzero_si256();
+      for (int g = 0; g < 8; ++g) {
+        const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(w[g]), _mm256_sign_epi8(bcast(x, g), w[g]));
+        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, ones));
+      }
+    } else {
+      // Nibbles: each maddubs lane is at most 2*15*127, eight of them still fit int16.
+      __m256i s16 = _mm256_maddubs_epi16(w[0], bcast(x, 0));
+      for (int g = 1; g < 8; ++g) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[g], bcast(x, g)));
+      isum = _mm256_madd_epi16(s16, ones);
+      if constexpr (T == GgmlType::Q4_0) isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(8 * x.sum));
+    }
+    const __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(x.d));
+    acc = _mm256_fmadd_ps(d, t, acc);
+    if constexpr (T == GgmlType::Q4_1) acc = _mm256_fmadd_ps(m, _mm256_set1_ps(x.s), acc);
+    return acc;
+  }
+};
+
+template <GgmlType T, int NT>
+void panel_tile(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, float* y, int64_t y_stride) {
+  const PanelFormat& f = *panel_format(T);
+  for (int half = 0; half < 2; ++half) {
+    __m256 acc[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+    HalfWeights<T> hw;
+    for (int64_t b = 0; b < nb; ++b) {
+      hw.load(panel + size_t(b) * f.block_bytes, f, half);
+      for (int t = 0; t < NT; ++t) acc[t] = hw.accumulate(x[t * nb + b], acc[t]);
+    }
+    for (int t = 0; t < NT; ++t) _mm256_storeu_ps(y + t * y_stride + 8 * half, acc[t]);
+  }
+}
+
+template <GgmlType T>
+void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_x, float* y,
+               int64_t y_stride) {
+  int64_t t = 0;
+  for (; t + 4 <= n_x; t += 4) panel_tile<T, 4>(panel, nb, x + t * nb, y + t * y_stride, y_stride);
+  switch (n_x - t) {
+    case 3: panel_tile<T, 3>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 2: panel_tile<T, 2>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 1: panel_tile<T, 1>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    default: break;
+  }
+}
+
 }  // namespace
 
 const KernelTable* avx2_kernels() {
   static const KernelTable t{Isa::Avx2, quantize_q8, dot_rows<Q4_0Decode>, dot_rows<Q4_1Decode>,
                              dot_rows<Q8_0Decode>,
-                             dot_f32,   dot_f16,     dot_bf16, axpy_f32, axpy_f16};
+                             dot_f32,   dot_f16,     dot_bf16, axpy_f32, axpy_f16,
+                             panel_dot<GgmlType::Q4_0>, panel_dot<GgmlType::Q4_1>,
+                             panel_dot<GgmlType::Q8_0>};
   return &t;
 }
 

@@ -10,7 +10,10 @@
 #endif
 #include <immintrin.h>
 
+#include <cstring>
+
 #include "kernels/kernels.h"
+#include "kernels/packed.h"
 #include "kernels/x86/x86_common.h"
 
 namespace peregrine {
@@ -42,6 +45,7 @@ void quantize_q8(const float* x, BlockQ8Act* out, int64_t n) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].qs + 16), _mm512_cvtsepi32_epi8(i1));
     out[b].d = d;
     out[b].s = d * float(sum);
+    out[b].sum = sum;
   }
 }
 
@@ -220,11 +224,93 @@ void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
   }
 }
 
+// ---- Panel kernels (packed layout, kernels/packed.h): lane r of every vector is row r
+// of the panel, so a block costs 8 vpdpbusd for 16 rows and nothing is reduced
+// across lanes. Weights are decoded once per block for up to kTile tokens.
+
+// Unsigned weights of one panel block: w[g] pairs with activation bytes 4g..4g+3.
+// Q4: nibbles as they are (0..15); Q8: q + 128 (0..255, xor of the sign bit).
+// Both are corrected through the activation sum: u = q + K with K = 8 or 128.
+template <GgmlType T>
+struct PanelWeights {
+  static constexpr int32_t kOffset = T == GgmlType::Q4_0 ? 8 : T == GgmlType::Q8_0 ? 128 : 0;
+  __m512i w[8];
+  __m512 d, m;
+
+  void load(const uint8_t* blk, const PanelFormat& f) {
+    d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk)));
+    if constexpr (T == GgmlType::Q4_1)
+      m = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk + f.m_offset)));
+    const auto* qs = reinterpret_cast<const __m512i*>(blk + f.qs_offset);
+    if constexpr (T == GgmlType::Q8_0) {
+      const __m512i bias = _mm512_set1_epi8(char(0x80));
+      for (int g = 0; g < 8; ++g) w[g] = _mm512_xor_si512(_mm512_load_si512(qs + g), bias);
+    } else {
+      const __m512i lo = _mm512_set1_epi8(0x0f);
+      for (int g = 0; g < 4; ++g) {
+        const __m512i v = _mm512_load_si512(qs + g);
+        w[g] = _mm512_and_si512(v, lo);                             // weights 4g..4g+3
+        w[g + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo);  // weights 16+4g..
+      }
+    }
+  }
+
+  // Activation byte offset paired with w[g].
+  static constexpr int x_offset(int g) {
+    return T == GgmlType::Q8_0 ? 4 * g : (g < 4 ? 4 * g : 16 + 4 * (g - 4));
+  }
+
+  __m512 accumulate(const BlockQ8Act& x, __m512 acc) const {
+    __m512i isum = _mm512_set1_epi32(-kOffset * x.sum);
+    for (int g = 0; g < 8; ++g) {
+      int32_t x4;
+      std::memcpy(&x4, x.qs + x_offset(g), 4);
+      isum = _mm512_dpbusd_epi32(isum, w[g], _mm512_set1_epi32(x4));
+    }
+    const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(x.d));
+    acc = _mm512_fmadd_ps(d, t, acc);
+    if constexpr (T == GgmlType::Q4_1) acc = _mm512_fmadd_ps(m, _mm512_set1_ps(x.s), acc);
+    return acc;
+  }
+};
+
+template <GgmlType T, int NT>
+void panel_tile(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, float* y, int64_t y_stride) {
+  const PanelFormat& f = *panel_format(T);
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  PanelWeights<T> pw;
+  for (int64_t b = 0; b < nb; ++b) {
+    pw.load(panel + size_t(b) * f.block_bytes, f);
+    for (int t = 0; t < NT; ++t) acc[t] = pw.accumulate(x[t * nb + b], acc[t]);
+  }
+  for (int t = 0; t < NT; ++t) _mm512_storeu_ps(y + t * y_stride, acc[t]);
+}
+
+constexpr int kTile = 6;  // tokens per pass over the panel: 8 weight + 6 acc registers + temps
+
+template <GgmlType T>
+void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_x, float* y,
+               int64_t y_stride) {
+  int64_t t = 0;
+  for (; t + kTile <= n_x; t += kTile) panel_tile<T, kTile>(panel, nb, x + t * nb, y + t * y_stride, y_stride);
+  switch (n_x - t) {
+    case 5: panel_tile<T, 5>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 4: panel_tile<T, 4>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 3: panel_tile<T, 3>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 2: panel_tile<T, 2>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 1: panel_tile<T, 1>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    default: break;
+  }
+}
+
 }  // namespace
 
 const KernelTable* avx512_kernels() {
   static const KernelTable t{Isa::Avx512, quantize_q8, dot_rows<Q4_0Decode>, dot_rows<Q4_1Decode>,
-                             dot_rows<Q8_0Decode>, dot_f32, dot_f16, dot_bf16, axpy_f32, axpy_f16};
+                             dot_rows<Q8_0Decode>, dot_f32, dot_f16, dot_bf16, axpy_f32, axpy_f16,
+                             panel_dot<GgmlType::Q4_0>, panel_dot<GgmlType::Q4_1>,
+                             panel_dot<GgmlType::Q8_0>};
   return &t;
 }
 

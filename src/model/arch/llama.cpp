@@ -1,6 +1,7 @@
 // The llama family (Llama 2/3, SmolLM2, ...): pre-norm decoder blocks of
 // RMSNorm -> GQA attention with RoPE -> residual, RMSNorm -> SwiGLU FFN -> residual.
 // GGUF stores Q and K with rows permuted so RoPE rotates adjacent pairs.
+#include <algorithm>
 #include <cmath>
 
 #include "model/arch/arch.h"
@@ -72,7 +73,11 @@ class Llama final : public Model {
     PG_TRY(bind_tensors(f, table));
     for (const TensorSpec& s : table)
       if (s.dest->data) weight_bytes_ += s.dest->row_bytes * size_t(s.dest->rows);
-    if (output_.data == nullptr) output_ = tok_embd_;  // tied embeddings
+    const bool tied = output_.data == nullptr;
+    if (tied) output_ = tok_embd_;  // tied embeddings: token_embd stays for the lookup
+    PG_TRY(pack_weights({&output_}, !tied));
+    for (LayerWeights& L : layers_)
+      PG_TRY(pack_weights({&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}, true));
     return Status::Ok();
   }
 
@@ -84,16 +89,15 @@ class Llama final : public Model {
     const int64_t kv_dim = hp_.n_head_kv * hd;
     ws_.resize(T, hp_);
     float *x = ws_.x.data(), *xn = ws_.xn.data(), *q = ws_.q.data(), *k = ws_.k.data(),
-          *v = ws_.v.data(), *att = ws_.att.data(), *gate = ws_.gate.data(), *up = ws_.up.data();
+          *v = ws_.v.data(), *att = ws_.att.data(), *gate = ws_.gate.data();
     const AttentionShape as{hp_.n_head, hp_.n_head_kv, hd, 1.0f / std::sqrt(float(hd))};
 
     embed_rows(tok_embd_, batch.tokens.data(), T, x);  // x [T, E]
     for (int64_t il = 0; il < hp_.n_layer; ++il) {
       const LayerWeights& L = layers_[size_t(il)];
       rmsnorm(x, L.attn_norm.f32(), xn, T, E, hp_.rms_eps);
-      matmul(L.wq, xn, q, T, pool_, ops_);  // q [T, n_head * hd]
-      matmul(L.wk, xn, k, T, pool_, ops_);  // k [T, n_head_kv * hd]
-      matmul(L.wv, xn, v, T, pool_, ops_);  // v [T, n_head_kv * hd]
+      // q [T, n_head * hd], k and v [T, n_head_kv * hd]
+      matmul_many({{&L.wq, q}, {&L.wk, k}, {&L.wv, v}}, xn, T, pool_, ops_);
       rope_adjacent(q, batch.pos.data(), T, hp_.n_head, hd, hp_.rope_dim, hp_.rope_base);
       rope_adjacent(k, batch.pos.data(), T, hp_.n_head_kv, hd, hp_.rope_dim, hp_.rope_base);
       for (int64_t t = 0; t < T; ++t)
@@ -103,10 +107,8 @@ class Llama final : public Model {
       for (int64_t i = 0; i < T * E; ++i) x[i] += xn[i];
 
       rmsnorm(x, L.ffn_norm.f32(), xn, T, E, hp_.rms_eps);
-      matmul(L.w_gate, xn, gate, T, pool_, ops_);  // [T, n_ff]
-      matmul(L.w_up, xn, up, T, pool_, ops_);      // [T, n_ff]
-      swiglu(gate, up, T * hp_.n_ff);
-      matmul(L.w_down, gate, xn, T, pool_, ops_);  // [T, E]
+      matmul_swiglu(L.w_gate, L.w_up, xn, gate, T, pool_, ops_);  // gate [T, n_ff]
+      matmul(L.w_down, gate, xn, T, pool_, ops_);                 // [T, E]
       for (int64_t i = 0; i < T * E; ++i) x[i] += xn[i];
     }
 
@@ -148,7 +150,7 @@ class Llama final : public Model {
   // Activation buffers for the largest batch seen so far.
   struct Workspace {
     int64_t cap = 0;
-    std::vector<float> x, xn, q, k, v, att, gate, up;
+    std::vector<float> x, xn, q, k, v, att, gate;
     void resize(int64_t T, const Hparams& hp) {
       if (T <= cap) return;
       cap = T;
@@ -161,7 +163,6 @@ class Llama final : public Model {
       v.resize(size_t(T * kv_dim));
       att.resize(size_t(T * q_dim));
       gate.resize(size_t(T * hp.n_ff));
-      up.resize(size_t(T * hp.n_ff));
     }
   };
 

@@ -1,0 +1,57 @@
+// Weights repacked at load time for the panel kernels.
+//
+// A quantized matrix [rows, cols] becomes panels of kPanelRows rows. Within a panel,
+// block column b (32 weights per row) is stored as one PanelBlock:
+//
+//   d[16]   fp16 scales of the 16 rows                        (32 bytes)
+//   m[16]   fp16 offsets of the 16 rows (Q4_1 only)           (32 bytes)
+//   qs      the quants, four bytes of a row at a time:
+//           Q4: 4 groups g x 16 rows x 4 bytes; row r's bytes 4g..4g+3 of its GGUF block
+//               (low nibbles = weights 4g..4g+3, high nibbles = weights 16+4g..16+4g+3)
+//           Q8: 8 groups g x 16 rows x 4 bytes; row r's weights 4g..4g+3
+//
+// so one 64-byte load holds the same four weight positions for all 16 rows, and a
+// vpdpbusd with four broadcast activation bytes gives 16 row sums at once: no
+// horizontal reductions and one scale conversion per 16 rows. The layout has the
+// same bytes per weight as GGUF. Rows past the matrix end are zero (scale 0).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "core/status.h"
+#include "quant/blocks.h"
+#include "quant/ggml_type.h"
+
+namespace peregrine {
+
+inline constexpr int kPanelRows = 16;
+
+// Bytes of one PanelBlock, and byte offsets of its parts.
+struct PanelFormat {
+  GgmlType type;
+  size_t m_offset;   // offsets start (Q4_1), else == d size
+  size_t qs_offset;  // quants start
+  size_t block_bytes;
+};
+// Formats that have panel kernels: Q4_0, Q4_1, Q8_0. nullptr for others.
+const PanelFormat* panel_format(GgmlType type);
+
+// A packed matrix: n_panels panels of nb PanelBlocks each, 64-byte aligned.
+struct PackedMatrix {
+  const PanelFormat* format = nullptr;
+  int64_t rows = 0, cols = 0, nb = 0, n_panels = 0;
+  size_t panel_bytes = 0;
+  std::unique_ptr<uint8_t, void (*)(void*)> data{nullptr, nullptr};
+
+  const uint8_t* panel(int64_t p) const { return data.get() + size_t(p) * panel_bytes; }
+  size_t bytes() const { return panel_bytes * size_t(n_panels); }
+};
+
+// Repacks rows of GGUF blocks (row r at src + r * row_bytes). The type must have a
+// panel format and cols must be a multiple of 32.
+Result<PackedMatrix> pack_matrix(GgmlType type, const uint8_t* src, int64_t rows, int64_t cols,
+                                 size_t row_bytes);
+
+}  // namespace peregrine

@@ -1,0 +1,187 @@
+#include "ops/matmul.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+
+#include "kernels/kernels.h"
+
+namespace peregrine {
+namespace {
+
+constexpr int64_t kTokenChunk = 64;  // tokens per pass: their activations stay in L2
+constexpr size_t kMaxOuts = 4;
+
+bool quantized(GgmlType t) {
+  return t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q8_0;
+}
+
+KernelTable::PanelDot panel_kernel(const KernelTable& k, GgmlType t) {
+  switch (t) {
+    case GgmlType::Q4_0: return k.panel_q4_0;
+    case GgmlType::Q4_1: return k.panel_q4_1;
+    case GgmlType::Q8_0: return k.panel_q8_0;
+    default: return nullptr;
+  }
+}
+
+KernelTable::DotRows row_kernel(const KernelTable& k, GgmlType t) {
+  switch (t) {
+    case GgmlType::Q4_0: return k.dot_q4_0;
+    case GgmlType::Q4_1: return k.dot_q4_1;
+    case GgmlType::Q8_0: return k.dot_q8_0;
+    default: return nullptr;
+  }
+}
+
+// x [n_tok, cols] -> scratch.xq [n_tok, cols/32]
+const BlockQ8Act* quantize_input(const float* x, int64_t n_tok, int64_t cols, ThreadPool& pool,
+                                 OpScratch& scratch) {
+  const KernelTable& k = kernels();
+  const int64_t nb = cols / kQK;
+  if (scratch.xq.size() < size_t(n_tok * nb)) scratch.xq.resize(size_t(n_tok * nb));
+  BlockQ8Act* xq = scratch.xq.data();
+  pool.parallel_range(n_tok, 8, [&](int64_t b, int64_t e, int) {
+    for (int64_t t = b; t < e; ++t) k.quantize_q8(x + t * cols, xq + t * nb, cols);
+  });
+  return xq;
+}
+
+// The unit of work: 16-row groups [g0, g1) of one weight (panels when packed).
+int64_t n_groups(const Weight& w) { return (w.rows + kPanelRows - 1) / kPanelRows; }
+
+// Groups per task: enough tasks to balance the threads, few enough to keep a task's
+// weights and a token chunk's activations together in L2.
+int64_t groups_per_task(int64_t total_groups, int n_threads) {
+  return std::clamp<int64_t>(total_groups / (int64_t(n_threads) * 4), 1, 8);
+}
+
+// Rows [16 g0, 16 g1) of w for all tokens into y [n_tok, w.rows].
+void run_groups(const KernelTable& k, const Weight& w, const float* x, const BlockQ8Act* xq,
+                int64_t n_tok, float* y, int64_t g0, int64_t g1) {
+  const int64_t n_out = w.rows;
+  if (w.packed) {
+    const PackedMatrix& pm = *w.packed;
+    const KernelTable::PanelDot dot = panel_kernel(k, w.type);
+    float tail[kTokenChunk * kPanelRows];
+    for (int64_t t0 = 0; t0 < n_tok; t0 += kTokenChunk) {
+      const int64_t nt = std::min(kTokenChunk, n_tok - t0);
+      const BlockQ8Act* xt = xq + t0 * pm.nb;
+      for (int64_t p = g0; p < g1; ++p) {
+        const int64_t r0 = p * kPanelRows, nr = std::min<int64_t>(kPanelRows, n_out - r0);
+        if (nr == kPanelRows) {
+          dot(pm.panel(p), pm.nb, xt, nt, y + t0 * n_out + r0, n_out);
+        } else {  // last panel of a matrix whose rows are not a multiple of 16
+          dot(pm.panel(p), pm.nb, xt, nt, tail, kPanelRows);
+          for (int64_t t = 0; t < nt; ++t)
+            std::copy_n(tail + t * kPanelRows, nr, y + (t0 + t) * n_out + r0);
+        }
+      }
+    }
+    return;
+  }
+  const int64_t n_in = w.cols, r1 = std::min(g1 * kPanelRows, n_out);
+  for (int64_t r = g0 * kPanelRows; r < r1; ++r) {
+    const uint8_t* wr = w.row(r);
+    float* yr = y + r;  // column r of y
+    if (KernelTable::DotRows dot = row_kernel(k, w.type)) {
+      dot(wr, n_in / kQK, xq, n_tok, yr, n_out);
+      continue;
+    }
+    for (int64_t t = 0; t < n_tok; ++t) {
+      const float* xt = x + t * n_in;
+      switch (w.type) {
+        case GgmlType::F32: yr[t * n_out] = k.dot_f32(reinterpret_cast<const float*>(wr), xt, n_in); break;
+        case GgmlType::F16: yr[t * n_out] = k.dot_f16(reinterpret_cast<const uint16_t*>(wr), xt, n_in); break;
+        case GgmlType::BF16: yr[t * n_out] = k.dot_bf16(reinterpret_cast<const uint16_t*>(wr), xt, n_in); break;
+        default: PG_ASSERT(false && "matmul: unsupported weight type");
+      }
+    }
+  }
+}
+
+float silu_mul(float g, float u) { return g / (1.0f + std::exp(-g)) * u; }
+
+}  // namespace
+
+Result<size_t> pack_weight(Weight& w) {
+  const KernelTable& k = kernels();
+  if (w.packed || panel_kernel(k, w.type) == nullptr) return size_t(0);
+  PG_ASSIGN(PackedMatrix pm, pack_matrix(w.type, w.data, w.rows, w.cols, w.row_bytes));
+  const size_t bytes = pm.bytes();
+  w.packed = std::make_shared<const PackedMatrix>(std::move(pm));
+  return bytes;
+}
+
+void matmul(const Weight& w, const float* x, float* y, int64_t n_tok, ThreadPool& pool,
+            OpScratch& scratch) {
+  matmul_many({{&w, y}}, x, n_tok, pool, scratch);
+}
+
+void matmul_many(std::initializer_list<MatmulOut> outs, const float* x, int64_t n_tok,
+                 ThreadPool& pool, OpScratch& scratch) {
+  PG_ASSERT(outs.size() >= 1 && outs.size() <= kMaxOuts);
+  const KernelTable& k = kernels();
+  const int64_t cols = outs.begin()->w->cols;
+  bool any_quantized = false;
+  int64_t total = 0;
+  for (const MatmulOut& o : outs) {
+    PG_ASSERT(o.w->cols == cols);
+    any_quantized |= quantized(o.w->type);
+    total += n_groups(*o.w);
+  }
+  const BlockQ8Act* xq = any_quantized ? quantize_input(x, n_tok, cols, pool, scratch) : nullptr;
+  const int64_t per_task = groups_per_task(total, pool.size());
+  // Task index -> (output, group range), without allocating.
+  std::array<int64_t, kMaxOuts + 1> first_task{};
+  size_t n = 0;
+  for (const MatmulOut& o : outs) {
+    first_task[n + 1] = first_task[n] + (n_groups(*o.w) + per_task - 1) / per_task;
+    ++n;
+  }
+  pool.parallel_for(first_task[n], [&](int64_t task, int) {
+    size_t j = 0;
+    while (task >= first_task[j + 1]) ++j;
+    const MatmulOut& o = outs.begin()[j];
+    const int64_t g0 = (task - first_task[j]) * per_task;
+    run_groups(k, *o.w, x, xq, n_tok, o.y, g0, std::min(g0 + per_task, n_groups(*o.w)));
+  });
+}
+
+void matmul_swiglu(const Weight& gate, const Weight& up, const float* x, float* out,
+                   int64_t n_tok, ThreadPool& pool, OpScratch& scratch) {
+  const int64_t n_ff = gate.rows;
+  PG_ASSERT(up.rows == n_ff && up.cols == gate.cols);
+  const bool fused = gate.packed && up.packed && gate.type == up.type;
+  if (!fused) {
+    if (scratch.tmp.size() < size_t(n_tok * n_ff)) scratch.tmp.resize(size_t(n_tok * n_ff));
+    float* g = scratch.tmp.data();
+    matmul_many({{&gate, g}, {&up, out}}, x, n_tok, pool, scratch);
+    for (int64_t i = 0; i < n_tok * n_ff; ++i) out[i] = silu_mul(g[i], out[i]);
+    return;
+  }
+  const KernelTable& k = kernels();
+  const BlockQ8Act* xq = quantize_input(x, n_tok, gate.cols, pool, scratch);
+  const KernelTable::PanelDot dot = panel_kernel(k, gate.type);
+  const PackedMatrix &pg = *gate.packed, &pu = *up.packed;
+  const int64_t groups = n_groups(gate), per_task = groups_per_task(2 * groups, pool.size());
+  pool.parallel_for((groups + per_task - 1) / per_task, [&](int64_t task, int) {
+    float g[kTokenChunk * kPanelRows], u[kTokenChunk * kPanelRows];
+    const int64_t p1 = std::min(groups, (task + 1) * per_task);
+    for (int64_t t0 = 0; t0 < n_tok; t0 += kTokenChunk) {
+      const int64_t nt = std::min(kTokenChunk, n_tok - t0);
+      const BlockQ8Act* xt = xq + t0 * pg.nb;
+      for (int64_t p = task * per_task; p < p1; ++p) {
+        dot(pg.panel(p), pg.nb, xt, nt, g, kPanelRows);
+        dot(pu.panel(p), pu.nb, xt, nt, u, kPanelRows);
+        const int64_t r0 = p * kPanelRows, nr = std::min<int64_t>(kPanelRows, n_ff - r0);
+        for (int64_t t = 0; t < nt; ++t)
+          for (int64_t r = 0; r < nr; ++r)
+            out[(t0 + t) * n_ff + r0 + r] = silu_mul(g[t * kPanelRows + r], u[t * kPanelRows + r]);
+      }
+    }
+  });
+}
+
+}  // namespace peregrine

@@ -1,0 +1,47 @@
+// Products of activations with weight matrices: y[n_tok, W.rows] = x[n_tok, W.cols] * W^T.
+// Quantized weights run on 8-bit activations quantized once per call; with packed
+// weights (pack_weight) the panel kernels read each weight block once for a tile of
+// tokens. Rows are spread over the pool's threads; a token's result never depends on
+// the other tokens in the batch or on the thread count.
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <vector>
+
+#include "core/status.h"
+#include "core/thread_pool.h"
+#include "ops/weight.h"
+#include "quant/blocks.h"
+
+namespace peregrine {
+
+// Reusable scratch (grows to the largest batch, then stays: no allocation in the
+// steady-state decode loop).
+struct OpScratch {
+  std::vector<BlockQ8Act> xq;  // quantized activations [n_tok, cols/32]
+  std::vector<float> tmp;      // fallback paths' intermediate results
+};
+
+// Repacks w for the active kernel table's panel kernels; a no-op for types (or
+// tables) without them. Returns the packed bytes (0 when nothing was packed).
+Result<size_t> pack_weight(Weight& w);
+
+void matmul(const Weight& w, const float* x, float* y, int64_t n_tok, ThreadPool& pool,
+            OpScratch& scratch);
+
+// Several products of the same input, e.g. Q, K and V: x is quantized once and the
+// rows of all weights are shared out in one parallel step. All weights have x's width.
+struct MatmulOut {
+  const Weight* w;
+  float* y;  // [n_tok, w->rows]
+};
+void matmul_many(std::initializer_list<MatmulOut> outs, const float* x, int64_t n_tok,
+                 ThreadPool& pool, OpScratch& scratch);
+
+// out[n_tok, n_ff] = silu(x * gate^T) * (x * up^T). With both packed alike, each
+// task computes the same rows of gate and up and combines them at once.
+void matmul_swiglu(const Weight& gate, const Weight& up, const float* x, float* out,
+                   int64_t n_tok, ThreadPool& pool, OpScratch& scratch);
+
+}  // namespace peregrine
