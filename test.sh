@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up like run.sh, then runs every test: C++ unit tests (ctest), Python
-# reference and end-to-end tests (pytest), sanitizer and fuzz runs.
+# reference and end-to-end tests (pytest), the NEON kernels under qemu, sanitizer
+# (ASan + UBSan, TSan) and fuzz runs.
 set -euo pipefail
 cd "$(dirname "$0")"
 # ccache: hash paths relative to the checkout, so a fresh clone reuses earlier builds.
@@ -21,7 +22,7 @@ echo "== reference and end-to-end tests (pytest)"
 
 # The whole-model logits once more for every other kernel path this CPU can run.
 default_isa=$(build/bin/peregrine bench -p 0 -n 1 -r 1 --json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["isa"])')
-for isa in scalar avx2 avx512; do
+for isa in scalar avx2 avx512 neon; do
   [ "$isa" = "$default_isa" ] && continue
   if PEREGRINE_ISA=$isa build/bin/peregrine logits --tokens 1 -c 8 -o /dev/null 2>/dev/null; then
     echo "== logits against the numpy reference with PEREGRINE_ISA=$isa"
@@ -31,8 +32,14 @@ for isa in scalar avx2 avx512; do
   fi
 done
 
+echo "== NEON kernels (aarch64 cross build under qemu)"
+scripts/test_neon.sh
+
 echo "== sanitizers (ASan + UBSan)"
 scripts/test_sanitizers.sh
+
+echo "== ThreadSanitizer (threaded kernels)"
+scripts/test_tsan.sh
 
 echo "== fuzzing"
 scripts/test_fuzz.sh

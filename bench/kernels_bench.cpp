@@ -121,6 +121,9 @@ const Weight& random_weight(GgmlType type, int64_t rows, int64_t cols) {
     }
   }
   slot->w = Weight{std::string(type_name(type)), type, buf.data(), rows, cols, rb};
+  // As the model loader does: quantized weights get the panel layout when the
+  // active kernel table has panel kernels for the type.
+  if (!pack_weight(slot->w).ok()) std::abort();
   return slot->w;
 }
 

@@ -249,7 +249,11 @@ void panel_tile(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, float* y,
     for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
     HalfWeights<T> hw;
     for (int64_t b = 0; b < nb; ++b) {
-      hw.load(panel + size_t(b) * f.block_bytes, f, half);
+      const uint8_t* blk = panel + size_t(b) * f.block_bytes;
+      if (half == 0)  // decode streams the weights: fetch ahead (see the AVX-512 unit)
+        for (size_t off = 0; off < f.block_bytes; off += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(blk + 4096 + off), _MM_HINT_T0);
+      hw.load(blk, f, half);
       for (int t = 0; t < NT; ++t) acc[t] = hw.accumulate(x[t * nb + b], acc[t]);
     }
     for (int t = 0; t < NT; ++t) _mm256_storeu_ps(y + t * y_stride + 8 * half, acc[t]);
