@@ -44,7 +44,24 @@ struct KernelTable {
   PanelDot panel_q4_0 = nullptr;
   PanelDot panel_q4_1 = nullptr;
   PanelDot panel_q8_0 = nullptr;
+  // Attention of nq query rows that share one KV head (a GQA group) over n cached
+  // positions: out[nq, hd] = softmax(q K^T) V, with q [nq, hd] already scaled and
+  // row j of K and V at k + j * stride, v + j * stride (elements). Online softmax
+  // over tiles of kAttnTile positions; no score row is materialised. nq <= kAttnMaxQ.
+  // nullptr entries (or hd not a multiple of attn_hd_multiple): use the scalar table's.
+  using Attend16 = void (*)(const float* q, int64_t nq, int64_t hd, const uint16_t* k,
+                            const uint16_t* v, int64_t stride, int64_t n, float* out);
+  using Attend32 = void (*)(const float* q, int64_t nq, int64_t hd, const float* k,
+                            const float* v, int64_t stride, int64_t n, float* out);
+  Attend16 attend_f16 = nullptr;
+  Attend32 attend_f32 = nullptr;
+  int64_t attn_hd_multiple = 1;
+  // out[n] = silu(g) * u = g / (1 + exp(-g)) * u
+  void (*silu_mul)(const float* g, const float* u, float* out, int64_t n) = nullptr;
 };
+
+inline constexpr int64_t kAttnTile = 16;
+inline constexpr int64_t kAttnMaxQ = 16;
 
 const KernelTable& scalar_kernels();
 const KernelTable* avx2_kernels();    // nullptr when not compiled in

@@ -101,8 +101,6 @@ void run_groups(const KernelTable& k, const Weight& w, const float* x, const Blo
   }
 }
 
-float silu_mul(float g, float u) { return g / (1.0f + std::exp(-g)) * u; }
-
 }  // namespace
 
 Result<size_t> pack_weight(Weight& w) {
@@ -158,7 +156,7 @@ void matmul_swiglu(const Weight& gate, const Weight& up, const float* x, float* 
     if (scratch.tmp.size() < size_t(n_tok * n_ff)) scratch.tmp.resize(size_t(n_tok * n_ff));
     float* g = scratch.tmp.data();
     matmul_many({{&gate, g}, {&up, out}}, x, n_tok, pool, scratch);
-    for (int64_t i = 0; i < n_tok * n_ff; ++i) out[i] = silu_mul(g[i], out[i]);
+    kernels().silu_mul(g, out, out, n_tok * n_ff);
     return;
   }
   const KernelTable& k = kernels();
@@ -177,8 +175,7 @@ void matmul_swiglu(const Weight& gate, const Weight& up, const float* x, float* 
         dot(pu.panel(p), pu.nb, xt, nt, u, kPanelRows);
         const int64_t r0 = p * kPanelRows, nr = std::min<int64_t>(kPanelRows, n_ff - r0);
         for (int64_t t = 0; t < nt; ++t)
-          for (int64_t r = 0; r < nr; ++r)
-            out[(t0 + t) * n_ff + r0 + r] = silu_mul(g[t * kPanelRows + r], u[t * kPanelRows + r]);
+          k.silu_mul(g + t * kPanelRows, u + t * kPanelRows, out + (t0 + t) * n_ff + r0, nr);
       }
     }
   });

@@ -190,6 +190,64 @@ TEST(Kernels, PackRejectsBadShapesAndTypes) {
   EXPECT_FALSE(pack_matrix(GgmlType::Q4_0, w.data(), 0, 32, 18).ok());
 }
 
+// Attention kernels against the scalar one (itself checked against a direct
+// softmax in test_attention.cpp): GQA groups of 1-16 queries, lengths that are not
+// multiples of the tile, f16 and f32 rows with a stride.
+TEST(Kernels, AttendMatchesScalar) {
+  std::mt19937 rng(12);
+  for (const KernelTable* t : simd_tables()) {
+    for (int64_t hd : {64, 128, 256}) {
+      if (hd % t->attn_hd_multiple != 0) continue;
+      for (int64_t nq : {1, 3, 4, 5, 16}) {
+        for (int64_t n : {1, 15, 16, 17, 100}) {
+          const int64_t stride = hd * 2 + 16;
+          auto q = random_floats(size_t(nq * hd), rng, 0.3f);
+          auto kf = random_floats(size_t(n * stride), rng), vf = random_floats(size_t(n * stride), rng);
+          std::vector<uint16_t> kh(kf.size()), vh(vf.size());
+          for (size_t i = 0; i < kf.size(); ++i) {
+            kh[i] = f32_to_fp16(kf[i]);
+            vh[i] = f32_to_fp16(vf[i]);
+          }
+          std::vector<float> ref(size_t(nq * hd)), got(ref.size());
+          scalar_kernels().attend_f16(q.data(), nq, hd, kh.data(), vh.data(), stride, n, ref.data());
+          t->attend_f16(q.data(), nq, hd, kh.data(), vh.data(), stride, n, got.data());
+          for (size_t i = 0; i < ref.size(); ++i)
+            ASSERT_NEAR(got[i], ref[i], 2e-5f + 2e-5f * std::fabs(ref[i]))
+                << isa_name(t->isa) << " f16 hd=" << hd << " nq=" << nq << " n=" << n << " i=" << i;
+          scalar_kernels().attend_f32(q.data(), nq, hd, kf.data(), vf.data(), stride, n, ref.data());
+          t->attend_f32(q.data(), nq, hd, kf.data(), vf.data(), stride, n, got.data());
+          for (size_t i = 0; i < ref.size(); ++i)
+            ASSERT_NEAR(got[i], ref[i], 2e-5f + 2e-5f * std::fabs(ref[i]))
+                << isa_name(t->isa) << " f32 hd=" << hd << " nq=" << nq << " n=" << n << " i=" << i;
+        }
+      }
+    }
+  }
+}
+
+// silu(g) * u: the vector exp is within a few ulp of std::exp over the range that
+// matters (including saturation at both ends), and every element's result is the
+// same wherever it falls in a call (the tail takes the vector path too).
+TEST(Kernels, SiluMulMatchesScalarAndIsPositionIndependent) {
+  std::mt19937 rng(13);
+  for (const KernelTable* t : simd_tables()) {
+    auto g = random_floats(203, rng, 6.0f), u = random_floats(203, rng);
+    g[0] = -100.0f;
+    g[1] = 100.0f;
+    g[2] = 0.0f;
+    std::vector<float> ref(g.size()), got(g.size());
+    scalar_kernels().silu_mul(g.data(), u.data(), ref.data(), int64_t(g.size()));
+    t->silu_mul(g.data(), u.data(), got.data(), int64_t(g.size()));
+    for (size_t i = 0; i < g.size(); ++i)
+      ASSERT_NEAR(got[i], ref[i], 1e-6f + 1e-6f * std::fabs(ref[i])) << isa_name(t->isa) << " g=" << g[i];
+    for (size_t i = 0; i < g.size(); ++i) {
+      float one = 0.0f;
+      t->silu_mul(&g[i], &u[i], &one, 1);
+      ASSERT_EQ(one, got[i]) << isa_name(t->isa) << " element " << i;
+    }
+  }
+}
+
 // The scalar quantized dot equals the float dot of dequantized weights and
 // dequantized activations (up to float rounding): the reference is right.
 TEST(Kernels, ScalarQuantizedDotMatchesDequantizedMath) {

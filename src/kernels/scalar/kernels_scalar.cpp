@@ -1,4 +1,5 @@
 // Scalar reference kernels: plain loops, the oracle for every SIMD path.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -138,6 +139,55 @@ void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_
   }
 }
 
+// Online softmax over tiles of kAttnTile positions: per query a running max m, sum l
+// and unnormalised output o; each tile rescales them by exp(m_old - m_new).
+template <class KV, float (*Load)(KV)>
+void attend(const float* q, int64_t nq, int64_t hd, const KV* k, const KV* v, int64_t stride,
+            int64_t n, float* out) {
+  float m[kAttnMaxQ], l[kAttnMaxQ], p[kAttnMaxQ][kAttnTile];
+  for (int64_t i = 0; i < nq; ++i) {
+    m[i] = -INFINITY;
+    l[i] = 0.0f;
+    std::fill(out + i * hd, out + (i + 1) * hd, 0.0f);
+  }
+  for (int64_t j0 = 0; j0 < n; j0 += kAttnTile) {
+    const int64_t nt = std::min(kAttnTile, n - j0);
+    for (int64_t i = 0; i < nq; ++i) {
+      float tile_max = -INFINITY;
+      for (int64_t j = 0; j < nt; ++j) {
+        const KV* kr = k + (j0 + j) * stride;
+        float s = 0.0f;
+        for (int64_t d = 0; d < hd; ++d) s += q[i * hd + d] * Load(kr[d]);
+        p[i][j] = s;
+        tile_max = std::max(tile_max, s);
+      }
+      const float m_new = std::max(m[i], tile_max);
+      const float corr = std::exp(m[i] - m_new);  // 0 on the first tile
+      float sum = 0.0f;
+      for (int64_t j = 0; j < nt; ++j) sum += (p[i][j] = std::exp(p[i][j] - m_new));
+      l[i] = l[i] * corr + sum;
+      m[i] = m_new;
+      float* o = out + i * hd;
+      for (int64_t d = 0; d < hd; ++d) o[d] *= corr;
+      for (int64_t j = 0; j < nt; ++j) {
+        const KV* vr = v + (j0 + j) * stride;
+        for (int64_t d = 0; d < hd; ++d) o[d] += p[i][j] * Load(vr[d]);
+      }
+    }
+  }
+  for (int64_t i = 0; i < nq; ++i) {
+    const float inv = 1.0f / l[i];
+    for (int64_t d = 0; d < hd; ++d) out[i * hd + d] *= inv;
+  }
+}
+
+float load_f32(float x) { return x; }
+float load_f16(uint16_t x) { return fp16_to_f32(x); }
+
+void silu_mul(const float* g, const float* u, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
 }  // namespace
 
 const KernelTable& scalar_kernels() {
@@ -145,7 +195,8 @@ const KernelTable& scalar_kernels() {
                              dot_rows<dot_q8_0>,
                              dot_f32,     dot_f16,     dot_bf16, axpy_f32, axpy_f16,
                              panel_dot<GgmlType::Q4_0>, panel_dot<GgmlType::Q4_1>,
-                             panel_dot<GgmlType::Q8_0>};
+                             panel_dot<GgmlType::Q8_0>,
+                             attend<uint16_t, load_f16>, attend<float, load_f32>, 1, silu_mul};
   return t;
 }
 

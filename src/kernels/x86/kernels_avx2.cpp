@@ -7,6 +7,7 @@
 
 #include "kernels/kernels.h"
 #include "kernels/packed.h"
+#include "kernels/x86/attend_simd.h"
 #include "kernels/x86/x86_common.h"
 #include "quant/fp16.h"
 
@@ -273,6 +274,45 @@ void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_
   }
 }
 
+// exp(x) = 2^n * e^r as in the AVX-512 unit; 2^n built in the exponent bits.
+inline __m256 exp256(__m256 x) {
+  const __m256 tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_LT_OQ);
+  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.0f)), _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 720);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  // n in [-126, 127]: 2^n = (n + 127) << 23 as float bits.
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+struct Vec256 {
+  using Reg = __m256;
+  static constexpr int64_t kLanes = 8;
+  static Reg zero() { return _mm256_setzero_ps(); }
+  static Reg set1(float x) { return _mm256_set1_ps(x); }
+  static Reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static Reg load(const uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static void store(float* p, Reg v) { _mm256_storeu_ps(p, v); }
+  static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static Reg add(Reg a, Reg b) { return _mm256_add_ps(a, b); }
+  static Reg sub(Reg a, Reg b) { return _mm256_sub_ps(a, b); }
+  static Reg mul(Reg a, Reg b) { return _mm256_mul_ps(a, b); }
+  static Reg div(Reg a, Reg b) { return _mm256_div_ps(a, b); }
+  static float reduce_add(Reg v) { return hsum(v); }
+  static Reg exp(Reg x) { return exp256(x); }
+};
+
 }  // namespace
 
 const KernelTable* avx2_kernels() {
@@ -280,7 +320,9 @@ const KernelTable* avx2_kernels() {
                              dot_rows<Q8_0Decode>,
                              dot_f32,   dot_f16,     dot_bf16, axpy_f32, axpy_f16,
                              panel_dot<GgmlType::Q4_0>, panel_dot<GgmlType::Q4_1>,
-                             panel_dot<GgmlType::Q8_0>};
+                             panel_dot<GgmlType::Q8_0>,
+                             attend_simd<Vec256, uint16_t>, attend_simd<Vec256, float>,
+                             Vec256::kLanes, silu_mul_simd<Vec256>};
   return &t;
 }
 

@@ -14,6 +14,7 @@
 
 #include "kernels/kernels.h"
 #include "kernels/packed.h"
+#include "kernels/x86/attend_simd.h"
 #include "kernels/x86/x86_common.h"
 
 namespace peregrine {
@@ -311,13 +312,53 @@ void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_
   }
 }
 
+// exp(x) = 2^n * e^r with n = round(x / ln 2), |r| <= ln2 / 2: a degree-6 Taylor
+// polynomial (relative error ~1e-7) and vscalefps for 2^n. Below -87 (and -inf) -> 0.
+inline __m512 exp512(__m512 x) {
+  const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln 2 split in two
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_mov_ps(__mmask16(~tiny), _mm512_scalef_ps(p, n));
+}
+
+struct Vec512 {
+  using Reg = __m512;
+  static constexpr int64_t kLanes = 16;
+  static Reg zero() { return _mm512_setzero_ps(); }
+  static Reg set1(float x) { return _mm512_set1_ps(x); }
+  static Reg load(const float* p) { return _mm512_loadu_ps(p); }
+  static Reg load(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static void store(float* p, Reg v) { _mm512_storeu_ps(p, v); }
+  static Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static Reg add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
+  static Reg sub(Reg a, Reg b) { return _mm512_sub_ps(a, b); }
+  static Reg mul(Reg a, Reg b) { return _mm512_mul_ps(a, b); }
+  static Reg div(Reg a, Reg b) { return _mm512_div_ps(a, b); }
+  static float reduce_add(Reg v) { return _mm512_reduce_add_ps(v); }
+  static Reg exp(Reg x) { return exp512(x); }
+};
+
 }  // namespace
 
 const KernelTable* avx512_kernels() {
   static const KernelTable t{Isa::Avx512, quantize_q8, dot_rows<Q4_0Decode>, dot_rows<Q4_1Decode>,
                              dot_rows<Q8_0Decode>, dot_f32, dot_f16, dot_bf16, axpy_f32, axpy_f16,
                              panel_dot<GgmlType::Q4_0>, panel_dot<GgmlType::Q4_1>,
-                             panel_dot<GgmlType::Q8_0>};
+                             panel_dot<GgmlType::Q8_0>,
+                             attend_simd<Vec512, uint16_t>, attend_simd<Vec512, float>,
+                             Vec512::kLanes, silu_mul_simd<Vec512>};
   return &t;
 }
 

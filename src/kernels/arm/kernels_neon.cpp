@@ -1,0 +1,358 @@
+// AArch64 NEON kernels (baseline armv8-a; SDOT when built with +dotprod).
+// quantize_q8, the quantized row dots and the panel kernels are bit-identical to the
+// scalar reference (exact integer sums, then its float steps in its order); the float
+// dots and axpy use FMA and several accumulators, so they differ from it by rounding
+// (tested with a bound).
+// Tested under qemu by scripts/test_neon.sh (tests/arm/test_kernels_neon.cpp).
+#include <arm_neon.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/kernels.h"
+#include "kernels/packed.h"
+
+namespace peregrine {
+namespace {
+
+// fp16 -> f32 with FCVTL (exact, subnormals included); the portable fp16_to_f32 is branchy.
+inline float h2f(uint16_t h) {
+  return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0);
+}
+
+// Eight halves -> two float32x4 (halves 0..3, 4..7).
+inline float32x4_t f16_lo(uint16x8_t h) {
+  return vcvt_f32_f16(vreinterpret_f16_u16(vget_low_u16(h)));
+}
+inline float32x4_t f16_hi(uint16x8_t h) {
+  return vcvt_f32_f16(vreinterpret_f16_u16(vget_high_u16(h)));
+}
+
+// bf16 is the top half of an f32: widen by shifting left 16.
+inline float32x4_t bf16_lo(uint16x8_t h) {
+  return vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(h), 16));
+}
+inline float32x4_t bf16_hi(uint16x8_t h) { return vreinterpretq_f32_u32(vshll_high_n_u16(h, 16)); }
+
+void quantize_q8(const float* x, BlockQ8Act* out, int64_t n) {
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    const float* v = x + b * kQK;
+    float32x4_t v4[8];  // the block's 32 values
+    for (int j = 0; j < 8; ++j) v4[j] = vld1q_f32(v + 4 * j);
+    // maxNum (FMAXNM) ignores NaN like std::fmax in the reference; max is exact in any order.
+    float32x4_t m = vdupq_n_f32(0.0f);
+    for (int j = 0; j < 8; ++j) m = vmaxnmq_f32(m, vabsq_f32(v4[j]));
+    const float amax = vmaxnmvq_f32(m);
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    // FCVTNS rounds to nearest, ties to even: the reference's nearbyint.
+    int32x4_t q4[8];
+    for (int j = 0; j < 8; ++j) q4[j] = vcvtnq_s32_f32(vmulq_n_f32(v4[j], id));
+    int32x4_t s = vaddq_s32(vaddq_s32(vaddq_s32(q4[0], q4[1]), vaddq_s32(q4[2], q4[3])),
+                            vaddq_s32(vaddq_s32(q4[4], q4[5]), vaddq_s32(q4[6], q4[7])));
+    const int sum = vaddvq_s32(s);
+    // |q| <= 127, so the saturating narrows never saturate.
+    for (int j = 0; j < 2; ++j) {
+      int16x8_t lo = vcombine_s16(vqmovn_s32(q4[4 * j]), vqmovn_s32(q4[4 * j + 1]));
+      int16x8_t hi = vcombine_s16(vqmovn_s32(q4[4 * j + 2]), vqmovn_s32(q4[4 * j + 3]));
+      vst1q_s8(out[b].qs + 16 * j, vcombine_s8(vqmovn_s16(lo), vqmovn_s16(hi)));
+    }
+    out[b].d = d;
+    out[b].s = d * float(sum);
+    out[b].sum = sum;
+  }
+}
+
+// Decoders: one weight block -> 32 int8 weights as two int8x16 (weights 0..15, 16..31),
+// matching the activation order x.qs[0..15], x.qs[16..31].
+struct Q4_0Decode {
+  using Block = BlockQ4_0;
+  static constexpr bool kOffset = false;
+  static void q(const Block& b, int8x16_t& q0, int8x16_t& q1) {
+    const uint8x16_t v = vld1q_u8(b.qs);
+    q0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))), vdupq_n_s8(8));
+    q1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), vdupq_n_s8(8));
+  }
+  static float m(const Block&) { return 0.0f; }
+};
+struct Q4_1Decode {
+  using Block = BlockQ4_1;
+  static constexpr bool kOffset = true;
+  static void q(const Block& b, int8x16_t& q0, int8x16_t& q1) {
+    const uint8x16_t v = vld1q_u8(b.qs);  // nibbles 0..15 fit int8 unchanged
+    q0 = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f)));
+    q1 = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+  }
+  static float m(const Block& b) { return h2f(b.m); }
+};
+struct Q8_0Decode {
+  using Block = BlockQ8_0;
+  static constexpr bool kOffset = false;
+  static void q(const Block& b, int8x16_t& q0, int8x16_t& q1) {
+    q0 = vld1q_s8(b.qs);
+    q1 = vld1q_s8(b.qs + 16);
+  }
+  static float m(const Block&) { return 0.0f; }
+};
+
+// sum_j w[j] * x[j] over one block of 32, as four exact int32 partial sums (each at
+// most 8 products of |w| <= 128 and |x| <= 128).
+inline int32x4_t block_dot(int8x16_t w0, int8x16_t w1, const int8_t* xq) {
+  const int8x16_t x0 = vld1q_s8(xq), x1 = vld1q_s8(xq + 16);
+#if defined(__ARM_FEATURE_DOTPROD)
+  return vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, x0), w1, x1);
+#else
+  // int8 x int8 fits int16; pairwise widening adds keep everything exact.
+  int32x4_t s = vpaddlq_s16(vmull_s8(vget_low_s8(w0), vget_low_s8(x0)));
+  s = vpadalq_s16(s, vmull_high_s8(w0, x0));
+  s = vpadalq_s16(s, vmull_s8(vget_low_s8(w1), vget_low_s8(x1)));
+  return vpadalq_s16(s, vmull_high_s8(w1, x1));
+#endif
+}
+
+// Per row and block, the float steps are the scalar reference's, in its order:
+//   t = (d * dx) * float(isum)  [+ m * s for Q4_1];  acc = acc + t
+// and isum is the exact integer dot, so every row equals the scalar result bit for bit
+// (with -ffp-contract=off, as the build sets: a fused multiply-add rounds once, not
+// twice). The same holds for any n_x, which is batch invariance: a row's result never
+// depends on which other rows share the call.
+
+// One weight row against four activation rows: the weight block is decoded once, and
+// the four rows' float steps run side by side, one row per lane.
+template <class D>
+void dot4(const typename D::Block* b, int64_t nb, const BlockQ8Act* x, float* y, int64_t y_stride) {
+  const BlockQ8Act* x0 = x;  // rows [4, nb]
+  const BlockQ8Act* x1 = x + nb;
+  const BlockQ8Act* x2 = x + 2 * nb;
+  const BlockQ8Act* x3 = x + 3 * nb;
+  float32x4_t acc = vdupq_n_f32(0.0f);  // [row]
+  for (int64_t i = 0; i < nb; ++i) {
+    int8x16_t q0, q1;
+    D::q(b[i], q0, q1);
+    const int32x4_t s0 = block_dot(q0, q1, x0[i].qs), s1 = block_dot(q0, q1, x1[i].qs);
+    const int32x4_t s2 = block_dot(q0, q1, x2[i].qs), s3 = block_dot(q0, q1, x3[i].qs);
+    const int32x4_t isum = vpaddq_s32(vpaddq_s32(s0, s1), vpaddq_s32(s2, s3));  // [row]
+    const float dx[4] = {x0[i].d, x1[i].d, x2[i].d, x3[i].d};
+    float32x4_t t = vmulq_f32(vmulq_n_f32(vld1q_f32(dx), h2f(b[i].d)), vcvtq_f32_s32(isum));
+    if constexpr (D::kOffset) {
+      const float sx[4] = {x0[i].s, x1[i].s, x2[i].s, x3[i].s};
+      t = vaddq_f32(t, vmulq_n_f32(vld1q_f32(sx), D::m(b[i])));
+    }
+    acc = vaddq_f32(acc, t);
+  }
+  y[0] = vgetq_lane_f32(acc, 0);
+  y[y_stride] = vgetq_lane_f32(acc, 1);
+  y[2 * y_stride] = vgetq_lane_f32(acc, 2);
+  y[3 * y_stride] = vgetq_lane_f32(acc, 3);
+}
+
+// One weight row against one activation row: the same steps, in scalar registers.
+template <class D>
+float dot1(const typename D::Block* b, int64_t nb, const BlockQ8Act* x) {
+  float acc = 0.0f;
+  for (int64_t i = 0; i < nb; ++i) {
+    int8x16_t q0, q1;
+    D::q(b[i], q0, q1);
+    const int isum = vaddvq_s32(block_dot(q0, q1, x[i].qs));
+    float t = h2f(b[i].d) * x[i].d * float(isum);
+    if constexpr (D::kOffset) t = t + D::m(b[i]) * x[i].s;
+    acc = acc + t;
+  }
+  return acc;
+}
+
+// One weight row against n_x activation rows (nb blocks each), four at a time.
+template <class D>
+void dot_rows(const void* w, int64_t nb, const BlockQ8Act* x, int64_t n_x, float* y,
+              int64_t y_stride) {
+  auto* b = static_cast<const typename D::Block*>(w);
+  int64_t r = 0;
+  for (; r + 4 <= n_x; r += 4) dot4<D>(b, nb, x + r * nb, y + r * y_stride, y_stride);
+  for (; r < n_x; ++r) y[r * y_stride] = dot1<D>(b, nb, x + r * nb);
+}
+
+float dot_f32(const float* w, const float* x, int64_t n) {
+  float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    a0 = vfmaq_f32(a0, vld1q_f32(w + i), vld1q_f32(x + i));
+    a1 = vfmaq_f32(a1, vld1q_f32(w + i + 4), vld1q_f32(x + i + 4));
+    a2 = vfmaq_f32(a2, vld1q_f32(w + i + 8), vld1q_f32(x + i + 8));
+    a3 = vfmaq_f32(a3, vld1q_f32(w + i + 12), vld1q_f32(x + i + 12));
+  }
+  for (; i + 4 <= n; i += 4) a0 = vfmaq_f32(a0, vld1q_f32(w + i), vld1q_f32(x + i));
+  float acc = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+  for (; i < n; ++i) acc += w[i] * x[i];
+  return acc;
+}
+
+float dot_f16(const uint16_t* w, const float* x, int64_t n) {
+  float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const uint16x8_t h = vld1q_u16(w + i);
+    a0 = vfmaq_f32(a0, f16_lo(h), vld1q_f32(x + i));
+    a1 = vfmaq_f32(a1, f16_hi(h), vld1q_f32(x + i + 4));
+  }
+  float acc = vaddvq_f32(vaddq_f32(a0, a1));
+  for (; i < n; ++i) acc += h2f(w[i]) * x[i];
+  return acc;
+}
+
+float dot_bf16(const uint16_t* w, const float* x, int64_t n) {
+  float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const uint16x8_t h = vld1q_u16(w + i);
+    a0 = vfmaq_f32(a0, bf16_lo(h), vld1q_f32(x + i));
+    a1 = vfmaq_f32(a1, bf16_hi(h), vld1q_f32(x + i + 4));
+  }
+  float acc = vaddvq_f32(vaddq_f32(a0, a1));
+  for (; i < n; ++i) acc += vgetq_lane_f32(bf16_lo(vdupq_n_u16(w[i])), 0) * x[i];
+  return acc;
+}
+
+void axpy_f32(float a, const float* x, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), vld1q_f32(x + i), a));
+    vst1q_f32(y + i + 4, vfmaq_n_f32(vld1q_f32(y + i + 4), vld1q_f32(x + i + 4), a));
+  }
+  for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), vld1q_f32(x + i), a));
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+
+void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const uint16x8_t h = vld1q_u16(x + i);
+    vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), f16_lo(h), a));
+    vst1q_f32(y + i + 4, vfmaq_n_f32(vld1q_f32(y + i + 4), f16_hi(h), a));
+  }
+  for (; i < n; ++i) y[i] += a * h2f(x[i]);
+}
+
+// out[n] = silu(g) * u with libm's exp, as the reference: the same bits at every
+// position. (A NEON exp polynomial would have to treat the tail as the body does, or a
+// token's result would depend on where it falls in the batch.)
+void silu_mul(const float* g, const float* u, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
+// ---- Panel kernels (packed layout, kernels/packed.h). A 64-byte panel group is four
+// 16-byte quarters, rows 0-3, 4-7, 8-11, 12-15; each quarter is done on its own so that
+// its weights stay in registers while up to four tokens pass. Lane i of every vector is
+// row 4 * quarter + i: no horizontal reductions. Integer sums are exact; the float
+// steps are the scalar reference's (kernels.h), so results are bit-identical to it.
+template <GgmlType T>
+struct QuarterWeights {
+  static constexpr int kGroups = 8;  // Q8: 8 groups of 4 weights; Q4: 4 low + 4 high nibbles
+  int8x16_t w[kGroups];              // Q4: nibbles 0..15 (w[g] pairs with x_offset(g)); Q8: q
+  float32x4_t d, m;                  // [row]
+
+  void load(const uint8_t* blk, const PanelFormat& f, int quarter) {
+    // Four fp16 values at p: this quarter's rows.
+    auto f16x4 = [](const uint8_t* p) {
+      return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(reinterpret_cast<const uint16_t*>(p))));
+    };
+    d = f16x4(blk + 8 * quarter);
+    if constexpr (T == GgmlType::Q4_1) m = f16x4(blk + f.m_offset + 8 * quarter);
+    const uint8_t* qs = blk + f.qs_offset + 16 * quarter;
+    if constexpr (T == GgmlType::Q8_0) {
+      for (int g = 0; g < 8; ++g) w[g] = vld1q_s8(reinterpret_cast<const int8_t*>(qs + 64 * g));
+    } else {
+      for (int g = 0; g < 4; ++g) {
+        const uint8x16_t v = vld1q_u8(qs + 64 * g);
+        w[g] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f)));
+        w[g + 4] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+      }
+    }
+  }
+
+  static constexpr int x_offset(int g) {
+    return T == GgmlType::Q8_0 ? 4 * g : (g < 4 ? 4 * g : 16 + 4 * (g - 4));
+  }
+  // The four activation bytes that pair with group g, in every 32-bit lane.
+  static int8x16_t bcast(const BlockQ8Act& x, int g) {
+    int32_t x4;
+    std::memcpy(&x4, x.qs + x_offset(g), 4);
+    return vreinterpretq_s8_s32(vdupq_n_s32(x4));
+  }
+
+  float32x4_t accumulate(const BlockQ8Act& x, float32x4_t acc) const {
+    int32x4_t isum;  // [row]
+#if defined(__ARM_FEATURE_DOTPROD)
+    isum = vdupq_n_s32(0);
+    for (int g = 0; g < kGroups; ++g) isum = vdotq_s32(isum, w[g], bcast(x, g));
+#else
+    // Products fit int16; pairwise widening adds into rows 0-1 (lo) and 2-3 (hi).
+    int32x4_t lo = vdupq_n_s32(0), hi = vdupq_n_s32(0);
+    for (int g = 0; g < kGroups; ++g) {
+      const int8x16_t xb = bcast(x, g);
+      lo = vpadalq_s16(lo, vmull_s8(vget_low_s8(w[g]), vget_low_s8(xb)));
+      hi = vpadalq_s16(hi, vmull_high_s8(w[g], xb));
+    }
+    isum = vpaddq_s32(lo, hi);
+#endif
+    if constexpr (T == GgmlType::Q4_0)
+      isum = vsubq_s32(isum, vdupq_n_s32(8 * x.sum));  // nibble - 8
+    const float32x4_t t = vmulq_n_f32(vcvtq_f32_s32(isum), x.d);
+    acc = vfmaq_f32(acc, d, t);                                         // fma(d, isum * dx, acc)
+    if constexpr (T == GgmlType::Q4_1) acc = vfmaq_n_f32(acc, m, x.s);  // fma(m, s, acc)
+    return acc;
+  }
+};
+
+template <GgmlType T, int NT>
+void panel_tile(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, float* y, int64_t y_stride) {
+  const PanelFormat& f = *panel_format(T);
+  for (int quarter = 0; quarter < kPanelRows / 4; ++quarter) {
+    float32x4_t acc[NT];  // [token][row]
+    for (int t = 0; t < NT; ++t) acc[t] = vdupq_n_f32(0.0f);
+    QuarterWeights<T> qw;
+    for (int64_t b = 0; b < nb; ++b) {
+      qw.load(panel + size_t(b) * f.block_bytes, f, quarter);
+      for (int t = 0; t < NT; ++t) acc[t] = qw.accumulate(x[t * nb + b], acc[t]);
+    }
+    for (int t = 0; t < NT; ++t) vst1q_f32(y + t * y_stride + 4 * quarter, acc[t]);
+  }
+}
+
+template <GgmlType T>
+void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_x, float* y,
+               int64_t y_stride) {
+  int64_t t = 0;
+  for (; t + 4 <= n_x; t += 4) panel_tile<T, 4>(panel, nb, x + t * nb, y + t * y_stride, y_stride);
+  switch (n_x - t) {
+    case 3: panel_tile<T, 3>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 2: panel_tile<T, 2>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 1: panel_tile<T, 1>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    default: break;
+  }
+}
+
+}  // namespace
+
+const KernelTable* neon_kernels() {
+  static const KernelTable t{
+      .isa = Isa::Neon,
+      .quantize_q8 = quantize_q8,
+      .dot_q4_0 = dot_rows<Q4_0Decode>,
+      .dot_q4_1 = dot_rows<Q4_1Decode>,
+      .dot_q8_0 = dot_rows<Q8_0Decode>,
+      .dot_f32 = dot_f32,
+      .dot_f16 = dot_f16,
+      .dot_bf16 = dot_bf16,
+      .axpy_f32 = axpy_f32,
+      .axpy_f16 = axpy_f16,
+      .panel_q4_0 = panel_dot<GgmlType::Q4_0>,
+      .panel_q4_1 = panel_dot<GgmlType::Q4_1>,
+      .panel_q8_0 = panel_dot<GgmlType::Q8_0>,
+      // attend_f16/f32 left null: attention uses the scalar table's.
+      .silu_mul = silu_mul,
+  };
+  return &t;
+}
+
+}  // namespace peregrine

@@ -1,0 +1,118 @@
+// The attention kernel written once over a vector-traits class V (V::kLanes floats
+// per register), instantiated by the AVX2 and AVX-512 units with their own target
+// flags. Internal linkage for the same reason as x86_common.h. Same algorithm as the
+// scalar reference (kernels_scalar.cpp): tiles of kAttnTile positions, online softmax.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/kernels.h"
+
+namespace peregrine {
+namespace {  // NOLINT: internal linkage in a header, see x86_common.h
+
+// Queries handled together: their accumulators stay in registers while one K or V
+// row is converted once for all of them (a GQA group is 2-8 heads).
+constexpr int64_t kAttnQueryChunk = 4;
+
+template <class V, class KV>
+void attend_simd(const float* q, int64_t nq, int64_t hd, const KV* k, const KV* v, int64_t stride,
+                 int64_t n, float* out) {
+  using Reg = typename V::Reg;
+  constexpr int64_t L = V::kLanes;
+  const int64_t nc = hd / L;  // registers per head row
+  alignas(64) float p[kAttnMaxQ][kAttnTile];
+  float m[kAttnMaxQ], l[kAttnMaxQ];
+  for (int64_t i = 0; i < nq; ++i) {
+    m[i] = -INFINITY;
+    l[i] = 0.0f;
+    std::fill(out + i * hd, out + (i + 1) * hd, 0.0f);
+  }
+  for (int64_t j0 = 0; j0 < n; j0 += kAttnTile) {
+    const int64_t nt = std::min(kAttnTile, n - j0);
+    // Scores p[i][j] = q_i . k_j
+    for (int64_t j = 0; j < nt; ++j) {
+      const KV* kr = k + (j0 + j) * stride;
+      for (int64_t i0 = 0; i0 < nq; i0 += kAttnQueryChunk) {
+        const int64_t ni = std::min(kAttnQueryChunk, nq - i0);
+        Reg acc[kAttnQueryChunk];
+        for (int64_t ii = 0; ii < kAttnQueryChunk; ++ii) acc[ii] = V::zero();
+        for (int64_t c = 0; c < nc; ++c) {
+          const Reg kv = V::load(kr + c * L);
+          for (int64_t ii = 0; ii < ni; ++ii)
+            acc[ii] = V::fma(V::load(q + (i0 + ii) * hd + c * L), kv, acc[ii]);
+        }
+        for (int64_t ii = 0; ii < ni; ++ii) p[i0 + ii][j] = V::reduce_add(acc[ii]);
+      }
+    }
+    // Softmax step per query: rescale the running state to the new maximum.
+    for (int64_t i = 0; i < nq; ++i) {
+      float tile_max = -INFINITY;
+      for (int64_t j = 0; j < nt; ++j) tile_max = std::max(tile_max, p[i][j]);
+      const float m_new = std::max(m[i], tile_max);
+      const float corr = std::exp(m[i] - m_new);  // 0 on the first tile
+      float sum = 0.0f;
+      int64_t j = 0;
+      for (; j + L <= nt; j += L) {
+        const Reg e = V::exp(V::sub(V::load(&p[i][j]), V::set1(m_new)));
+        V::store(&p[i][j], e);
+        sum += V::reduce_add(e);
+      }
+      if (j < nt) {  // the tail through the same vector exp (p rows are padded to kAttnTile)
+        alignas(64) float tail[V::kLanes] = {};
+        std::copy(&p[i][j], &p[i][nt], tail);
+        const Reg e = V::exp(V::sub(V::load(tail), V::set1(m_new)));
+        V::store(tail, e);
+        for (int64_t jj = j; jj < nt; ++jj) sum += (p[i][jj] = tail[jj - j]);
+      }
+      l[i] = l[i] * corr + sum;
+      m[i] = m_new;
+      if (corr != 1.0f) {
+        float* o = out + i * hd;
+        for (int64_t c = 0; c < nc; ++c) V::store(o + c * L, V::mul(V::load(o + c * L), V::set1(corr)));
+      }
+    }
+    // out_i += sum_j p[i][j] v_j
+    for (int64_t c = 0; c < nc; ++c) {
+      for (int64_t i0 = 0; i0 < nq; i0 += kAttnQueryChunk) {
+        const int64_t ni = std::min(kAttnQueryChunk, nq - i0);
+        Reg o[kAttnQueryChunk];
+        for (int64_t ii = 0; ii < ni; ++ii) o[ii] = V::load(out + (i0 + ii) * hd + c * L);
+        for (int64_t j = 0; j < nt; ++j) {
+          const Reg vv = V::load(v + (j0 + j) * stride + c * L);
+          for (int64_t ii = 0; ii < ni; ++ii) o[ii] = V::fma(V::set1(p[i0 + ii][j]), vv, o[ii]);
+        }
+        for (int64_t ii = 0; ii < ni; ++ii) V::store(out + (i0 + ii) * hd + c * L, o[ii]);
+      }
+    }
+  }
+  for (int64_t i = 0; i < nq; ++i) {
+    const Reg inv = V::set1(1.0f / l[i]);
+    for (int64_t c = 0; c < nc; ++c)
+      V::store(out + i * hd + c * L, V::mul(V::load(out + i * hd + c * L), inv));
+  }
+}
+
+template <class V>
+void silu_mul_simd(const float* g, const float* u, float* out, int64_t n) {
+  constexpr int64_t L = V::kLanes;
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    const typename V::Reg gv = V::load(g + i);
+    const typename V::Reg e = V::exp(V::sub(V::zero(), gv));
+    V::store(out + i, V::mul(V::div(gv, V::add(V::set1(1.0f), e)), V::load(u + i)));
+  }
+  if (i < n) {  // the tail through the same vector code: an element's result never
+               // depends on where a call's chunk boundaries fall
+    alignas(64) float gt[L] = {}, ut[L] = {};
+    std::copy(g + i, g + n, gt);
+    std::copy(u + i, u + n, ut);
+    silu_mul_simd<V>(gt, ut, gt, L);
+    std::copy(gt, gt + (n - i), out + i);
+  }
+}
+
+}  // namespace
+}  // namespace peregrine
