@@ -44,6 +44,14 @@ struct KernelTable {
   PanelDot panel_q4_0 = nullptr;
   PanelDot panel_q4_1 = nullptr;
   PanelDot panel_q8_0 = nullptr;
+  // Float panels (element [k][r] per 32-column block) against float activations
+  // x_t = x + t * x_stride. Per row: two partial sums, even and odd columns, each a
+  // chain of fma(w, x, acc) in column order; y = even + odd. Same in every table.
+  using PanelDotF = void (*)(const uint8_t* panel, int64_t nb, const float* x, int64_t x_stride,
+                             int64_t n_x, float* y, int64_t y_stride);
+  PanelDotF panel_f32 = nullptr;
+  PanelDotF panel_f16 = nullptr;
+  PanelDotF panel_bf16 = nullptr;
   // Attention of nq query rows that share one KV head (a GQA group) over n cached
   // positions: out[nq, hd] = softmax(q K^T) V, with q [nq, hd] already scaled and
   // row j of K and V at k + j * stride, v + j * stride (elements). Online softmax

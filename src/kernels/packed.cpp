@@ -8,9 +8,12 @@ namespace {
 
 constexpr size_t kScales = kPanelRows * sizeof(uint16_t);  // 32 bytes of fp16 per panel block
 
-constexpr PanelFormat kQ4_0{GgmlType::Q4_0, kScales, kScales, kScales + kPanelRows * kQK / 2};
-constexpr PanelFormat kQ4_1{GgmlType::Q4_1, kScales, 2 * kScales, 2 * kScales + kPanelRows * kQK / 2};
-constexpr PanelFormat kQ8_0{GgmlType::Q8_0, kScales, kScales, kScales + kPanelRows * kQK};
+constexpr PanelFormat kQ4_0{GgmlType::Q4_0, kScales, kScales, kScales + kPanelRows * kQK / 2, false, 0};
+constexpr PanelFormat kQ4_1{GgmlType::Q4_1, kScales, 2 * kScales, 2 * kScales + kPanelRows * kQK / 2, false, 0};
+constexpr PanelFormat kQ8_0{GgmlType::Q8_0, kScales, kScales, kScales + kPanelRows * kQK, false, 0};
+constexpr PanelFormat kF32{GgmlType::F32, 0, 0, kPanelRows * kQK * 4, true, 4};
+constexpr PanelFormat kF16{GgmlType::F16, 0, 0, kPanelRows * kQK * 2, true, 2};
+constexpr PanelFormat kBF16{GgmlType::BF16, 0, 0, kPanelRows * kQK * 2, true, 2};
 
 // The scale, offset and quant bytes of one GGUF block.
 struct BlockView {
@@ -43,6 +46,9 @@ const PanelFormat* panel_format(GgmlType type) {
     case GgmlType::Q4_0: return &kQ4_0;
     case GgmlType::Q4_1: return &kQ4_1;
     case GgmlType::Q8_0: return &kQ8_0;
+    case GgmlType::F32: return &kF32;
+    case GgmlType::F16: return &kF16;
+    case GgmlType::BF16: return &kBF16;
     default: return nullptr;
   }
 }
@@ -70,6 +76,14 @@ Result<PackedMatrix> pack_matrix(GgmlType type, const uint8_t* src, int64_t rows
   for (int64_t p = 0; p < pm.n_panels; ++p) {
     for (int64_t b = 0; b < pm.nb; ++b) {
       uint8_t* out = pm.data.get() + size_t(p) * pm.panel_bytes + size_t(b) * f->block_bytes;
+      if (f->is_float) {  // element [k][r]
+        const size_t e = f->elem_bytes;
+        for (int r = 0; r < kPanelRows && p * kPanelRows + r < rows; ++r) {
+          const uint8_t* src_row = src + size_t(p * kPanelRows + r) * row_bytes + size_t(b) * kQK * e;
+          for (int k = 0; k < kQK; ++k) std::memcpy(out + (size_t(k) * kPanelRows + r) * e, src_row + k * e, e);
+        }
+        continue;
+      }
       auto* d = reinterpret_cast<uint16_t*>(out);
       auto* m = reinterpret_cast<uint16_t*>(out + f->m_offset);
       uint8_t* qs = out + f->qs_offset;

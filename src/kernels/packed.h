@@ -14,6 +14,10 @@
 // vpdpbusd with four broadcast activation bytes gives 16 row sums at once: no
 // horizontal reductions and one scale conversion per 16 rows. The layout has the
 // same bytes per weight as GGUF. Rows past the matrix end are zero (scale 0).
+//
+// Float types (F32, F16, BF16) use the same panels with 32 columns per block and no
+// scales: element [k][r] (k < 32, r < 16), so one load gives column k of all 16 rows
+// and an FMA with the broadcast activation x[k] updates 16 row sums.
 #pragma once
 
 #include <cstddef>
@@ -34,8 +38,10 @@ struct PanelFormat {
   size_t m_offset;   // offsets start (Q4_1), else == d size
   size_t qs_offset;  // quants start
   size_t block_bytes;
+  bool is_float;     // F32/F16/BF16: float activations, no scales
+  size_t elem_bytes; // float types: bytes per element
 };
-// Formats that have panel kernels: Q4_0, Q4_1, Q8_0. nullptr for others.
+// Formats that have panel kernels: Q4_0, Q4_1, Q8_0, F32, F16, BF16. nullptr for others.
 const PanelFormat* panel_format(GgmlType type);
 
 // A packed matrix: n_panels panels of nb PanelBlocks each, 64-byte aligned.

@@ -26,6 +26,25 @@ KernelTable::PanelDot panel_kernel(const KernelTable& k, GgmlType t) {
   }
 }
 
+KernelTable::PanelDotF panel_kernel_f(const KernelTable& k, GgmlType t) {
+  switch (t) {
+    case GgmlType::F32: return k.panel_f32;
+    case GgmlType::F16: return k.panel_f16;
+    case GgmlType::BF16: return k.panel_bf16;
+    default: return nullptr;
+  }
+}
+
+// One panel of a packed weight for tokens [t0, t0 + nt): y_t[r] for r < 16.
+void run_panel(const KernelTable& k, const Weight& w, int64_t p, const float* x,
+               const BlockQ8Act* xq, int64_t t0, int64_t nt, float* y, int64_t y_stride) {
+  const PackedMatrix& pm = *w.packed;
+  if (pm.format->is_float)
+    panel_kernel_f(k, w.type)(pm.panel(p), pm.nb, x + t0 * w.cols, w.cols, nt, y, y_stride);
+  else
+    panel_kernel(k, w.type)(pm.panel(p), pm.nb, xq + t0 * pm.nb, nt, y, y_stride);
+}
+
 KernelTable::DotRows row_kernel(const KernelTable& k, GgmlType t) {
   switch (t) {
     case GgmlType::Q4_0: return k.dot_q4_0;
@@ -62,18 +81,15 @@ void run_groups(const KernelTable& k, const Weight& w, const float* x, const Blo
                 int64_t n_tok, float* y, int64_t g0, int64_t g1) {
   const int64_t n_out = w.rows;
   if (w.packed) {
-    const PackedMatrix& pm = *w.packed;
-    const KernelTable::PanelDot dot = panel_kernel(k, w.type);
     float tail[kTokenChunk * kPanelRows];
     for (int64_t t0 = 0; t0 < n_tok; t0 += kTokenChunk) {
       const int64_t nt = std::min(kTokenChunk, n_tok - t0);
-      const BlockQ8Act* xt = xq + t0 * pm.nb;
       for (int64_t p = g0; p < g1; ++p) {
         const int64_t r0 = p * kPanelRows, nr = std::min<int64_t>(kPanelRows, n_out - r0);
         if (nr == kPanelRows) {
-          dot(pm.panel(p), pm.nb, xt, nt, y + t0 * n_out + r0, n_out);
+          run_panel(k, w, p, x, xq, t0, nt, y + t0 * n_out + r0, n_out);
         } else {  // last panel of a matrix whose rows are not a multiple of 16
-          dot(pm.panel(p), pm.nb, xt, nt, tail, kPanelRows);
+          run_panel(k, w, p, x, xq, t0, nt, tail, kPanelRows);
           for (int64_t t = 0; t < nt; ++t)
             std::copy_n(tail + t * kPanelRows, nr, y + (t0 + t) * n_out + r0);
         }
@@ -105,7 +121,9 @@ void run_groups(const KernelTable& k, const Weight& w, const float* x, const Blo
 
 Result<size_t> pack_weight(Weight& w) {
   const KernelTable& k = kernels();
-  if (w.packed || panel_kernel(k, w.type) == nullptr) return size_t(0);
+  if (w.packed || (panel_kernel(k, w.type) == nullptr && panel_kernel_f(k, w.type) == nullptr))
+    return size_t(0);
+  if (w.cols % kQK != 0) return size_t(0);  // float rows of any length stay on the row kernels
   PG_ASSIGN(PackedMatrix pm, pack_matrix(w.type, w.data, w.rows, w.cols, w.row_bytes));
   const size_t bytes = pm.bytes();
   w.packed = std::make_shared<const PackedMatrix>(std::move(pm));
@@ -160,19 +178,16 @@ void matmul_swiglu(const Weight& gate, const Weight& up, const float* x, float* 
     return;
   }
   const KernelTable& k = kernels();
-  const BlockQ8Act* xq = quantize_input(x, n_tok, gate.cols, pool, scratch);
-  const KernelTable::PanelDot dot = panel_kernel(k, gate.type);
-  const PackedMatrix &pg = *gate.packed, &pu = *up.packed;
+  const BlockQ8Act* xq = quantized(gate.type) ? quantize_input(x, n_tok, gate.cols, pool, scratch) : nullptr;
   const int64_t groups = n_groups(gate), per_task = groups_per_task(2 * groups, pool.size());
   pool.parallel_for((groups + per_task - 1) / per_task, [&](int64_t task, int) {
     float g[kTokenChunk * kPanelRows], u[kTokenChunk * kPanelRows];
     const int64_t p1 = std::min(groups, (task + 1) * per_task);
     for (int64_t t0 = 0; t0 < n_tok; t0 += kTokenChunk) {
       const int64_t nt = std::min(kTokenChunk, n_tok - t0);
-      const BlockQ8Act* xt = xq + t0 * pg.nb;
       for (int64_t p = task * per_task; p < p1; ++p) {
-        dot(pg.panel(p), pg.nb, xt, nt, g, kPanelRows);
-        dot(pu.panel(p), pu.nb, xt, nt, u, kPanelRows);
+        run_panel(k, gate, p, x, xq, t0, nt, g, kPanelRows);
+        run_panel(k, up, p, x, xq, t0, nt, u, kPanelRows);
         const int64_t r0 = p * kPanelRows, nr = std::min<int64_t>(kPanelRows, n_ff - r0);
         for (int64_t t = 0; t < nt; ++t)
           k.silu_mul(g + t * kPanelRows, u + t * kPanelRows, out + (t0 + t) * n_ff + r0, nr);

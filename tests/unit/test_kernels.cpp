@@ -183,9 +183,70 @@ TEST(Kernels, PanelKernelsMatchRowKernelsAndAreBitExactAcrossIsas) {
   }
 }
 
+// Float panels (F32, F16, BF16): scalar panel vs the row dot within rounding,
+// SIMD panels bit-identical to the scalar panel for any token split.
+TEST(Kernels, FloatPanelsMatchRowDotsAndAreBitExactAcrossIsas) {
+  std::mt19937 rng(14);
+  std::vector<const KernelTable*> tables = simd_tables();
+  tables.insert(tables.begin(), &scalar_kernels());
+  const struct {
+    GgmlType type;
+    KernelTable::PanelDotF KernelTable::*panel;
+  } cases[] = {{GgmlType::F32, &KernelTable::panel_f32},
+               {GgmlType::F16, &KernelTable::panel_f16},
+               {GgmlType::BF16, &KernelTable::panel_bf16}};
+  for (const auto& c : cases) {
+    for (int rows : {16, 37}) {
+      for (int nb : {1, 4}) {
+        const int cols = nb * 32;
+        auto wf = random_floats(size_t(rows * cols), rng);
+        const size_t eb = c.type == GgmlType::F32 ? 4 : 2;
+        std::vector<uint8_t> w(wf.size() * eb);
+        for (size_t i = 0; i < wf.size(); ++i) {
+          if (c.type == GgmlType::F32) std::memcpy(&w[i * 4], &wf[i], 4);
+          uint16_t h = c.type == GgmlType::F16 ? f32_to_fp16(wf[i]) : f32_to_bf16(wf[i]);
+          if (c.type != GgmlType::F32) std::memcpy(&w[i * 2], &h, 2);
+        }
+        auto packed = pack_matrix(c.type, w.data(), rows, cols, size_t(cols) * eb);
+        ASSERT_TRUE(packed.ok()) << packed.error().message;
+        const int n_x = 11;
+        auto x = random_floats(size_t(n_x * cols), rng);
+        const int64_t width = packed->n_panels * kPanelRows;
+        auto run = [&](const KernelTable& t, int64_t t0, int64_t nt, std::vector<float>& y) {
+          for (int64_t p = 0; p < packed->n_panels; ++p)
+            (t.*c.panel)(packed->panel(p), nb, x.data() + t0 * cols, cols, nt,
+                         y.data() + t0 * width + p * kPanelRows, width);
+        };
+        std::vector<float> ref(size_t(n_x * width));
+        run(scalar_kernels(), 0, n_x, ref);
+        for (int r = 0; r < rows; ++r)
+          for (int t = 0; t < n_x; ++t) {
+            const uint8_t* wr = w.data() + size_t(r * cols) * eb;
+            const float* xt = x.data() + t * cols;
+            const float by_row =
+                c.type == GgmlType::F32   ? scalar_kernels().dot_f32(reinterpret_cast<const float*>(wr), xt, cols)
+                : c.type == GgmlType::F16 ? scalar_kernels().dot_f16(reinterpret_cast<const uint16_t*>(wr), xt, cols)
+                                          : scalar_kernels().dot_bf16(reinterpret_cast<const uint16_t*>(wr), xt, cols);
+            ASSERT_NEAR(ref[size_t(t * width + r)], by_row, 1e-4f * (1.0f + std::fabs(by_row)))
+                << type_name(c.type) << " r=" << r << " t=" << t;
+          }
+        for (const KernelTable* t : tables) {
+          std::vector<float> all(ref.size()), split(ref.size());
+          run(*t, 0, n_x, all);
+          for (int64_t t0 = 0, nt = 1; t0 < n_x; t0 += nt, nt = nt % 9 + 1)
+            run(*t, t0, std::min<int64_t>(nt, n_x - t0), split);
+          ASSERT_EQ(0, std::memcmp(all.data(), ref.data(), ref.size() * 4)) << isa_name(t->isa) << " " << type_name(c.type);
+          ASSERT_EQ(0, std::memcmp(split.data(), ref.data(), ref.size() * 4)) << isa_name(t->isa) << " split";
+        }
+      }
+    }
+  }
+}
+
 TEST(Kernels, PackRejectsBadShapesAndTypes) {
   std::vector<uint8_t> w(64);
-  EXPECT_FALSE(pack_matrix(GgmlType::F16, w.data(), 1, 32, 64).ok());
+  EXPECT_FALSE(pack_matrix(GgmlType::Q5_0, w.data(), 1, 32, 22).ok());
+  EXPECT_FALSE(pack_matrix(GgmlType::F16, w.data(), 1, 48, 96).ok());
   EXPECT_FALSE(pack_matrix(GgmlType::Q4_0, w.data(), 1, 33, 18).ok());
   EXPECT_FALSE(pack_matrix(GgmlType::Q4_0, w.data(), 0, 32, 18).ok());
 }

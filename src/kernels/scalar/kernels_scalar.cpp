@@ -184,6 +184,30 @@ void attend(const float* q, int64_t nq, int64_t hd, const KV* k, const KV* v, in
 float load_f32(float x) { return x; }
 float load_f16(uint16_t x) { return fp16_to_f32(x); }
 
+// Float panels: element [k][r] per 32-column block; two partial sums (even and odd
+// columns) per row, as kernels.h specifies for every table.
+struct Bf16 {
+  uint16_t bits;
+};
+inline float load_elem(const float* p) { return *p; }
+inline float load_elem(const uint16_t* p) { return fp16_to_f32(*p); }
+inline float load_elem(const Bf16* p) { return bf16_to_f32(p->bits); }
+
+template <class E>
+void panel_dot_f(const uint8_t* panel, int64_t nb, const float* x, int64_t x_stride, int64_t n_x,
+                 float* y, int64_t y_stride) {
+  const auto* w = reinterpret_cast<const E*>(panel);
+  for (int64_t t = 0; t < n_x; ++t) {
+    const float* xt = x + t * x_stride;
+    for (int r = 0; r < kPanelRows; ++r) {
+      float acc[2] = {0.0f, 0.0f};
+      for (int64_t k = 0; k < nb * kQK; ++k)
+        acc[k & 1] = std::fma(load_elem(w + k * kPanelRows + r), xt[k], acc[k & 1]);
+      y[t * y_stride + r] = acc[0] + acc[1];
+    }
+  }
+}
+
 void silu_mul(const float* g, const float* u, float* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
@@ -191,12 +215,28 @@ void silu_mul(const float* g, const float* u, float* out, int64_t n) {
 }  // namespace
 
 const KernelTable& scalar_kernels() {
-  static const KernelTable t{Isa::Scalar, quantize_q8, dot_rows<dot_q4_0>, dot_rows<dot_q4_1>,
-                             dot_rows<dot_q8_0>,
-                             dot_f32,     dot_f16,     dot_bf16, axpy_f32, axpy_f16,
-                             panel_dot<GgmlType::Q4_0>, panel_dot<GgmlType::Q4_1>,
-                             panel_dot<GgmlType::Q8_0>,
-                             attend<uint16_t, load_f16>, attend<float, load_f32>, 1, silu_mul};
+  static const KernelTable t{
+      .isa = Isa::Scalar,
+      .quantize_q8 = quantize_q8,
+      .dot_q4_0 = dot_rows<dot_q4_0>,
+      .dot_q4_1 = dot_rows<dot_q4_1>,
+      .dot_q8_0 = dot_rows<dot_q8_0>,
+      .dot_f32 = dot_f32,
+      .dot_f16 = dot_f16,
+      .dot_bf16 = dot_bf16,
+      .axpy_f32 = axpy_f32,
+      .axpy_f16 = axpy_f16,
+      .panel_q4_0 = panel_dot<GgmlType::Q4_0>,
+      .panel_q4_1 = panel_dot<GgmlType::Q4_1>,
+      .panel_q8_0 = panel_dot<GgmlType::Q8_0>,
+      .panel_f32 = panel_dot_f<float>,
+      .panel_f16 = panel_dot_f<uint16_t>,
+      .panel_bf16 = panel_dot_f<Bf16>,
+      .attend_f16 = attend<uint16_t, load_f16>,
+      .attend_f32 = attend<float, load_f32>,
+      .attn_hd_multiple = 1,
+      .silu_mul = silu_mul,
+  };
   return t;
 }
 

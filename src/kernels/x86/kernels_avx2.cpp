@@ -274,6 +274,51 @@ void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_
   }
 }
 
+// Float panels, one 8-row half at a time (as the quantized panels above).
+struct Bf16 {
+  uint16_t bits;
+};
+inline __m256 load_col(const float* p) { return _mm256_load_ps(p); }
+inline __m256 load_col(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline __m256 load_col(const Bf16* p) {
+  const __m256i h = _mm256_cvtepu16_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+}
+
+template <class E, int NT>
+void panel_tile_f(const uint8_t* panel, int64_t nb, const float* x, int64_t x_stride, float* y,
+                  int64_t y_stride) {
+  constexpr size_t kBlockBytes = size_t(kQK) * kPanelRows * sizeof(E);
+  for (int half = 0; half < 2; ++half) {
+    __m256 acc[NT][2];
+    for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = panel + size_t(b) * kBlockBytes;
+      if (half == 0)
+        for (size_t off = 0; off < kBlockBytes; off += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(blk + 4096 + off), _MM_HINT_T0);
+      const auto* w = reinterpret_cast<const E*>(blk) + 8 * half;
+      for (int k = 0; k < kQK; ++k) {
+        const __m256 col = load_col(w + k * kPanelRows);
+        for (int t = 0; t < NT; ++t)
+          acc[t][k & 1] = _mm256_fmadd_ps(col, _mm256_set1_ps(x[t * x_stride + b * kQK + k]), acc[t][k & 1]);
+      }
+    }
+    for (int t = 0; t < NT; ++t)
+      _mm256_storeu_ps(y + t * y_stride + 8 * half, _mm256_add_ps(acc[t][0], acc[t][1]));
+  }
+}
+
+template <class E>
+void panel_dot_f(const uint8_t* panel, int64_t nb, const float* x, int64_t x_stride, int64_t n_x,
+                 float* y, int64_t y_stride) {
+  int64_t t = 0;
+  for (; t + 4 <= n_x; t += 4) panel_tile_f<E, 4>(panel, nb, x + t * x_stride, x_stride, y + t * y_stride, y_stride);
+  for (; t < n_x; ++t) panel_tile_f<E, 1>(panel, nb, x + t * x_stride, x_stride, y + t * y_stride, y_stride);
+}
+
 // exp(x) = 2^n * e^r as in the AVX-512 unit; 2^n built in the exponent bits.
 inline __m256 exp256(__m256 x) {
   const __m256 tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_LT_OQ);
@@ -316,13 +361,28 @@ struct Vec256 {
 }  // namespace
 
 const KernelTable* avx2_kernels() {
-  static const KernelTable t{Isa::Avx2, quantize_q8, dot_rows<Q4_0Decode>, dot_rows<Q4_1Decode>,
-                             dot_rows<Q8_0Decode>,
-                             dot_f32,   dot_f16,     dot_bf16, axpy_f32, axpy_f16,
-                             panel_dot<GgmlType::Q4_0>, panel_dot<GgmlType::Q4_1>,
-                             panel_dot<GgmlType::Q8_0>,
-                             attend_simd<Vec256, uint16_t>, attend_simd<Vec256, float>,
-                             Vec256::kLanes, silu_mul_simd<Vec256>};
+  static const KernelTable t{
+      .isa = Isa::Avx2,
+      .quantize_q8 = quantize_q8,
+      .dot_q4_0 = dot_rows<Q4_0Decode>,
+      .dot_q4_1 = dot_rows<Q4_1Decode>,
+      .dot_q8_0 = dot_rows<Q8_0Decode>,
+      .dot_f32 = dot_f32,
+      .dot_f16 = dot_f16,
+      .dot_bf16 = dot_bf16,
+      .axpy_f32 = axpy_f32,
+      .axpy_f16 = axpy_f16,
+      .panel_q4_0 = panel_dot<GgmlType::Q4_0>,
+      .panel_q4_1 = panel_dot<GgmlType::Q4_1>,
+      .panel_q8_0 = panel_dot<GgmlType::Q8_0>,
+      .panel_f32 = panel_dot_f<float>,
+      .panel_f16 = panel_dot_f<uint16_t>,
+      .panel_bf16 = panel_dot_f<Bf16>,
+      .attend_f16 = attend_simd<Vec256, uint16_t>,
+      .attend_f32 = attend_simd<Vec256, float>,
+      .attn_hd_multiple = Vec256::kLanes,
+      .silu_mul = silu_mul_simd<Vec256>,
+  };
   return &t;
 }
 

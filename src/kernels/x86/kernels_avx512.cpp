@@ -312,6 +312,49 @@ void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_
   }
 }
 
+// Float panels: one vector = column k of the panel's 16 rows; two accumulators per
+// token (even and odd columns) keep two FMA chains in flight for decode.
+struct Bf16 {
+  uint16_t bits;
+};
+inline __m512 load_col(const float* p) { return _mm512_load_ps(p); }
+inline __m512 load_col(const uint16_t* p) {
+  return _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline __m512 load_col(const Bf16* p) {
+  const __m512i h = _mm512_cvtepu16_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+}
+
+template <class E, int NT>
+void panel_tile_f(const uint8_t* panel, int64_t nb, const float* x, int64_t x_stride, float* y,
+                  int64_t y_stride) {
+  constexpr size_t kBlockBytes = size_t(kQK) * kPanelRows * sizeof(E);
+  __m512 acc[NT][2];
+  for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = panel + size_t(b) * kBlockBytes;
+    for (size_t off = 0; off < kBlockBytes; off += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(blk + kPrefetchAhead + off), _MM_HINT_T0);
+    const auto* w = reinterpret_cast<const E*>(blk);
+    for (int k = 0; k < kQK; ++k) {
+      const __m512 col = load_col(w + k * kPanelRows);
+      for (int t = 0; t < NT; ++t)
+        acc[t][k & 1] = _mm512_fmadd_ps(col, _mm512_set1_ps(x[t * x_stride + b * kQK + k]), acc[t][k & 1]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) _mm512_storeu_ps(y + t * y_stride, _mm512_add_ps(acc[t][0], acc[t][1]));
+}
+
+template <class E>
+void panel_dot_f(const uint8_t* panel, int64_t nb, const float* x, int64_t x_stride, int64_t n_x,
+                 float* y, int64_t y_stride) {
+  int64_t t = 0;
+  for (; t + 8 <= n_x; t += 8) panel_tile_f<E, 8>(panel, nb, x + t * x_stride, x_stride, y + t * y_stride, y_stride);
+  for (; t + 4 <= n_x; t += 4) panel_tile_f<E, 4>(panel, nb, x + t * x_stride, x_stride, y + t * y_stride, y_stride);
+  for (; t < n_x; ++t) panel_tile_f<E, 1>(panel, nb, x + t * x_stride, x_stride, y + t * y_stride, y_stride);
+}
+
 // exp(x) = 2^n * e^r with n = round(x / ln 2), |r| <= ln2 / 2: a degree-6 Taylor
 // polynomial (relative error ~1e-7) and vscalefps for 2^n. Below -87 (and -inf) -> 0.
 inline __m512 exp512(__m512 x) {
@@ -353,12 +396,28 @@ struct Vec512 {
 }  // namespace
 
 const KernelTable* avx512_kernels() {
-  static const KernelTable t{Isa::Avx512, quantize_q8, dot_rows<Q4_0Decode>, dot_rows<Q4_1Decode>,
-                             dot_rows<Q8_0Decode>, dot_f32, dot_f16, dot_bf16, axpy_f32, axpy_f16,
-                             panel_dot<GgmlType::Q4_0>, panel_dot<GgmlType::Q4_1>,
-                             panel_dot<GgmlType::Q8_0>,
-                             attend_simd<Vec512, uint16_t>, attend_simd<Vec512, float>,
-                             Vec512::kLanes, silu_mul_simd<Vec512>};
+  static const KernelTable t{
+      .isa = Isa::Avx512,
+      .quantize_q8 = quantize_q8,
+      .dot_q4_0 = dot_rows<Q4_0Decode>,
+      .dot_q4_1 = dot_rows<Q4_1Decode>,
+      .dot_q8_0 = dot_rows<Q8_0Decode>,
+      .dot_f32 = dot_f32,
+      .dot_f16 = dot_f16,
+      .dot_bf16 = dot_bf16,
+      .axpy_f32 = axpy_f32,
+      .axpy_f16 = axpy_f16,
+      .panel_q4_0 = panel_dot<GgmlType::Q4_0>,
+      .panel_q4_1 = panel_dot<GgmlType::Q4_1>,
+      .panel_q8_0 = panel_dot<GgmlType::Q8_0>,
+      .panel_f32 = panel_dot_f<float>,
+      .panel_f16 = panel_dot_f<uint16_t>,
+      .panel_bf16 = panel_dot_f<Bf16>,
+      .attend_f16 = attend_simd<Vec512, uint16_t>,
+      .attend_f32 = attend_simd<Vec512, float>,
+      .attn_hd_multiple = Vec512::kLanes,
+      .silu_mul = silu_mul_simd<Vec512>,
+  };
   return &t;
 }
 
