@@ -100,8 +100,8 @@ const KernelTable& kernels() {
       std::fprintf(stderr, "error: PEREGRINE_ISA=%s is unknown (scalar, avx2, avx512, neon)\n", env);
       std::exit(2);
     }
-    // AVX-512 is opt-in (PEREGRINE_ISA=avx512) until it has run against the scalar
-    // reference on real AVX-512 hardware: the machines we test on so far lack it.
+    // The widest table the CPU runs (AVX-512 needs F/BW/VL/DQ + VNNI + BF16).
+    if (const KernelTable* t = table_for(Isa::Avx512)) return t;
     if (const KernelTable* t = table_for(Isa::Avx2)) return t;
     if (const KernelTable* t = table_for(Isa::Neon)) return t;
     return &scalar_kernels();

@@ -1,7 +1,7 @@
 // Inner loops, one table per instruction set. The scalar table is the reference
 // every SIMD table is tested against; the active table is chosen once, at first
-// use, from the CPU (PEREGRINE_ISA=scalar|avx2|avx512|neon forces one; avx512 is
-// opt-in; neon is the default on AArch64).
+// use, from the CPU: the widest it runs (AVX-512, else AVX2, else scalar on x86-64;
+// NEON on AArch64). PEREGRINE_ISA=scalar|avx2|avx512|neon forces one.
 #pragma once
 
 #include <cstdint>

@@ -19,20 +19,54 @@ void rmsnorm(const float* x, const float* weight, float* y, int64_t n_tok, int64
   }
 }
 
-void rope_adjacent(float* x, const int32_t* pos, int64_t n_tok, int64_t n_heads,
-                   int64_t head_dim, int64_t rot_dim, float base) {
-  for (int64_t t = 0; t < n_tok; ++t) {
-    for (int64_t i = 0; i < rot_dim; i += 2) {
-      // Angles in double: positions reach 1e5+ and float loses the phase.
-      double theta = double(pos[t]) * std::pow(double(base), -double(i) / double(rot_dim));
-      float c = float(std::cos(theta)), s = float(std::sin(theta));
-      for (int64_t h = 0; h < n_heads; ++h) {
-        float* v = x + (t * n_heads + h) * head_dim + i;
-        float a = v[0], b = v[1];
-        v[0] = a * c - b * s;
-        v[1] = a * s + b * c;
-      }
+void rope_angles(const int32_t* pos, int64_t n_tok, int64_t rot_dim, float base,
+                 std::vector<float>& cs) {
+  const int64_t half = rot_dim / 2;
+  if (cs.size() < size_t(n_tok * half * 2)) cs.resize(size_t(n_tok * half * 2));
+  for (int64_t t = 0; t < n_tok; ++t)
+    for (int64_t i = 0; i < half; ++i) {
+      const double theta = double(pos[t]) * std::pow(double(base), -double(2 * i) / double(rot_dim));
+      cs[size_t((t * half + i) * 2)] = float(std::cos(theta));
+      cs[size_t((t * half + i) * 2 + 1)] = float(std::sin(theta));
     }
+}
+
+namespace {
+
+// One head's rotated pairs: out may alias x.
+inline void rotate_head(const float* x, const float* cs, int64_t rot_dim, int64_t head_dim, float* out) {
+  for (int64_t i = 0; i < rot_dim; i += 2) {
+    const float c = cs[i], s = cs[i + 1];  // pair i/2: (cos, sin)
+    const float a = x[i], b = x[i + 1];
+    out[i] = a * c - b * s;
+    out[i + 1] = a * s + b * c;
+  }
+  if (out != x) std::copy(x + rot_dim, x + head_dim, out + rot_dim);
+}
+
+}  // namespace
+
+void rope_adjacent(float* x, const float* cs, int64_t n_tok, int64_t n_heads, int64_t head_dim,
+                   int64_t rot_dim) {
+  for (int64_t t = 0; t < n_tok; ++t)
+    for (int64_t h = 0; h < n_heads; ++h) {
+      float* v = x + (t * n_heads + h) * head_dim;
+      rotate_head(v, cs + t * rot_dim, rot_dim, head_dim, v);
+    }
+}
+
+void rope_store_kv(KvCache& cache, int64_t layer, const int32_t* seq, const int32_t* pos,
+                   const float* k, const float* v, const float* cs, int64_t n_tok,
+                   int64_t n_heads_kv, int64_t head_dim, int64_t rot_dim) {
+  const int64_t kv_dim = n_heads_kv * head_dim;
+  constexpr int64_t kMaxKvDim = 8192;
+  PG_ASSERT(kv_dim <= kMaxKvDim);
+  float rotated[kMaxKvDim];
+  for (int64_t t = 0; t < n_tok; ++t) {
+    for (int64_t h = 0; h < n_heads_kv; ++h)
+      rotate_head(k + t * kv_dim + h * head_dim, cs + t * rot_dim, rot_dim, head_dim,
+                  rotated + h * head_dim);
+    cache.store(layer, seq[t], pos[t], rotated, v + t * kv_dim);
   }
 }
 

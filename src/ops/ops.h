@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/thread_pool.h"
+#include "kv/kv_cache.h"
 #include "ops/matmul.h"
 #include "ops/weight.h"
 
@@ -13,10 +14,21 @@ namespace peregrine {
 // y[n_tok, n] = x * weight / rms(x), row by row.
 void rmsnorm(const float* x, const float* weight, float* y, int64_t n_tok, int64_t n, float eps);
 
-// In-place rotary embedding on x[n_tok, n_heads * head_dim], "normal" variant:
-// rotates adjacent pairs (x[2i], x[2i+1]) by pos * base^(-2i/rot_dim) for 2i < rot_dim.
-void rope_adjacent(float* x, const int32_t* pos, int64_t n_tok, int64_t n_heads,
-                   int64_t head_dim, int64_t rot_dim, float base);
+// Rotary embedding, "normal" variant: rotates adjacent pairs (x[2i], x[2i+1]) by
+// pos * base^(-2i/rot_dim) for 2i < rot_dim. The angles depend only on the position,
+// so a forward pass computes their cos/sin once for all layers:
+// cs[n_tok, rot_dim/2, 2] (cos, sin), in double precision then rounded (positions
+// reach 1e5+ and a float angle loses the phase).
+void rope_angles(const int32_t* pos, int64_t n_tok, int64_t rot_dim, float base,
+                 std::vector<float>& cs);
+// In place on x[n_tok, n_heads * head_dim].
+void rope_adjacent(float* x, const float* cs, int64_t n_tok, int64_t n_heads, int64_t head_dim,
+                   int64_t rot_dim);
+// Rotates K on its way into the cache (no rotated copy in the activations) and
+// stores V: k, v [n_tok, n_heads_kv * head_dim].
+void rope_store_kv(KvCache& cache, int64_t layer, const int32_t* seq, const int32_t* pos,
+                   const float* k, const float* v, const float* cs, int64_t n_tok,
+                   int64_t n_heads_kv, int64_t head_dim, int64_t rot_dim);
 
 // g[n] <- silu(g) * u
 void swiglu(float* g, const float* u, int64_t n);

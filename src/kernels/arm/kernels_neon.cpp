@@ -1,6 +1,6 @@
 // AArch64 NEON kernels (baseline armv8-a; SDOT when built with +dotprod).
-// quantize_q8, the quantized row dots and the panel kernels are bit-identical to the
-// scalar reference (exact integer sums, then its float steps in its order); the float
+// quantize_q8, the quantized row dots, the panel kernels and silu_mul are bit-identical
+// to the scalar reference (exact integer sums, then its float steps in its order); the float
 // dots and axpy use FMA and several accumulators, so they differ from it by rounding
 // (tested with a bound).
 // Tested under qemu by scripts/test_neon.sh (tests/arm/test_kernels_neon.cpp).
@@ -332,6 +332,77 @@ void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_
   }
 }
 
+// ---- Float panels: 32-column blocks of element [k][r], so column k of the 16 rows is
+// 16 consecutive elements. Per row, two chains of fma(w, x, acc) (even and odd columns)
+// in column order, then even + odd: the scalar reference's steps (kernels.h), so the
+// results are bit-identical to it. Each half panel (8 rows, two vectors) is done on its
+// own so that up to four tokens fit in registers.
+struct Bf16 {
+  uint16_t bits;
+};
+inline void load8(const float* p, float32x4_t& a, float32x4_t& b) {
+  a = vld1q_f32(p);
+  b = vld1q_f32(p + 4);
+}
+inline void load8(const uint16_t* p, float32x4_t& a, float32x4_t& b) {
+  const uint16x8_t h = vld1q_u16(p);
+  a = f16_lo(h);
+  b = f16_hi(h);
+}
+inline void load8(const Bf16* p, float32x4_t& a, float32x4_t& b) {
+  const uint16x8_t h = vld1q_u16(&p->bits);
+  a = bf16_lo(h);
+  b = bf16_hi(h);
+}
+
+template <class E, int NT>
+void panel_tile_f(const E* w, int64_t n_cols, const float* x, int64_t x_stride, float* y,
+                  int64_t y_stride) {
+  for (int half = 0; half < 2; ++half) {
+    float32x4_t acc[NT][2][2];  // [token][even, odd column][rows 0-3, 4-7 of the half]
+    for (int t = 0; t < NT; ++t)
+      for (int c = 0; c < 2; ++c) acc[t][c][0] = acc[t][c][1] = vdupq_n_f32(0.0f);
+    const E* wh = w + 8 * half;
+    for (int64_t k = 0; k < n_cols; k += 2) {  // n_cols is a multiple of 32
+      for (int c = 0; c < 2; ++c) {
+        float32x4_t w0, w1;
+        load8(wh + (k + c) * kPanelRows, w0, w1);
+        for (int t = 0; t < NT; ++t) {
+          const float xk = x[t * x_stride + k + c];
+          acc[t][c][0] = vfmaq_n_f32(acc[t][c][0], w0, xk);  // fma(w, x, acc)
+          acc[t][c][1] = vfmaq_n_f32(acc[t][c][1], w1, xk);
+        }
+      }
+    }
+    for (int t = 0; t < NT; ++t) {
+      vst1q_f32(y + t * y_stride + 8 * half, vaddq_f32(acc[t][0][0], acc[t][1][0]));
+      vst1q_f32(y + t * y_stride + 8 * half + 4, vaddq_f32(acc[t][0][1], acc[t][1][1]));
+    }
+  }
+}
+
+template <class E>
+void panel_dot_f(const uint8_t* panel, int64_t nb, const float* x, int64_t x_stride, int64_t n_x,
+                 float* y, int64_t y_stride) {
+  const auto* w = reinterpret_cast<const E*>(panel);  // [nb * 32 columns][16 rows]
+  const int64_t n_cols = nb * kQK;
+  int64_t t = 0;
+  for (; t + 4 <= n_x; t += 4)
+    panel_tile_f<E, 4>(w, n_cols, x + t * x_stride, x_stride, y + t * y_stride, y_stride);
+  switch (n_x - t) {
+    case 3:
+      panel_tile_f<E, 3>(w, n_cols, x + t * x_stride, x_stride, y + t * y_stride, y_stride);
+      break;
+    case 2:
+      panel_tile_f<E, 2>(w, n_cols, x + t * x_stride, x_stride, y + t * y_stride, y_stride);
+      break;
+    case 1:
+      panel_tile_f<E, 1>(w, n_cols, x + t * x_stride, x_stride, y + t * y_stride, y_stride);
+      break;
+    default: break;
+  }
+}
+
 }  // namespace
 
 const KernelTable* neon_kernels() {
@@ -349,6 +420,9 @@ const KernelTable* neon_kernels() {
       .panel_q4_0 = panel_dot<GgmlType::Q4_0>,
       .panel_q4_1 = panel_dot<GgmlType::Q4_1>,
       .panel_q8_0 = panel_dot<GgmlType::Q8_0>,
+      .panel_f32 = panel_dot_f<float>,
+      .panel_f16 = panel_dot_f<uint16_t>,
+      .panel_bf16 = panel_dot_f<Bf16>,
       // attend_f16/f32 left null: attention uses the scalar table's.
       .silu_mul = silu_mul,
   };

@@ -86,22 +86,22 @@ class Llama final : public Model {
   Status forward(const Batch& batch, KvCache& cache, std::vector<float>& logits) override {
     PG_TRY(check_batch(batch, cache));
     const int64_t T = batch.size(), E = hp_.n_embd, hd = hp_.head_dim;
-    const int64_t kv_dim = hp_.n_head_kv * hd;
     ws_.resize(T, hp_);
     float *x = ws_.x.data(), *xn = ws_.xn.data(), *q = ws_.q.data(), *k = ws_.k.data(),
           *v = ws_.v.data(), *att = ws_.att.data(), *gate = ws_.gate.data();
     const AttentionShape as{hp_.n_head, hp_.n_head_kv, hd, 1.0f / std::sqrt(float(hd))};
 
     embed_rows(tok_embd_, batch.tokens.data(), T, x);  // x [T, E]
+    rope_angles(batch.pos.data(), T, hp_.rope_dim, hp_.rope_base, ws_.rope);  // [T, rope_dim/2, 2]
+    const float* rope_cs = ws_.rope.data();
     for (int64_t il = 0; il < hp_.n_layer; ++il) {
       const LayerWeights& L = layers_[size_t(il)];
       rmsnorm(x, L.attn_norm.f32(), xn, T, E, hp_.rms_eps);
       // q [T, n_head * hd], k and v [T, n_head_kv * hd]
       matmul_many({{&L.wq, q}, {&L.wk, k}, {&L.wv, v}}, xn, T, pool_, ops_);
-      rope_adjacent(q, batch.pos.data(), T, hp_.n_head, hd, hp_.rope_dim, hp_.rope_base);
-      rope_adjacent(k, batch.pos.data(), T, hp_.n_head_kv, hd, hp_.rope_dim, hp_.rope_base);
-      for (int64_t t = 0; t < T; ++t)
-        cache.store(il, batch.seq[t], batch.pos[t], k + t * kv_dim, v + t * kv_dim);
+      rope_adjacent(q, rope_cs, T, hp_.n_head, hd, hp_.rope_dim);
+      rope_store_kv(cache, il, batch.seq.data(), batch.pos.data(), k, v, rope_cs, T, hp_.n_head_kv,
+                    hd, hp_.rope_dim);
       attention(q, batch.pos.data(), batch.seq.data(), T, cache, il, as, att, pool_);  // [T, q_dim]
       matmul(L.wo, att, xn, T, pool_, ops_);  // xn [T, E]
       for (int64_t i = 0; i < T * E; ++i) x[i] += xn[i];
@@ -150,7 +150,7 @@ class Llama final : public Model {
   // Activation buffers for the largest batch seen so far.
   struct Workspace {
     int64_t cap = 0;
-    std::vector<float> x, xn, q, k, v, att, gate;
+    std::vector<float> x, xn, q, k, v, att, gate, rope;
     void resize(int64_t T, const Hparams& hp) {
       if (T <= cap) return;
       cap = T;
