@@ -18,6 +18,10 @@ struct KernelTable {
   Isa isa;
   // x[n] -> n/32 activation blocks (n multiple of 32).
   void (*quantize_q8)(const float* x, BlockQ8Act* out, int64_t n);
+  // (x[i] * scale) * w[i] quantized, w may be null: RMSNorm fused into the
+  // quantization, bit-identical to normalising into a buffer first. nullptr: no fusion.
+  void (*quantize_q8_norm)(const float* x, float scale, const float* w, BlockQ8Act* out,
+                           int64_t n) = nullptr;
   // One weight row (nb blocks) against n_x activation rows (each nb blocks, one after
   // another): y[r * y_stride] = dot(w, x_r). A row's result is the same for any n_x.
   using DotRows = void (*)(const void* w, int64_t nb, const BlockQ8Act* x, int64_t n_x,

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "kernels/kernels.h"
+#include "ops/ops.h"
 
 namespace peregrine {
 namespace {
@@ -54,17 +55,36 @@ KernelTable::DotRows row_kernel(const KernelTable& k, GgmlType t) {
   }
 }
 
-// x [n_tok, cols] -> scratch.xq [n_tok, cols/32]
-const BlockQ8Act* quantize_input(const float* x, int64_t n_tok, int64_t cols, ThreadPool& pool,
+// in [n_tok, cols] -> scratch.xq [n_tok, cols/32], normalised on the way if asked.
+const BlockQ8Act* quantize_input(const MatIn& in, int64_t n_tok, int64_t cols, ThreadPool& pool,
                                  OpScratch& scratch) {
   const KernelTable& k = kernels();
   const int64_t nb = cols / kQK;
   if (scratch.xq.size() < size_t(n_tok * nb)) scratch.xq.resize(size_t(n_tok * nb));
   BlockQ8Act* xq = scratch.xq.data();
+  const float* x = in.x;
+  if (in.norm != nullptr && k.quantize_q8_norm == nullptr) {  // no fused kernel: normalise first
+    if (scratch.xn.size() < size_t(n_tok * cols)) scratch.xn.resize(size_t(n_tok * cols));
+    rmsnorm(in.x, in.norm, scratch.xn.data(), n_tok, cols, in.eps);
+    x = scratch.xn.data();
+  }
+  const bool fused = in.norm != nullptr && x == in.x;
   pool.parallel_range(n_tok, 8, [&](int64_t b, int64_t e, int) {
-    for (int64_t t = b; t < e; ++t) k.quantize_q8(x + t * cols, xq + t * nb, cols);
+    for (int64_t t = b; t < e; ++t) {
+      const float* xt = x + t * cols;
+      if (fused) k.quantize_q8_norm(xt, rms_scale(xt, cols, in.eps), in.norm, xq + t * nb, cols);
+      else k.quantize_q8(xt, xq + t * nb, cols);
+    }
   });
   return xq;
+}
+
+// in as float rows: x itself, or normalised into scratch.xn.
+const float* float_input(const MatIn& in, int64_t n_tok, int64_t cols, OpScratch& scratch) {
+  if (in.norm == nullptr) return in.x;
+  if (scratch.xn.size() < size_t(n_tok * cols)) scratch.xn.resize(size_t(n_tok * cols));
+  rmsnorm(in.x, in.norm, scratch.xn.data(), n_tok, cols, in.eps);
+  return scratch.xn.data();
 }
 
 // The unit of work: 16-row groups [g0, g1) of one weight (panels when packed).
@@ -135,19 +155,21 @@ void matmul(const Weight& w, const float* x, float* y, int64_t n_tok, ThreadPool
   matmul_many({{&w, y}}, x, n_tok, pool, scratch);
 }
 
-void matmul_many(std::initializer_list<MatmulOut> outs, const float* x, int64_t n_tok,
+void matmul_many(std::initializer_list<MatmulOut> outs, MatIn in, int64_t n_tok,
                  ThreadPool& pool, OpScratch& scratch) {
   PG_ASSERT(outs.size() >= 1 && outs.size() <= kMaxOuts);
   const KernelTable& k = kernels();
   const int64_t cols = outs.begin()->w->cols;
-  bool any_quantized = false;
+  bool any_quantized = false, any_float = false;
   int64_t total = 0;
   for (const MatmulOut& o : outs) {
     PG_ASSERT(o.w->cols == cols);
     any_quantized |= quantized(o.w->type);
+    any_float |= !quantized(o.w->type);
     total += n_groups(*o.w);
   }
-  const BlockQ8Act* xq = any_quantized ? quantize_input(x, n_tok, cols, pool, scratch) : nullptr;
+  const BlockQ8Act* xq = any_quantized ? quantize_input(in, n_tok, cols, pool, scratch) : nullptr;
+  const float* x = any_float ? float_input(in, n_tok, cols, scratch) : in.x;
   const int64_t per_task = groups_per_task(total, pool.size());
   // Task index -> (output, group range), without allocating.
   std::array<int64_t, kMaxOuts + 1> first_task{};
@@ -165,7 +187,7 @@ void matmul_many(std::initializer_list<MatmulOut> outs, const float* x, int64_t 
   });
 }
 
-void matmul_swiglu(const Weight& gate, const Weight& up, const float* x, float* out,
+void matmul_swiglu(const Weight& gate, const Weight& up, MatIn in, float* out,
                    int64_t n_tok, ThreadPool& pool, OpScratch& scratch) {
   const int64_t n_ff = gate.rows;
   PG_ASSERT(up.rows == n_ff && up.cols == gate.cols);
@@ -173,12 +195,13 @@ void matmul_swiglu(const Weight& gate, const Weight& up, const float* x, float* 
   if (!fused) {
     if (scratch.tmp.size() < size_t(n_tok * n_ff)) scratch.tmp.resize(size_t(n_tok * n_ff));
     float* g = scratch.tmp.data();
-    matmul_many({{&gate, g}, {&up, out}}, x, n_tok, pool, scratch);
+    matmul_many({{&gate, g}, {&up, out}}, in, n_tok, pool, scratch);
     kernels().silu_mul(g, out, out, n_tok * n_ff);
     return;
   }
   const KernelTable& k = kernels();
-  const BlockQ8Act* xq = quantized(gate.type) ? quantize_input(x, n_tok, gate.cols, pool, scratch) : nullptr;
+  const BlockQ8Act* xq = quantized(gate.type) ? quantize_input(in, n_tok, gate.cols, pool, scratch) : nullptr;
+  const float* x = quantized(gate.type) ? in.x : float_input(in, n_tok, gate.cols, scratch);
   const int64_t groups = n_groups(gate), per_task = groups_per_task(2 * groups, pool.size());
   pool.parallel_for((groups + per_task - 1) / per_task, [&](int64_t task, int) {
     float g[kTokenChunk * kPanelRows], u[kTokenChunk * kPanelRows];

@@ -20,7 +20,20 @@ namespace peregrine {
 // steady-state decode loop).
 struct OpScratch {
   std::vector<BlockQ8Act> xq;  // quantized activations [n_tok, cols/32]
+  std::vector<float> xn;       // normalised input, when a float weight needs it
   std::vector<float> tmp;      // fallback paths' intermediate results
+};
+
+// A matmul input: rows x [n_tok, cols], optionally RMS-normalised on the way in
+// (y = x / rms(x) * norm). Quantized weights never see the normalised rows: the norm
+// is applied inside the activation quantization.
+struct MatIn {
+  const float* x;
+  const float* norm = nullptr;  // [cols], or null for x as it is
+  float eps = 0.0f;
+  MatIn(const float* rows) : x(rows) {}  // NOLINT: implicit, a plain input
+  MatIn(const float* rows, const float* norm_weight, float norm_eps)
+      : x(rows), norm(norm_weight), eps(norm_eps) {}
 };
 
 // Repacks w for the active kernel table's panel kernels; a no-op for types (or
@@ -36,12 +49,12 @@ struct MatmulOut {
   const Weight* w;
   float* y;  // [n_tok, w->rows]
 };
-void matmul_many(std::initializer_list<MatmulOut> outs, const float* x, int64_t n_tok,
+void matmul_many(std::initializer_list<MatmulOut> outs, MatIn in, int64_t n_tok,
                  ThreadPool& pool, OpScratch& scratch);
 
 // out[n_tok, n_ff] = silu(x * gate^T) * (x * up^T). With both packed alike, each
 // task computes the same rows of gate and up and combines them at once.
-void matmul_swiglu(const Weight& gate, const Weight& up, const float* x, float* out,
+void matmul_swiglu(const Weight& gate, const Weight& up, MatIn in, float* out,
                    int64_t n_tok, ThreadPool& pool, OpScratch& scratch);
 
 }  // namespace peregrine

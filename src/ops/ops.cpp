@@ -8,13 +8,17 @@
 
 namespace peregrine {
 
+float rms_scale(const float* x, int64_t n, float eps) {
+  double ss = 0.0;
+  for (int64_t i = 0; i < n; ++i) ss += double(x[i]) * x[i];
+  return 1.0f / std::sqrt(float(ss / double(n)) + eps);
+}
+
 void rmsnorm(const float* x, const float* weight, float* y, int64_t n_tok, int64_t n, float eps) {
   for (int64_t t = 0; t < n_tok; ++t) {
     const float* xr = x + t * n;
     float* yr = y + t * n;
-    double ss = 0.0;
-    for (int64_t i = 0; i < n; ++i) ss += double(xr[i]) * xr[i];
-    float scale = 1.0f / std::sqrt(float(ss / double(n)) + eps);
+    const float scale = rms_scale(xr, n, eps);
     for (int64_t i = 0; i < n; ++i) yr[i] = xr[i] * scale * weight[i];
   }
 }

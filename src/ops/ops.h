@@ -11,8 +11,9 @@
 
 namespace peregrine {
 
-// y[n_tok, n] = x * weight / rms(x), row by row.
+// y[n_tok, n] = x * weight / rms(x), row by row: y = (x * rms_scale(x)) * weight.
 void rmsnorm(const float* x, const float* weight, float* y, int64_t n_tok, int64_t n, float eps);
+float rms_scale(const float* x, int64_t n, float eps);  // 1 / sqrt(mean(x^2) + eps)
 
 // Rotary embedding, "normal" variant: rotates adjacent pairs (x[2i], x[2i+1]) by
 // pos * base^(-2i/rot_dim) for 2i < rot_dim. The angles depend only on the position,

@@ -86,6 +86,27 @@ TEST(Kernels, QuantizeIsBitExactAcrossIsas) {
   }
 }
 
+// RMSNorm fused into the quantization gives the very blocks of normalising first.
+TEST(Kernels, FusedNormQuantizeEqualsNormThenQuantize) {
+  std::mt19937 rng(15);
+  std::vector<const KernelTable*> tables = simd_tables();
+  tables.insert(tables.begin(), &scalar_kernels());
+  for (int nb : {1, 18, 48}) {
+    auto x = random_floats(size_t(nb) * 32, rng, 3.0f), w = random_floats(size_t(nb) * 32, rng);
+    const float scale = 0.37f;
+    std::vector<float> y(x.size());
+    for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * scale * w[i];
+    std::vector<BlockQ8Act> ref(static_cast<size_t>(nb)), got(ref.size());
+    scalar_kernels().quantize_q8(y.data(), ref.data(), nb * 32);
+    for (const KernelTable* t : tables) {
+      ASSERT_NE(t->quantize_q8_norm, nullptr) << isa_name(t->isa);
+      t->quantize_q8_norm(x.data(), scale, w.data(), got.data(), nb * 32);
+      ASSERT_EQ(0, std::memcmp(ref.data(), got.data(), ref.size() * sizeof(BlockQ8Act)))
+          << isa_name(t->isa) << " nb=" << nb;
+    }
+  }
+}
+
 struct DotCase {
   GgmlType type;
   KernelTable::DotRows KernelTable::*fn;

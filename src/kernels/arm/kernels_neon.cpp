@@ -35,32 +35,49 @@ inline float32x4_t bf16_lo(uint16x8_t h) {
 }
 inline float32x4_t bf16_hi(uint16x8_t h) { return vreinterpretq_f32_u32(vshll_high_n_u16(h, 16)); }
 
+// One block of 32 values (v4[8]) -> 8-bit activations, as the reference does it.
+inline void quantize_block(const float32x4_t* v4, BlockQ8Act& out) {
+  // maxNum (FMAXNM) ignores NaN like std::fmax in the reference; max is exact in any order.
+  float32x4_t m = vdupq_n_f32(0.0f);
+  for (int j = 0; j < 8; ++j) m = vmaxnmq_f32(m, vabsq_f32(v4[j]));
+  const float amax = vmaxnmvq_f32(m);
+  const float d = amax / 127.0f;
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  // FCVTNS rounds to nearest, ties to even: the reference's nearbyint.
+  int32x4_t q4[8];
+  for (int j = 0; j < 8; ++j) q4[j] = vcvtnq_s32_f32(vmulq_n_f32(v4[j], id));
+  int32x4_t s = vaddq_s32(vaddq_s32(vaddq_s32(q4[0], q4[1]), vaddq_s32(q4[2], q4[3])),
+                          vaddq_s32(vaddq_s32(q4[4], q4[5]), vaddq_s32(q4[6], q4[7])));
+  const int sum = vaddvq_s32(s);
+  // |q| <= 127, so the saturating narrows never saturate.
+  for (int j = 0; j < 2; ++j) {
+    int16x8_t lo = vcombine_s16(vqmovn_s32(q4[4 * j]), vqmovn_s32(q4[4 * j + 1]));
+    int16x8_t hi = vcombine_s16(vqmovn_s32(q4[4 * j + 2]), vqmovn_s32(q4[4 * j + 3]));
+    vst1q_s8(out.qs + 16 * j, vcombine_s8(vqmovn_s16(lo), vqmovn_s16(hi)));
+  }
+  out.d = d;
+  out.s = d * float(sum);
+  out.sum = sum;
+}
+
 void quantize_q8(const float* x, BlockQ8Act* out, int64_t n) {
   for (int64_t b = 0; b < n / kQK; ++b) {
-    const float* v = x + b * kQK;
     float32x4_t v4[8];  // the block's 32 values
-    for (int j = 0; j < 8; ++j) v4[j] = vld1q_f32(v + 4 * j);
-    // maxNum (FMAXNM) ignores NaN like std::fmax in the reference; max is exact in any order.
-    float32x4_t m = vdupq_n_f32(0.0f);
-    for (int j = 0; j < 8; ++j) m = vmaxnmq_f32(m, vabsq_f32(v4[j]));
-    const float amax = vmaxnmvq_f32(m);
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    // FCVTNS rounds to nearest, ties to even: the reference's nearbyint.
-    int32x4_t q4[8];
-    for (int j = 0; j < 8; ++j) q4[j] = vcvtnq_s32_f32(vmulq_n_f32(v4[j], id));
-    int32x4_t s = vaddq_s32(vaddq_s32(vaddq_s32(q4[0], q4[1]), vaddq_s32(q4[2], q4[3])),
-                            vaddq_s32(vaddq_s32(q4[4], q4[5]), vaddq_s32(q4[6], q4[7])));
-    const int sum = vaddvq_s32(s);
-    // |q| <= 127, so the saturating narrows never saturate.
-    for (int j = 0; j < 2; ++j) {
-      int16x8_t lo = vcombine_s16(vqmovn_s32(q4[4 * j]), vqmovn_s32(q4[4 * j + 1]));
-      int16x8_t hi = vcombine_s16(vqmovn_s32(q4[4 * j + 2]), vqmovn_s32(q4[4 * j + 3]));
-      vst1q_s8(out[b].qs + 16 * j, vcombine_s8(vqmovn_s16(lo), vqmovn_s16(hi)));
+    for (int j = 0; j < 8; ++j) v4[j] = vld1q_f32(x + b * kQK + 4 * j);
+    quantize_block(v4, out[b]);
+  }
+}
+
+// RMSNorm fused into the quantization: (x * scale) * w, rounded at each step as the
+// reference does (w null: x * scale).
+void quantize_q8_norm(const float* x, float scale, const float* w, BlockQ8Act* out, int64_t n) {
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    float32x4_t v4[8];
+    for (int j = 0; j < 8; ++j) {
+      v4[j] = vmulq_n_f32(vld1q_f32(x + b * kQK + 4 * j), scale);
+      if (w != nullptr) v4[j] = vmulq_f32(v4[j], vld1q_f32(w + b * kQK + 4 * j));
     }
-    out[b].d = d;
-    out[b].s = d * float(sum);
-    out[b].sum = sum;
+    quantize_block(v4, out[b]);
   }
 }
 
@@ -409,6 +426,7 @@ const KernelTable* neon_kernels() {
   static const KernelTable t{
       .isa = Isa::Neon,
       .quantize_q8 = quantize_q8,
+      .quantize_q8_norm = quantize_q8_norm,
       .dot_q4_0 = dot_rows<Q4_0Decode>,
       .dot_q4_1 = dot_rows<Q4_1Decode>,
       .dot_q8_0 = dot_rows<Q8_0Decode>,

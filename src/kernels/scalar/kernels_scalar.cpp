@@ -10,9 +10,15 @@
 namespace peregrine {
 namespace {
 
-void quantize_q8(const float* x, BlockQ8Act* out, int64_t n) {
+// (x * scale) * w, quantized (w null: x * scale). With scale and w from RMSNorm this
+// is the norm fused into the quantization, bit-identical to normalising first.
+void quantize_q8_norm(const float* x, float scale, const float* w, BlockQ8Act* out, int64_t n) {
   for (int64_t b = 0; b < n / kQK; ++b) {
-    const float* v = x + b * kQK;
+    float v[kQK];
+    for (int j = 0; j < kQK; ++j) {
+      v[j] = x[b * kQK + j] * scale;
+      if (w != nullptr) v[j] = v[j] * w[b * kQK + j];
+    }
     float amax = 0.0f;
     for (int j = 0; j < kQK; ++j) amax = std::fmax(amax, std::fabs(v[j]));
     float d = amax / 127.0f;
@@ -28,6 +34,8 @@ void quantize_q8(const float* x, BlockQ8Act* out, int64_t n) {
     out[b].sum = sum;
   }
 }
+
+void quantize_q8(const float* x, BlockQ8Act* out, int64_t n) { quantize_q8_norm(x, 1.0f, nullptr, out, n); }
 
 float dot_q4_0(const void* w, const BlockQ8Act* x, int64_t nb) {
   auto* b = static_cast<const BlockQ4_0*>(w);
@@ -218,6 +226,7 @@ const KernelTable& scalar_kernels() {
   static const KernelTable t{
       .isa = Isa::Scalar,
       .quantize_q8 = quantize_q8,
+      .quantize_q8_norm = quantize_q8_norm,
       .dot_q4_0 = dot_rows<dot_q4_0>,
       .dot_q4_1 = dot_rows<dot_q4_1>,
       .dot_q8_0 = dot_rows<dot_q8_0>,

@@ -28,12 +28,20 @@ inline int hsum_i32(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
-void quantize_q8(const float* x, BlockQ8Act* out, int64_t n) {
+void quantize_q8_norm(const float* x, float scale, const float* w, BlockQ8Act* out, int64_t n) {
   const __m256 sign_mask = _mm256_set1_ps(-0.0f);
+  const __m256 vs = _mm256_set1_ps(scale);
   for (int64_t b = 0; b < n / kQK; ++b) {
     const float* v = x + b * kQK;
-    __m256 v0 = _mm256_loadu_ps(v), v1 = _mm256_loadu_ps(v + 8);
-    __m256 v2 = _mm256_loadu_ps(v + 16), v3 = _mm256_loadu_ps(v + 24);
+    __m256 v0 = _mm256_mul_ps(_mm256_loadu_ps(v), vs), v1 = _mm256_mul_ps(_mm256_loadu_ps(v + 8), vs);
+    __m256 v2 = _mm256_mul_ps(_mm256_loadu_ps(v + 16), vs), v3 = _mm256_mul_ps(_mm256_loadu_ps(v + 24), vs);
+    if (w != nullptr) {
+      const float* wb = w + b * kQK;
+      v0 = _mm256_mul_ps(v0, _mm256_loadu_ps(wb));
+      v1 = _mm256_mul_ps(v1, _mm256_loadu_ps(wb + 8));
+      v2 = _mm256_mul_ps(v2, _mm256_loadu_ps(wb + 16));
+      v3 = _mm256_mul_ps(v3, _mm256_loadu_ps(wb + 24));
+    }
     __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign_mask, v0), _mm256_andnot_ps(sign_mask, v1)),
                              _mm256_max_ps(_mm256_andnot_ps(sign_mask, v2), _mm256_andnot_ps(sign_mask, v3)));
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
@@ -60,6 +68,8 @@ void quantize_q8(const float* x, BlockQ8Act* out, int64_t n) {
     out[b].sum = sum;
   }
 }
+
+void quantize_q8(const float* x, BlockQ8Act* out, int64_t n) { quantize_q8_norm(x, 1.0f, nullptr, out, n); }
 
 // One weight row against N activation rows at once: each weight block is decoded
 // once for all N. Every activation row keeps its own accumulator and sees the same
@@ -364,6 +374,7 @@ const KernelTable* avx2_kernels() {
   static const KernelTable t{
       .isa = Isa::Avx2,
       .quantize_q8 = quantize_q8,
+      .quantize_q8_norm = quantize_q8_norm,
       .dot_q4_0 = dot_rows<Q4_0Decode>,
       .dot_q4_1 = dot_rows<Q4_1Decode>,
       .dot_q8_0 = dot_rows<Q8_0Decode>,

@@ -30,10 +30,15 @@ inline __m512 join_scales(float lo, float hi) {
 
 inline __m256i load32(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
-void quantize_q8(const float* x, BlockQ8Act* out, int64_t n) {
+void quantize_q8_norm(const float* x, float scale, const float* w, BlockQ8Act* out, int64_t n) {
+  const __m512 vs = _mm512_set1_ps(scale);
   for (int64_t b = 0; b < n / kQK; ++b) {
     const float* v = x + b * kQK;
-    __m512 v0 = _mm512_loadu_ps(v), v1 = _mm512_loadu_ps(v + 16);
+    __m512 v0 = _mm512_mul_ps(_mm512_loadu_ps(v), vs), v1 = _mm512_mul_ps(_mm512_loadu_ps(v + 16), vs);
+    if (w != nullptr) {
+      v0 = _mm512_mul_ps(v0, _mm512_loadu_ps(w + b * kQK));
+      v1 = _mm512_mul_ps(v1, _mm512_loadu_ps(w + b * kQK + 16));
+    }
     float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
     float d = amax / 127.0f;
     float id = d != 0.0f ? 1.0f / d : 0.0f;
@@ -49,6 +54,8 @@ void quantize_q8(const float* x, BlockQ8Act* out, int64_t n) {
     out[b].sum = sum;
   }
 }
+
+void quantize_q8(const float* x, BlockQ8Act* out, int64_t n) { quantize_q8_norm(x, 1.0f, nullptr, out, n); }
 
 // A pair of weight blocks decoded for vpdpbusd: unsigned 8-bit values, their scales,
 // and (for signed formats) the lanes whose activation must be negated.
@@ -399,6 +406,7 @@ const KernelTable* avx512_kernels() {
   static const KernelTable t{
       .isa = Isa::Avx512,
       .quantize_q8 = quantize_q8,
+      .quantize_q8_norm = quantize_q8_norm,
       .dot_q4_0 = dot_rows<Q4_0Decode>,
       .dot_q4_1 = dot_rows<Q4_1Decode>,
       .dot_q8_0 = dot_rows<Q8_0Decode>,

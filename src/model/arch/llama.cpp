@@ -96,9 +96,9 @@ class Llama final : public Model {
     const float* rope_cs = ws_.rope.data();
     for (int64_t il = 0; il < hp_.n_layer; ++il) {
       const LayerWeights& L = layers_[size_t(il)];
-      rmsnorm(x, L.attn_norm.f32(), xn, T, E, hp_.rms_eps);
-      // q [T, n_head * hd], k and v [T, n_head_kv * hd]
-      matmul_many({{&L.wq, q}, {&L.wk, k}, {&L.wv, v}}, xn, T, pool_, ops_);
+      // q [T, n_head * hd], k and v [T, n_head_kv * hd] from RMSNorm(x)
+      const MatIn attn_in(x, L.attn_norm.f32(), hp_.rms_eps);
+      matmul_many({{&L.wq, q}, {&L.wk, k}, {&L.wv, v}}, attn_in, T, pool_, ops_);
       rope_adjacent(q, rope_cs, T, hp_.n_head, hd, hp_.rope_dim);
       rope_store_kv(cache, il, batch.seq.data(), batch.pos.data(), k, v, rope_cs, T, hp_.n_head_kv,
                     hd, hp_.rope_dim);
@@ -106,8 +106,8 @@ class Llama final : public Model {
       matmul(L.wo, att, xn, T, pool_, ops_);  // xn [T, E]
       for (int64_t i = 0; i < T * E; ++i) x[i] += xn[i];
 
-      rmsnorm(x, L.ffn_norm.f32(), xn, T, E, hp_.rms_eps);
-      matmul_swiglu(L.w_gate, L.w_up, xn, gate, T, pool_, ops_);  // gate [T, n_ff]
+      const MatIn ffn_in(x, L.ffn_norm.f32(), hp_.rms_eps);
+      matmul_swiglu(L.w_gate, L.w_up, ffn_in, gate, T, pool_, ops_);  // gate [T, n_ff]
       matmul(L.w_down, gate, xn, T, pool_, ops_);                 // [T, E]
       for (int64_t i = 0; i < T * E; ++i) x[i] += xn[i];
     }
@@ -118,8 +118,8 @@ class Llama final : public Model {
       if (batch.want_logits[t]) std::copy_n(x + t * E, E, x + (n_out++) * E);
     logits.resize(size_t(n_out * hp_.n_vocab));
     if (n_out == 0) return Status::Ok();
-    rmsnorm(x, output_norm_.f32(), xn, n_out, E, hp_.rms_eps);
-    matmul(output_, xn, logits.data(), n_out, pool_, ops_);  // [n_out, n_vocab]
+    const MatIn head_in(x, output_norm_.f32(), hp_.rms_eps);
+    matmul_many({{&output_, logits.data()}}, head_in, n_out, pool_, ops_);  // [n_out, n_vocab]
     return Status::Ok();
   }
 
