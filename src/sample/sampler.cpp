@@ -17,17 +17,25 @@ Status SamplerOptions::validate() const {
   return Status::Ok();
 }
 
-Sampler::Sampler(const SamplerOptions& opt) : opt_(opt), rng_(opt.seed) {}
+Sampler::Sampler(const SamplerOptions& opt) : opt_(opt), rng_(opt.seed) {
+  recent_.reserve(size_t(std::max(0, opt.repeat_last_n)));
+  seen_.reserve(recent_.capacity());
+}
 
 void Sampler::reset() {
   rng_.seed(opt_.seed);
   recent_.clear();
+  head_ = 0;
 }
 
 void Sampler::accept(int32_t token) {
   if (opt_.repeat_last_n == 0) return;
-  recent_.push_back(token);
-  while (int32_t(recent_.size()) > opt_.repeat_last_n) recent_.pop_front();
+  if (recent_.size() < size_t(opt_.repeat_last_n)) {
+    recent_.push_back(token);  // within the reserved capacity
+  } else {
+    recent_[head_] = token;  // overwrite the oldest
+    head_ = (head_ + 1) % recent_.size();
+  }
 }
 
 int32_t Sampler::sample(const float* logits, int64_t n_vocab) {
@@ -35,10 +43,10 @@ int32_t Sampler::sample(const float* logits, int64_t n_vocab) {
   for (int64_t i = 0; i < n_vocab; ++i) cand_[i] = {int32_t(i), logits[i]};
   if (opt_.repeat_penalty != 1.0f) {
     // Each distinct recent token is penalised once.
-    std::vector<int32_t> seen(recent_.begin(), recent_.end());
-    std::sort(seen.begin(), seen.end());
-    seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
-    for (int32_t id : seen) {
+    seen_.assign(recent_.begin(), recent_.end());
+    std::sort(seen_.begin(), seen_.end());
+    seen_.erase(std::unique(seen_.begin(), seen_.end()), seen_.end());
+    for (int32_t id : seen_) {
       if (id < 0 || id >= n_vocab) continue;
       float& l = cand_[size_t(id)].logit;
       l = l > 0 ? l / opt_.repeat_penalty : l * opt_.repeat_penalty;

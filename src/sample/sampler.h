@@ -3,7 +3,6 @@
 #pragma once
 
 #include <cstdint>
-#include <deque>
 #include <random>
 #include <vector>
 
@@ -39,9 +38,13 @@ class Sampler {
   };
   SamplerOptions opt_;
   std::mt19937_64 rng_;
-  std::deque<int32_t> recent_;
+  // The last repeat_last_n accepted tokens, a ring: recent_[(head_ + i) % size].
+  std::vector<int32_t> recent_;
+  size_t head_ = 0;
+  // Buffers reused across calls: sampling allocates nothing once they have grown.
   std::vector<Candidate> cand_;
   std::vector<float> probs_;
+  std::vector<int32_t> seen_;
 };
 
 }  // namespace peregrine

@@ -252,11 +252,11 @@ struct PanelWeights {
     const auto* qs = reinterpret_cast<const __m512i*>(blk + f.qs_offset);
     if constexpr (T == GgmlType::Q8_0) {
       const __m512i bias = _mm512_set1_epi8(char(0x80));
-      for (int g = 0; g < 8; ++g) w[g] = _mm512_xor_si512(_mm512_load_si512(qs + g), bias);
+      for (int g = 0; g < 8; ++g) w[g] = _mm512_xor_si512(_mm512_loadu_si512(qs + g), bias);
     } else {
       const __m512i lo = _mm512_set1_epi8(0x0f);
       for (int g = 0; g < 4; ++g) {
-        const __m512i v = _mm512_load_si512(qs + g);
+        const __m512i v = _mm512_loadu_si512(qs + g);
         w[g] = _mm512_and_si512(v, lo);                             // weights 4g..4g+3
         w[g + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo);  // weights 16+4g..
       }

@@ -1,0 +1,69 @@
+// The decode loop allocates nothing per token: every buffer (activations, quantized
+// inputs, logits, sampler candidates, repetition window) is reused once grown.
+// Counted with a replacement operator new over the whole test binary.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <new>
+
+#include "engine/session.h"
+#include "sample/sampler.h"
+
+#if !defined(PEREGRINE_SANITIZER_BUILD)  // sanitizer runtimes replace operator new themselves
+
+namespace {
+std::atomic<int64_t> g_allocations{0};
+}  // namespace
+
+void* operator new(std::size_t n) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+namespace peregrine {
+namespace {
+
+std::string model_path() {
+  const char* p = std::getenv("PEREGRINE_MODEL_PATH");
+  return p != nullptr ? p : "";
+}
+
+TEST(NoAlloc, DecodeAllocationsDoNotGrowWithTokens) {
+  if (model_path().empty() || !std::filesystem::exists(model_path()))
+    GTEST_SKIP() << "PEREGRINE_MODEL_PATH not set";
+  SessionOptions o;
+  o.n_threads = 2;
+  o.n_ctx = 256;
+  auto s = Session::open(model_path(), o);
+  ASSERT_TRUE(s.ok()) << s.error().message;
+  SamplerOptions so;
+  so.temperature = 0.8f;
+  so.top_k = 0;  // full-vocabulary sort
+  so.repeat_penalty = 1.1f;
+  so.seed = 7;
+  const std::vector<TokenId> prompt = {1, 504, 3458, 282, 4649, 314};
+  // Allocations of a whole generate() call with n tokens, after a warm-up call.
+  auto count = [&](int64_t n) {
+    Sampler sampler(so);
+    auto warm = (*s)->generate(prompt, 40, sampler, [](TokenId) { return true; });
+    EXPECT_TRUE(warm.ok());
+    sampler.reset();
+    const int64_t before = g_allocations.load();
+    auto st = (*s)->generate(prompt, n, sampler, [](TokenId) { return true; });
+    EXPECT_TRUE(st.ok());
+    EXPECT_EQ(st->n_generated, n) << "stopped early; pick another prompt";
+    return g_allocations.load() - before;
+  };
+  const int64_t few = count(4), many = count(36);
+  EXPECT_EQ(few, many) << "allocations grew with the number of decoded tokens";
+}
+
+}  // namespace
+}  // namespace peregrine
+
+#endif  // !PEREGRINE_SANITIZER_BUILD
