@@ -94,9 +94,13 @@ void register_bench(CLI::App& app) {
     const double weight_mib = double(session->model().weight_bytes()) / (1024.0 * 1024.0);
     const std::string isa(isa_name(kernels().isa));
     const int threads = session->pool().size();
+    const Model::PackStats& pk = session->model().pack_stats();
+    const double packed_mib = double(pk.bytes) / (1024.0 * 1024.0);
     if (o->json) {
       nlohmann::json j = {{"model", path}, {"arch", hp.arch}, {"threads", threads}, {"isa", isa},
-                          {"weights_mib", weight_mib}, {"peak_rss_mib", peak_mib}, {"repetitions", o->reps}};
+                          {"weights_mib", weight_mib}, {"peak_rss_mib", peak_mib}, {"repetitions", o->reps},
+                          {"repacked_matrices", pk.matrices}, {"repacked_mib", packed_mib},
+                          {"repack_seconds", pk.seconds}};
       if (!pp.empty()) j["pp"] = {{"n", o->n_prompt}, {"tps_mean", summarize(pp).mean}, {"tps_sd", summarize(pp).sd}};
       if (!tg.empty()) j["tg"] = {{"n", o->n_gen}, {"tps_mean", summarize(tg).mean}, {"tps_sd", summarize(tg).sd}};
       std::printf("%s\n", j.dump().c_str());
@@ -104,6 +108,8 @@ void register_bench(CLI::App& app) {
     }
     std::printf("model: %s (%s, %.1f MiB of weights), %d threads, %s kernels\n", path.c_str(),
                 hp.arch.c_str(), weight_mib, threads, isa.c_str());
+    std::printf("load: %lld matrices (%.1f MiB) repacked into 16-row panels in %.0f ms\n",
+                (long long)pk.matrices, packed_mib, pk.seconds * 1e3);
     std::printf("| test   |          t/s |\n|--------|--------------|\n");
     if (!pp.empty()) {
       Stat s = summarize(pp);

@@ -2,6 +2,7 @@
 #include <map>
 
 #include "gguf/gguf.h"
+#include "kernels/kernels.h"
 #include "model/model.h"
 #include "tools/commands.h"
 #include "tools/common.h"
@@ -66,6 +67,10 @@ void register_info(CLI::App& app) {
         std::printf("kv cache:    %s per token (f16), at the trained context %s\n",
                     human_bytes(double((*model)->kv_shape(1, 1).bytes_per_token())).c_str(),
                     human_bytes(double((*model)->kv_shape(1, 1).bytes_per_token() * h.n_ctx_train)).c_str());
+        const Model::PackStats& pk = (*model)->pack_stats();
+        std::printf("load:        %lld matrices (%s) repacked into 16-row panels for the %s kernels in %.0f ms\n",
+                    (long long)pk.matrices, human_bytes(double(pk.bytes)).c_str(),
+                    std::string(isa_name(kernels().isa)).c_str(), pk.seconds * 1e3);
       } else {
         std::printf("model:       cannot run: %s\n", model.error().message.c_str());
       }

@@ -344,10 +344,13 @@ void panel_tile_f(const uint8_t* panel, int64_t nb, const float* x, int64_t x_st
     for (size_t off = 0; off < kBlockBytes; off += 64)
       _mm_prefetch(reinterpret_cast<const char*>(blk + kPrefetchAhead + off), _MM_HINT_T0);
     const auto* w = reinterpret_cast<const E*>(blk);
-    for (int k = 0; k < kQK; ++k) {
-      const __m512 col = load_col(w + k * kPanelRows);
-      for (int t = 0; t < NT; ++t)
-        acc[t][k & 1] = _mm512_fmadd_ps(col, _mm512_set1_ps(x[t * x_stride + b * kQK + k]), acc[t][k & 1]);
+    for (int k = 0; k < kQK; k += 2) {  // even and odd columns: constant indices keep acc in registers
+      const __m512 c0 = load_col(w + k * kPanelRows), c1 = load_col(w + (k + 1) * kPanelRows);
+      for (int t = 0; t < NT; ++t) {
+        const float* xt = x + t * x_stride + b * kQK + k;
+        acc[t][0] = _mm512_fmadd_ps(c0, _mm512_set1_ps(xt[0]), acc[t][0]);
+        acc[t][1] = _mm512_fmadd_ps(c1, _mm512_set1_ps(xt[1]), acc[t][1]);
+      }
     }
   }
   for (int t = 0; t < NT; ++t) _mm512_storeu_ps(y + t * y_stride, _mm512_add_ps(acc[t][0], acc[t][1]));
