@@ -5,6 +5,7 @@
 #include "core/status.h"
 #include "quant/blocks.h"
 #include "quant/fp16.h"
+#include "quant/kquants.h"
 
 namespace peregrine {
 
@@ -15,6 +16,16 @@ bool is_supported_weight_type(GgmlType t) {
       return true;
     default:
       return false;
+  }
+}
+
+bool is_dequantizable_type(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q2_K: case GgmlType::Q3_K: case GgmlType::Q4_K: case GgmlType::Q5_K:
+    case GgmlType::Q6_K:
+      return true;
+    default:
+      return is_supported_weight_type(t);
   }
 }
 
@@ -63,6 +74,11 @@ void dequantize_row(GgmlType t, const void* src, float* dst, int64_t n) {
       }
       return;
     }
+    case GgmlType::Q2_K: dequantize_row_q2_k(static_cast<const BlockQ2K*>(src), dst, n); return;
+    case GgmlType::Q3_K: dequantize_row_q3_k(static_cast<const BlockQ3K*>(src), dst, n); return;
+    case GgmlType::Q4_K: dequantize_row_q4_k(static_cast<const BlockQ4K*>(src), dst, n); return;
+    case GgmlType::Q5_K: dequantize_row_q5_k(static_cast<const BlockQ5K*>(src), dst, n); return;
+    case GgmlType::Q6_K: dequantize_row_q6_k(static_cast<const BlockQ6K*>(src), dst, n); return;
     default:
       PG_ASSERT(false && "dequantize_row: unsupported type");
   }

@@ -72,7 +72,7 @@ void register_dequant(CLI::App& app) {
     auto f = check(gguf::File::open(check(resolve_model(o->model))));
     const gguf::TensorInfo* t = f->find_tensor(o->tensor);
     if (!t) fail(fmt::format("{}: no tensor '{}'", f->name(), o->tensor));
-    if (!is_supported_weight_type(t->type))
+    if (!is_dequantizable_type(t->type))
       fail(fmt::format("tensor '{}' has type {}, which is not supported yet", t->name, type_name(t->type)));
     std::vector<float> out(t->n_elements);
     const size_t rb = *row_bytes(t->type, t->dims[0]);

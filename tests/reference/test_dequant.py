@@ -9,6 +9,15 @@ checked straight from the model file.
 Expectations: float formats are converted exactly, so the engine's floats must be bit-identical
 to gguf-py's. Block formats compute d*q (+ m) in f32; the engine may fuse that into an FMA, so
 allow a few ulps: |got - want| <= 1e-6*|want| + 1e-6 * max|want in that 32-block|.
+
+K-quants (Q2_K .. Q6_K): gguf-py 0.19 can dequantize them but not quantize them, so their tensors
+are random bytes -- every quant bit and packed sub-block scale/min is random -- with the fp16
+super-block scales d (and dmin) overwritten by sane values, plus a few edge rows (zero, negative,
+f16-subnormal and large d). They are written as raw typed tensors (uint8 byte rows with
+raw_dtype=Q4_K etc.). The engine must match gguf-py bit for bit: both compute, in f32 and in the
+same order, (d * scale) * q - (dmin * min), and the build disables FMA contraction
+(-ffp-contract=off), so no step can round differently. A 1-ulp slack would be needed only on a
+build that fused the multiply-subtract of Q2_K/Q4_K/Q5_K into an FMA.
 """
 
 from __future__ import annotations
@@ -145,6 +154,85 @@ def test_dequant_model_tensor(model_path, model_reader, run_peregrine, tmp_path,
     t = next(x for x in model_reader.tensors if x.name == name)
     got = _engine_dequant(run_peregrine, model_path, name, tmp_path / "out.f32")
     _check(got, t, tensor_to_f32(t), f"{model_path.name}:{name} ({t.tensor_type.name})")
+
+
+# ---- K-quants: random super-blocks ---------------------------------------------------------------
+
+K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+# Byte offsets of the fp16 super-block scale d and (for formats with mins) dmin, from the block
+# layouts: Q2_K = scales[16] qs[64] d dmin; Q3_K = hmask[32] qs[64] scales[12] d;
+# Q4_K = d dmin scales[12] qs[128]; Q5_K = d dmin scales[12] qh[32] qs[128]; Q6_K = ql[128] qh[64] scales[16] d.
+K_SCALE_OFFSETS = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+# Shapes in numpy order (the last axis is the ggml row); the row length is a multiple of 256.
+K_SHAPES = {
+    "k_rows": (8, 512),
+    "k_long": (3, 2048),
+    "k_cube": (2, 3, 256),
+    "k_edges": (5, 256),
+}
+K_CASES = [(s, t) for s in K_SHAPES for t in K_TYPES]
+# Edge rows of k_edges, one super-block each: d (and dmin) set to these.
+K_EDGE_SCALES = (0.0, -0.03, 6.0e-8, 1024.0, 0.01)
+
+
+def _random_kquant(shape: tuple[int, ...], type_name: str, rng: np.random.Generator, edges: bool) -> np.ndarray:
+    """Random super-blocks of a K type as uint8 rows [..., row_bytes] with sane fp16 scales."""
+    blk, size = gguf.GGML_QUANT_SIZES[QT[type_name]]
+    n_blocks = int(np.prod(shape)) // blk
+    blocks = rng.integers(0, 256, size=(n_blocks, size), dtype=np.uint8)
+    for off in K_SCALE_OFFSETS[type_name]:
+        mag = rng.uniform(1e-3, 5e-2, size=n_blocks)
+        scale = np.where(rng.random(n_blocks) < 0.25, -mag, mag).astype(np.float16)
+        if edges:
+            scale = np.resize(np.array(K_EDGE_SCALES, dtype=np.float16), n_blocks)
+        blocks[:, off:off + 2] = scale.view(np.uint8).reshape(n_blocks, 2)
+    return blocks.reshape(*shape[:-1], shape[-1] // blk * size)
+
+
+@pytest.fixture(scope="module")
+def kquant_gguf(tmp_path_factory):
+    """A GGUF of random K-quant tensors; return (path, {name: (ReaderTensor, gguf-py dequantized)})."""
+    path = tmp_path_factory.mktemp("dequant_k") / "kquants.gguf"
+    rng = np.random.default_rng(20240)
+    w = gguf.GGUFWriter(str(path), arch="llama")
+    for s, tname in K_CASES:
+        w.add_tensor(f"{s}.{tname}", _random_kquant(K_SHAPES[s], tname, rng, s == "k_edges"), raw_dtype=QT[tname])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    reader = gguf.GGUFReader(str(path))
+    want = {t.name: (t, tensor_to_f32(t)) for t in reader.tensors}
+    for s, tname in K_CASES:
+        t, a = want[f"{s}.{tname}"]
+        assert t.tensor_type == QT[tname] and a.shape == K_SHAPES[s], f"fixture writer problem for {s}.{tname}"
+        assert np.all(np.isfinite(a)), f"fixture {s}.{tname}: gguf-py decodes non-finite values"
+    return path, want
+
+
+def _check_bit_exact(got: np.ndarray, t: gguf.ReaderTensor, want: np.ndarray, label: str) -> None:
+    want = want.reshape(-1)
+    n = int(t.n_elements)
+    assert got.size == n, f"{label}: engine wrote {got.size} floats, tensor has {n} elements"
+    bad = np.flatnonzero(got.view(np.uint32) != want.view(np.uint32))
+    if bad.size:
+        i = int(bad[0])
+        row_len = int(t.shape[0])
+        raise AssertionError(
+            f"{label}: {bad.size} of {n} values not bit-identical to gguf-py; first at flat index {i} "
+            f"(row {i // row_len}, super-block {i % row_len // 256}, value {i % 256}, sub-block of 16: "
+            f"{i % 256 // 16}, of 32: {i % 256 // 32}): got {got[i]!r}, want {want[i]!r}"
+        )
+
+
+@pytest.mark.parametrize("source,type_name", K_CASES, ids=[f"{s}-{t}" for s, t in K_CASES])
+def test_dequant_kquant_matches_gguf_py(kquant_gguf, run_peregrine, tmp_path, source, type_name):
+    path, want = kquant_gguf
+    name = f"{source}.{type_name}"
+    t, w = want[name]
+    got = _engine_dequant(run_peregrine, path, name, tmp_path / "out.f32")
+    _check_bit_exact(got, t, w, name)
 
 
 def test_dequant_unknown_tensor_is_an_error(small_gguf, peregrine_bin, tmp_path):
