@@ -23,14 +23,25 @@ Result<std::unique_ptr<Session>> Session::open(const std::string& path, const Se
   int64_t n_ctx = opt.n_ctx > 0 ? opt.n_ctx : std::min<int64_t>(hp.n_ctx_train, 4096);
   if (opt.n_ctx < 0 || n_ctx > (int64_t(1) << 20))
     return make_error("context size {} is out of range (1 to 1048576)", opt.n_ctx);
-  s->cache_ = std::make_unique<KvCache>(s->model_->kv_shape(n_ctx, 1, opt.kv_type));
+  const AttnKind& a = opt.attention;
+  if (a.windowed()) {
+    if (a.window < 1) return make_error("--attn-window {} must be at least 1", a.window);
+    if (a.sinks < 0) return make_error("--attn-sinks {} is negative", a.sinks);
+    if (a.sinks + a.window > n_ctx)
+      return make_error("attention {} is larger than the context ({} positions; raise -c)",
+                        a.describe(), n_ctx);
+  }
+  KvShape shape = s->model_->kv_shape(n_ctx, 1, opt.kv_type, a, opt.n_batch);
+  PG_TRY(shape.validate());
+  PG_TRY(s->model_->check_kv(shape));
+  s->cache_ = std::make_unique<KvCache>(shape);
   s->n_batch_ = opt.n_batch;
   return s;
 }
 
 Status Session::eval(std::span<const TokenId> tokens, bool all_logits, std::vector<float>& logits) {
   if (tokens.empty()) return make_error("nothing to evaluate");
-  if (n_past_ + int64_t(tokens.size()) > n_ctx())
+  if (!unbounded() && n_past_ + int64_t(tokens.size()) > n_ctx())
     return make_error("{} tokens do not fit in the context: {} used of {} (raise -c)",
                       tokens.size(), n_past_, n_ctx());
   logits.clear();
@@ -60,6 +71,10 @@ Result<GenerateStats> Session::generate(std::span<const TokenId> prompt, int64_t
   // Keep the cached prefix; at least one token is evaluated to get logits.
   size_t keep = 0;
   while (keep + 1 < prompt.size() && keep < history_.size() && history_[keep] == prompt[keep]) ++keep;
+  // A window ring still holds what position `keep` needs only if fewer than n_batch positions
+  // were written after it (they reuse the slots of the oldest ones); otherwise start over.
+  const KvShape& kv = cache_->shape();
+  if (kv.any_windowed() && history_.size() - keep >= size_t(kv.n_batch)) keep = 0;
   n_past_ = int64_t(keep);
   history_.resize(keep);
   auto t0 = Clock::now();
@@ -75,7 +90,7 @@ Result<GenerateStats> Session::generate(std::span<const TokenId> prompt, int64_t
     ++st.n_generated;
     if (!on_token(next)) break;
     if (i + 1 == n_predict) break;
-    if (n_past_ >= n_ctx()) {
+    if (!unbounded() && n_past_ >= n_ctx()) {
       st.hit_context_limit = true;
       break;
     }

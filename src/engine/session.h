@@ -24,6 +24,9 @@ struct SessionOptions {
   int64_t n_ctx = 0;     // 0 = min(trained context, 4096)
   int64_t n_batch = 512; // prompt tokens per forward pass
   KvType kv_type = KvType::F16;
+  // Replaces the attention of the model's global layers, e.g. sinks + window
+  // (StreamingLLM) to run past the context with a fixed KV budget.
+  AttnKind attention = AttnKind::global();
 };
 
 struct GenerateStats {
@@ -43,6 +46,9 @@ class Session {
   const gguf::File& file() const { return *file_; }
   ThreadPool& pool() { return *pool_; }
   int64_t n_ctx() const { return cache_->shape().n_ctx; }
+  // No global layer: the stream may run past n_ctx (only the windows are kept).
+  bool unbounded() const { return cache_->shape().unbounded(); }
+  const KvCache& cache() const { return *cache_; }
   int64_t n_past() const { return n_past_; }
   void reset() {
     n_past_ = 0;

@@ -14,6 +14,14 @@ namespace peregrine {
 enum class Isa { Scalar, Avx2, Avx512, Neon };
 std::string_view isa_name(Isa isa);
 
+// A run of K/V rows for the attention kernels (element type as the entry says).
+struct AttnRows {
+  const void* k;
+  const void* v;
+  int64_t n;
+  int64_t k_stride, v_stride;  // elements between rows
+};
+
 struct KernelTable {
   Isa isa;
   // x[n] -> n/32 activation blocks (n multiple of 32).
@@ -56,15 +64,15 @@ struct KernelTable {
   PanelDotF panel_f32 = nullptr;
   PanelDotF panel_f16 = nullptr;
   PanelDotF panel_bf16 = nullptr;
-  // Attention of nq query rows that share one KV head (a GQA group) over n cached
-  // positions: out[nq, hd] = softmax(q K^T) V, with q [nq, hd] already scaled and
-  // row j of K and V at k + j * stride, v + j * stride (elements). Online softmax
-  // over tiles of kAttnTile positions; no score row is materialised. nq <= kAttnMaxQ.
-  // nullptr entries (or hd not a multiple of attn_hd_multiple): use the scalar table's.
-  using Attend16 = void (*)(const float* q, int64_t nq, int64_t hd, const uint16_t* k,
-                            const uint16_t* v, int64_t stride, int64_t n, float* out);
-  using Attend32 = void (*)(const float* q, int64_t nq, int64_t hd, const float* k,
-                            const float* v, int64_t stride, int64_t n, float* out);
+  // Attention of nq query rows that share one KV head (a GQA group) over runs of
+  // cached rows: out[nq, hd] = softmax(q K^T) V over all rows of all runs, q [nq, hd]
+  // already scaled. Run r has rows.n rows; row j of K at k + j * k_stride, of V at
+  // v + j * v_stride (elements). Online softmax over tiles of kAttnTile rows; no score
+  // row is materialised. nq <= kAttnMaxQ. nullptr entries (or hd not a multiple of
+  // attn_hd_multiple): use the scalar table's.
+  using Attend16 = void (*)(const float* q, int64_t nq, int64_t hd, const struct AttnRows* runs,
+                            int n_runs, float* out);
+  using Attend32 = Attend16;
   Attend16 attend_f16 = nullptr;
   Attend32 attend_f32 = nullptr;
   int64_t attn_hd_multiple = 1;

@@ -1,6 +1,10 @@
 #include "kv/kv_cache.h"
 
+#include <algorithm>
 #include <cstring>
+#include <limits>
+
+#include <fmt/format.h>
 
 #include "quant/fp16.h"
 
@@ -14,25 +18,128 @@ std::optional<KvType> parse_kv_type(std::string_view name) {
   return std::nullopt;
 }
 
+std::string AttnKind::describe() const {
+  switch (type) {
+    case Type::Global: return "global";
+    case Type::Window: return fmt::format("window {}", window);
+    case Type::SinksWindow: return fmt::format("sinks {} + window {}", sinks, window);
+  }
+  return "?";
+}
+
+int64_t AttnKind::first_recent(int64_t p) const {
+  if (type == Type::Global) return 0;
+  return std::max(sinks, p - window + 1);
+}
+
+const AttnKind& KvShape::kind(int64_t layer) const {
+  static const AttnKind kGlobal;
+  return kinds.empty() ? kGlobal : kinds[size_t(layer)];
+}
+
+bool KvShape::unbounded() const {
+  if (kinds.empty()) return false;
+  return std::all_of(kinds.begin(), kinds.end(), [](const AttnKind& k) { return k.windowed(); });
+}
+
+bool KvShape::any_windowed() const {
+  return std::any_of(kinds.begin(), kinds.end(), [](const AttnKind& k) { return k.windowed(); });
+}
+
+int64_t KvShape::slots(int64_t layer) const {
+  const AttnKind& k = kind(layer);
+  if (!k.windowed()) return n_ctx;
+  const int64_t ring = k.window + n_batch - 1;
+  const int64_t total = k.sinks + ring;
+  // A bounded cache never holds positions past n_ctx, so a ring longer than that is waste.
+  return unbounded() ? total : std::min(total, n_ctx);
+}
+
+Status KvShape::validate() const {
+  if (n_layer < 1 || n_ctx < 1 || n_seq < 1 || kv_dim < 1 || n_batch < 1)
+    return make_error("KV cache shape has a non-positive dimension");
+  if (!kinds.empty() && int64_t(kinds.size()) != n_layer)
+    return make_error("{} attention kinds for {} layers", kinds.size(), n_layer);
+  for (int64_t l = 0; l < int64_t(kinds.size()); ++l) {
+    const AttnKind& k = kinds[size_t(l)];
+    if (!k.windowed()) continue;
+    if (k.window < 1) return make_error("layer {}: attention window {} must be positive", l, k.window);
+    if (k.sinks < 0) return make_error("layer {}: {} attention sinks is negative", l, k.sinks);
+    if (k.type == AttnKind::Type::Window && k.sinks != 0)
+      return make_error("layer {}: a plain window has no sinks", l);
+    if (k.window > (int64_t(1) << 24) || k.sinks > (int64_t(1) << 24))
+      return make_error("layer {}: {} is too large", l, k.describe());
+  }
+  return Status::Ok();
+}
+
+size_t KvShape::bytes() const {
+  size_t total = 0;
+  for (int64_t l = 0; l < n_layer; ++l)
+    total += 2 * size_t(n_seq * slots(l) * kv_dim) * elem_bytes();
+  return total;
+}
+
 KvCache::KvCache(const KvShape& shape) : shape_(shape) {
-  size_t n = size_t(shape.n_layer * shape.n_seq * shape.n_ctx * shape.kv_dim) * shape.elem_bytes();
-  k_.assign(n, 0);
-  v_.assign(n, 0);
+  PG_ASSERT(shape.validate().ok());
+  size_t off = 0;
+  for (int64_t l = 0; l < shape.n_layer; ++l) {
+    slots_.push_back(shape.slots(l));
+    layer_base_.push_back(off);
+    off += 2 * size_t(shape.n_seq * slots_.back() * shape.kv_dim) * shape.elem_bytes();
+  }
+  data_.assign(off, 0);
+}
+
+int64_t KvCache::slot(int64_t layer, int64_t pos) const {
+  const AttnKind& k = shape_.kind(layer);
+  if (!k.windowed() || pos < k.sinks) return pos;
+  const int64_t ring = slots_[size_t(layer)] - k.sinks;
+  return k.sinks + (pos - k.sinks) % ring;
+}
+
+size_t KvCache::offset(int64_t layer, int64_t seq, int64_t pos, int kv) const {
+  const int64_t n_slots = slots_[size_t(layer)];
+  const size_t plane = size_t(shape_.n_seq * n_slots * shape_.kv_dim) * shape_.elem_bytes();
+  return layer_base_[size_t(layer)] + size_t(kv) * plane +
+         size_t((seq * n_slots + slot(layer, pos)) * shape_.kv_dim) * shape_.elem_bytes();
 }
 
 void KvCache::store(int64_t layer, int64_t seq, int64_t pos, const float* k, const float* v) {
-  const size_t off = offset(layer, seq, pos);
+  uint8_t* kd = data_.data() + offset(layer, seq, pos, 0);
+  uint8_t* vd = data_.data() + offset(layer, seq, pos, 1);
   if (shape_.type == KvType::F32) {
-    std::memcpy(k_.data() + off, k, size_t(shape_.kv_dim) * 4);
-    std::memcpy(v_.data() + off, v, size_t(shape_.kv_dim) * 4);
+    std::memcpy(kd, k, size_t(shape_.kv_dim) * 4);
+    std::memcpy(vd, v, size_t(shape_.kv_dim) * 4);
     return;
   }
-  auto* kh = reinterpret_cast<uint16_t*>(k_.data() + off);
-  auto* vh = reinterpret_cast<uint16_t*>(v_.data() + off);
+  auto* kh = reinterpret_cast<uint16_t*>(kd);
+  auto* vh = reinterpret_cast<uint16_t*>(vd);
   for (int64_t i = 0; i < shape_.kv_dim; ++i) {
     kh[i] = f32_to_fp16(k[i]);
     vh[i] = f32_to_fp16(v[i]);
   }
+}
+
+int KvCache::spans(int64_t layer, int64_t seq, int64_t pos, KvSpan out[3]) const {
+  const AttnKind& kind = shape_.kind(layer);
+  int n = 0;
+  auto add = [&](int64_t first, int64_t count) {  // positions [first, first + count), no wrap
+    if (count > 0) out[n++] = {k(layer, seq, first), v(layer, seq, first), count, first};
+  };
+  if (!kind.windowed()) {
+    add(0, pos + 1);
+    return n;
+  }
+  add(0, std::min(pos + 1, kind.sinks));
+  const int64_t first = kind.first_recent(pos);
+  if (first > pos) return n;
+  const int64_t ring = slots_[size_t(layer)] - kind.sinks;
+  const int64_t until_wrap = ring - (slot(layer, first) - kind.sinks);  // slots before the ring's end
+  const int64_t count = pos - first + 1;
+  add(first, std::min(count, until_wrap));
+  add(first + until_wrap, count - until_wrap);
+  return n;
 }
 
 namespace {

@@ -1,14 +1,28 @@
-// Per-layer K/V storage addressed by (sequence slot, position).
-// Layout per layer: K and V each [n_seq][n_ctx][n_kv_head * head_dim] of the cache
-// type (f16 by default, f32 on request), so a sequence's keys for one layer are one
-// contiguous run of positions.
+// Per-layer K/V storage that keeps only what each layer can see.
+//
+// Each layer has an attention kind:
+//   global        position p sees 0..p; the layer stores n_ctx positions.
+//   window W      p sees the last W positions (p-W+1..p): a ring of W + n_batch - 1 slots,
+//                 position p in slot p % ring. The extra n_batch - 1 slots let a batch of
+//                 n_batch new tokens be written before any of them attends, without
+//                 evicting what the batch's first token still sees.
+//   sinks S + W   p sees positions 0..S-1 (kept forever: the "attention sinks" of
+//                 StreamingLLM, Xiao et al. 2023) and the last W positions: S fixed slots,
+//                 then a ring as for a window.
+// Layout per layer: K and V each [n_seq][slots][kv_dim] of the cache type (f16 by
+// default, f32 on request). A cache whose layers are all windowed has no position
+// limit: a stream can run past n_ctx (and past the model's trained context) with
+// bounded memory.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
+
+#include "core/status.h"
 
 namespace peregrine {
 
@@ -16,42 +30,85 @@ enum class KvType { F32, F16 };
 std::string_view kv_type_name(KvType t);
 std::optional<KvType> parse_kv_type(std::string_view name);
 
+struct AttnKind {
+  enum class Type { Global, Window, SinksWindow };
+  Type type = Type::Global;
+  int64_t window = 0;  // W (Window, SinksWindow)
+  int64_t sinks = 0;   // S (SinksWindow)
+
+  static AttnKind global() { return {}; }
+  static AttnKind sliding(int64_t w) { return {Type::Window, w, 0}; }
+  static AttnKind sinks_window(int64_t s, int64_t w) { return {Type::SinksWindow, w, s}; }
+  bool windowed() const { return type != Type::Global; }
+  std::string describe() const;  // "global", "window 512", "sinks 4 + window 1020"
+  // Positions p sees: [0, min(p+1, sinks)) and [max(sinks, p-W+1), p]; global: [0, p].
+  int64_t first_recent(int64_t p) const;
+};
+
 struct KvShape {
   int64_t n_layer = 0;
-  int64_t n_ctx = 0;      // positions per sequence
+  int64_t n_ctx = 0;      // positions per sequence for global layers
   int64_t n_seq = 1;      // sequence slots
   int64_t kv_dim = 0;     // n_kv_head * head_dim
   KvType type = KvType::F16;
+  std::vector<AttnKind> kinds;  // per layer; empty: all global
+  int64_t n_batch = 512;        // most tokens of one sequence written by one forward pass
 
   size_t elem_bytes() const { return type == KvType::F16 ? 2 : 4; }
-  // K and V of every layer for one position.
+  const AttnKind& kind(int64_t layer) const;
+  // Slots a layer keeps per sequence.
+  int64_t slots(int64_t layer) const;
+  // Checks the kinds against n_layer and n_ctx (windows must be positive and fit the context
+  // when the cache is bounded by global layers; sinks non-negative).
+  Status validate() const;
+  // True when no layer is global: positions are not bounded by n_ctx.
+  bool unbounded() const;
+  bool any_windowed() const;
+  // Bytes of K and V for all layers and sequences.
+  size_t bytes() const;
+  // K and V bytes one position adds to a global layer, summed over layers (what a dense
+  // cache would cost per token).
   int64_t bytes_per_token() const { return 2 * n_layer * kv_dim * int64_t(elem_bytes()); }
+};
+
+// A run of visible positions whose rows lie `stride` elements apart.
+struct KvSpan {
+  const void* k;
+  const void* v;
+  int64_t n;
+  int64_t first_pos;  // position of the first row
 };
 
 class KvCache {
  public:
-  explicit KvCache(const KvShape& shape);
+  explicit KvCache(const KvShape& shape);  // the shape must validate()
 
   const KvShape& shape() const { return shape_; }
   KvType type() const { return shape_.type; }
-  size_t bytes() const { return k_.size() + v_.size(); }
+  size_t bytes() const { return data_.size(); }
 
   // Writes one position's K and V rows (kv_dim floats each), converting to the cache type.
   void store(int64_t layer, int64_t seq, int64_t pos, const float* k, const float* v);
 
-  // Raw rows: f32 or f16 values as the type says.
-  const void* k(int64_t layer, int64_t seq, int64_t pos) const { return k_.data() + offset(layer, seq, pos); }
-  const void* v(int64_t layer, int64_t seq, int64_t pos) const { return v_.data() + offset(layer, seq, pos); }
+  // The positions token (seq, pos) of a layer attends to, as at most 3 runs of rows
+  // (sinks, then the window, which may wrap around its ring). Rows are kv_dim elements
+  // apart. Every position of the batch up to pos must have been stored.
+  int spans(int64_t layer, int64_t seq, int64_t pos, KvSpan out[3]) const;
+
+  // Raw rows of a position the layer still holds (f32 or f16 as the type says).
+  const void* k(int64_t layer, int64_t seq, int64_t pos) const { return data_.data() + offset(layer, seq, pos, 0); }
+  const void* v(int64_t layer, int64_t seq, int64_t pos) const { return data_.data() + offset(layer, seq, pos, 1); }
   // One value as float (tests and debugging).
   float k_at(int64_t layer, int64_t seq, int64_t pos, int64_t i) const;
   float v_at(int64_t layer, int64_t seq, int64_t pos, int64_t i) const;
 
  private:
-  size_t offset(int64_t layer, int64_t seq, int64_t pos) const {
-    return size_t(((layer * shape_.n_seq + seq) * shape_.n_ctx + pos) * shape_.kv_dim) * shape_.elem_bytes();
-  }
+  int64_t slot(int64_t layer, int64_t pos) const;
+  size_t offset(int64_t layer, int64_t seq, int64_t pos, int kv) const;
   KvShape shape_;
-  std::vector<uint8_t> k_, v_;
+  std::vector<int64_t> slots_;       // per layer
+  std::vector<size_t> layer_base_;   // byte offset of each layer's K block (V follows)
+  std::vector<uint8_t> data_;
 };
 
 }  // namespace peregrine

@@ -12,13 +12,20 @@ int64_t Batch::n_logits() const {
   return n;
 }
 
-KvShape Model::kv_shape(int64_t n_ctx, int64_t n_seq, KvType type) const {
-  return KvShape{hp_.n_layer, n_ctx, n_seq, hp_.n_head_kv * hp_.head_dim, type};
+KvShape Model::kv_shape(int64_t n_ctx, int64_t n_seq, KvType type, const AttnKind& global_override,
+                        int64_t n_batch) const {
+  std::vector<AttnKind> kinds = attn_kinds();
+  for (AttnKind& k : kinds)
+    if (!k.windowed()) k = global_override;
+  return KvShape{hp_.n_layer, n_ctx, n_seq, hp_.n_head_kv * hp_.head_dim, type, std::move(kinds), n_batch};
 }
 
 Status Model::check_batch(const Batch& b, const KvCache& cache) const {
   const int64_t n = b.size();
   if (n == 0) return make_error("empty batch");
+  if (cache.shape().any_windowed() && n > cache.shape().n_batch)
+    return make_error("batch of {} tokens is larger than the window cache allows ({})", n,
+                      cache.shape().n_batch);
   if (int64_t(b.pos.size()) != n || int64_t(b.seq.size()) != n || int64_t(b.want_logits.size()) != n)
     return make_error("batch arrays differ in length");
   const KvShape& s = cache.shape();
@@ -28,7 +35,7 @@ Status Model::check_batch(const Batch& b, const KvCache& cache) const {
     if (b.tokens[i] < 0 || b.tokens[i] >= hp_.n_vocab)
       return make_error("token id {} at batch index {} is outside the vocabulary (0..{})",
                         b.tokens[i], i, hp_.n_vocab - 1);
-    if (b.pos[i] < 0 || b.pos[i] >= s.n_ctx)
+    if (b.pos[i] < 0 || (!s.unbounded() && b.pos[i] >= s.n_ctx))
       return make_error("position {} at batch index {} is outside the context (0..{})", b.pos[i],
                         i, s.n_ctx - 1);
     if (b.seq[i] < 0 || b.seq[i] >= s.n_seq)

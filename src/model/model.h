@@ -62,7 +62,18 @@ class Model {
   // sequence ids give an error and leave the cache unchanged.
   virtual Status forward(const Batch& batch, KvCache& cache, std::vector<float>& logits) = 0;
 
-  KvShape kv_shape(int64_t n_ctx, int64_t n_seq, KvType type = KvType::F16) const;
+  // The cache this model needs for n_ctx positions and n_seq sequences. Each layer gets
+  // the model's own attention kind (window layers of Gemma 3, say); `global_override`
+  // replaces the kind of the global layers (e.g. sinks + window for a llama model).
+  // n_batch: the most tokens of one sequence a forward pass writes.
+  KvShape kv_shape(int64_t n_ctx, int64_t n_seq, KvType type = KvType::F16,
+                   const AttnKind& global_override = AttnKind::global(), int64_t n_batch = 512) const;
+  // Whether forward() can run with this cache (attention kinds it supports).
+  virtual Status check_kv(const KvShape&) const { return Status::Ok(); }
+  // Per-layer attention kinds from the model's metadata (default: all global).
+  virtual std::vector<AttnKind> attn_kinds() const {
+    return std::vector<AttnKind>(size_t(hp_.n_layer), AttnKind::global());
+  }
   // Weight bytes actually used by the model.
   virtual size_t weight_bytes() const = 0;
 

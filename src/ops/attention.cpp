@@ -3,11 +3,57 @@
 #include <algorithm>
 #include <cmath>
 #include <iterator>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "quant/fp16.h"
 
 namespace peregrine {
+namespace {
+
+constexpr int64_t kMaxSinks = 64;  // sink keys re-rotated per task live on the stack
+constexpr int64_t kMaxHeadDim = 256;
+
+// Rotates `n` key rows of one head by `shift` positions (adjacent pairs), reading rows
+// `stride` elements apart of type T and writing them densely into out (same type).
+template <class T>
+void rerotate(const T* k, int64_t stride, int64_t n, int64_t hd, int64_t rot_dim, float base,
+              int64_t shift, T* out) {
+  for (int64_t i = 0; i < rot_dim; i += 2) {
+    const double theta = double(shift) * std::pow(double(base), -double(i) / double(rot_dim));
+    const float c = float(std::cos(theta)), s = float(std::sin(theta));
+    for (int64_t j = 0; j < n; ++j) {
+      const T* r = k + j * stride;
+      float a, b;
+      if constexpr (std::is_same_v<T, float>) {
+        a = r[i];
+        b = r[i + 1];
+        out[j * hd + i] = a * c - b * s;
+        out[j * hd + i + 1] = a * s + b * c;
+      } else {
+        a = fp16_to_f32(r[i]);
+        b = fp16_to_f32(r[i + 1]);
+        out[j * hd + i] = f32_to_fp16(a * c - b * s);
+        out[j * hd + i + 1] = f32_to_fp16(a * s + b * c);
+      }
+    }
+  }
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = rot_dim; i < hd; ++i) out[j * hd + i] = k[j * stride + i];
+}
+
+}  // namespace
+
+Status check_attention(const KvShape& kv, const AttentionShape& s) {
+  for (int64_t l = 0; l < kv.n_layer; ++l) {
+    const AttnKind& k = kv.kind(l);
+    if (k.type == AttnKind::Type::SinksWindow && k.sinks > kMaxSinks)
+      return make_error("{} attention sinks: at most {} are supported", k.sinks, kMaxSinks);
+  }
+  if (s.head_dim > kMaxHeadDim * kAttnMaxQ) return make_error("head dimension {} is too large", s.head_dim);
+  return Status::Ok();
+}
 
 void attention(const float* q, const int32_t* pos, const int32_t* seq, int64_t n_tok,
                const KvCache& cache, int64_t layer, const AttentionShape& s, float* out,
@@ -16,19 +62,42 @@ void attention(const float* q, const int32_t* pos, const int32_t* seq, int64_t n
   const KernelTable& ref = scalar_kernels();
   const int64_t hd = s.head_dim, group = s.n_head / s.n_head_kv, kv_dim = s.n_head_kv * hd;
   const bool simd = hd % k.attn_hd_multiple == 0;
-  const KernelTable::Attend16 attend_f16 = simd && k.attend_f16 ? k.attend_f16 : ref.attend_f16;
-  const KernelTable::Attend32 attend_f32 = simd && k.attend_f32 ? k.attend_f32 : ref.attend_f32;
   const bool f16 = cache.type() == KvType::F16;
+  const KernelTable::Attend16 attend =
+      f16 ? (simd && k.attend_f16 ? k.attend_f16 : ref.attend_f16)
+          : (simd && k.attend_f32 ? k.attend_f32 : ref.attend_f32);
+  const AttnKind& kind = cache.shape().kind(layer);
+  const size_t elem = cache.shape().elem_bytes();
   // One task per (token, KV head): the query heads of a GQA group read each K and V
   // row once between them.
   pool.parallel_for(n_tok * s.n_head_kv, [&](int64_t task, int) {
     const int64_t t = task / s.n_head_kv, hk = task % s.n_head_kv;
-    const int64_t n = int64_t(pos[t]) + 1;
+    KvSpan spans[3];
+    const int n_spans = cache.spans(layer, seq[t], pos[t], spans);
+    AttnRows runs[3];
+    for (int r = 0; r < n_spans; ++r)
+      runs[r] = {static_cast<const uint8_t*>(spans[r].k) + size_t(hk * hd) * elem,
+                 static_cast<const uint8_t*>(spans[r].v) + size_t(hk * hd) * elem, spans[r].n,
+                 kv_dim, kv_dim};
+    // StreamingLLM positions: the sinks move up to just before the window.
+    alignas(64) float sink_keys[kMaxSinks * kMaxHeadDim];
+    const int64_t shift = kind.type == AttnKind::Type::SinksWindow ? kind.first_recent(pos[t]) - kind.sinks : 0;
+    if (shift > 0 && s.rope_dim > 0 && n_spans > 0 && spans[0].first_pos == 0 && hd <= kMaxHeadDim) {
+      const int64_t n = spans[0].n;
+      if (f16)
+        rerotate(static_cast<const uint16_t*>(runs[0].k), kv_dim, n, hd, s.rope_dim, s.rope_base,
+                 shift, reinterpret_cast<uint16_t*>(sink_keys));
+      else
+        rerotate(static_cast<const float*>(runs[0].k), kv_dim, n, hd, s.rope_dim, s.rope_base,
+                 shift, sink_keys);
+      runs[0].k = sink_keys;
+      runs[0].k_stride = hd;
+    }
     for (int64_t h0 = 0; h0 < group; h0 += kAttnMaxQ) {
       const int64_t nq = std::min(kAttnMaxQ, group - h0);
       const int64_t head = hk * group + h0;
       const float* qh = q + (t * s.n_head + head) * hd;  // [nq, hd]
-      float qs[kAttnMaxQ * 256];
+      float qs[kAttnMaxQ * kMaxHeadDim];
       std::vector<float> q_big;  // head_dim > 256: rare, allowed to allocate
       float* qscaled = qs;
       if (nq * hd > int64_t(std::size(qs))) {
@@ -36,16 +105,7 @@ void attention(const float* q, const int32_t* pos, const int32_t* seq, int64_t n
         qscaled = q_big.data();
       }
       for (int64_t i = 0; i < nq * hd; ++i) qscaled[i] = qh[i] * s.scale;
-      float* o = out + (t * s.n_head + head) * hd;
-      if (f16) {
-        const auto* kr = static_cast<const uint16_t*>(cache.k(layer, seq[t], 0)) + hk * hd;
-        const auto* vr = static_cast<const uint16_t*>(cache.v(layer, seq[t], 0)) + hk * hd;
-        attend_f16(qscaled, nq, hd, kr, vr, kv_dim, n, o);
-      } else {
-        const auto* kr = static_cast<const float*>(cache.k(layer, seq[t], 0)) + hk * hd;
-        const auto* vr = static_cast<const float*>(cache.v(layer, seq[t], 0)) + hk * hd;
-        attend_f32(qscaled, nq, hd, kr, vr, kv_dim, n, o);
-      }
+      attend(qscaled, nq, hd, runs, n_spans, out + (t * s.n_head + head) * hd);
     }
   });
 }

@@ -57,7 +57,7 @@ void register_chat(CLI::App& app) {
       if (line.empty()) continue;
       msgs.push_back({"user", line});
       std::vector<TokenId> prompt = prompt_tokens(tok, tpl.render(msgs, true));
-      if (int64_t(prompt.size()) >= session->n_ctx()) {
+      if (!session->unbounded() && int64_t(prompt.size()) >= session->n_ctx()) {
         std::fprintf(stderr, "error: the conversation no longer fits in the context (%lld tokens); "
                      "use /reset or raise -c\n", (long long)session->n_ctx());
         msgs.pop_back();

@@ -1,6 +1,9 @@
 // peregrine perplexity -f FILE: perplexity over non-overlapping windows of -c tokens.
 // Each window starts from an empty cache; every token after the window's first is
-// scored. The last stdout line is "PPL = <value>".
+// scored. With --stream the whole text is one sequence fed -b tokens at a time, every
+// token after the first scored: with --attn-sinks/--attn-window it runs past the context
+// on a fixed KV budget. The last stdout line is "PPL = <value>".
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -17,12 +20,17 @@ void register_perplexity(CLI::App& app) {
     ModelOptions model;
     std::string file;
     int64_t max_windows = 0;
+    bool stream = false;
+    int64_t max_tokens = 0;
   };
   auto o = std::make_shared<Opts>();
   o->model.ctx = 512;
   CLI::App* cmd = app.add_subcommand("perplexity", "Perplexity of a text file");
   cmd->add_option("-f,--file", o->file, "Text file")->required();
   cmd->add_option("--chunks", o->max_windows, "Score at most this many windows (0 = all)")
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 30));
+  cmd->add_flag("--stream", o->stream, "Score the text as one stream instead of windows");
+  cmd->add_option("--max-tokens", o->max_tokens, "With --stream: score at most this many tokens (0 = all)")
       ->check(CLI::Range(int64_t(0), int64_t(1) << 30));
   add_model_options(cmd, o->model);
   cmd->callback([o] {
@@ -37,6 +45,49 @@ void register_perplexity(CLI::App& app) {
     // Plain text: special-token strings in the file are just text.
     std::vector<TokenId> tokens = tok.encode(text, false);
     const int64_t c = o->model.ctx, n_vocab = session->model().hparams().n_vocab;
+    // -log p(target | logits row)
+    auto token_nll = [n_vocab](const float* l, TokenId target) {
+      float mx = l[0];
+      for (int64_t j = 1; j < n_vocab; ++j) mx = std::max(mx, l[j]);
+      double sum = 0.0;
+      for (int64_t j = 0; j < n_vocab; ++j) sum += std::exp(double(l[j] - mx));
+      return std::log(sum) + mx - l[target];
+    };
+    if (o->stream) {
+      std::vector<TokenId> seq;
+      if (tok.add_bos()) seq.push_back(tok.bos());
+      seq.insert(seq.end(), tokens.begin(), tokens.end());
+      if (o->max_tokens > 0 && int64_t(seq.size()) > o->max_tokens + 1) seq.resize(size_t(o->max_tokens + 1));
+      if (seq.size() < 2) fail(fmt::format("{}: too few tokens to score", o->file));
+      if (!session->unbounded() && int64_t(seq.size()) > session->n_ctx())
+        fail(fmt::format("{}: {} tokens do not fit in the context of {}: raise -c or use "
+                         "--attn-window", o->file, seq.size(), session->n_ctx()));
+      std::fprintf(stderr, "%zu tokens as one stream, attention: %s\n", seq.size(),
+                   session->cache().shape().kind(0).describe().c_str());
+      const int64_t b = o->model.batch;
+      std::vector<float> logits;
+      std::vector<float> prev(static_cast<size_t>(n_vocab));
+      double nll = 0.0;
+      int64_t count = 0, next_report = 1024;
+      for (int64_t start = 0; start < int64_t(seq.size()); start += b) {
+        const int64_t end = std::min<int64_t>(int64_t(seq.size()), start + b);
+        check(session->eval(std::span<const TokenId>(seq.data() + start, size_t(end - start)), true, logits));
+        for (int64_t i = start; i < end; ++i) {
+          if (i > 0) {
+            nll += token_nll(i == start ? prev.data() : logits.data() + (i - 1 - start) * n_vocab, seq[size_t(i)]);
+            ++count;
+          }
+        }
+        std::copy_n(logits.data() + (end - 1 - start) * n_vocab, n_vocab, prev.data());
+        if (count >= next_report || end == int64_t(seq.size())) {
+          std::printf("[%lld tokens] %.4f\n", (long long)count, std::exp(nll / double(count)));
+          std::fflush(stdout);
+          while (next_report <= count) next_report += 1024;
+        }
+      }
+      std::printf("PPL = %.4f\n", std::exp(nll / double(count)));
+      return;
+    }
     // With add_bos the window's first slot is BOS and c-1 text tokens follow.
     const int64_t per_window = tok.add_bos() ? c - 1 : c;
     int64_t n_windows = int64_t(tokens.size()) / per_window;
@@ -56,12 +107,7 @@ void register_perplexity(CLI::App& app) {
       check(session->eval(win, true, logits));
       const int64_t first = tok.add_bos() ? 1 : 0;  // score real text tokens only
       for (int64_t i = std::max<int64_t>(first, 1); i < int64_t(win.size()); ++i) {
-        const float* l = logits.data() + (i - 1) * n_vocab;
-        float mx = l[0];
-        for (int64_t j = 1; j < n_vocab; ++j) mx = std::max(mx, l[j]);
-        double sum = 0.0;
-        for (int64_t j = 0; j < n_vocab; ++j) sum += std::exp(double(l[j] - mx));
-        nll += std::log(sum) + mx - l[win[size_t(i)]];
+        nll += token_nll(logits.data() + (i - 1) * n_vocab, win[size_t(i)]);
         ++count;
       }
       std::printf("[%lld] %.4f\n", (long long)(w + 1), std::exp(nll / double(count)));

@@ -42,7 +42,7 @@ void register_run(CLI::App& app) {
     }
     std::vector<TokenId> prompt = prompt_tokens(tok, text);
     if (prompt.empty()) fail("the prompt is empty");
-    if (int64_t(prompt.size()) >= session->n_ctx())
+    if (!session->unbounded() && int64_t(prompt.size()) >= session->n_ctx())
       fail(fmt::format("the prompt has {} tokens but the context holds {} (raise -c)",
                        prompt.size(), session->n_ctx()));
     Sampler sampler(o->sampler);

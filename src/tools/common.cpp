@@ -18,6 +18,12 @@ void add_model_options(CLI::App* cmd, ModelOptions& o, bool with_ctx) {
   cmd->add_option("--kv-type", o.kv_type, "KV cache element type")
       ->capture_default_str()
       ->check(CLI::IsMember({"f16", "f32"}));
+  cmd->add_option("--attn-window", o.attn_window,
+                  "Attend to the last W positions only (0 = the model's own attention)")
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 20));
+  cmd->add_option("--attn-sinks", o.attn_sinks,
+                  "With --attn-window: also keep the first S positions (attention sinks)")
+      ->check(CLI::Range(int64_t(0), int64_t(64)));
 }
 
 void add_sampler_options(CLI::App* cmd, SamplerOptions& o) {
@@ -35,7 +41,12 @@ void add_sampler_options(CLI::App* cmd, SamplerOptions& o) {
 
 std::unique_ptr<Session> open_session(const ModelOptions& o) {
   std::string path = check(resolve_model(o.model));
-  return check(Session::open(path, {o.threads, o.ctx, o.batch, *parse_kv_type(o.kv_type)}));
+  if (o.attn_sinks > 0 && o.attn_window == 0) fail("--attn-sinks needs --attn-window");
+  SessionOptions so{o.threads, o.ctx, o.batch, *parse_kv_type(o.kv_type)};
+  if (o.attn_window > 0)
+    so.attention = o.attn_sinks > 0 ? AttnKind::sinks_window(o.attn_sinks, o.attn_window)
+                                    : AttnKind::sliding(o.attn_window);
+  return check(Session::open(path, so));
 }
 
 std::vector<TokenId> prompt_tokens(const Tokenizer& tok, const std::string& text) {

@@ -19,9 +19,11 @@ struct ModelOptions {
   int64_t ctx = 0;
   int64_t batch = 512;
   std::string kv_type = "f16";
+  int64_t attn_sinks = 0;   // with attn_window: StreamingLLM sinks + window
+  int64_t attn_window = 0;  // 0: the model's own attention
 };
 
-// -m, -t, -c, -b
+// -m, -t, -c, -b, --kv-type, --attn-sinks, --attn-window
 void add_model_options(CLI::App* cmd, ModelOptions& o, bool with_ctx = true);
 // --temp, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --seed
 void add_sampler_options(CLI::App* cmd, SamplerOptions& o);

@@ -403,3 +403,41 @@ def test_bench_json(ok, model_path, describe, shape):
         if n:
             assert j[key]["n"] == n and j[key]["tps_mean"] > 0 and j[key]["tps_sd"] >= 0, describe(r)
     assert j["threads"] == 2 and j["peak_rss_mib"] > j["weights_mib"] > 50, describe(r)
+
+
+# --- attention sinks and windows (StreamingLLM) --------------------------------------------
+
+def _ppl(r) -> float:
+    m = re.fullmatch(r"PPL = ([0-9.]+)", r.stdout.strip().splitlines()[-1])
+    assert m, r.stdout
+    return float(m.group(1))
+
+
+def test_stream_perplexity_sinks_window(ok, model_path, describe):
+    """The StreamingLLM shape on 1,200 tokens of GPL-3 with an attention span of 128: the plain
+    window (first tokens evicted) is much worse than dense attention; 4 sinks bring it back
+    close. Dense in stream mode also equals the windowed evaluation (one window of the file)."""
+    if not GPL3.is_file():
+        pytest.skip(f"{GPL3} not present")
+    run = lambda *a: _ppl(ok("perplexity", "-m", model_path, *T, "-f", GPL3, "--stream",
+                             "--max-tokens", "1200", "-b", "64", *a))
+    dense = run("-c", "1280")
+    window = run("--attn-window", "128", "-c", "1280")
+    sinks = run("--attn-sinks", "4", "--attn-window", "124", "-c", "1280")
+    assert window > 1.3 * dense, f"window-only {window} should degrade against dense {dense}"
+    assert sinks < 1.15 * dense, f"sinks+window {sinks} should stay close to dense {dense}"
+    assert sinks < window
+
+
+def test_stream_runs_past_the_context(ok, model_path, describe):
+    """With only windowed layers the stream is not bounded by -c: 700 tokens through -c 256."""
+    if not GPL3.is_file():
+        pytest.skip(f"{GPL3} not present")
+    r = ok("perplexity", "-m", model_path, *T, "-f", GPL3, "--stream", "--max-tokens", "700",
+           "-b", "32", "-c", "256", "--attn-sinks", "4", "--attn-window", "200")
+    assert "[700 tokens]" in r.stdout, describe(r)
+    assert 1.0 < _ppl(r) < 200.0, describe(r)
+    # Generation past -c too.
+    g = ok("run", "-m", model_path, *T, "-c", "64", "-b", "16", "--attn-sinks", "4",
+           "--attn-window", "32", "-p", "Once upon a time", "-n", "100", "--temp", "0")
+    assert "generation: 100 tokens" in g.stderr, describe(g)

@@ -334,3 +334,15 @@ def test_run_by_name_when_pull_fails(cli, describe, pull_env, model_path):
 
 def test_pull_unknown_model(cli, describe, pull_env):
     assert_error(cli("pull", "nosuch", env=pull_env), describe, "nosuch")
+
+
+@pytest.mark.parametrize("args, contains", [
+    (("--attn-sinks", "4"), "--attn-window"),                        # sinks without a window
+    (("--attn-window", "600", "-c", "512"), "larger than the context"),
+    (("--attn-sinks", "8", "--attn-window", "508", "-c", "512"), "larger than the context"),
+    (("--attn-sinks", "65", "--attn-window", "100"), "--attn-sinks"),  # over the supported 64
+    (("--attn-window", "-3"), "--attn-window"),
+])
+def test_attention_options_bad_input(cli, model_path, describe, args, contains):
+    r = cli("run", "-m", model_path, *T, "-p", "hi", "-n", "1", *args)
+    assert_error(r, describe, contains)

@@ -2,6 +2,7 @@
 // lengths that are not multiples of the vector width.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -290,14 +291,25 @@ TEST(Kernels, AttendMatchesScalar) {
             kh[i] = f32_to_fp16(kf[i]);
             vh[i] = f32_to_fp16(vf[i]);
           }
+          // Two runs (a wrap-around ring gives two), split at n/3.
+          const int64_t n0 = n / 3;
+          auto runs_of = [&](const void* k, const void* v, size_t elem) {
+            auto* kb = static_cast<const uint8_t*>(k);
+            auto* vb = static_cast<const uint8_t*>(v);
+            return std::array<AttnRows, 2>{
+                AttnRows{kb, vb, n0, stride, stride},
+                AttnRows{kb + size_t(n0 * stride) * elem, vb + size_t(n0 * stride) * elem, n - n0, stride, stride}};
+          };
           std::vector<float> ref(size_t(nq * hd)), got(ref.size());
-          scalar_kernels().attend_f16(q.data(), nq, hd, kh.data(), vh.data(), stride, n, ref.data());
-          t->attend_f16(q.data(), nq, hd, kh.data(), vh.data(), stride, n, got.data());
+          auto r16 = runs_of(kh.data(), vh.data(), 2);
+          scalar_kernels().attend_f16(q.data(), nq, hd, r16.data(), 2, ref.data());
+          t->attend_f16(q.data(), nq, hd, r16.data(), 2, got.data());
           for (size_t i = 0; i < ref.size(); ++i)
             ASSERT_NEAR(got[i], ref[i], 2e-5f + 2e-5f * std::fabs(ref[i]))
                 << isa_name(t->isa) << " f16 hd=" << hd << " nq=" << nq << " n=" << n << " i=" << i;
-          scalar_kernels().attend_f32(q.data(), nq, hd, kf.data(), vf.data(), stride, n, ref.data());
-          t->attend_f32(q.data(), nq, hd, kf.data(), vf.data(), stride, n, got.data());
+          auto r32 = runs_of(kf.data(), vf.data(), 4);
+          scalar_kernels().attend_f32(q.data(), nq, hd, r32.data(), 2, ref.data());
+          t->attend_f32(q.data(), nq, hd, r32.data(), 2, got.data());
           for (size_t i = 0; i < ref.size(); ++i)
             ASSERT_NEAR(got[i], ref[i], 2e-5f + 2e-5f * std::fabs(ref[i]))
                 << isa_name(t->isa) << " f32 hd=" << hd << " nq=" << nq << " n=" << n << " i=" << i;

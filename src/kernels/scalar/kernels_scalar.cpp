@@ -150,36 +150,40 @@ void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_
 // Online softmax over tiles of kAttnTile positions: per query a running max m, sum l
 // and unnormalised output o; each tile rescales them by exp(m_old - m_new).
 template <class KV, float (*Load)(KV)>
-void attend(const float* q, int64_t nq, int64_t hd, const KV* k, const KV* v, int64_t stride,
-            int64_t n, float* out) {
+void attend(const float* q, int64_t nq, int64_t hd, const AttnRows* runs, int n_runs, float* out) {
   float m[kAttnMaxQ], l[kAttnMaxQ], p[kAttnMaxQ][kAttnTile];
   for (int64_t i = 0; i < nq; ++i) {
     m[i] = -INFINITY;
     l[i] = 0.0f;
     std::fill(out + i * hd, out + (i + 1) * hd, 0.0f);
   }
-  for (int64_t j0 = 0; j0 < n; j0 += kAttnTile) {
-    const int64_t nt = std::min(kAttnTile, n - j0);
-    for (int64_t i = 0; i < nq; ++i) {
-      float tile_max = -INFINITY;
-      for (int64_t j = 0; j < nt; ++j) {
-        const KV* kr = k + (j0 + j) * stride;
-        float s = 0.0f;
-        for (int64_t d = 0; d < hd; ++d) s += q[i * hd + d] * Load(kr[d]);
-        p[i][j] = s;
-        tile_max = std::max(tile_max, s);
-      }
-      const float m_new = std::max(m[i], tile_max);
-      const float corr = std::exp(m[i] - m_new);  // 0 on the first tile
-      float sum = 0.0f;
-      for (int64_t j = 0; j < nt; ++j) sum += (p[i][j] = std::exp(p[i][j] - m_new));
-      l[i] = l[i] * corr + sum;
-      m[i] = m_new;
-      float* o = out + i * hd;
-      for (int64_t d = 0; d < hd; ++d) o[d] *= corr;
-      for (int64_t j = 0; j < nt; ++j) {
-        const KV* vr = v + (j0 + j) * stride;
-        for (int64_t d = 0; d < hd; ++d) o[d] += p[i][j] * Load(vr[d]);
+  for (int r = 0; r < n_runs; ++r) {
+    const KV* k = static_cast<const KV*>(runs[r].k);
+    const KV* v = static_cast<const KV*>(runs[r].v);
+    const int64_t n = runs[r].n, ks = runs[r].k_stride, vs = runs[r].v_stride;
+    for (int64_t j0 = 0; j0 < n; j0 += kAttnTile) {
+      const int64_t nt = std::min(kAttnTile, n - j0);
+      for (int64_t i = 0; i < nq; ++i) {
+        float tile_max = -INFINITY;
+        for (int64_t j = 0; j < nt; ++j) {
+          const KV* kr = k + (j0 + j) * ks;
+          float s = 0.0f;
+          for (int64_t d = 0; d < hd; ++d) s += q[i * hd + d] * Load(kr[d]);
+          p[i][j] = s;
+          tile_max = std::max(tile_max, s);
+        }
+        const float m_new = std::max(m[i], tile_max);
+        const float corr = std::exp(m[i] - m_new);  // 0 on the first tile
+        float sum = 0.0f;
+        for (int64_t j = 0; j < nt; ++j) sum += (p[i][j] = std::exp(p[i][j] - m_new));
+        l[i] = l[i] * corr + sum;
+        m[i] = m_new;
+        float* o = out + i * hd;
+        for (int64_t d = 0; d < hd; ++d) o[d] *= corr;
+        for (int64_t j = 0; j < nt; ++j) {
+          const KV* vr = v + (j0 + j) * vs;
+          for (int64_t d = 0; d < hd; ++d) o[d] += p[i][j] * Load(vr[d]);
+        }
       }
     }
   }

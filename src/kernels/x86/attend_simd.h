@@ -18,8 +18,8 @@ namespace {  // NOLINT: internal linkage in a header, see x86_common.h
 constexpr int64_t kAttnQueryChunk = 4;
 
 template <class V, class KV>
-void attend_simd(const float* q, int64_t nq, int64_t hd, const KV* k, const KV* v, int64_t stride,
-                 int64_t n, float* out) {
+void attend_simd(const float* q, int64_t nq, int64_t hd, const AttnRows* runs, int n_runs,
+                 float* out) {
   using Reg = typename V::Reg;
   constexpr int64_t L = V::kLanes;
   const int64_t nc = hd / L;  // registers per head row
@@ -30,61 +30,66 @@ void attend_simd(const float* q, int64_t nq, int64_t hd, const KV* k, const KV* 
     l[i] = 0.0f;
     std::fill(out + i * hd, out + (i + 1) * hd, 0.0f);
   }
-  for (int64_t j0 = 0; j0 < n; j0 += kAttnTile) {
-    const int64_t nt = std::min(kAttnTile, n - j0);
-    // Scores p[i][j] = q_i . k_j
-    for (int64_t j = 0; j < nt; ++j) {
-      const KV* kr = k + (j0 + j) * stride;
-      for (int64_t i0 = 0; i0 < nq; i0 += kAttnQueryChunk) {
-        const int64_t ni = std::min(kAttnQueryChunk, nq - i0);
-        Reg acc[kAttnQueryChunk];
-        for (int64_t ii = 0; ii < kAttnQueryChunk; ++ii) acc[ii] = V::zero();
-        for (int64_t c = 0; c < nc; ++c) {
-          const Reg kv = V::load(kr + c * L);
-          for (int64_t ii = 0; ii < ni; ++ii)
-            acc[ii] = V::fma(V::load(q + (i0 + ii) * hd + c * L), kv, acc[ii]);
+  for (int r = 0; r < n_runs; ++r) {
+    const KV* k = static_cast<const KV*>(runs[r].k);
+    const KV* v = static_cast<const KV*>(runs[r].v);
+    const int64_t n = runs[r].n, k_stride = runs[r].k_stride, v_stride = runs[r].v_stride;
+    for (int64_t j0 = 0; j0 < n; j0 += kAttnTile) {
+      const int64_t nt = std::min(kAttnTile, n - j0);
+      // Scores p[i][j] = q_i . k_j
+      for (int64_t j = 0; j < nt; ++j) {
+        const KV* kr = k + (j0 + j) * k_stride;
+        for (int64_t i0 = 0; i0 < nq; i0 += kAttnQueryChunk) {
+          const int64_t ni = std::min(kAttnQueryChunk, nq - i0);
+          Reg acc[kAttnQueryChunk];
+          for (int64_t ii = 0; ii < kAttnQueryChunk; ++ii) acc[ii] = V::zero();
+          for (int64_t c = 0; c < nc; ++c) {
+            const Reg kv = V::load(kr + c * L);
+            for (int64_t ii = 0; ii < ni; ++ii)
+              acc[ii] = V::fma(V::load(q + (i0 + ii) * hd + c * L), kv, acc[ii]);
+          }
+          for (int64_t ii = 0; ii < ni; ++ii) p[i0 + ii][j] = V::reduce_add(acc[ii]);
         }
-        for (int64_t ii = 0; ii < ni; ++ii) p[i0 + ii][j] = V::reduce_add(acc[ii]);
       }
-    }
-    // Softmax step per query: rescale the running state to the new maximum.
-    for (int64_t i = 0; i < nq; ++i) {
-      float tile_max = -INFINITY;
-      for (int64_t j = 0; j < nt; ++j) tile_max = std::max(tile_max, p[i][j]);
-      const float m_new = std::max(m[i], tile_max);
-      const float corr = std::exp(m[i] - m_new);  // 0 on the first tile
-      float sum = 0.0f;
-      int64_t j = 0;
-      for (; j + L <= nt; j += L) {
-        const Reg e = V::exp(V::sub(V::load(&p[i][j]), V::set1(m_new)));
-        V::store(&p[i][j], e);
-        sum += V::reduce_add(e);
-      }
-      if (j < nt) {  // the tail through the same vector exp (p rows are padded to kAttnTile)
-        alignas(64) float tail[V::kLanes] = {};
-        std::copy(&p[i][j], &p[i][nt], tail);
-        const Reg e = V::exp(V::sub(V::load(tail), V::set1(m_new)));
-        V::store(tail, e);
-        for (int64_t jj = j; jj < nt; ++jj) sum += (p[i][jj] = tail[jj - j]);
-      }
-      l[i] = l[i] * corr + sum;
-      m[i] = m_new;
-      if (corr != 1.0f) {
-        float* o = out + i * hd;
-        for (int64_t c = 0; c < nc; ++c) V::store(o + c * L, V::mul(V::load(o + c * L), V::set1(corr)));
-      }
-    }
-    // out_i += sum_j p[i][j] v_j
-    for (int64_t c = 0; c < nc; ++c) {
-      for (int64_t i0 = 0; i0 < nq; i0 += kAttnQueryChunk) {
-        const int64_t ni = std::min(kAttnQueryChunk, nq - i0);
-        Reg o[kAttnQueryChunk];
-        for (int64_t ii = 0; ii < ni; ++ii) o[ii] = V::load(out + (i0 + ii) * hd + c * L);
-        for (int64_t j = 0; j < nt; ++j) {
-          const Reg vv = V::load(v + (j0 + j) * stride + c * L);
-          for (int64_t ii = 0; ii < ni; ++ii) o[ii] = V::fma(V::set1(p[i0 + ii][j]), vv, o[ii]);
+      // Softmax step per query: rescale the running state to the new maximum.
+      for (int64_t i = 0; i < nq; ++i) {
+        float tile_max = -INFINITY;
+        for (int64_t j = 0; j < nt; ++j) tile_max = std::max(tile_max, p[i][j]);
+        const float m_new = std::max(m[i], tile_max);
+        const float corr = std::exp(m[i] - m_new);  // 0 on the first tile
+        float sum = 0.0f;
+        int64_t j = 0;
+        for (; j + L <= nt; j += L) {
+          const Reg e = V::exp(V::sub(V::load(&p[i][j]), V::set1(m_new)));
+          V::store(&p[i][j], e);
+          sum += V::reduce_add(e);
         }
-        for (int64_t ii = 0; ii < ni; ++ii) V::store(out + (i0 + ii) * hd + c * L, o[ii]);
+        if (j < nt) {  // the tail through the same vector exp (p rows are padded to kAttnTile)
+          alignas(64) float tail[V::kLanes] = {};
+          std::copy(&p[i][j], &p[i][nt], tail);
+          const Reg e = V::exp(V::sub(V::load(tail), V::set1(m_new)));
+          V::store(tail, e);
+          for (int64_t jj = j; jj < nt; ++jj) sum += (p[i][jj] = tail[jj - j]);
+        }
+        l[i] = l[i] * corr + sum;
+        m[i] = m_new;
+        if (corr != 1.0f) {
+          float* o = out + i * hd;
+          for (int64_t c = 0; c < nc; ++c) V::store(o + c * L, V::mul(V::load(o + c * L), V::set1(corr)));
+        }
+      }
+      // out_i += sum_j p[i][j] v_j
+      for (int64_t c = 0; c < nc; ++c) {
+        for (int64_t i0 = 0; i0 < nq; i0 += kAttnQueryChunk) {
+          const int64_t ni = std::min(kAttnQueryChunk, nq - i0);
+          Reg o[kAttnQueryChunk];
+          for (int64_t ii = 0; ii < ni; ++ii) o[ii] = V::load(out + (i0 + ii) * hd + c * L);
+          for (int64_t j = 0; j < nt; ++j) {
+            const Reg vv = V::load(v + (j0 + j) * v_stride + c * L);
+            for (int64_t ii = 0; ii < ni; ++ii) o[ii] = V::fma(V::set1(p[i0 + ii][j]), vv, o[ii]);
+          }
+          for (int64_t ii = 0; ii < ni; ++ii) V::store(out + (i0 + ii) * hd + c * L, o[ii]);
+        }
       }
     }
   }

@@ -83,13 +83,17 @@ class Llama final : public Model {
 
   size_t weight_bytes() const override { return weight_bytes_; }
 
+  Status check_kv(const KvShape& kv) const override {
+    return check_attention(kv, attention_shape());
+  }
+
   Status forward(const Batch& batch, KvCache& cache, std::vector<float>& logits) override {
     PG_TRY(check_batch(batch, cache));
     const int64_t T = batch.size(), E = hp_.n_embd, hd = hp_.head_dim;
     ws_.resize(T, hp_);
     float *x = ws_.x.data(), *xn = ws_.xn.data(), *q = ws_.q.data(), *k = ws_.k.data(),
           *v = ws_.v.data(), *att = ws_.att.data(), *gate = ws_.gate.data();
-    const AttentionShape as{hp_.n_head, hp_.n_head_kv, hd, 1.0f / std::sqrt(float(hd))};
+    const AttentionShape as = attention_shape();
 
     embed_rows(tok_embd_, batch.tokens.data(), T, x);  // x [T, E]
     rope_angles(batch.pos.data(), T, hp_.rope_dim, hp_.rope_base, ws_.rope);  // [T, rope_dim/2, 2]
@@ -124,6 +128,11 @@ class Llama final : public Model {
   }
 
  private:
+  AttentionShape attention_shape() const {
+    const int64_t hd = hp_.head_dim;
+    return {hp_.n_head, hp_.n_head_kv, hd, 1.0f / std::sqrt(float(hd)), hp_.rope_dim, hp_.rope_base};
+  }
+
   std::vector<TensorSpec> tensor_table() {
     const int64_t E = hp_.n_embd, hd = hp_.head_dim;
     std::vector<TensorSpec> t;
