@@ -80,6 +80,17 @@ size_t KvShape::bytes() const {
   return total;
 }
 
+std::string KvShape::describe() const {
+  std::string out;
+  for (int64_t l = 0; l < n_layer;) {
+    int64_t run = 1;
+    while (l + run < n_layer && kind(l + run).describe() == kind(l).describe()) ++run;
+    out += fmt::format("{}{} x {} ({} slots)", out.empty() ? "" : ", ", run, kind(l).describe(), slots(l));
+    l += run;
+  }
+  return out;
+}
+
 KvCache::KvCache(const KvShape& shape) : shape_(shape) {
   PG_ASSERT(shape.validate().ok());
   size_t off = 0;

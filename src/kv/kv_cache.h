@@ -66,6 +66,9 @@ struct KvShape {
   bool any_windowed() const;
   // Bytes of K and V for all layers and sequences.
   size_t bytes() const;
+  // Layer kinds with the slots each keeps: "30 x global (4096 slots)", "15 x window 512
+  // (1023 slots), 3 x global (4096 slots)".
+  std::string describe() const;
   // K and V bytes one position adds to a global layer, summed over layers (what a dense
   // cache would cost per token).
   int64_t bytes_per_token() const { return 2 * n_layer * kv_dim * int64_t(elem_bytes()); }

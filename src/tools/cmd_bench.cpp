@@ -52,9 +52,12 @@ void register_bench(CLI::App& app) {
   cmd->callback([o] {
     using Clock = std::chrono::steady_clock;
     std::string path = check(resolve_model(o->model.model));
-    const int64_t n_ctx = std::max<int64_t>(o->n_prompt + o->n_gen, 8);  // 8: room for the warm-up
-    auto session = check(Session::open(path, {o->model.threads, n_ctx, std::max<int64_t>(o->model.batch, o->n_prompt),
-                                              *parse_kv_type(o->model.kv_type)}));
+    SessionOptions so = session_options(o->model);
+    // Room for the test (8: the warm-up) and for the attention window if one is asked for;
+    // the prompt goes in as one batch, as llama-bench's pp does.
+    so.n_ctx = std::max<int64_t>({o->n_prompt + o->n_gen, 8, o->model.attn_sinks + o->model.attn_window});
+    so.n_batch = std::max<int64_t>(o->model.batch, o->n_prompt);
+    auto session = check(Session::open(path, so));
     const int64_t n_vocab = session->model().hparams().n_vocab;
     std::mt19937 rng(42);
     std::uniform_int_distribution<int32_t> tok(0, int32_t(n_vocab - 1));
@@ -96,11 +99,13 @@ void register_bench(CLI::App& app) {
     const int threads = session->pool().size();
     const Model::PackStats& pk = session->model().pack_stats();
     const double packed_mib = double(pk.bytes) / (1024.0 * 1024.0);
+    const KvShape& kv = session->cache().shape();
+    const double kv_mib = double(session->cache().bytes()) / (1024.0 * 1024.0);
     if (o->json) {
       nlohmann::json j = {{"model", path}, {"arch", hp.arch}, {"threads", threads}, {"isa", isa},
                           {"weights_mib", weight_mib}, {"peak_rss_mib", peak_mib}, {"repetitions", o->reps},
                           {"repacked_matrices", pk.matrices}, {"repacked_mib", packed_mib},
-                          {"repack_seconds", pk.seconds}};
+                          {"repack_seconds", pk.seconds}, {"kv_mib", kv_mib}, {"kv_positions", kv.n_ctx}};
       if (!pp.empty()) j["pp"] = {{"n", o->n_prompt}, {"tps_mean", summarize(pp).mean}, {"tps_sd", summarize(pp).sd}};
       if (!tg.empty()) j["tg"] = {{"n", o->n_gen}, {"tps_mean", summarize(tg).mean}, {"tps_sd", summarize(tg).sd}};
       std::printf("%s\n", j.dump().c_str());
@@ -110,6 +115,8 @@ void register_bench(CLI::App& app) {
                 hp.arch.c_str(), weight_mib, threads, isa.c_str());
     std::printf("load: %lld matrices (%.1f MiB) repacked into 16-row panels in %.0f ms\n",
                 (long long)pk.matrices, packed_mib, pk.seconds * 1e3);
+    std::printf("kv cache: %.2f MiB %s for -c %lld: %s\n", kv_mib, kv_type_name(kv.type).data(),
+                (long long)kv.n_ctx, kv.describe().c_str());
     std::printf("| test   |          t/s |\n|--------|--------------|\n");
     if (!pp.empty()) {
       Stat s = summarize(pp);

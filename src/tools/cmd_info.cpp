@@ -64,9 +64,17 @@ void register_info(CLI::App& app) {
                     (long long)h.n_head_kv, (long long)h.head_dim, (long long)h.n_ff,
                     (long long)h.n_vocab, (long long)h.n_ctx_train, h.rope_base,
                     (long long)h.rope_dim, h.rms_eps);
-        std::printf("kv cache:    %s per token (f16), at the trained context %s\n",
-                    human_bytes(double((*model)->kv_shape(1, 1).bytes_per_token())).c_str(),
-                    human_bytes(double((*model)->kv_shape(1, 1).bytes_per_token() * h.n_ctx_train)).c_str());
+        // Attention kinds, run-length summarised: "18 layers: window 512 x15, global x3".
+        const std::vector<AttnKind> kinds = (*model)->attn_kinds();
+        std::map<std::string, int> count;
+        for (const AttnKind& k : kinds) ++count[k.describe()];
+        std::string summary;
+        for (const auto& [d, n] : count) summary += fmt::format("{}{} x{}", summary.empty() ? "" : ", ", d, n);
+        std::printf("attention:   %s\n", summary.c_str());
+        const KvShape kv = (*model)->kv_shape(h.n_ctx_train, 1);
+        std::printf("kv cache:    %s per token for a global layer stack (f16); at the trained context "
+                    "(%lld) %s\n", human_bytes(double(kv.bytes_per_token())).c_str(),
+                    (long long)h.n_ctx_train, human_bytes(double(kv.bytes())).c_str());
         const Model::PackStats& pk = (*model)->pack_stats();
         std::printf("load:        %lld matrices (%s) repacked into 16-row panels for the %s kernels in %.0f ms\n",
                     (long long)pk.matrices, human_bytes(double(pk.bytes)).c_str(),

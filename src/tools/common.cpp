@@ -39,14 +39,18 @@ void add_sampler_options(CLI::App* cmd, SamplerOptions& o) {
   cmd->add_option("-s,--seed", o.seed, "Random seed")->capture_default_str();
 }
 
-std::unique_ptr<Session> open_session(const ModelOptions& o) {
-  std::string path = check(resolve_model(o.model));
+SessionOptions session_options(const ModelOptions& o) {
   if (o.attn_sinks > 0 && o.attn_window == 0) fail("--attn-sinks needs --attn-window");
   SessionOptions so{o.threads, o.ctx, o.batch, *parse_kv_type(o.kv_type)};
   if (o.attn_window > 0)
     so.attention = o.attn_sinks > 0 ? AttnKind::sinks_window(o.attn_sinks, o.attn_window)
                                     : AttnKind::sliding(o.attn_window);
-  return check(Session::open(path, so));
+  return so;
+}
+
+std::unique_ptr<Session> open_session(const ModelOptions& o) {
+  std::string path = check(resolve_model(o.model));
+  return check(Session::open(path, session_options(o)));
 }
 
 std::vector<TokenId> prompt_tokens(const Tokenizer& tok, const std::string& text) {

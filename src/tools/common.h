@@ -28,6 +28,9 @@ void add_model_options(CLI::App* cmd, ModelOptions& o, bool with_ctx = true);
 // --temp, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --seed
 void add_sampler_options(CLI::App* cmd, SamplerOptions& o);
 
+// -t/-c/-b/--kv-type/--attn-* as session options (fails on inconsistent flags).
+SessionOptions session_options(const ModelOptions& o);
+
 // Resolves -m (pulling a known model on first use) and opens a session with -t/-c/-b.
 std::unique_ptr<Session> open_session(const ModelOptions& o);
 
