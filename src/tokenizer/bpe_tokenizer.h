@@ -5,10 +5,8 @@
 #pragma once
 
 #include <array>
-#include <functional>
 #include <memory>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "tokenizer/bpe_merges.h"
@@ -23,11 +21,6 @@ class BpeTokenizer final : public Tokenizer {
   static Result<std::unique_ptr<Tokenizer>> create(const gguf::File& file);
 
   std::vector<TokenId> encode(std::string_view text, bool parse_special = true) const override;
-  std::string token_bytes(TokenId id) const override;
-  int32_t n_vocab() const override { return static_cast<int32_t>(text_.size()); }
-  std::string_view token_text(TokenId id) const override;
-  TokenType token_type(TokenId id) const override;
-  TokenId find_token(std::string_view text) const override;
 
  private:
   BpeTokenizer() = default;
@@ -38,15 +31,6 @@ class BpeTokenizer final : public Tokenizer {
   void encode_piece(std::string_view piece, std::vector<TokenId>& out,
                     std::vector<TokenId>& scratch) const;
 
-  struct StringHash {
-    using is_transparent = void;
-    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-  };
-
-  std::vector<std::string> text_;   // [n_vocab] as stored (byte-level spelling)
-  std::vector<std::string> bytes_;  // [n_vocab] what each token decodes to
-  std::vector<TokenType> type_;     // [n_vocab]
-  std::unordered_map<std::string, TokenId, StringHash, std::equal_to<>> index_;
   // The token spelling each byte alone, or -1: some vocabs lack bytes that
   // never occur in their training text (SmolLM2 has no 0x04 or 0xF1), and
   // such bytes are dropped, as HF tokenizers does without an unk token.

@@ -1,10 +1,75 @@
 #include "tokenizer/chat_template.h"
 
+#include <string_view>
+
+#include "tokenizer/unicode_utf8.h"
+
 namespace peregrine {
+namespace {
+
+// Python's str.isspace(), which Jinja's `trim` filter (str.strip) uses.
+bool is_python_space(uint32_t c) {
+  return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 ||
+         c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 ||
+         c == 0x202F || c == 0x205F || c == 0x3000;
+}
+
+// Jinja's `trim`: whitespace (Python's definition) cut from both ends.
+std::string_view trim(std::string_view s) {
+  size_t begin = 0, end = 0;  // [begin, end): first and past the last non-space character
+  bool seen = false;
+  for (size_t i = 0; i < s.size();) {
+    const utf8::Seq q = utf8::next(s, i);
+    const bool space = q.kind == utf8::Seq::Valid && is_python_space(utf8::codepoint(s, i, q.len));
+    if (!space) {
+      if (!seen) begin = i;
+      seen = true;
+      end = i + q.len;
+    }
+    i += q.len;
+  }
+  return seen ? s.substr(begin, end - begin) : std::string_view();
+}
+
+// Gemma's templates set first_user_prefix = messages[0]['content'] + '<sep>';
+// the separator is "\n\n" in Gemma 3's and "\n" in some conversions. Reads the
+// Jinja string literal (either quote; "\n" escapes or literal newlines).
+std::string gemma_system_separator(std::string_view tpl) {
+  constexpr std::string_view kKey = "first_user_prefix = messages[0]['content'] + ";
+  size_t at = tpl.find(kKey);
+  if (at == std::string_view::npos) return "\n\n";
+  at += kKey.size();
+  if (at >= tpl.size() || (tpl[at] != '\'' && tpl[at] != '"')) return "\n\n";
+  const char quote = tpl[at];
+  std::string sep;
+  for (size_t i = at + 1; i < tpl.size(); ++i) {
+    if (tpl[i] == quote) return sep;
+    if (tpl[i] == '\\' && i + 1 < tpl.size()) {
+      const char e = tpl[++i];
+      sep += e == 'n' ? '\n' : e == 't' ? '\t' : e;
+    } else {
+      sep += tpl[i];
+    }
+  }
+  return "\n\n";  // unterminated literal: keep the published default
+}
+
+}  // namespace
+
+ChatTemplate ChatTemplate::of_kind(Kind kind) {
+  ChatTemplate t;
+  t.kind_ = kind;
+  return t;
+}
 
 Result<ChatTemplate> ChatTemplate::from_gguf(const gguf::File& file) {
-  if (!file.find("tokenizer.chat_template"))
+  if (!file.find("tokenizer.chat_template")) {
+    if (file.find("general.architecture")) {
+      PG_ASSIGN(const std::string arch, file.get_string("general.architecture"));
+      if (arch == "gemma" || arch == "gemma2" || arch == "gemma3") return of_kind(Kind::Gemma);
+    }
     return make_error("{}: model has no chat template (tokenizer.chat_template)", file.name());
+  }
   PG_ASSIGN(std::string tpl, file.get_string("tokenizer.chat_template"));
   ChatTemplate t;
   if (tpl.find("<|im_start|>") != std::string::npos) {
@@ -23,11 +88,22 @@ Result<ChatTemplate> ChatTemplate::from_gguf(const gguf::File& file) {
     }
     return t;
   }
-  return make_error("{}: unsupported chat template (known: ChatML)", file.name());
+  if (tpl.find("<start_of_turn>") != std::string::npos) {
+    t.kind_ = Kind::Gemma;
+    t.system_separator_ = gemma_system_separator(tpl);
+    return t;
+  }
+  return make_error("{}: unsupported chat template (known: ChatML, Gemma)", file.name());
 }
 
 std::string ChatTemplate::render(const std::vector<ChatMessage>& messages,
                                  bool add_generation_prompt) const {
+  return kind_ == Kind::Gemma ? render_gemma(messages, add_generation_prompt)
+                              : render_chatml(messages, add_generation_prompt);
+}
+
+std::string ChatTemplate::render_chatml(const std::vector<ChatMessage>& messages,
+                                        bool add_generation_prompt) const {
   std::string out;
   auto turn = [&](const std::string& role, const std::string& content) {
     out += "<|im_start|>" + role + "\n" + content + "<|im_end|>\n";
@@ -36,6 +112,32 @@ std::string ChatTemplate::render(const std::vector<ChatMessage>& messages,
     turn("system", default_system_);
   for (const ChatMessage& m : messages) turn(m.role, m.content);
   if (add_generation_prompt) out += "<|im_start|>assistant\n";
+  return out;
+}
+
+// As Gemma 3's Jinja template: a leading system message is not a turn of its
+// own but its text (untrimmed) + separator starts the first turn; every
+// turn's content is trimmed; "assistant" is written "model". (The template
+// also refuses conversations whose roles do not alternate user/model; the
+// chat commands only build alternating ones.)
+std::string ChatTemplate::render_gemma(const std::vector<ChatMessage>& messages,
+                                       bool add_generation_prompt) const {
+  std::string out, prefix;
+  size_t first = 0;
+  if (!messages.empty() && messages[0].role == "system") {
+    prefix = messages[0].content + system_separator_;
+    first = 1;
+  }
+  for (size_t i = first; i < messages.size(); ++i) {
+    const ChatMessage& m = messages[i];
+    out += "<start_of_turn>";
+    out += m.role == "assistant" ? "model" : m.role;
+    out += '\n';
+    if (i == first) out += prefix;
+    out += trim(m.content);
+    out += "<end_of_turn>\n";
+  }
+  if (add_generation_prompt) out += "<start_of_turn>model\n";
   return out;
 }
 

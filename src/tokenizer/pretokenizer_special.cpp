@@ -5,43 +5,65 @@
 namespace peregrine {
 
 SpecialTokenMatcher::SpecialTokenMatcher(std::vector<std::pair<std::string, int32_t>> tokens) {
-  std::erase_if(tokens, [](const auto& t) { return t.first.empty(); });
-  std::stable_sort(tokens.begin(), tokens.end(), [](const auto& a, const auto& b) {
-    const auto fa = static_cast<uint8_t>(a.first[0]), fb = static_cast<uint8_t>(b.first[0]);
-    if (fa != fb) return fa < fb;
-    return a.first.size() > b.first.size();
-  });
-  // stable_sort kept equal strings in input order: drop all but the first.
-  tokens.erase(std::unique(tokens.begin(), tokens.end(),
-                           [](const auto& a, const auto& b) { return a.first == b.first; }),
-               tokens.end());
-  tokens_ = std::move(tokens);
-  size_t k = 0;
-  for (int b = 0; b < 256; ++b) {
-    first_[b] = static_cast<uint32_t>(k);
-    while (k < tokens_.size() && static_cast<uint8_t>(tokens_[k].first[0]) == b) ++k;
+  root_next_.fill(-1);
+  nodes_.emplace_back();
+  for (const auto& [text, id] : tokens) {
+    if (text.empty()) continue;
+    int32_t node = 0;
+    for (char c : text) {
+      const auto b = static_cast<uint8_t>(c);
+      int32_t next = child(node, b);
+      if (next < 0) {
+        next = static_cast<int32_t>(nodes_.size());
+        nodes_.emplace_back();
+        auto& kids = nodes_[static_cast<size_t>(node)].next;
+        kids.insert(std::lower_bound(kids.begin(), kids.end(), std::pair<uint8_t, int32_t>{b, -1}),
+                    {b, next});
+        if (node == 0) root_next_[b] = next;
+      }
+      node = next;
+    }
+    Node& end = nodes_[static_cast<size_t>(node)];
+    if (end.id < 0) {
+      end.id = id;
+      ++n_tokens_;
+    }
   }
-  first_[256] = static_cast<uint32_t>(tokens_.size());
+}
+
+int32_t SpecialTokenMatcher::child(int32_t node, uint8_t b) const {
+  if (node == 0) return root_next_[b];
+  const auto& kids = nodes_[static_cast<size_t>(node)].next;
+  const auto it = std::lower_bound(kids.begin(), kids.end(), std::pair<uint8_t, int32_t>{b, -1});
+  return it != kids.end() && it->first == b ? it->second : -1;
+}
+
+std::pair<size_t, int32_t> SpecialTokenMatcher::longest_at(std::string_view text) const {
+  std::pair<size_t, int32_t> best{0, -1};
+  int32_t node = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    node = child(node, static_cast<uint8_t>(text[i]));
+    if (node < 0) break;
+    if (const int32_t id = nodes_[static_cast<size_t>(node)].id; id >= 0) best = {i + 1, id};
+  }
+  return best;
 }
 
 void SpecialTokenMatcher::split(std::string_view text, std::vector<Fragment>& out) const {
   size_t plain_start = 0, pos = 0;
   while (pos < text.size()) {
-    const auto b = static_cast<uint8_t>(text[pos]);
-    const std::pair<std::string, int32_t>* hit = nullptr;
-    for (uint32_t k = first_[b]; k < first_[b + 1]; ++k) {
-      if (text.substr(pos).starts_with(tokens_[k].first)) {
-        hit = &tokens_[k];
-        break;  // longest first
-      }
+    if (root_next_[static_cast<uint8_t>(text[pos])] < 0) {
+      ++pos;
+      continue;
     }
-    if (hit == nullptr) {
+    const auto [len, id] = longest_at(text.substr(pos));
+    if (len == 0) {
       ++pos;
       continue;
     }
     if (pos > plain_start) out.push_back({text.substr(plain_start, pos - plain_start), -1});
-    out.push_back({text.substr(pos, hit->first.size()), hit->second});
-    pos += hit->first.size();
+    out.push_back({text.substr(pos, len), id});
+    pos += len;
     plain_start = pos;
   }
   if (pos > plain_start) out.push_back({text.substr(plain_start, pos - plain_start), -1});

@@ -1,8 +1,10 @@
 #include "tokenizer/tokenizer.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "tokenizer/bpe_tokenizer.h"
+#include "tokenizer/spm_tokenizer.h"
 #include "tokenizer/unicode_utf8.h"
 
 namespace peregrine {
@@ -31,8 +33,67 @@ Result<TokenId> read_token_id(const gguf::File& file, std::string_view key, int3
 Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const gguf::File& file) {
   PG_ASSIGN(const std::string model, file.get_string("tokenizer.ggml.model"));
   if (model == "gpt2") return BpeTokenizer::create(file);
-  return make_error("unsupported tokenizer model '{}' (tokenizer.ggml.model); supported: gpt2",
-                    model);
+  if (model == "llama") return SpmTokenizer::create(file);
+  return make_error(
+      "unsupported tokenizer model '{}' (tokenizer.ggml.model); supported: gpt2, llama", model);
+}
+
+Result<std::vector<TokenId>> Tokenizer::try_encode(std::string_view text,
+                                                   bool parse_special) const {
+  if (text.size() > kMaxEncodeBytes) {
+    return make_error("text of {} bytes is longer than the tokenizer takes at once ({} bytes)",
+                      text.size(), kMaxEncodeBytes);
+  }
+  return encode(text, parse_special);
+}
+
+Status Tokenizer::load_tokens(const gguf::File& file) {
+  PG_ASSIGN(text_, file.get_string_array("tokenizer.ggml.tokens"));
+  const size_t n = text_.size();
+  if (n == 0) return make_error("tokenizer.ggml.tokens is empty");
+  if (n > static_cast<size_t>(std::numeric_limits<TokenId>::max())) {
+    return make_error("tokenizer.ggml.tokens has {} entries, more than token ids can hold", n);
+  }
+  type_.assign(n, TokenType::Normal);
+  if (file.find("tokenizer.ggml.token_type") != nullptr) {
+    PG_ASSIGN(const std::vector<int64_t> types, file.get_int_array("tokenizer.ggml.token_type"));
+    if (types.size() != n) {
+      return make_error("tokenizer.ggml.token_type has {} entries but tokenizer.ggml.tokens has {}",
+                        types.size(), n);
+    }
+    for (size_t i = 0; i < n; ++i) {
+      if (types[i] < 0 || types[i] > static_cast<int64_t>(TokenType::Byte)) {
+        return make_error("tokenizer.ggml.token_type[{}] = {} is not a token type (0..6)", i,
+                          types[i]);
+      }
+      type_[i] = static_cast<TokenType>(types[i]);
+    }
+  }
+  index_.clear();
+  index_.reserve(n);
+  for (size_t i = 0; i < n; ++i) index_.insert_or_assign(text_[i], static_cast<TokenId>(i));
+  bytes_.assign(n, std::string());
+  return {};
+}
+
+std::string Tokenizer::token_bytes(TokenId id) const {
+  if (id < 0 || id >= n_vocab()) return {};
+  return bytes_[static_cast<size_t>(id)];
+}
+
+std::string_view Tokenizer::token_text(TokenId id) const {
+  if (id < 0 || id >= n_vocab()) return {};
+  return text_[static_cast<size_t>(id)];
+}
+
+TokenType Tokenizer::token_type(TokenId id) const {
+  if (id < 0 || id >= n_vocab()) return TokenType::Undefined;
+  return type_[static_cast<size_t>(id)];
+}
+
+TokenId Tokenizer::find_token(std::string_view text) const {
+  const auto it = index_.find(text);
+  return it == index_.end() ? -1 : it->second;
 }
 
 Status Tokenizer::init_special_tokens(const gguf::File& file) {
@@ -41,8 +102,7 @@ Status Tokenizer::init_special_tokens(const gguf::File& file) {
   PG_ASSIGN(eos_, read_token_id(file, "tokenizer.ggml.eos_token_id", n));
   PG_ASSIGN(eot_, read_token_id(file, "tokenizer.ggml.eot_token_id", n));
   PG_ASSIGN(pad_, read_token_id(file, "tokenizer.ggml.padding_token_id", n));
-  PG_ASSIGN(const TokenId unk, read_token_id(file, "tokenizer.ggml.unknown_token_id", n));
-  (void)unk;  // checked for consistency; byte-level BPE never needs it
+  PG_ASSIGN(unk_, read_token_id(file, "tokenizer.ggml.unknown_token_id", n));
   if (file.find("tokenizer.ggml.add_bos_token") != nullptr) {
     PG_ASSIGN(add_bos_, file.get_bool("tokenizer.ggml.add_bos_token"));
   }

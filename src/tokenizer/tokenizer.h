@@ -1,12 +1,16 @@
-// Byte-level BPE tokenizer as stored in GGUF (tokenizer.ggml.model == "gpt2"):
-// vocab, merges, token types, special ids and the pre-tokenizer name.
+// The tokenizer interface, built from GGUF metadata (tokenizer.ggml.*). Two
+// models implement it: byte-level BPE (tokenizer.ggml.model == "gpt2",
+// bpe_tokenizer.h) and SentencePiece-style BPE by score ("llama",
+// spm_tokenizer.h).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "core/status.h"
@@ -24,43 +28,70 @@ enum class TokenType : int32_t {
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
+  Tokenizer(const Tokenizer&) = delete;  // index_ views the strings of text_
+  Tokenizer& operator=(const Tokenizer&) = delete;
 
   // Build from GGUF metadata; a clear error for unsupported or inconsistent tokenizers.
   static Result<std::unique_ptr<Tokenizer>> from_gguf(const gguf::File& file);
 
+  // The longest text try_encode() accepts. Encoding needs memory linear in the
+  // text (up to ~40 bytes per input byte for SentencePiece's merge loop, which
+  // sees a whole stretch between special tokens at once), so outside input is
+  // bounded here rather than trusted.
+  static constexpr size_t kMaxEncodeBytes = size_t{16} << 20;
+
   // Text to ids. With parse_special, control and user-defined tokens written
   // literally in the text (e.g. "<|im_start|>") become their single ids.
-  // Does not add BOS; callers decide with add_bos().
+  // Does not add BOS; callers decide with add_bos(). Never fails; text longer
+  // than kMaxEncodeBytes may be encoded in independent windows of that size.
   virtual std::vector<TokenId> encode(std::string_view text, bool parse_special = true) const = 0;
+  // encode(), or a one-line error when the text is longer than kMaxEncodeBytes.
+  Result<std::vector<TokenId>> try_encode(std::string_view text, bool parse_special = true) const;
 
-  // The raw bytes a token stands for (may be part of a UTF-8 sequence).
-  // Control tokens decode to their text unless skipped by the caller.
-  virtual std::string token_bytes(TokenId id) const = 0;
+  // The raw bytes a token stands for (may be part of a UTF-8 sequence); empty
+  // for an id outside the vocab. Control tokens decode to their text unless
+  // skipped by the caller.
+  std::string token_bytes(TokenId id) const;
 
   // Concatenated bytes of all tokens (valid UTF-8 when the ids came from encode).
   std::string decode(std::span<const TokenId> ids) const;
 
-  virtual int32_t n_vocab() const = 0;
-  virtual std::string_view token_text(TokenId id) const = 0;  // as stored in the vocab
-  virtual TokenType token_type(TokenId id) const = 0;
+  int32_t n_vocab() const { return static_cast<int32_t>(text_.size()); }
+  std::string_view token_text(TokenId id) const;  // as stored in the vocab
+  TokenType token_type(TokenId id) const;         // Undefined outside the vocab
 
   TokenId bos() const { return bos_; }
   TokenId eos() const { return eos_; }
   TokenId eot() const { return eot_; }  // -1 when absent
   TokenId pad() const { return pad_; }  // -1 when absent
+  TokenId unk() const { return unk_; }  // -1 when absent
   bool add_bos() const { return add_bos_; }
   // End of generation: eos, eot, or a control token the chat template ends turns with.
   bool is_end_of_generation(TokenId id) const;
   // Looks up a token by its exact vocab text; -1 when absent.
-  virtual TokenId find_token(std::string_view text) const = 0;
+  TokenId find_token(std::string_view text) const;
 
  protected:
+  Tokenizer() = default;
+
+  // Reads tokenizer.ggml.tokens and tokenizer.ggml.token_type (all Normal when
+  // absent) into text_ and type_, checking their sizes, and indexes the texts.
+  // Each model then fills bytes_ its own way.
+  Status load_tokens(const gguf::File& file);
+
   // Reads the special ids (bos, eos, eot, pad, unk), add_bos and the
   // end-of-generation set, checking each id against the vocab. Every tokenizer
-  // model calls it once its vocab is in place (it uses the virtuals above).
+  // model calls it once its vocab is in place (it looks tokens up by name).
   Status init_special_tokens(const gguf::File& file);
 
-  TokenId bos_ = -1, eos_ = -1, eot_ = -1, pad_ = -1;
+  std::vector<std::string> text_;   // [n_vocab] as stored
+  std::vector<std::string> bytes_;  // [n_vocab] what each token decodes to
+  std::vector<TokenType> type_;     // [n_vocab]
+  // Views of text_ (never resized after load_tokens); like llama.cpp and a
+  // Python dict built from the list, a later duplicate wins.
+  std::unordered_map<std::string_view, TokenId> index_;
+
+  TokenId bos_ = -1, eos_ = -1, eot_ = -1, pad_ = -1, unk_ = -1;
   bool add_bos_ = false;
   std::vector<TokenId> end_of_generation_;
 };

@@ -8,13 +8,11 @@ bytes, less the bytes this vocabulary cannot spell (both tokenizers drop those).
 
 from __future__ import annotations
 
-import json
-import subprocess
-
 import gguf
 import pytest
 from gguf_hf_tokenizer import build_tokenizer
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from tokenizer_cli import compare, run_jsonl
 from tokenizer_corpus import GENERATORS, generate
 
 USER_DEFINED = 4
@@ -55,22 +53,6 @@ def hf(reader, vocab):
 @pytest.fixture(scope="module")
 def corpus():
     return generate()
-
-
-def run_jsonl(peregrine_bin, model, lines, *flags) -> list[list[int]]:
-    stdin = "".join(json.dumps(s) + "\n" for s in lines)
-    r = subprocess.run([str(peregrine_bin), "tokenize", "-m", str(model), "--jsonl", *flags],
-                       input=stdin, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"peregrine tokenize failed:\n{r.stderr[-3000:]}"
-    out = [json.loads(x) for x in r.stdout.splitlines()]
-    assert len(out) == len(lines), f"{len(out)} output lines for {len(lines)} input lines"
-    return out
-
-
-def compare(lines, ours, theirs, label):
-    bad = [(s, a, b) for s, a, b in zip(lines, ours, theirs) if a != b]
-    report = "\n".join(f"  {s!r}\n    ours {a}\n    hf   {b}" for s, a, b in bad[:8])
-    assert not bad, f"{label}: {len(bad)} of {len(lines)} lines differ from HF tokenizers:\n{report}"
 
 
 def test_corpus_is_large_and_varied(corpus):

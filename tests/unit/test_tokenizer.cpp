@@ -236,8 +236,11 @@ TEST(TokenizerTiny, RejectsBadMetadata) {
     EXPECT_NE(err.find(needle), std::string::npos) << "error was: " << err;
   };
   TinyVocab v;
-  v.model = "llama";
-  expect_error(v, "unsupported tokenizer model 'llama'");
+  v.model = "rwkv";
+  expect_error(v, "unsupported tokenizer model 'rwkv'");
+  v = {};
+  v.model = "llama";  // SentencePiece-style: needs scores (test_tokenizer_spm.cpp)
+  expect_error(v, "tokenizer.ggml.scores is missing");
   v = {};
   v.pre = "qwen9";
   expect_error(v, "unsupported tokenizer pre-tokenizer 'qwen9'");
