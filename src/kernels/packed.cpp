@@ -32,6 +32,12 @@ BlockView view_block(GgmlType t, const uint8_t* row, int64_t b) {
       auto* blk = reinterpret_cast<const BlockQ4_1*>(row) + b;
       return {blk->d, blk->m, blk->qs, kQK / 2};
     }
+    case GgmlType::Q5_0: {  // widened into `widened` (one block at a time)
+      auto* blk = reinterpret_cast<const BlockQ5_0*>(row) + b;
+      thread_local int8_t widened[kQK];
+      unpack_q5_0(*blk, widened);
+      return {blk->d, 0, reinterpret_cast<const uint8_t*>(widened), kQK};
+    }
     default: {
       auto* blk = reinterpret_cast<const BlockQ8_0*>(row) + b;
       return {blk->d, 0, reinterpret_cast<const uint8_t*>(blk->qs), kQK};
@@ -46,6 +52,7 @@ const PanelFormat* panel_format(GgmlType type) {
     case GgmlType::Q4_0: return &kQ4_0;
     case GgmlType::Q4_1: return &kQ4_1;
     case GgmlType::Q8_0: return &kQ8_0;
+    case GgmlType::Q5_0: return &kQ8_0;  // unpacked to int8 q - 16: exact, 8 bits per weight
     case GgmlType::F32: return &kF32;
     case GgmlType::F16: return &kF16;
     case GgmlType::BF16: return &kBF16;

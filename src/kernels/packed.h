@@ -41,7 +41,8 @@ struct PanelFormat {
   bool is_float;     // F32/F16/BF16: float activations, no scales
   size_t elem_bytes; // float types: bytes per element
 };
-// Formats that have panel kernels: Q4_0, Q4_1, Q8_0, F32, F16, BF16. nullptr for others.
+// Formats that have panel kernels: Q4_0, Q4_1, Q8_0, F32, F16, BF16; Q5_0 is packed as
+// Q8_0 (its values q - 16 widened to int8, exact). nullptr for others.
 const PanelFormat* panel_format(GgmlType type);
 
 // A packed matrix: n_panels panels of nb PanelBlocks each, 64-byte aligned.

@@ -7,6 +7,7 @@
 
 #include "kernels/kernels.h"
 #include "ops/ops.h"
+#include "quant/kquants.h"
 
 namespace peregrine {
 namespace {
@@ -14,8 +15,22 @@ namespace {
 constexpr int64_t kTokenChunk = 64;  // tokens per pass: their activations stay in L2
 constexpr size_t kMaxOuts = 4;
 
+// Weights dotted with 8-bit activation blocks of 32 (BlockQ8Act).
 bool quantized(GgmlType t) {
-  return t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q8_0;
+  return t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q8_0 || t == GgmlType::Q5_0;
+}
+
+// K-quants: dotted with Q8_K activation super-blocks of 256 (scalar row kernels for now).
+using KDot = float (*)(const void*, const BlockQ8K*, int64_t);
+KDot kquant_dot(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q2_K: return dot_q2_k_q8_k;
+    case GgmlType::Q3_K: return dot_q3_k_q8_k;
+    case GgmlType::Q4_K: return dot_q4_k_q8_k;
+    case GgmlType::Q5_K: return dot_q5_k_q8_k;
+    case GgmlType::Q6_K: return dot_q6_k_q8_k;
+    default: return nullptr;
+  }
 }
 
 KernelTable::PanelDot panel_kernel(const KernelTable& k, GgmlType t) {
@@ -41,9 +56,9 @@ void run_panel(const KernelTable& k, const Weight& w, int64_t p, const float* x,
                const BlockQ8Act* xq, int64_t t0, int64_t nt, float* y, int64_t y_stride) {
   const PackedMatrix& pm = *w.packed;
   if (pm.format->is_float)
-    panel_kernel_f(k, w.type)(pm.panel(p), pm.nb, x + t0 * w.cols, w.cols, nt, y, y_stride);
+    panel_kernel_f(k, pm.format->type)(pm.panel(p), pm.nb, x + t0 * w.cols, w.cols, nt, y, y_stride);
   else
-    panel_kernel(k, w.type)(pm.panel(p), pm.nb, xq + t0 * pm.nb, nt, y, y_stride);
+    panel_kernel(k, pm.format->type)(pm.panel(p), pm.nb, xq + t0 * pm.nb, nt, y, y_stride);
 }
 
 KernelTable::DotRows row_kernel(const KernelTable& k, GgmlType t) {
@@ -98,7 +113,7 @@ int64_t groups_per_task(int64_t total_groups, int n_threads) {
 
 // Rows [16 g0, 16 g1) of w for all tokens into y [n_tok, w.rows].
 void run_groups(const KernelTable& k, const Weight& w, const float* x, const BlockQ8Act* xq,
-                int64_t n_tok, float* y, int64_t g0, int64_t g1) {
+                const BlockQ8K* xk, int64_t n_tok, float* y, int64_t g0, int64_t g1) {
   const int64_t n_out = w.rows;
   if (w.packed) {
     float tail[kTokenChunk * kPanelRows];
@@ -118,6 +133,12 @@ void run_groups(const KernelTable& k, const Weight& w, const float* x, const Blo
     return;
   }
   const int64_t n_in = w.cols, r1 = std::min(g1 * kPanelRows, n_out);
+  if (const KDot dot = kquant_dot(w.type)) {
+    const int64_t nbk = n_in / kQK_K;
+    for (int64_t r = g0 * kPanelRows; r < r1; ++r)
+      for (int64_t t = 0; t < n_tok; ++t) y[t * n_out + r] = dot(w.row(r), xk + t * nbk, nbk);
+    return;
+  }
   for (int64_t r = g0 * kPanelRows; r < r1; ++r) {
     const uint8_t* wr = w.row(r);
     float* yr = y + r;  // column r of y
@@ -141,7 +162,9 @@ void run_groups(const KernelTable& k, const Weight& w, const float* x, const Blo
 
 Result<size_t> pack_weight(Weight& w) {
   const KernelTable& k = kernels();
-  if (w.packed || (panel_kernel(k, w.type) == nullptr && panel_kernel_f(k, w.type) == nullptr))
+  const PanelFormat* f = panel_format(w.type);
+  if (w.packed || f == nullptr ||
+      (panel_kernel(k, f->type) == nullptr && panel_kernel_f(k, f->type) == nullptr))
     return size_t(0);
   if (w.cols % kQK != 0) return size_t(0);  // float rows of any length stay on the row kernels
   PG_ASSIGN(PackedMatrix pm, pack_matrix(w.type, w.data, w.rows, w.cols, w.row_bytes));
@@ -160,16 +183,26 @@ void matmul_many(std::initializer_list<MatmulOut> outs, MatIn in, int64_t n_tok,
   PG_ASSERT(outs.size() >= 1 && outs.size() <= kMaxOuts);
   const KernelTable& k = kernels();
   const int64_t cols = outs.begin()->w->cols;
-  bool any_quantized = false, any_float = false;
+  bool any_quantized = false, any_float = false, any_k = false;
   int64_t total = 0;
   for (const MatmulOut& o : outs) {
     PG_ASSERT(o.w->cols == cols);
     any_quantized |= quantized(o.w->type);
+    any_k |= kquant_dot(o.w->type) != nullptr;
     any_float |= !quantized(o.w->type);
     total += n_groups(*o.w);
   }
   const BlockQ8Act* xq = any_quantized ? quantize_input(in, n_tok, cols, pool, scratch) : nullptr;
   const float* x = any_float ? float_input(in, n_tok, cols, scratch) : in.x;
+  const BlockQ8K* xk = nullptr;
+  if (any_k) {  // Q8_K super-blocks of the (normalised) input
+    const int64_t nbk = cols / kQK_K;
+    if (scratch.xk.size() < size_t(n_tok * nbk)) scratch.xk.resize(size_t(n_tok * nbk));
+    pool.parallel_range(n_tok, 8, [&](int64_t b, int64_t e, int) {
+      for (int64_t t = b; t < e; ++t) quantize_row_q8_k(x + t * cols, scratch.xk.data() + t * nbk, cols);
+    });
+    xk = scratch.xk.data();
+  }
   const int64_t per_task = groups_per_task(total, pool.size());
   // Task index -> (output, group range), without allocating.
   std::array<int64_t, kMaxOuts + 1> first_task{};
@@ -183,7 +216,7 @@ void matmul_many(std::initializer_list<MatmulOut> outs, MatIn in, int64_t n_tok,
     while (task >= first_task[j + 1]) ++j;
     const MatmulOut& o = outs.begin()[j];
     const int64_t g0 = (task - first_task[j]) * per_task;
-    run_groups(k, *o.w, x, xq, n_tok, o.y, g0, std::min(g0 + per_task, n_groups(*o.w)));
+    run_groups(k, *o.w, x, xq, xk, n_tok, o.y, g0, std::min(g0 + per_task, n_groups(*o.w)));
   });
 }
 

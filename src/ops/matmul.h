@@ -13,6 +13,7 @@
 #include "core/thread_pool.h"
 #include "ops/weight.h"
 #include "quant/blocks.h"
+#include "quant/kquants.h"
 
 namespace peregrine {
 
@@ -20,6 +21,7 @@ namespace peregrine {
 // steady-state decode loop).
 struct OpScratch {
   std::vector<BlockQ8Act> xq;  // quantized activations [n_tok, cols/32]
+  std::vector<BlockQ8K> xk;    // Q8_K activations [n_tok, cols/256] for K-quant weights
   std::vector<float> xn;       // normalised input, when a float weight needs it
   std::vector<float> tmp;      // fallback paths' intermediate results
 };

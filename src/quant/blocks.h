@@ -23,6 +23,24 @@ struct BlockQ4_1 {
 };
 static_assert(sizeof(BlockQ4_1) == 20);
 
+// value[j] = d * (q[j] - 16), q[j] = nibble(j) (as Q4_0) | bit j of qh << 4
+struct BlockQ5_0 {
+  uint16_t d;     // fp16 scale
+  uint8_t qh[4];  // fifth bits, little-endian u32
+  uint8_t qs[kQK / 2];
+};
+static_assert(sizeof(BlockQ5_0) == 22);
+
+// The 32 signed values q - 16 of a Q5_0 block (-16..15), in order.
+inline void unpack_q5_0(const BlockQ5_0& b, int8_t* out) {
+  const uint32_t qh = uint32_t(b.qh[0]) | uint32_t(b.qh[1]) << 8 | uint32_t(b.qh[2]) << 16 |
+                      uint32_t(b.qh[3]) << 24;
+  for (int j = 0; j < kQK / 2; ++j) {
+    out[j] = int8_t(((b.qs[j] & 0x0F) | ((qh >> j) & 1) << 4) - 16);
+    out[j + 16] = int8_t(((b.qs[j] >> 4) | ((qh >> (j + 16)) & 1) << 4) - 16);
+  }
+}
+
 // value[j] = d * qs[j]
 struct BlockQ8_0 {
   uint16_t d;  // fp16 scale

@@ -12,7 +12,9 @@ namespace peregrine {
 bool is_supported_weight_type(GgmlType t) {
   switch (t) {
     case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16:
-    case GgmlType::Q8_0: case GgmlType::Q4_0: case GgmlType::Q4_1:
+    case GgmlType::Q8_0: case GgmlType::Q4_0: case GgmlType::Q4_1: case GgmlType::Q5_0:
+    case GgmlType::Q2_K: case GgmlType::Q3_K: case GgmlType::Q4_K: case GgmlType::Q5_K:
+    case GgmlType::Q6_K:
       return true;
     default:
       return false;
@@ -71,6 +73,16 @@ void dequantize_row(GgmlType t, const void* src, float* dst, int64_t n) {
           dst[i * kQK + j] = d * float(b[i].qs[j] & 0xF) + m;
           dst[i * kQK + j + 16] = d * float(b[i].qs[j] >> 4) + m;
         }
+      }
+      return;
+    }
+    case GgmlType::Q5_0: {
+      auto* b = static_cast<const BlockQ5_0*>(src);
+      int8_t q[kQK];
+      for (int64_t i = 0; i < n / kQK; ++i) {
+        unpack_q5_0(b[i], q);
+        const float d = fp16_to_f32(b[i].d);
+        for (int j = 0; j < kQK; ++j) dst[i * kQK + j] = d * float(q[j]);
       }
       return;
     }

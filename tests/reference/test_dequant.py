@@ -30,7 +30,7 @@ from llama_ref import tensor_to_f32
 
 QT = gguf.GGMLQuantizationType
 FLOAT_TYPES = ("F32", "F16", "BF16")
-BLOCK_TYPES = ("Q8_0", "Q4_0", "Q4_1")
+BLOCK_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0")
 
 # Source arrays (numpy order) cut from the model; shapes chosen to hit awkward cases.
 SOURCES = {

@@ -83,11 +83,12 @@ TEST(KQuant, BlockGeometryMatchesTheTypeTable) {
     EXPECT_EQ(row_bytes(t.type, 3 * kQK_K), 3 * t.size) << type_name(t.type);
     EXPECT_FALSE(row_bytes(t.type, kQK_K + 32)) << type_name(t.type) << ": 288 is not whole super-blocks";
     EXPECT_TRUE(is_dequantizable_type(t.type)) << type_name(t.type);
-    // No matmul kernel yet: the loader must keep refusing K-quant weights.
-    EXPECT_FALSE(is_supported_weight_type(t.type)) << type_name(t.type);
+    // matmul runs them (scalar row kernels on Q8_K activations, test_matmul_types.cpp).
+    EXPECT_TRUE(is_supported_weight_type(t.type)) << type_name(t.type);
   }
   EXPECT_EQ(type_traits(uint32_t(GgmlType::Q8_K))->block_bytes, sizeof(BlockQ8K));
   EXPECT_FALSE(is_dequantizable_type(GgmlType::Q8_K));  // activation-only, never in a file
+  EXPECT_FALSE(is_supported_weight_type(GgmlType::Q8_K));
   for (GgmlType t :
        {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1})
     EXPECT_TRUE(is_dequantizable_type(t) && is_supported_weight_type(t)) << type_name(t);

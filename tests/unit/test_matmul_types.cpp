@@ -1,0 +1,96 @@
+// matmul with the weight types that have no SIMD path of their own yet: Q5_0 (widened
+// into Q8_0 panels) and the K-quants (scalar row kernels on Q8_K activations). Against
+// an independent evaluation: dequantize_row (bit-identical to gguf-py, see
+// tests/reference/test_dequant.py) and a double-precision dot with the float input.
+// Also: the same result on 1 and 2 threads, and for a token alone or in a batch.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "ops/matmul.h"
+#include "quant/dequantize.h"
+#include "quant/fp16.h"
+#include "quant/kquants.h"
+
+namespace peregrine {
+namespace {
+
+struct Case {
+  GgmlType type;
+  size_t d_offset;  // fp16 scale of each block
+  int dmin_offset;  // fp16 min (Q4_K/Q5_K/Q2_K), -1 if none
+};
+
+class MatmulTypes : public ::testing::TestWithParam<Case> {};
+
+TEST_P(MatmulTypes, MatchesDequantizedReferenceOnAnyThreadsAndBatch) {
+  const Case c = GetParam();
+  const int64_t rows = 37, cols = 512, n_tok = 9;
+  std::mt19937 rng(31);
+  const size_t rb = *row_bytes(c.type, uint64_t(cols));
+  const auto traits = *type_traits(uint32_t(c.type));
+  std::vector<uint8_t> bytes(rb * size_t(rows));
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (auto& b : bytes) b = uint8_t(byte(rng));
+  std::uniform_real_distribution<float> mag(0.001f, 0.05f);
+  for (size_t off = 0; off < bytes.size(); off += traits.block_bytes) {
+    uint16_t d = f32_to_fp16(mag(rng));
+    std::memcpy(&bytes[off + c.d_offset], &d, 2);
+    if (c.dmin_offset >= 0) {
+      uint16_t m = f32_to_fp16(mag(rng));
+      std::memcpy(&bytes[off + size_t(c.dmin_offset)], &m, 2);
+    }
+  }
+  Weight w{"test", c.type, bytes.data(), rows, cols, rb};
+  ASSERT_TRUE(pack_weight(w).ok());
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(size_t(n_tok * cols));
+  for (float& v : x) v = normal(rng);
+
+  // Reference: dequantized weights, double accumulation.
+  std::vector<float> wf(size_t(rows * cols));
+  for (int64_t r = 0; r < rows; ++r) dequantize_row(c.type, w.row(r), &wf[size_t(r * cols)], cols);
+  std::vector<float> ref(size_t(n_tok * rows));
+  std::vector<double> mass(ref.size());
+  for (int64_t t = 0; t < n_tok; ++t)
+    for (int64_t r = 0; r < rows; ++r) {
+      double s = 0, a = 0;
+      for (int64_t i = 0; i < cols; ++i) {
+        s += double(wf[size_t(r * cols + i)]) * x[size_t(t * cols + i)];
+        a += std::fabs(double(wf[size_t(r * cols + i)]) * x[size_t(t * cols + i)]);
+      }
+      ref[size_t(t * rows + r)] = float(s);
+      mass[size_t(t * rows + r)] = a;
+    }
+
+  std::vector<float> y1(ref.size()), y2(ref.size());
+  OpScratch s1, s2;
+  ThreadPool one(1), two(2);
+  matmul(w, x.data(), y1.data(), n_tok, one, s1);
+  matmul(w, x.data(), y2.data(), n_tok, two, s2);
+  ASSERT_EQ(0, std::memcmp(y1.data(), y2.data(), y1.size() * 4)) << "thread count changed results";
+  for (size_t i = 0; i < ref.size(); ++i)  // 8-bit activations: error ~ |w.x| / 127 at most
+    ASSERT_NEAR(y1[i], ref[i], 0.01 * mass[i]) << type_name(c.type) << " i=" << i;
+  for (int64_t t = 0; t < n_tok; ++t) {  // each token alone
+    std::vector<float> alone(static_cast<size_t>(rows));
+    matmul(w, &x[size_t(t * cols)], alone.data(), 1, two, s2);
+    ASSERT_EQ(0, std::memcmp(alone.data(), &y1[size_t(t * rows)], alone.size() * 4))
+        << type_name(c.type) << " token " << t << " differs alone";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Types, MatmulTypes,
+    ::testing::Values(Case{GgmlType::Q5_0, 0, -1},
+                      Case{GgmlType::Q2_K, offsetof(BlockQ2K, d), int(offsetof(BlockQ2K, dmin))},
+                      Case{GgmlType::Q3_K, offsetof(BlockQ3K, d), -1},
+                      Case{GgmlType::Q4_K, offsetof(BlockQ4K, d), int(offsetof(BlockQ4K, dmin))},
+                      Case{GgmlType::Q5_K, offsetof(BlockQ5K, d), int(offsetof(BlockQ5K, dmin))},
+                      Case{GgmlType::Q6_K, offsetof(BlockQ6K, d), -1}),
+    [](const auto& info) { return std::string(type_name(info.param.type)); });
+
+}  // namespace
+}  // namespace peregrine
