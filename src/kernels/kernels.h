@@ -78,6 +78,9 @@ struct KernelTable {
   int64_t attn_hd_multiple = 1;
   // out[n] = silu(g) * u = g / (1 + exp(-g)) * u
   void (*silu_mul)(const float* g, const float* u, float* out, int64_t n) = nullptr;
+  // out[n] = gelu(g) * u with GELU's tanh approximation (GeGLU);
+  // gelu(g) = g / 2 * (1 + tanh(sqrt(2/pi) * (g + 0.044715 g^3))). nullptr: the scalar table's.
+  void (*gelu_mul)(const float* g, const float* u, float* out, int64_t n) = nullptr;
 };
 
 inline constexpr int64_t kAttnTile = 16;

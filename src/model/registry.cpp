@@ -17,6 +17,7 @@ struct Entry {
 
 constexpr Entry kArchitectures[] = {
     {"llama", arch::make_llama},
+    {"gemma3", arch::make_gemma3},
 };
 
 }  // namespace

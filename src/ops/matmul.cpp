@@ -220,8 +220,12 @@ void matmul_many(std::initializer_list<MatmulOut> outs, MatIn in, int64_t n_tok,
   });
 }
 
-void matmul_swiglu(const Weight& gate, const Weight& up, MatIn in, float* out,
-                   int64_t n_tok, ThreadPool& pool, OpScratch& scratch) {
+void matmul_glu(const Weight& gate, const Weight& up, MatIn in, float* out, int64_t n_tok,
+                ThreadPool& pool, OpScratch& scratch, Glu glu) {
+  const KernelTable& kt = kernels();
+  const auto act_mul = glu == Glu::SiLU ? kt.silu_mul
+                       : kt.gelu_mul    ? kt.gelu_mul
+                                        : scalar_kernels().gelu_mul;
   const int64_t n_ff = gate.rows;
   PG_ASSERT(up.rows == n_ff && up.cols == gate.cols);
   const bool fused = gate.packed && up.packed && gate.type == up.type;
@@ -229,7 +233,7 @@ void matmul_swiglu(const Weight& gate, const Weight& up, MatIn in, float* out,
     if (scratch.tmp.size() < size_t(n_tok * n_ff)) scratch.tmp.resize(size_t(n_tok * n_ff));
     float* g = scratch.tmp.data();
     matmul_many({{&gate, g}, {&up, out}}, in, n_tok, pool, scratch);
-    kernels().silu_mul(g, out, out, n_tok * n_ff);
+    act_mul(g, out, out, n_tok * n_ff);
     return;
   }
   const KernelTable& k = kernels();
@@ -246,7 +250,7 @@ void matmul_swiglu(const Weight& gate, const Weight& up, MatIn in, float* out,
         run_panel(k, up, p, x, xq, t0, nt, u, kPanelRows);
         const int64_t r0 = p * kPanelRows, nr = std::min<int64_t>(kPanelRows, n_ff - r0);
         for (int64_t t = 0; t < nt; ++t)
-          k.silu_mul(g + t * kPanelRows, u + t * kPanelRows, out + (t0 + t) * n_ff + r0, nr);
+          act_mul(g + t * kPanelRows, u + t * kPanelRows, out + (t0 + t) * n_ff + r0, nr);
       }
     }
   });

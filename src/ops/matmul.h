@@ -54,9 +54,15 @@ struct MatmulOut {
 void matmul_many(std::initializer_list<MatmulOut> outs, MatIn in, int64_t n_tok,
                  ThreadPool& pool, OpScratch& scratch);
 
-// out[n_tok, n_ff] = silu(x * gate^T) * (x * up^T). With both packed alike, each
-// task computes the same rows of gate and up and combines them at once.
-void matmul_swiglu(const Weight& gate, const Weight& up, MatIn in, float* out,
-                   int64_t n_tok, ThreadPool& pool, OpScratch& scratch);
+// Gated linear units: out[n_tok, n_ff] = act(x * gate^T) * (x * up^T), act = SiLU
+// (SwiGLU, llama) or tanh-GELU (GeGLU, Gemma). With both packed alike, each task computes
+// the same rows of gate and up and combines them at once.
+enum class Glu { SiLU, GeluTanh };
+void matmul_glu(const Weight& gate, const Weight& up, MatIn in, float* out, int64_t n_tok,
+                ThreadPool& pool, OpScratch& scratch, Glu glu);
+inline void matmul_swiglu(const Weight& gate, const Weight& up, MatIn in, float* out,
+                          int64_t n_tok, ThreadPool& pool, OpScratch& scratch) {
+  matmul_glu(gate, up, in, out, n_tok, pool, scratch, Glu::SiLU);
+}
 
 }  // namespace peregrine

@@ -38,40 +38,49 @@ void rope_angles(const int32_t* pos, int64_t n_tok, int64_t rot_dim, float base,
 namespace {
 
 // One head's rotated pairs: out may alias x.
-inline void rotate_head(const float* x, const float* cs, int64_t rot_dim, int64_t head_dim, float* out) {
-  for (int64_t i = 0; i < rot_dim; i += 2) {
-    const float c = cs[i], s = cs[i + 1];  // pair i/2: (cos, sin)
-    const float a = x[i], b = x[i + 1];
-    out[i] = a * c - b * s;
-    out[i + 1] = a * s + b * c;
+inline void rotate_head(const float* x, const float* cs, int64_t rot_dim, int64_t head_dim,
+                        RopeStyle style, float* out) {
+  const int64_t half = rot_dim / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float c = cs[2 * i], s = cs[2 * i + 1];
+    const int64_t ia = style == RopeStyle::Adjacent ? 2 * i : i;
+    const int64_t ib = style == RopeStyle::Adjacent ? 2 * i + 1 : i + half;
+    const float a = x[ia], b = x[ib];
+    out[ia] = a * c - b * s;
+    out[ib] = a * s + b * c;
   }
   if (out != x) std::copy(x + rot_dim, x + head_dim, out + rot_dim);
 }
 
 }  // namespace
 
-void rope_adjacent(float* x, const float* cs, int64_t n_tok, int64_t n_heads, int64_t head_dim,
-                   int64_t rot_dim) {
+void rope_apply(float* x, const float* cs, int64_t n_tok, int64_t n_heads, int64_t head_dim,
+                int64_t rot_dim, RopeStyle style) {
   for (int64_t t = 0; t < n_tok; ++t)
     for (int64_t h = 0; h < n_heads; ++h) {
       float* v = x + (t * n_heads + h) * head_dim;
-      rotate_head(v, cs + t * rot_dim, rot_dim, head_dim, v);
+      rotate_head(v, cs + t * rot_dim, rot_dim, head_dim, style, v);
     }
 }
 
 void rope_store_kv(KvCache& cache, int64_t layer, const int32_t* seq, const int32_t* pos,
                    const float* k, const float* v, const float* cs, int64_t n_tok,
-                   int64_t n_heads_kv, int64_t head_dim, int64_t rot_dim) {
+                   int64_t n_heads_kv, int64_t head_dim, int64_t rot_dim, RopeStyle style) {
   const int64_t kv_dim = n_heads_kv * head_dim;
   constexpr int64_t kMaxKvDim = 8192;
   PG_ASSERT(kv_dim <= kMaxKvDim);
   float rotated[kMaxKvDim];
   for (int64_t t = 0; t < n_tok; ++t) {
     for (int64_t h = 0; h < n_heads_kv; ++h)
-      rotate_head(k + t * kv_dim + h * head_dim, cs + t * rot_dim, rot_dim, head_dim,
+      rotate_head(k + t * kv_dim + h * head_dim, cs + t * rot_dim, rot_dim, head_dim, style,
                   rotated + h * head_dim);
     cache.store(layer, seq[t], pos[t], rotated, v + t * kv_dim);
   }
+}
+
+void rmsnorm_heads(float* x, const float* weight, int64_t n_tok, int64_t n_heads,
+                   int64_t head_dim, float eps) {
+  rmsnorm(x, weight, x, n_tok * n_heads, head_dim, eps);  // heads are rows of head_dim
 }
 
 void swiglu(float* g, const float* u, int64_t n) {

@@ -224,6 +224,14 @@ void silu_mul(const float* g, const float* u, float* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
+void gelu_mul(const float* g, const float* u, float* out, int64_t n) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = g[i];
+    out[i] = 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x))) * u[i];
+  }
+}
+
 }  // namespace
 
 const KernelTable& scalar_kernels() {
@@ -249,6 +257,7 @@ const KernelTable& scalar_kernels() {
       .attend_f32 = attend<float, load_f32>,
       .attn_hd_multiple = 1,
       .silu_mul = silu_mul,
+      .gelu_mul = gelu_mul,
   };
   return t;
 }

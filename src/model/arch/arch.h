@@ -8,5 +8,6 @@
 namespace peregrine::arch {
 
 Result<std::unique_ptr<Model>> make_llama(std::shared_ptr<const gguf::File> file, ThreadPool& pool);
+Result<std::unique_ptr<Model>> make_gemma3(std::shared_ptr<const gguf::File> file, ThreadPool& pool);
 
 }  // namespace peregrine::arch
