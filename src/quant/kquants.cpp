@@ -49,12 +49,19 @@ void unpack_q5_k(const BlockQ5K& b, int8_t* q) {
 }
 
 void unpack_q6_k(const BlockQ6K& b, int8_t* q) {
-  for (int h = 0; h < 2; ++h)
-    for (int r = 0; r < 128; ++r) {
-      const int low4 = (b.ql[64 * h + r % 64] >> (4 * (r / 64))) & 15;
-      const int high2 = (b.qh[32 * h + r % 32] >> (2 * (r / 32))) & 3;
-      q[128 * h + r] = int8_t((low4 | (high2 << 4)) - 32);
+  // Value 128h + 32c + l: low nibble (c = 0, 1) or high nibble (c = 2, 3) of ql[64h + 32(c&1) + l],
+  // high bits 2c..2c+1 of qh[32h + l]. Written with l innermost so the compiler vectorizes it.
+  for (int h = 0; h < 2; ++h) {
+    const uint8_t* ql = b.ql + 64 * h;
+    const uint8_t* qh = b.qh + 32 * h;
+    int8_t* out = q + 128 * h;
+    for (int l = 0; l < 32; ++l) {
+      out[l] = int8_t(((ql[l] & 15) | (((qh[l] >> 0) & 3) << 4)) - 32);
+      out[l + 32] = int8_t(((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32);
+      out[l + 64] = int8_t(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+      out[l + 96] = int8_t(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
     }
+  }
 }
 
 // ---- dequantization -------------------------------------------------------------------
