@@ -3,6 +3,9 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "quant/fp16.h"
+#include "quant/kquants.h"
+
 namespace peregrine {
 namespace {
 
@@ -14,6 +17,47 @@ constexpr PanelFormat kQ8_0{GgmlType::Q8_0, kScales, kScales, kScales + kPanelRo
 constexpr PanelFormat kF32{GgmlType::F32, 0, 0, kPanelRows * kQK * 4, true, 4};
 constexpr PanelFormat kF16{GgmlType::F16, 0, 0, kPanelRows * kQK * 2, true, 2};
 constexpr PanelFormat kBF16{GgmlType::BF16, 0, 0, kPanelRows * kQK * 2, true, 2};
+// K-quants, one 32-value sub-block per panel block, effective scales in f32 (exact:
+// an fp16 times a 6- or 8-bit integer):
+//   Q4_K: d[16] = d * sc, m[16] = -dmin * m (f32), then nibbles as Q4_1
+//   Q6_K: d[16] for values 0-15 and d[16] for 16-31 (= d * scale of each 16), then
+//         q + 32 (0..63) as bytes, laid out as Q8_0's
+constexpr size_t kScales32 = kPanelRows * sizeof(float);
+constexpr PanelFormat kQ4K{GgmlType::Q4_K, kScales32, 2 * kScales32, 2 * kScales32 + kPanelRows * kQK / 2, false, 0};
+constexpr PanelFormat kQ6K{GgmlType::Q6_K, kScales32, 2 * kScales32, 2 * kScales32 + kPanelRows * kQK, false, 0};
+
+// Row r's 32-value sub-block b of a K-quant row as the panel stores it: effective scales
+// (two for Q6_K's halves) and bytes (Q4_K: GGUF-style nibble pairs; Q6_K: q + 32).
+struct KSub {
+  float d0, d1_or_m;
+  uint8_t qs[kQK];
+  int qs_bytes;
+};
+
+KSub k_sub_block(GgmlType t, const uint8_t* row, int64_t b) {
+  KSub out{};
+  int8_t q[kQK_K];
+  const int64_t i = b / 8, k = b % 8;
+  if (t == GgmlType::Q4_K) {
+    const BlockQ4K& blk = reinterpret_cast<const BlockQ4K*>(row)[i];
+    unpack_q4_k(blk, q);
+    int sc, m;
+    k4_scale_min(blk.scales, int(k), &sc, &m);
+    out.d0 = fp16_to_f32(blk.d) * float(sc);
+    out.d1_or_m = -(fp16_to_f32(blk.dmin) * float(m));
+    for (int j = 0; j < kQK / 2; ++j)
+      out.qs[j] = uint8_t(q[32 * k + j] | (q[32 * k + 16 + j] << 4));
+    out.qs_bytes = kQK / 2;
+  } else {
+    const BlockQ6K& blk = reinterpret_cast<const BlockQ6K*>(row)[i];
+    unpack_q6_k(blk, q);
+    out.d0 = fp16_to_f32(blk.d) * float(blk.scales[2 * k]);
+    out.d1_or_m = fp16_to_f32(blk.d) * float(blk.scales[2 * k + 1]);
+    for (int j = 0; j < kQK; ++j) out.qs[j] = uint8_t(q[32 * k + j] + 32);
+    out.qs_bytes = kQK;
+  }
+  return out;
+}
 
 // The scale, offset and quant bytes of one GGUF block.
 struct BlockView {
@@ -56,6 +100,8 @@ const PanelFormat* panel_format(GgmlType type) {
     case GgmlType::F32: return &kF32;
     case GgmlType::F16: return &kF16;
     case GgmlType::BF16: return &kBF16;
+    case GgmlType::Q4_K: return &kQ4K;
+    case GgmlType::Q6_K: return &kQ6K;
     default: return nullptr;
   }
 }
@@ -64,9 +110,10 @@ Result<PackedMatrix> pack_matrix(GgmlType type, const uint8_t* src, int64_t rows
                                  size_t row_bytes) {
   const PanelFormat* f = panel_format(type);
   if (f == nullptr) return make_error("no panel layout for type {}", type_name(type));
-  if (rows <= 0 || cols <= 0 || cols % kQK != 0)
+  const int64_t multiple = (type == GgmlType::Q4_K || type == GgmlType::Q6_K) ? kQK_K : kQK;
+  if (rows <= 0 || cols <= 0 || cols % multiple != 0)
     return make_error("cannot pack a [{}, {}] matrix: columns must be a positive multiple of {}",
-                      rows, cols, kQK);
+                      rows, cols, multiple);
   PackedMatrix pm;
   pm.format = f;
   pm.rows = rows;
@@ -91,9 +138,21 @@ Result<PackedMatrix> pack_matrix(GgmlType type, const uint8_t* src, int64_t rows
         }
         continue;
       }
+      uint8_t* qs = out + f->qs_offset;
+      if (type == GgmlType::Q4_K || type == GgmlType::Q6_K) {
+        auto* d0 = reinterpret_cast<float*>(out);
+        auto* d1 = reinterpret_cast<float*>(out + f->m_offset);
+        for (int r = 0; r < kPanelRows && p * kPanelRows + r < rows; ++r) {
+          const KSub ks = k_sub_block(type, src + size_t(p * kPanelRows + r) * row_bytes, b);
+          d0[r] = ks.d0;
+          d1[r] = ks.d1_or_m;
+          for (int g = 0; g < ks.qs_bytes / 4; ++g)
+            std::memcpy(qs + (g * kPanelRows + r) * 4, ks.qs + g * 4, 4);
+        }
+        continue;
+      }
       auto* d = reinterpret_cast<uint16_t*>(out);
       auto* m = reinterpret_cast<uint16_t*>(out + f->m_offset);
-      uint8_t* qs = out + f->qs_offset;
       for (int r = 0; r < kPanelRows; ++r) {
         const int64_t row = p * kPanelRows + r;
         if (row >= rows) break;

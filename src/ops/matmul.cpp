@@ -15,7 +15,7 @@ namespace {
 constexpr int64_t kTokenChunk = 64;  // tokens per pass: their activations stay in L2
 constexpr size_t kMaxOuts = 4;
 
-// Weights dotted with 8-bit activation blocks of 32 (BlockQ8Act).
+// Weight types dotted with 8-bit activation blocks of 32 (BlockQ8Act) when unpacked.
 bool quantized(GgmlType t) {
   return t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q8_0 || t == GgmlType::Q5_0;
 }
@@ -33,11 +33,23 @@ KDot kquant_dot(GgmlType t) {
   }
 }
 
+// What a weight reads: BlockQ8Act (32-blocks: packed quantized panels, unpacked *_0/*_1),
+// Q8_K super-blocks (unpacked K-quants) or floats.
+enum class Input { Q8, Q8K, Float };
+Input input_of(const Weight& w) {
+  if (w.packed) return w.packed->format->is_float ? Input::Float : Input::Q8;
+  if (quantized(w.type)) return Input::Q8;
+  return kquant_dot(w.type) ? Input::Q8K : Input::Float;
+}
+
+
 KernelTable::PanelDot panel_kernel(const KernelTable& k, GgmlType t) {
   switch (t) {
     case GgmlType::Q4_0: return k.panel_q4_0;
     case GgmlType::Q4_1: return k.panel_q4_1;
     case GgmlType::Q8_0: return k.panel_q8_0;
+    case GgmlType::Q4_K: return k.panel_q4_k;
+    case GgmlType::Q6_K: return k.panel_q6_k;
     default: return nullptr;
   }
 }
@@ -187,9 +199,10 @@ void matmul_many(std::initializer_list<MatmulOut> outs, MatIn in, int64_t n_tok,
   int64_t total = 0;
   for (const MatmulOut& o : outs) {
     PG_ASSERT(o.w->cols == cols);
-    any_quantized |= quantized(o.w->type);
-    any_k |= kquant_dot(o.w->type) != nullptr;
-    any_float |= !quantized(o.w->type);
+    const Input i = input_of(*o.w);
+    any_quantized |= i == Input::Q8;
+    any_k |= i == Input::Q8K;
+    any_float |= i != Input::Q8;  // Q8_K is quantized from the (normalised) float rows
     total += n_groups(*o.w);
   }
   const BlockQ8Act* xq = any_quantized ? quantize_input(in, n_tok, cols, pool, scratch) : nullptr;
@@ -237,8 +250,9 @@ void matmul_glu(const Weight& gate, const Weight& up, MatIn in, float* out, int6
     return;
   }
   const KernelTable& k = kernels();
-  const BlockQ8Act* xq = quantized(gate.type) ? quantize_input(in, n_tok, gate.cols, pool, scratch) : nullptr;
-  const float* x = quantized(gate.type) ? in.x : float_input(in, n_tok, gate.cols, scratch);
+  const bool q8 = input_of(gate) == Input::Q8;
+  const BlockQ8Act* xq = q8 ? quantize_input(in, n_tok, gate.cols, pool, scratch) : nullptr;
+  const float* x = q8 ? in.x : float_input(in, n_tok, gate.cols, scratch);
   const int64_t groups = n_groups(gate), per_task = groups_per_task(2 * groups, pool.size());
   pool.parallel_for((groups + per_task - 1) / per_task, [&](int64_t task, int) {
     float g[kTokenChunk * kPanelRows], u[kTokenChunk * kPanelRows];

@@ -50,13 +50,15 @@ static_assert(sizeof(BlockQ8_0) == 34);
 
 // Activations quantized on the fly: value[j] ~= d * qs[j]; s = d * sum(qs) feeds
 // the offset term of Q4_1 (sum_j (dw*q + m) * dx*qx = dw*dx*sum(q*qx) + m*s), and the
-// integer sum lets kernels that multiply unsigned weights (u = q + 8 for Q4_0,
-// u = q + 128 for Q8_0) correct exactly: sum(q*qx) = sum(u*qx) - 8 * sum.
+// integer sums let kernels that multiply unsigned weights (u = q + 8 for Q4_0,
+// u = q + 128 for Q8_0, u = q + 32 for Q6_K's halves) correct exactly:
+// sum(q*qx) = sum(u*qx) - 8 * sum. |sum| <= 32 * 127 fits int16.
 // f32 scales keep activation error to the 8-bit rounding alone.
 struct BlockQ8Act {
   float d;
   float s;
-  int32_t sum;
+  int16_t sum;     // of all 32 qs
+  int16_t sum_lo;  // of qs[0..15]
   int8_t qs[kQK];
 };
 static_assert(sizeof(BlockQ8Act) == 44);

@@ -10,6 +10,8 @@
 #include <random>
 #include <vector>
 
+#include "kernels/kernels.h"
+#include "kernels/packed.h"
 #include "ops/matmul.h"
 #include "quant/dequantize.h"
 #include "quant/fp16.h"
@@ -74,6 +76,34 @@ TEST_P(MatmulTypes, MatchesDequantizedReferenceOnAnyThreadsAndBatch) {
   ASSERT_EQ(0, std::memcmp(y1.data(), y2.data(), y1.size() * 4)) << "thread count changed results";
   for (size_t i = 0; i < ref.size(); ++i)  // 8-bit activations: error ~ |w.x| / 127 at most
     ASSERT_NEAR(y1[i], ref[i], 0.01 * mass[i]) << type_name(c.type) << " i=" << i;
+  // Panel layouts: every SIMD table's panel kernel equals the scalar one bit for bit.
+  if (w.packed) {
+    const PackedMatrix& pm = *w.packed;
+    auto panel_of = [&](const KernelTable& k) {
+      switch (pm.format->type) {
+        case GgmlType::Q8_0: return k.panel_q8_0;
+        case GgmlType::Q4_K: return k.panel_q4_k;
+        case GgmlType::Q6_K: return k.panel_q6_k;
+        default: return KernelTable::PanelDot(nullptr);
+      }
+    };
+    std::vector<BlockQ8Act> xq(size_t(n_tok * pm.nb));
+    for (int64_t t = 0; t < n_tok; ++t)
+      scalar_kernels().quantize_q8(&x[size_t(t * cols)], &xq[size_t(t * pm.nb)], cols);
+    const int64_t width = pm.n_panels * kPanelRows;
+    auto run = [&](const KernelTable& k) {
+      std::vector<float> y(size_t(n_tok * width));
+      for (int64_t p = 0; p < pm.n_panels; ++p)
+        panel_of(k)(pm.panel(p), pm.nb, xq.data(), n_tok, y.data() + p * kPanelRows, width);
+      return y;
+    };
+    const std::vector<float> ref_panel = run(scalar_kernels());
+    for (const KernelTable* k : {avx2_kernels(), avx512_kernels()}) {
+      if (k == nullptr || !cpu_supports(k->isa) || panel_of(*k) == nullptr) continue;
+      ASSERT_EQ(0, std::memcmp(run(*k).data(), ref_panel.data(), ref_panel.size() * 4))
+          << isa_name(k->isa) << " " << type_name(c.type);
+    }
+  }
   for (int64_t t = 0; t < n_tok; ++t) {  // each token alone
     std::vector<float> alone(static_cast<size_t>(rows));
     matmul(w, &x[size_t(t * cols)], alone.data(), 1, two, s2);

@@ -57,7 +57,8 @@ inline void quantize_block(const float32x4_t* v4, BlockQ8Act& out) {
   }
   out.d = d;
   out.s = d * float(sum);
-  out.sum = sum;
+  out.sum = int16_t(sum);
+  out.sum_lo = int16_t(vaddvq_s32(vaddq_s32(vaddq_s32(q4[0], q4[1]), vaddq_s32(q4[2], q4[3]))));
 }
 
 void quantize_q8(const float* x, BlockQ8Act* out, int64_t n) {

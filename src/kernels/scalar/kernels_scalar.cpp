@@ -31,7 +31,10 @@ void quantize_q8_norm(const float* x, float scale, const float* w, BlockQ8Act* o
     }
     out[b].d = d;
     out[b].s = d * float(sum);
-    out[b].sum = sum;
+    out[b].sum = int16_t(sum);
+    int sum_lo = 0;
+    for (int j = 0; j < kQK / 2; ++j) sum_lo += out[b].qs[j];
+    out[b].sum_lo = int16_t(sum_lo);
   }
 }
 
@@ -122,7 +125,18 @@ void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_
         const BlockQ8Act& xb = x[t * nb + b];
         const uint8_t* qs = blk + f.qs_offset;
         int32_t isum = 0;
-        if constexpr (T == GgmlType::Q8_0) {
+        if constexpr (T == GgmlType::Q6_K) {  // two halves of 16, each with its own scale
+          int32_t half[2] = {0, 0};
+          for (int g = 0; g < 8; ++g)
+            for (int j = 0; j < 4; ++j)
+              half[g / 4] += (int(qs[(g * kPanelRows + r) * 4 + j]) - 32) * xb.qs[4 * g + j];
+          float d0, d1;
+          std::memcpy(&d0, blk + 4 * r, 4);
+          std::memcpy(&d1, blk + f.m_offset + 4 * r, 4);
+          acc = std::fma(d0, float(half[0]) * xb.d, acc);
+          acc = std::fma(d1, float(half[1]) * xb.d, acc);
+          continue;
+        } else if constexpr (T == GgmlType::Q8_0) {
           for (int g = 0; g < 8; ++g)
             for (int j = 0; j < 4; ++j)
               isum += int8_t(qs[(g * kPanelRows + r) * 4 + j]) * xb.qs[4 * g + j];
@@ -133,6 +147,14 @@ void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_
               isum += (q & 0xF) * xb.qs[4 * g + j] + (q >> 4) * xb.qs[16 + 4 * g + j];
             }
           if constexpr (T == GgmlType::Q4_0) isum -= 8 * xb.sum;
+        }
+        if constexpr (T == GgmlType::Q4_K) {  // f32 effective scale and offset
+          float d, m;
+          std::memcpy(&d, blk + 4 * r, 4);
+          std::memcpy(&m, blk + f.m_offset + 4 * r, 4);
+          acc = std::fma(d, float(isum) * xb.d, acc);
+          acc = std::fma(m, xb.s, acc);
+          continue;
         }
         uint16_t dh, mh;
         std::memcpy(&dh, blk + 2 * r, 2);
@@ -250,6 +272,8 @@ const KernelTable& scalar_kernels() {
       .panel_q4_0 = panel_dot<GgmlType::Q4_0>,
       .panel_q4_1 = panel_dot<GgmlType::Q4_1>,
       .panel_q8_0 = panel_dot<GgmlType::Q8_0>,
+      .panel_q4_k = panel_dot<GgmlType::Q4_K>,
+      .panel_q6_k = panel_dot<GgmlType::Q6_K>,
       .panel_f32 = panel_dot_f<float>,
       .panel_f16 = panel_dot_f<uint16_t>,
       .panel_bf16 = panel_dot_f<Bf16>,

@@ -65,7 +65,8 @@ void quantize_q8_norm(const float* x, float scale, const float* w, BlockQ8Act* o
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[b].qs), p);
     out[b].d = d;
     out[b].s = d * float(sum);
-    out[b].sum = sum;
+    out[b].sum = int16_t(sum);
+    out[b].sum_lo = int16_t(hsum_i32(_mm256_add_epi32(i0, i1)));
   }
 }
 
@@ -202,12 +203,17 @@ struct HalfWeights {
   __m256 d, m;
 
   void load(const uint8_t* blk, const PanelFormat& f, int half) {
-    d = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(blk + 16 * half)));
+    if constexpr (T == GgmlType::Q4_K || T == GgmlType::Q6_K) {  // f32 scales (Q6_K: both halves')
+      d = _mm256_loadu_ps(reinterpret_cast<const float*>(blk + 32 * half));
+      m = _mm256_loadu_ps(reinterpret_cast<const float*>(blk + f.m_offset + 32 * half));
+    } else {
+      d = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(blk + 16 * half)));
+    }
     if constexpr (T == GgmlType::Q4_1)
       m = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(blk + f.m_offset + 16 * half)));
     const uint8_t* qs = blk + f.qs_offset + 32 * half;
     auto at = [&](int g) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(qs + 64 * g)); };
-    if constexpr (T == GgmlType::Q8_0) {
+    if constexpr (T == GgmlType::Q8_0 || T == GgmlType::Q6_K) {
       for (int g = 0; g < 8; ++g) w[g] = at(g);
     } else {
       const __m256i lo = _mm256_set1_epi8(0x0f);
@@ -220,7 +226,7 @@ struct HalfWeights {
   }
 
   static constexpr int x_offset(int g) {
-    return T == GgmlType::Q8_0 ? 4 * g : (g < 4 ? 4 * g : 16 + 4 * (g - 4));
+    return T == GgmlType::Q8_0 || T == GgmlType::Q6_K ? 4 * g : (g < 4 ? 4 * g : 16 + 4 * (g - 4));
   }
   static __m256i bcast(const BlockQ8Act& x, int g) {
     int32_t x4;
@@ -230,6 +236,19 @@ struct HalfWeights {
 
   __m256 accumulate(const BlockQ8Act& x, __m256 acc) const {
     const __m256i ones = _mm256_set1_epi16(1);
+    if constexpr (T == GgmlType::Q6_K) {  // u = q + 32 <= 63: two maddubs lanes fit int16
+      auto pair = [&](int g) {
+        return _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(w[g], bcast(x, g)),
+                                                  _mm256_maddubs_epi16(w[g + 1], bcast(x, g + 1))),
+                                 ones);
+      };
+      const __m256i lo = _mm256_sub_epi32(_mm256_add_epi32(pair(0), pair(2)), _mm256_set1_epi32(32 * x.sum_lo));
+      const __m256i hi = _mm256_sub_epi32(_mm256_add_epi32(pair(4), pair(6)),
+                                          _mm256_set1_epi32(32 * (x.sum - x.sum_lo)));
+      const __m256 dx = _mm256_set1_ps(x.d);
+      acc = _mm256_fmadd_ps(d, _mm256_mul_ps(_mm256_cvtepi32_ps(lo), dx), acc);
+      return _mm256_fmadd_ps(m, _mm256_mul_ps(_mm256_cvtepi32_ps(hi), dx), acc);
+    }
     __m256i isum;
     if constexpr (T == GgmlType::Q8_0) {
       // maddubs wants an unsigned left side: |q| * (x with q's sign); 2*128*127 fits int16.
@@ -247,7 +266,8 @@ struct HalfWeights {
     }
     const __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(x.d));
     acc = _mm256_fmadd_ps(d, t, acc);
-    if constexpr (T == GgmlType::Q4_1) acc = _mm256_fmadd_ps(m, _mm256_set1_ps(x.s), acc);
+    if constexpr (T == GgmlType::Q4_1 || T == GgmlType::Q4_K)
+      acc = _mm256_fmadd_ps(m, _mm256_set1_ps(x.s), acc);
     return acc;
   }
 };
@@ -389,6 +409,8 @@ const KernelTable* avx2_kernels() {
       .panel_q4_0 = panel_dot<GgmlType::Q4_0>,
       .panel_q4_1 = panel_dot<GgmlType::Q4_1>,
       .panel_q8_0 = panel_dot<GgmlType::Q8_0>,
+      .panel_q4_k = panel_dot<GgmlType::Q4_K>,
+      .panel_q6_k = panel_dot<GgmlType::Q6_K>,
       .panel_f32 = panel_dot_f<float>,
       .panel_f16 = panel_dot_f<uint16_t>,
       .panel_bf16 = panel_dot_f<Bf16>,

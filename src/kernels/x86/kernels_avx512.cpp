@@ -51,7 +51,8 @@ void quantize_q8_norm(const float* x, float scale, const float* w, BlockQ8Act* o
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].qs + 16), _mm512_cvtsepi32_epi8(i1));
     out[b].d = d;
     out[b].s = d * float(sum);
-    out[b].sum = sum;
+    out[b].sum = int16_t(sum);
+    out[b].sum_lo = int16_t(_mm512_reduce_add_epi32(i0));
   }
 }
 
@@ -245,12 +246,21 @@ struct PanelWeights {
   __m512i w[8];
   __m512 d, m;
 
+  static constexpr bool kF32Scales = T == GgmlType::Q4_K || T == GgmlType::Q6_K;
+
   void load(const uint8_t* blk, const PanelFormat& f) {
-    d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk)));
+    if constexpr (kF32Scales) {  // d (Q6_K: first half), m (Q6_K: second half's d)
+      d = _mm512_loadu_ps(reinterpret_cast<const float*>(blk));
+      m = _mm512_loadu_ps(reinterpret_cast<const float*>(blk + f.m_offset));
+    } else {
+      d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk)));
+    }
     if constexpr (T == GgmlType::Q4_1)
       m = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk + f.m_offset)));
     const auto* qs = reinterpret_cast<const __m512i*>(blk + f.qs_offset);
-    if constexpr (T == GgmlType::Q8_0) {
+    if constexpr (T == GgmlType::Q6_K) {  // stored as q + 32: unsigned already
+      for (int g = 0; g < 8; ++g) w[g] = _mm512_loadu_si512(qs + g);
+    } else if constexpr (T == GgmlType::Q8_0) {
       const __m512i bias = _mm512_set1_epi8(char(0x80));
       for (int g = 0; g < 8; ++g) w[g] = _mm512_xor_si512(_mm512_loadu_si512(qs + g), bias);
     } else {
@@ -265,10 +275,21 @@ struct PanelWeights {
 
   // Activation byte offset paired with w[g].
   static constexpr int x_offset(int g) {
-    return T == GgmlType::Q8_0 ? 4 * g : (g < 4 ? 4 * g : 16 + 4 * (g - 4));
+    return T == GgmlType::Q8_0 || T == GgmlType::Q6_K ? 4 * g : (g < 4 ? 4 * g : 16 + 4 * (g - 4));
   }
 
   __m512 accumulate(const BlockQ8Act& x, __m512 acc) const {
+    if constexpr (T == GgmlType::Q6_K) {  // halves of 16 values, u = q + 32
+      __m512i half[2] = {_mm512_set1_epi32(-32 * x.sum_lo), _mm512_set1_epi32(-32 * (x.sum - x.sum_lo))};
+      for (int g = 0; g < 8; ++g) {
+        int32_t x4;
+        std::memcpy(&x4, x.qs + 4 * g, 4);
+        half[g / 4] = _mm512_dpbusd_epi32(half[g / 4], w[g], _mm512_set1_epi32(x4));
+      }
+      const __m512 dx = _mm512_set1_ps(x.d);
+      acc = _mm512_fmadd_ps(d, _mm512_mul_ps(_mm512_cvtepi32_ps(half[0]), dx), acc);
+      return _mm512_fmadd_ps(m, _mm512_mul_ps(_mm512_cvtepi32_ps(half[1]), dx), acc);
+    }
     __m512i isum = _mm512_set1_epi32(-kOffset * x.sum);
     for (int g = 0; g < 8; ++g) {
       int32_t x4;
@@ -277,7 +298,8 @@ struct PanelWeights {
     }
     const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(x.d));
     acc = _mm512_fmadd_ps(d, t, acc);
-    if constexpr (T == GgmlType::Q4_1) acc = _mm512_fmadd_ps(m, _mm512_set1_ps(x.s), acc);
+    if constexpr (T == GgmlType::Q4_1 || T == GgmlType::Q4_K)
+      acc = _mm512_fmadd_ps(m, _mm512_set1_ps(x.s), acc);
     return acc;
   }
 };
@@ -421,6 +443,8 @@ const KernelTable* avx512_kernels() {
       .panel_q4_0 = panel_dot<GgmlType::Q4_0>,
       .panel_q4_1 = panel_dot<GgmlType::Q4_1>,
       .panel_q8_0 = panel_dot<GgmlType::Q8_0>,
+      .panel_q4_k = panel_dot<GgmlType::Q4_K>,
+      .panel_q6_k = panel_dot<GgmlType::Q6_K>,
       .panel_f32 = panel_dot_f<float>,
       .panel_f16 = panel_dot_f<uint16_t>,
       .panel_bf16 = panel_dot_f<Bf16>,
