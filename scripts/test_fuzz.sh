@@ -7,7 +7,11 @@
 # BUILD_DIR/fuzz-artifacts/ and the script exits non-zero.
 #
 # usage: scripts/test_fuzz.sh [BUILD_DIR]   (default build-fuzz, relative to the repo root)
-# env:   FUZZ_SECONDS per target (default 20), PEREGRINE_JOBS build jobs (default 2)
+# env:   FUZZ_SECONDS per target (default 20), PEREGRINE_JOBS build jobs (default 2),
+#        PEREGRINE_MODEL_PATH (fuzz_tokenizer: SmolLM2) and PEREGRINE_GEMMA_PATH
+#        (fuzz_tokenizer_spm: Gemma 3), read by the targets from the environment, override the
+#        models in ~/.cache/peregrine/models; a target whose model is missing runs unchecked, and
+#        the summary says so.
 # A longer run by hand: BUILD_DIR/bin/fuzz_gguf -max_total_time=3600 SOME_CORPUS_DIR
 set -euo pipefail
 # ccache leaves the build dir out of its hash, so a fresh build dir still hits the cache.
@@ -70,7 +74,9 @@ for t in "${targets[@]}"; do
   fi
   runs=$(sed -nE 's/^stat::number_of_executed_units: *([0-9]+).*/\1/p' "$log" | tail -n 1)
   [[ ${runs:-0} -gt 0 ]] || { tail -n 20 "$log" >&2; fail "$t ran no inputs (log $log)"; }
-  summary+=("$t ${runs} runs")
+  note=""
+  grep -q '(nothing is checked)' "$log" && note=" UNCHECKED: no model"
+  summary+=("$t ${runs} runs$note")
 done
 
 echo "fuzz: OK: $(IFS=,; echo "${summary[*]}" | sed 's/,/, /g') (${seconds}s each, $((SECONDS - start))s total, $build)"

@@ -136,11 +136,17 @@ std::vector<TokenId> SpmTokenizer::encode(std::string_view text, bool parse_spec
   std::vector<SpecialTokenMatcher::Fragment> fragments;
   std::vector<SpmMerges::Span> spans;
   // Windows of at most kMaxEncodeBytes, cut at a character boundary: the
-  // whole text at once for every text try_encode() accepts.
+  // whole text at once for every text try_encode() accepts. A character has
+  // at most 3 continuation bytes, so the cut moves back at most 3: a longer
+  // run is invalid UTF-8 (byte tokens either way), and walking back over all
+  // of it made each window one byte long at a cost of kMaxEncodeBytes steps.
   for (size_t pos = 0; pos < text.size();) {
     size_t end = std::min(text.size(), pos + kMaxEncodeBytes);
-    while (end < text.size() && end > pos + 1 && (static_cast<uint8_t>(text[end]) & 0xC0) == 0x80)
+    for (int k = 0; k < 3 && end < text.size() && end > pos + 1 &&
+                    (static_cast<uint8_t>(text[end]) & 0xC0) == 0x80;
+         ++k) {
       --end;
+    }
     escaped.clear();
     if (pos == 0 && add_space_prefix_) escaped += kSpace;
     append_escaped(escaped, text.substr(pos, end - pos));

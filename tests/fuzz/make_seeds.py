@@ -7,6 +7,10 @@ library is used: seeds are generated at test time, never committed as binaries.
 
 gguf: a few tiny valid GGUF files (v2 and v3, every value type, nested arrays, tensors of several
 types, a custom alignment), each under 1 KB so that mutations reach every field quickly.
+
+tokenizer_spm: short texts for the Gemma 3 SentencePiece tokenizer: control and user-defined
+tokens (also cut short and run together), runs of spaces/newlines/tabs, the character U+2581,
+characters no piece spells (byte fallback), invalid and truncated UTF-8, literal <0xXX> text.
 """
 import os
 import struct
@@ -84,7 +88,26 @@ def gguf_seeds():
     }
 
 
-SEEDS = {"gguf": gguf_seeds}
+def tokenizer_spm_seeds():
+    sp = "\u2581"
+    texts = [
+        b"Hello world, this is  a test.",
+        b"<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n",
+        b"<bos><eos><pad><unk><mask>[multimodal]<start_of_image><end_of_image><unused0>",
+        b"<start_of_tur<end_of_turn<table><tr><td>1</td></tr></table><s></s>",
+        b"   leading and trailing   \n\n\n\t\t x  \t\n  ",
+        (sp + "word " + sp + sp + " " + sp).encode(),
+        "\u4f60\u597d\uff0c\u4e16\u754c \U0001d518 \U0001f468\u200d\U0001f469".encode(),
+        "caf\u00e9 na\u0131ve \u00a0nbsp\u3000ideographic space".encode(),
+        b"\x00\x01\x7f\xff\xfe not UTF-8 \xc3 \xe2\x96 \xed\xa0\x80 \xf4\x90\x80\x80",
+        b"truncated at the end \xf0\x9f\x98",
+        b"<0x41><0xFF> <0x0A>",
+        b"def f(x):\n\treturn x  *  2\n",
+    ]
+    return {f"text{i}.txt": t for i, t in enumerate(texts)}
+
+
+SEEDS = {"gguf": gguf_seeds, "tokenizer_spm": tokenizer_spm_seeds}
 
 
 def main():

@@ -380,6 +380,33 @@ TEST(TokenizerSpmTiny, BoundsInputLength) {
   EXPECT_EQ(*ok, t.encode("ab ab"));
 }
 
+TEST(TokenizerSpmTiny, EncodesPastTheBoundInLinearTime) {
+  // encode() takes any length, in windows of kMaxEncodeBytes cut at a character boundary. The
+  // cut used to walk back over every continuation byte, so continuation bytes (invalid UTF-8)
+  // past the bound became one-byte windows of kMaxEncodeBytes steps each: ~50 s for the text
+  // below (8 KiB past the bound), hours for 1 MiB. Now it costs about what the bound does.
+  const TinySpm v;
+  auto l = load(v.bytes());
+  ASSERT_TRUE(l->tok.ok()) << l->tok.error().message;
+  const Tokenizer& t = **l->tok;
+  auto ms_since = [](std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  };
+  std::string text(Tokenizer::kMaxEncodeBytes, '\x80');
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(t.encode(text).size(), text.size());  // one window
+  const double ms_bound = ms_since(t0);
+  text.append(8192, '\x80');
+  t0 = std::chrono::steady_clock::now();
+  const Ids ids = t.encode(text);
+  const double ms_past = ms_since(t0);
+  // A complexity guard, not a speed target: the quadratic cut took ~25x the bound's time; a
+  // linear one takes ~1x. 10x + 5 s leaves room for any machine and sanitizer build.
+  EXPECT_LT(ms_past, 10 * ms_bound + 5000.0) << "the bound alone took " << ms_bound << " ms";
+  ASSERT_EQ(ids.size(), text.size());  // each byte its byte token
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), v.id("<0x80>")), std::ptrdiff_t(ids.size()));
+}
+
 TEST(TokenizerSpmTiny, RejectsBadMetadata) {
   auto expect_error = [](const TinySpm& v, const std::string& needle) {
     auto l = load(v.bytes());
