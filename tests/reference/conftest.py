@@ -3,11 +3,13 @@
 Environment:
   PEREGRINE_BIN         engine binary (default <repo>/build/bin/peregrine)
   PEREGRINE_MODEL_PATH  GGUF model (default ~/.cache/peregrine/models/SmolLM2-135M-Instruct.Q4_1.gguf)
+  PEREGRINE_GEMMA_PATH  Gemma 3 GGUF (default ~/.cache/peregrine/models/gemma-3-270m-q4_k_m.gguf)
 Tests that need a missing one are skipped with a message saying which.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +27,25 @@ def model_reader(model_path):
     import gguf
 
     return gguf.GGUFReader(str(model_path))
+
+
+GEMMA_DEFAULT = Path.home() / ".cache/peregrine/models/gemma-3-270m-q4_k_m.gguf"
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    p = Path(os.environ.get("PEREGRINE_GEMMA_PATH", GEMMA_DEFAULT))
+    if not p.is_file():
+        pytest.skip(f"Gemma 3 GGUF not found at {p} (run `peregrine pull gemma3-270m`, or set PEREGRINE_GEMMA_PATH)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def gemma_reader(gemma_path):
+    """One gguf-py reader of the Gemma 3 model per session (its 262k-token vocabulary takes ~9 s to parse)."""
+    import gguf
+
+    return gguf.GGUFReader(str(gemma_path))
 
 
 @pytest.fixture(scope="session")
