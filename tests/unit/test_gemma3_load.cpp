@@ -1,0 +1,103 @@
+// The gemma3 loader on tiny in-memory GGUF files: attention kinds from the metadata's
+// layer pattern (integer period or per-layer flags), and clear one-line errors for
+// inconsistent metadata. The real model's numerics are checked against an independent
+// numpy forward pass in tests/reference/test_forward_gemma.py.
+#include <gtest/gtest.h>
+
+#include <functional>
+
+#include "gguf_builder.h"
+#include "model/model.h"
+
+namespace peregrine {
+namespace {
+
+constexpr int64_t kLayers = 4, kEmbd = 32, kHd = 32, kFf = 32, kVocab = 8;
+
+struct Meta {
+  uint32_t window = 16, value_length = kHd;
+};
+
+std::vector<uint8_t> tiny_gemma3(const std::function<void(test::GgufBuilder&)>& edit, Meta m = {}) {
+  test::GgufBuilder b;
+  b.kv_str("general.architecture", "gemma3");
+  b.kv_u32("gemma3.block_count", kLayers).kv_u32("gemma3.embedding_length", kEmbd);
+  b.kv_u32("gemma3.feed_forward_length", kFf).kv_u32("gemma3.attention.head_count", 1);
+  b.kv_u32("gemma3.attention.head_count_kv", 1).kv_u32("gemma3.attention.key_length", kHd);
+  b.kv_u32("gemma3.attention.value_length", m.value_length).kv_u32("gemma3.context_length", 256);
+  b.kv_f32("gemma3.rope.freq_base", 1e6f).kv_f32("gemma3.attention.layer_norm_rms_epsilon", 1e-6f);
+  b.kv_u32("gemma3.attention.sliding_window", m.window);
+  edit(b);
+  b.tensor("token_embd.weight", {kEmbd, kVocab}, GgmlType::F32);
+  b.tensor("output_norm.weight", {kEmbd}, GgmlType::F32);
+  for (int il = 0; il < kLayers; ++il) {
+    auto n = [il](const char* s) { return fmt::format("blk.{}.{}.weight", il, s); };
+    for (const char* norm : {"attn_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm"})
+      b.tensor(n(norm), {kEmbd}, GgmlType::F32);
+    b.tensor(n("attn_q_norm"), {kHd}, GgmlType::F32).tensor(n("attn_k_norm"), {kHd}, GgmlType::F32);
+    for (const char* w : {"attn_q", "attn_k", "attn_v"}) b.tensor(n(w), {kEmbd, kHd}, GgmlType::F32);
+    b.tensor(n("attn_output"), {kHd, kEmbd}, GgmlType::F32);
+    b.tensor(n("ffn_gate"), {kEmbd, kFf}, GgmlType::F32).tensor(n("ffn_up"), {kEmbd, kFf}, GgmlType::F32);
+    b.tensor(n("ffn_down"), {kFf, kEmbd}, GgmlType::F32);
+  }
+  return b.build();
+}
+
+struct Loaded {
+  std::vector<uint8_t> bytes;
+  ThreadPool pool{1};
+  Result<std::unique_ptr<Model>> model = make_error("not loaded");
+};
+
+std::unique_ptr<Loaded> load(const std::function<void(test::GgufBuilder&)>& edit, Meta m = {}) {
+  auto l = std::make_unique<Loaded>();
+  l->bytes = tiny_gemma3(edit, m);
+  auto f = gguf::File::parse(l->bytes.data(), l->bytes.size(), "tiny.gguf");
+  EXPECT_TRUE(f.ok()) << f.error().message;
+  if (f.ok()) l->model = load_model(std::shared_ptr<const gguf::File>(std::move(f).value()), l->pool);
+  return l;
+}
+
+std::string kinds(const Model& m) {
+  std::string s;
+  for (const AttnKind& k : m.attn_kinds()) s += k.windowed() ? "L" : "G";
+  return s;
+}
+
+TEST(Gemma3Load, LayerPatternFromMetadata) {
+  auto plain = load([](test::GgufBuilder&) {});  // Gemma 3's default: every 6th layer global
+  ASSERT_TRUE(plain->model.ok()) << plain->model.error().message;
+  EXPECT_EQ(kinds(**plain->model), "LLLL");
+  auto every2 = load([](test::GgufBuilder& b) { b.kv_u32("gemma3.attention.sliding_window_pattern", 2); });
+  ASSERT_TRUE(every2->model.ok()) << every2->model.error().message;
+  EXPECT_EQ(kinds(**every2->model), "LGLG");
+  auto flags = load([](test::GgufBuilder& b) {
+    b.kv_i32_array("gemma3.attention.sliding_window_pattern", {1, 0, 0, 1});  // 1 = sliding
+  });
+  ASSERT_TRUE(flags->model.ok()) << flags->model.error().message;
+  EXPECT_EQ(kinds(**flags->model), "LGGL");
+  // The KV cache keeps a window ring for local layers and n_ctx slots for global ones.
+  const KvShape kv = (*flags->model)->kv_shape(100, 1, KvType::F16, AttnKind::global(), 8);
+  EXPECT_EQ(kv.slots(0), 16 + 8 - 1);
+  EXPECT_EQ(kv.slots(1), 100);
+}
+
+TEST(Gemma3Load, InconsistentMetadataIsAClearError) {
+  auto expect_error = [](const std::function<void(test::GgufBuilder&)>& edit, const std::string& needle,
+                         Meta m = {}) {
+    auto l = load(edit, m);
+    ASSERT_FALSE(l->model.ok()) << "accepted: " << needle;
+    const std::string& e = l->model.error().message;
+    EXPECT_NE(e.find(needle), std::string::npos) << e;
+    EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+  };
+  expect_error([](test::GgufBuilder& b) { b.kv_i32_array("gemma3.attention.sliding_window_pattern", {1, 0, 1}); },
+               "3 entries for 4 layers");
+  expect_error([](test::GgufBuilder& b) { b.kv_u32("gemma3.attention.sliding_window_pattern", 0); },
+               "sliding_window_pattern");
+  expect_error([](test::GgufBuilder&) {}, "sliding_window", Meta{0, kHd});
+  expect_error([](test::GgufBuilder&) {}, "value_length", Meta{16, 16});
+}
+
+}  // namespace
+}  // namespace peregrine
