@@ -59,7 +59,9 @@ struct KernelTable {
   // K-quant panels (packed.cpp): per 32-value sub-block f32 effective scales.
   //   Q4_K: as Q4_1 with f32 d and m.
   //   Q6_K: two halves of 16, isum_h exact; acc = fma(d_h, float(isum_h) * dx, acc), h = 0, 1.
+  //   Q5_K: as Q4_K, quants as bytes (0..31).
   PanelDot panel_q4_k = nullptr;
+  PanelDot panel_q5_k = nullptr;
   PanelDot panel_q6_k = nullptr;
   // Float panels (element [k][r] per 32-column block) against float activations
   // x_t = x + t * x_stride. Per row: two partial sums, even and odd columns, each a

@@ -20,10 +20,12 @@ constexpr PanelFormat kBF16{GgmlType::BF16, 0, 0, kPanelRows * kQK * 2, true, 2}
 // K-quants, one 32-value sub-block per panel block, effective scales in f32 (exact:
 // an fp16 times a 6- or 8-bit integer):
 //   Q4_K: d[16] = d * sc, m[16] = -dmin * m (f32), then nibbles as Q4_1
+//   Q5_K: as Q4_K, the quants q (0..31) as bytes laid out as Q8_0's
 //   Q6_K: d[16] for values 0-15 and d[16] for 16-31 (= d * scale of each 16), then
 //         q + 32 (0..63) as bytes, laid out as Q8_0's
 constexpr size_t kScales32 = kPanelRows * sizeof(float);
 constexpr PanelFormat kQ4K{GgmlType::Q4_K, kScales32, 2 * kScales32, 2 * kScales32 + kPanelRows * kQK / 2, false, 0};
+constexpr PanelFormat kQ5K{GgmlType::Q5_K, kScales32, 2 * kScales32, 2 * kScales32 + kPanelRows * kQK, false, 0};
 constexpr PanelFormat kQ6K{GgmlType::Q6_K, kScales32, 2 * kScales32, 2 * kScales32 + kPanelRows * kQK, false, 0};
 
 // Row r's 32-value sub-block b of a K-quant row as the panel stores it: effective scales
@@ -38,7 +40,16 @@ KSub k_sub_block(GgmlType t, const uint8_t* row, int64_t b) {
   KSub out{};
   int8_t q[kQK_K];
   const int64_t i = b / 8, k = b % 8;
-  if (t == GgmlType::Q4_K) {
+  if (t == GgmlType::Q5_K) {
+    const BlockQ5K& blk = reinterpret_cast<const BlockQ5K*>(row)[i];
+    unpack_q5_k(blk, q);
+    int sc, m;
+    k4_scale_min(blk.scales, int(k), &sc, &m);
+    out.d0 = fp16_to_f32(blk.d) * float(sc);
+    out.d1_or_m = -(fp16_to_f32(blk.dmin) * float(m));
+    for (int j = 0; j < kQK; ++j) out.qs[j] = uint8_t(q[32 * k + j]);
+    out.qs_bytes = kQK;
+  } else if (t == GgmlType::Q4_K) {
     const BlockQ4K& blk = reinterpret_cast<const BlockQ4K*>(row)[i];
     unpack_q4_k(blk, q);
     int sc, m;
@@ -101,6 +112,7 @@ const PanelFormat* panel_format(GgmlType type) {
     case GgmlType::F16: return &kF16;
     case GgmlType::BF16: return &kBF16;
     case GgmlType::Q4_K: return &kQ4K;
+    case GgmlType::Q5_K: return &kQ5K;
     case GgmlType::Q6_K: return &kQ6K;
     default: return nullptr;
   }
@@ -110,7 +122,8 @@ Result<PackedMatrix> pack_matrix(GgmlType type, const uint8_t* src, int64_t rows
                                  size_t row_bytes) {
   const PanelFormat* f = panel_format(type);
   if (f == nullptr) return make_error("no panel layout for type {}", type_name(type));
-  const int64_t multiple = (type == GgmlType::Q4_K || type == GgmlType::Q6_K) ? kQK_K : kQK;
+  const bool kquant = type == GgmlType::Q4_K || type == GgmlType::Q5_K || type == GgmlType::Q6_K;
+  const int64_t multiple = kquant ? kQK_K : kQK;
   if (rows <= 0 || cols <= 0 || cols % multiple != 0)
     return make_error("cannot pack a [{}, {}] matrix: columns must be a positive multiple of {}",
                       rows, cols, multiple);
@@ -139,7 +152,7 @@ Result<PackedMatrix> pack_matrix(GgmlType type, const uint8_t* src, int64_t rows
         continue;
       }
       uint8_t* qs = out + f->qs_offset;
-      if (type == GgmlType::Q4_K || type == GgmlType::Q6_K) {
+      if (kquant) {
         auto* d0 = reinterpret_cast<float*>(out);
         auto* d1 = reinterpret_cast<float*>(out + f->m_offset);
         for (int r = 0; r < kPanelRows && p * kPanelRows + r < rows; ++r) {

@@ -83,6 +83,7 @@ TEST_P(MatmulTypes, MatchesDequantizedReferenceOnAnyThreadsAndBatch) {
       switch (pm.format->type) {
         case GgmlType::Q8_0: return k.panel_q8_0;
         case GgmlType::Q4_K: return k.panel_q4_k;
+        case GgmlType::Q5_K: return k.panel_q5_k;
         case GgmlType::Q6_K: return k.panel_q6_k;
         default: return KernelTable::PanelDot(nullptr);
       }

@@ -140,6 +140,9 @@ void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_
           for (int g = 0; g < 8; ++g)
             for (int j = 0; j < 4; ++j)
               isum += int8_t(qs[(g * kPanelRows + r) * 4 + j]) * xb.qs[4 * g + j];
+        } else if constexpr (T == GgmlType::Q5_K) {  // unsigned bytes 0..31
+          for (int g = 0; g < 8; ++g)
+            for (int j = 0; j < 4; ++j) isum += int(qs[(g * kPanelRows + r) * 4 + j]) * xb.qs[4 * g + j];
         } else {
           for (int g = 0; g < 4; ++g)
             for (int j = 0; j < 4; ++j) {
@@ -148,7 +151,7 @@ void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_
             }
           if constexpr (T == GgmlType::Q4_0) isum -= 8 * xb.sum;
         }
-        if constexpr (T == GgmlType::Q4_K) {  // f32 effective scale and offset
+        if constexpr (T == GgmlType::Q4_K || T == GgmlType::Q5_K) {  // f32 effective scale and offset
           float d, m;
           std::memcpy(&d, blk + 4 * r, 4);
           std::memcpy(&m, blk + f.m_offset + 4 * r, 4);
@@ -273,6 +276,7 @@ const KernelTable& scalar_kernels() {
       .panel_q4_1 = panel_dot<GgmlType::Q4_1>,
       .panel_q8_0 = panel_dot<GgmlType::Q8_0>,
       .panel_q4_k = panel_dot<GgmlType::Q4_K>,
+      .panel_q5_k = panel_dot<GgmlType::Q5_K>,
       .panel_q6_k = panel_dot<GgmlType::Q6_K>,
       .panel_f32 = panel_dot_f<float>,
       .panel_f16 = panel_dot_f<uint16_t>,

@@ -203,7 +203,7 @@ struct HalfWeights {
   __m256 d, m;
 
   void load(const uint8_t* blk, const PanelFormat& f, int half) {
-    if constexpr (T == GgmlType::Q4_K || T == GgmlType::Q6_K) {  // f32 scales (Q6_K: both halves')
+    if constexpr (T == GgmlType::Q4_K || T == GgmlType::Q5_K || T == GgmlType::Q6_K) {  // f32 scales
       d = _mm256_loadu_ps(reinterpret_cast<const float*>(blk + 32 * half));
       m = _mm256_loadu_ps(reinterpret_cast<const float*>(blk + f.m_offset + 32 * half));
     } else {
@@ -213,7 +213,7 @@ struct HalfWeights {
       m = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(blk + f.m_offset + 16 * half)));
     const uint8_t* qs = blk + f.qs_offset + 32 * half;
     auto at = [&](int g) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(qs + 64 * g)); };
-    if constexpr (T == GgmlType::Q8_0 || T == GgmlType::Q6_K) {
+    if constexpr (T == GgmlType::Q8_0 || T == GgmlType::Q5_K || T == GgmlType::Q6_K) {
       for (int g = 0; g < 8; ++g) w[g] = at(g);
     } else {
       const __m256i lo = _mm256_set1_epi8(0x0f);
@@ -226,7 +226,8 @@ struct HalfWeights {
   }
 
   static constexpr int x_offset(int g) {
-    return T == GgmlType::Q8_0 || T == GgmlType::Q6_K ? 4 * g : (g < 4 ? 4 * g : 16 + 4 * (g - 4));
+    return T == GgmlType::Q8_0 || T == GgmlType::Q5_K || T == GgmlType::Q6_K ? 4 * g
+                                                                          : (g < 4 ? 4 * g : 16 + 4 * (g - 4));
   }
   static __m256i bcast(const BlockQ8Act& x, int g) {
     int32_t x4;
@@ -250,7 +251,14 @@ struct HalfWeights {
       return _mm256_fmadd_ps(m, _mm256_mul_ps(_mm256_cvtepi32_ps(hi), dx), acc);
     }
     __m256i isum;
-    if constexpr (T == GgmlType::Q8_0) {
+    if constexpr (T == GgmlType::Q5_K) {  // u <= 31: four maddubs lanes fit int16
+      auto quad = [&](int g) {
+        __m256i s16 = _mm256_maddubs_epi16(w[g], bcast(x, g));
+        for (int i = 1; i < 4; ++i) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[g + i], bcast(x, g + i)));
+        return _mm256_madd_epi16(s16, ones);
+      };
+      isum = _mm256_add_epi32(quad(0), quad(4));
+    } else if constexpr (T == GgmlType::Q8_0) {
       // maddubs wants an unsigned left side: |q| * (x with q's sign); 2*128*127 fits int16.
       isum = _mm256_setzero_si256();
       for (int g = 0; g < 8; ++g) {
@@ -266,7 +274,7 @@ struct HalfWeights {
     }
     const __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(x.d));
     acc = _mm256_fmadd_ps(d, t, acc);
-    if constexpr (T == GgmlType::Q4_1 || T == GgmlType::Q4_K)
+    if constexpr (T == GgmlType::Q4_1 || T == GgmlType::Q4_K || T == GgmlType::Q5_K)
       acc = _mm256_fmadd_ps(m, _mm256_set1_ps(x.s), acc);
     return acc;
   }
@@ -410,6 +418,7 @@ const KernelTable* avx2_kernels() {
       .panel_q4_1 = panel_dot<GgmlType::Q4_1>,
       .panel_q8_0 = panel_dot<GgmlType::Q8_0>,
       .panel_q4_k = panel_dot<GgmlType::Q4_K>,
+      .panel_q5_k = panel_dot<GgmlType::Q5_K>,
       .panel_q6_k = panel_dot<GgmlType::Q6_K>,
       .panel_f32 = panel_dot_f<float>,
       .panel_f16 = panel_dot_f<uint16_t>,

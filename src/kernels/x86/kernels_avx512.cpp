@@ -246,7 +246,8 @@ struct PanelWeights {
   __m512i w[8];
   __m512 d, m;
 
-  static constexpr bool kF32Scales = T == GgmlType::Q4_K || T == GgmlType::Q6_K;
+  static constexpr bool kF32Scales = T == GgmlType::Q4_K || T == GgmlType::Q5_K || T == GgmlType::Q6_K;
+  static constexpr bool kBytes = T == GgmlType::Q5_K || T == GgmlType::Q6_K;  // unsigned bytes as stored
 
   void load(const uint8_t* blk, const PanelFormat& f) {
     if constexpr (kF32Scales) {  // d (Q6_K: first half), m (Q6_K: second half's d)
@@ -258,7 +259,7 @@ struct PanelWeights {
     if constexpr (T == GgmlType::Q4_1)
       m = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk + f.m_offset)));
     const auto* qs = reinterpret_cast<const __m512i*>(blk + f.qs_offset);
-    if constexpr (T == GgmlType::Q6_K) {  // stored as q + 32: unsigned already
+    if constexpr (kBytes) {  // Q5_K: q (0..31); Q6_K: q + 32 -- unsigned already
       for (int g = 0; g < 8; ++g) w[g] = _mm512_loadu_si512(qs + g);
     } else if constexpr (T == GgmlType::Q8_0) {
       const __m512i bias = _mm512_set1_epi8(char(0x80));
@@ -275,7 +276,7 @@ struct PanelWeights {
 
   // Activation byte offset paired with w[g].
   static constexpr int x_offset(int g) {
-    return T == GgmlType::Q8_0 || T == GgmlType::Q6_K ? 4 * g : (g < 4 ? 4 * g : 16 + 4 * (g - 4));
+    return T == GgmlType::Q8_0 || kBytes ? 4 * g : (g < 4 ? 4 * g : 16 + 4 * (g - 4));
   }
 
   __m512 accumulate(const BlockQ8Act& x, __m512 acc) const {
@@ -298,7 +299,7 @@ struct PanelWeights {
     }
     const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(x.d));
     acc = _mm512_fmadd_ps(d, t, acc);
-    if constexpr (T == GgmlType::Q4_1 || T == GgmlType::Q4_K)
+    if constexpr (T == GgmlType::Q4_1 || T == GgmlType::Q4_K || T == GgmlType::Q5_K)
       acc = _mm512_fmadd_ps(m, _mm512_set1_ps(x.s), acc);
     return acc;
   }
@@ -444,6 +445,7 @@ const KernelTable* avx512_kernels() {
       .panel_q4_1 = panel_dot<GgmlType::Q4_1>,
       .panel_q8_0 = panel_dot<GgmlType::Q8_0>,
       .panel_q4_k = panel_dot<GgmlType::Q4_K>,
+      .panel_q5_k = panel_dot<GgmlType::Q5_K>,
       .panel_q6_k = panel_dot<GgmlType::Q6_K>,
       .panel_f32 = panel_dot_f<float>,
       .panel_f16 = panel_dot_f<uint16_t>,
