@@ -60,6 +60,10 @@ struct KernelTable {
   //   Q4_K: as Q4_1 with f32 d and m.
   //   Q6_K: two halves of 16, isum_h exact; acc = fma(d_h, float(isum_h) * dx, acc), h = 0, 1.
   //   Q5_K: as Q4_K, quants as bytes (0..31).
+  //   Q2_K, Q3_K: as Q6_K (halves of 16) with q and q + 4; Q2_K then adds, per half h,
+  //   acc = fma(m_h, float(sum_h) * dx, acc) for its mins.
+  PanelDot panel_q2_k = nullptr;
+  PanelDot panel_q3_k = nullptr;
   PanelDot panel_q4_k = nullptr;
   PanelDot panel_q5_k = nullptr;
   PanelDot panel_q6_k = nullptr;

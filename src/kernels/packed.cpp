@@ -21,17 +21,22 @@ constexpr PanelFormat kBF16{GgmlType::BF16, 0, 0, kPanelRows * kQK * 2, true, 2}
 // an fp16 times a 6- or 8-bit integer):
 //   Q4_K: d[16] = d * sc, m[16] = -dmin * m (f32), then nibbles as Q4_1
 //   Q5_K: as Q4_K, the quants q (0..31) as bytes laid out as Q8_0's
+//   Q3_K: as Q6_K with q + 4 (0..7)
+//   Q2_K: as Q6_K with q (0..3), then also m[16] per half (-dmin * m, f32) after the two d
 //   Q6_K: d[16] for values 0-15 and d[16] for 16-31 (= d * scale of each 16), then
 //         q + 32 (0..63) as bytes, laid out as Q8_0's
 constexpr size_t kScales32 = kPanelRows * sizeof(float);
 constexpr PanelFormat kQ4K{GgmlType::Q4_K, kScales32, 2 * kScales32, 2 * kScales32 + kPanelRows * kQK / 2, false, 0};
 constexpr PanelFormat kQ5K{GgmlType::Q5_K, kScales32, 2 * kScales32, 2 * kScales32 + kPanelRows * kQK, false, 0};
+constexpr PanelFormat kQ3K{GgmlType::Q3_K, kScales32, 2 * kScales32, 2 * kScales32 + kPanelRows * kQK, false, 0};
+constexpr PanelFormat kQ2K{GgmlType::Q2_K, kScales32, 4 * kScales32, 4 * kScales32 + kPanelRows * kQK, false, 0};
 constexpr PanelFormat kQ6K{GgmlType::Q6_K, kScales32, 2 * kScales32, 2 * kScales32 + kPanelRows * kQK, false, 0};
 
 // Row r's 32-value sub-block b of a K-quant row as the panel stores it: effective scales
 // (two for Q6_K's halves) and bytes (Q4_K: GGUF-style nibble pairs; Q6_K: q + 32).
 struct KSub {
   float d0, d1_or_m;
+  float m0 = 0, m1 = 0;  // Q2_K's mins per half
   uint8_t qs[kQK];
   int qs_bytes;
 };
@@ -40,7 +45,26 @@ KSub k_sub_block(GgmlType t, const uint8_t* row, int64_t b) {
   KSub out{};
   int8_t q[kQK_K];
   const int64_t i = b / 8, k = b % 8;
-  if (t == GgmlType::Q5_K) {
+  if (t == GgmlType::Q2_K || t == GgmlType::Q3_K) {  // sub-blocks of 16: j = 2k, 2k + 1
+    if (t == GgmlType::Q2_K) {
+      const BlockQ2K& blk = reinterpret_cast<const BlockQ2K*>(row)[i];
+      unpack_q2_k(blk, q);
+      const float d = fp16_to_f32(blk.d), dmin = fp16_to_f32(blk.dmin);
+      out.d0 = d * float(blk.scales[2 * k] & 15);
+      out.d1_or_m = d * float(blk.scales[2 * k + 1] & 15);
+      out.m0 = -(dmin * float(blk.scales[2 * k] >> 4));
+      out.m1 = -(dmin * float(blk.scales[2 * k + 1] >> 4));
+      for (int j = 0; j < kQK; ++j) out.qs[j] = uint8_t(q[32 * k + j]);
+    } else {
+      const BlockQ3K& blk = reinterpret_cast<const BlockQ3K*>(row)[i];
+      unpack_q3_k(blk, q);
+      const float d = fp16_to_f32(blk.d);
+      out.d0 = d * float(q3k_scale(blk.scales, int(2 * k)));
+      out.d1_or_m = d * float(q3k_scale(blk.scales, int(2 * k + 1)));
+      for (int j = 0; j < kQK; ++j) out.qs[j] = uint8_t(q[32 * k + j] + 4);
+    }
+    out.qs_bytes = kQK;
+  } else if (t == GgmlType::Q5_K) {
     const BlockQ5K& blk = reinterpret_cast<const BlockQ5K*>(row)[i];
     unpack_q5_k(blk, q);
     int sc, m;
@@ -113,6 +137,8 @@ const PanelFormat* panel_format(GgmlType type) {
     case GgmlType::BF16: return &kBF16;
     case GgmlType::Q4_K: return &kQ4K;
     case GgmlType::Q5_K: return &kQ5K;
+    case GgmlType::Q2_K: return &kQ2K;
+    case GgmlType::Q3_K: return &kQ3K;
     case GgmlType::Q6_K: return &kQ6K;
     default: return nullptr;
   }
@@ -122,7 +148,8 @@ Result<PackedMatrix> pack_matrix(GgmlType type, const uint8_t* src, int64_t rows
                                  size_t row_bytes) {
   const PanelFormat* f = panel_format(type);
   if (f == nullptr) return make_error("no panel layout for type {}", type_name(type));
-  const bool kquant = type == GgmlType::Q4_K || type == GgmlType::Q5_K || type == GgmlType::Q6_K;
+  const bool kquant = type == GgmlType::Q2_K || type == GgmlType::Q3_K || type == GgmlType::Q4_K ||
+                      type == GgmlType::Q5_K || type == GgmlType::Q6_K;
   const int64_t multiple = kquant ? kQK_K : kQK;
   if (rows <= 0 || cols <= 0 || cols % multiple != 0)
     return make_error("cannot pack a [{}, {}] matrix: columns must be a positive multiple of {}",
@@ -159,6 +186,10 @@ Result<PackedMatrix> pack_matrix(GgmlType type, const uint8_t* src, int64_t rows
           const KSub ks = k_sub_block(type, src + size_t(p * kPanelRows + r) * row_bytes, b);
           d0[r] = ks.d0;
           d1[r] = ks.d1_or_m;
+          if (type == GgmlType::Q2_K) {
+            reinterpret_cast<float*>(out + 2 * kScales32)[r] = ks.m0;
+            reinterpret_cast<float*>(out + 3 * kScales32)[r] = ks.m1;
+          }
           for (int g = 0; g < ks.qs_bytes / 4; ++g)
             std::memcpy(qs + (g * kPanelRows + r) * 4, ks.qs + g * 4, 4);
         }

@@ -48,6 +48,8 @@ KernelTable::PanelDot panel_kernel(const KernelTable& k, GgmlType t) {
     case GgmlType::Q4_0: return k.panel_q4_0;
     case GgmlType::Q4_1: return k.panel_q4_1;
     case GgmlType::Q8_0: return k.panel_q8_0;
+    case GgmlType::Q2_K: return k.panel_q2_k;
+    case GgmlType::Q3_K: return k.panel_q3_k;
     case GgmlType::Q4_K: return k.panel_q4_k;
     case GgmlType::Q5_K: return k.panel_q5_k;
     case GgmlType::Q6_K: return k.panel_q6_k;

@@ -267,7 +267,7 @@ TEST(Kernels, FloatPanelsMatchRowDotsAndAreBitExactAcrossIsas) {
 
 TEST(Kernels, PackRejectsBadShapesAndTypes) {
   std::vector<uint8_t> w(64);
-  EXPECT_FALSE(pack_matrix(GgmlType::Q3_K, w.data(), 1, 256, 110).ok());  // no panel layout yet
+  EXPECT_FALSE(pack_matrix(GgmlType::IQ4_NL, w.data(), 1, 32, 18).ok());  // no panel layout
   EXPECT_FALSE(pack_matrix(GgmlType::Q4_K, w.data(), 1, 128, 72).ok());   // not whole super-blocks
   EXPECT_FALSE(pack_matrix(GgmlType::F16, w.data(), 1, 48, 96).ok());
   EXPECT_FALSE(pack_matrix(GgmlType::Q4_0, w.data(), 1, 33, 18).ok());

@@ -125,16 +125,25 @@ void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_
         const BlockQ8Act& xb = x[t * nb + b];
         const uint8_t* qs = blk + f.qs_offset;
         int32_t isum = 0;
-        if constexpr (T == GgmlType::Q6_K) {  // two halves of 16, each with its own scale
+        if constexpr (T == GgmlType::Q6_K || T == GgmlType::Q3_K || T == GgmlType::Q2_K) {
+          // Two halves of 16, each with its own scale; bytes stored as q + offset.
+          constexpr int kOff = T == GgmlType::Q6_K ? 32 : T == GgmlType::Q3_K ? 4 : 0;
           int32_t half[2] = {0, 0};
           for (int g = 0; g < 8; ++g)
             for (int j = 0; j < 4; ++j)
-              half[g / 4] += (int(qs[(g * kPanelRows + r) * 4 + j]) - 32) * xb.qs[4 * g + j];
+              half[g / 4] += (int(qs[(g * kPanelRows + r) * 4 + j]) - kOff) * xb.qs[4 * g + j];
           float d0, d1;
           std::memcpy(&d0, blk + 4 * r, 4);
           std::memcpy(&d1, blk + f.m_offset + 4 * r, 4);
           acc = std::fma(d0, float(half[0]) * xb.d, acc);
           acc = std::fma(d1, float(half[1]) * xb.d, acc);
+          if constexpr (T == GgmlType::Q2_K) {
+            float m0, m1;
+            std::memcpy(&m0, blk + 128 + 4 * r, 4);
+            std::memcpy(&m1, blk + 192 + 4 * r, 4);
+            acc = std::fma(m0, float(xb.sum_lo) * xb.d, acc);
+            acc = std::fma(m1, float(xb.sum - xb.sum_lo) * xb.d, acc);
+          }
           continue;
         } else if constexpr (T == GgmlType::Q8_0) {
           for (int g = 0; g < 8; ++g)
@@ -275,6 +284,8 @@ const KernelTable& scalar_kernels() {
       .panel_q4_0 = panel_dot<GgmlType::Q4_0>,
       .panel_q4_1 = panel_dot<GgmlType::Q4_1>,
       .panel_q8_0 = panel_dot<GgmlType::Q8_0>,
+      .panel_q2_k = panel_dot<GgmlType::Q2_K>,
+      .panel_q3_k = panel_dot<GgmlType::Q3_K>,
       .panel_q4_k = panel_dot<GgmlType::Q4_K>,
       .panel_q5_k = panel_dot<GgmlType::Q5_K>,
       .panel_q6_k = panel_dot<GgmlType::Q6_K>,

@@ -199,13 +199,20 @@ void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
 // scalar reference's (kernels.h), so results are bit-identical to it.
 template <GgmlType T>
 struct HalfWeights {
+  static constexpr bool kHalves = T == GgmlType::Q2_K || T == GgmlType::Q3_K || T == GgmlType::Q6_K;
+  static constexpr int32_t kHalfOffset = T == GgmlType::Q6_K ? 32 : T == GgmlType::Q3_K ? 4 : 0;
+  static constexpr bool kBytes = kHalves || T == GgmlType::Q5_K || T == GgmlType::Q8_0;
   __m256i w[8];  // Q4: nibbles 0..15 (w[g] pairs with x bytes x_offset(g)); Q8: signed q
-  __m256 d, m;
+  __m256 d, m, m2_lo, m2_hi;
 
   void load(const uint8_t* blk, const PanelFormat& f, int half) {
-    if constexpr (T == GgmlType::Q4_K || T == GgmlType::Q5_K || T == GgmlType::Q6_K) {  // f32 scales
+    if constexpr (kHalves || T == GgmlType::Q4_K || T == GgmlType::Q5_K) {  // f32 scales
       d = _mm256_loadu_ps(reinterpret_cast<const float*>(blk + 32 * half));
       m = _mm256_loadu_ps(reinterpret_cast<const float*>(blk + f.m_offset + 32 * half));
+      if constexpr (T == GgmlType::Q2_K) {
+        m2_lo = _mm256_loadu_ps(reinterpret_cast<const float*>(blk + 128 + 32 * half));
+        m2_hi = _mm256_loadu_ps(reinterpret_cast<const float*>(blk + 192 + 32 * half));
+      }
     } else {
       d = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(blk + 16 * half)));
     }
@@ -213,7 +220,7 @@ struct HalfWeights {
       m = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(blk + f.m_offset + 16 * half)));
     const uint8_t* qs = blk + f.qs_offset + 32 * half;
     auto at = [&](int g) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(qs + 64 * g)); };
-    if constexpr (T == GgmlType::Q8_0 || T == GgmlType::Q5_K || T == GgmlType::Q6_K) {
+    if constexpr (kBytes) {
       for (int g = 0; g < 8; ++g) w[g] = at(g);
     } else {
       const __m256i lo = _mm256_set1_epi8(0x0f);
@@ -226,8 +233,7 @@ struct HalfWeights {
   }
 
   static constexpr int x_offset(int g) {
-    return T == GgmlType::Q8_0 || T == GgmlType::Q5_K || T == GgmlType::Q6_K ? 4 * g
-                                                                          : (g < 4 ? 4 * g : 16 + 4 * (g - 4));
+    return kBytes ? 4 * g : (g < 4 ? 4 * g : 16 + 4 * (g - 4));
   }
   static __m256i bcast(const BlockQ8Act& x, int g) {
     int32_t x4;
@@ -237,18 +243,24 @@ struct HalfWeights {
 
   __m256 accumulate(const BlockQ8Act& x, __m256 acc) const {
     const __m256i ones = _mm256_set1_epi16(1);
-    if constexpr (T == GgmlType::Q6_K) {  // u = q + 32 <= 63: two maddubs lanes fit int16
+    if constexpr (kHalves) {  // u = q + offset <= 63: two maddubs lanes fit int16
       auto pair = [&](int g) {
         return _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(w[g], bcast(x, g)),
                                                   _mm256_maddubs_epi16(w[g + 1], bcast(x, g + 1))),
                                  ones);
       };
-      const __m256i lo = _mm256_sub_epi32(_mm256_add_epi32(pair(0), pair(2)), _mm256_set1_epi32(32 * x.sum_lo));
+      const __m256i lo = _mm256_sub_epi32(_mm256_add_epi32(pair(0), pair(2)),
+                                          _mm256_set1_epi32(kHalfOffset * x.sum_lo));
       const __m256i hi = _mm256_sub_epi32(_mm256_add_epi32(pair(4), pair(6)),
-                                          _mm256_set1_epi32(32 * (x.sum - x.sum_lo)));
+                                          _mm256_set1_epi32(kHalfOffset * (x.sum - x.sum_lo)));
       const __m256 dx = _mm256_set1_ps(x.d);
       acc = _mm256_fmadd_ps(d, _mm256_mul_ps(_mm256_cvtepi32_ps(lo), dx), acc);
-      return _mm256_fmadd_ps(m, _mm256_mul_ps(_mm256_cvtepi32_ps(hi), dx), acc);
+      acc = _mm256_fmadd_ps(m, _mm256_mul_ps(_mm256_cvtepi32_ps(hi), dx), acc);
+      if constexpr (T == GgmlType::Q2_K) {
+        acc = _mm256_fmadd_ps(m2_lo, _mm256_set1_ps(float(x.sum_lo) * x.d), acc);
+        acc = _mm256_fmadd_ps(m2_hi, _mm256_set1_ps(float(x.sum - x.sum_lo) * x.d), acc);
+      }
+      return acc;
     }
     __m256i isum;
     if constexpr (T == GgmlType::Q5_K) {  // u <= 31: four maddubs lanes fit int16
@@ -417,6 +429,8 @@ const KernelTable* avx2_kernels() {
       .panel_q4_0 = panel_dot<GgmlType::Q4_0>,
       .panel_q4_1 = panel_dot<GgmlType::Q4_1>,
       .panel_q8_0 = panel_dot<GgmlType::Q8_0>,
+      .panel_q2_k = panel_dot<GgmlType::Q2_K>,
+      .panel_q3_k = panel_dot<GgmlType::Q3_K>,
       .panel_q4_k = panel_dot<GgmlType::Q4_K>,
       .panel_q5_k = panel_dot<GgmlType::Q5_K>,
       .panel_q6_k = panel_dot<GgmlType::Q6_K>,

@@ -246,13 +246,20 @@ struct PanelWeights {
   __m512i w[8];
   __m512 d, m;
 
-  static constexpr bool kF32Scales = T == GgmlType::Q4_K || T == GgmlType::Q5_K || T == GgmlType::Q6_K;
-  static constexpr bool kBytes = T == GgmlType::Q5_K || T == GgmlType::Q6_K;  // unsigned bytes as stored
+  static constexpr bool kHalves = T == GgmlType::Q2_K || T == GgmlType::Q3_K || T == GgmlType::Q6_K;
+  static constexpr int32_t kHalfOffset = T == GgmlType::Q6_K ? 32 : T == GgmlType::Q3_K ? 4 : 0;
+  static constexpr bool kF32Scales = kHalves || T == GgmlType::Q4_K || T == GgmlType::Q5_K;
+  static constexpr bool kBytes = kHalves || T == GgmlType::Q5_K;  // unsigned bytes as stored
+  __m512 m2_lo, m2_hi;  // Q2_K's mins per half
 
   void load(const uint8_t* blk, const PanelFormat& f) {
     if constexpr (kF32Scales) {  // d (Q6_K: first half), m (Q6_K: second half's d)
       d = _mm512_loadu_ps(reinterpret_cast<const float*>(blk));
       m = _mm512_loadu_ps(reinterpret_cast<const float*>(blk + f.m_offset));
+      if constexpr (T == GgmlType::Q2_K) {
+        m2_lo = _mm512_loadu_ps(reinterpret_cast<const float*>(blk + 128));
+        m2_hi = _mm512_loadu_ps(reinterpret_cast<const float*>(blk + 192));
+      }
     } else {
       d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk)));
     }
@@ -280,8 +287,9 @@ struct PanelWeights {
   }
 
   __m512 accumulate(const BlockQ8Act& x, __m512 acc) const {
-    if constexpr (T == GgmlType::Q6_K) {  // halves of 16 values, u = q + 32
-      __m512i half[2] = {_mm512_set1_epi32(-32 * x.sum_lo), _mm512_set1_epi32(-32 * (x.sum - x.sum_lo))};
+    if constexpr (kHalves) {  // halves of 16 values, u = q + offset
+      __m512i half[2] = {_mm512_set1_epi32(-kHalfOffset * x.sum_lo),
+                         _mm512_set1_epi32(-kHalfOffset * (x.sum - x.sum_lo))};
       for (int g = 0; g < 8; ++g) {
         int32_t x4;
         std::memcpy(&x4, x.qs + 4 * g, 4);
@@ -289,7 +297,12 @@ struct PanelWeights {
       }
       const __m512 dx = _mm512_set1_ps(x.d);
       acc = _mm512_fmadd_ps(d, _mm512_mul_ps(_mm512_cvtepi32_ps(half[0]), dx), acc);
-      return _mm512_fmadd_ps(m, _mm512_mul_ps(_mm512_cvtepi32_ps(half[1]), dx), acc);
+      acc = _mm512_fmadd_ps(m, _mm512_mul_ps(_mm512_cvtepi32_ps(half[1]), dx), acc);
+      if constexpr (T == GgmlType::Q2_K) {
+        acc = _mm512_fmadd_ps(m2_lo, _mm512_set1_ps(float(x.sum_lo) * x.d), acc);
+        acc = _mm512_fmadd_ps(m2_hi, _mm512_set1_ps(float(x.sum - x.sum_lo) * x.d), acc);
+      }
+      return acc;
     }
     __m512i isum = _mm512_set1_epi32(-kOffset * x.sum);
     for (int g = 0; g < 8; ++g) {
@@ -444,6 +457,8 @@ const KernelTable* avx512_kernels() {
       .panel_q4_0 = panel_dot<GgmlType::Q4_0>,
       .panel_q4_1 = panel_dot<GgmlType::Q4_1>,
       .panel_q8_0 = panel_dot<GgmlType::Q8_0>,
+      .panel_q2_k = panel_dot<GgmlType::Q2_K>,
+      .panel_q3_k = panel_dot<GgmlType::Q3_K>,
       .panel_q4_k = panel_dot<GgmlType::Q4_K>,
       .panel_q5_k = panel_dot<GgmlType::Q5_K>,
       .panel_q6_k = panel_dot<GgmlType::Q6_K>,
