@@ -1,5 +1,6 @@
 #include "model/model.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "ops/matmul.h"
@@ -42,6 +43,17 @@ Status Model::check_batch(const Batch& b, const KvCache& cache) const {
       return make_error("sequence {} at batch index {} is outside 0..{}", b.seq[i], i, s.n_seq - 1);
   }
   return Status::Ok();
+}
+
+void Model::output_head(const Batch& batch, float* x, const Weight& norm, const Weight& output,
+                        std::vector<float>& logits, ThreadPool& pool, OpScratch& scratch) const {
+  const int64_t E = hp_.n_embd;
+  int64_t n_out = 0;
+  for (int64_t t = 0; t < batch.size(); ++t)
+    if (batch.want_logits[size_t(t)]) std::copy_n(x + t * E, E, x + (n_out++) * E);
+  logits.resize(size_t(n_out * hp_.n_vocab));
+  if (n_out == 0) return;
+  matmul_many({{&output, logits.data()}}, MatIn(x, norm.f32(), hp_.rms_eps), n_out, pool, scratch);
 }
 
 Status Model::pack_weights(std::initializer_list<Weight*> weights, bool release_source) {

@@ -12,6 +12,7 @@
 #include "core/thread_pool.h"
 #include "gguf/gguf.h"
 #include "kv/kv_cache.h"
+#include "ops/matmul.h"
 #include "ops/weight.h"
 
 namespace peregrine {
@@ -87,6 +88,10 @@ class Model {
 
  protected:
   Status check_batch(const Batch& batch, const KvCache& cache) const;
+  // Final RMSNorm and output projection of the rows of x [batch.size(), n_embd] that want
+  // logits (x is compacted in place): logits [batch.n_logits(), n_vocab].
+  void output_head(const Batch& batch, float* x, const Weight& norm, const Weight& output,
+                   std::vector<float>& logits, ThreadPool& pool, OpScratch& scratch) const;
   // Packs each weight the kernels have a panel layout for. With release_source the
   // file's pages of that weight are dropped afterwards (nothing else reads them).
   Status pack_weights(std::initializer_list<Weight*> weights, bool release_source);

@@ -31,28 +31,12 @@ class Gemma3 final : public Model {
   Status load() {
     const gguf::File& f = *file_;
     const std::string a = "gemma3.";
-    hp_.arch = "gemma3";
-    hp_.name = f.get_string("general.name").ok() ? f.get_string("general.name").value() : "";
-    PG_ASSIGN(hp_.n_layer, read_hparam(f, a + "block_count", 1, 1024));
-    PG_ASSIGN(hp_.n_embd, read_hparam(f, a + "embedding_length", 1, 1 << 16));
-    PG_ASSIGN(hp_.n_ff, read_hparam(f, a + "feed_forward_length", 1, 1 << 18));
-    PG_ASSIGN(hp_.n_head, read_hparam(f, a + "attention.head_count", 1, 1024));
-    PG_ASSIGN(hp_.n_head_kv, read_hparam(f, a + "attention.head_count_kv", 1, hp_.n_head));
-    if (hp_.n_head % hp_.n_head_kv != 0)
-      return make_error("{}: head_count {} is not a multiple of head_count_kv {}", f.name(),
-                        hp_.n_head, hp_.n_head_kv);
-    PG_ASSIGN(hp_.head_dim, read_hparam(f, a + "attention.key_length", 2, 1024));
+    PG_TRY(read_decoder_hparams(f, "gemma3", hp_));
     if (f.find(a + "attention.value_length")) {
       PG_ASSIGN(int64_t vd, read_hparam(f, a + "attention.value_length", 2, 1024));
       if (vd != hp_.head_dim)
         return make_error("{}: key_length {} and value_length {} differ", f.name(), hp_.head_dim, vd);
     }
-    if (hp_.head_dim % 2 != 0) return make_error("{}: head dimension {} is odd", f.name(), hp_.head_dim);
-    hp_.rope_dim = hp_.head_dim;
-    PG_ASSIGN(hp_.n_ctx_train, read_hparam(f, a + "context_length", 1, 1 << 24));
-    PG_ASSIGN(double base, f.get_float(a + "rope.freq_base"));
-    if (!(base > 1.0 && base < 1e12)) return make_error("{}: rope.freq_base {} is out of range", f.name(), base);
-    hp_.rope_base = float(base);
     if (f.find(a + "rope.freq_base_swa")) {
       PG_ASSIGN(double b, f.get_float(a + "rope.freq_base_swa"));
       if (!(b > 1.0 && b < 1e12)) return make_error("{}: rope.freq_base_swa {} is out of range", f.name(), b);
@@ -63,17 +47,8 @@ class Gemma3 final : public Model {
       if (!(s >= 1.0 && s <= 1024.0)) return make_error("{}: rope.scaling.factor {} is out of range", f.name(), s);
       rope_scale_global_ = float(s);
     }
-    PG_ASSIGN(double eps, f.get_float(a + "attention.layer_norm_rms_epsilon"));
-    if (!(eps > 0.0 && eps < 1.0)) return make_error("{}: rms epsilon {} is out of range", f.name(), eps);
-    hp_.rms_eps = float(eps);
     PG_ASSIGN(window_, read_hparam(f, a + "attention.sliding_window", 1, 1 << 20));
     PG_TRY(read_layer_pattern(f, a));
-
-    const gguf::TensorInfo* emb = f.find_tensor("token_embd.weight");
-    if (emb == nullptr) return make_error("{}: missing tensor 'token_embd.weight'", f.name());
-    if (emb->dims.size() < 2 || emb->dims[1] > (1u << 24))
-      return make_error("{}: tensor 'token_embd.weight' has a bad shape", f.name());
-    hp_.n_vocab = int64_t(emb->dims[1]);
 
     std::vector<TensorSpec> table = tensor_table();
     PG_TRY(bind_tensors(f, table));
@@ -141,13 +116,7 @@ class Gemma3 final : public Model {
       for (int64_t i = 0; i < T * E; ++i) x[i] += xn[i];
     }
 
-    int64_t n_out = 0;
-    for (int64_t t = 0; t < T; ++t)
-      if (batch.want_logits[t]) std::copy_n(x + t * E, E, x + (n_out++) * E);
-    logits.resize(size_t(n_out * hp_.n_vocab));
-    if (n_out == 0) return Status::Ok();
-    const MatIn head_in(x, output_norm_.f32(), hp_.rms_eps);
-    matmul_many({{&output_, logits.data()}}, head_in, n_out, pool_, ops_);  // [n_out, n_vocab]
+    output_head(batch, x, output_norm_, output_, logits, pool_, ops_);  // [n_logits, n_vocab]
     return Status::Ok();
   }
 

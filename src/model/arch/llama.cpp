@@ -24,53 +24,10 @@ class Llama final : public Model {
   }
 
   Status load() {
-    const gguf::File& f = *file_;
-    const std::string a = "llama.";
-    hp_.arch = "llama";
-    hp_.name = f.get_string("general.name").ok() ? f.get_string("general.name").value() : "";
-    PG_ASSIGN(hp_.n_layer, read_hparam(f, a + "block_count", 1, 1024));
-    PG_ASSIGN(hp_.n_embd, read_hparam(f, a + "embedding_length", 1, 1 << 16));
-    PG_ASSIGN(hp_.n_ff, read_hparam(f, a + "feed_forward_length", 1, 1 << 18));
-    PG_ASSIGN(hp_.n_head, read_hparam(f, a + "attention.head_count", 1, 1024));
-    hp_.n_head_kv = hp_.n_head;
-    if (f.find(a + "attention.head_count_kv")) {
-      PG_ASSIGN(hp_.n_head_kv, read_hparam(f, a + "attention.head_count_kv", 1, hp_.n_head));
-    }
-    if (hp_.n_head % hp_.n_head_kv != 0)
-      return make_error("{}: head_count {} is not a multiple of head_count_kv {}", f.name(),
-                        hp_.n_head, hp_.n_head_kv);
-    hp_.head_dim = hp_.n_embd / hp_.n_head;
-    if (f.find(a + "attention.key_length")) {
-      PG_ASSIGN(hp_.head_dim, read_hparam(f, a + "attention.key_length", 2, 1024));
-    }
-    if (hp_.head_dim % 2 != 0)
-      return make_error("{}: head dimension {} is odd", f.name(), hp_.head_dim);
-    hp_.rope_dim = hp_.head_dim;
-    if (f.find(a + "rope.dimension_count")) {
-      PG_ASSIGN(hp_.rope_dim, read_hparam(f, a + "rope.dimension_count", 2, hp_.head_dim));
-    }
-    if (hp_.rope_dim % 2 != 0) return make_error("{}: rope.dimension_count is odd", f.name());
-    hp_.n_ctx_train = 2048;
-    if (f.find(a + "context_length")) {
-      PG_ASSIGN(hp_.n_ctx_train, read_hparam(f, a + "context_length", 1, 1 << 24));
-    }
-    if (f.find(a + "rope.freq_base")) {
-      PG_ASSIGN(double base, f.get_float(a + "rope.freq_base"));
-      if (!(base > 1.0 && base < 1e12)) return make_error("{}: rope.freq_base {} is out of range", f.name(), base);
-      hp_.rope_base = float(base);
-    }
-    PG_ASSIGN(double eps, f.get_float(a + "attention.layer_norm_rms_epsilon"));
-    if (!(eps > 0.0 && eps < 1.0)) return make_error("{}: rms epsilon {} is out of range", f.name(), eps);
-    hp_.rms_eps = float(eps);
-
-    const gguf::TensorInfo* emb = f.find_tensor("token_embd.weight");
-    if (emb == nullptr) return make_error("{}: missing tensor 'token_embd.weight'", f.name());
-    if (emb->dims.size() < 2 || emb->dims[1] > (1u << 24))
-      return make_error("{}: tensor 'token_embd.weight' has a bad shape", f.name());
-    hp_.n_vocab = int64_t(emb->dims[1]);
+    PG_TRY(read_decoder_hparams(*file_, "llama", hp_));
 
     std::vector<TensorSpec> table = tensor_table();
-    PG_TRY(bind_tensors(f, table));
+    PG_TRY(bind_tensors(*file_, table));
     for (const TensorSpec& s : table)
       if (s.dest->data) weight_bytes_ += s.dest->row_bytes * size_t(s.dest->rows);
     const bool tied = output_.data == nullptr;
@@ -116,14 +73,7 @@ class Llama final : public Model {
       for (int64_t i = 0; i < T * E; ++i) x[i] += xn[i];
     }
 
-    // Final norm and output head only for the rows that want logits.
-    int64_t n_out = 0;
-    for (int64_t t = 0; t < T; ++t)
-      if (batch.want_logits[t]) std::copy_n(x + t * E, E, x + (n_out++) * E);
-    logits.resize(size_t(n_out * hp_.n_vocab));
-    if (n_out == 0) return Status::Ok();
-    const MatIn head_in(x, output_norm_.f32(), hp_.rms_eps);
-    matmul_many({{&output_, logits.data()}}, head_in, n_out, pool_, ops_);  // [n_out, n_vocab]
+    output_head(batch, x, output_norm_, output_, logits, pool_, ops_);  // [n_logits, n_vocab]
     return Status::Ok();
   }
 
