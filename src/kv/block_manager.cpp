@@ -1,0 +1,340 @@
+#include "kv/block_manager.h"
+
+#include <algorithm>
+#include <limits>
+
+namespace peregrine {
+
+namespace {
+
+constexpr uint64_t kRootHash = 0x9E3779B97F4A7C15ull;  // parent hash of a sequence's first block
+
+// splitmix64's finalizer: a bijective, well-mixed 64-bit permutation.
+uint64_t mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xBF58476D1CE4E5B9ull;
+  x ^= x >> 27;
+  x *= 0x94D049BB133111EBull;
+  x ^= x >> 31;
+  return x;
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+uint64_t BlockManager::default_hash(uint64_t parent_hash, std::span<const int32_t> tokens) {
+  uint64_t h = mix64(parent_hash ^ 0xD6E8FEB86659FD93ull);
+  for (int32_t t : tokens) h = mix64(h ^ static_cast<uint32_t>(t));
+  return mix64(h ^ tokens.size());
+}
+
+Result<BlockManager> BlockManager::create(int32_t n_blocks, int32_t block_size) {
+  if (n_blocks <= 0) return make_error("block manager: n_blocks must be > 0, got {}", n_blocks);
+  if (block_size <= 0) {
+    return make_error("block manager: block_size must be > 0, got {}", block_size);
+  }
+  return BlockManager(n_blocks, block_size);
+}
+
+BlockManager::BlockManager(int32_t n_blocks, int32_t block_size)
+    : n_blocks_(n_blocks), block_size_(block_size), blocks_(static_cast<size_t>(n_blocks)) {
+  free_.reserve(static_cast<size_t>(n_blocks));
+  for (int32_t b = n_blocks - 1; b >= 0; --b) free_.push_back(b);  // block 0 is handed out first
+}
+
+// --- Sequences -------------------------------------------------------------------------------
+
+Status BlockManager::add_sequence(SeqId id) {
+  if (seqs_.count(id)) return make_error("add_sequence: sequence {} already exists", id);
+  seqs_.emplace(id, Sequence{});
+  return Status::Ok();
+}
+
+void BlockManager::free_sequence(SeqId id) {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end()) return;
+  // Release the tail first: the tail is the least likely to be shared by a later prompt, so it
+  // lands nearer the front of the LRU and is evicted before the head of the chain.
+  const std::vector<int32_t>& table = it->second.table;
+  for (auto b = table.rbegin(); b != table.rend(); ++b) release(*b);
+  seqs_.erase(it);
+  debug_check();
+}
+
+Status BlockManager::fork(SeqId parent, SeqId child) {
+  auto p = seqs_.find(parent);
+  if (p == seqs_.end()) return make_error("fork: unknown parent sequence {}", parent);
+  if (seqs_.count(child)) return make_error("fork: child sequence {} already exists", child);
+  Sequence copy = p->second;
+  for (int32_t b : copy.table) blocks_[size_t(b)].ref++;
+  seqs_.emplace(child, std::move(copy));
+  debug_check();
+  return Status::Ok();
+}
+
+Result<int32_t> BlockManager::append_tokens(SeqId id, std::span<const int32_t> tokens) {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end()) return make_error("append_tokens: unknown sequence {}", id);
+  Sequence& s = it->second;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (n > std::numeric_limits<int32_t>::max() - s.n_tokens) {
+    return make_error("append_tokens: sequence {} would exceed 2^31 tokens ({} + {})", id,
+                      s.n_tokens, n);
+  }
+  const int64_t bs = block_size_;
+  const bool at_boundary = s.n_tokens % bs == 0;
+
+  // 1. Plan without changing anything. Prefix match: whole blocks at a block boundary, while
+  //    the chain continues.
+  std::vector<int32_t> matched;
+  int64_t revived = 0;  // matched blocks that are now cached (leave the evictable pool)
+  int64_t i = 0;        // tokens consumed by matches
+  if (at_boundary) {
+    uint64_t parent_hash = s.table.empty() ? kRootHash : blocks_[size_t(s.table.back())].hash;
+    uint64_t parent_serial = s.table.empty() ? 0 : blocks_[size_t(s.table.back())].serial;
+    while (n - i >= bs) {
+      std::span<const int32_t> chunk = tokens.subspan(size_t(i), size_t(bs));
+      const uint64_t h = hash_fn_(parent_hash, chunk);
+      auto m = cache_.find(h);
+      if (m == cache_.end()) break;
+      const Block& c = blocks_[size_t(m->second)];
+      // A hash hit alone proves nothing: the same parent chain and token ids do.
+      if (c.parent_serial != parent_serial || !std::ranges::equal(c.tokens, chunk)) break;
+      matched.push_back(m->second);
+      if (c.ref == 0) revived++;
+      parent_hash = h;
+      parent_serial = c.serial;
+      i += bs;
+    }
+  }
+  const int64_t rest = n - i;
+  const int64_t pos = s.n_tokens + i;
+  // Only a partly filled last block can need copying (matches need a boundary, so then
+  // matched is empty and table.back() is that block).
+  const bool cow = rest > 0 && pos % bs != 0 && blocks_[size_t(s.table.back())].ref > 1;
+  const int64_t have = static_cast<int64_t>(s.table.size() + matched.size());
+  const int64_t fresh = ceil_div(pos + rest, bs) - have + (cow ? 1 : 0);
+  const int64_t available = static_cast<int64_t>(free_.size() + lru_.size()) - revived;
+  if (fresh > available) {
+    return make_error(
+        "out of KV blocks: sequence {} needs {} new block(s) for {} token(s), {} free and {} "
+        "evictable cached block(s) left (pool {} x {} tokens)",
+        id, fresh, n, free_.size(), static_cast<int64_t>(lru_.size()) - revived, n_blocks_,
+        block_size_);
+  }
+
+  // 2. Commit.
+  if (at_boundary) stats_.lookup_tokens += (n / bs) * bs;
+  for (int32_t b : matched) {
+    Block& blk = blocks_[size_t(b)];
+    if (blk.in_lru) {
+      lru_.erase(blk.lru_it);
+      blk.in_lru = false;
+    }
+    blk.ref++;
+    s.table.push_back(b);
+  }
+  s.n_tokens += static_cast<int32_t>(i);
+  stats_.hit_tokens += i;
+
+  if (cow) {
+    const int32_t src = s.table.back();
+    const int32_t dst = allocate();
+    blocks_[size_t(dst)].tokens = blocks_[size_t(src)].tokens;
+    blocks_[size_t(dst)].ref = 1;
+    blocks_[size_t(src)].ref--;  // was > 1, stays referenced
+    s.table.back() = dst;
+    copies_.emplace_back(src, dst);
+  }
+  for (; i < n; ++i) {
+    if (s.n_tokens % bs == 0) {
+      const int32_t b = allocate();
+      blocks_[size_t(b)].ref = 1;
+      s.table.push_back(b);
+    }
+    Block& blk = blocks_[size_t(s.table.back())];
+    blk.tokens.push_back(tokens[size_t(i)]);
+    s.n_tokens++;
+    if (static_cast<int64_t>(blk.tokens.size()) == bs) seal(s);
+  }
+  debug_check();
+  return static_cast<int32_t>(n - rest);
+}
+
+std::vector<std::pair<int32_t, int32_t>> BlockManager::take_copies() {
+  std::vector<std::pair<int32_t, int32_t>> out;
+  out.swap(copies_);
+  return out;
+}
+
+// --- Queries ---------------------------------------------------------------------------------
+
+Result<std::span<const int32_t>> BlockManager::block_table(SeqId id) const {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end()) return make_error("block_table: unknown sequence {}", id);
+  return std::span<const int32_t>(it->second.table);
+}
+
+Result<int32_t> BlockManager::n_tokens(SeqId id) const {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end()) return make_error("n_tokens: unknown sequence {}", id);
+  return it->second.n_tokens;
+}
+
+int32_t BlockManager::refcount(int32_t block) const {
+  PG_ASSERT(block >= 0 && block < n_blocks_);
+  return blocks_[size_t(block)].ref;
+}
+
+std::span<const int32_t> BlockManager::block_tokens(int32_t block) const {
+  PG_ASSERT(block >= 0 && block < n_blocks_);
+  return blocks_[size_t(block)].tokens;
+}
+
+// --- Internals -------------------------------------------------------------------------------
+
+int32_t BlockManager::allocate() {
+  int32_t b;
+  if (!free_.empty()) {
+    b = free_.back();
+    free_.pop_back();
+  } else {
+    PG_ASSERT(!lru_.empty());  // append_tokens checked availability
+    b = lru_.front();
+    lru_.pop_front();
+    Block& blk = blocks_[size_t(b)];
+    blk.in_lru = false;
+    cache_.erase(blk.hash);
+    reset(blk);
+    stats_.evictions++;
+  }
+  return b;
+}
+
+void BlockManager::release(int32_t block) {
+  Block& blk = blocks_[size_t(block)];
+  PG_ASSERT(blk.ref > 0);
+  if (--blk.ref > 0) return;
+  if (blk.registered) {  // keep the KV for a later identical prefix
+    blk.lru_it = lru_.insert(lru_.end(), block);
+    blk.in_lru = true;
+  } else {
+    reset(blk);
+    free_.push_back(block);
+  }
+}
+
+void BlockManager::seal(const Sequence& s) {
+  const size_t n = s.table.size();
+  const Block* parent = n >= 2 ? &blocks_[size_t(s.table[n - 2])] : nullptr;
+  Block& blk = blocks_[size_t(s.table[n - 1])];
+  blk.hash = hash_fn_(parent ? parent->hash : kRootHash, blk.tokens);
+  blk.parent_serial = parent ? parent->serial : 0;
+  auto m = cache_.find(blk.hash);
+  if (m == cache_.end()) {
+    blk.serial = next_serial_++;
+    blk.registered = true;
+    cache_.emplace(blk.hash, s.table[n - 1]);
+    return;
+  }
+  const Block& c = blocks_[size_t(m->second)];
+  // Same content as the cache's entry (computed twice, e.g. concurrent identical prompts):
+  // same chain id, so later blocks still match. A true collision gets a chain id of its own.
+  const bool same = c.parent_serial == blk.parent_serial && c.tokens == blk.tokens;
+  blk.serial = same ? c.serial : next_serial_++;
+}
+
+void BlockManager::reset(Block& b) {
+  b.tokens.clear();
+  b.hash = 0;
+  b.serial = 0;
+  b.parent_serial = 0;
+  b.registered = false;
+}
+
+void BlockManager::debug_check() const {
+#ifndef NDEBUG
+  Status st = check_invariants();
+  if (!st.ok()) std::fprintf(stderr, "block manager: %s\n", st.error().message.c_str());
+  PG_ASSERT(st.ok());
+#endif
+}
+
+Status BlockManager::check_invariants() const {
+  const size_t nb = blocks_.size();
+  std::vector<int32_t> refs(nb, 0);  // references counted from the block tables
+  const int64_t bs = block_size_;
+  for (const auto& [id, s] : seqs_) {
+    if (static_cast<int64_t>(s.table.size()) != ceil_div(s.n_tokens, bs)) {
+      return make_error("sequence {}: {} blocks for {} tokens", id, s.table.size(), s.n_tokens);
+    }
+    uint64_t parent_hash = kRootHash;
+    uint64_t parent_serial = 0;
+    for (size_t j = 0; j < s.table.size(); ++j) {
+      const int32_t b = s.table[j];
+      if (b < 0 || b >= n_blocks_) return make_error("sequence {}: bad block id {}", id, b);
+      refs[size_t(b)]++;
+      const Block& blk = blocks_[size_t(b)];
+      const int64_t fill = std::min<int64_t>(bs, s.n_tokens - int64_t(j) * bs);
+      if (static_cast<int64_t>(blk.tokens.size()) != fill) {
+        return make_error("sequence {}: block {} (#{}) holds {} tokens, expected {}", id, b, j,
+                          blk.tokens.size(), fill);
+      }
+      if (fill == bs) {
+        if (blk.hash != hash_fn_(parent_hash, blk.tokens) || blk.serial == 0 ||
+            blk.parent_serial != parent_serial) {
+          return make_error("sequence {}: full block {} (#{}) has a wrong hash chain", id, b, j);
+        }
+        parent_hash = blk.hash;
+        parent_serial = blk.serial;
+      } else if (blk.serial != 0 || blk.registered) {
+        return make_error("sequence {}: partial block {} is sealed", id, b);
+      }
+    }
+  }
+  std::vector<char> is_free(nb, 0);
+  for (int32_t b : free_) {
+    if (b < 0 || b >= n_blocks_ || is_free[size_t(b)]) {
+      return make_error("free list: bad or repeated block {}", b);
+    }
+    is_free[size_t(b)] = 1;
+  }
+  size_t n_lru = 0;
+  for (int32_t b : lru_) {
+    const Block& blk = blocks_[size_t(b)];
+    if (!blk.in_lru || *blk.lru_it != b) return make_error("lru: block {} not marked", b);
+    n_lru++;
+  }
+  size_t n_registered = 0;
+  for (size_t b = 0; b < nb; ++b) {
+    const Block& blk = blocks_[b];
+    const int states = int(is_free[b] != 0) + int(blk.in_lru) + int(blk.ref > 0);
+    if (states != 1) {
+      return make_error("block {}: in {} states (free {}, cached {}, ref {})", b, states,
+                        int(is_free[b]), int(blk.in_lru), blk.ref);
+    }
+    if (blk.ref != refs[b]) {
+      return make_error("block {}: refcount {} but {} tables hold it", b, blk.ref, refs[b]);
+    }
+    if (is_free[b] && (!blk.tokens.empty() || blk.registered)) {
+      return make_error("block {}: free but holds data", b);
+    }
+    if (blk.in_lru && !blk.registered) return make_error("block {}: cached but unregistered", b);
+    if (blk.registered) {
+      n_registered++;
+      auto m = cache_.find(blk.hash);
+      if (m == cache_.end() || m->second != int32_t(b) ||
+          static_cast<int64_t>(blk.tokens.size()) != bs) {
+        return make_error("block {}: registered but not the cache entry for its hash", b);
+      }
+    }
+  }
+  if (n_lru != lru_.size() || n_registered != cache_.size()) {
+    return make_error("prefix cache index has {} entries, {} registered blocks", cache_.size(),
+                      n_registered);
+  }
+  return Status::Ok();
+}
+
+}  // namespace peregrine

@@ -1,0 +1,152 @@
+// BlockManager: where each sequence's KV lives in a paged KV cache (the bookkeeping only).
+//
+// The pool has n_blocks blocks of block_size token positions each (ids 0..n_blocks-1). Every
+// sequence owns a block table: block i of the table holds the KV of positions
+// i*block_size .. (i+1)*block_size - 1. The idea is PagedAttention (vLLM, Kwon et al. 2023).
+//
+// Every block is in exactly one state:
+//   free        on the free list, holds nothing.
+//   referenced  in one or more block tables; ref = how many tables hold it.
+//   cached      ref 0, but full and entered in the prefix cache: its KV is still valid and a
+//               later identical prefix can take it back; evicted least recently used first
+//               when a fresh block is needed and the free list is empty.
+//
+// Prefix caching. When a block fills up it is "sealed": it gets a chain hash
+// hash(parent block's hash, the block's token ids), so equal hashes mean equal whole prefixes up
+// to that block. The first block sealed with a given hash becomes the cache's entry for it.
+// append_tokens() on a sequence at a block boundary looks up each whole block of the new tokens
+// and takes the cached block instead of a fresh one while they match; it returns the number of
+// tokens found, whose KV the caller need not compute.
+// Collisions cannot cause wrong sharing: a hit is accepted only if the cached block's token ids
+// are equal AND its parent is the same content chain. Chains are identified by a serial number
+// given out once per distinct sealed content (never reused), so even two different parents with
+// colliding hashes do not match.
+//
+// Copy-on-write. fork() makes a child share all of a parent's blocks. Appending to a sequence
+// whose last, partly filled block is shared first moves it onto a private copy; the caller must
+// copy the KV data, see take_copies().
+//
+// Policy-free: the manager never chooses what to preempt or evict beyond the LRU rule; when the
+// pool is exhausted append_tokens() fails and changes nothing, and the scheduler decides.
+//
+// Caveat for the caller: a block enters the prefix cache when its tokens are appended, before
+// its KV is computed. Append prompt tokens in the step that computes them (chunk by chunk with
+// chunked prefill), so that another sequence never hits a block whose KV is still unwritten.
+#pragma once
+
+#include <cstdint>
+#include <list>
+#include <span>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "core/status.h"
+
+namespace peregrine {
+
+using SeqId = int64_t;  // chosen by the caller (e.g. request id * n + choice index)
+
+// Prefix-cache counters, cumulative, for /metrics.
+struct PrefixCacheStats {
+  int64_t lookup_tokens = 0;  // tokens offered for matching (whole blocks at a block boundary)
+  int64_t hit_tokens = 0;     // of those, tokens found in the cache
+  int64_t evictions = 0;      // cached blocks evicted to make room
+};
+
+class BlockManager {
+ public:
+  // Chain hash of one full block: hash(parent block's hash, its token ids).
+  using HashFn = uint64_t (*)(uint64_t parent_hash, std::span<const int32_t> tokens);
+
+  // Errors on n_blocks <= 0 or block_size <= 0.
+  static Result<BlockManager> create(int32_t n_blocks, int32_t block_size);
+
+  // --- Sequences ---------------------------------------------------------------------------
+  // A new, empty sequence. Error if the id is in use.
+  Status add_sequence(SeqId id);
+  // Drops the sequence and its references. Blocks left unreferenced become cached (full, in
+  // the prefix cache) or free. An unknown id is a no-op, so cancel paths may call it twice.
+  void free_sequence(SeqId id);
+  // The child shares every block of the parent (n > 1 sampling). Errors: unknown parent,
+  // child id in use.
+  Status fork(SeqId parent, SeqId child);
+
+  // Appends tokens, allocating blocks as needed. Returns how many of the leading given tokens
+  // were found in the prefix cache (a multiple of block_size; 0 unless the sequence was at a
+  // block boundary). Error if the sequence is unknown or too few free + evictable blocks are
+  // left; on error nothing changes.
+  Result<int32_t> append_tokens(SeqId id, std::span<const int32_t> tokens);
+
+  // (src, dst) block pairs whose KV the caller must copy (copy-on-write) before the next
+  // forward pass, oldest first; clears the list. Perform them before freeing sequences, as a
+  // freed src may be reused.
+  std::vector<std::pair<int32_t, int32_t>> take_copies();
+
+  // --- Queries -------------------------------------------------------------------------------
+  Result<std::span<const int32_t>> block_table(SeqId id) const;
+  Result<int32_t> n_tokens(SeqId id) const;
+  bool has_sequence(SeqId id) const { return seqs_.count(id) != 0; }
+  int32_t n_sequences() const { return static_cast<int32_t>(seqs_.size()); }
+
+  int32_t n_blocks() const { return n_blocks_; }
+  int32_t block_size() const { return block_size_; }
+  int32_t n_free() const { return static_cast<int32_t>(free_.size()); }
+  int32_t n_cached() const { return static_cast<int32_t>(lru_.size()); }  // evictable
+  int32_t n_used() const { return n_blocks_ - n_free() - n_cached(); }     // referenced
+  const PrefixCacheStats& stats() const { return stats_; }
+
+  // For tests and debugging; block must be in 0..n_blocks-1.
+  int32_t refcount(int32_t block) const;
+  std::span<const int32_t> block_tokens(int32_t block) const;  // token ids it holds
+
+  // Checks every invariant (block states, refcounts, fills, hashes, cache index); the error
+  // names the first violation. Runs after every mutation in debug builds.
+  Status check_invariants() const;
+
+  // Test hook: replace the chain hash (e.g. a constant, to force collisions). Call before
+  // appending any tokens.
+  void set_hash_fn_for_testing(HashFn fn) { hash_fn_ = fn; }
+
+  static uint64_t default_hash(uint64_t parent_hash, std::span<const int32_t> tokens);
+
+ private:
+  BlockManager(int32_t n_blocks, int32_t block_size);
+
+  struct Block {
+    int32_t ref = 0;              // number of block tables holding it
+    std::vector<int32_t> tokens;  // token ids written so far, size <= block_size
+    // Valid once full (sealed):
+    uint64_t hash = 0;            // chain hash: hash_fn(parent's hash, tokens)
+    uint64_t serial = 0;          // id of this content chain (equal serials = equal prefixes)
+    uint64_t parent_serial = 0;   // the parent's serial, 0 for a sequence's first block
+    bool registered = false;      // is cache_[hash] (the prefix cache's entry for its hash)
+    bool in_lru = false;          // cached state: on lru_ at lru_it
+    std::list<int32_t>::iterator lru_it;
+  };
+
+  struct Sequence {
+    std::vector<int32_t> table;  // block ids; table[i] holds positions i*bs..(i+1)*bs-1
+    int32_t n_tokens = 0;        // positions used; the last block holds the remainder
+  };
+
+  int32_t allocate();                 // a fresh, empty block with ref 0 (free list, else evict)
+  void release(int32_t block);        // ref--, to cached or free at 0
+  void seal(const Sequence& s);       // s's last block just filled: hash it, maybe register
+  void reset(Block& b);               // back to the empty free-state contents
+  void debug_check() const;
+
+  int32_t n_blocks_;
+  int32_t block_size_;
+  std::vector<Block> blocks_;                      // [n_blocks]
+  std::vector<int32_t> free_;                      // free block ids, next allocated at back
+  std::list<int32_t> lru_;                         // cached block ids, least recent at front
+  std::unordered_map<uint64_t, int32_t> cache_;    // chain hash -> registered full block
+  std::unordered_map<SeqId, Sequence> seqs_;
+  std::vector<std::pair<int32_t, int32_t>> copies_;  // pending copy-on-write (src, dst)
+  uint64_t next_serial_ = 1;                       // 0 means "no parent"
+  HashFn hash_fn_ = &default_hash;
+  PrefixCacheStats stats_;
+};
+
+}  // namespace peregrine

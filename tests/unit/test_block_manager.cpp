@@ -1,0 +1,376 @@
+// BlockManager: allocation, prefix sharing, LRU eviction, fork + copy-on-write, collisions, and a
+// randomized run checked against a plain model of each sequence's tokens.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "kv/block_manager.h"
+
+namespace peregrine {
+namespace {
+
+BlockManager make(int32_t n_blocks, int32_t block_size) {
+  auto r = BlockManager::create(n_blocks, block_size);
+  EXPECT_TRUE(r.ok()) << r.error().message;
+  return std::move(r).value();
+}
+
+std::vector<int32_t> iota_tokens(int32_t n, int32_t start) {
+  std::vector<int32_t> v(static_cast<size_t>(n));
+  std::iota(v.begin(), v.end(), start);
+  return v;
+}
+
+std::vector<int32_t> table(const BlockManager& bm, SeqId id) {
+  auto t = bm.block_table(id);
+  EXPECT_TRUE(t.ok());
+  return {t->begin(), t->end()};
+}
+
+int32_t append(BlockManager& bm, SeqId id, const std::vector<int32_t>& toks) {
+  auto r = bm.append_tokens(id, toks);
+  EXPECT_TRUE(r.ok()) << r.error().message;
+  return r.ok() ? *r : -1;
+}
+
+#define EXPECT_INVARIANTS(bm)                                   \
+  do {                                                          \
+    Status st_ = (bm).check_invariants();                       \
+    EXPECT_TRUE(st_.ok()) << st_.error().message;               \
+  } while (0)
+
+TEST(BlockManager, RejectsBadInput) {
+  EXPECT_FALSE(BlockManager::create(0, 16).ok());
+  EXPECT_FALSE(BlockManager::create(8, 0).ok());
+  EXPECT_FALSE(BlockManager::create(-1, 16).ok());
+  BlockManager bm = make(4, 4);
+  EXPECT_TRUE(bm.add_sequence(1).ok());
+  EXPECT_FALSE(bm.add_sequence(1).ok());
+  std::vector<int32_t> t{1, 2};
+  auto r = bm.append_tokens(7, t);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("unknown sequence 7"), std::string::npos);
+  EXPECT_FALSE(bm.block_table(7).ok());
+  EXPECT_FALSE(bm.n_tokens(7).ok());
+  EXPECT_FALSE(bm.fork(7, 8).ok());
+  EXPECT_FALSE(bm.fork(1, 1).ok());
+  bm.free_sequence(7);  // no-op
+  EXPECT_INVARIANTS(bm);
+}
+
+TEST(BlockManager, AllocatesAcrossBlockBoundaries) {
+  BlockManager bm = make(8, 4);
+  ASSERT_TRUE(bm.add_sequence(1).ok());
+  EXPECT_EQ(append(bm, 1, iota_tokens(3, 0)), 0);
+  EXPECT_EQ(table(bm, 1).size(), 1u);
+  EXPECT_EQ(append(bm, 1, iota_tokens(1, 3)), 0);  // exactly fills block 0
+  EXPECT_EQ(table(bm, 1).size(), 1u);
+  EXPECT_EQ(append(bm, 1, iota_tokens(6, 4)), 0);  // 10 tokens -> 3 blocks
+  EXPECT_EQ(table(bm, 1).size(), 3u);
+  EXPECT_EQ(bm.n_tokens(1).value(), 10);
+  EXPECT_EQ(bm.n_used(), 3);
+  EXPECT_EQ(bm.n_free(), 5);
+  std::vector<int32_t> all;
+  for (int32_t b : table(bm, 1)) {
+    EXPECT_EQ(bm.refcount(b), 1);
+    auto bt = bm.block_tokens(b);
+    all.insert(all.end(), bt.begin(), bt.end());
+  }
+  EXPECT_EQ(all, iota_tokens(10, 0));
+  EXPECT_INVARIANTS(bm);
+}
+
+TEST(BlockManager, OutOfBlocksIsAnErrorAndChangesNothing) {
+  BlockManager bm = make(3, 4);
+  ASSERT_TRUE(bm.add_sequence(1).ok());
+  append(bm, 1, iota_tokens(10, 0));  // 3 blocks, 2 free slots left in the last
+  const auto before = table(bm, 1);
+  auto r = bm.append_tokens(1, iota_tokens(3, 100));  // needs a 4th block
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("out of KV blocks"), std::string::npos) << r.error().message;
+  EXPECT_EQ(table(bm, 1), before);
+  EXPECT_EQ(bm.n_tokens(1).value(), 10);
+  EXPECT_EQ(bm.n_free(), 0);
+  EXPECT_EQ(append(bm, 1, iota_tokens(2, 100)), 0);  // what still fits does fit
+  EXPECT_INVARIANTS(bm);
+}
+
+TEST(BlockManager, FreeingReturnsBlocks) {
+  BlockManager bm = make(4, 4);
+  ASSERT_TRUE(bm.add_sequence(1).ok());
+  append(bm, 1, iota_tokens(6, 0));  // one full (cached on free) + one partial (freed)
+  EXPECT_EQ(bm.n_used(), 2);
+  bm.free_sequence(1);
+  EXPECT_FALSE(bm.has_sequence(1));
+  EXPECT_EQ(bm.n_used(), 0);
+  EXPECT_EQ(bm.n_cached(), 1);
+  EXPECT_EQ(bm.n_free(), 3);
+  // The cached block is still usable as a fresh block: 4 blocks of new tokens fit.
+  ASSERT_TRUE(bm.add_sequence(2).ok());
+  EXPECT_EQ(append(bm, 2, iota_tokens(16, 50)), 0);
+  EXPECT_EQ(bm.n_used(), 4);
+  EXPECT_EQ(bm.stats().evictions, 1);
+  EXPECT_INVARIANTS(bm);
+}
+
+TEST(BlockManager, SharesIdenticalPromptPrefixes) {
+  const int32_t bs = 4;
+  BlockManager bm = make(16, bs);
+  const auto prompt = iota_tokens(2 * bs + 2, 10);  // 2 full blocks + a partial one
+  ASSERT_TRUE(bm.add_sequence(1).ok());
+  ASSERT_TRUE(bm.add_sequence(2).ok());
+  EXPECT_EQ(append(bm, 1, prompt), 0);
+  EXPECT_EQ(append(bm, 2, prompt), 2 * bs);
+  const auto t1 = table(bm, 1), t2 = table(bm, 2);
+  ASSERT_EQ(t1.size(), 3u);
+  ASSERT_EQ(t2.size(), 3u);
+  EXPECT_EQ(t1[0], t2[0]);
+  EXPECT_EQ(t1[1], t2[1]);
+  EXPECT_NE(t1[2], t2[2]);  // the partial block is private
+  EXPECT_EQ(bm.refcount(t1[0]), 2);
+  EXPECT_EQ(bm.refcount(t1[2]), 1);
+  EXPECT_EQ(bm.n_used(), 4);
+  EXPECT_EQ(bm.stats().hit_tokens, 2 * bs);
+  EXPECT_EQ(bm.stats().lookup_tokens, 4 * bs);  // 2 whole blocks offered, twice
+  // A different second block stops the match after the first.
+  auto other = prompt;
+  other[size_t(bs) + 1] = 999;
+  ASSERT_TRUE(bm.add_sequence(3).ok());
+  EXPECT_EQ(append(bm, 3, other), bs);
+  EXPECT_EQ(table(bm, 3)[0], t1[0]);
+  EXPECT_NE(table(bm, 3)[1], t1[1]);
+  EXPECT_INVARIANTS(bm);
+}
+
+TEST(BlockManager, CachedBlocksSurviveFreeAndAreReused) {
+  const int32_t bs = 4;
+  BlockManager bm = make(8, bs);
+  const auto prompt = iota_tokens(2 * bs + 1, 0);
+  ASSERT_TRUE(bm.add_sequence(1).ok());
+  append(bm, 1, prompt);
+  const auto t1 = table(bm, 1);
+  bm.free_sequence(1);
+  EXPECT_EQ(bm.n_cached(), 2);
+  EXPECT_EQ(bm.refcount(t1[0]), 0);
+  ASSERT_TRUE(bm.add_sequence(2).ok());
+  EXPECT_EQ(append(bm, 2, prompt), 2 * bs);
+  const auto t2 = table(bm, 2);
+  EXPECT_EQ(t2[0], t1[0]);
+  EXPECT_EQ(t2[1], t1[1]);
+  EXPECT_EQ(bm.n_cached(), 0);
+  EXPECT_EQ(bm.n_used(), 3);
+  // Decode tokens after the prompt keep working and are not looked up.
+  const int64_t lookups = bm.stats().lookup_tokens;
+  for (int i = 0; i < 2 * bs; ++i) EXPECT_EQ(append(bm, 2, {100 + i}), 0);
+  EXPECT_EQ(bm.stats().lookup_tokens, lookups);
+  EXPECT_INVARIANTS(bm);
+}
+
+TEST(BlockManager, EvictsLeastRecentlyUsedCachedBlockFirst) {
+  const int32_t bs = 2;
+  BlockManager bm = make(3, bs);
+  const std::vector<int32_t> a{1, 2}, b{3, 4};
+  for (SeqId id : {1, 2}) ASSERT_TRUE(bm.add_sequence(id).ok());
+  append(bm, 1, a);
+  append(bm, 2, b);
+  const int32_t block_a = table(bm, 1)[0], block_b = table(bm, 2)[0];
+  bm.free_sequence(1);  // LRU: a
+  bm.free_sequence(2);  // LRU: a, b
+  // Touch a again: LRU becomes b, a.
+  ASSERT_TRUE(bm.add_sequence(3).ok());
+  EXPECT_EQ(append(bm, 3, a), bs);
+  bm.free_sequence(3);
+  EXPECT_EQ(bm.n_cached(), 2);
+  EXPECT_EQ(bm.n_free(), 1);
+  // Two fresh blocks: the free one, then evict b (least recent), not a.
+  ASSERT_TRUE(bm.add_sequence(4).ok());
+  EXPECT_EQ(append(bm, 4, {7, 8, 9, 10}), 0);
+  EXPECT_EQ(bm.stats().evictions, 1);
+  const auto t4 = table(bm, 4);
+  EXPECT_TRUE(t4[0] == block_b || t4[1] == block_b);
+  ASSERT_TRUE(bm.add_sequence(5).ok());
+  ASSERT_TRUE(bm.add_sequence(6).ok());
+  EXPECT_EQ(append(bm, 5, a), bs);  // a survived
+  EXPECT_EQ(table(bm, 5)[0], block_a);
+  bm.free_sequence(5);
+  EXPECT_EQ(append(bm, 6, b), 0);  // b was evicted
+  EXPECT_INVARIANTS(bm);
+}
+
+TEST(BlockManager, ForkSharesAndCopiesOnWrite) {
+  const int32_t bs = 4;
+  BlockManager bm = make(8, bs);
+  ASSERT_TRUE(bm.add_sequence(1).ok());
+  append(bm, 1, iota_tokens(6, 0));  // block 0 full, block 1 holds 2 tokens
+  ASSERT_TRUE(bm.fork(1, 2).ok());
+  const auto parent = table(bm, 1);
+  EXPECT_EQ(table(bm, 2), parent);
+  EXPECT_EQ(bm.refcount(parent[0]), 2);
+  EXPECT_EQ(bm.refcount(parent[1]), 2);
+  EXPECT_EQ(bm.n_tokens(2).value(), 6);
+  EXPECT_TRUE(bm.take_copies().empty());
+
+  EXPECT_EQ(append(bm, 2, {42}), 0);  // child writes into the shared partial block
+  const auto child = table(bm, 2);
+  EXPECT_EQ(child[0], parent[0]);
+  EXPECT_NE(child[1], parent[1]);
+  const auto copies = bm.take_copies();
+  ASSERT_EQ(copies.size(), 1u);
+  EXPECT_EQ(copies[0], std::make_pair(parent[1], child[1]));
+  EXPECT_TRUE(bm.take_copies().empty());
+  EXPECT_EQ(bm.refcount(parent[1]), 1);
+  EXPECT_EQ(std::vector<int32_t>(bm.block_tokens(child[1]).begin(),
+                                 bm.block_tokens(child[1]).end()),
+            (std::vector<int32_t>{4, 5, 42}));
+
+  EXPECT_EQ(append(bm, 1, {7}), 0);  // parent is now the sole owner: no second copy
+  EXPECT_TRUE(bm.take_copies().empty());
+  EXPECT_EQ(table(bm, 1), parent);
+  EXPECT_EQ(std::vector<int32_t>(bm.block_tokens(parent[1]).begin(),
+                                 bm.block_tokens(parent[1]).end()),
+            (std::vector<int32_t>{4, 5, 7}));
+  bm.free_sequence(1);
+  EXPECT_EQ(bm.refcount(parent[0]), 1);  // still held by the child
+  EXPECT_INVARIANTS(bm);
+}
+
+TEST(BlockManager, ForkAtBlockBoundaryNeedsNoCopy) {
+  BlockManager bm = make(8, 4);
+  ASSERT_TRUE(bm.add_sequence(1).ok());
+  append(bm, 1, iota_tokens(8, 0));
+  ASSERT_TRUE(bm.fork(1, 2).ok());
+  append(bm, 1, {1});
+  append(bm, 2, {2});
+  EXPECT_TRUE(bm.take_copies().empty());
+  EXPECT_NE(table(bm, 1)[2], table(bm, 2)[2]);
+  EXPECT_INVARIANTS(bm);
+}
+
+uint64_t constant_hash(uint64_t, std::span<const int32_t>) { return 7; }
+
+TEST(BlockManager, HashCollisionsNeverShareDifferentTokens) {
+  const int32_t bs = 2;
+  BlockManager bm = make(16, bs);
+  bm.set_hash_fn_for_testing(&constant_hash);  // every block collides with every other
+  for (SeqId id : {1, 2, 3, 4}) ASSERT_TRUE(bm.add_sequence(id).ok());
+  EXPECT_EQ(append(bm, 1, {1, 2, 3, 4}), 0);
+  EXPECT_EQ(append(bm, 2, {5, 6, 3, 4}), 0);  // same second block under another parent
+  EXPECT_EQ(append(bm, 3, {1, 2, 3, 4}), bs);  // first block truly equal; second collides
+  EXPECT_EQ(table(bm, 3)[0], table(bm, 1)[0]);
+  EXPECT_NE(table(bm, 3)[1], table(bm, 1)[1]);
+  EXPECT_EQ(append(bm, 4, {3, 4}), 0);  // tokens equal to a cached block, parent differs
+  for (SeqId id : {1, 2, 3, 4}) bm.free_sequence(id);
+  EXPECT_EQ(bm.n_cached(), 1);  // only the one registered entry survives
+  EXPECT_INVARIANTS(bm);
+}
+
+TEST(BlockManager, CollidingParentsDoNotMatchChildren) {
+  // Parents {1,2} and {5,6} collide, so the child {3,4} hashes the same under either. A later
+  // append of {3,4} after {5,6} finds the cached child of {1,2}: equal tokens, equal hash, but
+  // another parent chain; it must not be shared.
+  const int32_t bs = 2;
+  BlockManager bm = make(8, bs);
+  bm.set_hash_fn_for_testing([](uint64_t parent, std::span<const int32_t> t) -> uint64_t {
+    return parent * 31 + uint64_t(t[1] == 2 || t[1] == 6 ? 0 : t[1]);
+  });
+  for (SeqId id : {1, 2}) ASSERT_TRUE(bm.add_sequence(id).ok());
+  append(bm, 1, {1, 2, 3, 4});
+  EXPECT_EQ(append(bm, 2, {5, 6}), 0);
+  EXPECT_EQ(append(bm, 2, {3, 4}), 0);  // at a block boundary: looked up, rejected
+  EXPECT_NE(table(bm, 2)[1], table(bm, 1)[1]);
+  EXPECT_EQ(bm.stats().hit_tokens, 0);
+  // The real chain still matches in full.
+  ASSERT_TRUE(bm.add_sequence(3).ok());
+  EXPECT_EQ(append(bm, 3, {1, 2, 3, 4}), 2 * bs);
+  EXPECT_INVARIANTS(bm);
+}
+
+// Random add / append / fork / free on a small pool, against a model of each sequence's tokens.
+TEST(BlockManager, RandomizedAgainstModel) {
+  for (int32_t bs : {1, 3, 4}) {
+    BlockManager bm = make(24, bs);
+    std::mt19937 rng(1234 + uint32_t(bs));
+    std::map<SeqId, std::vector<int32_t>> model;  // sequence -> its tokens
+    SeqId next_id = 0;
+    // Prompts from a few shared prefixes so that the prefix cache gets hits.
+    const std::vector<std::vector<int32_t>> prefixes = {
+        iota_tokens(3 * bs, 0), iota_tokens(2 * bs + 1, 0), iota_tokens(4 * bs, 100)};
+    auto rnd = [&](int n) { return int(rng() % uint32_t(n)); };
+    int64_t errors = 0, hits = 0, copies = 0;
+    for (int step = 0; step < 4000; ++step) {
+      const int op = rnd(10);
+      if (op < 2 || model.empty()) {  // add
+        const SeqId id = next_id++;
+        ASSERT_TRUE(bm.add_sequence(id).ok());
+        model[id] = {};
+      } else if (op < 7) {  // append: a prompt-like chunk or one decode token
+        auto it = model.begin();
+        std::advance(it, rnd(int(model.size())));
+        std::vector<int32_t> toks;
+        if (it->second.empty() && rnd(2) == 0) {
+          toks = prefixes[size_t(rnd(3))];
+          for (int k = rnd(3); k > 0; --k) toks.push_back(rnd(5));
+        } else {
+          for (int k = rnd(3) == 0 ? rnd(2 * bs + 2) : 1; k > 0; --k) toks.push_back(rnd(5));
+        }
+        const auto before_table = table(bm, it->first);
+        const int32_t free_before = bm.n_free(), cached_before = bm.n_cached();
+        auto r = bm.append_tokens(it->first, toks);
+        if (r.ok()) {
+          ASSERT_GE(*r, 0);
+          ASSERT_LE(*r, int32_t(toks.size()));
+          ASSERT_EQ(*r % bs, 0);
+          hits += *r;
+          it->second.insert(it->second.end(), toks.begin(), toks.end());
+        } else {
+          errors++;
+          ASSERT_EQ(table(bm, it->first), before_table);
+          ASSERT_EQ(bm.n_free(), free_before);
+          ASSERT_EQ(bm.n_cached(), cached_before);
+        }
+      } else if (op < 8) {  // fork
+        auto it = model.begin();
+        std::advance(it, rnd(int(model.size())));
+        const SeqId id = next_id++;
+        ASSERT_TRUE(bm.fork(it->first, id).ok());
+        model[id] = it->second;
+      } else {  // free
+        auto it = model.begin();
+        std::advance(it, rnd(int(model.size())));
+        bm.free_sequence(it->first);
+        model.erase(it);
+      }
+      copies += int64_t(bm.take_copies().size());
+
+      Status st = bm.check_invariants();
+      ASSERT_TRUE(st.ok()) << "step " << step << ": " << st.error().message;
+      ASSERT_EQ(bm.n_sequences(), int32_t(model.size()));
+      ASSERT_EQ(bm.n_free() + bm.n_cached() + bm.n_used(), bm.n_blocks());
+      std::map<int32_t, int32_t> refs;
+      for (const auto& [id, toks] : model) {
+        ASSERT_EQ(bm.n_tokens(id).value(), int32_t(toks.size()));
+        std::vector<int32_t> held;
+        for (int32_t b : table(bm, id)) {
+          refs[b]++;
+          auto bt = bm.block_tokens(b);
+          held.insert(held.end(), bt.begin(), bt.end());
+        }
+        ASSERT_EQ(held, toks) << "sequence " << id << " at step " << step;
+      }
+      for (const auto& [b, n] : refs) ASSERT_EQ(bm.refcount(b), n);
+      ASSERT_EQ(int32_t(refs.size()), bm.n_used());
+    }
+    EXPECT_GT(errors, 0) << "pool never ran out: the test is too gentle";
+    EXPECT_GT(hits, 0) << "prefix cache never hit";
+    EXPECT_GT(bm.stats().evictions, 0);
+    if (bs > 1) {
+      EXPECT_GT(copies, 0) << "copy-on-write never happened";
+    }
+  }
+}
+
+}  // namespace
+}  // namespace peregrine
