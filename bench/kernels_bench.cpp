@@ -1,22 +1,34 @@
-// Kernel micro-benchmarks (Google Benchmark): how close matmul and the dot kernels
-// come to the machine's memory bandwidth, the roofline of decode (one token reads
-// every weight once and does ~2 flops per weight).
+// Kernel micro-benchmarks (Google Benchmark): how close matmul and the kernels come to
+// the machine's memory bandwidth, the roofline of decode (one token reads every weight
+// once and does ~2 flops per weight).
 //
-//   BM_mem_read / BM_mem_copy   the roofline: streaming over 1 GiB, far beyond L3
+//   BM_mem_read / BM_mem_copy   the roofline: streaming over 1 GiB with each read loop
+//                               the CPU runs (baseline, AVX2, AVX-512: 8 sums, 16 sums,
+//                               software prefetch, four streams at once)
 //   BM_matmul                   ops::matmul with the active kernel table (PEREGRINE_ISA
 //                               picks it), pools of 1 and 2 threads, decode and batch shapes
-//   BM_dot_rows                 each ISA table's row kernels alone, one thread, n_tok = 1
+//   BM_panel                    each ISA table's panel kernel over every panel of a packed
+//                               matrix, one thread, n_tok = 1 (no pool, no quantization)
+//   BM_dot_rows                 each ISA table's row kernels (the unpacked fallback)
 //   BM_quantize_q8              each ISA table's activation quantizer
+//
+// Shapes: 576x1536 (in cache), 4096x16384 (tens to hundreds of MiB) and, per type,
+// 4096 x C with C chosen at start-up so the matrix is at least 1.5 x the L3 size: only
+// that shape is sure to stream from DRAM.
 //
 // Counters: bw = bytes of weights (or memory) per second, flops = 2*rows*cols*n_tok
 // per second, pct_bw = bw as a percentage of the read bandwidth measured at start-up
-// with the same thread count. See bench/KERNELS.md for how to run and recorded numbers.
+// with the same thread count (the fastest read loop). See bench/KERNELS.md.
 #include <benchmark/benchmark.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -25,8 +37,14 @@
 #include <tuple>
 #include <vector>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define PEREGRINE_BENCH_X86 1
+#endif
+
 #include "core/thread_pool.h"
 #include "kernels/kernels.h"
+#include "kernels/packed.h"
 #include "ops/ops.h"
 #include "ops/weight.h"
 #include "quant/blocks.h"
@@ -38,7 +56,7 @@ namespace {
 
 // ---------------------------------------------------------------- set-up helpers
 
-// xorshift64*: filling hundreds of MiB with std::mt19937 takes seconds; this is enough.
+// xorshift64*: filling gigabytes with std::mt19937 takes far too long; this is enough.
 struct FastRng {
   uint64_t s;
   explicit FastRng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
@@ -70,61 +88,246 @@ std::vector<const KernelTable*> runnable_tables() {
   return out;
 }
 
-// A weight matrix with random values. Quantized blocks get random nibbles/bytes and
-// fp16 scales in 0.001..0.05 (Q4_1 minima in -0.4..-0.008), like real tensors: no
-// NaN/inf/denormal slow paths.
-struct OwnedWeight {
-  std::vector<uint8_t> bytes;  // [rows, row_bytes]
-  Weight w;
-};
+KernelTable::PanelDot panel_q(const KernelTable& k, GgmlType t) {
+  switch (t) {
+    case GgmlType::Q4_0: return k.panel_q4_0;
+    case GgmlType::Q4_1: return k.panel_q4_1;
+    case GgmlType::Q8_0: return k.panel_q8_0;
+    default: return nullptr;
+  }
+}
 
-const Weight& random_weight(GgmlType type, int64_t rows, int64_t cols) {
-  static std::map<std::tuple<GgmlType, int64_t, int64_t>, std::unique_ptr<OwnedWeight>> cache;
-  auto& slot = cache[{type, rows, cols}];
-  if (slot) return slot->w;
-  slot = std::make_unique<OwnedWeight>();
-  const size_t rb = *row_bytes(type, uint64_t(cols));
-  std::vector<uint8_t>& buf = slot->bytes;
-  buf.resize(rb * size_t(rows));
-  FastRng rng(uint64_t(type) * 1000003 + uint64_t(rows * cols));
+KernelTable::PanelDotF panel_f(const KernelTable& k, GgmlType t) {
+  switch (t) {
+    case GgmlType::F32: return k.panel_f32;
+    case GgmlType::F16: return k.panel_f16;
+    case GgmlType::BF16: return k.panel_bf16;
+    default: return nullptr;
+  }
+}
+
+bool has_panel(const KernelTable& k, GgmlType t) {
+  return panel_q(k, t) != nullptr || panel_f(k, t) != nullptr;
+}
+
+// ---------------------------------------------------------------- shapes
+
+struct Shape {
+  int64_t rows, cols;  // output features, input features
+  std::string name() const { return std::to_string(rows) + "x" + std::to_string(cols); }
+};
+// SmolLM2-135M's ffn_down (fits in L2) and a mid-size matrix (36 MiB as Q4_0, 256 MiB
+// as F32: beyond an 8 MiB L3, but inside the 480 MiB one of recent server parts).
+constexpr Shape kSmall{576, 1536};
+constexpr Shape kMid{4096, 16384};
+
+// Weight bytes per value in GGUF and in the panel layout alike (0.5625 for Q4_0).
+double bytes_per_weight(GgmlType type) { return double(*row_bytes(type, 256)) / 256.0; }
+
+// The last-level cache: Google Benchmark's reading of sysfs, else sysconf.
+size_t l3_bytes() {
+  size_t best = 0;
+  for (const auto& c : benchmark::CPUInfo::Get().caches)
+    if (c.level == 3 && c.size > 0) best = std::max(best, size_t(c.size));
+#ifdef _SC_LEVEL3_CACHE_SIZE
+  if (best == 0) {
+    const long s = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    if (s > 0) best = size_t(s);
+  }
+#endif
+  return best;
+}
+
+// The "beyond the last-level cache" matrix of a type: 4096 rows and the fewest columns
+// (a multiple of 256, at least twice kMid's) that make it >= 1.5 x L3, at most 1.5 GiB.
+constexpr double kMaxBigBytes = 1.5 * double(size_t(1) << 30);
+struct BigShape {
+  Shape shape;
+  bool capped;  // 1.5 GiB bound below 1.5 x L3
+};
+BigShape beyond_l3_shape(GgmlType type) {
+  const double l3 = double(l3_bytes() > 0 ? l3_bytes() : size_t(32) << 20);  // unknown: 32 MiB
+  const double per_col = double(kMid.rows) * bytes_per_weight(type);
+  int64_t cols = int64_t(std::ceil(1.5 * l3 / per_col / 256.0)) * 256;
+  cols = std::max(cols, 2 * kMid.cols);
+  const int64_t cap = int64_t(kMaxBigBytes / per_col / 256.0) * 256;
+  return {{kMid.rows, std::min(cols, cap)}, cols > cap};
+}
+
+// ---------------------------------------------------------------- random weights
+
+// Rows generated per RNG seed: the unit of parallel generation and of packing. A
+// multiple of kPanelRows, so chunks pack into whole panels.
+constexpr int64_t kGenRows = 64;
+static_assert(kGenRows % kPanelRows == 0);
+
+// rows rows of `type` (rb bytes each) into dst, from one seed. Quantized
+// blocks get random nibbles/bytes and fp16 scales in 0.001..0.05 (Q4_1 minima in
+// -0.4..-0.008), like real tensors: no NaN/inf/denormal slow paths.
+void fill_rows(GgmlType type, uint8_t* dst, int64_t rows, size_t rb, uint64_t seed) {
+  FastRng rng(seed);
+  const size_t n = rb * size_t(rows);
   switch (type) {
-    case GgmlType::F32: {
-      for (size_t i = 0; i < buf.size(); i += 4) {
+    case GgmlType::F32:
+      for (size_t i = 0; i < n; i += 4) {
         float v = rng.uniform(-1.0f, 1.0f);
-        std::memcpy(&buf[i], &v, 4);
+        std::memcpy(dst + i, &v, 4);
       }
       break;
-    }
     case GgmlType::F16:
-    case GgmlType::BF16: {
-      for (size_t i = 0; i < buf.size(); i += 2) {
+    case GgmlType::BF16:
+      for (size_t i = 0; i < n; i += 2) {
         float v = rng.uniform(-1.0f, 1.0f);
         uint16_t h = type == GgmlType::F16 ? f32_to_fp16(v) : f32_to_bf16(v);
-        std::memcpy(&buf[i], &h, 2);
+        std::memcpy(dst + i, &h, 2);
       }
       break;
-    }
     default: {  // Q4_0, Q4_1, Q8_0: random payload, then valid scales per block
-      for (size_t i = 0; i + 8 <= buf.size(); i += 8) {
+      size_t i = 0;
+      for (; i + 8 <= n; i += 8) {
         uint64_t r = rng.next();
-        std::memcpy(&buf[i], &r, 8);
+        std::memcpy(dst + i, &r, 8);
       }
+      for (; i < n; ++i) dst[i] = uint8_t(rng.next());
       const size_t bb = *row_bytes(type, kQK);
-      for (size_t off = 0; off < buf.size(); off += bb) {
+      for (size_t off = 0; off < n; off += bb) {
         uint16_t d = f32_to_fp16(rng.uniform(0.001f, 0.05f));
-        std::memcpy(&buf[off], &d, 2);
+        std::memcpy(dst + off, &d, 2);
         if (type == GgmlType::Q4_1) {
           uint16_t m = f32_to_fp16(-8.0f * rng.uniform(0.001f, 0.05f));
-          std::memcpy(&buf[off + 2], &m, 2);
+          std::memcpy(dst + off + 2, &m, 2);
         }
       }
     }
   }
-  slot->w = Weight{std::string(type_name(type)), type, buf.data(), rows, cols, rb};
-  // As the model loader does: quantized weights get the panel layout when the
-  // active kernel table has panel kernels for the type.
-  if (!pack_weight(slot->w).ok()) std::abort();
-  return slot->w;
+}
+
+uint64_t chunk_seed(GgmlType type, Shape s, int64_t chunk) {
+  return (uint64_t(type) * 1000003 + uint64_t(s.rows * s.cols)) * 7919 + uint64_t(chunk);
+}
+
+// Rows: GGUF rows as in the file (the row kernels). Packed: the panel layout only, as
+// the model loader leaves it (pack_weight, source released).
+enum class Layout { Rows, Packed };
+
+struct OwnedWeight {
+  std::unique_ptr<uint8_t[]> rows;  // [rows, row_bytes], Layout::Rows only
+  Weight w;
+};
+
+// Time spent making weights: first generation of each matrix, and regeneration of
+// the mid-shape ones that were dropped to bound memory (see random_weight).
+struct SetupStats {
+  double seconds = 0, bytes = 0;        // first generation
+  double re_seconds = 0, re_bytes = 0;  // regeneration
+  int regenerated = 0;
+};
+SetupStats& setup_stats() {
+  static SetupStats s;
+  return s;
+}
+
+// Packs chunk by chunk (kGenRows rows generated, packed, copied, on both threads), so
+// a 720 MiB matrix never exists twice. Panel p of a chunk starting at row r0 is panel
+// r0/16 + p of the whole matrix: pack_matrix's panels are independent.
+std::shared_ptr<const PackedMatrix> generate_packed(GgmlType type, Shape s, size_t rb) {
+  auto pm = std::make_shared<PackedMatrix>();
+  pm->format = panel_format(type);
+  pm->rows = s.rows;
+  pm->cols = s.cols;
+  pm->nb = s.cols / kQK;
+  pm->n_panels = (s.rows + kPanelRows - 1) / kPanelRows;
+  pm->panel_bytes = pm->format->block_bytes * size_t(pm->nb);
+  void* mem = std::aligned_alloc(64, (pm->bytes() + 63) / 64 * 64);
+  if (mem == nullptr) {
+    std::fprintf(stderr, "error: out of memory for a %s %s packed matrix (%zu bytes)\n",
+                 std::string(type_name(type)).c_str(), s.name().c_str(), pm->bytes());
+    std::exit(1);
+  }
+  pm->data = {static_cast<uint8_t*>(mem), std::free};
+  const int64_t n_chunks = (s.rows + kGenRows - 1) / kGenRows;
+  pool(2).parallel_range(n_chunks, 1, [&](int64_t b, int64_t e, int) {
+    std::vector<uint8_t> src(rb * size_t(kGenRows));  // [kGenRows, row_bytes]
+    for (int64_t c = b; c < e; ++c) {
+      const int64_t r0 = c * kGenRows, nr = std::min(kGenRows, s.rows - r0);
+      fill_rows(type, src.data(), nr, rb, chunk_seed(type, s, c));
+      Result<PackedMatrix> part = pack_matrix(type, src.data(), nr, s.cols, rb);
+      if (!part.ok()) {
+        std::fprintf(stderr, "error: packing %s: %s\n", s.name().c_str(),
+                     part.error().message.c_str());
+        std::exit(1);
+      }
+      std::memcpy(pm->data.get() + size_t(r0 / kPanelRows) * pm->panel_bytes,
+                  part->data.get(), part->bytes());
+    }
+  });
+  return pm;
+}
+
+// The cached random matrix of a type, shape and layout; the same values in either
+// layout. Memory: the beyond-L3 matrices (6 x 720 MiB here) and the small ones stay;
+// of the 4096x16384 ones (36..256 MiB) one per layout is kept and the others are made
+// again when needed, so the whole run stays near 6 GiB with the 1 GiB stream buffer.
+const Weight& random_weight(GgmlType type, Shape s, Layout layout) {
+  using Key = std::tuple<GgmlType, int64_t, int64_t, Layout>;
+  static std::map<Key, std::unique_ptr<OwnedWeight>> cache;
+  static std::map<Key, int> made;  // times each matrix was generated
+  const Key key{type, s.rows, s.cols, layout};
+  if (auto it = cache.find(key); it != cache.end()) return it->second->w;
+  const bool evictable = s.rows == kMid.rows && s.cols == kMid.cols;
+  if (evictable)  // at most one kMid matrix per layout: free the previous one first
+    std::erase_if(cache, [&](const auto& e) {
+      return std::get<1>(e.first) == kMid.rows && std::get<2>(e.first) == kMid.cols &&
+             std::get<3>(e.first) == layout;
+    });
+  const auto t0 = std::chrono::steady_clock::now();
+  auto owned = std::make_unique<OwnedWeight>();
+  const size_t rb = *row_bytes(type, uint64_t(s.cols));
+  owned->w = Weight{std::string(type_name(type)), type, nullptr, s.rows, s.cols, rb, nullptr};
+  if (layout == Layout::Packed) {
+    owned->w.packed = generate_packed(type, s, rb);
+  } else {
+    owned->rows.reset(new uint8_t[rb * size_t(s.rows)]);
+    uint8_t* dst = owned->rows.get();
+    pool(2).parallel_range((s.rows + kGenRows - 1) / kGenRows, 1, [&](int64_t b, int64_t e, int) {
+      for (int64_t c = b; c < e; ++c) {
+        const int64_t r0 = c * kGenRows;
+        fill_rows(type, dst + size_t(r0) * rb, std::min(kGenRows, s.rows - r0), rb,
+                  chunk_seed(type, s, c));
+      }
+    });
+    owned->w.data = dst;
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double bytes = double(rb) * double(s.rows);
+  SetupStats& st = setup_stats();
+  if (made[key]++ == 0) {
+    st.seconds += secs;
+    st.bytes += bytes;
+  } else {
+    st.re_seconds += secs;
+    st.re_bytes += bytes;
+    ++st.regenerated;
+  }
+  return (cache[key] = std::move(owned))->w;
+}
+
+// What ops::matmul sees after loading: packed when the active table has panel kernels.
+const Weight& matmul_weight(GgmlType type, Shape s) {
+  return random_weight(type, s, has_panel(kernels(), type) ? Layout::Packed : Layout::Rows);
+}
+
+// Guards the chunked packing above: on the small shape it must give pack_matrix's bytes.
+void check_chunked_packing(GgmlType type) {
+  const Weight& rows = random_weight(type, kSmall, Layout::Rows);
+  const Weight& packed = random_weight(type, kSmall, Layout::Packed);
+  Result<PackedMatrix> whole = pack_matrix(type, rows.data, rows.rows, rows.cols, rows.row_bytes);
+  if (!whole.ok() || whole->bytes() != packed.packed->bytes() ||
+      std::memcmp(whole->data.get(), packed.packed->data.get(), whole->bytes()) != 0) {
+    std::fprintf(stderr, "error: chunked packing of %s %s differs from pack_matrix\n",
+                 std::string(type_name(type)).c_str(), kSmall.name().c_str());
+    std::exit(1);
+  }
 }
 
 std::vector<float> random_floats(size_t n, uint64_t seed) {
@@ -136,14 +339,14 @@ std::vector<float> random_floats(size_t n, uint64_t seed) {
 
 // ---------------------------------------------------------------- the roofline
 
-// One buffer far larger than any cache, shared by the read and copy benchmarks and
+// One buffer far larger than most caches, shared by the read and copy benchmarks and
 // the start-up bandwidth probe. Touched once so page faults stay out of the timings.
 constexpr size_t kStreamBytes = size_t(1) << 30;
 
 float* stream_buffer() {
   static float* buf = [] {
     const size_t n = kStreamBytes / sizeof(float);
-    float* p = new float[n];
+    float* p = static_cast<float*>(std::aligned_alloc(64, kStreamBytes));
     pool(2).parallel_range(int64_t(n), int64_t(n / 16), [&](int64_t b, int64_t e, int) {
       for (int64_t i = b; i < e; ++i) p[i] = float(i & 1023) * (1.0f / 1024.0f);
     });
@@ -152,10 +355,16 @@ float* stream_buffer() {
   return buf;
 }
 
-// Plain C++ that the compiler vectorizes: 32 (AVX2: 64) independent sums hide
-// the add latency, so the loop is bound by memory, not by arithmetic. Built twice:
-// for the default target (SSE2) and, where the CPU has it, for AVX2 (the roofline is
-// the most the machine gives a reader, so read with the widest loads it has).
+// Sum loops: enough independent sums to hide the add latency, so each is bound by how
+// fast memory delivers, not by arithmetic. The roofline is the most the machine gives
+// a reader, so the probe tries several loops and keeps the fastest:
+//  - the widest loads the CPU has (a wider load means more cache lines in flight for
+//    the same out-of-order window);
+//  - acc:16 doubles the AVX-512 sums: the same bandwidth shows the loop is not the limit;
+//  - pf:4k adds the software prefetch 4 KiB ahead that the panel kernels issue;
+//  - streams:4 reads four far-apart parts of the range at once: each hardware prefetch
+//    stream runs only so far ahead, so one core gets more lines in flight from several
+//    streams than from one (what a single-stream kernel can reach is the acc:N figure).
 template <int kLanes>
 [[gnu::always_inline]] inline float sum_floats_body(const float* p, int64_t n) {
   float acc[kLanes] = {};
@@ -167,44 +376,119 @@ template <int kLanes>
   for (float a : acc) s += a;
   return s;
 }
-float sum_floats_default(const float* p, int64_t n) { return sum_floats_body<32>(p, n); }
+// Compiled for the baseline target (SSE2 on x86-64): 8 vector sums.
+float sum_floats_baseline(const float* p, int64_t n) { return sum_floats_body<32>(p, n); }
+
+#ifdef PEREGRINE_BENCH_X86
 [[gnu::target("avx2")]] float sum_floats_avx2(const float* p, int64_t n) {
-  return sum_floats_body<64>(p, n);
+  return sum_floats_body<64>(p, n);  // 8 ymm sums
 }
-float sum_floats(const float* p, int64_t n) {
-  static const bool avx2 = cpu_supports(Isa::Avx2);
-  return avx2 ? sum_floats_avx2(p, n) : sum_floats_default(p, n);
+
+template <int kAcc, int kAhead = 0>
+[[gnu::target("avx512f")]] float sum_floats_avx512(const float* p, int64_t n) {
+  __m512 acc[kAcc];
+  for (int j = 0; j < kAcc; ++j) acc[j] = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 * kAcc <= n; i += 16 * kAcc)
+    for (int j = 0; j < kAcc; ++j) {
+      if constexpr (kAhead > 0)  // bytes ahead, one prefetch per 64-byte line
+        _mm_prefetch(reinterpret_cast<const char*>(p + i + 16 * j) + kAhead, _MM_HINT_T0);
+      acc[j] = _mm512_add_ps(acc[j], _mm512_loadu_ps(p + i + 16 * j));
+    }
+  for (int j = 1; j < kAcc; ++j) acc[0] = _mm512_add_ps(acc[0], acc[j]);
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, acc[0]);
+  float s = 0.0f;
+  for (float v : lanes) s += v;
+  for (; i < n; ++i) s += p[i];
+  return s;
+}
+
+// kStreams equal parts of [p, p + n) read side by side, four sums per stream.
+template <int kStreams>
+[[gnu::target("avx512f")]] float sum_floats_avx512_streams(const float* p, int64_t n) {
+  const int64_t part = n / kStreams / 64 * 64;  // floats per stream, whole 4-vector steps
+  __m512 acc[kStreams][4];
+  for (auto& a : acc)
+    for (auto& v : a) v = _mm512_setzero_ps();
+  for (int64_t i = 0; i < part; i += 64)
+    for (int st = 0; st < kStreams; ++st)
+      for (int j = 0; j < 4; ++j)
+        acc[st][j] = _mm512_add_ps(acc[st][j], _mm512_loadu_ps(p + st * part + i + 16 * j));
+  __m512 t = _mm512_setzero_ps();
+  for (auto& a : acc)
+    for (auto& v : a) t = _mm512_add_ps(t, v);
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, t);
+  float s = 0.0f;
+  for (float v : lanes) s += v;
+  for (int64_t i = kStreams * part; i < n; ++i) s += p[i];
+  return s;
+}
+#endif
+
+struct Reader {
+  std::string name;  // ISA/loop shape, e.g. avx512/acc:16 (16 vector sums)
+  float (*sum)(const float* p, int64_t n);
+};
+
+// Read loops this CPU runs, narrowest first.
+const std::vector<Reader>& readers() {
+  static const std::vector<Reader> out = [] {
+#ifdef PEREGRINE_BENCH_X86
+    std::vector<Reader> r{{"sse2/acc:8", sum_floats_baseline}};
+    if (cpu_supports(Isa::Avx2)) r.push_back({"avx2/acc:8", sum_floats_avx2});
+    if (cpu_supports(Isa::Avx512)) {
+      r.push_back({"avx512/acc:8", sum_floats_avx512<8>});
+      r.push_back({"avx512/acc:16", sum_floats_avx512<16>});
+      r.push_back({"avx512/acc:8/pf:4k", sum_floats_avx512<8, 4096>});
+      r.push_back({"avx512/streams:4", sum_floats_avx512_streams<4>});
+    }
+#else
+    std::vector<Reader> r{{"baseline/acc:8", sum_floats_baseline}};
+#endif
+    return r;
+  }();
+  return out;
 }
 
 // Reads the whole stream buffer with n_threads; returns a sum so nothing is elided.
-float read_stream(int n_threads) {
+float read_stream(const Reader& rd, int n_threads) {
   const int64_t n = int64_t(kStreamBytes / sizeof(float));
   const float* p = stream_buffer();
   struct alignas(64) Partial { float v = 0.0f; };
   Partial part[2];
   pool(n_threads).parallel_range(n, n / 16, [&](int64_t b, int64_t e, int thread) {
-    part[thread].v += sum_floats(p + b, e - b);
+    part[thread].v += rd.sum(p + b, e - b);
   });
   return part[0].v + part[1].v;
 }
 
-// Best of a few passes: the roofline pct_bw divides by. Index = thread count.
-double measured_read_bw(int n_threads) {
-  static const std::vector<double> bw = [] {
+// The roofline pct_bw divides by: the best pass of any read loop. Index = thread count.
+struct ReadRoofline {
+  double bw[3] = {};
+  std::string reader[3];
+};
+const ReadRoofline& roofline() {
+  static const ReadRoofline r = [] {
     stream_buffer();  // allocate and touch outside the timed passes
-    std::vector<double> out(3, 0.0);
-    for (int t : {1, 2}) {
-      for (int rep = 0; rep < 5; ++rep) {
-        auto t0 = std::chrono::steady_clock::now();
-        benchmark::DoNotOptimize(read_stream(t));
-        double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        out[size_t(t)] = std::max(out[size_t(t)], double(kStreamBytes) / s);
-      }
-    }
+    ReadRoofline out;
+    for (int t : {1, 2})
+      for (const Reader& rd : readers())
+        for (int rep = 0; rep < 3; ++rep) {
+          auto t0 = std::chrono::steady_clock::now();
+          benchmark::DoNotOptimize(read_stream(rd, t));
+          double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          if (double(kStreamBytes) / s > out.bw[t]) {
+            out.bw[t] = double(kStreamBytes) / s;
+            out.reader[t] = rd.name;
+          }
+        }
     return out;
   }();
-  return bw[size_t(n_threads)];
+  return r;
 }
+double measured_read_bw(int n_threads) { return roofline().bw[n_threads]; }
 
 void set_rates(benchmark::State& state, double bytes_per_iter, double flops_per_iter) {
   const double it = double(state.iterations());
@@ -232,9 +516,9 @@ void set_pct_bw(benchmark::State& state, double bytes_per_iter, double seconds, 
   state.counters["pct_bw"] = 100.0 * bw / measured_read_bw(n_threads);
 }
 
-void bm_mem_read(benchmark::State& state, int n_threads) {
+void bm_mem_read(benchmark::State& state, const Reader* rd, int n_threads) {
   stream_buffer();
-  for (auto _ : state) benchmark::DoNotOptimize(read_stream(n_threads));
+  for (auto _ : state) benchmark::DoNotOptimize(read_stream(*rd, n_threads));
   set_rates(state, double(kStreamBytes), 0);
 }
 
@@ -254,20 +538,13 @@ void bm_mem_copy(benchmark::State& state, int n_threads) {
 
 // ---------------------------------------------------------------- matmul and kernels
 
-struct Shape {
-  int64_t rows, cols;  // output features, input features
-  std::string name() const { return std::to_string(rows) + "x" + std::to_string(cols); }
-};
-// SmolLM2-135M's ffn_down (fits in L2/L3) and a matrix several times the L3 size
-// (36 MiB as Q4_0, 256 MiB as F32).
-constexpr Shape kSmall{576, 1536};
-constexpr Shape kLarge{4096, 16384};
-
-double weight_bytes(const Weight& w) { return double(w.row_bytes) * double(w.rows); }
+double weight_bytes(const Weight& w) {
+  return w.packed ? double(w.packed->bytes()) : double(w.row_bytes) * double(w.rows);
+}
 
 void bm_matmul(benchmark::State& state, GgmlType type, Shape shape, int64_t n_tok,
                int n_threads) {
-  const Weight& w = random_weight(type, shape.rows, shape.cols);
+  const Weight& w = matmul_weight(type, shape);
   std::vector<float> x = random_floats(size_t(n_tok * shape.cols), 7);  // [n_tok, cols]
   std::vector<float> y(size_t(n_tok * shape.rows));                     // [n_tok, rows]
   OpScratch scratch;
@@ -285,10 +562,38 @@ void bm_matmul(benchmark::State& state, GgmlType type, Shape shape, int64_t n_to
   set_pct_bw(state, bytes, secs, n_threads);
 }
 
-// One table's row kernel over every row, one thread, one token: the kernel without
-// the pool or the activation quantization.
+// One table's panel kernel over every panel of the packed matrix, one thread, one
+// token, activations quantized once outside the loop: the kernel as matmul calls it,
+// without the pool, the task split or the quantization.
+void bm_panel(benchmark::State& state, const KernelTable* k, GgmlType type, Shape shape) {
+  const Weight& w = random_weight(type, shape, Layout::Packed);
+  const PackedMatrix& pm = *w.packed;
+  std::vector<float> x = random_floats(size_t(shape.cols), 11);  // [cols]
+  std::vector<BlockQ8Act> xq(static_cast<size_t>(pm.nb));         // [cols / 32]
+  k->quantize_q8(x.data(), xq.data(), shape.cols);
+  std::vector<float> y(size_t(pm.n_panels * kPanelRows));  // [n_panels * 16]
+  KernelTable::PanelDot pq = panel_q(*k, type);
+  KernelTable::PanelDotF pf = panel_f(*k, type);
+  LoopTimer timer;
+  for (auto _ : state) {
+    for (int64_t p = 0; p < pm.n_panels; ++p) {
+      float* yp = y.data() + p * kPanelRows;
+      if (pf != nullptr) pf(pm.panel(p), pm.nb, x.data(), shape.cols, 1, yp, kPanelRows);
+      else pq(pm.panel(p), pm.nb, xq.data(), 1, yp, kPanelRows);
+    }
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  const double secs = timer.seconds();
+  const double bytes = double(pm.bytes());
+  set_rates(state, bytes, 2.0 * double(shape.rows) * double(shape.cols));
+  set_pct_bw(state, bytes, secs, 1);
+}
+
+// One table's row kernel over every row, one thread, one token: the path matmul takes
+// for weights that are not packed.
 void bm_dot_rows(benchmark::State& state, const KernelTable* k, GgmlType type, Shape shape) {
-  const Weight& w = random_weight(type, shape.rows, shape.cols);
+  const Weight& w = random_weight(type, shape, Layout::Rows);
   const int64_t nb = shape.cols / kQK;
   std::vector<float> x = random_floats(size_t(shape.cols), 11);  // [cols]
   std::vector<BlockQ8Act> xq(static_cast<size_t>(nb));            // [cols / 32]
@@ -340,30 +645,32 @@ void bm_quantize_q8(benchmark::State& state, const KernelTable* k, int64_t n) {
 
 std::string str(std::string_view s) { return std::string(s); }
 
+constexpr GgmlType kTypes[] = {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0,
+                               GgmlType::F16,  GgmlType::BF16, GgmlType::F32};
+
 void register_all() {
   using benchmark::RegisterBenchmark;
   const double kMinMemTime = 0.5;  // a 1 GiB pass takes ~0.1 s: a few passes at least
   for (int t : {1, 2}) {
-    std::string pl = "/pool:" + std::to_string(t);
-    RegisterBenchmark(("BM_mem_read/1GiB" + pl).c_str(), bm_mem_read, t)
-        ->UseRealTime()->MinTime(kMinMemTime)->Unit(benchmark::kMillisecond);
+    const std::string pl = "/pool:" + std::to_string(t);
+    for (const Reader& rd : readers())
+      RegisterBenchmark(("BM_mem_read/1GiB/" + rd.name + pl).c_str(), bm_mem_read, &rd, t)
+          ->UseRealTime()->MinTime(kMinMemTime)->Unit(benchmark::kMillisecond);
     RegisterBenchmark(("BM_mem_copy/512MiB" + pl).c_str(), bm_mem_copy, t)
         ->UseRealTime()->MinTime(kMinMemTime)->Unit(benchmark::kMillisecond);
   }
 
-  const GgmlType kTypes[] = {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0,
-                             GgmlType::F16,  GgmlType::BF16, GgmlType::F32};
   const std::string active = str(isa_name(kernels().isa));
-  // Decode: n_tok = 1, every weight type, both shapes.
+  // Decode: n_tok = 1, every weight type, all three shapes.
   for (GgmlType type : kTypes)
-    for (Shape s : {kSmall, kLarge})
+    for (Shape s : {kSmall, kMid, beyond_l3_shape(type).shape})
       for (int t : {1, 2})
         RegisterBenchmark(("BM_matmul/" + str(type_name(type)) + "/" + active + "/" + s.name() +
                            "/n_tok:1/pool:" + std::to_string(t)).c_str(),
                           bm_matmul, type, s, int64_t(1), t)
             ->UseRealTime()->Unit(benchmark::kMicrosecond);
   // Small batches (speculative decoding, a few parallel streams) and a prompt chunk.
-  for (GgmlType type : {GgmlType::Q4_1, GgmlType::Q8_0})
+  for (GgmlType type : {GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16})
     for (int64_t n_tok : {2, 4, 8, 16, 512})
       for (int t : {1, 2})
         RegisterBenchmark(("BM_matmul/" + str(type_name(type)) + "/" + active + "/" +
@@ -374,8 +681,20 @@ void register_all() {
 
   for (const KernelTable* k : runnable_tables()) {
     const std::string isa = str(isa_name(k->isa));
+    for (GgmlType type : kTypes) {
+      if (!has_panel(*k, type)) continue;
+      for (Shape s : {kSmall, kMid, beyond_l3_shape(type).shape})
+        RegisterBenchmark(
+            ("BM_panel/" + str(type_name(type)) + "/" + isa + "/" + s.name()).c_str(),
+            bm_panel, k, type, s)
+            ->UseRealTime()->Unit(benchmark::kMicrosecond);
+    }
+  }
+  // Row kernels: the fallback path; small and mid shapes only (time and memory).
+  for (const KernelTable* k : runnable_tables()) {
+    const std::string isa = str(isa_name(k->isa));
     for (GgmlType type : kTypes)
-      for (Shape s : {kSmall, kLarge})
+      for (Shape s : {kSmall, kMid})
         RegisterBenchmark(
             ("BM_dot_rows/" + str(type_name(type)) + "/" + isa + "/" + s.name()).c_str(),
             bm_dot_rows, k, type, s)
@@ -400,10 +719,27 @@ std::string first_line_matching(const char* path, const std::string& key) {
   return "?";
 }
 
-std::string read_word(const char* path) {
-  std::ifstream f(path);
-  std::string s;
-  return (f >> s) ? s : "?";
+std::string mib(double bytes) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.0f MiB", bytes / double(1 << 20));
+  return b;
+}
+
+// "Q4_0 4096x327680 (720 MiB), ..." and whether the 1.5 GiB cap bound.
+std::string describe_big_shapes() {
+  std::string out = "L3 ";
+  out += l3_bytes() > 0 ? mib(double(l3_bytes())) : std::string("unknown (32 MiB assumed)");
+  out += "; matrices >= 1.5 x L3:";
+  bool any_capped = false;
+  for (GgmlType type : kTypes) {
+    const BigShape b = beyond_l3_shape(type);
+    out.append(" ").append(type_name(type)).append(" ").append(b.shape.name()).append(" (");
+    out.append(mib(double(b.shape.rows) * double(b.shape.cols) * bytes_per_weight(type)));
+    out.append(")");
+    any_capped |= b.capped;
+  }
+  if (any_capped) out += "; CAPPED at 1.5 GiB per matrix: capped ones are below 1.5 x L3";
+  return out;
 }
 
 }  // namespace
@@ -413,17 +749,27 @@ int main(int argc, char** argv) {
   using namespace peregrine;
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  for (GgmlType type : kTypes)
+    if (panel_format(type) != nullptr) check_chunked_packing(type);
   register_all();
   benchmark::AddCustomContext("cpu_model", first_line_matching("/proc/cpuinfo", "model name"));
-  benchmark::AddCustomContext("l3_size",
-                              read_word("/sys/devices/system/cpu/cpu0/cache/index3/size"));
+  benchmark::AddCustomContext("beyond_l3", describe_big_shapes());
   benchmark::AddCustomContext("matmul_isa", std::string(isa_name(kernels().isa)));
   // The roofline pct_bw divides by, measured before anything else runs.
-  char bw[96];
-  std::snprintf(bw, sizeof bw, "%.1f GB/s (1 thread), %.1f GB/s (2 threads)",
-                measured_read_bw(1) / 1e9, measured_read_bw(2) / 1e9);
+  char bw[160];
+  std::snprintf(bw, sizeof bw, "%.1f GB/s (1 thread, %s), %.1f GB/s (2 threads, %s)",
+                measured_read_bw(1) / 1e9, roofline().reader[1].c_str(),
+                measured_read_bw(2) / 1e9, roofline().reader[2].c_str());
   benchmark::AddCustomContext("measured_read_bw", bw);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  const SetupStats& st = setup_stats();
+  std::fprintf(stderr,
+               "set-up: %.2f GiB of random weights made in %.1f s, %d made again (%.2f GiB, "
+               "%.1f s); peak RSS %.2f GiB\n",
+               st.bytes / double(1 << 30), st.seconds, st.regenerated, st.re_bytes / double(1 << 30),
+               st.re_seconds, double(ru.ru_maxrss) / double(1 << 20));
   return 0;
 }
