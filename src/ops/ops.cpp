@@ -24,12 +24,12 @@ void rmsnorm(const float* x, const float* weight, float* y, int64_t n_tok, int64
 }
 
 void rope_angles(const int32_t* pos, int64_t n_tok, int64_t rot_dim, float base,
-                 std::vector<float>& cs) {
+                 std::vector<float>& cs, float pos_scale) {
   const int64_t half = rot_dim / 2;
   if (cs.size() < size_t(n_tok * half * 2)) cs.resize(size_t(n_tok * half * 2));
   for (int64_t t = 0; t < n_tok; ++t)
     for (int64_t i = 0; i < half; ++i) {
-      const double theta = double(pos[t]) * std::pow(double(base), -double(2 * i) / double(rot_dim));
+      const double theta = double(pos[t]) / double(pos_scale) * std::pow(double(base), -double(2 * i) / double(rot_dim));
       cs[size_t((t * half + i) * 2)] = float(std::cos(theta));
       cs[size_t((t * half + i) * 2 + 1)] = float(std::sin(theta));
     }
@@ -81,10 +81,6 @@ void rope_store_kv(KvCache& cache, int64_t layer, const int32_t* seq, const int3
 void rmsnorm_heads(float* x, const float* weight, int64_t n_tok, int64_t n_heads,
                    int64_t head_dim, float eps) {
   rmsnorm(x, weight, x, n_tok * n_heads, head_dim, eps);  // heads are rows of head_dim
-}
-
-void swiglu(float* g, const float* u, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
 void embed_rows(const Weight& w, const int32_t* tokens, int64_t n_tok, float* out) {

@@ -22,8 +22,9 @@ float rms_scale(const float* x, int64_t n, float eps);  // 1 / sqrt(mean(x^2) + 
 // for all layers: cs[n_tok, rot_dim/2, 2] (cos, sin), in double precision then rounded
 // (positions reach 1e5+ and a float angle loses the phase).
 enum class RopeStyle { Adjacent, Neox };
+// pos_scale > 1: linear position scaling (positions divided by it).
 void rope_angles(const int32_t* pos, int64_t n_tok, int64_t rot_dim, float base,
-                 std::vector<float>& cs);
+                 std::vector<float>& cs, float pos_scale = 1.0f);
 // In place on x[n_tok, n_heads * head_dim].
 void rope_apply(float* x, const float* cs, int64_t n_tok, int64_t n_heads, int64_t head_dim,
                 int64_t rot_dim, RopeStyle style = RopeStyle::Adjacent);
@@ -43,8 +44,6 @@ void rope_store_kv(KvCache& cache, int64_t layer, const int32_t* seq, const int3
 void rmsnorm_heads(float* x, const float* weight, int64_t n_tok, int64_t n_heads,
                    int64_t head_dim, float eps);
 
-// g[n] <- silu(g) * u
-void swiglu(float* g, const float* u, int64_t n);
 
 // Embedding lookup: out[n_tok, W.cols] <- rows of W (any supported type).
 void embed_rows(const Weight& w, const int32_t* tokens, int64_t n_tok, float* out);

@@ -91,7 +91,7 @@ class Gemma3 final : public Model {
     for (int64_t i = 0; i < T * E; ++i) x[i] *= embed_scale;
     // RoPE angles for both layer kinds: [T, hd/2, 2] each.
     rope_angles(batch.pos.data(), T, hd, rope_base_local_, ws_.rope_local);
-    rope_angles_scaled(batch.pos.data(), T, hd, hp_.rope_base, rope_scale_global_, ws_.rope_global);
+    rope_angles(batch.pos.data(), T, hd, hp_.rope_base, ws_.rope_global, rope_scale_global_);
 
     for (int64_t il = 0; il < hp_.n_layer; ++il) {
       const LayerWeights& L = layers_[size_t(il)];
@@ -124,20 +124,6 @@ class Gemma3 final : public Model {
   AttentionShape attention_shape() const {
     // query_pre_attn_scalar = head_dim; no sink re-rotation (rope_dim 0: see check_kv).
     return {hp_.n_head, hp_.n_head_kv, hp_.head_dim, 1.0f / std::sqrt(float(hp_.head_dim)), 0};
-  }
-
-  // Global RoPE with linear scaling: positions divided by the factor (1: none).
-  static void rope_angles_scaled(const int32_t* pos, int64_t n_tok, int64_t rot_dim, float base,
-                                 float scale, std::vector<float>& cs) {
-    rope_angles(pos, n_tok, rot_dim, base, cs);
-    if (scale == 1.0f) return;
-    const int64_t half = rot_dim / 2;
-    for (int64_t t = 0; t < n_tok; ++t)
-      for (int64_t i = 0; i < half; ++i) {
-        const double theta = double(pos[t]) / double(scale) * std::pow(double(base), -double(2 * i) / double(rot_dim));
-        cs[size_t((t * half + i) * 2)] = float(std::cos(theta));
-        cs[size_t((t * half + i) * 2 + 1)] = float(std::sin(theta));
-      }
   }
 
   // Which layers are global: `sliding_window_pattern` as an integer N (every N-th layer,
