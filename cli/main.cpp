@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   t::register_logits(app);
   t::register_dequant(app);
   t::register_bench(app);
+  t::register_serve(app);
 
   std::string commands;
   for (const CLI::App* sub : app.get_subcommands({}))

@@ -5,24 +5,35 @@
 
 namespace peregrine {
 
+Result<LoadedModel> LoadedModel::load(const std::string& path, int n_threads) {
+  if (n_threads < 0 || n_threads > 1024)
+    return make_error("thread count {} is out of range (1 to 1024)", n_threads);
+  LoadedModel m;
+  PG_ASSIGN(auto file, gguf::File::open(path));
+  m.file = std::shared_ptr<gguf::File>(std::move(file));
+  m.pool = std::make_unique<ThreadPool>(n_threads > 0 ? n_threads : ThreadPool::default_threads());
+  PG_ASSIGN(m.model, load_model(m.file, *m.pool));
+  PG_ASSIGN(m.tok, Tokenizer::from_gguf(*m.file));
+  const Hparams& hp = m.model->hparams();
+  if (m.tok->n_vocab() != hp.n_vocab)
+    return make_error("{}: tokenizer has {} tokens but the model's vocabulary is {}", path,
+                      m.tok->n_vocab(), hp.n_vocab);
+  return m;
+}
+
+Result<int64_t> LoadedModel::context_size(int64_t n_ctx) const {
+  const int64_t n = n_ctx > 0 ? n_ctx : std::min<int64_t>(model->hparams().n_ctx_train, 4096);
+  if (n_ctx < 0 || n > (int64_t(1) << 20))
+    return make_error("context size {} is out of range (1 to 1048576)", n_ctx);
+  return n;
+}
+
 Result<std::unique_ptr<Session>> Session::open(const std::string& path, const SessionOptions& opt) {
-  if (opt.n_threads < 0 || opt.n_threads > 1024)
-    return make_error("thread count {} is out of range (1 to 1024)", opt.n_threads);
   if (opt.n_batch < 1 || opt.n_batch > 65536)
     return make_error("batch size {} is out of range (1 to 65536)", opt.n_batch);
   auto s = std::unique_ptr<Session>(new Session());
-  PG_ASSIGN(auto file, gguf::File::open(path));
-  s->file_ = std::shared_ptr<gguf::File>(std::move(file));
-  s->pool_ = std::make_unique<ThreadPool>(opt.n_threads > 0 ? opt.n_threads : ThreadPool::default_threads());
-  PG_ASSIGN(s->model_, load_model(s->file_, *s->pool_));
-  PG_ASSIGN(s->tok_, Tokenizer::from_gguf(*s->file_));
-  const Hparams& hp = s->model_->hparams();
-  if (s->tok_->n_vocab() != hp.n_vocab)
-    return make_error("{}: tokenizer has {} tokens but the model's vocabulary is {}", path,
-                      s->tok_->n_vocab(), hp.n_vocab);
-  int64_t n_ctx = opt.n_ctx > 0 ? opt.n_ctx : std::min<int64_t>(hp.n_ctx_train, 4096);
-  if (opt.n_ctx < 0 || n_ctx > (int64_t(1) << 20))
-    return make_error("context size {} is out of range (1 to 1048576)", opt.n_ctx);
+  PG_ASSIGN(s->m_, LoadedModel::load(path, opt.n_threads));
+  PG_ASSIGN(const int64_t n_ctx, s->m_.context_size(opt.n_ctx));
   const AttnKind& a = opt.attention;
   if (a.windowed()) {
     if (a.window < 1) return make_error("--attn-window {} must be at least 1", a.window);
@@ -31,9 +42,9 @@ Result<std::unique_ptr<Session>> Session::open(const std::string& path, const Se
       return make_error("attention {} is larger than the context ({} positions; raise -c)",
                         a.describe(), n_ctx);
   }
-  KvShape shape = s->model_->kv_shape(n_ctx, 1, opt.kv_type, a, opt.n_batch);
+  KvShape shape = s->m_.model->kv_shape(n_ctx, 1, opt.kv_type, a, opt.n_batch);
   PG_TRY(shape.validate());
-  PG_TRY(s->model_->check_kv(shape));
+  PG_TRY(s->m_.model->check_kv(shape));
   s->cache_ = std::make_unique<KvCache>(shape);
   s->n_batch_ = opt.n_batch;
   return s;
@@ -51,7 +62,7 @@ Status Session::eval(std::span<const TokenId> tokens, bool all_logits, std::vect
     for (size_t i = start; i < end; ++i)
       batch_.add(tokens[i], int32_t(n_past_ + int64_t(i - start)), 0,
                  all_logits || i + 1 == tokens.size());
-    PG_TRY(model_->forward(batch_, *cache_, chunk_logits_));
+    PG_TRY(m_.model->forward(batch_, *cache_, chunk_logits_));
     logits.insert(logits.end(), chunk_logits_.begin(), chunk_logits_.end());
     n_past_ += int64_t(end - start);
     history_.insert(history_.end(), tokens.begin() + std::ptrdiff_t(start),
@@ -66,7 +77,7 @@ Result<GenerateStats> Session::generate(std::span<const TokenId> prompt, int64_t
   using Clock = std::chrono::steady_clock;
   GenerateStats st;
   std::vector<float> logits;
-  const int64_t n_vocab = model_->hparams().n_vocab;
+  const int64_t n_vocab = m_.model->hparams().n_vocab;
   if (prompt.empty()) return make_error("the prompt is empty");
   // Keep the cached prefix; at least one token is evaluated to get logits.
   size_t keep = 0;
@@ -86,7 +97,7 @@ Result<GenerateStats> Session::generate(std::span<const TokenId> prompt, int64_t
   for (int64_t i = 0; i < n_predict; ++i) {
     TokenId next = sampler.sample(logits.data() + logits.size() - size_t(n_vocab), n_vocab);
     sampler.accept(next);
-    if (tok_->is_end_of_generation(next)) break;
+    if (m_.tok->is_end_of_generation(next)) break;
     ++st.n_generated;
     if (!on_token(next)) break;
     if (i + 1 == n_predict) break;

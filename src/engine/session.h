@@ -29,6 +29,21 @@ struct SessionOptions {
   AttnKind attention = AttnKind::global();
 };
 
+// A model file opened for inference: the file, a thread pool, the model and its tokenizer
+// (checked against each other). A Session adds a KV cache for one sequence; the server
+// adds a Scheduler with a paged one.
+struct LoadedModel {
+  std::shared_ptr<gguf::File> file;
+  std::unique_ptr<ThreadPool> pool;
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Tokenizer> tok;
+
+  // n_threads 0: all cores.
+  static Result<LoadedModel> load(const std::string& path, int n_threads);
+  // opt.n_ctx resolved: 0 means min(trained context, 4096); error when out of range.
+  Result<int64_t> context_size(int64_t n_ctx) const;
+};
+
 struct GenerateStats {
   int64_t n_prompt = 0;
   int64_t n_generated = 0;
@@ -41,10 +56,10 @@ class Session {
  public:
   static Result<std::unique_ptr<Session>> open(const std::string& path, const SessionOptions& opt);
 
-  Model& model() { return *model_; }
-  const Tokenizer& tokenizer() const { return *tok_; }
-  const gguf::File& file() const { return *file_; }
-  ThreadPool& pool() { return *pool_; }
+  Model& model() { return *m_.model; }
+  const Tokenizer& tokenizer() const { return *m_.tok; }
+  const gguf::File& file() const { return *m_.file; }
+  ThreadPool& pool() { return *m_.pool; }
   int64_t n_ctx() const { return cache_->shape().n_ctx; }
   // No global layer: the stream may run past n_ctx (only the windows are kept).
   bool unbounded() const { return cache_->shape().unbounded(); }
@@ -67,10 +82,7 @@ class Session {
                                  Sampler& sampler, const std::function<bool(TokenId)>& on_token);
 
  private:
-  std::shared_ptr<gguf::File> file_;
-  std::unique_ptr<ThreadPool> pool_;
-  std::unique_ptr<Model> model_;
-  std::unique_ptr<Tokenizer> tok_;
+  LoadedModel m_;
   std::unique_ptr<KvCache> cache_;
   int64_t n_batch_ = 512;
   int64_t n_past_ = 0;

@@ -73,7 +73,7 @@ Status BlockManager::fork(SeqId parent, SeqId child) {
   return Status::Ok();
 }
 
-Result<int32_t> BlockManager::append_tokens(SeqId id, std::span<const int32_t> tokens) {
+Result<int32_t> BlockManager::append_tokens(SeqId id, std::span<const int32_t> tokens, int32_t max_hit) {
   auto it = seqs_.find(id);
   if (it == seqs_.end()) return make_error("append_tokens: unknown sequence {}", id);
   Sequence& s = it->second;
@@ -83,7 +83,7 @@ Result<int32_t> BlockManager::append_tokens(SeqId id, std::span<const int32_t> t
                       s.n_tokens, n);
   }
   const int64_t bs = block_size_;
-  const bool at_boundary = s.n_tokens % bs == 0;
+  const bool at_boundary = prefix_caching_ && s.n_tokens % bs == 0;
 
   // 1. Plan without changing anything. Prefix match: whole blocks at a block boundary, while
   //    the chain continues.
@@ -93,7 +93,7 @@ Result<int32_t> BlockManager::append_tokens(SeqId id, std::span<const int32_t> t
   if (at_boundary) {
     uint64_t parent_hash = s.table.empty() ? kRootHash : blocks_[size_t(s.table.back())].hash;
     uint64_t parent_serial = s.table.empty() ? 0 : blocks_[size_t(s.table.back())].serial;
-    while (n - i >= bs) {
+    while (n - i >= bs && i + bs <= max_hit) {
       std::span<const int32_t> chunk = tokens.subspan(size_t(i), size_t(bs));
       const uint64_t h = hash_fn_(parent_hash, chunk);
       auto m = cache_.find(h);
@@ -125,7 +125,7 @@ Result<int32_t> BlockManager::append_tokens(SeqId id, std::span<const int32_t> t
   }
 
   // 2. Commit.
-  if (at_boundary) stats_.lookup_tokens += (n / bs) * bs;
+  if (at_boundary) stats_.lookup_tokens += (std::min<int64_t>(n, max_hit) / bs) * bs;
   for (int32_t b : matched) {
     Block& blk = blocks_[size_t(b)];
     if (blk.in_lru) {

@@ -35,6 +35,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <list>
 #include <span>
 #include <unordered_map>
@@ -76,7 +77,10 @@ class BlockManager {
   // were found in the prefix cache (a multiple of block_size; 0 unless the sequence was at a
   // block boundary). Error if the sequence is unknown or too few free + evictable blocks are
   // left; on error nothing changes.
-  Result<int32_t> append_tokens(SeqId id, std::span<const int32_t> tokens);
+  // At most max_hit leading tokens are taken from the cache (a caller that needs the last
+  // token's logits passes tokens.size() - 1).
+  Result<int32_t> append_tokens(SeqId id, std::span<const int32_t> tokens,
+                                int32_t max_hit = std::numeric_limits<int32_t>::max());
 
   // (src, dst) block pairs whose KV the caller must copy (copy-on-write) before the next
   // forward pass, oldest first; clears the list. Perform them before freeing sequences, as a
@@ -103,6 +107,11 @@ class BlockManager {
   // Checks every invariant (block states, refcounts, fills, hashes, cache index); the error
   // names the first violation. Runs after every mutation in debug builds.
   Status check_invariants() const;
+
+  // With prefix caching off, append_tokens() never takes a cached block (for models whose
+  // KV for a prefix is not all in the blocks, e.g. window layers kept in per-sequence rings).
+  void set_prefix_caching(bool on) { prefix_caching_ = on; }
+  bool prefix_caching() const { return prefix_caching_; }
 
   // Test hook: replace the chain hash (e.g. a constant, to force collisions). Call before
   // appending any tokens.
@@ -146,6 +155,7 @@ class BlockManager {
   std::vector<std::pair<int32_t, int32_t>> copies_;  // pending copy-on-write (src, dst)
   uint64_t next_serial_ = 1;                       // 0 means "no parent"
   HashFn hash_fn_ = &default_hash;
+  bool prefix_caching_ = true;
   PrefixCacheStats stats_;
 };
 

@@ -70,13 +70,21 @@ Status KvShape::validate() const {
     if (k.window > (int64_t(1) << 24) || k.sinks > (int64_t(1) << 24))
       return make_error("layer {}: {} is too large", l, k.describe());
   }
+  if (block_size < 0 || (paged() && (n_blocks < 1 || block_size > 4096 || n_blocks > (int64_t(1) << 24))))
+    return make_error("paged KV cache: {} blocks of {} positions is out of range", n_blocks, block_size);
   return Status::Ok();
+}
+
+// Rows of one layer's K: a paged global layer holds the block pool, any other layer
+// its slots for every sequence.
+static int64_t layer_rows(const KvShape& s, int64_t layer) {
+  if (s.paged() && !s.kind(layer).windowed()) return s.n_blocks * s.block_size;
+  return s.n_seq * s.slots(layer);
 }
 
 size_t KvShape::bytes() const {
   size_t total = 0;
-  for (int64_t l = 0; l < n_layer; ++l)
-    total += 2 * size_t(n_seq * slots(l) * kv_dim) * elem_bytes();
+  for (int64_t l = 0; l < n_layer; ++l) total += 2 * size_t(layer_rows(*this, l) * kv_dim) * elem_bytes();
   return total;
 }
 
@@ -85,7 +93,11 @@ std::string KvShape::describe() const {
   for (int64_t l = 0; l < n_layer;) {
     int64_t run = 1;
     while (l + run < n_layer && kind(l + run).describe() == kind(l).describe()) ++run;
-    out += fmt::format("{}{} x {} ({} slots)", out.empty() ? "" : ", ", run, kind(l).describe(), slots(l));
+    if (paged() && !kind(l).windowed())
+      out += fmt::format("{}{} x {} (paged: {} blocks of {})", out.empty() ? "" : ", ", run,
+                         kind(l).describe(), n_blocks, block_size);
+    else
+      out += fmt::format("{}{} x {} ({} slots)", out.empty() ? "" : ", ", run, kind(l).describe(), slots(l));
     l += run;
   }
   return out;
@@ -97,9 +109,11 @@ KvCache::KvCache(const KvShape& shape) : shape_(shape) {
   for (int64_t l = 0; l < shape.n_layer; ++l) {
     slots_.push_back(shape.slots(l));
     layer_base_.push_back(off);
-    off += 2 * size_t(shape.n_seq * slots_.back() * shape.kv_dim) * shape.elem_bytes();
+    plane_.push_back(size_t(layer_rows(shape, l) * shape.kv_dim) * shape.elem_bytes());
+    off += 2 * plane_.back();
   }
   data_.assign(off, 0);
+  tables_.assign(size_t(shape.n_seq * shape.max_blocks_per_seq()), -1);
 }
 
 int64_t KvCache::slot(int64_t layer, int64_t pos) const {
@@ -110,10 +124,65 @@ int64_t KvCache::slot(int64_t layer, int64_t pos) const {
 }
 
 size_t KvCache::offset(int64_t layer, int64_t seq, int64_t pos, int kv) const {
-  const int64_t n_slots = slots_[size_t(layer)];
-  const size_t plane = size_t(shape_.n_seq * n_slots * shape_.kv_dim) * shape_.elem_bytes();
-  return layer_base_[size_t(layer)] + size_t(kv) * plane +
-         size_t((seq * n_slots + slot(layer, pos)) * shape_.kv_dim) * shape_.elem_bytes();
+  int64_t row;
+  if (paged_layer(layer)) {
+    const int64_t bs = shape_.block_size;
+    const int32_t block = tables_[size_t(seq * shape_.max_blocks_per_seq() + pos / bs)];
+    PG_ASSERT(block >= 0);
+    row = block * bs + pos % bs;
+  } else {
+    row = seq * slots_[size_t(layer)] + slot(layer, pos);
+  }
+  return layer_base_[size_t(layer)] + size_t(kv) * plane_[size_t(layer)] +
+         size_t(row * shape_.kv_dim) * shape_.elem_bytes();
+}
+
+Status KvCache::set_block_table(int64_t seq, const int32_t* blocks, int64_t n) {
+  const int64_t mb = shape_.max_blocks_per_seq();
+  if (!shape_.paged()) return make_error("the KV cache is not paged");
+  if (seq < 0 || seq >= shape_.n_seq) return make_error("sequence {} is outside 0..{}", seq, shape_.n_seq - 1);
+  if (n < 0 || n > mb) return make_error("block table of {} blocks: at most {} fit the context", n, mb);
+  for (int64_t i = 0; i < n; ++i)
+    if (blocks[i] < 0 || blocks[i] >= shape_.n_blocks)
+      return make_error("block {} is outside 0..{}", blocks[i], shape_.n_blocks - 1);
+  int32_t* t = tables_.data() + seq * mb;
+  std::copy_n(blocks, n, t);
+  std::fill(t + n, t + mb, -1);
+  return Status::Ok();
+}
+
+bool KvCache::holds(int64_t seq, int64_t pos) const {
+  if (!shape_.paged() || pos < 0) return true;
+  const int64_t b = pos / shape_.block_size;
+  return b < shape_.max_blocks_per_seq() && tables_[size_t(seq * shape_.max_blocks_per_seq() + b)] >= 0;
+}
+
+void KvCache::copy_block(int32_t src, int32_t dst) {
+  PG_ASSERT(shape_.paged() && src >= 0 && dst >= 0 && src < shape_.n_blocks && dst < shape_.n_blocks);
+  const size_t block_bytes = size_t(shape_.block_size * shape_.kv_dim) * shape_.elem_bytes();
+  for (int64_t l = 0; l < shape_.n_layer; ++l) {
+    if (!paged_layer(l)) continue;
+    for (int kv = 0; kv < 2; ++kv) {
+      uint8_t* base = data_.data() + layer_base_[size_t(l)] + size_t(kv) * plane_[size_t(l)];
+      std::memcpy(base + size_t(dst) * block_bytes, base + size_t(src) * block_bytes, block_bytes);
+    }
+  }
+}
+
+void KvCache::copy_rings(int64_t src_seq, int64_t dst_seq) {
+  PG_ASSERT(src_seq >= 0 && dst_seq >= 0 && src_seq < shape_.n_seq && dst_seq < shape_.n_seq);
+  for (int64_t l = 0; l < shape_.n_layer; ++l) {
+    if (paged_layer(l) || src_seq == dst_seq) continue;
+    const size_t seq_bytes = size_t(slots_[size_t(l)] * shape_.kv_dim) * shape_.elem_bytes();
+    for (int kv = 0; kv < 2; ++kv) {
+      uint8_t* base = data_.data() + layer_base_[size_t(l)] + size_t(kv) * plane_[size_t(l)];
+      std::memcpy(base + size_t(dst_seq) * seq_bytes, base + size_t(src_seq) * seq_bytes, seq_bytes);
+    }
+  }
+}
+
+int KvCache::max_spans() const {
+  return shape_.paged() ? int(std::max<int64_t>(3, shape_.max_blocks_per_seq())) : 3;
 }
 
 void KvCache::store(int64_t layer, int64_t seq, int64_t pos, const float* k, const float* v) {
@@ -132,12 +201,17 @@ void KvCache::store(int64_t layer, int64_t seq, int64_t pos, const float* k, con
   }
 }
 
-int KvCache::spans(int64_t layer, int64_t seq, int64_t pos, KvSpan out[3]) const {
+int KvCache::spans(int64_t layer, int64_t seq, int64_t pos, KvSpan* out) const {
   const AttnKind& kind = shape_.kind(layer);
   int n = 0;
   auto add = [&](int64_t first, int64_t count) {  // positions [first, first + count), no wrap
     if (count > 0) out[n++] = {k(layer, seq, first), v(layer, seq, first), count, first};
   };
+  if (paged_layer(layer)) {
+    for (int64_t first = 0; first <= pos; first += shape_.block_size)
+      add(first, std::min(shape_.block_size, pos + 1 - first));
+    return n;
+  }
   if (!kind.windowed()) {
     add(0, pos + 1);
     return n;

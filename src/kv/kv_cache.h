@@ -13,6 +13,15 @@
 // default, f32 on request). A cache whose layers are all windowed has no position
 // limit: a stream can run past n_ctx (and past the model's trained context) with
 // bounded memory.
+//
+// Paged (block_size > 0, for serving): the global layers keep no per-sequence rows but one
+// pool of n_blocks blocks of block_size positions, K and V each [n_blocks][block_size][kv_dim].
+// Each sequence slot has a block table (set_block_table, chosen by a BlockManager):
+// position p of the sequence lives in block table[p / block_size], row p % block_size, so
+// sequences can share blocks (prefix caching, n > 1) and need only the blocks they fill.
+// Window layers keep their per-sequence rings. With block_size a multiple of the attention
+// tile (16), attention reads the same tiles as from a contiguous cache: paged and
+// contiguous results are bit-identical.
 #pragma once
 
 #include <cstddef>
@@ -53,6 +62,12 @@ struct KvShape {
   KvType type = KvType::F16;
   std::vector<AttnKind> kinds;  // per layer; empty: all global
   int64_t n_batch = 512;        // most tokens of one sequence written by one forward pass
+  int64_t block_size = 0;       // > 0: global layers are paged (see above)
+  int64_t n_blocks = 0;         // paged: blocks in the pool
+
+  bool paged() const { return block_size > 0; }
+  // Paged: the most blocks one sequence's table can hold (n_ctx positions).
+  int64_t max_blocks_per_seq() const { return paged() ? (n_ctx + block_size - 1) / block_size : 0; }
 
   size_t elem_bytes() const { return type == KvType::F16 ? 2 : 4; }
   const AttnKind& kind(int64_t layer) const;
@@ -93,10 +108,24 @@ class KvCache {
   // Writes one position's K and V rows (kv_dim floats each), converting to the cache type.
   void store(int64_t layer, int64_t seq, int64_t pos, const float* k, const float* v);
 
-  // The positions token (seq, pos) of a layer attends to, as at most 3 runs of rows
-  // (sinks, then the window, which may wrap around its ring). Rows are kv_dim elements
-  // apart. Every position of the batch up to pos must have been stored.
-  int spans(int64_t layer, int64_t seq, int64_t pos, KvSpan out[3]) const;
+  // The positions token (seq, pos) of a layer attends to, as runs of rows: at most 3 for a
+  // window layer (sinks, then the window, which may wrap around its ring), one for a
+  // contiguous global layer, one per block for a paged one; out must hold max_spans().
+  // Rows are kv_dim elements apart. Every position of the batch up to pos must have been
+  // stored.
+  int spans(int64_t layer, int64_t seq, int64_t pos, KvSpan* out) const;
+  int max_spans() const;
+
+  // --- Paged caches ---
+  // The blocks holding sequence seq's positions, in order (at most max_blocks_per_seq,
+  // each in 0..n_blocks-1); positions past the table are not addressable.
+  Status set_block_table(int64_t seq, const int32_t* blocks, int64_t n);
+  // Whether position pos of seq can be stored (paged: its block is in the table).
+  bool holds(int64_t seq, int64_t pos) const;
+  // Copies the K and V of every paged layer from block src to block dst (copy-on-write).
+  void copy_block(int32_t src, int32_t dst);
+  // Copies sequence src's window rings to dst (a fork shares the paged blocks, not rings).
+  void copy_rings(int64_t src_seq, int64_t dst_seq);
 
   // Raw rows of a position the layer still holds (f32 or f16 as the type says).
   const void* k(int64_t layer, int64_t seq, int64_t pos) const { return data_.data() + offset(layer, seq, pos, 0); }
@@ -107,10 +136,13 @@ class KvCache {
 
  private:
   int64_t slot(int64_t layer, int64_t pos) const;
+  bool paged_layer(int64_t layer) const { return shape_.paged() && !shape_.kind(layer).windowed(); }
   size_t offset(int64_t layer, int64_t seq, int64_t pos, int kv) const;
   KvShape shape_;
   std::vector<int64_t> slots_;       // per layer
   std::vector<size_t> layer_base_;   // byte offset of each layer's K block (V follows)
+  std::vector<size_t> plane_;        // bytes of one layer's K (= its V)
+  std::vector<int32_t> tables_;      // paged: [n_seq][max_blocks_per_seq], -1 = none
   std::vector<uint8_t> data_;
 };
 

@@ -41,6 +41,9 @@ Status Model::check_batch(const Batch& b, const KvCache& cache) const {
                         i, s.n_ctx - 1);
     if (b.seq[i] < 0 || b.seq[i] >= s.n_seq)
       return make_error("sequence {} at batch index {} is outside 0..{}", b.seq[i], i, s.n_seq - 1);
+    if (!cache.holds(b.seq[i], b.pos[i]))
+      return make_error("position {} of sequence {} at batch index {} has no KV block", b.pos[i],
+                        b.seq[i], i);
   }
   return Status::Ok();
 }

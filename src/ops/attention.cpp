@@ -72,9 +72,16 @@ void attention(const float* q, const int32_t* pos, const int32_t* seq, int64_t n
   // row once between them.
   pool.parallel_for(n_tok * s.n_head_kv, [&](int64_t task, int) {
     const int64_t t = task / s.n_head_kv, hk = task % s.n_head_kv;
-    KvSpan spans[3];
+    // A paged cache gives one run per block; the buffers grow once per thread.
+    thread_local std::vector<KvSpan> span_buf;
+    thread_local std::vector<AttnRows> run_buf;
+    if (span_buf.size() < size_t(cache.max_spans())) {
+      span_buf.resize(size_t(cache.max_spans()));
+      run_buf.resize(size_t(cache.max_spans()));
+    }
+    KvSpan* spans = span_buf.data();
+    AttnRows* runs = run_buf.data();
     const int n_spans = cache.spans(layer, seq[t], pos[t], spans);
-    AttnRows runs[3];
     for (int r = 0; r < n_spans; ++r)
       runs[r] = {static_cast<const uint8_t*>(spans[r].k) + size_t(hk * hd) * elem,
                  static_cast<const uint8_t*>(spans[r].v) + size_t(hk * hd) * elem, spans[r].n,

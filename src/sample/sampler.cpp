@@ -14,18 +14,35 @@ Status SamplerOptions::validate() const {
   if (!(repeat_penalty > 0.0f && repeat_penalty <= 100.0f))
     return make_error("--repeat-penalty {} is out of range (0, 100]", repeat_penalty);
   if (repeat_last_n < 0) return make_error("--repeat-last-n {} is negative", repeat_last_n);
+  if (!(presence_penalty >= -2.0f && presence_penalty <= 2.0f))
+    return make_error("--presence-penalty {} is out of range [-2, 2]", presence_penalty);
+  if (!(frequency_penalty >= -2.0f && frequency_penalty <= 2.0f))
+    return make_error("--frequency-penalty {} is out of range [-2, 2]", frequency_penalty);
   return Status::Ok();
 }
 
 Sampler::Sampler(const SamplerOptions& opt) : opt_(opt), rng_(opt.seed) {
   recent_.reserve(size_t(std::max(0, opt.repeat_last_n)));
   seen_.reserve(recent_.capacity());
+  if (opt.presence_penalty != 0.0f || opt.frequency_penalty != 0.0f) out_counts_.reserve(256);
 }
 
 void Sampler::reset() {
   rng_.seed(opt_.seed);
   recent_.clear();
   head_ = 0;
+  out_counts_.clear();  // keeps its capacity
+}
+
+void Sampler::count_output(int32_t token) {
+  if (opt_.presence_penalty == 0.0f && opt_.frequency_penalty == 0.0f) return;
+  for (auto& [id, n] : out_counts_) {
+    if (id == token) {
+      ++n;
+      return;
+    }
+  }
+  out_counts_.emplace_back(token, 1);
 }
 
 void Sampler::accept(int32_t token) {
@@ -41,6 +58,10 @@ void Sampler::accept(int32_t token) {
 int32_t Sampler::sample(const float* logits, int64_t n_vocab) {
   cand_.resize(size_t(n_vocab));
   for (int64_t i = 0; i < n_vocab; ++i) cand_[i] = {int32_t(i), logits[i]};
+  for (const auto& [id, n] : out_counts_) {
+    if (id < 0 || id >= n_vocab) continue;
+    cand_[size_t(id)].logit -= opt_.presence_penalty + opt_.frequency_penalty * float(n);
+  }
   if (opt_.repeat_penalty != 1.0f) {
     // Each distinct recent token is penalised once.
     seen_.assign(recent_.begin(), recent_.end());

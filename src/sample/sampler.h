@@ -1,9 +1,15 @@
 // Token sampling: penalties -> top-k -> top-p -> min-p -> temperature -> draw.
 // Seeded and deterministic: the same seed and logits give the same token.
+//
+// Two kinds of penalty, applied in this order:
+//   presence/frequency (OpenAI's definition): over the tokens generated so far (count_output),
+//     logit[t] -= presence_penalty * (count[t] > 0) + frequency_penalty * count[t];
+//   repetition (CTRL): over the last repeat_last_n accepted tokens (prompt and output).
 #pragma once
 
 #include <cstdint>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "core/status.h"
@@ -17,6 +23,8 @@ struct SamplerOptions {
   float min_p = 0.05f;        // 0 = off
   float repeat_penalty = 1.0f;  // 1 = off (CTRL-style: divide positive logits, multiply negative)
   int32_t repeat_last_n = 64;
+  float presence_penalty = 0.0f;   // 0 = off; -2 to 2
+  float frequency_penalty = 0.0f;  // 0 = off; -2 to 2
   uint64_t seed = 0;
 
   Status validate() const;
@@ -29,6 +37,10 @@ class Sampler {
   int32_t sample(const float* logits, int64_t n_vocab);
   // Tokens seen so far (prompt and output) feed the repetition penalty.
   void accept(int32_t token);
+  // A generated token (not the prompt's) feeds the presence and frequency penalties. Call it
+  // besides accept() for every sampled token; a no-op while both penalties are 0.
+  void count_output(int32_t token);
+  // Back to the state after construction: reseeded, no accepted or counted tokens.
   void reset();
 
  private:
@@ -45,6 +57,9 @@ class Sampler {
   std::vector<Candidate> cand_;
   std::vector<float> probs_;
   std::vector<int32_t> seen_;
+  // How often each distinct generated token occurred, in first-seen order. Searched linearly:
+  // it holds at most one entry per distinct output token, and sample() walks it anyway.
+  std::vector<std::pair<int32_t, int32_t>> out_counts_;  // (token id, count)
 };
 
 }  // namespace peregrine

@@ -141,8 +141,8 @@ std::string Tokenizer::decode(std::span<const TokenId> ids) const {
   return out;
 }
 
-std::string StreamDecoder::push(TokenId id) {
-  pending_ += tok_.token_bytes(id);
+std::string StreamDecoder::push_bytes(std::string_view bytes) {
+  pending_ += bytes;
   // Emit every complete sequence; bytes that can never become valid are
   // replaced now (waiting would not help); only a valid but unfinished
   // sequence at the very end is held for the next token.

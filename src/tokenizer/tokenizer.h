@@ -98,14 +98,17 @@ class Tokenizer {
 
 // Decodes a stream of tokens into text, holding back bytes of an incomplete
 // UTF-8 sequence until the token that completes it arrives.
+// Without a tokenizer it takes the tokens' bytes directly (push_bytes).
 class StreamDecoder {
  public:
-  explicit StreamDecoder(const Tokenizer& tok) : tok_(tok) {}
-  std::string push(TokenId id);   // the text that became complete
+  StreamDecoder() = default;
+  explicit StreamDecoder(const Tokenizer& tok) : tok_(&tok) {}
+  std::string push(TokenId id) { return push_bytes(tok_ ? tok_->token_bytes(id) : std::string()); }
+  std::string push_bytes(std::string_view bytes);  // the text that became complete
   std::string flush();            // whatever is left (replaced by U+FFFD when invalid)
 
  private:
-  const Tokenizer& tok_;
+  const Tokenizer* tok_ = nullptr;
   std::string pending_;
 };
 

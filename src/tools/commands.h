@@ -14,5 +14,6 @@ void register_tokenize(CLI::App& app);
 void register_logits(CLI::App& app);
 void register_dequant(CLI::App& app);
 void register_bench(CLI::App& app);
+void register_serve(CLI::App& app);
 
 }  // namespace peregrine::tools

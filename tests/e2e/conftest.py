@@ -93,3 +93,11 @@ def _bytes_to_unicode() -> dict[int, str]:
 def byte_to_char() -> dict[int, str]:
     """GPT-2 byte-level table: each byte is written as one printable character in token strings."""
     return _bytes_to_unicode()
+
+
+@pytest.fixture(scope="session")
+def tokenize(ok, model_path):
+    def run(text: str, *extra) -> list[int]:
+        r = ok("tokenize", "-m", model_path, "-p", text, *extra)
+        return [int(x) for x in r.stdout.split()]
+    return run

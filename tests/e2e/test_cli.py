@@ -59,14 +59,6 @@ def vocab(model_path, byte_to_char) -> Vocab:
 
 
 @pytest.fixture(scope="session")
-def tokenize(ok, model_path):
-    def run(text: str, *extra) -> list[int]:
-        r = ok("tokenize", "-m", model_path, "-p", text, *extra)
-        return [int(x) for x in r.stdout.split()]
-    return run
-
-
-@pytest.fixture(scope="session")
 def logits(ok, model_path, vocab, tmp_path_factory):
     """logits(ids) -> float32 [len(ids), n_vocab] from `peregrine logits`."""
     out = tmp_path_factory.mktemp("logits") / "logits.f32"

@@ -11,6 +11,10 @@ types, a custom alignment), each under 1 KB so that mutations reach every field 
 tokenizer_spm: short texts for the Gemma 3 SentencePiece tokenizer: control and user-defined
 tokens (also cut short and run together), runs of spaces/newlines/tabs, the character U+2581,
 characters no piece spells (byte fallback), invalid and truncated UTF-8, literal <0xXX> text.
+
+api_request: OpenAI request bodies behind the target's selector byte (bit 0: chat, bit 1: small
+limits with the model list ["m"]): valid chat and completions requests using every field, and
+near misses (wrong types, out-of-range values, refused features, malformed and deep JSON).
 """
 import os
 import struct
@@ -107,7 +111,43 @@ def tokenizer_spm_seeds():
     return {f"text{i}.txt": t for i, t in enumerate(texts)}
 
 
-SEEDS = {"gguf": gguf_seeds, "tokenizer_spm": tokenizer_spm_seeds}
+def api_request_seeds():
+    text, chat = b"\x00", b"\x01"  # selector bytes; | 2 for the small limits
+    chat_full = (b'{"model":"m","messages":[{"role":"developer","content":"Be brief."},'
+                 b'{"role":"user","content":[{"type":"text","text":"Hi "},{"type":"text","text":"\\u00e9"}]},'
+                 b'{"role":"assistant","content":null}],"max_completion_tokens":8,"temperature":0.7,'
+                 b'"top_p":0.9,"seed":-1,"stop":["\\n\\n","END"],"n":2,"logprobs":true,"top_logprobs":2,'
+                 b'"presence_penalty":0.5,"frequency_penalty":-0.5,"user":"u","stream":true,'
+                 b'"stream_options":{"include_usage":true},"tools":[],"tool_choice":"none",'
+                 b'"response_format":{"type":"text"},"logit_bias":{}}')
+    text_full = (b'{"model":"m","prompt":"Once upon a time","max_tokens":16,"temperature":0,'
+                 b'"top_p":1,"seed":42,"stop":"\\n","n":1,"logprobs":2,"echo":false,"suffix":"",'
+                 b'"best_of":1,"stream":false,"user":"x"}')
+    bodies = {
+        "chat_min": chat + b'{"model":"m","messages":[{"role":"user","content":"hi"}]}',
+        "chat_full": chat + chat_full,
+        "chat_full_small": bytes([3]) + chat_full,
+        "text_min": text + b'{"model":"m","prompt":"Hello"}',
+        "text_full": text + text_full,
+        "text_full_small": bytes([2]) + text_full,
+        "text_tokens": text + b'{"model":"m","prompt":[1,504,3458,2.0],"max_tokens":null}',
+        "text_token_batch": text + b'{"model":"m","prompt":[[1,2,3]],"logprobs":0}',
+        "bad_types": chat + b'{"model":7,"messages":"hi","temperature":"1","n":1.5,"stop":[1]}',
+        "bad_ranges": text + b'{"model":"m","prompt":"","max_tokens":0,"top_p":2,"n":99,"logprobs":9}',
+        "refused": chat + (b'{"model":"m","messages":[{"role":"tool","content":"x"},{"role":"user",'
+                           b'"content":[{"type":"image_url","image_url":{"url":"x"}}]}],'
+                           b'"tools":[{"type":"function"}],"response_format":{"type":"json_object"}}'),
+        "unknown_model": bytes([3]) + b'{"model":"gpt-4o","messages":[{"role":"user","content":"x"}]}',
+        "stream_options_alone": chat + b'{"model":"m","messages":[{"role":"user","content":"x"}],'
+                                       b'"stream_options":{"include_usage":true}}',
+        "malformed": chat + b'{"model":"m","messages":[{"role":"user","content":"x\xff"}],}',
+        "deep": chat + b'{"model":"m","x":' + b"[" * 70 + b"]" * 70 + b"}",
+        "numbers": text + b'{"model":"m","prompt":[1e2,-0,18446744073709551615,1e400],"seed":1e19}',
+    }
+    return {f"{k}.json": v for k, v in bodies.items()}
+
+
+SEEDS = {"gguf": gguf_seeds, "tokenizer_spm": tokenizer_spm_seeds, "api_request": api_request_seeds}
 
 
 def main():

@@ -9,6 +9,7 @@
 #include <new>
 
 #include "engine/session.h"
+#include "sample/logprobs.h"
 #include "sample/sampler.h"
 
 #if !defined(PEREGRINE_SANITIZER_BUILD)  // sanitizer runtimes replace operator new themselves
@@ -61,6 +62,34 @@ TEST(NoAlloc, DecodeAllocationsDoNotGrowWithTokens) {
   };
   const int64_t few = count(4), many = count(36);
   EXPECT_EQ(few, many) << "allocations grew with the number of decoded tokens";
+}
+
+// Presence/frequency penalties and logprobs (the server's per-token work) allocate nothing once
+// their buffers have grown; no model needed.
+TEST(NoAlloc, PenaltiesAndLogprobsAfterWarmUp) {
+  SamplerOptions so;
+  so.temperature = 0.8f;
+  so.top_k = 0;
+  so.presence_penalty = 0.5f;
+  so.frequency_penalty = 0.3f;
+  so.repeat_penalty = 1.1f;
+  so.seed = 11;
+  constexpr int64_t kVocab = 1000;
+  std::vector<float> logits(kVocab);
+  for (int64_t i = 0; i < kVocab; ++i) logits[size_t(i)] = float((i * 7919) % 101) * 0.05f;
+  Sampler sampler(so);
+  TokenLogprobs lp;
+  auto step = [&] {
+    const int32_t t = sampler.sample(logits.data(), kVocab);
+    sampler.accept(t);
+    sampler.count_output(t);
+    compute_logprobs(logits.data(), kVocab, t, 20, lp);
+  };
+  for (int i = 0; i < 64; ++i) step();  // warm-up
+  sampler.reset();
+  const int64_t before = g_allocations.load();
+  for (int i = 0; i < 64; ++i) step();
+  EXPECT_EQ(g_allocations.load() - before, 0);
 }
 
 }  // namespace

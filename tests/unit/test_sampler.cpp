@@ -106,5 +106,123 @@ TEST(Sampler, ValidateRejectsBadOptions) {
   EXPECT_TRUE(SamplerOptions{}.validate().ok());
 }
 
+// --- Presence and frequency penalties (OpenAI) -------------------------------------------------
+
+SamplerOptions greedy_with(float presence, float frequency) {
+  SamplerOptions o;
+  o.temperature = 0.0f;
+  o.presence_penalty = presence;
+  o.frequency_penalty = frequency;
+  return o;
+}
+
+TEST(SamplerPenalties, PresenceSubtractsOncePerDistinctToken) {
+  Sampler s(greedy_with(1.0f, 0.0f));
+  std::vector<float> l = {2.0f, 1.5f, 0.9f};
+  EXPECT_EQ(s.sample(l.data(), 3), 0);
+  s.count_output(0);
+  EXPECT_EQ(s.sample(l.data(), 3), 1);  // 2.0 - 1 = 1.0 < 1.5
+  s.count_output(0);
+  s.count_output(0);
+  s.count_output(1);
+  // Both counted: 1.0 and 0.5, untouched 0.9 sits between; presence does not grow with count.
+  EXPECT_EQ(s.sample(l.data(), 3), 0);
+}
+
+TEST(SamplerPenalties, FrequencyGrowsWithCount) {
+  Sampler s(greedy_with(0.0f, 0.5f));
+  std::vector<float> l = {3.0f, 1.5f};
+  int picks_of_0 = 0;
+  for (int i = 0; i < 6; ++i) {
+    const int32_t t = s.sample(l.data(), 2);
+    picks_of_0 += t == 0;
+    s.count_output(t);
+  }
+  // 0 four times (3.0 - 0.5 n >= 1.5 for n <= 3; ties go to the lower id), then 1 (1.0 < 1.5),
+  // then 0 again (1.0 == 1.0).
+  EXPECT_EQ(picks_of_0, 5);
+}
+
+TEST(SamplerPenalties, NegativePenaltiesPromote) {
+  Sampler s(greedy_with(-1.0f, -0.25f));
+  std::vector<float> l = {1.0f, 1.5f};
+  s.count_output(0);
+  s.count_output(0);
+  EXPECT_EQ(s.sample(l.data(), 2), 0);  // 1.0 + 1 + 0.5 = 2.5 > 1.5
+}
+
+TEST(SamplerPenalties, AppliedBeforeRepeatPenalty) {
+  // presence first: (4 - 1) / 2 = 1.5 > 1.25; repeat first would give 4 / 2 - 1 = 1.0 < 1.25.
+  SamplerOptions o = greedy_with(1.0f, 0.0f);
+  o.repeat_penalty = 2.0f;
+  Sampler s(o);
+  std::vector<float> l = {4.0f, 1.25f};
+  s.accept(0);
+  s.count_output(0);
+  EXPECT_EQ(s.sample(l.data(), 2), 0);
+}
+
+TEST(SamplerPenalties, LogitsUntouchedAndResetClears) {
+  Sampler s(greedy_with(2.0f, 2.0f));
+  std::vector<float> l = {2.0f, 1.0f};
+  const std::vector<float> copy = l;
+  s.count_output(0);
+  s.count_output(7);   // outside this vocab: ignored
+  s.count_output(-1);  // never a token: ignored
+  EXPECT_EQ(s.sample(l.data(), 2), 1);
+  EXPECT_EQ(l, copy);
+  s.reset();
+  EXPECT_EQ(s.sample(l.data(), 2), 0);
+}
+
+TEST(SamplerPenalties, OffByDefault) {
+  SamplerOptions o;
+  o.temperature = 0.0f;
+  Sampler s(o);
+  std::vector<float> l = {2.0f, 1.0f};
+  for (int i = 0; i < 10; ++i) s.count_output(0);
+  EXPECT_EQ(s.sample(l.data(), 2), 0);
+}
+
+// Sampling with penalties at temperature 1 follows softmax of the penalized logits.
+TEST(SamplerPenalties, DrawsFollowPenalizedSoftmax) {
+  SamplerOptions o;
+  o.temperature = 1.0f;
+  o.top_k = 0;
+  o.top_p = 1.0f;
+  o.min_p = 0.0f;
+  o.presence_penalty = 0.5f;
+  o.frequency_penalty = 0.25f;
+  o.seed = 3;
+  Sampler s(o);
+  s.count_output(2);
+  s.count_output(2);  // logit 2: 2 - 0.5 - 0.5 = 1
+  std::vector<float> l = {0.0f, 1.0f, 2.0f};
+  std::map<int, int> n;
+  const int N = 30000;
+  for (int i = 0; i < N; ++i) n[s.sample(l.data(), 3)]++;
+  const double z = 1 + 2 * std::exp(1.0);
+  EXPECT_NEAR(n[0] / double(N), 1 / z, 0.01);
+  EXPECT_NEAR(n[1] / double(N), std::exp(1.0) / z, 0.01);
+  EXPECT_NEAR(n[2] / double(N), std::exp(1.0) / z, 0.01);
+}
+
+TEST(SamplerPenalties, ValidateRange) {
+  SamplerOptions o;
+  o.presence_penalty = 2.0f;
+  o.frequency_penalty = -2.0f;
+  EXPECT_TRUE(o.validate().ok());
+  o.presence_penalty = 2.01f;
+  EXPECT_FALSE(o.validate().ok());
+  o = {};
+  o.frequency_penalty = -2.5f;
+  Status st = o.validate();
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.error().message.find("frequency"), std::string::npos) << st.error().message;
+  o = {};
+  o.presence_penalty = NAN;
+  EXPECT_FALSE(o.validate().ok());
+}
+
 }  // namespace
 }  // namespace peregrine

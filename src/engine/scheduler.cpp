@@ -1,0 +1,496 @@
+#include "engine/scheduler.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "engine/stop_matcher.h"
+
+namespace peregrine {
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::Stop: return "stop";
+    case FinishReason::Length: return "length";
+    case FinishReason::Cancelled: return "cancelled";
+    case FinishReason::Error: return "error";
+  }
+  return "?";
+}
+
+// ---- RequestStream ----------------------------------------------------------------------
+
+void RequestStream::push(Event e) {
+  {
+    std::lock_guard lock(mu_);
+    if (e.end) ++ended_;
+    events_.push_back(std::move(e));
+  }
+  cv_.notify_all();
+}
+
+bool RequestStream::wait(std::vector<Event>& out, std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mu_);
+  cv_.wait_for(lock, timeout, [&] { return !events_.empty(); });
+  for (Event& e : events_) out.push_back(std::move(e));
+  events_.clear();
+  return ended_ == n_choices_;
+}
+
+// ---- Scheduler state ---------------------------------------------------------------------
+
+struct Scheduler::Request {
+  std::shared_ptr<RequestStream> stream;
+  GenRequest gen;
+  int32_t open_choices = 0;  // choices not yet ended
+};
+
+struct Scheduler::Seq {
+  std::shared_ptr<Request> req;
+  SeqId id = 0;
+  int32_t choice = 0;
+  int32_t slot = -1;
+  uint64_t order = 0;                // admission order; larger is younger
+  std::vector<TokenId> tokens;       // prompt, then generated tokens
+  int64_t n_computed = 0;            // leading tokens whose KV is in the cache
+  int64_t n_generated = 0;
+  int64_t cached = 0;                // prompt tokens taken from the prefix cache
+  bool awaiting_fork = false;        // choice > 0 of n > 1, until choice 0's prompt is done
+  bool in_step = false;              // has tokens in the batch being built
+  std::vector<Seq*> followers;       // choice 0: the choices waiting for its prompt
+  Sampler sampler;
+  StreamDecoder decoder;
+  StopMatcher stop;
+  Seq(const SamplerOptions& so, std::vector<std::string> stops) : sampler(so), stop(std::move(stops)) {}
+};
+
+Result<std::unique_ptr<Scheduler>> Scheduler::create(const SchedulerConfig& cfg, const KvShape& kv,
+                                                     int64_t n_vocab, Forward forward, TokenText text) {
+  PG_TRY(kv.validate());
+  if (!kv.paged()) return make_error("the scheduler needs a paged KV cache");
+  if (cfg.n_slots < 1 || cfg.n_slots != kv.n_seq)
+    return make_error("{} slots for a cache of {} sequences", cfg.n_slots, kv.n_seq);
+  if (cfg.step_tokens < 1) return make_error("step token budget {} must be positive", cfg.step_tokens);
+  if (cfg.max_requests < 1) return make_error("request queue bound {} must be positive", cfg.max_requests);
+  if (kv.any_windowed() && cfg.step_tokens > kv.n_batch)
+    return make_error("step token budget {} exceeds the window rings' batch ({})", cfg.step_tokens, kv.n_batch);
+  if (kv.n_blocks < kv.max_blocks_per_seq())
+    return make_error("{} KV blocks of {} positions cannot hold one {}-position context", kv.n_blocks,
+                      kv.block_size, kv.n_ctx);
+  if (n_vocab < 1 || !forward || !text.bytes || !text.is_end_of_generation)
+    return make_error("scheduler needs a vocabulary, a forward function and token text");
+  PG_ASSIGN(BlockManager bm, BlockManager::create(int32_t(kv.n_blocks), int32_t(kv.block_size)));
+  // Window layers keep per-sequence rings that a shared prefix block would not carry.
+  bm.set_prefix_caching(cfg.prefix_caching && !kv.any_windowed());
+  return std::unique_ptr<Scheduler>(
+      new Scheduler(cfg, kv, std::move(bm), n_vocab, std::move(forward), std::move(text)));
+}
+
+Scheduler::Scheduler(const SchedulerConfig& cfg, const KvShape& kv, BlockManager bm, int64_t n_vocab,
+                     Forward forward, TokenText text)
+    : cfg_(cfg), cache_(kv), bm_(std::move(bm)), n_vocab_(n_vocab), forward_(std::move(forward)),
+      text_(std::move(text)) {
+  for (int32_t s = cfg.n_slots - 1; s >= 0; --s) free_slots_.push_back(s);
+  publish_stats();
+}
+
+Scheduler::~Scheduler() { shutdown(std::chrono::milliseconds(0)); }
+
+Scheduler::Submitted Scheduler::submit(GenRequest req) {
+  using Code = Submitted::Code;
+  const int64_t n_ctx = cache_.shape().n_ctx;
+  if (req.prompt.empty()) return {Code::Invalid, "the prompt is empty", nullptr};
+  for (TokenId t : req.prompt)
+    if (t < 0 || t >= n_vocab_)
+      return {Code::Invalid, fmt::format("token id {} is outside the vocabulary (0..{})", t, n_vocab_ - 1), nullptr};
+  if (int64_t(req.prompt.size()) >= n_ctx)
+    return {Code::Invalid,
+            fmt::format("the prompt has {} tokens but the context holds {} (prompt and at least one "
+                        "generated token)", req.prompt.size(), n_ctx),
+            nullptr};
+  if (req.n < 1 || req.n > cfg_.n_slots)
+    return {Code::Invalid, fmt::format("n = {} is out of range (1 to {}, the server's parallel slots)", req.n, cfg_.n_slots), nullptr};
+  if (req.max_tokens == 0 || req.max_tokens < -1)
+    return {Code::Invalid, fmt::format("max_tokens {} must be positive", req.max_tokens), nullptr};
+  if (Status st = req.sampling.validate(); !st.ok()) return {Code::Invalid, st.error().message, nullptr};
+  auto r = std::make_shared<Request>();
+  r->stream = std::make_shared<RequestStream>();
+  r->stream->n_choices_ = req.n;
+  r->stream->prompt_tokens_ = int64_t(req.prompt.size());
+  r->open_choices = req.n;
+  r->gen = std::move(req);
+  {
+    std::lock_guard lock(mu_);
+    if (!accepting_) return {Code::ShuttingDown, "the server is shutting down", nullptr};
+    if (n_requests_ >= cfg_.max_requests)
+      return {Code::Overloaded, fmt::format("{} requests are queued or running (the limit)", n_requests_), nullptr};
+    ++n_requests_;
+    incoming_.push_back(r);
+  }
+  wake_.notify_all();
+  return {Code::Ok, {}, r->stream};
+}
+
+void Scheduler::intake() {
+  std::lock_guard lock(mu_);
+  while (!incoming_.empty()) {
+    waiting_.push_back(std::move(incoming_.front()));
+    incoming_.pop_front();
+  }
+}
+
+void Scheduler::remove_seq(Seq& s) {
+  bm_.free_sequence(s.id);
+  if (s.slot >= 0) free_slots_.push_back(s.slot);
+  s.slot = -1;
+  Seq* p = &s;
+  auto it = std::find_if(running_.begin(), running_.end(), [p](auto& u) { return u.get() == p; });
+  if (it != running_.end()) {
+    running_.erase(it);
+    return;
+  }
+  auto jt = std::find_if(preempted_.begin(), preempted_.end(), [p](auto& u) { return u.get() == p; });
+  if (jt != preempted_.end()) preempted_.erase(jt);
+}
+
+void Scheduler::finish(Seq& s, FinishReason reason, std::string tail, std::string error) {
+  RequestStream::Event e;
+  e.choice = s.choice;
+  e.end = true;
+  e.finish = reason;
+  e.text = std::move(tail);
+  e.error = std::move(error);
+  std::shared_ptr<Request> req = s.req;  // s is destroyed below
+  // A choice 0 that ends before its prompt is done takes its followers with it.
+  std::vector<Seq*> followers = std::move(s.followers);
+  req->stream->push(std::move(e));
+  remove_seq(s);
+  if (--req->open_choices == 0) {
+    std::lock_guard lock(mu_);
+    --n_requests_;
+    ++counters_.requests_finished;
+  }
+  for (Seq* f : followers) finish(*f, reason, {}, error);
+}
+
+void Scheduler::reap_cancelled() {
+  auto cancelled = [](const std::unique_ptr<Seq>& s) { return s->req->stream->cancelled(); };
+  for (;;) {
+    auto it = std::find_if(running_.begin(), running_.end(), cancelled);
+    if (it == running_.end()) break;
+    finish(**it, FinishReason::Cancelled, {});
+  }
+  for (;;) {
+    auto it = std::find_if(preempted_.begin(), preempted_.end(), cancelled);
+    if (it == preempted_.end()) break;
+    finish(**it, FinishReason::Cancelled, {});
+  }
+  for (auto it = waiting_.begin(); it != waiting_.end();) {
+    if (!(*it)->stream->cancelled()) {
+      ++it;
+      continue;
+    }
+    for (int32_t c = 0; c < (*it)->gen.n; ++c) {
+      RequestStream::Event e;
+      e.choice = c;
+      e.end = true;
+      e.finish = FinishReason::Cancelled;
+      (*it)->stream->push(std::move(e));
+    }
+    {
+      std::lock_guard lock(mu_);
+      --n_requests_;
+      ++counters_.requests_finished;
+    }
+    it = waiting_.erase(it);
+  }
+}
+
+void Scheduler::admit() {
+  // Preempted sequences first (oldest first), then new requests in arrival order; a request
+  // needs a slot for each of its n choices.
+  while (!preempted_.empty() && !free_slots_.empty()) {
+    std::unique_ptr<Seq> s = std::move(preempted_.front());
+    preempted_.pop_front();
+    s->slot = free_slots_.back();
+    free_slots_.pop_back();
+    PG_ASSERT(bm_.add_sequence(s->id).ok());
+    // Back in admission order.
+    auto at = std::find_if(running_.begin(), running_.end(), [&](auto& r) { return r->order > s->order; });
+    running_.insert(at, std::move(s));
+  }
+  while (preempted_.empty() && !waiting_.empty() &&
+         int64_t(free_slots_.size()) >= waiting_.front()->gen.n) {
+    std::shared_ptr<Request> r = std::move(waiting_.front());
+    waiting_.pop_front();
+    Seq* leader = nullptr;
+    for (int32_t c = 0; c < r->gen.n; ++c) {
+      SamplerOptions so = r->gen.sampling;
+      so.seed += uint64_t(c);
+      auto s = std::make_unique<Seq>(so, r->gen.stop);
+      s->req = r;
+      s->id = next_seq_id_++;
+      s->choice = c;
+      s->order = next_order_++;
+      s->slot = free_slots_.back();
+      free_slots_.pop_back();
+      s->tokens = r->gen.prompt;
+      for (TokenId t : s->tokens) s->sampler.accept(t);
+      if (c == 0) {
+        PG_ASSERT(bm_.add_sequence(s->id).ok());
+        leader = s.get();
+      } else {
+        s->awaiting_fork = true;
+        leader->followers.push_back(s.get());
+      }
+      running_.push_back(std::move(s));
+    }
+  }
+}
+
+void Scheduler::preempt(Seq& s) {
+  PG_ASSERT(!s.awaiting_fork);
+  bm_.free_sequence(s.id);
+  free_slots_.push_back(s.slot);
+  s.slot = -1;
+  s.n_computed = 0;
+  s.cached = 0;
+  ++counters_.preemptions;
+  Seq* p = &s;
+  auto it = std::find_if(running_.begin(), running_.end(), [p](auto& u) { return u.get() == p; });
+  PG_ASSERT(it != running_.end());
+  std::unique_ptr<Seq> owned = std::move(*it);
+  running_.erase(it);
+  auto at = std::find_if(preempted_.begin(), preempted_.end(), [&](auto& q) { return q->order > owned->order; });
+  preempted_.insert(at, std::move(owned));
+}
+
+// Preempts the youngest running sequence that holds blocks and has nothing in this step's
+// batch, other than `self` (the sequence asking).
+bool Scheduler::preempt_youngest(const Seq* self) {
+  for (size_t i = running_.size(); i-- > 0;) {
+    Seq& s = *running_[i];
+    if (&s == self || s.awaiting_fork || s.in_step) continue;
+    if (!bm_.has_sequence(s.id) || bm_.n_tokens(s.id).value() == 0) continue;
+    preempt(s);
+    return true;
+  }
+  return false;
+}
+
+// Adds s's next tokens to the batch if its blocks can be had, preempting younger sequences
+// for them; when s is the youngest left it is preempted itself and waits for the older ones.
+void Scheduler::schedule_seq(Seq& s, int64_t& budget) {
+  const int64_t pending = int64_t(s.tokens.size()) - s.n_computed;
+  const int64_t take = std::min(pending, budget);
+  if (take <= 0) return;
+  const bool finishes = take == pending;
+  const std::span<const TokenId> chunk(s.tokens.data() + s.n_computed, size_t(take));
+  // The last pending token is always computed: its logits are what the step is for.
+  const int32_t max_hit = int32_t(finishes ? take - 1 : take);
+  int32_t hits = 0;
+  for (;;) {
+    Result<int32_t> r = bm_.append_tokens(s.id, chunk, max_hit);
+    if (r.ok()) {
+      hits = *r;
+      break;
+    }
+    if (preempt_youngest(&s)) continue;
+    preempt(s);
+    return;
+  }
+  if (s.n_computed < int64_t(s.req->gen.prompt.size())) s.cached += hits;
+  for (int64_t j = s.n_computed + hits; j < s.n_computed + take; ++j)
+    batch_.add(s.tokens[size_t(j)], int32_t(j), s.slot, j + 1 == int64_t(s.tokens.size()));
+  in_batch_.push_back({&s, finishes});
+  s.in_step = true;
+  budget -= take - hits;
+  if (s.n_generated == 0 || pending > 1) counters_.prompt_tokens_computed += take - hits;
+  s.n_computed += take;
+}
+
+bool Scheduler::step() {
+  intake();
+  reap_cancelled();
+  admit();
+  if (running_.empty()) {
+    publish_stats();
+    return false;
+  }
+  batch_.clear();
+  in_batch_.clear();
+  int64_t budget = cfg_.step_tokens;
+  // Decode tokens first (one each, oldest first), then prompt chunks, oldest first.
+  // Preemption moves sequences out of running_, so walk a snapshot.
+  order_.clear();
+  for (auto& s : running_) {
+    s->in_step = false;
+    order_.push_back(s.get());
+  }
+  for (int pass = 0; pass < 2; ++pass) {
+    for (Seq* s : order_) {
+      if (budget <= 0) break;
+      const int64_t pending = int64_t(s->tokens.size()) - s->n_computed;
+      const bool decoding = s->n_generated > 0 && pending == 1;
+      if (s->slot < 0 || s->awaiting_fork || s->in_step || pending == 0 || decoding != (pass == 0)) continue;
+      schedule_seq(*s, budget);
+    }
+  }
+  if (batch_.size() == 0) {
+    publish_stats();
+    return !running_.empty();
+  }
+  for (const auto& [src, dst] : bm_.take_copies()) cache_.copy_block(src, dst);
+  for (const auto& [s, wants] : in_batch_) {
+    Result<std::span<const int32_t>> table = bm_.block_table(s->id);
+    PG_ASSERT(table.ok());
+    PG_ASSERT(cache_.set_block_table(s->slot, table->data(), int64_t(table->size())).ok());
+  }
+  if (Status st = forward_(batch_, cache_, logits_); !st.ok()) {
+    fail_batch(st.error().message);
+    publish_stats();
+    return true;
+  }
+  // Rows of logits in batch order; sample each sequence whose last pending token ran.
+  size_t row = 0;
+  for (const auto& [s, wants] : in_batch_) {
+    if (!wants) continue;
+    on_logits(*s, logits_.data() + row * size_t(n_vocab_));
+    ++row;
+  }
+  ++counters_.steps;
+  publish_stats();
+  return true;
+}
+
+void Scheduler::fail_batch(const std::string& message) {
+  std::vector<Seq*> seqs;
+  for (const auto& e : in_batch_) seqs.push_back(e.first);
+  in_batch_.clear();
+  for (Seq* s : seqs) finish(*s, FinishReason::Error, {}, message);
+}
+
+void Scheduler::on_logits(Seq& s, const float* row) {
+  // The prompt of a request with n > 1 is done: the other choices share its blocks and
+  // sample from the same logits.
+  std::vector<Seq*> followers = std::move(s.followers);
+  s.followers.clear();
+  if (s.n_generated == 0) s.req->stream->cached_tokens_.store(s.cached);
+  for (Seq* f : followers) {
+    PG_ASSERT(bm_.fork(s.id, f->id).ok());
+    cache_.copy_rings(s.slot, f->slot);
+    f->n_computed = s.n_computed;
+    f->cached = s.cached;
+    f->awaiting_fork = false;
+  }
+  sample_and_emit(s, row);
+  for (Seq* f : followers) sample_and_emit(*f, row);
+}
+
+void Scheduler::sample_and_emit(Seq& s, const float* row) {
+  const GenRequest& g = s.req->gen;
+  const TokenId tok = s.sampler.sample(row, n_vocab_);
+  if (!g.ignore_eos && text_.is_end_of_generation(tok)) {
+    StopMatcher::Out out = s.stop.push(s.decoder.flush());
+    finish(s, FinishReason::Stop, out.text + (out.stopped ? std::string() : s.stop.flush()));
+    return;
+  }
+  RequestStream::Event e;
+  e.choice = s.choice;
+  e.token = tok;
+  if (g.top_logprobs >= 0) {
+    e.has_logprobs = true;
+    compute_logprobs(row, n_vocab_, tok, g.top_logprobs, e.logprobs);
+  }
+  s.sampler.accept(tok);
+  s.sampler.count_output(tok);
+  s.tokens.push_back(tok);
+  ++s.n_generated;
+  StopMatcher::Out out = s.stop.push(s.decoder.push_bytes(text_.bytes(tok)));
+  e.text = std::move(out.text);
+  s.req->stream->push(std::move(e));
+  {
+    std::lock_guard lock(mu_);
+    ++counters_.generated_tokens;
+  }
+  if (out.stopped) {
+    finish(s, FinishReason::Stop, {});
+    return;
+  }
+  const bool full = int64_t(s.tokens.size()) > cache_.shape().n_ctx;  // no position left for it
+  if ((g.max_tokens > 0 && s.n_generated >= g.max_tokens) || full) {
+    StopMatcher::Out tail = s.stop.push(s.decoder.flush());
+    finish(s, tail.stopped ? FinishReason::Stop : FinishReason::Length,
+           tail.text + (tail.stopped ? std::string() : s.stop.flush()));
+  }
+}
+
+void Scheduler::publish_stats() {
+  std::lock_guard lock(mu_);
+  SchedulerStats st = counters_;
+  st.waiting = int64_t(waiting_.size() + incoming_.size() + preempted_.size());
+  st.running = int64_t(running_.size());
+  st.blocks_total = bm_.n_blocks();
+  st.blocks_used = bm_.n_used();
+  st.blocks_cached = bm_.n_cached();
+  st.blocks_free = bm_.n_free();
+  st.prefix_lookup_tokens = bm_.stats().lookup_tokens;
+  st.prefix_hit_tokens = bm_.stats().hit_tokens;
+  st.prefix_evictions = bm_.stats().evictions;
+  published_ = st;
+}
+
+SchedulerStats Scheduler::stats() const {
+  std::lock_guard lock(mu_);
+  SchedulerStats st = published_;
+  st.generated_tokens = counters_.generated_tokens;
+  st.requests_finished = counters_.requests_finished;
+  return st;
+}
+
+void Scheduler::start() {
+  thread_ = std::thread([this] {
+    for (;;) {
+      {
+        std::unique_lock lock(mu_);
+        if (stop_) break;
+      }
+      if (!step()) {
+        std::unique_lock lock(mu_);
+        wake_.wait_for(lock, std::chrono::milliseconds(50),
+                       [&] { return stop_ || !incoming_.empty(); });
+      }
+    }
+  });
+}
+
+void Scheduler::shutdown(std::chrono::milliseconds grace) {
+  {
+    std::lock_guard lock(mu_);
+    accepting_ = false;
+  }
+  if (thread_.joinable()) {
+    const auto deadline = std::chrono::steady_clock::now() + grace;
+    for (;;) {
+      {
+        std::lock_guard lock(mu_);
+        if (n_requests_ == 0) break;
+      }
+      if (std::chrono::steady_clock::now() >= deadline) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    thread_.join();
+  }
+  // Whatever is left is cancelled (this thread now owns the state).
+  intake();
+  while (!running_.empty()) finish(*running_.front(), FinishReason::Cancelled, {});
+  while (!preempted_.empty()) finish(*preempted_.front(), FinishReason::Cancelled, {});
+  for (auto& r : waiting_) r->stream->cancel();
+  reap_cancelled();
+}
+
+}  // namespace peregrine

@@ -1,0 +1,207 @@
+// Scheduler: iteration-level continuous batching over a paged KV cache.
+//
+// Every step() builds one batch from every running sequence: the decode token of each
+// sequence that is generating, then chunks of prompts still being processed (chunked
+// prefill), oldest first, under a per-step token budget. One forward pass runs the batch;
+// each sequence whose last pending token was in it samples its next token, which is
+// streamed to its request at once. Requests that arrive join at the next step; finished or
+// cancelled ones leave at once and their KV blocks go back to the pool.
+//
+// KV memory is a BlockManager over the cache's block pool (kv/block_manager.h): prompts
+// whose leading blocks were computed before (a shared system prompt, earlier turns of a
+// conversation, the other choices of n > 1) take those blocks instead of computing them.
+// A request with n > 1 computes its prompt once: when the prompt is done, choices 1..n-1
+// fork the first one's blocks (copy-on-write for the partly filled last block) and all n
+// sample their first token from the same logits. When the pool runs out, the youngest
+// running sequence not already in this step's batch is preempted: its blocks are freed
+// and it waits at the head of the queue to be recomputed, prompt and generated tokens
+// alike; because every op is batch-invariant, what it then generates is exactly what it
+// would have generated without the interruption.
+//
+// Threads: submit() and RequestStream are safe from any thread; step() runs on one thread
+// (start() runs it in a background thread; tests call step() directly).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/status.h"
+#include "kv/block_manager.h"
+#include "kv/kv_cache.h"
+#include "model/model.h"
+#include "sample/logprobs.h"
+#include "sample/sampler.h"
+#include "tokenizer/tokenizer.h"
+
+namespace peregrine {
+
+struct SchedulerConfig {
+  int32_t n_slots = 4;          // sequences running at once (each has a KV slot)
+  int64_t step_tokens = 512;    // most tokens one forward pass computes
+  int32_t max_requests = 256;   // requests queued or running; submit() refuses beyond
+  bool prefix_caching = true;
+};
+
+// What a sequence needs to know about tokens: their bytes and which end generation.
+struct TokenText {
+  std::function<std::string(TokenId)> bytes;
+  std::function<bool(TokenId)> is_end_of_generation;
+};
+
+struct GenRequest {
+  std::vector<TokenId> prompt;
+  int64_t max_tokens = -1;      // -1: until the context is full
+  SamplerOptions sampling;      // choice i is seeded with sampling.seed + i
+  int32_t n = 1;                // choices
+  int32_t top_logprobs = -1;    // -1: no logprobs; k >= 0: the chosen token's and the top k
+  std::vector<std::string> stop;
+  bool ignore_eos = false;
+};
+
+enum class FinishReason { Stop, Length, Cancelled, Error };
+const char* finish_reason_name(FinishReason r);  // "stop", "length", "cancelled", "error"
+
+// The event stream of one request, filled by the scheduler and read by one client thread.
+class RequestStream {
+ public:
+  struct Event {
+    int32_t choice = 0;
+    bool end = false;           // false: one generated token; true: the choice finished
+    TokenId token = -1;
+    std::string text;           // text that became safe to show (may be empty)
+    bool has_logprobs = false;
+    TokenLogprobs logprobs;
+    FinishReason finish = FinishReason::Stop;  // when end
+    std::string error;          // when finish == Error
+  };
+
+  // Waits until events are available or `timeout` passes and appends them to out. Returns
+  // true once every choice has ended and all events have been taken.
+  bool wait(std::vector<Event>& out, std::chrono::milliseconds timeout);
+  // The client is gone: the scheduler frees the request's sequences at its next step.
+  void cancel() { cancelled_.store(true); }
+  bool cancelled() const { return cancelled_.load(); }
+
+  int32_t n_choices() const { return n_choices_; }
+  int64_t prompt_tokens() const { return prompt_tokens_; }
+  // Prompt tokens whose KV came from the prefix cache (known once the prompt is done).
+  int64_t cached_tokens() const { return cached_tokens_.load(); }
+
+ private:
+  friend class Scheduler;
+  void push(Event e);
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Event> events_;
+  int32_t n_choices_ = 1;
+  int32_t ended_ = 0;  // choices whose end event was pushed
+  int64_t prompt_tokens_ = 0;
+  std::atomic<int64_t> cached_tokens_{0};
+  std::atomic<bool> cancelled_{false};
+};
+
+struct SchedulerStats {
+  int64_t waiting = 0;            // requests and preempted sequences not running
+  int64_t running = 0;            // sequences holding a slot
+  int64_t blocks_total = 0, blocks_used = 0, blocks_cached = 0, blocks_free = 0;
+  int64_t prefix_lookup_tokens = 0, prefix_hit_tokens = 0, prefix_evictions = 0;
+  int64_t preemptions = 0;
+  int64_t steps = 0;
+  int64_t prompt_tokens_computed = 0;  // prompt (and recomputed) tokens run through the model
+  int64_t generated_tokens = 0;        // tokens streamed to clients
+  int64_t requests_finished = 0;
+};
+
+class Scheduler {
+ public:
+  using Forward = std::function<Status(const Batch&, KvCache&, std::vector<float>& logits)>;
+
+  // kv must be paged (block_size > 0) with n_seq == cfg.n_slots and hold at least one
+  // full context of blocks.
+  static Result<std::unique_ptr<Scheduler>> create(const SchedulerConfig& cfg, const KvShape& kv,
+                                                   int64_t n_vocab, Forward forward, TokenText text);
+  ~Scheduler();
+
+  struct Submitted {
+    enum class Code { Ok, Invalid, Overloaded, ShuttingDown } code = Code::Ok;
+    std::string message;
+    std::shared_ptr<RequestStream> stream;
+  };
+  Submitted submit(GenRequest req);
+
+  // One iteration: admit, build a batch, run it, sample, stream. Returns false when there
+  // was nothing to do.
+  bool step();
+
+  // Runs step() in a background thread until shutdown().
+  void start();
+  // Stops admitting requests, lets running and queued ones finish for up to `grace`, then
+  // cancels what is left (their streams end with FinishReason::Cancelled) and joins.
+  void shutdown(std::chrono::milliseconds grace);
+
+  SchedulerStats stats() const;
+  const KvCache& cache() const { return cache_; }
+  const SchedulerConfig& config() const { return cfg_; }
+  int64_t n_ctx() const { return cache_.shape().n_ctx; }
+
+ private:
+  struct Seq;
+  struct Request;
+  Scheduler(const SchedulerConfig& cfg, const KvShape& kv, BlockManager bm, int64_t n_vocab,
+            Forward forward, TokenText text);
+
+  void intake();
+  void reap_cancelled();
+  void admit();
+  void schedule_seq(Seq& s, int64_t& budget);
+  bool preempt_youngest(const Seq* self);
+  void preempt(Seq& s);
+  void on_logits(Seq& s, const float* row);
+  void sample_and_emit(Seq& s, const float* row);
+  void finish(Seq& s, FinishReason reason, std::string tail, std::string error = {});
+  void remove_seq(Seq& s);
+  void fail_batch(const std::string& message);
+  void publish_stats();
+
+  SchedulerConfig cfg_;
+  KvCache cache_;
+  BlockManager bm_;
+  int64_t n_vocab_;
+  Forward forward_;
+  TokenText text_;
+
+  // Scheduler thread only.
+  std::vector<std::unique_ptr<Seq>> running_;   // admission order: oldest first
+  std::deque<std::unique_ptr<Seq>> preempted_;  // oldest first; resumed before new requests
+  std::deque<std::shared_ptr<Request>> waiting_;
+  std::vector<int32_t> free_slots_;
+  Batch batch_;
+  std::vector<float> logits_;
+  std::vector<std::pair<Seq*, bool>> in_batch_;  // (sequence, wants logits) in batch order
+  std::vector<Seq*> order_;                      // running_ at the start of the step
+  std::vector<int32_t> table_buf_;
+  uint64_t next_order_ = 0;
+  SeqId next_seq_id_ = 0;
+  SchedulerStats counters_;
+
+  // Shared with submit(), stats() and shutdown().
+  mutable std::mutex mu_;
+  std::condition_variable wake_;
+  std::deque<std::shared_ptr<Request>> incoming_;
+  int64_t n_requests_ = 0;  // submitted and not finished
+  bool accepting_ = true;
+  bool stop_ = false;
+  SchedulerStats published_;
+  std::thread thread_;
+};
+
+}  // namespace peregrine

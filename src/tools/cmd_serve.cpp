@@ -1,0 +1,149 @@
+// peregrine serve: the OpenAI-compatible HTTP server (serve/server.h) over a continuous-
+// batching scheduler with a paged KV cache (engine/scheduler.h).
+#include <pthread.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+
+#include "engine/scheduler.h"
+#include "engine/session.h"
+#include "serve/server.h"
+#include "tools/commands.h"
+#include "tools/common.h"
+#include "tools/model_catalog.h"
+
+namespace peregrine::tools {
+
+void register_serve(CLI::App& app) {
+  struct Opts {
+    std::string model = kDefaultModel;
+    int threads = 0;
+    int64_t ctx = 0;
+    std::string host = "127.0.0.1";
+    int port = 8080;
+    int32_t parallel = 4;
+    std::string api_key;
+    int64_t step_tokens = 512;
+    int64_t kv_blocks = 0;
+    int32_t block_size = 16;
+    std::string kv_type = "f16";
+    int32_t max_queue = 128;
+    double grace = 10.0;
+    bool no_prefix_cache = false;
+    size_t max_body = 4 << 20;
+  };
+  auto o = std::make_shared<Opts>();
+  CLI::App* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server (continuous batching)");
+  cmd->add_option("-m,--model", o->model, "Model: a cache name (smollm2-135m) or a GGUF path")->capture_default_str();
+  cmd->add_option("-t,--threads", o->threads, "Threads (default: all cores)")->check(CLI::Range(0, 1024));
+  cmd->add_option("-c,--ctx-size", o->ctx, "Context per request in tokens (default: min(trained, 4096))")
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 20));
+  cmd->add_option("--host", o->host, "Address to listen on")->capture_default_str();
+  cmd->add_option("--port", o->port, "Port (0: any free port)")->capture_default_str()->check(CLI::Range(0, 65535));
+  cmd->add_option("--parallel", o->parallel, "Sequences generated at once")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 256));
+  cmd->add_option("--api-key", o->api_key, "Require 'Authorization: Bearer KEY' (default: $PEREGRINE_API_KEY)")
+      ->envname("PEREGRINE_API_KEY");
+  cmd->add_option("-b,--step-tokens", o->step_tokens, "Most tokens per forward pass (prefill chunk budget)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(1), int64_t(65536)));
+  cmd->add_option("--kv-blocks", o->kv_blocks, "KV blocks in the pool (default: parallel x context)")
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 24));
+  cmd->add_option("--kv-block-size", o->block_size, "Positions per KV block (a multiple of 16)")
+      ->capture_default_str()
+      ->check(CLI::Range(16, 4096));
+  cmd->add_option("--kv-type", o->kv_type, "KV cache element type")->capture_default_str()->check(CLI::IsMember({"f16", "f32"}));
+  cmd->add_option("--max-queue", o->max_queue, "Requests queued or running before 503")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+  cmd->add_option("--grace", o->grace, "Seconds in-flight requests may finish after SIGTERM")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 3600.0));
+  cmd->add_flag("--no-prefix-cache", o->no_prefix_cache, "Never reuse KV blocks of earlier prompts");
+  cmd->add_option("--max-body", o->max_body, "Largest request body in bytes")->capture_default_str()->check(CLI::Range(size_t(1024), size_t(1) << 30));
+  cmd->callback([o] {
+    if (o->block_size % 16 != 0) fail(fmt::format("--kv-block-size {} is not a multiple of 16", o->block_size));
+    // SIGTERM and SIGINT are taken by one thread with sigwait(): block them before any
+    // thread (the model's pool, the scheduler, HTTP workers) exists, so all inherit the mask.
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
+    const std::string path = check(resolve_model(o->model));
+    LoadedModel m = check(LoadedModel::load(path, o->threads));
+    const int64_t n_ctx = check(m.context_size(o->ctx));
+    KvShape kv = m.model->kv_shape(n_ctx, o->parallel, *parse_kv_type(o->kv_type), AttnKind::global(),
+                                   o->step_tokens);
+    kv.block_size = o->block_size;
+    kv.n_blocks = o->kv_blocks > 0 ? o->kv_blocks : o->parallel * kv.max_blocks_per_seq();
+    check(kv.validate());
+    check(m.model->check_kv(kv));
+
+    SchedulerConfig cfg;
+    cfg.n_slots = o->parallel;
+    cfg.step_tokens = o->step_tokens;
+    cfg.max_requests = o->max_queue;
+    cfg.prefix_caching = !o->no_prefix_cache;
+    Model* model = m.model.get();
+    const Tokenizer* tok = m.tok.get();
+    TokenText text{[tok](TokenId t) { return tok->token_bytes(t); },
+                   [tok](TokenId t) { return tok->is_end_of_generation(t); }};
+    auto sched = check(Scheduler::create(
+        cfg, kv, m.model->hparams().n_vocab,
+        [model](const Batch& b, KvCache& c, std::vector<float>& l) { return model->forward(b, c, l); }, text));
+
+    std::optional<ChatTemplate> chat;
+    if (auto t = ChatTemplate::from_gguf(*m.file); t.ok()) chat = *t;
+
+    serve::ServerOptions so;
+    so.host = o->host;
+    so.port = o->port;
+    so.api_key = o->api_key;
+    // The model's id: its cache name when it is a known model's file, else the file's stem;
+    // the file name and the -m value are accepted too.
+    const std::filesystem::path p(path);
+    std::string id = p.stem().string();
+    for (const KnownModel& k : kKnownModels)
+      if (k.file_name == p.filename().string()) id = std::string(k.name);
+    so.model_names = {id};
+    for (std::string alt : {p.filename().string(), p.stem().string(), o->model})
+      if (std::find(so.model_names.begin(), so.model_names.end(), alt) == so.model_names.end())
+        so.model_names.push_back(alt);
+    so.max_body_bytes = o->max_body;
+    so.http_threads = o->max_queue + 16;
+    so.grace_seconds = o->grace;
+    serve::Server server(so, *sched, *m.tok, chat);
+
+    sched->start();
+    std::atomic<bool> done{false};
+    std::thread signals([&] {
+      const timespec tick{0, 200'000'000};
+      while (!done.load()) {
+        if (sigtimedwait(&sigs, nullptr, &tick) > 0) {
+          std::fprintf(stderr, "shutting down: finishing in-flight requests (up to %.0f s)\n", o->grace);
+          server.shutdown();
+          return;
+        }
+      }
+    });
+    Status st = server.run([&](int port) {
+      std::fprintf(stderr, "peregrine serve: %s on http://%s:%d (%d parallel, context %lld, KV %s)\n",
+                   so.model_names[0].c_str(), o->host.c_str(), port, o->parallel, (long long)n_ctx,
+                   kv.describe().c_str());
+      std::fflush(stderr);
+    });
+    done.store(true);
+    signals.join();
+    sched->shutdown(std::chrono::milliseconds(0));
+    check(st);
+    std::fprintf(stderr, "stopped\n");
+  });
+}
+
+}  // namespace peregrine::tools

@@ -1,0 +1,331 @@
+// Scheduler tests without a model: a stand-in forward pass writes each token's K/V into the
+// paged cache and derives the next token from the whole history it reads back through the
+// cache's spans, block by block. A wrong block table, a missing copy-on-write, a prefix hit
+// on the wrong blocks or a recompute that differs would change what it reads and so the
+// tokens generated; the expected tokens come from running the same rule on plain vectors.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/scheduler.h"
+
+namespace peregrine {
+namespace {
+
+constexpr int64_t kVocab = 50;
+constexpr TokenId kEog = 0;
+
+// The rule: next token from the history (never end-of-generation).
+TokenId next_token(const std::vector<TokenId>& history) {
+  uint64_t h = 1469598103934665603ull;
+  for (TokenId t : history) h = (h ^ uint64_t(t)) * 1099511628211ull;
+  return TokenId(1 + h % (kVocab - 1));
+}
+
+std::vector<TokenId> reference(std::vector<TokenId> tokens, int64_t n_new) {
+  std::vector<TokenId> out;
+  for (int64_t i = 0; i < n_new; ++i) {
+    tokens.push_back(next_token(tokens));
+    out.push_back(tokens.back());
+  }
+  return out;
+}
+
+struct FakeModel {
+  int64_t forwards = 0;
+  int64_t tokens_computed = 0;
+  Status forward(const Batch& b, KvCache& cache, std::vector<float>& logits) {
+    ++forwards;
+    tokens_computed += b.size();
+    for (int64_t i = 0; i < b.size(); ++i) {
+      if (!cache.holds(b.seq[i], b.pos[i])) return make_error("no block for position {}", b.pos[i]);
+      const float k[2] = {float(b.tokens[i]), float(b.pos[i])}, v[2] = {float(b.tokens[i]), 0.0f};
+      for (int64_t l = 0; l < cache.shape().n_layer; ++l) cache.store(l, b.seq[i], b.pos[i], k, v);
+    }
+    logits.assign(size_t(b.n_logits() * kVocab), 0.0f);
+    std::vector<KvSpan> spans(size_t(cache.max_spans()));
+    size_t row = 0;
+    for (int64_t i = 0; i < b.size(); ++i) {
+      if (!b.want_logits[i]) continue;
+      std::vector<TokenId> history;
+      const int n = cache.spans(cache.shape().n_layer - 1, b.seq[i], b.pos[i], spans.data());
+      for (int r = 0; r < n; ++r)
+        for (int64_t j = 0; j < spans[r].n; ++j) {
+          const float* kr = static_cast<const float*>(spans[r].k) + j * cache.shape().kv_dim;
+          if (int64_t(kr[1]) != spans[r].first_pos + j)
+            return make_error("row for position {} holds position {}", spans[r].first_pos + j, kr[1]);
+          history.push_back(TokenId(kr[0]));
+        }
+      logits[row * kVocab + size_t(next_token(history))] = 10.0f;
+      ++row;
+    }
+    return Status::Ok();
+  }
+};
+
+struct Harness {
+  FakeModel model;
+  std::unique_ptr<Scheduler> sched;
+
+  Harness(int32_t slots, int64_t n_ctx, int64_t n_blocks, int64_t step_tokens = 64,
+          int32_t max_requests = 64) {
+    KvShape kv{2, n_ctx, slots, 2, KvType::F32, {}, 512, 16, n_blocks};
+    SchedulerConfig cfg;
+    cfg.n_slots = slots;
+    cfg.step_tokens = step_tokens;
+    cfg.max_requests = max_requests;
+    TokenText text{[](TokenId t) { return std::string(1, char('a' + t % 26)); },
+                   [](TokenId t) { return t == kEog; }};
+    auto s = Scheduler::create(
+        cfg, kv, kVocab,
+        [this](const Batch& b, KvCache& c, std::vector<float>& l) { return model.forward(b, c, l); },
+        text);
+    EXPECT_TRUE(s.ok()) << (s.ok() ? "" : s.error().message);
+    sched = std::move(*s);
+  }
+};
+
+GenRequest greedy(std::vector<TokenId> prompt, int64_t max_tokens, int32_t n = 1) {
+  GenRequest r;
+  r.prompt = std::move(prompt);
+  r.max_tokens = max_tokens;
+  r.sampling.temperature = 0.0f;
+  r.n = n;
+  return r;
+}
+
+struct Collected {
+  std::map<int32_t, std::vector<TokenId>> tokens;
+  std::map<int32_t, std::string> text;
+  std::map<int32_t, FinishReason> finish;
+  bool done = false;
+};
+
+void drain(const std::shared_ptr<RequestStream>& s, Collected& c) {
+  std::vector<RequestStream::Event> ev;
+  c.done = s->wait(ev, std::chrono::milliseconds(0));
+  for (auto& e : ev) {
+    c.text[e.choice] += e.text;
+    if (e.end) {
+      EXPECT_FALSE(c.finish.count(e.choice)) << "choice ended twice";
+      c.finish[e.choice] = e.finish;
+    } else {
+      EXPECT_FALSE(c.finish.count(e.choice)) << "token after the end";
+      c.tokens[e.choice].push_back(e.token);
+    }
+  }
+}
+
+void run_all(Scheduler& s, int max_steps = 100000) {
+  for (int i = 0; i < max_steps && s.step(); ++i) {
+  }
+}
+
+std::vector<TokenId> random_tokens(std::mt19937& rng, size_t n) {
+  std::vector<TokenId> t(n);
+  for (auto& x : t) x = TokenId(1 + rng() % (kVocab - 1));
+  return t;
+}
+
+TEST(Scheduler, ConcurrentRequestsMatchTheReference) {
+  Harness h(4, 128, 64);
+  std::mt19937 rng(1);
+  const std::vector<TokenId> system = random_tokens(rng, 40);  // shared by half the prompts
+  std::vector<std::vector<TokenId>> prompts;
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  std::vector<int64_t> lengths;
+  for (int i = 0; i < 12; ++i) {
+    std::vector<TokenId> p = i % 2 ? system : std::vector<TokenId>{};
+    auto tail = random_tokens(rng, 1 + rng() % 50);
+    p.insert(p.end(), tail.begin(), tail.end());
+    prompts.push_back(p);
+    lengths.push_back(1 + rng() % 30);
+    auto sub = h.sched->submit(greedy(p, lengths.back()));
+    ASSERT_EQ(sub.code, Scheduler::Submitted::Code::Ok) << sub.message;
+    streams.push_back(sub.stream);
+  }
+  std::vector<Collected> got(streams.size());
+  for (int i = 0; i < 100000 && h.sched->step(); ++i)
+    for (size_t r = 0; r < streams.size(); ++r) drain(streams[r], got[r]);
+  for (size_t r = 0; r < streams.size(); ++r) {
+    drain(streams[r], got[r]);
+    EXPECT_TRUE(got[r].done);
+    EXPECT_EQ(got[r].tokens[0], reference(prompts[r], lengths[r])) << "request " << r;
+    EXPECT_EQ(got[r].finish[0], FinishReason::Length);
+  }
+  const SchedulerStats st = h.sched->stats();
+  EXPECT_EQ(st.running, 0);
+  EXPECT_EQ(st.blocks_used, 0);
+  EXPECT_GT(st.prefix_hit_tokens, 0) << "the shared system prompt was never reused";
+  EXPECT_LT(st.steps, 200) << "requests were not batched together";
+}
+
+TEST(Scheduler, PreemptsTheYoungestWhenBlocksRunOutAndStillMatches) {
+  // 8 blocks of 16 = 128 positions for 3 sequences that each grow to 100.
+  Harness h(3, 128, 8);
+  std::mt19937 rng(2);
+  std::vector<std::vector<TokenId>> prompts;
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (int i = 0; i < 3; ++i) {
+    prompts.push_back(random_tokens(rng, 20 + 5 * i));
+    streams.push_back(h.sched->submit(greedy(prompts.back(), 70)).stream);
+  }
+  std::vector<Collected> got(3);
+  int first_done = -1;
+  for (int i = 0; i < 100000 && h.sched->step(); ++i)
+    for (int r = 0; r < 3; ++r) {
+      drain(streams[size_t(r)], got[size_t(r)]);
+      if (got[size_t(r)].done && first_done < 0) first_done = r;
+    }
+  EXPECT_GT(h.sched->stats().preemptions, 0);
+  EXPECT_EQ(first_done, 0) << "the oldest request should never be the one preempted";
+  for (int r = 0; r < 3; ++r) {
+    drain(streams[size_t(r)], got[size_t(r)]);
+    EXPECT_EQ(got[size_t(r)].tokens[0], reference(prompts[size_t(r)], 70)) << "request " << r;
+  }
+  EXPECT_EQ(h.sched->stats().blocks_used, 0);
+}
+
+TEST(Scheduler, SharedPrefixIsComputedOnce) {
+  Harness h(2, 256, 32);
+  std::mt19937 rng(3);
+  const std::vector<TokenId> prefix = random_tokens(rng, 100);
+  auto a = prefix, b = prefix;
+  a.push_back(7);
+  b.push_back(9);
+  b.push_back(11);
+  auto sa = h.sched->submit(greedy(a, 5)).stream;
+  run_all(*h.sched);
+  const int64_t computed_a = h.model.tokens_computed;
+  auto sb = h.sched->submit(greedy(b, 5)).stream;
+  run_all(*h.sched);
+  Collected ca, cb;
+  drain(sa, ca);
+  drain(sb, cb);
+  EXPECT_EQ(ca.tokens[0], reference(a, 5));
+  EXPECT_EQ(cb.tokens[0], reference(b, 5));
+  EXPECT_EQ(sb->cached_tokens(), 96);  // six whole blocks of 16
+  EXPECT_EQ(h.model.tokens_computed - computed_a, int64_t(b.size()) - 96 + 4);
+  EXPECT_EQ(h.sched->stats().prefix_hit_tokens, 96);
+}
+
+TEST(Scheduler, ChoicesShareThePromptAndCopyOnWrite) {
+  Harness h(4, 128, 32);
+  std::mt19937 rng(4);
+  const auto prompt = random_tokens(rng, 37);  // ends inside a block: the choices share it
+  auto s = h.sched->submit(greedy(prompt, 20, 3)).stream;
+  Collected c;
+  for (int i = 0; i < 1000 && h.sched->step(); ++i) drain(s, c);
+  drain(s, c);
+  ASSERT_TRUE(c.done);
+  for (int k = 0; k < 3; ++k) EXPECT_EQ(c.tokens[k], reference(prompt, 20)) << "choice " << k;
+  // The prompt ran once, then three decode streams of 19 tokens.
+  EXPECT_EQ(h.model.tokens_computed, int64_t(prompt.size()) + 3 * 19);
+  EXPECT_EQ(h.sched->stats().blocks_used, 0);
+}
+
+TEST(Scheduler, SeededSamplingDiffersPerChoiceAndRepeats) {
+  auto run = [](uint64_t seed) {
+    Harness h(3, 64, 16);
+    GenRequest r = greedy({1, 2, 3}, 12, 3);
+    r.sampling.temperature = 50.0f;  // near uniform over the one-hot logits
+    r.sampling.top_k = 0;
+    r.sampling.top_p = 1.0f;
+    r.sampling.min_p = 0.0f;
+    r.sampling.seed = seed;
+    auto s = h.sched->submit(r).stream;
+    run_all(*h.sched);
+    Collected c;
+    drain(s, c);
+    return c.tokens;
+  };
+  auto a = run(5), b = run(5);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a[0], a[1]);
+  EXPECT_NE(a[1], a[2]);
+}
+
+TEST(Scheduler, StopsAtStopStringsEndOfGenerationAndTheContext) {
+  Harness h(2, 40, 16);
+  const std::vector<TokenId> prompt = {3, 1, 4, 1, 5};
+  const auto ref = reference(prompt, 10);
+  std::string ref_text;
+  for (TokenId t : ref) ref_text += char('a' + t % 26);
+  GenRequest r = greedy(prompt, 10);
+  r.stop = {ref_text.substr(4, 2)};
+  auto s = h.sched->submit(r).stream;
+  // Runs until the context is full (40 positions: 35 new tokens).
+  auto full = h.sched->submit(greedy(prompt, -1)).stream;
+  run_all(*h.sched);
+  Collected c, f;
+  drain(s, c);
+  drain(full, f);
+  EXPECT_EQ(c.finish[0], FinishReason::Stop);
+  EXPECT_EQ(c.text[0], ref_text.substr(0, ref_text.find(r.stop[0])));
+  EXPECT_EQ(f.finish[0], FinishReason::Length);
+  EXPECT_EQ(f.tokens[0].size(), 40u - prompt.size() + 1);
+}
+
+TEST(Scheduler, CancelFreesBlocksAtTheNextStep) {
+  Harness h(2, 128, 16);
+  auto s = h.sched->submit(greedy(std::vector<TokenId>(50, 3), 60)).stream;
+  for (int i = 0; i < 5; ++i) h.sched->step();
+  EXPECT_GT(h.sched->stats().blocks_used, 0);
+  s->cancel();
+  h.sched->step();
+  EXPECT_EQ(h.sched->stats().blocks_used, 0);
+  EXPECT_EQ(h.sched->stats().running, 0);
+  Collected c;
+  drain(s, c);
+  EXPECT_TRUE(c.done);
+  EXPECT_EQ(c.finish[0], FinishReason::Cancelled);
+}
+
+TEST(Scheduler, RejectsBadRequestsAndBoundsTheQueue) {
+  Harness h(2, 32, 8, 64, 2);
+  using Code = Scheduler::Submitted::Code;
+  EXPECT_EQ(h.sched->submit(greedy({}, 4)).code, Code::Invalid);
+  EXPECT_EQ(h.sched->submit(greedy({1, 99}, 4)).code, Code::Invalid);
+  EXPECT_EQ(h.sched->submit(greedy({1, -1}, 4)).code, Code::Invalid);
+  EXPECT_EQ(h.sched->submit(greedy(std::vector<TokenId>(32, 1), 4)).code, Code::Invalid);
+  EXPECT_EQ(h.sched->submit(greedy({1}, 4, 3)).code, Code::Invalid);
+  EXPECT_EQ(h.sched->submit(greedy({1}, 0)).code, Code::Invalid);
+  EXPECT_EQ(h.sched->submit(greedy({1}, 4)).code, Code::Ok);
+  EXPECT_EQ(h.sched->submit(greedy({1}, 4)).code, Code::Ok);
+  auto over = h.sched->submit(greedy({1}, 4));
+  EXPECT_EQ(over.code, Code::Overloaded);
+  EXPECT_FALSE(over.message.empty());
+  run_all(*h.sched);
+  EXPECT_EQ(h.sched->submit(greedy({1}, 4)).code, Code::Ok);
+}
+
+TEST(Scheduler, ShutdownCancelsWhatIsLeft) {
+  Harness h(2, 128, 16);
+  auto s = h.sched->submit(greedy({1, 2, 3}, 100)).stream;
+  h.sched->start();
+  h.sched->shutdown(std::chrono::milliseconds(0));
+  Collected c;
+  drain(s, c);
+  EXPECT_TRUE(c.done);
+  EXPECT_EQ(h.sched->submit(greedy({1}, 4)).code, Scheduler::Submitted::Code::ShuttingDown);
+}
+
+TEST(Scheduler, RefusesCachesItCannotRun) {
+  TokenText text{[](TokenId) { return std::string(); }, [](TokenId) { return false; }};
+  auto fwd = [](const Batch&, KvCache&, std::vector<float>&) { return Status::Ok(); };
+  SchedulerConfig cfg;
+  cfg.n_slots = 2;
+  KvShape contiguous{2, 64, 2, 2, KvType::F32, {}, 512};
+  EXPECT_FALSE(Scheduler::create(cfg, contiguous, kVocab, fwd, text).ok());
+  KvShape small{2, 64, 2, 2, KvType::F32, {}, 512, 16, 3};  // 3 blocks < one 64-position context
+  EXPECT_FALSE(Scheduler::create(cfg, small, kVocab, fwd, text).ok());
+  KvShape slots{2, 64, 3, 2, KvType::F32, {}, 512, 16, 8};
+  EXPECT_FALSE(Scheduler::create(cfg, slots, kVocab, fwd, text).ok());
+}
+
+}  // namespace
+}  // namespace peregrine
