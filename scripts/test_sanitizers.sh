@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Bad-input suite under AddressSanitizer + UBSan:
 #   1. build peregrine_tests and peregrine with -DPEREGRINE_SANITIZE=ON (Ninja, ccache if present);
-#   2. run the GGUF unit tests (gtest filter $PEREGRINE_SANITIZE_FILTER, default 'Gguf*');
+#   2. run the unit tests of outside input and serving state (gtest filter
+#      $PEREGRINE_SANITIZE_FILTER, default: GGUF, API parsing, stop strings, block manager,
+#      scheduler, logprobs, metrics);
 #   3. run `peregrine info` on corrupted files: each must exit non-zero with exactly one stderr line
-#      starting with "error:", no sanitizer report and no crash (skipped if `info` is not there yet).
+#      starting with "error:", no sanitizer report and no crash (skipped if `info` is not there yet);
+#   4. with the real model: `info`, and the server's bad-input and fault tests (tests/e2e/test_serve.py)
+#      against the sanitized `peregrine serve`.
 #
 # usage: scripts/test_sanitizers.sh [BUILD_DIR]   (default build-asan, relative to the repo root)
 # env:   CXX (default clang++, else g++), PEREGRINE_JOBS (default 2), PEREGRINE_MODEL_PATH
@@ -15,7 +19,7 @@ start=$SECONDS
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${1:-build-asan}
 case $build in /*) ;; *) build=$root/$build ;; esac
-filter=${PEREGRINE_SANITIZE_FILTER:-Gguf*}
+filter=${PEREGRINE_SANITIZE_FILTER:-Gguf*:Api*:StopMatcher*:BlockManager*:Scheduler*:Logprobs*:Metrics*}
 jobs=${PEREGRINE_JOBS:-2}
 
 fail() {
@@ -126,6 +130,17 @@ if [[ -f $model ]]; then
     fail "'peregrine info $model' failed"
   }
   real="real model ok"
+  # The server's hostile-input and fault tests against the sanitized binary: a sanitizer report
+  # aborts the server, which then fails the test on its exit code.
+  if [[ -x $root/.venv/bin/python ]]; then
+    PEREGRINE_BIN=$exe PEREGRINE_MODEL_PATH=$model timeout 900 "$root/.venv/bin/python" -m pytest -q \
+      -p no:cacheprovider "$root/tests/e2e/test_serve.py" \
+      -k "malformed or errors or disconnect or stream_equals or n_choices or logprobs" >"$tmp/serve.log" 2>&1 || {
+      tail -40 "$tmp/serve.log" >&2
+      fail "server tests under the sanitizers"
+    }
+    real="$real, server tests ($(grep -oE '[0-9]+ passed' "$tmp/serve.log"))"
+  fi
 fi
 
 echo "sanitizers: OK: $n_tests unit tests '$filter', $n_cli corrupted files via 'peregrine info', $real ($((SECONDS - start))s, $build)"

@@ -438,3 +438,32 @@ def test_refuses_to_bind_a_used_port(cli, model_path):
         sock.close()
     assert r.returncode != 0
     assert r.stderr.strip().splitlines()[-1].startswith("error: cannot bind")
+
+
+def test_gemma_window_layers_match_the_cli(peregrine_bin, ok):
+    """Gemma 3: window layers keep per-slot rings next to the paged global layers; a prompt past the
+    512-position window, n = 2 (ring copy on fork) and a short prompt, all at once, answer as
+    `peregrine run` does alone."""
+    import os
+    from pathlib import Path
+    gemma = Path(os.environ.get("PEREGRINE_GEMMA_PATH",
+                                Path.home() / ".cache/peregrine/models/gemma-3-270m-q4_k_m.gguf"))
+    if not gemma.is_file():
+        pytest.skip(f"{gemma} not present (run `peregrine pull gemma3-270m`)")
+    long_text = Path("/usr/share/common-licenses/GPL-3").read_text()[:3000]
+    prompts = ["Once upon a time", long_text + "\nIn short, this license", "The capital of Italy is"]
+    alone = [ok("run", "-m", gemma, "-t", "2", "--temp", "0", "-n", "12", "-p", p).stdout.rstrip("\n")
+             for p in prompts]
+    s = start_server(peregrine_bin, gemma, *threads_arg(), "--parallel", "6", "-c", "2048", "-b", "256")
+    try:
+        async def together():
+            ac = openai.AsyncOpenAI(base_url=s.base_url + "/v1", api_key="none", max_retries=0, timeout=300)
+            rs = await asyncio.gather(*[ac.completions.create(model="gemma3-270m", prompt=p, max_tokens=12,
+                                                              temperature=0, n=2) for p in prompts])
+            return [[c.text for c in sorted(r.choices, key=lambda c: c.index)] for r in rs]
+
+        got = asyncio.run(together())
+        for p, want, texts in zip(prompts, alone, got):
+            assert texts == [want, want], p[:40]
+    finally:
+        assert s.stop() == 0

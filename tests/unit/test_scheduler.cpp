@@ -9,6 +9,7 @@
 #include <map>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/scheduler.h"
@@ -312,6 +313,33 @@ TEST(Scheduler, ShutdownCancelsWhatIsLeft) {
   drain(s, c);
   EXPECT_TRUE(c.done);
   EXPECT_EQ(h.sched->submit(greedy({1}, 4)).code, Scheduler::Submitted::Code::ShuttingDown);
+}
+
+TEST(Scheduler, BackgroundThreadServesClientThreads) {
+  Harness h(4, 128, 32);
+  h.sched->start();
+  std::vector<std::thread> clients;
+  std::vector<std::vector<TokenId>> prompts(8), got(8);
+  std::vector<int> cancelled_done(8, 0);
+  for (int i = 0; i < 8; ++i) {
+    prompts[size_t(i)] = {TokenId(1 + i), 2, 3, TokenId(4 + i)};
+    clients.emplace_back([&, i] {
+      auto s = h.sched->submit(greedy(prompts[size_t(i)], 30)).stream;
+      if (i == 7) s->cancel();  // one client leaves at once
+      Collected c;
+      while (!c.done) {
+        std::vector<RequestStream::Event> ev;
+        c.done = s->wait(ev, std::chrono::milliseconds(50));
+        for (auto& e : ev)
+          if (!e.end) c.tokens[0].push_back(e.token);
+      }
+      got[size_t(i)] = c.tokens[0];
+    });
+  }
+  for (auto& t : clients) t.join();
+  h.sched->shutdown(std::chrono::milliseconds(1000));
+  for (int i = 0; i < 7; ++i) EXPECT_EQ(got[size_t(i)], reference(prompts[size_t(i)], 30)) << i;
+  EXPECT_EQ(h.sched->stats().blocks_used, 0);
 }
 
 TEST(Scheduler, RefusesCachesItCannotRun) {
