@@ -45,6 +45,7 @@ Result<std::unique_ptr<Session>> Session::open(const std::string& path, const Se
   KvShape shape = s->m_.model->kv_shape(n_ctx, 1, opt.kv_type, a, opt.n_batch);
   PG_TRY(shape.validate());
   PG_TRY(s->m_.model->check_kv(shape));
+  PG_TRY(check_kv_memory(shape));
   s->cache_ = std::make_unique<KvCache>(shape);
   s->n_batch_ = opt.n_batch;
   return s;

@@ -4,6 +4,8 @@
 #include <cstring>
 #include <limits>
 
+#include <unistd.h>
+
 #include <fmt/format.h>
 
 #include "quant/fp16.h"
@@ -101,6 +103,17 @@ std::string KvShape::describe() const {
     l += run;
   }
   return out;
+}
+
+Status check_kv_memory(const KvShape& shape) {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page <= 0) return Status::Ok();  // unknown: nothing to compare with
+  const double phys = double(pages) * double(page), need = double(shape.bytes());
+  if (need > 0.75 * phys)
+    return make_error("the KV cache would take {:.1f} GiB of this machine's {:.1f} GiB ({}); lower the "
+                      "context, the parallel sequences or the KV blocks",
+                      need / double(1 << 30), phys / double(1 << 30), shape.describe());
+  return Status::Ok();
 }
 
 KvCache::KvCache(const KvShape& shape) : shape_(shape) {

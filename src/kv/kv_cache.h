@@ -89,6 +89,10 @@ struct KvShape {
   int64_t bytes_per_token() const { return 2 * n_layer * kv_dim * int64_t(elem_bytes()); }
 };
 
+// Error when the cache would take more than 3/4 of the machine's physical memory (so an
+// oversized -c, --parallel or --kv-blocks is a one-line error, not an OOM kill).
+Status check_kv_memory(const KvShape& shape);
+
 // A run of visible positions whose rows lie `stride` elements apart.
 struct KvSpan {
   const void* k;

@@ -84,6 +84,7 @@ void register_serve(CLI::App& app) {
     kv.n_blocks = o->kv_blocks > 0 ? o->kv_blocks : o->parallel * kv.max_blocks_per_seq();
     check(kv.validate());
     check(m.model->check_kv(kv));
+    check(check_kv_memory(kv));
 
     SchedulerConfig cfg;
     cfg.n_slots = o->parallel;

@@ -467,3 +467,16 @@ def test_gemma_window_layers_match_the_cli(peregrine_bin, ok):
             assert texts == [want, want], p[:40]
     finally:
         assert s.stop() == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--parallel", "256", "-c", "65536"], "KV cache would take"),
+    (["--kv-block-size", "24"], "multiple of 16"),
+    (["--kv-blocks", "4", "-c", "1024"], "cannot hold one"),
+    (["--parallel", "0"], "parallel"),
+])
+def test_bad_server_flags_are_one_line_errors(cli, model_path, args, message):
+    r = cli("serve", "-m", model_path, "--port", "0", "-t", "1", *args, timeout=60)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], r.stderr
