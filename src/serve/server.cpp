@@ -1,5 +1,7 @@
 #include "serve/server.h"
 
+#include <sys/socket.h>
+
 #include <csignal>
 #include <chrono>
 #include <random>
@@ -101,6 +103,14 @@ Server::Server(const ServerOptions& opt, Scheduler& scheduler, const Tokenizer& 
   hit_rate_ = &metrics_.gauge("prefix_cache_hit_rate", "Prefix-cache hit tokens / looked-up tokens");
 
   httplib::Server& s = *http_;
+  // SO_REUSEADDR (a restart need not wait for TIME_WAIT) but not httplib's default SO_REUSEPORT,
+  // with which a second server on the same port would bind too and take half the connections.
+  // The listening socket is kept to raise httplib's accept backlog of 5 after binding.
+  s.set_socket_options([this](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    listen_fd_ = sock;
+  });
   s.new_task_queue = [n = opt.http_threads] { return new httplib::ThreadPool(size_t(n)); };
   s.set_payload_max_length(opt.max_body_bytes);
   s.set_read_timeout(30, 0);
@@ -392,6 +402,9 @@ Status Server::run(const std::function<void(int port)>& on_listening) {
   } else if (!http_->bind_to_port(opt_.host, port)) {
     return make_error("cannot bind {}:{} (in use, or not an address of this machine)", opt_.host, port);
   }
+  // A burst of clients (64 connecting at once) overflows a backlog of 5: connections are
+  // dropped and retried or reset. Calling listen() again on a listening socket resizes it.
+  if (listen_fd_ >= 0) ::listen(listen_fd_, SOMAXCONN);
   if (on_listening) on_listening(port);
   if (!http_->listen_after_bind() && !draining_) return make_error("the HTTP server stopped unexpectedly");
   return Status::Ok();

@@ -71,6 +71,7 @@ class Server {
   std::atomic<bool> draining_{false};
   std::atomic<int> active_{0};  // completion responses still being written
   int64_t created_ = 0;         // server start, for /v1/models
+  int listen_fd_ = -1;
 
   Metrics metrics_;
   Counter* requests_;

@@ -480,3 +480,8 @@ def test_bad_server_flags_are_one_line_errors(cli, model_path, args, message):
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], r.stderr
+
+
+def test_a_second_server_cannot_share_the_port(server, cli, model_path):
+    r = cli("serve", "-m", model_path, "--port", str(server.port), "-t", "1", timeout=60)
+    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("error: cannot bind")
