@@ -3,7 +3,7 @@
 
 llama.cpp's source comes from the PyPI sdist of llama-cpp-python (it vendors llama.cpp with its
 CMake build); `llama-bench` is built once, CPU only, -march=native, into a cache folder outside the
-repo. Each test (pp, tg) of each model is then its own process per engine, and the engines alternate
+repo (bench/llama_cpp_build.py, shared with bench/serve_load.py's llama-server). Each test (pp, tg) of each model is then its own process per engine, and the engines alternate
 (llama.cpp, peregrine, llama.cpp, ...) through every round so that drift on a shared machine hits
 both alike; the table has a row per model and test with mean ± sd over rounds and the ratio.
 When llama-bench's default configuration dies on a test (on Xeons with AMX its AMX matmul segfaults
@@ -25,121 +25,15 @@ import signal
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Pinned: llama-cpp-python 0.3.36 vendors ggml-org/llama.cpp@0c1e57098 (its CHANGELOG says so).
-LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+from llama_cpp_build import CACHE, LLAMA_CPP_PYTHON_VERSION, Failure, build_target, log
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("PEREGRINE_CACHE", Path.home() / ".cache" / "peregrine"))
 MODELS = Path(os.environ.get("PEREGRINE_MODELS", CACHE / "models"))
 DEFAULT_MODEL = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-# CPU only, tuned for this machine like a user's plain `cmake` build; nothing that needs the network.
-CMAKE_OPTIONS = [
-    "-DCMAKE_BUILD_TYPE=Release",
-    "-DGGML_NATIVE=ON",
-    "-DBUILD_SHARED_LIBS=OFF",  # one self-contained binary in the cache
-    "-DLLAMA_OPENSSL=OFF",  # HTTPS model download; LLAMA_CURL is deprecated and ignored in this version
-    "-DLLAMA_BUILD_TESTS=OFF",
-    "-DLLAMA_BUILD_EXAMPLES=OFF",
-    "-DLLAMA_BUILD_TOOLS=ON",  # tools/llama-bench lives here
-    "-DLLAMA_BUILD_SERVER=OFF",
-    "-DLLAMA_BUILD_APP=OFF",
-]
-
-
-class Failure(Exception):
-    """A one-line reason to stop; printed as `error: ...`."""
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def fetch_source() -> Path:
-    """Extract the sdist into CACHE/llama.cpp-src/llama_cpp_python-VERSION (once); return its root."""
-    src_root = CACHE / "llama.cpp-src"
-    dest = src_root / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}"
-    if (dest / "vendor" / "llama.cpp" / "CMakeLists.txt").is_file():
-        return dest
-    src_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=src_root, prefix=".fetch-") as tmp:
-        pip_log = src_root / "pip-download.log"
-        log(f"fetching llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION} sdist with pip (log: {pip_log})")
-        with open(pip_log, "w") as out:
-            rc = subprocess.call(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                 f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "-d", tmp],
-                stdout=out, stderr=subprocess.STDOUT)
-        archives = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-        if rc != 0 or not archives:
-            raise Failure(f"pip could not fetch the llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION} "
-                          f"source distribution (see {pip_log})")
-        unpack = Path(tmp) / "unpack"
-        with tarfile.open(archives[0]) as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(unpack, filter="data")
-            else:  # Python < 3.11.4: no filter; the archive comes from PyPI over HTTPS
-                tar.extractall(unpack)
-        top = unpack / dest.name
-        if not (top / "vendor" / "llama.cpp" / "CMakeLists.txt").is_file():
-            raise Failure(f"{archives[0].name} has no vendor/llama.cpp/CMakeLists.txt")
-        shutil.rmtree(dest, ignore_errors=True)
-        top.rename(dest)  # the archive itself goes with the temporary folder
-    return dest
-
-
-def vendored_commit(sdist: Path) -> str:
-    """The llama.cpp commit this release vendors, from the first 'llama.cpp@HASH' under its heading."""
-    try:
-        text = (sdist / "CHANGELOG.md").read_text(errors="replace")
-    except OSError:
-        return "unknown"
-    section = text.split(f"## [{LLAMA_CPP_PYTHON_VERSION}]", 1)
-    if len(section) < 2:
-        return "unknown"
-    body = section[1].split("\n## [", 1)[0]
-    marker = "llama.cpp@"
-    at = body.find(marker)
-    if at < 0:
-        return "unknown"
-    commit = body[at + len(marker):].split()[0].strip("`).,")
-    return commit if all(c in "0123456789abcdef" for c in commit) else "unknown"
-
-
-def build_llama_bench(sdist: Path, commit: str, jobs: int) -> Path:
-    """Configure and build only the llama-bench target (once); return the binary."""
-    build = CACHE / f"llama.cpp-build-{LLAMA_CPP_PYTHON_VERSION}"
-    binary = build / "bin" / "llama-bench"
-    stamp = build / ".peregrine-built"
-    if binary.is_file() and stamp.is_file():
-        return binary
-    if shutil.which("cmake") is None:
-        raise Failure("cmake not found (apt-get install cmake ninja-build g++)")
-    build.mkdir(parents=True, exist_ok=True)
-    build_log = build / "build.log"
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    configure = ["cmake", "-S", str(sdist / "vendor" / "llama.cpp"), "-B", str(build), *generator,
-                 *CMAKE_OPTIONS, f"-DLLAMA_BUILD_COMMIT={commit}", "-DLLAMA_BUILD_NUMBER=0"]
-    compile_ = ["cmake", "--build", str(build), "--target", "llama-bench", "-j", str(jobs)]
-    log(f"building llama-bench (llama.cpp@{commit}) in {build}, -j{jobs}; log: {build_log}")
-    start = time.monotonic()
-    with open(build_log, "w") as out:
-        for cmd in (configure, compile_):
-            out.write("$ " + shlex.join(cmd) + "\n")
-            out.flush()
-            if subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT) != 0:
-                raise Failure(f"llama.cpp build failed: {shlex.join(cmd[:2])} ... (see {build_log})")
-    if not binary.is_file():
-        raise Failure(f"llama.cpp build finished but {binary} is missing (see {build_log})")
-    stamp.write_text(f"llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}, llama.cpp@{commit}\n")
-    log(f"built llama-bench in {time.monotonic() - start:.0f} s")
-    return binary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,9 +307,7 @@ def main() -> int:
                 raise Failure(f"--{name} must be at least 1")
         if args.n_prompt < 0 or args.n_gen < 0 or args.n_prompt + args.n_gen == 0:
             raise Failure("-p and -n must be >= 0 and not both 0")
-        sdist = fetch_source()
-        commit = vendored_commit(sdist)
-        llama_bench = build_llama_bench(sdist, commit, args.jobs)
+        llama_bench, commit = build_target("llama-bench", args.jobs)
         if args.build_only:
             print(llama_bench)
             return 0

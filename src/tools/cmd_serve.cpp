@@ -26,7 +26,7 @@ void register_serve(CLI::App& app) {
     int port = 8080;
     int32_t parallel = 4;
     std::string api_key;
-    int64_t step_tokens = 512;
+    int64_t step_tokens = 128;
     int64_t kv_blocks = 0;
     int32_t block_size = 16;
     std::string kv_type = "f16";

@@ -1,0 +1,162 @@
+"""llama.cpp from the pinned llama-cpp-python sdist, built once per target into a cache folder.
+
+Shared by bench/compare.py (llama-bench) and bench/serve_load.py (llama-server): both targets come
+from the same source tree and the same CMake build folder, so they run the same ggml kernels.
+The source is the PyPI source distribution of llama-cpp-python, which vendors llama.cpp with its
+CMake build; it is fetched with pip and extracted once. The build is CPU only, -march=native,
+static, with nothing that reaches the network (no HTTPS model download, no prebuilt web UI).
+Only the standard library is used.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+# Pinned: llama-cpp-python 0.3.36 vendors ggml-org/llama.cpp@0c1e57098 (its CHANGELOG says so).
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+
+CACHE = Path(os.environ.get("PEREGRINE_CACHE", Path.home() / ".cache" / "peregrine"))
+BUILD_DIR = CACHE / f"llama.cpp-build-{LLAMA_CPP_PYTHON_VERSION}"
+
+# CPU only, tuned for this machine like a user's plain `cmake` build; nothing that needs the network.
+CMAKE_OPTIONS = [
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DGGML_NATIVE=ON",
+    "-DBUILD_SHARED_LIBS=OFF",  # self-contained binaries in the cache
+    "-DLLAMA_OPENSSL=OFF",  # HTTPS model download; LLAMA_CURL is deprecated and ignored in this version
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_TOOLS=ON",  # tools/llama-bench and tools/server live here
+    "-DLLAMA_BUILD_SERVER=ON",  # adds the llama-server target; only targets asked for are compiled
+    "-DLLAMA_BUILD_UI=OFF",  # the server's web UI would need npm ...
+    "-DLLAMA_USE_PREBUILT_UI=OFF",  # ... or a download from a Hugging Face bucket: embed no UI
+    "-DLLAMA_BUILD_APP=OFF",
+]
+
+
+class Failure(Exception):
+    """A one-line reason to stop; printed as `error: ...`."""
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def fetch_source() -> Path:
+    """Extract the sdist into CACHE/llama.cpp-src/llama_cpp_python-VERSION (once); return its root."""
+    src_root = CACHE / "llama.cpp-src"
+    dest = src_root / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}"
+    if (dest / "vendor" / "llama.cpp" / "CMakeLists.txt").is_file():
+        return dest
+    src_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=src_root, prefix=".fetch-") as tmp:
+        pip_log = src_root / "pip-download.log"
+        log(f"fetching llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION} sdist with pip (log: {pip_log})")
+        with open(pip_log, "w") as out:
+            rc = subprocess.call(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                 f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "-d", tmp],
+                stdout=out, stderr=subprocess.STDOUT)
+        archives = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        if rc != 0 or not archives:
+            raise Failure(f"pip could not fetch the llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION} "
+                          f"source distribution (see {pip_log})")
+        unpack = Path(tmp) / "unpack"
+        with tarfile.open(archives[0]) as tar:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(unpack, filter="data")
+            else:  # Python < 3.11.4: no filter; the archive comes from PyPI over HTTPS
+                tar.extractall(unpack)
+        top = unpack / dest.name
+        if not (top / "vendor" / "llama.cpp" / "CMakeLists.txt").is_file():
+            raise Failure(f"{archives[0].name} has no vendor/llama.cpp/CMakeLists.txt")
+        shutil.rmtree(dest, ignore_errors=True)
+        top.rename(dest)  # the archive itself goes with the temporary folder
+    return dest
+
+
+def vendored_commit(sdist: Path) -> str:
+    """The llama.cpp commit this release vendors, from the first 'llama.cpp@HASH' under its heading."""
+    try:
+        text = (sdist / "CHANGELOG.md").read_text(errors="replace")
+    except OSError:
+        return "unknown"
+    section = text.split(f"## [{LLAMA_CPP_PYTHON_VERSION}]", 1)
+    if len(section) < 2:
+        return "unknown"
+    body = section[1].split("\n## [", 1)[0]
+    marker = "llama.cpp@"
+    at = body.find(marker)
+    if at < 0:
+        return "unknown"
+    commit = body[at + len(marker):].split()[0].strip("`).,")
+    return commit if all(c in "0123456789abcdef" for c in commit) else "unknown"
+
+
+def _stamp(target: str) -> Path:
+    return BUILD_DIR / f".peregrine-built-{target}"
+
+
+def build_target(target: str, jobs: int) -> tuple[Path, str]:
+    """Fetch the source if needed, configure and build only TARGET (once); return (binary, commit).
+
+    TARGET is a CMake target that is also the binary's name: "llama-bench", "llama-server".
+    A stamp per target marks a finished build, so an interrupted build is resumed, not trusted.
+    Configuring again with today's options is harmless for a target built earlier: ninja keeps
+    whatever objects' commands did not change.
+    """
+    sdist = fetch_source()
+    commit = vendored_commit(sdist)
+    binary = BUILD_DIR / "bin" / target
+    stamp = _stamp(target)
+    legacy = BUILD_DIR / ".peregrine-built"  # compare.py's stamp before the server target existed
+    if binary.is_file() and (stamp.is_file() or (target == "llama-bench" and legacy.is_file())):
+        return binary, commit
+    if shutil.which("cmake") is None:
+        raise Failure("cmake not found (apt-get install cmake ninja-build g++)")
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    build_log = BUILD_DIR / f"build-{target}.log"
+    generator = []
+    if not (BUILD_DIR / "CMakeCache.txt").is_file() and shutil.which("ninja"):
+        generator = ["-G", "Ninja"]  # an existing folder keeps the generator it was made with
+    configure = ["cmake", "-S", str(sdist / "vendor" / "llama.cpp"), "-B", str(BUILD_DIR), *generator,
+                 *CMAKE_OPTIONS, f"-DLLAMA_BUILD_COMMIT={commit}", "-DLLAMA_BUILD_NUMBER=0"]
+    compile_ = ["cmake", "--build", str(BUILD_DIR), "--target", target, "-j", str(jobs)]
+    log(f"building {target} (llama.cpp@{commit}) in {BUILD_DIR}, -j{jobs}; log: {build_log}")
+    start = time.monotonic()
+    with open(build_log, "w") as out:
+        for cmd in (configure, compile_):
+            out.write("$ " + shlex.join(cmd) + "\n")
+            out.flush()
+            if subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT) != 0:
+                raise Failure(f"llama.cpp build failed: {shlex.join(cmd[:3])} ... (see {build_log})")
+    if not binary.is_file():
+        raise Failure(f"llama.cpp build finished but {binary} is missing (see {build_log})")
+    seconds = time.monotonic() - start
+    stamp.write_text(f"llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}, llama.cpp@{commit}, "
+                     f"built in {seconds:.0f} s with -j{jobs}\n")
+    log(f"built {target} in {seconds:.0f} s")
+    return binary, commit
+
+
+if __name__ == "__main__":  # python3 bench/llama_cpp_build.py [TARGET ...] [-j N]: build and print paths
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Build llama.cpp targets from the pinned sdist.")
+    ap.add_argument("targets", nargs="*", default=["llama-bench", "llama-server"])
+    ap.add_argument("-j", "--jobs", type=int, default=2)
+    args = ap.parse_args()
+    try:
+        for t in args.targets:
+            print(build_target(t, args.jobs)[0])
+    except Failure as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
