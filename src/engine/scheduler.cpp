@@ -138,18 +138,21 @@ void Scheduler::intake() {
   }
 }
 
-void Scheduler::remove_seq(Seq& s) {
+// Frees s's blocks and slot and takes it out of running_ or preempted_.
+std::unique_ptr<Scheduler::Seq> Scheduler::detach(Seq& s) {
   bm_.free_sequence(s.id);
   if (s.slot >= 0) free_slots_.push_back(s.slot);
   s.slot = -1;
-  Seq* p = &s;
-  auto it = std::find_if(running_.begin(), running_.end(), [p](auto& u) { return u.get() == p; });
-  if (it != running_.end()) {
+  auto is_s = [p = &s](const std::unique_ptr<Seq>& u) { return u.get() == p; };
+  std::unique_ptr<Seq> owned;
+  if (auto it = std::find_if(running_.begin(), running_.end(), is_s); it != running_.end()) {
+    owned = std::move(*it);
     running_.erase(it);
-    return;
+  } else if (auto jt = std::find_if(preempted_.begin(), preempted_.end(), is_s); jt != preempted_.end()) {
+    owned = std::move(*jt);
+    preempted_.erase(jt);
   }
-  auto jt = std::find_if(preempted_.begin(), preempted_.end(), [p](auto& u) { return u.get() == p; });
-  if (jt != preempted_.end()) preempted_.erase(jt);
+  return owned;
 }
 
 void Scheduler::finish(Seq& s, FinishReason reason, std::string tail, std::string error) {
@@ -163,7 +166,7 @@ void Scheduler::finish(Seq& s, FinishReason reason, std::string tail, std::strin
   // A choice 0 that ends before its prompt is done takes its followers with it.
   std::vector<Seq*> followers = std::move(s.followers);
   req->stream->push(std::move(e));
-  remove_seq(s);
+  detach(s);
   if (--req->open_choices == 0) {
     std::lock_guard lock(mu_);
     --n_requests_;
@@ -249,17 +252,11 @@ void Scheduler::admit() {
 
 void Scheduler::preempt(Seq& s) {
   PG_ASSERT(!s.awaiting_fork);
-  bm_.free_sequence(s.id);
-  free_slots_.push_back(s.slot);
-  s.slot = -1;
-  s.n_computed = 0;
-  s.cached = 0;
+  std::unique_ptr<Seq> owned = detach(s);
+  PG_ASSERT(owned != nullptr);
+  owned->n_computed = 0;
+  owned->cached = 0;
   ++counters_.preemptions;
-  Seq* p = &s;
-  auto it = std::find_if(running_.begin(), running_.end(), [p](auto& u) { return u.get() == p; });
-  PG_ASSERT(it != running_.end());
-  std::unique_ptr<Seq> owned = std::move(*it);
-  running_.erase(it);
   auto at = std::find_if(preempted_.begin(), preempted_.end(), [&](auto& q) { return q->order > owned->order; });
   preempted_.insert(at, std::move(owned));
 }

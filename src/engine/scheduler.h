@@ -168,7 +168,7 @@ class Scheduler {
   void on_logits(Seq& s, const float* row);
   void sample_and_emit(Seq& s, const float* row);
   void finish(Seq& s, FinishReason reason, std::string tail, std::string error = {});
-  void remove_seq(Seq& s);
+  std::unique_ptr<Seq> detach(Seq& s);
   void fail_batch(const std::string& message);
   void publish_stats();
 
