@@ -125,7 +125,9 @@ KvCache::KvCache(const KvShape& shape) : shape_(shape) {
     plane_.push_back(size_t(layer_rows(shape, l) * shape.kv_dim) * shape.elem_bytes());
     off += 2 * plane_.back();
   }
-  data_.assign(off, 0);
+  bytes_ = off;
+  data_.reset(static_cast<uint8_t*>(std::calloc(std::max<size_t>(off, 1), 1)));
+  PG_ASSERT(data_ != nullptr);  // check_kv_memory() keeps requests within the machine
   tables_.assign(size_t(shape.n_seq * shape.max_blocks_per_seq()), -1);
 }
 
@@ -176,7 +178,7 @@ void KvCache::copy_block(int32_t src, int32_t dst) {
   for (int64_t l = 0; l < shape_.n_layer; ++l) {
     if (!paged_layer(l)) continue;
     for (int kv = 0; kv < 2; ++kv) {
-      uint8_t* base = data_.data() + layer_base_[size_t(l)] + size_t(kv) * plane_[size_t(l)];
+      uint8_t* base = data_.get() + layer_base_[size_t(l)] + size_t(kv) * plane_[size_t(l)];
       std::memcpy(base + size_t(dst) * block_bytes, base + size_t(src) * block_bytes, block_bytes);
     }
   }
@@ -188,7 +190,7 @@ void KvCache::copy_rings(int64_t src_seq, int64_t dst_seq) {
     if (paged_layer(l) || src_seq == dst_seq) continue;
     const size_t seq_bytes = size_t(slots_[size_t(l)] * shape_.kv_dim) * shape_.elem_bytes();
     for (int kv = 0; kv < 2; ++kv) {
-      uint8_t* base = data_.data() + layer_base_[size_t(l)] + size_t(kv) * plane_[size_t(l)];
+      uint8_t* base = data_.get() + layer_base_[size_t(l)] + size_t(kv) * plane_[size_t(l)];
       std::memcpy(base + size_t(dst_seq) * seq_bytes, base + size_t(src_seq) * seq_bytes, seq_bytes);
     }
   }
@@ -199,8 +201,8 @@ int KvCache::max_spans() const {
 }
 
 void KvCache::store(int64_t layer, int64_t seq, int64_t pos, const float* k, const float* v) {
-  uint8_t* kd = data_.data() + offset(layer, seq, pos, 0);
-  uint8_t* vd = data_.data() + offset(layer, seq, pos, 1);
+  uint8_t* kd = data_.get() + offset(layer, seq, pos, 0);
+  uint8_t* vd = data_.get() + offset(layer, seq, pos, 1);
   if (shape_.type == KvType::F32) {
     std::memcpy(kd, k, size_t(shape_.kv_dim) * 4);
     std::memcpy(vd, v, size_t(shape_.kv_dim) * 4);

@@ -26,6 +26,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -107,7 +109,7 @@ class KvCache {
 
   const KvShape& shape() const { return shape_; }
   KvType type() const { return shape_.type; }
-  size_t bytes() const { return data_.size(); }
+  size_t bytes() const { return bytes_; }
 
   // Writes one position's K and V rows (kv_dim floats each), converting to the cache type.
   void store(int64_t layer, int64_t seq, int64_t pos, const float* k, const float* v);
@@ -132,8 +134,8 @@ class KvCache {
   void copy_rings(int64_t src_seq, int64_t dst_seq);
 
   // Raw rows of a position the layer still holds (f32 or f16 as the type says).
-  const void* k(int64_t layer, int64_t seq, int64_t pos) const { return data_.data() + offset(layer, seq, pos, 0); }
-  const void* v(int64_t layer, int64_t seq, int64_t pos) const { return data_.data() + offset(layer, seq, pos, 1); }
+  const void* k(int64_t layer, int64_t seq, int64_t pos) const { return data_.get() + offset(layer, seq, pos, 0); }
+  const void* v(int64_t layer, int64_t seq, int64_t pos) const { return data_.get() + offset(layer, seq, pos, 1); }
   // One value as float (tests and debugging).
   float k_at(int64_t layer, int64_t seq, int64_t pos, int64_t i) const;
   float v_at(int64_t layer, int64_t seq, int64_t pos, int64_t i) const;
@@ -147,7 +149,12 @@ class KvCache {
   std::vector<size_t> layer_base_;   // byte offset of each layer's K block (V follows)
   std::vector<size_t> plane_;        // bytes of one layer's K (= its V)
   std::vector<int32_t> tables_;      // paged: [n_seq][max_blocks_per_seq], -1 = none
-  std::vector<uint8_t> data_;
+  // calloc: large blocks come as untouched zero pages, so a pool costs memory as it fills.
+  struct Free {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  std::unique_ptr<uint8_t[], Free> data_;
+  size_t bytes_ = 0;
 };
 
 }  // namespace peregrine

@@ -353,6 +353,7 @@ def test_memory_stays_flat(server, aclient_factory):
     rss0 = server.rss_kib()
     asyncio.run(burst(1500))
     rss1 = server.rss_kib()
+    print(f"RSS {rss0} KiB -> {rss1} KiB over 1500 requests")
     assert rss1 - rss0 < 24 * 1024, f"RSS grew {rss1 - rss0} KiB over 1500 requests"
 
 
