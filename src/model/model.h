@@ -52,6 +52,19 @@ struct Hparams {
   float rms_eps = 1e-5f;
 };
 
+// Activation buffers of a decoder's forward pass, grown to the largest batch seen (so a decode
+// step allocates nothing). The architectures add their own (RoPE tables) beside them.
+struct DecoderActivations {
+  int64_t cap = 0;
+  std::vector<float> x;     // [T, n_embd] the residual stream
+  std::vector<float> xn;    // [T, max(n_embd, q_dim)] a projection's output
+  std::vector<float> q;     // [T, n_head * head_dim]
+  std::vector<float> k, v;  // [T, n_head_kv * head_dim]
+  std::vector<float> att;   // [T, n_head * head_dim]
+  std::vector<float> gate;  // [T, n_ff]
+  void reserve(int64_t T, const Hparams& hp);
+};
+
 class Model {
  public:
   virtual ~Model() = default;

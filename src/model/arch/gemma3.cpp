@@ -81,7 +81,7 @@ class Gemma3 final : public Model {
   Status forward(const Batch& batch, KvCache& cache, std::vector<float>& logits) override {
     PG_TRY(check_batch(batch, cache));
     const int64_t T = batch.size(), E = hp_.n_embd, hd = hp_.head_dim;
-    ws_.resize(T, hp_);
+    ws_.reserve(T, hp_);
     float *x = ws_.x.data(), *xn = ws_.xn.data(), *q = ws_.q.data(), *k = ws_.k.data(),
           *v = ws_.v.data(), *att = ws_.att.data(), *gate = ws_.gate.data();
     const AttentionShape as = attention_shape();
@@ -90,12 +90,12 @@ class Gemma3 final : public Model {
     const float embed_scale = std::sqrt(float(E));
     for (int64_t i = 0; i < T * E; ++i) x[i] *= embed_scale;
     // RoPE angles for both layer kinds: [T, hd/2, 2] each.
-    rope_angles(batch.pos.data(), T, hd, rope_base_local_, ws_.rope_local);
-    rope_angles(batch.pos.data(), T, hd, hp_.rope_base, ws_.rope_global, rope_scale_global_);
+    rope_angles(batch.pos.data(), T, hd, rope_base_local_, rope_local_);
+    rope_angles(batch.pos.data(), T, hd, hp_.rope_base, rope_global_, rope_scale_global_);
 
     for (int64_t il = 0; il < hp_.n_layer; ++il) {
       const LayerWeights& L = layers_[size_t(il)];
-      const float* cs = global_[size_t(il)] ? ws_.rope_global.data() : ws_.rope_local.data();
+      const float* cs = global_[size_t(il)] ? rope_global_.data() : rope_local_.data();
       // q [T, n_head * hd], k and v [T, n_head_kv * hd] from RMSNorm(x)
       const MatIn attn_in(x, L.attn_norm.f32(), hp_.rms_eps);
       matmul_many({{&L.wq, q}, {&L.wk, k}, {&L.wv, v}}, attn_in, T, pool_, ops_);
@@ -175,23 +175,6 @@ class Gemma3 final : public Model {
     return t;
   }
 
-  struct Workspace {
-    int64_t cap = 0;
-    std::vector<float> x, xn, q, k, v, att, gate, rope_local, rope_global;
-    void resize(int64_t T, const Hparams& hp) {
-      if (T <= cap) return;
-      cap = T;
-      const int64_t q_dim = hp.n_head * hp.head_dim, kv_dim = hp.n_head_kv * hp.head_dim;
-      x.resize(size_t(T * hp.n_embd));
-      xn.resize(size_t(T * std::max(hp.n_embd, q_dim)));
-      q.resize(size_t(T * q_dim));
-      k.resize(size_t(T * kv_dim));
-      v.resize(size_t(T * kv_dim));
-      att.resize(size_t(T * q_dim));
-      gate.resize(size_t(T * hp.n_ff));
-    }
-  };
-
   ThreadPool& pool_;
   Weight tok_embd_, output_norm_, output_;
   std::vector<LayerWeights> layers_;
@@ -199,7 +182,9 @@ class Gemma3 final : public Model {
   int64_t window_ = 0;
   float rope_base_local_ = 10000.0f;
   float rope_scale_global_ = 1.0f;
-  Workspace ws_;
+  DecoderActivations ws_;
+  std::vector<float> rope_local_;  // [T, rope_dim/2, 2] cos/sin per position
+  std::vector<float> rope_global_;  // [T, rope_dim/2, 2] cos/sin per position
   OpScratch ops_;
   size_t weight_bytes_ = 0;
 };

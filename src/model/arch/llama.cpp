@@ -47,14 +47,14 @@ class Llama final : public Model {
   Status forward(const Batch& batch, KvCache& cache, std::vector<float>& logits) override {
     PG_TRY(check_batch(batch, cache));
     const int64_t T = batch.size(), E = hp_.n_embd, hd = hp_.head_dim;
-    ws_.resize(T, hp_);
+    ws_.reserve(T, hp_);
     float *x = ws_.x.data(), *xn = ws_.xn.data(), *q = ws_.q.data(), *k = ws_.k.data(),
           *v = ws_.v.data(), *att = ws_.att.data(), *gate = ws_.gate.data();
     const AttentionShape as = attention_shape();
 
     embed_rows(tok_embd_, batch.tokens.data(), T, x);  // x [T, E]
-    rope_angles(batch.pos.data(), T, hp_.rope_dim, hp_.rope_base, ws_.rope);  // [T, rope_dim/2, 2]
-    const float* rope_cs = ws_.rope.data();
+    rope_angles(batch.pos.data(), T, hp_.rope_dim, hp_.rope_base, rope_);  // [T, rope_dim/2, 2]
+    const float* rope_cs = rope_.data();
     for (int64_t il = 0; il < hp_.n_layer; ++il) {
       const LayerWeights& L = layers_[size_t(il)];
       // q [T, n_head * hd], k and v [T, n_head_kv * hd] from RMSNorm(x)
@@ -106,29 +106,11 @@ class Llama final : public Model {
     return t;
   }
 
-  // Activation buffers for the largest batch seen so far.
-  struct Workspace {
-    int64_t cap = 0;
-    std::vector<float> x, xn, q, k, v, att, gate, rope;
-    void resize(int64_t T, const Hparams& hp) {
-      if (T <= cap) return;
-      cap = T;
-      const int64_t q_dim = hp.n_head * hp.head_dim, kv_dim = hp.n_head_kv * hp.head_dim;
-      const int64_t wide = std::max({hp.n_embd, q_dim});
-      x.resize(size_t(T * hp.n_embd));
-      xn.resize(size_t(T * wide));
-      q.resize(size_t(T * q_dim));
-      k.resize(size_t(T * kv_dim));
-      v.resize(size_t(T * kv_dim));
-      att.resize(size_t(T * q_dim));
-      gate.resize(size_t(T * hp.n_ff));
-    }
-  };
-
   ThreadPool& pool_;
   Weight tok_embd_, output_norm_, output_;
   std::vector<LayerWeights> layers_;
-  Workspace ws_;
+  DecoderActivations ws_;
+  std::vector<float> rope_;  // [T, rope_dim/2, 2] cos/sin per position
   OpScratch ops_;
   size_t weight_bytes_ = 0;
 };
