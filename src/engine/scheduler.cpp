@@ -55,6 +55,7 @@ struct Scheduler::Seq {
   int64_t n_generated = 0;
   int64_t cached = 0;                // prompt tokens taken from the prefix cache
   bool awaiting_fork = false;        // choice > 0 of n > 1, until choice 0's prompt is done
+  Seq* leader = nullptr;             // while awaiting_fork: the choice 0 it waits for
   bool in_step = false;              // has tokens in the batch being built
   std::vector<Seq*> followers;       // choice 0: the choices waiting for its prompt
   Sampler sampler;
@@ -163,8 +164,10 @@ void Scheduler::finish(Seq& s, FinishReason reason, std::string tail, std::strin
   e.text = std::move(tail);
   e.error = std::move(error);
   std::shared_ptr<Request> req = s.req;  // s is destroyed below
-  // A choice 0 that ends before its prompt is done takes its followers with it.
+  // A choice 0 that ends before its prompt is done takes its followers with it; a follower
+  // that ends first (its request cancelled) leaves its leader's list.
   std::vector<Seq*> followers = std::move(s.followers);
+  if (s.awaiting_fork && s.leader != nullptr) std::erase(s.leader->followers, &s);
   req->stream->push(std::move(e));
   detach(s);
   if (--req->open_choices == 0) {
@@ -243,6 +246,7 @@ void Scheduler::admit() {
         leader = s.get();
       } else {
         s->awaiting_fork = true;
+        s->leader = leader;
         leader->followers.push_back(s.get());
       }
       running_.push_back(std::move(s));
@@ -378,6 +382,7 @@ void Scheduler::on_logits(Seq& s, const float* row) {
     f->n_computed = s.n_computed;
     f->cached = s.cached;
     f->awaiting_fork = false;
+    f->leader = nullptr;
   }
   sample_and_emit(s, row);
   for (Seq* f : followers) sample_and_emit(*f, row);

@@ -286,6 +286,29 @@ TEST(Scheduler, CancelFreesBlocksAtTheNextStep) {
   EXPECT_EQ(c.finish[0], FinishReason::Cancelled);
 }
 
+TEST(Scheduler, CancelWhileTheFirstChoiceIsPreemptedBeforeItsPrompt) {
+  // A (older) fills the pool while B's first choice is still reading its prompt: B's choice 0
+  // is preempted with choice 1 still waiting for it; then B is cancelled.
+  Harness h(3, 128, 8, 16);
+  std::mt19937 rng(6);
+  const auto pa = random_tokens(rng, 60), pb = random_tokens(rng, 100);
+  auto a = h.sched->submit(greedy(pa, 60)).stream;
+  auto b = h.sched->submit(greedy(pb, 5, 2)).stream;
+  for (int i = 0; i < 1000 && h.sched->stats().preemptions == 0; ++i) h.sched->step();
+  ASSERT_GT(h.sched->stats().preemptions, 0);
+  b->cancel();
+  run_all(*h.sched);
+  Collected ca, cb;
+  drain(a, ca);
+  drain(b, cb);
+  EXPECT_EQ(ca.tokens[0], reference(pa, 60));
+  EXPECT_TRUE(cb.done);
+  EXPECT_EQ(cb.finish[0], FinishReason::Cancelled);
+  EXPECT_EQ(cb.finish[1], FinishReason::Cancelled);
+  EXPECT_EQ(h.sched->stats().blocks_used, 0);
+  EXPECT_EQ(h.sched->stats().running, 0);
+}
+
 TEST(Scheduler, RejectsBadRequestsAndBoundsTheQueue) {
   Harness h(2, 32, 8, 64, 2);
   using Code = Scheduler::Submitted::Code;
