@@ -80,23 +80,35 @@ int32_t Sampler::sample(const float* logits, int64_t n_vocab) {
   if (opt_.temperature <= 0.0f)
     return std::min_element(cand_.begin(), cand_.end(), better)->id;
 
+  // Only as much of the vocabulary is put in order as the cuts look at: a full sort of ~50k
+  // candidates per token would cost more than a batched decode step of the model.
+  float mx = -INFINITY;
+  for (const Candidate& c : cand_) mx = std::max(mx, c.logit);
   size_t n = cand_.size();
+  bool sorted = false;  // cand_[0, n) most likely first
   if (opt_.top_k > 0 && size_t(opt_.top_k) < n) {
     std::partial_sort(cand_.begin(), cand_.begin() + opt_.top_k, cand_.end(), better);
     n = size_t(opt_.top_k);
-  } else {
-    std::sort(cand_.begin(), cand_.end(), better);
+    sorted = true;
   }
   // Probabilities at temperature 1 decide the top-p and min-p cuts; temperature
   // then reshapes what is left (the order llama.cpp's default chain uses too).
-  probs_.resize(n);
-  const float mx = cand_[0].logit;
-  double sum = 0.0;
-  for (size_t i = 0; i < n; ++i) sum += (probs_[i] = std::exp(cand_[i].logit - mx));
+  double mass = 0.0;  // of the candidates left
+  for (size_t i = 0; i < n; ++i) mass += std::exp(double(cand_[i].logit - mx));
   if (opt_.top_p < 1.0f) {
+    if (!sorted) {
+      // Sort a head of the candidates, growing it until it holds top_p of the mass.
+      for (size_t head = std::min<size_t>(n, 64);; head = std::min(n, head * 8)) {
+        std::partial_sort(cand_.begin(), cand_.begin() + std::ptrdiff_t(head), cand_.begin() + std::ptrdiff_t(n), better);
+        double acc = 0.0;
+        for (size_t i = 0; i < head; ++i) acc += std::exp(double(cand_[i].logit - mx));
+        if (acc >= double(opt_.top_p) * mass || head == n) break;
+      }
+      sorted = true;
+    }
     double acc = 0.0;
     for (size_t i = 0; i < n; ++i) {
-      acc += probs_[i] / sum;
+      acc += std::exp(double(cand_[i].logit - mx)) / mass;
       if (acc >= opt_.top_p) {
         n = i + 1;
         break;
@@ -104,12 +116,20 @@ int32_t Sampler::sample(const float* logits, int64_t n_vocab) {
     }
   }
   if (opt_.min_p > 0.0f) {
-    // probs_[0] is the max; keep tokens with p >= min_p * p_max.
-    size_t keep = 1;
-    while (keep < n && probs_[keep] >= opt_.min_p * probs_[0]) ++keep;
-    n = keep;
+    // Keep tokens with p >= min_p * p_max, i.e. logit >= max + log(min_p).
+    const float floor = mx + std::log(opt_.min_p);
+    if (sorted) {
+      size_t keep = 1;
+      while (keep < n && cand_[keep].logit >= floor) ++keep;
+      n = keep;
+    } else {
+      n = size_t(std::partition(cand_.begin(), cand_.begin() + std::ptrdiff_t(n),
+                                [floor](const Candidate& c) { return c.logit >= floor; }) -
+                 cand_.begin());
+    }
   }
-  sum = 0.0;
+  probs_.resize(n);
+  double sum = 0.0;
   for (size_t i = 0; i < n; ++i)
     sum += (probs_[i] = std::exp((cand_[i].logit - mx) / opt_.temperature));
   // Draw with our own uniform mapping: std distributions differ across libraries.

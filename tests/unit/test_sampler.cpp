@@ -1,7 +1,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <algorithm>
 #include <map>
+#include <random>
+#include <set>
 #include <vector>
 
 #include "sample/sampler.h"
@@ -77,6 +80,56 @@ TEST(Sampler, TopKTopPMinPTruncate) {
   m.top_k = 0; m.top_p = 1.0f; m.min_p = 0.3f;  // p1/p0 = e^-1 ~ 0.37 kept, e^-5 dropped
   auto n = draws(m);
   EXPECT_EQ(n.size(), 2u);
+}
+
+// Top-p and min-p over a large vocabulary without top-k (how the server samples): the sampler
+// sorts only a growing head of it, so compare the tokens it can return with the nucleus and
+// the min-p set computed from a full sort.
+TEST(Sampler, NucleusOfALargeVocabularyMatchesAFullSort) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> gauss(0.0f, 2.0f);
+  const int64_t V = 20000;
+  std::vector<float> l(static_cast<size_t>(V));
+  for (float& x : l) x = gauss(rng);
+  std::vector<int> order(static_cast<size_t>(V));
+  for (int i = 0; i < V; ++i) order[size_t(i)] = i;
+  std::sort(order.begin(), order.end(), [&](int a, int b) { return l[size_t(a)] > l[size_t(b)] || (l[size_t(a)] == l[size_t(b)] && a < b); });
+  const double mx = l[size_t(order[0])];
+  double total = 0.0;
+  for (float x : l) total += std::exp(double(x) - mx);
+  for (float top_p : {0.05f, 0.5f, 0.95f}) {  // nuclei from a few tokens to thousands (> 512)
+    std::set<int> nucleus;
+    double acc = 0.0;
+    for (int id : order) {
+      nucleus.insert(id);
+      acc += std::exp(double(l[size_t(id)]) - mx) / total;
+      if (acc >= top_p) break;
+    }
+    SamplerOptions o;
+    o.temperature = 1.0f;
+    o.top_k = 0;
+    o.min_p = 0.0f;
+    o.top_p = top_p;
+    Sampler s(o);
+    std::set<int> seen;
+    for (int i = 0; i < 500; ++i) {
+      const int t = s.sample(l.data(), V);
+      ASSERT_TRUE(nucleus.count(t)) << "token " << t << " outside the top-p " << top_p << " nucleus";
+      seen.insert(t);
+    }
+    if (nucleus.size() <= 20) EXPECT_EQ(seen.size(), nucleus.size()) << top_p;
+    else EXPECT_GT(seen.size(), std::min<size_t>(nucleus.size() / 4, 100)) << top_p;
+  }
+  SamplerOptions m;
+  m.temperature = 1.0f;
+  m.top_k = 0;
+  m.top_p = 1.0f;
+  m.min_p = 0.05f;
+  Sampler s(m);
+  for (int i = 0; i < 500; ++i) {
+    const int t = s.sample(l.data(), V);
+    ASSERT_GE(std::exp(double(l[size_t(t)]) - mx), 0.05 * (1 - 1e-6)) << t;
+  }
 }
 
 TEST(Sampler, RepeatPenaltyDemotesRecentTokens) {
