@@ -216,12 +216,15 @@ class Request:
         return self.completion_tokens if self.completion_tokens is not None else self.chunks
 
 
+TEMPERATURE = 0.0  # --temperature; each server samples with its own defaults for the other fields
+
+
 async def one_request(client, model: str, prompt: str, max_tokens: int) -> Request:
     r = Request()
     t0 = last = time.perf_counter()
     try:
         stream = await client.completions.create(
-            model=model, prompt=prompt, max_tokens=max_tokens, temperature=0, stream=True,
+            model=model, prompt=prompt, max_tokens=max_tokens, temperature=TEMPERATURE, stream=True,
             stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
         async for chunk in stream:
             now = time.perf_counter()
@@ -508,7 +511,7 @@ def summarize(plan: Plan, rounds: list[Round]) -> tuple[str, dict]:
     lines += [
         f"Rounds: {a.rounds}, servers alternating, a fresh server process each. Each round: one warm-up "
         f"request, then {a.clients} concurrent streaming POST /v1/completions (openai {openai.__version__} "
-        f"AsyncOpenAI), temperature 0, max_tokens {a.max_tokens}, ignore_eos. agg tok/s = generated tokens of "
+        f"AsyncOpenAI), temperature {TEMPERATURE:g}, max_tokens {a.max_tokens}, ignore_eos. agg tok/s = generated tokens of "
         "the batch / its wall time (mean ± sd over rounds); TTFT = send to first content chunk; ITL = gap "
         "between successive content chunks; percentiles pooled over all requests of all rounds. "
         f"Prompts: {a.clients} distinct passages of {plan.args.text.name} "
@@ -559,6 +562,8 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=16, help="parallel slots of each server (default: 16)")
     ap.add_argument("-c", "--ctx", type=int, default=0,
                     help="context per sequence (default: prompt + max tokens with margin, a multiple of 256)")
+    ap.add_argument("--temperature", type=float, default=0.0,
+                    help="sampling temperature of every request (default: 0, greedy)")
     ap.add_argument("--rounds", type=int, default=1, help="rounds, the servers alternating (default: 1)")
     ap.add_argument("--peregrine", type=Path, help="peregrine binary (default: $PEREGRINE_BIN or build/bin/peregrine)")
     ap.add_argument("--llama-server", default="auto",
@@ -571,6 +576,8 @@ def main() -> int:
     ap.add_argument("--json", nargs="?", const="-", metavar="PATH",
                     help="write the results as JSON to PATH; without PATH print JSON instead of the table")
     args = ap.parse_args()
+    global TEMPERATURE
+    TEMPERATURE = args.temperature
 
     try:
         for name in ("clients", "prompt_tokens", "max_tokens", "threads", "parallel", "rounds", "jobs"):
