@@ -312,6 +312,19 @@ def test_prefix_cache_hits_and_identical_answers(server, client):
     # test_no_prefix_cache_same_answers below).
 
 
+def test_multi_turn_history_comes_from_the_cache(client):
+    """The second turn's prompt repeats the first turn and the generated answer: the blocks written
+    while generating that answer serve it (the template re-renders the reply to the same tokens)."""
+    msgs = [{"role": "user", "content": "Tell me a short story about a fox and a crow, in about eighty words."}]
+    r1 = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=100, temperature=0)
+    msgs += [{"role": "assistant", "content": r1.choices[0].message.content},
+             {"role": "user", "content": "Now give it a title."}]
+    r2 = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=12, temperature=0)
+    covered = r1.usage.prompt_tokens + r1.usage.completion_tokens
+    assert r2.usage.prompt_tokens > covered
+    assert r2.usage.prompt_tokens_details.cached_tokens >= covered - 2 * 16, (r1.usage, r2.usage)
+
+
 # ---- faults ------------------------------------------------------------------------------------
 
 def test_disconnect_mid_stream_frees_blocks(server):
