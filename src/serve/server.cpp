@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 
 #include <csignal>
+#include <cstdio>
 #include <chrono>
 #include <random>
 #include <thread>
@@ -63,6 +64,7 @@ struct Server::Handler {
   std::string id;
   int64_t created = 0;
   Clock::time_point start, last_write;
+  double ttft = -1.0;  // seconds, once the first token arrived
   bool first_token = true;
   bool finished = false;
   std::vector<Choice> choices;               // per choice: text (whole response), logprobs
@@ -189,9 +191,17 @@ Server::~Server() = default;
 void Server::handle_completion(Endpoint endpoint, const std::string& body, void* res_ptr) {
   httplib::Response& res = *static_cast<httplib::Response*>(res_ptr);
   const auto start = Clock::now();
+  const char* path = endpoint == Endpoint::ChatCompletions ? "/v1/chat/completions" : "/v1/completions";
   auto fail = [&](const ApiError& e) {
     send_error(res, e);
     requests_->inc(std::to_string(e.status));
+    if (opt_.log_requests) {
+      // Messages can quote the request: no control characters into the log, and not too long.
+      std::string msg = e.message.substr(0, 300);
+      for (char& c : msg)
+        if (uint8_t(c) < 0x20 || c == 0x7f) c = ' ';
+      std::fprintf(stderr, "POST %s %d %s\n", path, e.status, msg.c_str());
+    }
   };
   if (draining_) return fail(api_error(503, "server_error", "the server is shutting down", "shutting_down"));
 
@@ -298,7 +308,7 @@ void Server::handle_completion(Endpoint endpoint, const std::string& body, void*
       Choice& acc = h->choices[ci];
       if (!e.end) {
         const auto now = Clock::now();
-        if (h->first_token) ttft_->observe(seconds_since(h->start));
+        if (h->first_token) ttft_->observe(h->ttft = seconds_since(h->start));
         else if (h->n_tokens[ci] > 0) itl_->observe(std::chrono::duration<double>(now - h->last_token[ci]).count());
         h->first_token = false;
         h->last_token[ci] = now;
@@ -361,13 +371,22 @@ void Server::handle_completion(Endpoint endpoint, const std::string& body, void*
     }
     return true;
   };
-  auto releaser = [this, h](bool success) {
-    if (!success || !h->finished) {
+  auto releaser = [this, h, path](bool success) {
+    const bool left = !success || !h->finished;
+    if (left) {
       h->stream->cancel();
       requests_->inc("disconnected");
     } else {
       requests_->inc("200");
       duration_->observe(seconds_since(h->start));
+    }
+    if (opt_.log_requests) {
+      int64_t completion = 0;
+      for (int64_t n : h->n_tokens) completion += n;
+      std::fprintf(stderr, "POST %s %s prompt %lld (cached %lld) completion %lld ttft %.0f ms total %.0f ms%s\n",
+                   path, left ? "disconnected" : "200", (long long)h->stream->prompt_tokens(),
+                   (long long)h->stream->cached_tokens(), (long long)completion, h->ttft * 1000.0,
+                   seconds_since(h->start) * 1000.0, h->req.stream ? " stream" : "");
     }
     --active_;
   };

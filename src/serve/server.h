@@ -39,6 +39,7 @@ struct ServerOptions {
   size_t max_body_bytes = 4 << 20;
   int http_threads = 64;                 // connections served at once
   double grace_seconds = 10.0;           // SIGTERM: how long in-flight requests may finish
+  bool log_requests = true;              // one line per completion request on stderr
 };
 
 class Server {

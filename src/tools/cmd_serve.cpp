@@ -33,6 +33,7 @@ void register_serve(CLI::App& app) {
     int32_t max_queue = 128;
     double grace = 10.0;
     bool no_prefix_cache = false;
+    bool quiet = false;
     size_t max_body = 4 << 20;
   };
   auto o = std::make_shared<Opts>();
@@ -64,6 +65,7 @@ void register_serve(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(0.0, 3600.0));
   cmd->add_flag("--no-prefix-cache", o->no_prefix_cache, "Never reuse KV blocks of earlier prompts");
+  cmd->add_flag("-q,--quiet", o->quiet, "No line per request on stderr");
   cmd->add_option("--max-body", o->max_body, "Largest request body in bytes")->capture_default_str()->check(CLI::Range(size_t(1024), size_t(1) << 30));
   cmd->callback([o] {
     if (o->block_size % 16 != 0) fail(fmt::format("--kv-block-size {} is not a multiple of 16", o->block_size));
@@ -119,6 +121,7 @@ void register_serve(CLI::App& app) {
     so.max_body_bytes = o->max_body;
     so.http_threads = o->max_queue + 16;
     so.grace_seconds = o->grace;
+    so.log_requests = !o->quiet;
     serve::Server server(so, *sched, *m.tok, chat);
 
     sched->start();

@@ -325,6 +325,24 @@ def test_multi_turn_history_comes_from_the_cache(client):
     assert r2.usage.prompt_tokens_details.cached_tokens >= covered - 2 * 16, (r1.usage, r2.usage)
 
 
+def test_one_log_line_per_request(server, client):
+    def lines(prefix):
+        return [x for x in list(server.stderr_lines) if x.startswith(prefix)]
+    ok_before = len(lines("POST /v1/completions 200 "))
+    bad_before = len(lines("POST /v1/completions 404 "))
+    client.completions.create(model=MODEL, prompt="Hello", max_tokens=3, temperature=0, extra_body={"ignore_eos": True})
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="evil\nPOST /v1/completions 200 forged", prompt="x", max_tokens=1)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (len(lines("POST /v1/completions 404 ")) == bad_before or
+                                           len(lines("POST /v1/completions 200 ")) == ok_before):
+        time.sleep(0.05)
+    new_ok = lines("POST /v1/completions 200 ")[ok_before:]
+    assert len(new_ok) == 1 and "completion 3 " in new_ok[0], new_ok
+    assert len(lines("POST /v1/completions 404 ")) == bad_before + 1
+    assert not any(x.startswith("POST /v1/completions 200 forged") for x in server.stderr_lines)
+
+
 # ---- faults ------------------------------------------------------------------------------------
 
 def test_disconnect_mid_stream_frees_blocks(server):
