@@ -179,17 +179,16 @@ Server::Server(const ServerOptions& opt, Scheduler& scheduler, const Tokenizer& 
     res.set_content(render_metrics(), "text/plain; version=0.0.4");
   });
   s.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
-    handle_completion(Endpoint::Completions, req.body, &res);
+    handle_completion(Endpoint::Completions, req.body, res);
   });
   s.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
-    handle_completion(Endpoint::ChatCompletions, req.body, &res);
+    handle_completion(Endpoint::ChatCompletions, req.body, res);
   });
 }
 
 Server::~Server() = default;
 
-void Server::handle_completion(Endpoint endpoint, const std::string& body, void* res_ptr) {
-  httplib::Response& res = *static_cast<httplib::Response*>(res_ptr);
+void Server::handle_completion(Endpoint endpoint, const std::string& body, httplib::Response& res) {
   const auto start = Clock::now();
   const char* path = endpoint == Endpoint::ChatCompletions ? "/v1/chat/completions" : "/v1/completions";
   auto fail = [&](const ApiError& e) {

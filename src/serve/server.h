@@ -27,6 +27,7 @@
 
 namespace httplib {
 class Server;
+struct Response;
 }
 
 namespace peregrine::serve {
@@ -60,7 +61,7 @@ class Server {
 
  private:
   struct Handler;
-  void handle_completion(Endpoint e, const std::string& body, void* res);
+  void handle_completion(Endpoint e, const std::string& body, httplib::Response& res);
   std::string render_metrics();
 
   ServerOptions opt_;
