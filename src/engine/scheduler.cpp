@@ -265,12 +265,13 @@ void Scheduler::preempt(Seq& s) {
   preempted_.insert(at, std::move(owned));
 }
 
-// Preempts the youngest running sequence that holds blocks and has nothing in this step's
-// batch, other than `self` (the sequence asking).
+// Preempts the youngest running sequence younger than `self` (the sequence asking) that holds
+// blocks and has nothing in this step's batch; false if there is none.
 bool Scheduler::preempt_youngest(const Seq* self) {
-  for (size_t i = running_.size(); i-- > 0;) {
+  for (size_t i = running_.size(); i-- > 0;) {  // running_ is in admission order
     Seq& s = *running_[i];
-    if (&s == self || s.awaiting_fork || s.in_step) continue;
+    if (s.order <= self->order) break;  // never an older sequence for a younger one
+    if (s.awaiting_fork || s.in_step) continue;
     if (!bm_.has_sequence(s.id) || bm_.n_tokens(s.id).value() == 0) continue;
     preempt(s);
     return true;
@@ -279,7 +280,8 @@ bool Scheduler::preempt_youngest(const Seq* self) {
 }
 
 // Adds s's next tokens to the batch if its blocks can be had, preempting younger sequences
-// for them; when s is the youngest left it is preempted itself and waits for the older ones.
+// for them; when none can give way, s waits (preempted itself if it is the youngest holding
+// blocks).
 void Scheduler::schedule_seq(Seq& s, int64_t& budget) {
   const int64_t pending = int64_t(s.tokens.size()) - s.n_computed;
   const int64_t take = std::min(pending, budget);
@@ -296,7 +298,13 @@ void Scheduler::schedule_seq(Seq& s, int64_t& budget) {
       break;
     }
     if (preempt_youngest(&s)) continue;
-    preempt(s);
+    // Nothing younger can give way now. If younger sequences hold blocks (they are in this
+    // step's batch), s keeps its own and waits: they give way when they next need a block.
+    // Otherwise s is the youngest holder and is preempted itself.
+    const bool younger_holds = std::any_of(running_.begin(), running_.end(), [&](const auto& o) {
+      return o->order > s.order && bm_.has_sequence(o->id) && bm_.n_tokens(o->id).value() > 0;
+    });
+    if (!younger_holds && bm_.n_tokens(s.id).value() > 0) preempt(s);
     return;
   }
   if (s.n_computed < int64_t(s.req->gen.prompt.size())) s.cached += hits;
