@@ -309,6 +309,79 @@ TEST(Scheduler, CancelWhileTheFirstChoiceIsPreemptedBeforeItsPrompt) {
   EXPECT_EQ(h.sched->stats().running, 0);
 }
 
+// Random arrivals, pool sizes, step budgets, n, lengths and cancellations: every request that
+// is not cancelled gets exactly the reference tokens, every stream ends once, and the pool is
+// empty at the end.
+TEST(Scheduler, RandomizedWorkloadsMatchTheReference) {
+  std::mt19937 rng(99);
+  int64_t preemptions = 0, hits = 0, cancels = 0;
+  for (int round = 0; round < 24; ++round) {
+    const int32_t slots = 1 + int32_t(rng() % 5);
+    const int64_t n_ctx = 64 + 16 * int64_t(rng() % 5);
+    const int64_t n_blocks = n_ctx / 16 + int64_t(rng() % 12);
+    const int64_t budget = 1 + int64_t(rng() % 40);
+    Harness h(slots, n_ctx, n_blocks, budget, 64);
+    const std::vector<TokenId> shared = random_tokens(rng, 40);
+    struct Req {
+      std::vector<TokenId> prompt;
+      int64_t max_tokens;
+      int32_t n;
+      std::shared_ptr<RequestStream> stream;
+      Collected got;
+      bool cancelled = false;
+    };
+    std::vector<Req> reqs;
+    for (int step = 0; step < 4000; ++step) {
+      if (reqs.size() < 14 && rng() % 4 == 0) {
+        Req r;
+        r.prompt = rng() % 2 ? std::vector<TokenId>(shared.begin(), shared.begin() + 1 + rng() % 40)
+                             : std::vector<TokenId>{};
+        auto tail = random_tokens(rng, 1 + rng() % 20);
+        r.prompt.insert(r.prompt.end(), tail.begin(), tail.end());
+        r.max_tokens = 1 + int64_t(rng() % 40);
+        r.n = 1 + int32_t(rng() % std::min<uint32_t>(3, uint32_t(slots)));
+        auto sub = h.sched->submit(greedy(r.prompt, r.max_tokens, r.n));
+        ASSERT_EQ(sub.code, Scheduler::Submitted::Code::Ok) << sub.message;
+        r.stream = sub.stream;
+        reqs.push_back(std::move(r));
+      }
+      if (!reqs.empty() && rng() % 40 == 0) {
+        Req& r = reqs[rng() % reqs.size()];
+        r.stream->cancel();
+        r.cancelled = true;
+      }
+      h.sched->step();
+      for (Req& r : reqs) drain(r.stream, r.got);
+      if (reqs.size() >= 14 && std::all_of(reqs.begin(), reqs.end(), [](const Req& r) { return r.got.done; })) break;
+    }
+    run_all(*h.sched);
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      Req& r = reqs[i];
+      drain(r.stream, r.got);
+      ASSERT_TRUE(r.got.done) << "round " << round << " request " << i;
+      ASSERT_EQ(int32_t(r.got.finish.size()), r.n);
+      if (r.cancelled) continue;
+      const int64_t room = n_ctx - int64_t(r.prompt.size()) + 1;  // the context bounds the output
+      const auto want = reference(r.prompt, std::min(r.max_tokens, room));
+      for (int32_t c = 0; c < r.n; ++c) {
+        EXPECT_EQ(r.got.tokens[c], want) << "round " << round << " request " << i << " choice " << c;
+        EXPECT_EQ(r.got.finish[c], FinishReason::Length);
+      }
+    }
+    const SchedulerStats st = h.sched->stats();
+    EXPECT_EQ(st.blocks_used, 0) << "round " << round;
+    EXPECT_EQ(st.running, 0);
+    EXPECT_EQ(st.waiting, 0);
+    preemptions += st.preemptions;
+    hits += st.prefix_hit_tokens;
+    cancels += std::count_if(reqs.begin(), reqs.end(), [](const Req& r) { return r.cancelled; });
+  }
+  // The workloads did exercise what they are for.
+  EXPECT_GT(preemptions, 10);
+  EXPECT_GT(hits, 0);
+  EXPECT_GT(cancels, 5);
+}
+
 TEST(Scheduler, RejectsBadRequestsAndBoundsTheQueue) {
   Harness h(2, 32, 8, 64, 2);
   using Code = Scheduler::Submitted::Code;
