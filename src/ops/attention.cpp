@@ -17,12 +17,34 @@ constexpr int64_t kMaxHeadDim = 256;
 
 // Rotates `n` key rows of one head by `shift` positions (adjacent pairs), reading rows
 // `stride` elements apart of type T and writing them densely into out (same type).
+// The cos/sin of a shift, remembered per thread: every KV head and layer of a token asks for
+// the same shift, so the trigonometry runs about once per token and thread, not per task.
+struct ShiftTable {
+  int64_t shift = -1, rot_dim = 0;
+  float base = 0.0f;
+  float cs[kMaxHeadDim];  // [rot_dim / 2][2]
+  const float* get(int64_t sh, int64_t rd, float b) {
+    if (sh != shift || rd != rot_dim || b != base) {
+      for (int64_t i = 0; i < rd; i += 2) {
+        const double theta = double(sh) * std::pow(double(b), -double(i) / double(rd));
+        cs[i] = float(std::cos(theta));
+        cs[i + 1] = float(std::sin(theta));
+      }
+      shift = sh;
+      rot_dim = rd;
+      base = b;
+    }
+    return cs;
+  }
+};
+
 template <class T>
 void rerotate(const T* k, int64_t stride, int64_t n, int64_t hd, int64_t rot_dim, float base,
               int64_t shift, T* out) {
+  thread_local ShiftTable table;
+  const float* cs = table.get(shift, rot_dim, base);
   for (int64_t i = 0; i < rot_dim; i += 2) {
-    const double theta = double(shift) * std::pow(double(base), -double(i) / double(rot_dim));
-    const float c = float(std::cos(theta)), s = float(std::sin(theta));
+    const float c = cs[i], s = cs[i + 1];
     for (int64_t j = 0; j < n; ++j) {
       const T* r = k + j * stride;
       float a, b;
