@@ -173,7 +173,6 @@ void Scheduler::finish(Seq& s, FinishReason reason, std::string tail, std::strin
   if (--req->open_choices == 0) {
     std::lock_guard lock(mu_);
     --n_requests_;
-    ++counters_.requests_finished;
   }
   for (Seq* f : followers) finish(*f, reason, {}, error);
 }
@@ -205,7 +204,6 @@ void Scheduler::reap_cancelled() {
     {
       std::lock_guard lock(mu_);
       --n_requests_;
-      ++counters_.requests_finished;
     }
     it = waiting_.erase(it);
   }
@@ -260,7 +258,7 @@ void Scheduler::preempt(Seq& s) {
   PG_ASSERT(owned != nullptr);
   owned->n_computed = 0;
   owned->cached = 0;
-  ++counters_.preemptions;
+  ++preemptions_;
   auto at = std::find_if(preempted_.begin(), preempted_.end(), [&](auto& q) { return q->order > owned->order; });
   preempted_.insert(at, std::move(owned));
 }
@@ -313,7 +311,6 @@ void Scheduler::schedule_seq(Seq& s, int64_t& budget) {
   in_batch_.push_back({&s, finishes});
   s.in_step = true;
   budget -= take - hits;
-  if (s.n_generated == 0 || pending > 1) counters_.prompt_tokens_computed += take - hits;
   s.n_computed += take;
 }
 
@@ -366,7 +363,7 @@ bool Scheduler::step() {
     on_logits(*s, logits_.data() + row * size_t(n_vocab_));
     ++row;
   }
-  ++counters_.steps;
+  ++steps_;
   publish_stats();
   return true;
 }
@@ -400,8 +397,7 @@ void Scheduler::sample_and_emit(Seq& s, const float* row) {
   const GenRequest& g = s.req->gen;
   const TokenId tok = s.sampler.sample(row, n_vocab_);
   if (!g.ignore_eos && text_.is_end_of_generation(tok)) {
-    StopMatcher::Out out = s.stop.push(s.decoder.flush());
-    finish(s, FinishReason::Stop, out.text + (out.stopped ? std::string() : s.stop.flush()));
+    finish_text(s, FinishReason::Stop);
     return;
   }
   RequestStream::Event e;
@@ -418,43 +414,43 @@ void Scheduler::sample_and_emit(Seq& s, const float* row) {
   StopMatcher::Out out = s.stop.push(s.decoder.push_bytes(text_.bytes(tok)));
   e.text = std::move(out.text);
   s.req->stream->push(std::move(e));
-  {
-    std::lock_guard lock(mu_);
-    ++counters_.generated_tokens;
-  }
   if (out.stopped) {
     finish(s, FinishReason::Stop, {});
     return;
   }
   const bool full = int64_t(s.tokens.size()) > cache_.shape().n_ctx;  // no position left for it
-  if ((g.max_tokens > 0 && s.n_generated >= g.max_tokens) || full) {
-    StopMatcher::Out tail = s.stop.push(s.decoder.flush());
-    finish(s, tail.stopped ? FinishReason::Stop : FinishReason::Length,
-           tail.text + (tail.stopped ? std::string() : s.stop.flush()));
+  if ((g.max_tokens > 0 && s.n_generated >= g.max_tokens) || full) finish_text(s, FinishReason::Length);
+}
+
+// Ends s for `reason` with the text it still holds back (an unfinished UTF-8 sequence, a
+// possible stop string); a stop string completed by that text makes the reason Stop.
+void Scheduler::finish_text(Seq& s, FinishReason reason) {
+  StopMatcher::Out tail = s.stop.push(s.decoder.flush());
+  if (tail.stopped) {
+    finish(s, FinishReason::Stop, std::move(tail.text));
+    return;
   }
+  finish(s, reason, tail.text + s.stop.flush());
 }
 
 void Scheduler::publish_stats() {
   std::lock_guard lock(mu_);
-  SchedulerStats st = counters_;
+  SchedulerStats& st = published_;
   st.waiting = int64_t(waiting_.size() + incoming_.size() + preempted_.size());
   st.running = int64_t(running_.size());
-  st.blocks_total = bm_.n_blocks();
   st.blocks_used = bm_.n_used();
   st.blocks_cached = bm_.n_cached();
   st.blocks_free = bm_.n_free();
   st.prefix_lookup_tokens = bm_.stats().lookup_tokens;
   st.prefix_hit_tokens = bm_.stats().hit_tokens;
   st.prefix_evictions = bm_.stats().evictions;
-  published_ = st;
+  st.preemptions = preemptions_;
+  st.steps = steps_;
 }
 
 SchedulerStats Scheduler::stats() const {
   std::lock_guard lock(mu_);
-  SchedulerStats st = published_;
-  st.generated_tokens = counters_.generated_tokens;
-  st.requests_finished = counters_.requests_finished;
-  return st;
+  return published_;
 }
 
 void Scheduler::start() {

@@ -112,13 +112,10 @@ class RequestStream {
 struct SchedulerStats {
   int64_t waiting = 0;            // requests and preempted sequences not running
   int64_t running = 0;            // sequences holding a slot
-  int64_t blocks_total = 0, blocks_used = 0, blocks_cached = 0, blocks_free = 0;
+  int64_t blocks_used = 0, blocks_cached = 0, blocks_free = 0;
   int64_t prefix_lookup_tokens = 0, prefix_hit_tokens = 0, prefix_evictions = 0;
   int64_t preemptions = 0;
   int64_t steps = 0;
-  int64_t prompt_tokens_computed = 0;  // prompt (and recomputed) tokens run through the model
-  int64_t generated_tokens = 0;        // tokens streamed to clients
-  int64_t requests_finished = 0;
 };
 
 class Scheduler {
@@ -168,6 +165,7 @@ class Scheduler {
   void on_logits(Seq& s, const float* row);
   void sample_and_emit(Seq& s, const float* row);
   void finish(Seq& s, FinishReason reason, std::string tail, std::string error = {});
+  void finish_text(Seq& s, FinishReason reason);
   std::unique_ptr<Seq> detach(Seq& s);
   void fail_batch(const std::string& message);
   void publish_stats();
@@ -191,7 +189,7 @@ class Scheduler {
   std::vector<int32_t> table_buf_;
   uint64_t next_order_ = 0;
   SeqId next_seq_id_ = 0;
-  SchedulerStats counters_;
+  int64_t preemptions_ = 0, steps_ = 0;
 
   // Shared with submit(), stats() and shutdown().
   mutable std::mutex mu_;

@@ -95,11 +95,10 @@ std::string KvShape::describe() const {
   for (int64_t l = 0; l < n_layer;) {
     int64_t run = 1;
     while (l + run < n_layer && kind(l + run).describe() == kind(l).describe()) ++run;
-    if (paged() && !kind(l).windowed())
-      out += fmt::format("{}{} x {} (paged: {} blocks of {})", out.empty() ? "" : ", ", run,
-                         kind(l).describe(), n_blocks, block_size);
-    else
-      out += fmt::format("{}{} x {} ({} slots)", out.empty() ? "" : ", ", run, kind(l).describe(), slots(l));
+    const std::string keeps = paged() && !kind(l).windowed()
+                                  ? fmt::format("paged: {} blocks of {}", n_blocks, block_size)
+                                  : fmt::format("{} slots", slots(l));
+    out += fmt::format("{}{} x {} ({})", out.empty() ? "" : ", ", run, kind(l).describe(), keeps);
     l += run;
   }
   return out;
@@ -148,8 +147,7 @@ size_t KvCache::offset(int64_t layer, int64_t seq, int64_t pos, int kv) const {
   } else {
     row = seq * slots_[size_t(layer)] + slot(layer, pos);
   }
-  return layer_base_[size_t(layer)] + size_t(kv) * plane_[size_t(layer)] +
-         size_t(row * shape_.kv_dim) * shape_.elem_bytes();
+  return plane_offset(layer, kv) + size_t(row * shape_.kv_dim) * shape_.elem_bytes();
 }
 
 Status KvCache::set_block_table(int64_t seq, const int32_t* blocks, int64_t n) {
@@ -178,7 +176,7 @@ void KvCache::copy_block(int32_t src, int32_t dst) {
   for (int64_t l = 0; l < shape_.n_layer; ++l) {
     if (!paged_layer(l)) continue;
     for (int kv = 0; kv < 2; ++kv) {
-      uint8_t* base = data_.get() + layer_base_[size_t(l)] + size_t(kv) * plane_[size_t(l)];
+      uint8_t* base = data_.get() + plane_offset(l, kv);
       std::memcpy(base + size_t(dst) * block_bytes, base + size_t(src) * block_bytes, block_bytes);
     }
   }
@@ -190,7 +188,7 @@ void KvCache::copy_rings(int64_t src_seq, int64_t dst_seq) {
     if (paged_layer(l) || src_seq == dst_seq) continue;
     const size_t seq_bytes = size_t(slots_[size_t(l)] * shape_.kv_dim) * shape_.elem_bytes();
     for (int kv = 0; kv < 2; ++kv) {
-      uint8_t* base = data_.get() + layer_base_[size_t(l)] + size_t(kv) * plane_[size_t(l)];
+      uint8_t* base = data_.get() + plane_offset(l, kv);
       std::memcpy(base + size_t(dst_seq) * seq_bytes, base + size_t(src_seq) * seq_bytes, seq_bytes);
     }
   }

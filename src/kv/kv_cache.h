@@ -144,6 +144,8 @@ class KvCache {
   int64_t slot(int64_t layer, int64_t pos) const;
   bool paged_layer(int64_t layer) const { return shape_.paged() && !shape_.kind(layer).windowed(); }
   size_t offset(int64_t layer, int64_t seq, int64_t pos, int kv) const;
+  // Byte offset of a layer's K (kv 0) or V (kv 1) rows.
+  size_t plane_offset(int64_t layer, int kv) const { return layer_base_[size_t(layer)] + size_t(kv) * plane_[size_t(layer)]; }
   KvShape shape_;
   std::vector<int64_t> slots_;       // per layer
   std::vector<size_t> layer_base_;   // byte offset of each layer's K block (V follows)

@@ -91,6 +91,8 @@ Server::Server(const ServerOptions& opt, Scheduler& scheduler, const Tokenizer& 
                                      "Prompt tokens looked up in the prefix cache (whole blocks)");
   prefix_hit_ = &metrics_.counter("prefix_cache_hit_tokens_total",
                                   "Prompt tokens whose KV came from the prefix cache");
+  prefix_evictions_ = &metrics_.counter("prefix_cache_evictions_total",
+                                        "Cached KV blocks evicted (least recently used) to make room");
   preemptions_ = &metrics_.counter("preemptions_total",
                                    "Sequences preempted (freed, recomputed later) when KV blocks ran out");
   const auto lat = Metrics::exponential_buckets(0.001, 2.0, 16);  // 1 ms .. 33 s
@@ -399,6 +401,7 @@ std::string Server::render_metrics() {
     std::lock_guard lock(metrics_mu_);
     prefix_lookup_->inc(double(st.prefix_lookup_tokens - last_stats_.prefix_lookup_tokens));
     prefix_hit_->inc(double(st.prefix_hit_tokens - last_stats_.prefix_hit_tokens));
+    prefix_evictions_->inc(double(st.prefix_evictions - last_stats_.prefix_evictions));
     preemptions_->inc(double(st.preemptions - last_stats_.preemptions));
     last_stats_ = st;
   }

@@ -81,6 +81,7 @@ class Server {
   Counter* generated_tokens_;
   Counter* prefix_lookup_;
   Counter* prefix_hit_;
+  Counter* prefix_evictions_;
   Counter* preemptions_;
   Histogram* ttft_;
   Histogram* itl_;
