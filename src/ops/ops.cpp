@@ -67,9 +67,11 @@ void rope_store_kv(KvCache& cache, int64_t layer, const int32_t* seq, const int3
                    const float* k, const float* v, const float* cs, int64_t n_tok,
                    int64_t n_heads_kv, int64_t head_dim, int64_t rot_dim, RopeStyle style) {
   const int64_t kv_dim = n_heads_kv * head_dim;
-  constexpr int64_t kMaxKvDim = 8192;
-  PG_ASSERT(kv_dim <= kMaxKvDim);
-  float rotated[kMaxKvDim];
+  // One rotated K row [kv_dim]: any width the loader accepts, grown once per thread, so the
+  // decode loop allocates nothing.
+  thread_local std::vector<float> scratch;
+  if (scratch.size() < size_t(kv_dim)) scratch.resize(size_t(kv_dim));
+  float* rotated = scratch.data();
   for (int64_t t = 0; t < n_tok; ++t) {
     for (int64_t h = 0; h < n_heads_kv; ++h)
       rotate_head(k + t * kv_dim + h * head_dim, cs + t * rot_dim, rot_dim, head_dim, style,
