@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <iterator>
 #include <type_traits>
 #include <vector>
 
@@ -12,18 +11,23 @@
 namespace peregrine {
 namespace {
 
-constexpr int64_t kMaxSinks = 64;  // sink keys re-rotated per task live on the stack
-constexpr int64_t kMaxHeadDim = 256;
+constexpr int64_t kMaxSinks = 64;  // a bound on the re-rotated sink keys each thread keeps
 
-// Rotates `n` key rows of one head by `shift` positions (adjacent pairs), reading rows
-// `stride` elements apart of type T and writing them densely into out (same type).
+// Per-thread buffers that grow to the largest size asked for and then stay: any head
+// dimension works, and the decode loop allocates nothing once they have grown.
+float* grown(std::vector<float>& buf, int64_t n) {
+  if (buf.size() < size_t(n)) buf.resize(size_t(n));
+  return buf.data();
+}
+
 // The cos/sin of a shift, remembered per thread: every KV head and layer of a token asks for
 // the same shift, so the trigonometry runs about once per token and thread, not per task.
 struct ShiftTable {
   int64_t shift = -1, rot_dim = 0;
   float base = 0.0f;
-  float cs[kMaxHeadDim];  // [rot_dim / 2][2]
+  std::vector<float> buf;  // [rot_dim / 2][2]
   const float* get(int64_t sh, int64_t rd, float b) {
+    float* cs = grown(buf, rd);
     if (sh != shift || rd != rot_dim || b != base) {
       for (int64_t i = 0; i < rd; i += 2) {
         const double theta = double(sh) * std::pow(double(b), -double(i) / double(rd));
@@ -38,6 +42,8 @@ struct ShiftTable {
   }
 };
 
+// Rotates `n` key rows of one head by `shift` positions (adjacent pairs), reading rows
+// `stride` elements apart of type T and writing them densely into out (same type).
 template <class T>
 void rerotate(const T* k, int64_t stride, int64_t n, int64_t hd, int64_t rot_dim, float base,
               int64_t shift, T* out) {
@@ -73,7 +79,6 @@ Status check_attention(const KvShape& kv, const AttentionShape& s) {
     if (k.type == AttnKind::Type::SinksWindow && k.sinks > kMaxSinks)
       return make_error("{} attention sinks: at most {} are supported", k.sinks, kMaxSinks);
   }
-  if (s.head_dim > kMaxHeadDim * kAttnMaxQ) return make_error("head dimension {} is too large", s.head_dim);
   return Status::Ok();
 }
 
@@ -109,10 +114,11 @@ void attention(const float* q, const int32_t* pos, const int32_t* seq, int64_t n
                  static_cast<const uint8_t*>(spans[r].v) + size_t(hk * hd) * elem, spans[r].n,
                  kv_dim, kv_dim};
     // StreamingLLM positions: the sinks move up to just before the window.
-    alignas(64) float sink_keys[kMaxSinks * kMaxHeadDim];
+    thread_local std::vector<float> sink_buf;  // [sinks][hd] of the cache type
     const int64_t shift = kind.type == AttnKind::Type::SinksWindow ? kind.first_recent(pos[t]) - kind.sinks : 0;
-    if (shift > 0 && s.rope_dim > 0 && n_spans > 0 && spans[0].first_pos == 0 && hd <= kMaxHeadDim) {
+    if (shift > 0 && s.rope_dim > 0 && n_spans > 0 && spans[0].first_pos == 0) {
       const int64_t n = spans[0].n;
+      float* sink_keys = grown(sink_buf, n * hd);
       if (f16)
         rerotate(static_cast<const uint16_t*>(runs[0].k), kv_dim, n, hd, s.rope_dim, s.rope_base,
                  shift, reinterpret_cast<uint16_t*>(sink_keys));
@@ -126,13 +132,8 @@ void attention(const float* q, const int32_t* pos, const int32_t* seq, int64_t n
       const int64_t nq = std::min(kAttnMaxQ, group - h0);
       const int64_t head = hk * group + h0;
       const float* qh = q + (t * s.n_head + head) * hd;  // [nq, hd]
-      float qs[kAttnMaxQ * kMaxHeadDim];
-      std::vector<float> q_big;  // head_dim > 256: rare, allowed to allocate
-      float* qscaled = qs;
-      if (nq * hd > int64_t(std::size(qs))) {
-        q_big.resize(size_t(nq * hd));
-        qscaled = q_big.data();
-      }
+      thread_local std::vector<float> q_buf;
+      float* qscaled = grown(q_buf, nq * hd);  // [nq, hd]
       for (int64_t i = 0; i < nq * hd; ++i) qscaled[i] = qh[i] * s.scale;
       attend(qscaled, nq, hd, runs, n_spans, out + (t * s.n_head + head) * hd);
     }

@@ -153,60 +153,84 @@ INSTANTIATE_TEST_SUITE_P(
 
 // StreamingLLM positions: once positions between the sinks and the window are evicted,
 // sink i is attended as if at position first_recent - sinks + i. Keys are stored rotated
-// at their true positions; the expected side rotates the raw sink keys directly.
-TEST(WindowAttention, SinkKeysMoveUpToTheWindow) {
-  const int64_t hd = 8, S = 2, W = 5, p = 40;  // query at 40 sees sinks 0,1 and 36..40
+// at their true positions; the expected side rotates the sink keys read back from the cache
+// (as rounded to its type) by the shift in double precision. Head dimensions up to the
+// loader's 1024 (512 here: past the 256 of a stack table).
+struct SinkCase {
+  int64_t hd, rope_dim;
+  KvType type;
+};
+
+class SinkAttention : public ::testing::TestWithParam<SinkCase> {};
+
+TEST_P(SinkAttention, SinkKeysMoveUpToTheWindow) {
+  const SinkCase c = GetParam();
+  const int64_t hd = c.hd, S = 2, W = 5, p = 40;  // query at 40 sees sinks 0,1 and 36..40
   const float base = 10000.0f;
-  KvShape shape{1, 64, 1, hd, KvType::F32, {AttnKind::sinks_window(S, W)}, 1};
+  KvShape shape{1, 64, 1, hd, c.type, {AttnKind::sinks_window(S, W)}, 1};
   KvCache cache(shape);
   std::mt19937 rng(5);
   std::normal_distribution<float> d(0.0f, 1.0f);
-  auto rotate = [&](std::vector<float> x, double at) {
-    for (int64_t i = 0; i < hd; i += 2) {
-      const double th = at * std::pow(double(base), -double(i) / double(hd));
-      const float c = float(std::cos(th)), s = float(std::sin(th)), a = x[size_t(i)], b = x[size_t(i + 1)];
-      x[size_t(i)] = a * c - b * s;
-      x[size_t(i + 1)] = a * s + b * c;
+  auto rotate = [&](std::vector<double> x, double at) {
+    for (int64_t i = 0; i < c.rope_dim; i += 2) {
+      const double th = at * std::pow(double(base), -double(i) / double(c.rope_dim));
+      const double cs = std::cos(th), sn = std::sin(th), a = x[size_t(i)], b = x[size_t(i + 1)];
+      x[size_t(i)] = a * cs - b * sn;
+      x[size_t(i + 1)] = a * sn + b * cs;
     }
     return x;
   };
-  std::vector<std::vector<float>> raw_k, vals;
   for (int64_t j = 0; j <= p; ++j) {
-    raw_k.push_back(std::vector<float>(size_t(hd)));
-    vals.push_back(std::vector<float>(size_t(hd)));
+    std::vector<double> raw(static_cast<size_t>(hd));
+    std::vector<float> k(static_cast<size_t>(hd)), v(k.size());
     for (int64_t i = 0; i < hd; ++i) {
-      raw_k.back()[size_t(i)] = d(rng);
-      vals.back()[size_t(i)] = d(rng);
+      raw[size_t(i)] = d(rng);
+      v[size_t(i)] = d(rng);
     }
-    cache.store(0, 0, j, rotate(raw_k.back(), double(j)).data(), vals.back().data());
+    const std::vector<double> rk = rotate(raw, double(j));
+    for (int64_t i = 0; i < hd; ++i) k[size_t(i)] = float(rk[size_t(i)]);
+    cache.store(0, 0, j, k.data(), v.data());
   }
   std::vector<float> q(static_cast<size_t>(hd));
   for (float& x : q) x = d(rng);
-  const std::vector<float> qr = rotate(q, double(p));
   std::vector<float> out(static_cast<size_t>(hd));
   const int32_t pos = int32_t(p), seq = 0;
+  const float scale = 1.0f / std::sqrt(float(hd));
   ThreadPool pool(1);
-  attention(qr.data(), &pos, &seq, 1, cache, 0, {1, 1, hd, 0.5f, hd, base}, out.data(), pool);
+  attention(q.data(), &pos, &seq, 1, cache, 0, {1, 1, hd, scale, c.rope_dim, base}, out.data(), pool);
   const int64_t shift = (p - W + 1) - S;  // 34: sinks sit at 34, 35, just before 36
   std::vector<double> w;
   std::vector<int64_t> vis;
   for (int64_t j = 0; j <= p; ++j) {
     if (j >= S && j < p - W + 1) continue;
-    const std::vector<float> k = rotate(raw_k[size_t(j)], double(j < S ? j + shift : j));
+    std::vector<double> k(static_cast<size_t>(hd));
+    for (int64_t i = 0; i < hd; ++i) k[size_t(i)] = cache.k_at(0, 0, j, i);
+    if (j < S) k = rotate(k, double(shift));
     double s = 0;
-    for (int64_t i = 0; i < hd; ++i) s += double(qr[size_t(i)]) * k[size_t(i)];
-    w.push_back(0.5 * s);
+    for (int64_t i = 0; i < hd; ++i) s += double(q[size_t(i)]) * k[size_t(i)];
+    w.push_back(double(scale) * s);
     vis.push_back(j);
   }
   const double mx = *std::max_element(w.begin(), w.end());
   double sum = 0;
   for (double& x : w) sum += (x = std::exp(x - mx));
+  // f16: the re-rotated sink keys are rounded to f16 again before the dot products.
+  const double tol = c.type == KvType::F32 ? 1e-5 : 2e-3;
   for (int64_t i = 0; i < hd; ++i) {
     double o = 0;
-    for (size_t j = 0; j < vis.size(); ++j) o += w[j] / sum * vals[size_t(vis[j])][size_t(i)];
-    EXPECT_NEAR(out[size_t(i)], o, 1e-5) << "i=" << i;
+    for (size_t j = 0; j < vis.size(); ++j) o += w[j] / sum * cache.v_at(0, 0, vis[j], i);
+    ASSERT_NEAR(out[size_t(i)], o, tol) << "i=" << i;
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(HeadDims, SinkAttention,
+                         ::testing::Values(SinkCase{8, 8, KvType::F32}, SinkCase{512, 512, KvType::F32},
+                                           SinkCase{512, 128, KvType::F32}, SinkCase{1024, 1024, KvType::F32},
+                                           SinkCase{512, 512, KvType::F16}),
+                         [](const auto& info) {
+                           return "hd" + std::to_string(info.param.hd) + "_rope" + std::to_string(info.param.rope_dim) +
+                                  "_" + std::string(kv_type_name(info.param.type));
+                         });
 
 TEST(WindowAttention, BadKindsAreRejected) {
   KvShape s{2, 64, 1, 16, KvType::F16, {AttnKind::global(), AttnKind::sliding(0)}, 8};
