@@ -11,6 +11,7 @@ Only the standard library is used.
 from __future__ import annotations
 
 import os
+import platform
 import shlex
 import shutil
 import subprocess
@@ -40,6 +41,26 @@ CMAKE_OPTIONS = [
     "-DLLAMA_USE_PREBUILT_UI=OFF",  # ... or a download from a Hugging Face bucket: embed no UI
     "-DLLAMA_BUILD_APP=OFF",
 ]
+
+
+# The no-AMX variant (tests/reference's logits oracle): the same source and options in its own build
+# folder, with AMX compiled out. On Xeons with AMX this version's AMX matmul segfaults (see
+# compare.py); the benchmarks fall back at run time, an oracle must not depend on that. The GGML_AMX_*
+# options alone do nothing here: with GGML_NATIVE=ON ggml passes -march=native, which turns AMX on
+# wherever the CPU has it. GCC and Clang let an explicit -mno-X win over -march in either order, so
+# the flags below keep every other native extension (AVX-512 included) and drop only AMX.
+NO_AMX_BUILD_DIR = CACHE / f"llama.cpp-build-{LLAMA_CPP_PYTHON_VERSION}-noamx"
+_NO_AMX_FLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+# No ccache either (ggml uses it when found): ccache 4.7 hashes -march=native as written, so a cache
+# shared between machines could hand out objects built for another CPU.
+NO_AMX_OPTIONS = ["-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF", "-DGGML_CCACHE=OFF"]
+if platform.machine().lower() in ("x86_64", "amd64", "i686", "i386"):
+    NO_AMX_OPTIONS += [f"-DCMAKE_C_FLAGS={_NO_AMX_FLAGS}", f"-DCMAKE_CXX_FLAGS={_NO_AMX_FLAGS}"]
+
+# Targets that are libraries, not binaries in bin/: where each one's file lands in the build folder.
+LIBRARY_ARTIFACTS = {
+    "llama": "src/libllama.a",  # builds ggml, ggml-base and ggml-cpu (ggml/src/*.a) with it
+}
 
 
 class Failure(Exception):
@@ -101,36 +122,36 @@ def vendored_commit(sdist: Path) -> str:
     return commit if all(c in "0123456789abcdef" for c in commit) else "unknown"
 
 
-def _stamp(target: str) -> Path:
-    return BUILD_DIR / f".peregrine-built-{target}"
-
-
-def build_target(target: str, jobs: int) -> tuple[Path, str]:
+def build_target(target: str, jobs: int, *, no_amx: bool = False) -> tuple[Path, str]:
     """Fetch the source if needed, configure and build only TARGET (once); return (binary, commit).
 
-    TARGET is a CMake target that is also the binary's name: "llama-bench", "llama-server".
+    TARGET is a CMake target that is also the binary's name: "llama-bench", "llama-server", or a
+    library of LIBRARY_ARTIFACTS ("llama"), whose file is returned instead. no_amx: build in
+    NO_AMX_BUILD_DIR with AMX compiled out (NO_AMX_OPTIONS) instead of BUILD_DIR.
     A stamp per target marks a finished build, so an interrupted build is resumed, not trusted.
     Configuring again with today's options is harmless for a target built earlier: ninja keeps
     whatever objects' commands did not change.
     """
     sdist = fetch_source()
     commit = vendored_commit(sdist)
-    binary = BUILD_DIR / "bin" / target
-    stamp = _stamp(target)
-    legacy = BUILD_DIR / ".peregrine-built"  # compare.py's stamp before the server target existed
+    build_dir = NO_AMX_BUILD_DIR if no_amx else BUILD_DIR
+    options = [*CMAKE_OPTIONS, *NO_AMX_OPTIONS] if no_amx else CMAKE_OPTIONS
+    binary = build_dir / LIBRARY_ARTIFACTS.get(target, f"bin/{target}")
+    stamp = build_dir / f".peregrine-built-{target}"
+    legacy = build_dir / ".peregrine-built"  # compare.py's stamp before the server target existed
     if binary.is_file() and (stamp.is_file() or (target == "llama-bench" and legacy.is_file())):
         return binary, commit
     if shutil.which("cmake") is None:
         raise Failure("cmake not found (apt-get install cmake ninja-build g++)")
-    BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    build_log = BUILD_DIR / f"build-{target}.log"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    build_log = build_dir / f"build-{target}.log"
     generator = []
-    if not (BUILD_DIR / "CMakeCache.txt").is_file() and shutil.which("ninja"):
+    if not (build_dir / "CMakeCache.txt").is_file() and shutil.which("ninja"):
         generator = ["-G", "Ninja"]  # an existing folder keeps the generator it was made with
-    configure = ["cmake", "-S", str(sdist / "vendor" / "llama.cpp"), "-B", str(BUILD_DIR), *generator,
-                 *CMAKE_OPTIONS, f"-DLLAMA_BUILD_COMMIT={commit}", "-DLLAMA_BUILD_NUMBER=0"]
-    compile_ = ["cmake", "--build", str(BUILD_DIR), "--target", target, "-j", str(jobs)]
-    log(f"building {target} (llama.cpp@{commit}) in {BUILD_DIR}, -j{jobs}; log: {build_log}")
+    configure = ["cmake", "-S", str(sdist / "vendor" / "llama.cpp"), "-B", str(build_dir), *generator,
+                 *options, f"-DLLAMA_BUILD_COMMIT={commit}", "-DLLAMA_BUILD_NUMBER=0"]
+    compile_ = ["cmake", "--build", str(build_dir), "--target", target, "-j", str(jobs)]
+    log(f"building {target} (llama.cpp@{commit}) in {build_dir}, -j{jobs}; log: {build_log}")
     start = time.monotonic()
     with open(build_log, "w") as out:
         for cmd in (configure, compile_):
@@ -153,10 +174,11 @@ if __name__ == "__main__":  # python3 bench/llama_cpp_build.py [TARGET ...] [-j 
     ap = argparse.ArgumentParser(description="Build llama.cpp targets from the pinned sdist.")
     ap.add_argument("targets", nargs="*", default=["llama-bench", "llama-server"])
     ap.add_argument("-j", "--jobs", type=int, default=2)
+    ap.add_argument("--no-amx", action="store_true", help="AMX compiled out, in its own build folder")
     args = ap.parse_args()
     try:
         for t in args.targets:
-            print(build_target(t, args.jobs)[0])
+            print(build_target(t, args.jobs, no_amx=args.no_amx)[0])
     except Failure as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

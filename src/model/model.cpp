@@ -13,17 +13,22 @@ int64_t Batch::n_logits() const {
   return n;
 }
 
-void DecoderActivations::reserve(int64_t T, const Hparams& hp) {
+void DecoderActivations::reserve(int64_t T, int64_t n_embd, int64_t q_dim, int64_t kv_dim, int64_t n_ff) {
   if (T <= cap) return;
   cap = T;
-  const int64_t q_dim = hp.n_head * hp.head_dim, kv_dim = hp.n_head_kv * hp.head_dim;
-  x.resize(size_t(T * hp.n_embd));
-  xn.resize(size_t(T * std::max(hp.n_embd, q_dim)));
+  x.resize(size_t(T * n_embd));
+  xn.resize(size_t(T * std::max(n_embd, q_dim)));
   q.resize(size_t(T * q_dim));
   k.resize(size_t(T * kv_dim));
   v.resize(size_t(T * kv_dim));
   att.resize(size_t(T * q_dim));
-  gate.resize(size_t(T * hp.n_ff));
+  gate.resize(size_t(T * n_ff));
+}
+
+std::vector<AttnKind> Model::attn_kinds() const {
+  std::vector<AttnKind> kinds;
+  for (const LayerSpec& l : layers_) kinds.push_back(l.attn);
+  return kinds;
 }
 
 KvShape Model::kv_shape(int64_t n_ctx, int64_t n_seq, KvType type, const AttnKind& global_override,

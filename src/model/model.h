@@ -12,6 +12,8 @@
 #include "core/thread_pool.h"
 #include "gguf/gguf.h"
 #include "kv/kv_cache.h"
+#include "model/forward.h"
+#include "model/layer_spec.h"
 #include "ops/matmul.h"
 #include "ops/weight.h"
 
@@ -50,7 +52,12 @@ struct Hparams {
   int64_t rope_dim = 0;  // rotated dimensions per head
   float rope_base = 10000.0f;
   float rms_eps = 1e-5f;
+  // Per-layer widths as the file states them (n_head, n_head_kv and n_ff above are the
+  // largest); every layer's entry, also when the file gives one value for all.
+  std::vector<int64_t> n_head_per_layer, n_head_kv_per_layer, n_ff_per_layer;
 };
+
+struct TensorSpec;
 
 // Activation buffers of a decoder's forward pass, grown to the largest batch seen (so a decode
 // step allocates nothing). The architectures add their own (RoPE tables) beside them.
@@ -62,7 +69,17 @@ struct DecoderActivations {
   std::vector<float> k, v;  // [T, n_head_kv * head_dim]
   std::vector<float> att;   // [T, n_head * head_dim]
   std::vector<float> gate;  // [T, n_ff]
-  void reserve(int64_t T, const Hparams& hp);
+  // Sized for the widest layer.
+  void reserve(int64_t T, int64_t n_embd, int64_t q_dim, int64_t kv_dim, int64_t n_ff);
+};
+
+// The scratch of a forward pass: activations, the matmuls' quantized inputs and the RoPE
+// tables. A model owns one; ForwardOptions::scratch lends it another (a second caller).
+struct ForwardScratch {
+  DecoderActivations act;
+  OpScratch ops;
+  std::vector<std::vector<float>> rope;  // per RoPE table: [T, rope_dim/2, 2] cos/sin
+  std::vector<float> observed;           // an observed matmul input, normalised [T, cols]
 };
 
 class Model {
@@ -73,8 +90,21 @@ class Model {
 
   // Runs the batch: writes its K/V into the cache, then fills `logits` with
   // [batch.n_logits(), n_vocab] rows, in batch order. Bad tokens, positions or
-  // sequence ids give an error and leave the cache unchanged.
-  virtual Status forward(const Batch& batch, KvCache& cache, std::vector<float>& logits) = 0;
+  // sequence ids give an error and leave the cache unchanged. `opt` chooses the layers that
+  // run, an activation observer, the pool and the scratch (forward.h).
+  virtual Status forward(const Batch& batch, KvCache& cache, std::vector<float>& logits,
+                         const ForwardOptions& opt) = 0;
+  Status forward(const Batch& batch, KvCache& cache, std::vector<float>& logits) {
+    return forward(batch, cache, logits, ForwardOptions{});
+  }
+
+  // Each layer's mixer, FFN and widths.
+  const std::vector<LayerSpec>& layers() const { return layers_; }
+  // The tensors the model expects and what each is for (bound to the file's on load).
+  const std::vector<TensorSpec>& tensors() const { return *tensors_; }
+  // One line on anything the architecture reads beyond the common hyperparameters (RoPE
+  // scaling, attention scale), for `info`; empty when nothing.
+  virtual std::string describe_extras() const { return {}; }
 
   // The cache this model needs for n_ctx positions and n_seq sequences. Each layer gets
   // the model's own attention kind (window layers of Gemma 3, say); `global_override`
@@ -84,10 +114,8 @@ class Model {
                    const AttnKind& global_override = AttnKind::global(), int64_t n_batch = 512) const;
   // Whether forward() can run with this cache (attention kinds it supports).
   virtual Status check_kv(const KvShape&) const { return Status::Ok(); }
-  // Per-layer attention kinds from the model's metadata (default: all global).
-  virtual std::vector<AttnKind> attn_kinds() const {
-    return std::vector<AttnKind>(size_t(hp_.n_layer), AttnKind::global());
-  }
+  // Per-layer attention kinds from the model's metadata.
+  std::vector<AttnKind> attn_kinds() const;
   // Weight bytes actually used by the model.
   virtual size_t weight_bytes() const = 0;
 
@@ -110,6 +138,8 @@ class Model {
   Status pack_weights(std::initializer_list<Weight*> weights, bool release_source);
   PackStats pack_stats_;
   Hparams hp_;
+  std::vector<LayerSpec> layers_;
+  std::shared_ptr<std::vector<TensorSpec>> tensors_;
   std::shared_ptr<const gguf::File> file_;
 };
 

@@ -1,5 +1,5 @@
-// GGUF general.architecture -> model factory. Adding an architecture is one file
-// in model/arch/ plus one line here.
+// GGUF general.architecture -> model factory. Adding an architecture is one file in
+// model/arch/ plus one entry in PEREGRINE_ARCHITECTURES (arch/arch.h).
 #include <fmt/ranges.h>
 
 #include "model/arch/arch.h"
@@ -15,10 +15,9 @@ struct Entry {
   Factory make;
 };
 
-constexpr Entry kArchitectures[] = {
-    {"llama", arch::make_llama},
-    {"gemma3", arch::make_gemma3},
-};
+#define PEREGRINE_ARCH_ENTRY(name, id) {name, arch::make_##id},
+constexpr Entry kArchitectures[] = {PEREGRINE_ARCHITECTURES(PEREGRINE_ARCH_ENTRY)};
+#undef PEREGRINE_ARCH_ENTRY
 
 }  // namespace
 

@@ -1,18 +1,50 @@
 #include "model/tensor_table.h"
 
+#include <algorithm>
+#include <unordered_set>
+
 #include <fmt/ranges.h>
 
 #include "quant/dequantize.h"
 
 namespace peregrine {
 
-Status bind_tensors(const gguf::File& file, std::vector<TensorSpec>& table) {
+std::string_view tensor_role_name(TensorRole r) {
+  switch (r) {
+    case TensorRole::TokenEmbd: return "token embedding";
+    case TensorRole::OutputNorm: return "output norm";
+    case TensorRole::Output: return "output";
+    case TensorRole::RopeFreqs: return "rope frequency factors";
+    case TensorRole::AttnNorm: return "attention norm";
+    case TensorRole::AttnQ: return "attention q";
+    case TensorRole::AttnK: return "attention k";
+    case TensorRole::AttnV: return "attention v";
+    case TensorRole::AttnQBias: return "attention q bias";
+    case TensorRole::AttnKBias: return "attention k bias";
+    case TensorRole::AttnVBias: return "attention v bias";
+    case TensorRole::AttnQNorm: return "attention q norm";
+    case TensorRole::AttnKNorm: return "attention k norm";
+    case TensorRole::AttnOut: return "attention output";
+    case TensorRole::PostAttnNorm: return "post-attention norm";
+    case TensorRole::FfnNorm: return "ffn norm";
+    case TensorRole::FfnGate: return "ffn gate";
+    case TensorRole::FfnUp: return "ffn up";
+    case TensorRole::FfnDown: return "ffn down";
+    case TensorRole::PostFfnNorm: return "post-ffn norm";
+  }
+  return "?";
+}
+
+Status bind_tensors(const gguf::File& file, std::vector<TensorSpec>& table,
+                    const std::vector<std::string>& ignorable) {
+  std::unordered_set<std::string_view> consumed;
   for (TensorSpec& spec : table) {
     const gguf::TensorInfo* t = file.find_tensor(spec.name);
     if (t == nullptr) {
       if (spec.required) return make_error("{}: missing tensor '{}'", file.name(), spec.name);
       continue;
     }
+    consumed.insert(spec.name);
     std::vector<int64_t> dims(t->dims.begin(), t->dims.end());
     // Trailing 1-dims are equivalent; compare the shapes without them.
     auto trim = [](std::vector<int64_t> d) {
@@ -36,6 +68,18 @@ Status bind_tensors(const gguf::File& file, std::vector<TensorSpec>& table) {
     w.rows = int64_t(t->n_elements) / dims[0];
     w.row_bytes = *row_bytes(t->type, uint64_t(w.cols));
   }
+  std::vector<std::string_view> unused;
+  for (const gguf::TensorInfo& t : file.tensors())
+    if (!consumed.count(t.name) && std::find(ignorable.begin(), ignorable.end(), t.name) == ignorable.end())
+      unused.push_back(t.name);
+  if (!unused.empty()) {
+    const size_t shown = std::min<size_t>(unused.size(), 4);
+    return make_error("{}: {} tensor{} that this architecture does not use: {}{} (wrong architecture, or a "
+                      "variant not supported yet)",
+                      file.name(), unused.size(), unused.size() == 1 ? "" : "s",
+                      fmt::join(unused.begin(), unused.begin() + std::ptrdiff_t(shown), ", "),
+                      unused.size() > shown ? ", ..." : "");
+  }
   return Status::Ok();
 }
 
@@ -46,26 +90,53 @@ Result<int64_t> read_hparam(const gguf::File& file, const std::string& key, int6
   return v;
 }
 
+Result<std::vector<int64_t>> read_layer_hparam(const gguf::File& f, const std::string& key,
+                                               int64_t n_layer, int64_t lo, int64_t hi,
+                                               int64_t fallback) {
+  if (f.find(key) == nullptr) return std::vector<int64_t>(size_t(n_layer), fallback);
+  if (f.get_int_array(key).ok()) {
+    PG_ASSIGN(std::vector<int64_t> v, f.get_int_array(key));
+    if (int64_t(v.size()) != n_layer)
+      return make_error("{}: metadata '{}' has {} entries for {} layers", f.name(), key, v.size(), n_layer);
+    for (size_t i = 0; i < v.size(); ++i)
+      if (v[i] < lo || v[i] > hi)
+        return make_error("{}: metadata '{}'[{}] = {} is outside [{}, {}]", f.name(), key, i, v[i], lo, hi);
+    return v;
+  }
+  PG_ASSIGN(int64_t one, read_hparam(f, key, lo, hi));
+  return std::vector<int64_t>(size_t(n_layer), one);
+}
+
 Status read_decoder_hparams(const gguf::File& f, const std::string& arch, Hparams& hp) {
   const std::string a = arch + ".";
   hp.arch = arch;
   hp.name = f.get_string("general.name").ok() ? f.get_string("general.name").value() : "";
   PG_ASSIGN(hp.n_layer, read_hparam(f, a + "block_count", 1, 1024));
   PG_ASSIGN(hp.n_embd, read_hparam(f, a + "embedding_length", 1, 1 << 16));
-  PG_ASSIGN(hp.n_ff, read_hparam(f, a + "feed_forward_length", 1, 1 << 18));
-  PG_ASSIGN(hp.n_head, read_hparam(f, a + "attention.head_count", 1, 1024));
-  hp.n_head_kv = hp.n_head;
-  if (f.find(a + "attention.head_count_kv")) {
-    PG_ASSIGN(hp.n_head_kv, read_hparam(f, a + "attention.head_count_kv", 1, hp.n_head));
+  auto largest = [](const std::vector<int64_t>& v) { return *std::max_element(v.begin(), v.end()); };
+  PG_ASSIGN(auto n_ff, read_layer_hparam(f, a + "feed_forward_length", hp.n_layer, 1, 1 << 18, 0));
+  if (f.find(a + "feed_forward_length") == nullptr)
+    return make_error("{}: missing metadata '{}feed_forward_length'", f.name(), a);
+  hp.n_ff = largest(n_ff);
+  PG_ASSIGN(auto n_head, read_layer_hparam(f, a + "attention.head_count", hp.n_layer, 1, 1024, 0));
+  if (f.find(a + "attention.head_count") == nullptr)
+    return make_error("{}: missing metadata '{}attention.head_count'", f.name(), a);
+  hp.n_head = largest(n_head);
+  PG_ASSIGN(auto n_head_kv, read_layer_hparam(f, a + "attention.head_count_kv", hp.n_layer, 1, 1024, 0));
+  for (int64_t il = 0; il < hp.n_layer; ++il) {
+    int64_t& kv = n_head_kv[size_t(il)];
+    if (kv == 0) kv = n_head[size_t(il)];
+    if (kv > n_head[size_t(il)] || n_head[size_t(il)] % kv != 0)
+      return make_error("{}: layer {}: head_count {} is not a multiple of head_count_kv {}", f.name(), il,
+                        n_head[size_t(il)], kv);
   }
-  if (hp.n_head % hp.n_head_kv != 0)
-    return make_error("{}: head_count {} is not a multiple of head_count_kv {}", f.name(), hp.n_head,
-                      hp.n_head_kv);
-  hp.head_dim = hp.n_embd / hp.n_head;
+  hp.n_head_kv = largest(n_head_kv);
+  hp.head_dim = hp.n_embd / n_head[0];
   if (f.find(a + "attention.key_length")) {
     PG_ASSIGN(hp.head_dim, read_hparam(f, a + "attention.key_length", 2, 1024));
   }
-  if (hp.head_dim % 2 != 0) return make_error("{}: head dimension {} is odd", f.name(), hp.head_dim);
+  if (hp.head_dim < 2 || hp.head_dim % 2 != 0)
+    return make_error("{}: head dimension {} is not a positive even number", f.name(), hp.head_dim);
   hp.rope_dim = hp.head_dim;
   if (f.find(a + "rope.dimension_count")) {
     PG_ASSIGN(hp.rope_dim, read_hparam(f, a + "rope.dimension_count", 2, hp.head_dim));
@@ -88,6 +159,9 @@ Status read_decoder_hparams(const gguf::File& f, const std::string& arch, Hparam
   if (emb->dims.size() < 2 || emb->dims[1] > (1u << 24))
     return make_error("{}: tensor 'token_embd.weight' has a bad shape", f.name());
   hp.n_vocab = int64_t(emb->dims[1]);
+  hp.n_head_per_layer = std::move(n_head);
+  hp.n_head_kv_per_layer = std::move(n_head_kv);
+  hp.n_ff_per_layer = std::move(n_ff);
   return Status::Ok();
 }
 

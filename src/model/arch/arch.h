@@ -1,13 +1,23 @@
-// Factories of the architectures in model/arch/, listed in registry.cpp.
+// The architectures in model/arch/, one file each. registry.cpp lists them once
+// (PEREGRINE_ARCHITECTURES) and declares every factory from that list.
 #pragma once
 
 #include <memory>
 
 #include "model/model.h"
 
+// general.architecture name, factory suffix: adding an architecture is its file plus one entry.
+#define PEREGRINE_ARCHITECTURES(X) \
+  X("llama", llama)                \
+  X("gemma3", gemma3)              \
+  X("qwen2", qwen2)                \
+  X("qwen3", qwen3)
+
 namespace peregrine::arch {
 
-Result<std::unique_ptr<Model>> make_llama(std::shared_ptr<const gguf::File> file, ThreadPool& pool);
-Result<std::unique_ptr<Model>> make_gemma3(std::shared_ptr<const gguf::File> file, ThreadPool& pool);
+#define PEREGRINE_DECLARE_ARCH(name, id) \
+  Result<std::unique_ptr<Model>> make_##id(std::shared_ptr<const gguf::File> file, ThreadPool& pool);
+PEREGRINE_ARCHITECTURES(PEREGRINE_DECLARE_ARCH)
+#undef PEREGRINE_DECLARE_ARCH
 
 }  // namespace peregrine::arch

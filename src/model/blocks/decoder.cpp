@@ -1,0 +1,342 @@
+#include "model/blocks/decoder.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "model/tensor_table.h"
+#include "ops/attention.h"
+
+namespace peregrine {
+namespace {
+
+struct LayerWeights {
+  Weight attn_norm, wq, wk, wv, bq, bk, bv, q_norm, k_norm, wo, post_attn_norm;
+  Weight ffn_norm, w_gate, w_up, w_down, post_ffn_norm;
+};
+
+// x[T, n] += b[n] on every row.
+void add_bias(float* x, const Weight& b, int64_t T, int64_t n) {
+  const float* bias = b.f32();
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < n; ++i) x[t * n + i] += bias[i];
+}
+
+void add_rows(float* x, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+class Decoder final : public Model {
+ public:
+  Decoder(std::shared_ptr<const gguf::File> file, ThreadPool& pool, DecoderConfig c)
+      : pool_(pool), style_(c.style), ropes_(std::move(c.ropes)), rope_freqs_table_(c.rope_freqs_table),
+        ignorable_(std::move(c.ignorable)) {
+    file_ = std::move(file);
+    hp_ = std::move(c.hp);
+    layers_ = std::move(c.layers);
+  }
+
+  Status load() {
+    const gguf::File& f = *file_;
+    if (int64_t(layers_.size()) != hp_.n_layer)
+      return make_error("{}: {} layer specs for {} layers", f.name(), layers_.size(), hp_.n_layer);
+    for (size_t il = 0; il < layers_.size(); ++il) {
+      const LayerSpec& l = layers_[il];
+      if (l.kv_dim() != layers_[0].kv_dim())
+        return make_error("{}: layer {} has KV width {} but layer 0 has {}: per-layer KV widths are not "
+                          "supported yet", f.name(), il, l.kv_dim(), layers_[0].kv_dim());
+      if (l.rope_table < 0 || size_t(l.rope_table) >= ropes_.size())
+        return make_error("{}: layer {} names RoPE table {} of {}", f.name(), il, l.rope_table, ropes_.size());
+      max_q_dim_ = std::max(max_q_dim_, l.q_dim());
+      max_ff_ = std::max(max_ff_, l.n_ff);
+    }
+    tensors_ = std::make_shared<std::vector<TensorSpec>>(tensor_table());
+    PG_TRY(bind_tensors(f, *tensors_, ignorable_));
+    for (const TensorSpec& s : *tensors_)
+      if (s.dest->data) weight_bytes_ += s.dest->row_bytes * size_t(s.dest->rows);
+    if (rope_freqs_.data != nullptr) {
+      if (rope_freqs_table_ < 0) return make_error("{}: rope_freqs.weight without a table to apply it to", f.name());
+      for (int64_t i = 0; i < rope_freqs_.cols; ++i)
+        if (!(rope_freqs_.f32()[i] > 0.0f) || !std::isfinite(rope_freqs_.f32()[i]))
+          return make_error("{}: rope_freqs.weight[{}] = {} is not a positive number", f.name(), i,
+                            rope_freqs_.f32()[i]);
+      ropes_[size_t(rope_freqs_table_)].freq_factors = rope_freqs_.f32();
+    }
+    const bool tied = output_.data == nullptr;
+    if (tied) output_ = tok_embd_;  // tied embeddings: token_embd stays for the lookup
+    PG_TRY(pack_weights({&output_}, !tied));
+    for (LayerWeights& L : lw_)
+      PG_TRY(pack_weights({&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}, true));
+    return Status::Ok();
+  }
+
+  size_t weight_bytes() const override { return weight_bytes_; }
+
+  std::string describe_extras() const override {
+    std::string out;
+    for (size_t r = 0; r < ropes_.size(); ++r) {
+      const RopeFreqs& f = ropes_[r];
+      if (f.plain()) continue;
+      out += fmt::format("{}rope table {}: {} scaling x{}{}", out.empty() ? "" : "; ", r,
+                         rope_scaling_name(f.scaling), f.factor,
+                         f.freq_factors ? ", per-dimension frequency factors (rope_freqs)" : "");
+    }
+    if (style_.attn_scale > 0.0f)
+      out += fmt::format("{}attention scale {}", out.empty() ? "" : "; ", style_.attn_scale);
+    return out;
+  }
+
+  Status check_kv(const KvShape& kv) const override {
+    for (int64_t l = 0; l < kv.n_layer && l < hp_.n_layer; ++l) {
+      if (kv.kind(l).type != AttnKind::Type::SinksWindow) continue;
+      if (style_.rope != RopeStyle::Adjacent)
+        return make_error("attention sinks are not supported for {} yet (its RoPE rotates halves)", hp_.arch);
+      if (!ropes_[size_t(layers_[size_t(l)].rope_table)].plain())
+        return make_error("attention sinks are not supported with RoPE scaling yet");
+    }
+    for (size_t il = 0; il < layers_.size(); ++il) PG_TRY(check_attention(kv, attention_shape(il)));
+    return Status::Ok();
+  }
+
+  Status forward(const Batch& batch, KvCache& cache, std::vector<float>& logits,
+                 const ForwardOptions& opt) override {
+    PG_TRY(check_batch(batch, cache));
+    ThreadPool& pool = opt.pool ? *opt.pool : pool_;
+    ForwardScratch& sc = opt.scratch ? *opt.scratch : scratch_;
+    const int64_t T = batch.size(), E = hp_.n_embd;
+    DecoderActivations& a = sc.act;
+    a.reserve(T, E, max_q_dim_, layers_[0].kv_dim(), max_ff_);
+    float* x = a.x.data();
+
+    embed_rows(tok_embd_, batch.tokens.data(), T, x);  // x [T, E]
+    if (style_.embed_scale != 0.0f)
+      for (int64_t i = 0; i < T * E; ++i) x[i] *= style_.embed_scale;
+    sc.rope.resize(ropes_.size());
+    for (size_t r = 0; r < ropes_.size(); ++r)
+      rope_angles(batch.pos.data(), T, ropes_[r], sc.rope[r]);  // [T, rope_dim/2, 2]
+
+    for (int64_t il = 0; il < hp_.n_layer; ++il) {
+      if (!opt.runs(il)) continue;
+      attention_block(il, batch, cache, sc, pool, opt.observer);
+      ffn_block(il, T, sc, pool, opt.observer);
+    }
+
+    if (opt.observer) {
+      const Weight* out[] = {&output_};
+      observe(*opt.observer, "out_in", -1, MatIn(x, output_norm_.f32(), hp_.rms_eps), T, E, out, sc);
+    }
+    output_head(batch, x, output_norm_, output_, logits, pool, sc.ops);  // [n_logits, n_vocab]
+    return Status::Ok();
+  }
+
+ private:
+  AttentionShape attention_shape(size_t il) const {
+    const LayerSpec& l = layers_[il];
+    const float scale = style_.attn_scale > 0.0f ? style_.attn_scale : 1.0f / std::sqrt(float(l.head_dim));
+    // Sink keys are re-rotated with plain adjacent-pair RoPE (check_kv refuses the rest).
+    const RopeFreqs& rf = ropes_[size_t(l.rope_table)];
+    const bool rerotate = style_.rope == RopeStyle::Adjacent && rf.plain();
+    return {l.n_head, l.n_head_kv, l.head_dim, scale, rerotate ? l.rope_dim : 0, rf.base};
+  }
+
+  // Hands an activation to the observer; a normalised matmul input is materialised first.
+  void observe(ActivationObserver& obs, std::string_view name, int64_t layer, const MatIn& in, int64_t T,
+               int64_t cols, std::span<const Weight* const> consumers, ForwardScratch& sc) const {
+    const float* data = in.x;
+    if (in.norm != nullptr) {
+      sc.observed.resize(size_t(T * cols));
+      rmsnorm(in.x, in.norm, sc.observed.data(), T, cols, in.eps);
+      data = sc.observed.data();
+    }
+    obs.observe(Activation{name, layer, data, T, cols, consumers});
+  }
+
+  // x += Wo * attention(RoPE(q), cache) with q, k, v from RMSNorm(x).
+  void attention_block(int64_t il, const Batch& batch, KvCache& cache, ForwardScratch& sc, ThreadPool& pool,
+                       ActivationObserver* obs) {
+    const LayerSpec& l = layers_[size_t(il)];
+    const LayerWeights& L = lw_[size_t(il)];
+    DecoderActivations& a = sc.act;
+    const int64_t T = batch.size(), E = hp_.n_embd, hd = l.head_dim;
+    float *x = a.x.data(), *xn = a.xn.data(), *q = a.q.data(), *k = a.k.data(), *v = a.v.data(),
+          *att = a.att.data();
+    const float* cs = sc.rope[size_t(l.rope_table)].data();
+    // q [T, n_head * hd], k and v [T, n_head_kv * hd] from RMSNorm(x)
+    const MatIn in(x, L.attn_norm.f32(), hp_.rms_eps);
+    if (obs) {
+      const Weight* qkv[] = {&L.wq, &L.wk, &L.wv};
+      observe(*obs, "attn_in", il, in, T, E, qkv, sc);
+    }
+    matmul_many({{&L.wq, q}, {&L.wk, k}, {&L.wv, v}}, in, T, pool, sc.ops);
+    if (style_.qkv_bias) {
+      add_bias(q, L.bq, T, l.q_dim());
+      add_bias(k, L.bk, T, l.kv_dim());
+      add_bias(v, L.bv, T, l.kv_dim());
+    }
+    if (style_.qk_norm) {
+      rmsnorm_heads(q, L.q_norm.f32(), T, l.n_head, hd, hp_.rms_eps);
+      rmsnorm_heads(k, L.k_norm.f32(), T, l.n_head_kv, hd, hp_.rms_eps);
+    }
+    rope_apply(q, cs, T, l.n_head, hd, l.rope_dim, style_.rope);
+    rope_store_kv(cache, il, batch.seq.data(), batch.pos.data(), k, v, cs, T, l.n_head_kv, hd, l.rope_dim,
+                  style_.rope);
+    attention(q, batch.pos.data(), batch.seq.data(), T, cache, il, attention_shape(size_t(il)), att,
+              pool);  // att [T, q_dim]
+    if (obs) {
+      const Weight* o[] = {&L.wo};
+      observe(*obs, "attn_out", il, MatIn(att), T, l.q_dim(), o, sc);
+    }
+    matmul(L.wo, att, xn, T, pool, sc.ops);  // xn [T, E]
+    if (style_.post_norms) rmsnorm(xn, L.post_attn_norm.f32(), xn, T, E, hp_.rms_eps);
+    add_rows(x, xn, T * E);
+  }
+
+  // x += W_down * glu(W_gate * RMSNorm(x), W_up * RMSNorm(x)).
+  void ffn_block(int64_t il, int64_t T, ForwardScratch& sc, ThreadPool& pool, ActivationObserver* obs) {
+    const LayerSpec& l = layers_[size_t(il)];
+    const LayerWeights& L = lw_[size_t(il)];
+    DecoderActivations& a = sc.act;
+    const int64_t E = hp_.n_embd;
+    float *x = a.x.data(), *xn = a.xn.data(), *gate = a.gate.data();
+    const MatIn in(x, L.ffn_norm.f32(), hp_.rms_eps);
+    if (obs) {
+      const Weight* gu[] = {&L.w_gate, &L.w_up};
+      observe(*obs, "ffn_in", il, in, T, E, gu, sc);
+    }
+    matmul_glu(L.w_gate, L.w_up, in, gate, T, pool, sc.ops, l.glu);  // gate [T, n_ff]
+    if (obs) {
+      const Weight* d[] = {&L.w_down};
+      observe(*obs, "ffn_act", il, MatIn(gate), T, l.n_ff, d, sc);
+    }
+    matmul(L.w_down, gate, xn, T, pool, sc.ops);  // xn [T, E]
+    if (style_.post_norms) rmsnorm(xn, L.post_ffn_norm.f32(), xn, T, E, hp_.rms_eps);
+    add_rows(x, xn, T * E);
+  }
+
+  std::vector<TensorSpec> tensor_table() {
+    const int64_t E = hp_.n_embd, V = hp_.n_vocab;
+    using R = TensorRole;
+    std::vector<TensorSpec> t;
+    auto add = [&t](std::string name, std::vector<int64_t> dims, R role, int64_t layer, bool required,
+                    bool float_only, Weight* dest) {
+      t.push_back({std::move(name), std::move(dims), role, layer, required, float_only, dest});
+    };
+    add("token_embd.weight", {E, V}, R::TokenEmbd, -1, true, false, &tok_embd_);
+    add("output_norm.weight", {E}, R::OutputNorm, -1, true, true, &output_norm_);
+    add("output.weight", {E, V}, R::Output, -1, false, false, &output_);
+    if (rope_freqs_table_ >= 0)
+      add("rope_freqs.weight", {ropes_[size_t(rope_freqs_table_)].rot_dim / 2}, R::RopeFreqs, -1, false, true,
+          &rope_freqs_);
+    lw_.resize(layers_.size());
+    for (int64_t il = 0; il < hp_.n_layer; ++il) {
+      const LayerSpec& l = layers_[size_t(il)];
+      LayerWeights& L = lw_[size_t(il)];
+      auto n = [il](const char* s) { return fmt::format("blk.{}.{}", il, s); };
+      const int64_t qd = l.q_dim(), kvd = l.kv_dim(), hd = l.head_dim;
+      add(n("attn_norm.weight"), {E}, R::AttnNorm, il, true, true, &L.attn_norm);
+      add(n("attn_q.weight"), {E, qd}, R::AttnQ, il, true, false, &L.wq);
+      add(n("attn_k.weight"), {E, kvd}, R::AttnK, il, true, false, &L.wk);
+      add(n("attn_v.weight"), {E, kvd}, R::AttnV, il, true, false, &L.wv);
+      if (style_.qkv_bias) {
+        add(n("attn_q.bias"), {qd}, R::AttnQBias, il, true, true, &L.bq);
+        add(n("attn_k.bias"), {kvd}, R::AttnKBias, il, true, true, &L.bk);
+        add(n("attn_v.bias"), {kvd}, R::AttnVBias, il, true, true, &L.bv);
+      }
+      if (style_.qk_norm) {
+        add(n("attn_q_norm.weight"), {hd}, R::AttnQNorm, il, true, true, &L.q_norm);
+        add(n("attn_k_norm.weight"), {hd}, R::AttnKNorm, il, true, true, &L.k_norm);
+      }
+      add(n("attn_output.weight"), {qd, E}, R::AttnOut, il, true, false, &L.wo);
+      if (style_.post_norms) add(n("post_attention_norm.weight"), {E}, R::PostAttnNorm, il, true, true, &L.post_attn_norm);
+      add(n("ffn_norm.weight"), {E}, R::FfnNorm, il, true, true, &L.ffn_norm);
+      add(n("ffn_gate.weight"), {E, l.n_ff}, R::FfnGate, il, true, false, &L.w_gate);
+      add(n("ffn_up.weight"), {E, l.n_ff}, R::FfnUp, il, true, false, &L.w_up);
+      add(n("ffn_down.weight"), {l.n_ff, E}, R::FfnDown, il, true, false, &L.w_down);
+      if (style_.post_norms) add(n("post_ffw_norm.weight"), {E}, R::PostFfnNorm, il, true, true, &L.post_ffn_norm);
+    }
+    return t;
+  }
+
+  ThreadPool& pool_;
+  DecoderStyle style_;
+  std::vector<RopeFreqs> ropes_;
+  int32_t rope_freqs_table_ = -1;
+  std::vector<std::string> ignorable_;
+  Weight tok_embd_, output_norm_, output_, rope_freqs_;
+  std::vector<LayerWeights> lw_;
+  int64_t max_q_dim_ = 0, max_ff_ = 0;
+  ForwardScratch scratch_;
+  size_t weight_bytes_ = 0;
+};
+
+}  // namespace
+
+std::vector<LayerSpec> uniform_layers(const Hparams& hp, Glu glu) {
+  std::vector<LayerSpec> layers(size_t(hp.n_layer));
+  for (int64_t il = 0; il < hp.n_layer; ++il) {
+    LayerSpec& l = layers[size_t(il)];
+    l.n_head = hp.n_head_per_layer.empty() ? hp.n_head : hp.n_head_per_layer[size_t(il)];
+    l.n_head_kv = hp.n_head_kv_per_layer.empty() ? hp.n_head_kv : hp.n_head_kv_per_layer[size_t(il)];
+    l.n_ff = hp.n_ff_per_layer.empty() ? hp.n_ff : hp.n_ff_per_layer[size_t(il)];
+    l.head_dim = hp.head_dim;
+    l.rope_dim = hp.rope_dim;
+    l.glu = glu;
+  }
+  return layers;
+}
+
+Result<RopeFreqs> read_rope(const gguf::File& f, const std::string& arch, const Hparams& hp) {
+  RopeFreqs r;
+  r.rot_dim = hp.rope_dim;
+  r.base = hp.rope_base;
+  r.n_ctx_orig = hp.n_ctx_train;
+  const std::string a = arch + ".rope.scaling.";
+  auto read_float = [&](const char* key, float lo, float hi, float& out) -> Status {
+    if (f.find(a + key) == nullptr) return Status::Ok();
+    PG_ASSIGN(double v, f.get_float(a + key));
+    if (!(v >= lo && v <= hi)) return make_error("{}: metadata '{}{}' = {} is outside [{}, {}]", f.name(), a, key, v, lo, hi);
+    out = float(v);
+    return Status::Ok();
+  };
+  std::string type = "none";
+  if (f.find(a + "type")) {
+    PG_ASSIGN(type, f.get_string(a + "type"));
+  }
+  PG_TRY(read_float("factor", 0.0f, 1024.0f, r.factor));
+  if (type == "none" || r.factor == 0.0f || r.factor == 1.0f) {
+    r.scaling = RopeFreqs::Scaling::None;
+    r.factor = 1.0f;
+  } else if (type == "linear") {
+    r.scaling = RopeFreqs::Scaling::Linear;
+  } else if (type == "yarn") {
+    r.scaling = RopeFreqs::Scaling::Yarn;
+  } else {
+    return make_error("{}: RoPE scaling '{}' ({}type) is not supported (supported: none, linear, yarn)", f.name(),
+                      type, a);
+  }
+  if (r.scaling != RopeFreqs::Scaling::None && r.factor < 1.0f)
+    return make_error("{}: RoPE scaling factor {} is below 1", f.name(), r.factor);
+  if (f.find(a + "original_context_length")) {
+    PG_ASSIGN(r.n_ctx_orig, read_hparam(f, a + "original_context_length", 1, 1 << 24));
+  }
+  PG_TRY(read_float("attn_factor", 0.0f, 100.0f, r.attn_factor));
+  PG_TRY(read_float("yarn_beta_fast", 0.0f, 1e4f, r.beta_fast));
+  PG_TRY(read_float("yarn_beta_slow", 0.0f, 1e4f, r.beta_slow));
+  return r;
+}
+
+Result<float> read_attention_scale(const gguf::File& f, const std::string& arch) {
+  const std::string key = arch + ".attention.scale";
+  if (f.find(key) == nullptr) return 0.0f;
+  PG_ASSIGN(double s, f.get_float(key));
+  if (!(s > 0.0 && s < 1e3)) return make_error("{}: metadata '{}' = {} is out of range", f.name(), key, s);
+  return float(s);
+}
+
+Result<std::unique_ptr<Model>> make_decoder(std::shared_ptr<const gguf::File> file, ThreadPool& pool,
+                                            DecoderConfig config) {
+  auto m = std::make_unique<Decoder>(std::move(file), pool, std::move(config));
+  PG_TRY(m->load());
+  return std::unique_ptr<Model>(std::move(m));
+}
+
+}  // namespace peregrine

@@ -1,0 +1,54 @@
+// The shared decoder: token embedding, a stack of layers run from their specs, the output
+// head. Architectures (model/arch/*.cpp) differ only in what DecoderStyle and their layer
+// specs say, so each is a short file that reads its metadata into a DecoderConfig.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "gguf/gguf.h"
+#include "model/layer_spec.h"
+#include "model/model.h"
+#include "ops/ops.h"
+#include "ops/rope_scaling.h"
+
+namespace peregrine {
+
+// The places where decoder architectures of the llama lineage differ.
+struct DecoderStyle {
+  float embed_scale = 0.0f;   // x *= embed_scale after the lookup (Gemma: sqrt(n_embd)); 0: none
+  RopeStyle rope = RopeStyle::Adjacent;  // llama's converter permutes Q/K rows for adjacent pairs
+  bool qkv_bias = false;      // Q, K and V projections have biases (Qwen 2)
+  bool qk_norm = false;       // RMSNorm over each head of q and k before RoPE (Gemma 3, Qwen 3)
+  bool post_norms = false;    // RMSNorm of the attention and FFN outputs before the residual (Gemma 3)
+  float attn_scale = 0.0f;    // scale of q.k; 0: 1/sqrt(head_dim)
+};
+
+struct DecoderConfig {
+  Hparams hp;
+  DecoderStyle style;
+  std::vector<RopeFreqs> ropes;        // the RoPE tables; each layer names one (rope_table)
+  std::vector<LayerSpec> layers;
+  int32_t rope_freqs_table = -1;       // table that takes `rope_freqs.weight` (Llama 3), -1: none
+  std::vector<std::string> ignorable;  // tensors a file may hold that nothing reads
+};
+
+// One spec per layer from hp's per-layer widths: global attention, dense GLU, RoPE table 0.
+std::vector<LayerSpec> uniform_layers(const Hparams& hp, Glu glu);
+
+// hp's RoPE (rope_dim, base) plus the scaling "<arch>.rope.scaling.*" states: type (none,
+// linear, yarn), factor, original_context_length, attn_factor, yarn_beta_fast/slow. Types
+// llama.cpp knows but this engine does not (longrope) are an error.
+Result<RopeFreqs> read_rope(const gguf::File& f, const std::string& arch, const Hparams& hp);
+
+// "<arch>.attention.scale" when the file has it (the scale of q.k), else 0 (1/sqrt(head_dim)).
+Result<float> read_attention_scale(const gguf::File& f, const std::string& arch);
+
+// Builds the model: binds the tensors the config implies (checked against the file, nothing
+// left unread), packs the matmul weights.
+Result<std::unique_ptr<Model>> make_decoder(std::shared_ptr<const gguf::File> file, ThreadPool& pool,
+                                            DecoderConfig config);
+
+}  // namespace peregrine
