@@ -9,12 +9,16 @@ Result<std::unique_ptr<Tokenizer>> BpeTokenizer::create(const gguf::File& file) 
   PG_TRY(tok->load_vocab(file));
   PG_TRY(tok->load_merges(file));
 
-  // Files written before tokenizer.ggml.pre existed used llama.cpp's
-  // "default" split, which is not the GPT-2 one; say so rather than guess.
-  std::string pre = "default";
-  if (file.find("tokenizer.ggml.pre") != nullptr) {
-    PG_ASSIGN(pre, file.get_string("tokenizer.ggml.pre"));
+  // Files written before tokenizer.ggml.pre existed do not say how the model split text;
+  // llama.cpp then guesses its "default" split, which is not the GPT-2 one. Say so rather
+  // than guess.
+  if (file.find("tokenizer.ggml.pre") == nullptr) {
+    return make_error(
+        "tokenizer.ggml.pre is missing: the file does not say how this BPE vocabulary splits "
+        "text (a conversion older than pre-tokenizer names); reconvert it with a current "
+        "convert_hf_to_gguf.py");
   }
+  PG_ASSIGN(const std::string pre, file.get_string("tokenizer.ggml.pre"));
   PG_ASSIGN(tok->pre_, Pretokenizer::create(pre));
 
   std::vector<std::pair<std::string, int32_t>> special;

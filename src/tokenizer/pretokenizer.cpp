@@ -34,6 +34,45 @@ constexpr const char* kDigitsIsolatedPattern =
 
 #undef PG_WS
 
+// tokenizer.ggml.pre names, as llama.cpp's converter writes them (convert_hf_to_gguf.py,
+// get_vocab_base_pre) and llama.cpp reads them (src/llama-vocab.cpp; both as pinned in
+// llama-cpp-python 0.3.36): every name it maps to exactly one of our two splits.
+//  - the GPT-2 regex alone: its pre types GPT2, MPT, OLMO, JAIS, TRILLION and GRANITE_DOCLING.
+//    Not "gpt2", which llama.cpp refuses and no converter writes. Not jina-v1-en, jina-v2-code
+//    or roberta-bpe (llama.cpp also appends a SEP token) nor jina-v2-de / jina-v2-es (their
+//    <mask> strips the space before it): encoder models, whose extra rules we do not apply.
+//  - "\p{N}" then the GPT-2 regex: STARCODER, REFACT, COMMAND_R, SMOLLM, CODESHELL, EXAONE,
+//    MINERVA and MELLUM2.
+// The names differ otherwise only in clean_spaces, which llama.cpp applies when detokenizing,
+// not when splitting. "default" (llama.cpp's fallback for files without the key: punctuation
+// runs, then GPT-2, then digit runs cut into threes) is a different split and is refused.
+struct NamedSplit {
+  std::string_view name;
+  PretokenizerKind kind;
+};
+constexpr NamedSplit kNamedSplits[] = {
+    {"gpt-2", PretokenizerKind::Gpt2},         {"phi-2", PretokenizerKind::Gpt2},
+    {"jina-es", PretokenizerKind::Gpt2},       {"jina-de", PretokenizerKind::Gpt2},
+    {"gigachat", PretokenizerKind::Gpt2},      {"a.x-4.0", PretokenizerKind::Gpt2},
+    {"mellum", PretokenizerKind::Gpt2},        {"modern-bert", PretokenizerKind::Gpt2},
+    {"exaone4", PretokenizerKind::Gpt2},       {"mpt", PretokenizerKind::Gpt2},
+    {"olmo", PretokenizerKind::Gpt2},          {"jais", PretokenizerKind::Gpt2},
+    {"trillion", PretokenizerKind::Gpt2},      {"granite-docling", PretokenizerKind::Gpt2},
+    {"smollm", PretokenizerKind::DigitsIsolated},     {"starcoder", PretokenizerKind::DigitsIsolated},
+    {"refact", PretokenizerKind::DigitsIsolated},     {"command-r", PretokenizerKind::DigitsIsolated},
+    {"codeshell", PretokenizerKind::DigitsIsolated},  {"exaone", PretokenizerKind::DigitsIsolated},
+    {"minerva-7b", PretokenizerKind::DigitsIsolated}, {"mellum2", PretokenizerKind::DigitsIsolated},
+};
+
+std::string supported_names() {
+  std::string out;
+  for (const NamedSplit& s : kNamedSplits) {
+    if (!out.empty()) out += ", ";
+    out += s.name;
+  }
+  return out;
+}
+
 }  // namespace
 
 struct Pretokenizer::Regex {
@@ -46,17 +85,15 @@ Pretokenizer::Pretokenizer(PretokenizerKind kind, std::unique_ptr<Regex> re)
 Pretokenizer::~Pretokenizer() = default;
 
 Result<std::unique_ptr<Pretokenizer>> Pretokenizer::create(std::string_view pre_name) {
-  PretokenizerKind kind;
-  const char* pattern;
-  if (pre_name == "gpt2") {
-    kind = PretokenizerKind::Gpt2;
-    pattern = kGpt2Pattern;
-  } else if (pre_name == "smollm" || pre_name == "starcoder" || pre_name == "refact") {
-    kind = PretokenizerKind::DigitsIsolated;
-    pattern = kDigitsIsolatedPattern;
-  } else {
-    return make_error("unsupported tokenizer pre-tokenizer '{}'", pre_name);
+  const NamedSplit* named = nullptr;
+  for (const NamedSplit& s : kNamedSplits)
+    if (s.name == pre_name) named = &s;
+  if (named == nullptr) {
+    return make_error("unsupported tokenizer pre-tokenizer '{}' (tokenizer.ggml.pre); supported: {}",
+                      pre_name, supported_names());
   }
+  const PretokenizerKind kind = named->kind;
+  const char* pattern = kind == PretokenizerKind::Gpt2 ? kGpt2Pattern : kDigitsIsolatedPattern;
   auto re = std::make_unique<Regex>();
   int err = 0;
   PCRE2_SIZE err_off = 0;

@@ -11,13 +11,15 @@
 namespace peregrine {
 
 enum class PretokenizerKind {
-  Gpt2,            // "gpt2": the GPT-2 regex
-  DigitsIsolated,  // "smollm", "starcoder", "refact": each digit alone, then the GPT-2 regex
+  Gpt2,            // "gpt-2", "mpt", "olmo", ...: the GPT-2 regex
+  DigitsIsolated,  // "smollm", "starcoder", "refact", ...: each digit alone, then the GPT-2 regex
 };
 
 class Pretokenizer {
  public:
-  // Error "unsupported tokenizer pre-tokenizer 'X'" for names we do not know.
+  // Takes every tokenizer.ggml.pre name llama.cpp maps to one of the splits above (the
+  // table in pretokenizer.cpp); any other name is the one-line error "unsupported tokenizer
+  // pre-tokenizer 'X' (tokenizer.ggml.pre); supported: gpt-2, ...".
   static Result<std::unique_ptr<Pretokenizer>> create(std::string_view pre_name);
   ~Pretokenizer();
   Pretokenizer(const Pretokenizer&) = delete;

@@ -8,6 +8,8 @@ bytes, less the bytes this vocabulary cannot spell (both tokenizers drop those).
 
 from __future__ import annotations
 
+import subprocess
+
 import gguf
 import pytest
 from gguf_hf_tokenizer import build_tokenizer
@@ -107,32 +109,76 @@ def test_decode_round_trip(peregrine_bin, model_path, vocab, corpus):
     assert len(spellable) < 256  # this vocab lacks some bytes, so the filter above is exercised
 
 
-def test_gpt2_pretokenizer_matches_hf(peregrine_bin, model_path, reader, vocab, corpus, tmp_path):
-    """Same vocab with tokenizer.ggml.pre = "gpt2": plain ByteLevel, digits not split."""
+# tokenizer.ggml.pre names and the split each stands for, as llama.cpp maps them (src/llama-vocab.cpp
+# of the pinned llama-cpp-python 0.3.36): the names it gives the GPT-2 regex alone (pre types GPT2,
+# MPT, OLMO, JAIS, TRILLION, GRANITE_DOCLING), and those it gives "\p{N}" then the GPT-2 regex
+# (STARCODER, REFACT, COMMAND_R, SMOLLM, CODESHELL, EXAONE, MINERVA, MELLUM2). Left out although
+# their regex is GPT-2's: jina-v1-en, jina-v2-code and roberta-bpe (llama.cpp adds a SEP token)
+# and jina-v2-de / jina-v2-es (a left-stripping <mask>); those are encoder models anyway.
+GPT2_NAMES = ["gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "a.x-4.0", "mellum", "modern-bert",
+              "exaone4", "mpt", "olmo", "jais", "trillion", "granite-docling"]
+DIGITS_NAMES = ["smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b",
+                "mellum2"]
+
+
+def hf_pre_tokenizer(name):
+    """The HF pre-tokenizer the named split is: ByteLevel's GPT-2 regex, after Digits for the second family."""
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if name in DIGITS_NAMES:
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    assert name in GPT2_NAMES, name
+    return byte_level
+
+
+def write_vocab_gguf(path, reader, vocab, pre):
+    """A GGUF holding only the model's tokenizer metadata, with tokenizer.ggml.pre = pre."""
     tokens, types = vocab
-    merges = reader.fields["tokenizer.ggml.merges"].contents()
-    path = tmp_path / "gpt2-tokenizer.gguf"
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt2")
+    w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
     w.add_token_types(list(types))
-    w.add_token_merges(merges)
+    w.add_token_merges(reader.fields["tokenizer.ggml.merges"].contents())
     w.add_eos_token_id(2)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    return path
 
+
+def test_supported_pretokenizer_names_are_llama_cpps(peregrine_bin, reader, vocab, tmp_path):
+    """The engine refuses an unknown name with one line listing what it accepts: exactly the names
+    above (so a name added there without a check here fails), and not "gpt2", which no converter
+    writes and llama.cpp refuses."""
+    for bad in ["no-such-pre", "gpt2"]:
+        path = write_vocab_gguf(tmp_path / f"{bad}.gguf", reader, vocab, bad)
+        r = subprocess.run([str(peregrine_bin), "tokenize", "-m", str(path), "-p", "a"],
+                           capture_output=True, text=True, timeout=60)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode != 0 and len(lines) == 1, r.stderr
+        assert f"unsupported tokenizer pre-tokenizer '{bad}'" in lines[0], lines[0]
+        listed = lines[0].split("supported: ", 1)[1].split(", ")
+        assert sorted(listed) == sorted(GPT2_NAMES + DIGITS_NAMES), lines[0]
+
+
+@pytest.mark.parametrize("name", GPT2_NAMES + DIGITS_NAMES)
+def test_pretokenizer_names_match_hf(peregrine_bin, model_path, reader, vocab, corpus, tmp_path, name):
+    """The model's vocab under each accepted tokenizer.ggml.pre against HF configured for that split."""
+    tokens, types = vocab
+    merges = reader.fields["tokenizer.ggml.merges"].contents()
+    path = write_vocab_gguf(tmp_path / "tokenizer.gguf", reader, vocab, name)
     hf = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)},
                               merges=[tuple(m.split(" ")) for m in merges]))
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    hf.pre_tokenizer = hf_pre_tokenizer(name)
     hf.decoder = decoders.ByteLevel()
     hf.add_special_tokens([AddedToken(t, special=True, normalized=False)
                            for t, ty in zip(tokens, types) if ty in (3, USER_DEFINED)])
     lines = corpus[::3]
     ours = run_jsonl(peregrine_bin, path, lines)
     theirs = [e.ids for e in hf.encode_batch(lines, add_special_tokens=False)]
-    compare(lines, ours, theirs, "pre=gpt2")
-    # The two splits really differ on digits, so this run tested something the smollm one did not.
-    assert run_jsonl(peregrine_bin, path, ["a  1"]) != run_jsonl(peregrine_bin, model_path, ["a  1"])
+    compare(lines, ours, theirs, f"pre={name}")
+    # The two splits really differ on digits ("a  1": "a", " ", " 1" against "a", "  ", "1"), so
+    # each family tested something the other did not.
+    digits_split = run_jsonl(peregrine_bin, model_path, ["a  1"])
+    assert (run_jsonl(peregrine_bin, path, ["a  1"]) == digits_split) == (name in DIGITS_NAMES)

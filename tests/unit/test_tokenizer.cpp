@@ -160,13 +160,15 @@ struct TinyVocab {
   std::vector<int32_t> types = {3, 3, 3, 1, 1, 1, 1, 1, 1, 4};
   std::vector<std::string> merges = {"a b", "\xC4\xA0 ab"};
   std::string model = "gpt2", pre = "smollm";
+  bool with_pre = true;
   int64_t bos = 0, eos = 0;
   bool with_eot = false;
   int64_t eot = 0;
 
   std::vector<uint8_t> bytes() const {
     test::GgufBuilder b;
-    b.kv_str("tokenizer.ggml.model", model).kv_str("tokenizer.ggml.pre", pre);
+    b.kv_str("tokenizer.ggml.model", model);
+    if (with_pre) b.kv_str("tokenizer.ggml.pre", pre);
     b.kv_str_array("tokenizer.ggml.tokens", tokens).kv_i32_array("tokenizer.ggml.token_type", types);
     b.kv_str_array("tokenizer.ggml.merges", merges);
     b.kv_u32("tokenizer.ggml.bos_token_id", uint32_t(bos));
@@ -243,7 +245,10 @@ TEST(TokenizerTiny, RejectsBadMetadata) {
   expect_error(v, "tokenizer.ggml.scores is missing");
   v = {};
   v.pre = "qwen9";
-  expect_error(v, "unsupported tokenizer pre-tokenizer 'qwen9'");
+  expect_error(v, "unsupported tokenizer pre-tokenizer 'qwen9' (tokenizer.ggml.pre); supported: gpt-2, ");
+  v = {};
+  v.with_pre = false;
+  expect_error(v, "tokenizer.ggml.pre is missing");
   v = {};
   v.types.pop_back();
   expect_error(v, "token_type has 9 entries but tokenizer.ggml.tokens has 10");
@@ -302,7 +307,7 @@ std::vector<std::string> pieces(const Pretokenizer& p, std::string_view text) {
 
 TEST(TokenizerPretokenizer, SplitsLikeHf) {
   auto smol = Pretokenizer::create("smollm");
-  auto gpt2 = Pretokenizer::create("gpt2");
+  auto gpt2 = Pretokenizer::create("gpt-2");
   ASSERT_TRUE(smol.ok() && gpt2.ok());
   using V = std::vector<std::string>;
   // Expected values from HF tokenizers' pre_tokenize_str (byte-level spelling undone).
@@ -315,6 +320,41 @@ TEST(TokenizerPretokenizer, SplitsLikeHf) {
   EXPECT_EQ(pieces(**smol, "a\xFF\xC3 b"), (V{"a", "\xFF", "\xC3", " b"}));  // invalid bytes alone
   EXPECT_EQ(pieces(**smol, ""), V{});
   EXPECT_FALSE(Pretokenizer::create("default").ok());
+}
+
+// The names llama.cpp's converter writes and llama.cpp maps to these two splits
+// (src/llama-vocab.cpp of llama-cpp-python 0.3.36); tests/reference/test_tokenizer_hf.py checks
+// each against HF tokenizers.
+TEST(TokenizerPretokenizer, AcceptsLlamaCppNamesOfTheSameSplit) {
+  for (const char* name : {"gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "a.x-4.0", "mellum",
+                           "modern-bert", "exaone4", "mpt", "olmo", "jais", "trillion",
+                           "granite-docling"}) {
+    auto p = Pretokenizer::create(name);
+    ASSERT_TRUE(p.ok()) << name << ": " << p.error().message;
+    EXPECT_EQ((*p)->kind(), PretokenizerKind::Gpt2) << name;
+    EXPECT_EQ(pieces(**p, "a  12"), (std::vector<std::string>{"a", " ", " 12"})) << name;
+  }
+  for (const char* name : {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone",
+                           "minerva-7b", "mellum2"}) {
+    auto p = Pretokenizer::create(name);
+    ASSERT_TRUE(p.ok()) << name << ": " << p.error().message;
+    EXPECT_EQ((*p)->kind(), PretokenizerKind::DigitsIsolated) << name;
+    EXPECT_EQ(pieces(**p, "a  12"), (std::vector<std::string>{"a", "  ", "1", "2"})) << name;
+  }
+  // Other splits, names llama.cpp does not know ("gpt2"), and the GPT-2 regex with extra
+  // special-token rules (a SEP token, a left-stripping <mask>) are refused, listing what is
+  // supported.
+  for (const char* name : {"gpt2", "default", "llama-bpe", "qwen2", "roberta-bpe", "jina-v2-de",
+                           "GPT-2", ""}) {
+    auto p = Pretokenizer::create(name);
+    ASSERT_FALSE(p.ok()) << name;
+    const std::string& msg = p.error().message;
+    EXPECT_NE(msg.find(std::string("unsupported tokenizer pre-tokenizer '") + name + "'"),
+              std::string::npos) << msg;
+    EXPECT_NE(msg.find("supported: gpt-2, "), std::string::npos) << msg;
+    EXPECT_NE(msg.find(", smollm"), std::string::npos) << msg;
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+  }
 }
 
 // ---- the real SmolLM2 vocab ---------------------------------------------------------------
