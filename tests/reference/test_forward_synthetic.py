@@ -52,10 +52,16 @@ N_TOKENS = 48
 WTYPES = ("F32", "Q8_0")
 MODELS = list(sm.MODELS)
 
-# F32 files: float rounding only.
-F32_MAX_ABS_REL = 1e-3  # max |diff| / max |logit of the row set|
-F32_KL_MAX = 1e-5  # per position
-# Q8_0 files (8-bit activations on one side): as test_forward.py.
+# F32 files: float rounding only. Measured (48 tokens, logits span about -17..18): numpy reference vs
+# llama.cpp max |diff| <= 5.1e-5 (<= 3.2e-6 of max |logit|), KL <= 1e-10, argmax equal everywhere;
+# the engine (first qwen2/qwen3/scaled-RoPE version) vs either <= 5.7e-5, KL <= 1.2e-10.
+F32_MAX_ABS_REL = 1e-3  # max |diff| / max |expected logit|
+F32_KL_MAX = 1e-5  # at every position
+# Q8_0 files (8-bit activations in llama.cpp and the engine, not in the reference): test_forward.py's
+# limits. Measured, reference vs llama.cpp: max |diff| 0.031..0.086 of max |logit|, mean KL
+# 0.0024..0.011, max KL 0.0067..0.115 (llama_rope_llama3), argmax 90-96% (the rest near ties);
+# engine vs llama.cpp: mean KL <= 0.0072, max KL <= 0.076; engine vs reference: mean KL <= 0.0099.
+# Every deliberate reference bug (ABLATIONS_OF) lands at mean KL >= 0.49 and >= 0.43 of max |logit|.
 Q8_MAX_ABS_REL = 0.15
 Q8_KL_MEAN_MAX = 0.02
 Q8_KL_POS_MAX = 0.15
