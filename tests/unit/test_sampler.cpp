@@ -70,9 +70,6 @@ TEST(Sampler, TopKTopPMinPTruncate) {
     for (int i = 0; i < 3000; ++i) n[s.sample(l.data(), 5)]++;
     return n;
   };
-  SamplerOptions k;
-  k.top_k = 2; k.top_p = 1.0f; k.min_p = 0.0f;
-  for (auto [id, c] : draws(k)) EXPECT_LT(id, 2);
   SamplerOptions p;
   p.top_k = 0; p.top_p = 0.5f; p.min_p = 0.0f;  // p(0) ~ 0.72 > 0.5: only token 0
   EXPECT_EQ(draws(p).size(), 1u);
@@ -80,6 +77,37 @@ TEST(Sampler, TopKTopPMinPTruncate) {
   m.top_k = 0; m.top_p = 1.0f; m.min_p = 0.3f;  // p1/p0 = e^-1 ~ 0.37 kept, e^-5 dropped
   auto n = draws(m);
   EXPECT_EQ(n.size(), 2u);
+}
+
+// Top-k = 2 keeps the two best tokens and draws them in proportion to their renormalised
+// probabilities (then reshaped by the temperature): not top-1 (which never draws the second),
+// not top-3 (which draws the third about 0.5% of the time at temperature 1), not the first two
+// ids (the best two are ids 3 and 1).
+TEST(Sampler, TopKDrawsTheKeptTokensInProportion) {
+  const std::vector<float> l = {0.0f, 4.0f, -1.0f, 5.0f, -2.0f};
+  for (float temp : {1.0f, 2.0f}) {
+    SamplerOptions o;
+    o.temperature = temp;
+    o.top_k = 2;
+    o.top_p = 1.0f;
+    o.min_p = 0.0f;
+    o.seed = 99;
+    Sampler s(o);
+    const int N = 20000;
+    std::map<int, int> n;
+    for (int i = 0; i < N; ++i) n[s.sample(l.data(), 5)]++;
+    EXPECT_EQ(n.count(0) + n.count(2) + n.count(4), 0u) << "temperature " << temp;
+    // Renormalised over the two kept tokens: p(3) = 1 / (1 + e^((4 - 5) / T)).
+    const double p3 = 1.0 / (1.0 + std::exp((4.0 - 5.0) / temp)), p1 = 1.0 - p3;
+    // Pearson's chi-square with one degree of freedom: 23.9 is its 1 - 1e-6 quantile, so a
+    // correct sampler fails with probability 1e-6 per seed (and this seed is fixed). At
+    // N = 20000 the expected count of the less likely token is >= 5379, so the chi-square
+    // approximation is accurate; top-1 would give chi2 = N p1 / p3 > 7000.
+    const double e3 = N * p3, e1 = N * p1;
+    const double chi2 = (n[3] - e3) * (n[3] - e3) / e3 + (n[1] - e1) * (n[1] - e1) / e1;
+    EXPECT_LT(chi2, 23.9) << "temperature " << temp << ": token 3 drawn " << n[3]
+                          << " times, token 1 " << n[1] << ", expected " << e3 << " and " << e1;
+  }
 }
 
 // Top-p and min-p over a large vocabulary without top-k (how the server samples): the sampler
