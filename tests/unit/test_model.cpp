@@ -77,21 +77,71 @@ TEST_F(ModelTest, TwoSequencesInOneBatchMatchAlone) {
 
 TEST_F(ModelTest, RejectsBadBatches) {
   KvCache c(model_->kv_shape(8, 1));
-  std::vector<float> l;
-  Batch b;
-  b.add(-1, 0, 0, true);
-  EXPECT_FALSE(model_->forward(b, c, l).ok());
-  b.clear();
-  b.add(int32_t(model_->hparams().n_vocab), 0, 0, true);
-  EXPECT_FALSE(model_->forward(b, c, l).ok());
-  b.clear();
-  b.add(1, 8, 0, true);  // position past the context
-  EXPECT_FALSE(model_->forward(b, c, l).ok());
-  b.clear();
-  b.add(1, 0, 1, true);  // no such sequence slot
-  EXPECT_FALSE(model_->forward(b, c, l).ok());
-  b.clear();
-  EXPECT_FALSE(model_->forward(b, c, l).ok());
+  // Every K and V row of every slot, as raw bytes; together they must be the whole cache.
+  auto snapshot = [](const KvCache& kv) {
+    const KvShape& s = kv.shape();
+    const size_t row = size_t(s.kv_dim) * s.elem_bytes();
+    std::vector<uint8_t> out;
+    for (int64_t layer = 0; layer < s.n_layer; ++layer)
+      for (int64_t seq = 0; seq < s.n_seq; ++seq)
+        for (int64_t pos = 0; pos < s.slots(layer); ++pos)
+          for (const void* r : {kv.k(layer, seq, pos), kv.v(layer, seq, pos)}) {
+            const auto* b = static_cast<const uint8_t*>(r);
+            out.insert(out.end(), b, b + row);
+          }
+    return out;
+  };
+  std::vector<float> l, expect;
+  // Real content first (positions 0..2), so "unchanged" also means "not overwritten".
+  Batch prefix;
+  for (int32_t i = 0; i < 3; ++i) prefix.add(kTokens[size_t(i)], i, 0, false);
+  ASSERT_TRUE(model_->forward(prefix, c, l).ok());
+  const std::vector<uint8_t> before = snapshot(c);
+  ASSERT_EQ(before.size(), c.bytes());
+  const int32_t V = int32_t(model_->hparams().n_vocab);
+
+  struct Tok {
+    int32_t token, pos;
+  };
+  struct Bad {
+    std::vector<Tok> tokens;  // all in sequence 0 ...
+    int32_t seq;              // ... but the last, which is in this one
+    std::string needle;       // what the error must say
+  };
+  const std::vector<Bad> bad = {
+      {{{-1, 3}}, 0, "token id -1 at batch index 0 is outside the vocabulary"},
+      {{{V, 3}}, 0, "token id " + std::to_string(V) + " at batch index 0 is outside the vocabulary"},
+      {{{1, 8}}, 0, "position 8 at batch index 0 is outside the context (0..7)"},
+      {{{1, -1}}, 0, "position -1 at batch index 0 is outside the context"},
+      {{{1, 3}}, 1, "sequence 1 at batch index 0 is outside 0..0"},
+      {{}, 0, "empty batch"},
+      // A bad token after good ones: nothing of the batch may be written, not even the good
+      // tokens before it.
+      {{{kTokens[3], 3}, {kTokens[4], 4}, {-5, 5}}, 0, "token id -5 at batch index 2"},
+      {{{kTokens[3], 3}, {kTokens[4], 4}, {1, 9}}, 0, "position 9 at batch index 2"},
+      {{{kTokens[3], 3}, {kTokens[4], 4}}, -1, "sequence -1 at batch index 1"},
+  };
+  for (const Bad& t : bad) {
+    Batch b;
+    for (size_t i = 0; i < t.tokens.size(); ++i)
+      b.add(t.tokens[i].token, t.tokens[i].pos, i + 1 == t.tokens.size() ? t.seq : 0, true);
+    const Status st = model_->forward(b, c, l);
+    ASSERT_FALSE(st.ok()) << t.needle;
+    EXPECT_NE(st.error().message.find(t.needle), std::string::npos)
+        << "error '" << st.error().message << "' does not say '" << t.needle << "'";
+    EXPECT_TRUE(snapshot(c) == before) << "the cache changed after: " << st.error().message;
+    EXPECT_EQ(c.bytes(), before.size());
+  }
+
+  // The cache still continues the prefix: position 3 gives what it gives after the prefix in
+  // a fresh cache.
+  KvCache fresh(model_->kv_shape(8, 1));
+  ASSERT_TRUE(model_->forward(prefix, fresh, l).ok());
+  Batch next;
+  next.add(kTokens[3], 3, 0, true);
+  ASSERT_TRUE(model_->forward(next, fresh, expect).ok());
+  ASSERT_TRUE(model_->forward(next, c, l).ok());
+  EXPECT_EQ(l, expect);
 }
 
 TEST_F(ModelTest, SessionRejectsPromptsPastTheContext) {
