@@ -1,5 +1,5 @@
-// Block layouts of the quantized weight formats (as in GGUF) and of our 8-bit
-// activation blocks. All blocks hold 32 values.
+// Block layouts of the 32-value quantized weight formats (as in GGUF) and of our 8-bit
+// activation blocks. All blocks hold 32 values (the K-quants are in kquants.h).
 #pragma once
 
 #include <cstdint>
@@ -31,15 +31,32 @@ struct BlockQ5_0 {
 };
 static_assert(sizeof(BlockQ5_0) == 22);
 
-// The 32 signed values q - 16 of a Q5_0 block (-16..15), in order.
-inline void unpack_q5_0(const BlockQ5_0& b, int8_t* out) {
-  const uint32_t qh = uint32_t(b.qh[0]) | uint32_t(b.qh[1]) << 8 | uint32_t(b.qh[2]) << 16 |
-                      uint32_t(b.qh[3]) << 24;
+// The 32 five-bit codes (0..31) of a Q5_0 / Q5_1 block, in order: the low nibble of
+// qs[j % 16] (high nibble for j >= 16) and, as fifth bit, bit j of the little-endian qh.
+inline void unpack_5bit(const uint8_t* qs, const uint8_t* qh_bytes, uint8_t* out) {  // -> out[32]
+  const uint32_t qh = uint32_t(qh_bytes[0]) | uint32_t(qh_bytes[1]) << 8 | uint32_t(qh_bytes[2]) << 16 |
+                      uint32_t(qh_bytes[3]) << 24;
   for (int j = 0; j < kQK / 2; ++j) {
-    out[j] = int8_t(((b.qs[j] & 0x0F) | ((qh >> j) & 1) << 4) - 16);
-    out[j + 16] = int8_t(((b.qs[j] >> 4) | ((qh >> (j + 16)) & 1) << 4) - 16);
+    out[j] = uint8_t((qs[j] & 0x0F) | ((qh >> j) & 1) << 4);
+    out[j + 16] = uint8_t((qs[j] >> 4) | ((qh >> (j + 16)) & 1) << 4);
   }
 }
+
+// The 32 signed values q - 16 of a Q5_0 block (-16..15), in order.
+inline void unpack_q5_0(const BlockQ5_0& b, int8_t* out) {
+  uint8_t q[kQK];
+  unpack_5bit(b.qs, b.qh, q);
+  for (int j = 0; j < kQK; ++j) out[j] = int8_t(q[j] - 16);
+}
+
+// value[j] = d * q[j] + m, q[j] = nibble(j) | bit j of qh << 4 (0..31), as Q5_0 without the -16
+struct BlockQ5_1 {
+  uint16_t d;     // fp16 scale
+  uint16_t m;     // fp16 minimum
+  uint8_t qh[4];  // fifth bits, little-endian u32
+  uint8_t qs[kQK / 2];
+};
+static_assert(sizeof(BlockQ5_1) == 24);
 
 // value[j] = d * qs[j]
 struct BlockQ8_0 {
