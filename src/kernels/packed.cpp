@@ -5,32 +5,10 @@
 
 #include "quant/fp16.h"
 #include "quant/kquants.h"
+#include "quant/type_table.h"
 
 namespace peregrine {
 namespace {
-
-constexpr size_t kScales = kPanelRows * sizeof(uint16_t);  // 32 bytes of fp16 per panel block
-
-constexpr PanelFormat kQ4_0{GgmlType::Q4_0, kScales, kScales, kScales + kPanelRows * kQK / 2, false, 0};
-constexpr PanelFormat kQ4_1{GgmlType::Q4_1, kScales, 2 * kScales, 2 * kScales + kPanelRows * kQK / 2, false, 0};
-constexpr PanelFormat kQ8_0{GgmlType::Q8_0, kScales, kScales, kScales + kPanelRows * kQK, false, 0};
-constexpr PanelFormat kF32{GgmlType::F32, 0, 0, kPanelRows * kQK * 4, true, 4};
-constexpr PanelFormat kF16{GgmlType::F16, 0, 0, kPanelRows * kQK * 2, true, 2};
-constexpr PanelFormat kBF16{GgmlType::BF16, 0, 0, kPanelRows * kQK * 2, true, 2};
-// K-quants, one 32-value sub-block per panel block, effective scales in f32 (exact:
-// an fp16 times a 6- or 8-bit integer):
-//   Q4_K: d[16] = d * sc, m[16] = -dmin * m (f32), then nibbles as Q4_1
-//   Q5_K: as Q4_K, the quants q (0..31) as bytes laid out as Q8_0's
-//   Q3_K: as Q6_K with q + 4 (0..7)
-//   Q2_K: as Q6_K with q (0..3), then also m[16] per half (-dmin * m, f32) after the two d
-//   Q6_K: d[16] for values 0-15 and d[16] for 16-31 (= d * scale of each 16), then
-//         q + 32 (0..63) as bytes, laid out as Q8_0's
-constexpr size_t kScales32 = kPanelRows * sizeof(float);
-constexpr PanelFormat kQ4K{GgmlType::Q4_K, kScales32, 2 * kScales32, 2 * kScales32 + kPanelRows * kQK / 2, false, 0};
-constexpr PanelFormat kQ5K{GgmlType::Q5_K, kScales32, 2 * kScales32, 2 * kScales32 + kPanelRows * kQK, false, 0};
-constexpr PanelFormat kQ3K{GgmlType::Q3_K, kScales32, 2 * kScales32, 2 * kScales32 + kPanelRows * kQK, false, 0};
-constexpr PanelFormat kQ2K{GgmlType::Q2_K, kScales32, 4 * kScales32, 4 * kScales32 + kPanelRows * kQK, false, 0};
-constexpr PanelFormat kQ6K{GgmlType::Q6_K, kScales32, 2 * kScales32, 2 * kScales32 + kPanelRows * kQK, false, 0};
 
 // Row r's 32-value sub-block b of a K-quant row as the panel stores it: effective scales
 // (two for Q6_K's halves) and bytes (Q4_K: GGUF-style nibble pairs; Q6_K: q + 32).
@@ -127,29 +105,17 @@ BlockView view_block(GgmlType t, const uint8_t* row, int64_t b) {
 }  // namespace
 
 const PanelFormat* panel_format(GgmlType type) {
-  switch (type) {
-    case GgmlType::Q4_0: return &kQ4_0;
-    case GgmlType::Q4_1: return &kQ4_1;
-    case GgmlType::Q8_0: return &kQ8_0;
-    case GgmlType::Q5_0: return &kQ8_0;  // unpacked to int8 q - 16: exact, 8 bits per weight
-    case GgmlType::F32: return &kF32;
-    case GgmlType::F16: return &kF16;
-    case GgmlType::BF16: return &kBF16;
-    case GgmlType::Q4_K: return &kQ4K;
-    case GgmlType::Q5_K: return &kQ5K;
-    case GgmlType::Q2_K: return &kQ2K;
-    case GgmlType::Q3_K: return &kQ3K;
-    case GgmlType::Q6_K: return &kQ6K;
-    default: return nullptr;
-  }
+  const TypeInfo* info = find_type_info(uint32_t(type));
+  return info ? info->panel : nullptr;
 }
 
 Result<PackedMatrix> pack_matrix(GgmlType type, const uint8_t* src, int64_t rows, int64_t cols,
                                  size_t row_bytes) {
   const PanelFormat* f = panel_format(type);
   if (f == nullptr) return make_error("no panel layout for type {}", type_name(type));
-  const bool kquant = type == GgmlType::Q2_K || type == GgmlType::Q3_K || type == GgmlType::Q4_K ||
-                      type == GgmlType::Q5_K || type == GgmlType::Q6_K;
+  // K-quant super-blocks of 256 are split into panel blocks of 32 values each.
+  const uint32_t block_elems = type_info(type).block_elems;
+  const bool kquant = block_elems == kQK_K;
   const int64_t multiple = kquant ? kQK_K : kQK;
   if (rows <= 0 || cols <= 0 || cols % multiple != 0)
     return make_error("cannot pack a [{}, {}] matrix: columns must be a positive multiple of {}",
@@ -187,8 +153,8 @@ Result<PackedMatrix> pack_matrix(GgmlType type, const uint8_t* src, int64_t rows
           d0[r] = ks.d0;
           d1[r] = ks.d1_or_m;
           if (type == GgmlType::Q2_K) {
-            reinterpret_cast<float*>(out + 2 * kScales32)[r] = ks.m0;
-            reinterpret_cast<float*>(out + 3 * kScales32)[r] = ks.m1;
+            reinterpret_cast<float*>(out + 2 * panel::kScales32)[r] = ks.m0;
+            reinterpret_cast<float*>(out + 3 * panel::kScales32)[r] = ks.m1;
           }
           for (int g = 0; g < ks.qs_bytes / 4; ++g)
             std::memcpy(qs + (g * kPanelRows + r) * 4, ks.qs + g * 4, 4);

@@ -27,22 +27,13 @@
 #include "core/status.h"
 #include "quant/blocks.h"
 #include "quant/ggml_type.h"
+#include "quant/panel_format.h"
 
 namespace peregrine {
 
-inline constexpr int kPanelRows = 16;
-
-// Bytes of one PanelBlock, and byte offsets of its parts.
-struct PanelFormat {
-  GgmlType type;
-  size_t m_offset;   // offsets start (Q4_1), else == d size
-  size_t qs_offset;  // quants start
-  size_t block_bytes;
-  bool is_float;     // F32/F16/BF16: float activations, no scales
-  size_t elem_bytes; // float types: bytes per element
-};
-// Formats that have panel kernels: Q4_0, Q4_1, Q8_0, F32, F16, BF16; Q5_0 is packed as
-// Q8_0 (its values q - 16 widened to int8, exact). nullptr for others.
+// The panel format of a weight type (TypeInfo::panel in quant/type_table.h): Q4_0, Q4_1,
+// Q8_0, the K-quants, F32, F16, BF16; Q5_0 is packed as Q8_0 (its values q - 16 widened
+// to int8, exact). nullptr for others. Byte offsets and sizes are in quant/panel_format.h.
 const PanelFormat* panel_format(GgmlType type);
 
 // A packed matrix: n_panels panels of nb PanelBlocks each, 64-byte aligned.

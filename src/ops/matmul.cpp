@@ -8,6 +8,7 @@
 #include "kernels/kernels.h"
 #include "ops/ops.h"
 #include "quant/kquants.h"
+#include "quant/type_table.h"
 
 namespace peregrine {
 namespace {
@@ -15,33 +16,14 @@ namespace {
 constexpr int64_t kTokenChunk = 64;  // tokens per pass: their activations stay in L2
 constexpr size_t kMaxOuts = 4;
 
-// Weight types dotted with 8-bit activation blocks of 32 (BlockQ8Act) when unpacked.
-bool quantized(GgmlType t) {
-  return t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q8_0 || t == GgmlType::Q5_0;
+// What a weight reads (quant/type_table.h): BlockQ8Act 32-blocks (packed quantized
+// panels, unpacked *_0/*_1), Q8_K super-blocks (unpacked K-quants) or floats.
+MatmulInput input_of(const Weight& w) {
+  if (w.packed) return w.packed->format->is_float ? MatmulInput::Float : MatmulInput::Q8;
+  const MatmulInput in = type_info(w.type).row_input;
+  PG_ASSERT(in != MatmulInput::None && "matmul: weight type cannot run unpacked");
+  return in;
 }
-
-// K-quants: dotted with Q8_K activation super-blocks of 256 (scalar row kernels for now).
-using KDot = float (*)(const void*, const BlockQ8K*, int64_t);
-KDot kquant_dot(GgmlType t) {
-  switch (t) {
-    case GgmlType::Q2_K: return dot_q2_k_q8_k;
-    case GgmlType::Q3_K: return dot_q3_k_q8_k;
-    case GgmlType::Q4_K: return dot_q4_k_q8_k;
-    case GgmlType::Q5_K: return dot_q5_k_q8_k;
-    case GgmlType::Q6_K: return dot_q6_k_q8_k;
-    default: return nullptr;
-  }
-}
-
-// What a weight reads: BlockQ8Act (32-blocks: packed quantized panels, unpacked *_0/*_1),
-// Q8_K super-blocks (unpacked K-quants) or floats.
-enum class Input { Q8, Q8K, Float };
-Input input_of(const Weight& w) {
-  if (w.packed) return w.packed->format->is_float ? Input::Float : Input::Q8;
-  if (quantized(w.type)) return Input::Q8;
-  return kquant_dot(w.type) ? Input::Q8K : Input::Float;
-}
-
 
 KernelTable::PanelDot panel_kernel(const KernelTable& k, GgmlType t) {
   switch (t) {
@@ -148,7 +130,7 @@ void run_groups(const KernelTable& k, const Weight& w, const float* x, const Blo
     return;
   }
   const int64_t n_in = w.cols, r1 = std::min(g1 * kPanelRows, n_out);
-  if (const KDot dot = kquant_dot(w.type)) {
+  if (const DotQ8KFn dot = type_info(w.type).dot_q8k) {
     const int64_t nbk = n_in / kQK_K;
     for (int64_t r = g0 * kPanelRows; r < r1; ++r)
       for (int64_t t = 0; t < n_tok; ++t) y[t * n_out + r] = dot(w.row(r), xk + t * nbk, nbk);
@@ -202,10 +184,10 @@ void matmul_many(std::initializer_list<MatmulOut> outs, MatIn in, int64_t n_tok,
   int64_t total = 0;
   for (const MatmulOut& o : outs) {
     PG_ASSERT(o.w->cols == cols);
-    const Input i = input_of(*o.w);
-    any_quantized |= i == Input::Q8;
-    any_k |= i == Input::Q8K;
-    any_float |= i != Input::Q8;  // Q8_K is quantized from the (normalised) float rows
+    const MatmulInput i = input_of(*o.w);
+    any_quantized |= i == MatmulInput::Q8;
+    any_k |= i == MatmulInput::Q8K;
+    any_float |= i != MatmulInput::Q8;  // Q8_K is quantized from the (normalised) float rows
     total += n_groups(*o.w);
   }
   const BlockQ8Act* xq = any_quantized ? quantize_input(in, n_tok, cols, pool, scratch) : nullptr;
@@ -253,7 +235,7 @@ void matmul_glu(const Weight& gate, const Weight& up, MatIn in, float* out, int6
     return;
   }
   const KernelTable& k = kernels();
-  const bool q8 = input_of(gate) == Input::Q8;
+  const bool q8 = input_of(gate) == MatmulInput::Q8;
   const BlockQ8Act* xq = q8 ? quantize_input(in, n_tok, gate.cols, pool, scratch) : nullptr;
   const float* x = q8 ? in.x : float_input(in, n_tok, gate.cols, scratch);
   const int64_t groups = n_groups(gate), per_task = groups_per_task(2 * groups, pool.size());

@@ -1,4 +1,6 @@
 // Tensor element types as numbered in the GGUF format, with their block geometry.
+// The geometry queries below are answered from the type table (quant/type_table.h),
+// which also holds everything else the engine knows per type.
 #pragma once
 
 #include <cstddef>
