@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   t::register_tokenize(app);
   t::register_logits(app);
   t::register_dequant(app);
+  t::register_quantize_row(app);
   t::register_bench(app);
   t::register_serve(app);
 

@@ -13,6 +13,7 @@ void register_perplexity(CLI::App& app);
 void register_tokenize(CLI::App& app);
 void register_logits(CLI::App& app);
 void register_dequant(CLI::App& app);
+void register_quantize_row(CLI::App& app);  // hidden test hook
 void register_bench(CLI::App& app);
 void register_serve(CLI::App& app);
 
