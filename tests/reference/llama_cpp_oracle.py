@@ -67,7 +67,7 @@ def _compile_command(libllama: Path, sdist_llama: Path, out: Path) -> list[str]:
 
 
 def build(jobs: int | None = None) -> Path:
-    """The oracle binary, built if needed (llama.cpp's library first: ~1.5 min on 2 cores, cold)."""
+    """The oracle binary, built if needed (llama.cpp's library first; cold: ~1.5 min on 2 idle cores)."""
     jobs = jobs or int(os.environ.get("LLAMA_CPP_ORACLE_JOBS", "2"))
     with _lock(lcb.CACHE / ".llama-cpp-oracle.lock"):
         libllama, commit = lcb.build_target("llama", jobs, no_amx=True)

@@ -6,7 +6,8 @@ names and metadata keys llama.cpp's converter writes, F32 and Q8_0, into a tempo
 time (seeded). Three implementations then run the same file on the same 48 tokens:
 
   - llama.cpp (the pinned 0c1e57098 from the llama-cpp-python 0.3.36 sdist), through our
-    llama_cpp_logits.cpp (llama_cpp_oracle.py builds it once, cached: ~1.5 min cold on 2 cores);
+    llama_cpp_logits.cpp (llama_cpp_oracle.py builds it once, cached: cold ~1.5 min on 2 idle cores,
+    ~3 CPU-minutes, ~7 min wall when the cores are busy);
   - hf_decoder_ref.py, a numpy forward pass written from HF transformers' definitions;
   - the engine, `peregrine logits`.
 
