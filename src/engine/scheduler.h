@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "engine/sequence.h"
 #include "kv/block_manager.h"
 #include "kv/kv_cache.h"
 #include "model/model.h"
@@ -51,12 +52,6 @@ struct SchedulerConfig {
   bool prefix_caching = true;
 };
 
-// What a sequence needs to know about tokens: their bytes and which end generation.
-struct TokenText {
-  std::function<std::string(TokenId)> bytes;
-  std::function<bool(TokenId)> is_end_of_generation;
-};
-
 struct GenRequest {
   std::vector<TokenId> prompt;
   int64_t max_tokens = -1;      // -1: until the context is full
@@ -66,9 +61,6 @@ struct GenRequest {
   std::vector<std::string> stop;
   bool ignore_eos = false;
 };
-
-enum class FinishReason { Stop, Length, Cancelled, Error };
-const char* finish_reason_name(FinishReason r);  // "stop", "length", "cancelled", "error"
 
 // The event stream of one request, filled by the scheduler and read by one client thread.
 class RequestStream {
@@ -165,7 +157,6 @@ class Scheduler {
   void on_logits(Seq& s, const float* row);
   void sample_and_emit(Seq& s, const float* row);
   void finish(Seq& s, FinishReason reason, std::string tail, std::string error = {});
-  void finish_text(Seq& s, FinishReason reason);
   std::unique_ptr<Seq> detach(Seq& s);
   void fail_batch(const std::string& message);
   void publish_stats();
@@ -187,6 +178,7 @@ class Scheduler {
   std::vector<std::pair<Seq*, bool>> in_batch_;  // (sequence, wants logits) in batch order
   std::vector<Seq*> order_;                      // running_ at the start of the step
   std::vector<int32_t> table_buf_;
+  std::vector<SequenceState::Emitted> emitted_;
   uint64_t next_order_ = 0;
   SeqId next_seq_id_ = 0;
   int64_t preemptions_ = 0, steps_ = 0;

@@ -48,6 +48,7 @@ Result<std::unique_ptr<Session>> Session::open(const std::string& path, const Se
   PG_TRY(check_kv_memory(shape));
   s->cache_ = std::make_unique<KvCache>(shape);
   s->n_batch_ = opt.n_batch;
+  s->text_ = TokenText::of(*s->m_.tok);
   return s;
 }
 
@@ -72,9 +73,8 @@ Status Session::eval(std::span<const TokenId> tokens, bool all_logits, std::vect
   return Status::Ok();
 }
 
-Result<GenerateStats> Session::generate(std::span<const TokenId> prompt, int64_t n_predict,
-                                        Sampler& sampler,
-                                        const std::function<bool(TokenId)>& on_token) {
+Result<GenerateStats> Session::generate(std::span<const TokenId> prompt, SequenceState& seq,
+                                        const OnEmit& on_emit) {
   using Clock = std::chrono::steady_clock;
   GenerateStats st;
   std::vector<float> logits;
@@ -91,21 +91,34 @@ Result<GenerateStats> Session::generate(std::span<const TokenId> prompt, int64_t
   history_.resize(keep);
   auto t0 = Clock::now();
   PG_TRY(eval(prompt.subspan(keep), false, logits));
-  for (TokenId t : prompt) sampler.accept(t);
+  seq.set_prompt(prompt);
   auto t1 = Clock::now();
   st.n_prompt = int64_t(prompt.size() - keep);
   st.prompt_seconds = std::chrono::duration<double>(t1 - t0).count();
-  for (int64_t i = 0; i < n_predict; ++i) {
-    TokenId next = sampler.sample(logits.data() + logits.size() - size_t(n_vocab), n_vocab);
-    sampler.accept(next);
-    if (m_.tok->is_end_of_generation(next)) break;
-    ++st.n_generated;
-    if (!on_token(next)) break;
-    if (i + 1 == n_predict) break;
-    if (!unbounded() && n_past_ >= n_ctx()) {
-      st.hit_context_limit = true;
+  if (seq.options().max_tokens == 0) return st;
+  for (;;) {
+    // Tokens the sequence may still take: the last one needs no position of its own.
+    const int64_t room = unbounded() ? INT64_MAX : n_ctx() + 1 - n_past_;
+    emitted_.clear();
+    const SequenceState::StepResult r =
+        seq.step(logits.data() + logits.size() - size_t(n_vocab), 1, {}, emitted_, room);
+    bool go_on = true;
+    for (const SequenceState::Emitted& e : emitted_) go_on = on_emit(e) && go_on;
+    st.n_generated += r.accepted;
+    if (r.finished) {
+      st.finish = r.reason;
+      const int64_t max = seq.options().max_tokens;
+      st.hit_context_limit = r.reason == FinishReason::Length && !(max > 0 && seq.n_generated() >= max);
+      if (!r.tail.empty()) on_emit(SequenceState::Emitted{-1, r.tail, false, {}});
       break;
     }
+    if (!go_on) {
+      SequenceState::StepResult f = seq.finish(FinishReason::Cancelled);
+      st.finish = FinishReason::Cancelled;
+      if (!f.tail.empty()) on_emit(SequenceState::Emitted{-1, f.tail, false, {}});
+      break;
+    }
+    const TokenId next = seq.tokens().back();
     TokenId one[1] = {next};
     PG_TRY(eval(one, false, logits));
   }

@@ -11,6 +11,7 @@
 
 #include "core/status.h"
 #include "core/thread_pool.h"
+#include "engine/sequence.h"
 #include "gguf/gguf.h"
 #include "kv/kv_cache.h"
 #include "model/model.h"
@@ -50,6 +51,7 @@ struct GenerateStats {
   double prompt_seconds = 0;
   double gen_seconds = 0;
   bool hit_context_limit = false;
+  FinishReason finish = FinishReason::Stop;
 };
 
 class Session {
@@ -74,12 +76,15 @@ class Session {
   // with all_logits) land in `logits` as [rows, n_vocab].
   Status eval(std::span<const TokenId> tokens, bool all_logits, std::vector<float>& logits);
 
-  // Evaluates the prompt (reusing the longest prefix already in the cache, so a
-  // multi-turn chat only computes its new turn), then samples up to n_predict tokens, calling on_token
-  // for each (return false to stop). Stops at end-of-generation tokens (not
-  // passed to on_token) and at the context limit.
-  Result<GenerateStats> generate(std::span<const TokenId> prompt, int64_t n_predict,
-                                 Sampler& sampler, const std::function<bool(TokenId)>& on_token);
+  // Evaluates the prompt (reusing the longest prefix already in the cache, so a multi-turn
+  // chat only computes its new turn), then generates with `seq` (its prompt is set here) until
+  // it finishes (end of generation, a stop string, its max_tokens), the context is full, or
+  // on_emit returns false (Cancelled). on_emit gets every accepted token with its text, then
+  // (token -1) the text held back to the end, if any.
+  using OnEmit = std::function<bool(const SequenceState::Emitted&)>;
+  Result<GenerateStats> generate(std::span<const TokenId> prompt, SequenceState& seq, const OnEmit& on_emit);
+  // The per-token text and end-of-generation rules of this model's tokenizer.
+  const TokenText& token_text() const { return text_; }
 
  private:
   LoadedModel m_;
@@ -89,6 +94,8 @@ class Session {
   std::vector<TokenId> history_;  // the tokens whose K/V are in the cache
   Batch batch_;
   std::vector<float> chunk_logits_;  // reused: no allocation per decoded token
+  std::vector<SequenceState::Emitted> emitted_;  // reused
+  TokenText text_;
 };
 
 }  // namespace peregrine

@@ -510,6 +510,14 @@ Err parse_fields(Endpoint e, const json& body, const ApiLimits& limits, Completi
   if (const json* v = field(body, "frequency_penalty")) {
     API_TRY(read_float(*v, "frequency_penalty", -2.0, 2.0, r.frequency_penalty));
   }
+  if (const json* v = field(body, "top_k")) API_TRY(read_int32(*v, "top_k", 0, 1 << 24, r.top_k));
+  if (const json* v = field(body, "min_p")) API_TRY(read_float(*v, "min_p", 0.0, 1.0, r.min_p));
+  if (const json* v = field(body, "repeat_penalty")) {
+    API_TRY(read_float(*v, "repeat_penalty", 1e-3, 100.0, r.repeat_penalty));
+  }
+  if (const json* v = field(body, "repeat_last_n")) {
+    API_TRY(read_int32(*v, "repeat_last_n", 0, 1 << 20, r.repeat_last_n));
+  }
   if (const json* v = field(body, "user")) API_TRY(read_string(*v, "user", r.user));
   if (const json* v = field(body, "stream")) API_TRY(read_bool(*v, "stream", r.stream));
   if (const json* v = field(body, "ignore_eos")) API_TRY(read_bool(*v, "ignore_eos", r.ignore_eos));

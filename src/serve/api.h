@@ -60,6 +60,11 @@ struct CompletionRequest {
   bool logprobs = false;
   int32_t top_logprobs = 0;  // completions: "logprobs": k gives logprobs = true, top_logprobs = k
   float presence_penalty = 0.0f, frequency_penalty = 0.0f;  // -2..2
+  // Extensions (as llama-server's), off by default: the CLI's sampling chain over the API.
+  int32_t top_k = 0;            // 0 = off
+  float min_p = 0.0f;           // 0 = off
+  float repeat_penalty = 1.0f;  // 1 = off
+  int32_t repeat_last_n = 64;
   std::string user;
   bool stream = false, include_usage = false;
   // Extension (as llama-server's): keep generating past end-of-generation tokens, so a

@@ -239,10 +239,10 @@ void Server::handle_completion(Endpoint endpoint, const std::string& body, httpl
   gen.max_tokens = req.max_tokens;
   gen.sampling.temperature = req.temperature;
   gen.sampling.top_p = req.top_p;
-  gen.sampling.top_k = 0;
-  gen.sampling.min_p = 0.0f;
-  gen.sampling.repeat_penalty = 1.0f;
-  gen.sampling.repeat_last_n = 0;
+  gen.sampling.top_k = req.top_k;
+  gen.sampling.min_p = req.min_p;
+  gen.sampling.repeat_penalty = req.repeat_penalty;
+  gen.sampling.repeat_last_n = req.repeat_penalty != 1.0f ? req.repeat_last_n : 0;
   gen.sampling.presence_penalty = req.presence_penalty;
   gen.sampling.frequency_penalty = req.frequency_penalty;
   gen.sampling.seed = req.seed ? *req.seed : std::random_device{}();

@@ -16,7 +16,7 @@ namespace peregrine::tools {
 void register_chat(CLI::App& app) {
   struct Opts {
     ModelOptions model;
-    SamplerOptions sampler;
+    SequenceOptions gen;
     std::string system;
     int64_t n_predict = 512;
   };
@@ -27,9 +27,9 @@ void register_chat(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(int64_t(1), int64_t(1) << 24));
   add_model_options(cmd, o->model);
-  add_sampler_options(cmd, o->sampler);
+  add_generation_options(cmd, o->gen);
   cmd->callback([o] {
-    check(o->sampler.validate());
+    check(o->gen.sampling.validate());
     auto session = open_session(o->model);
     const Tokenizer& tok = session->tokenizer();
     ChatTemplate tpl = check(ChatTemplate::from_gguf(session->file()));
@@ -41,7 +41,8 @@ void register_chat(CLI::App& app) {
       session->reset();
     };
     reset();
-    Sampler sampler(o->sampler);
+    SequenceOptions gen = o->gen;
+    gen.max_tokens = o->n_predict;
     if (interactive)
       std::fprintf(stderr, "chatting with %s (/reset to start over, Ctrl-D to leave)\n",
                    session->file().name().c_str());
@@ -63,19 +64,16 @@ void register_chat(CLI::App& app) {
         msgs.pop_back();
         continue;
       }
-      StreamDecoder dec(tok);
+      // Each turn samples with the same seed, as a server request would.
+      SequenceState seq(gen, session->token_text(), session->model().hparams().n_vocab);
       std::string reply;
-      auto st = session->generate(prompt, o->n_predict, sampler, [&](TokenId id) {
-        std::string s = dec.push(id);
-        reply += s;
-        std::fwrite(s.data(), 1, s.size(), stdout);
+      auto st = session->generate(prompt, seq, [&](const SequenceState::Emitted& e) {
+        reply += e.text;
+        std::fwrite(e.text.data(), 1, e.text.size(), stdout);
         std::fflush(stdout);
         return true;
       });
       if (!st.ok()) fail(st.error());
-      std::string rest = dec.flush();
-      reply += rest;
-      std::fwrite(rest.data(), 1, rest.size(), stdout);
       std::printf("\n");
       std::fflush(stdout);
       msgs.push_back({"assistant", reply});

@@ -12,7 +12,7 @@ namespace peregrine::tools {
 void register_run(CLI::App& app) {
   struct Opts {
     ModelOptions model;
-    SamplerOptions sampler;
+    SequenceOptions gen;
     std::string prompt;
     std::string system;
     int64_t n_predict = 128;
@@ -27,9 +27,9 @@ void register_run(CLI::App& app) {
   cmd->add_flag("--chat", o->chat, "Wrap the prompt in the model's chat template");
   cmd->add_option("--system", o->system, "System message for --chat");
   add_model_options(cmd, o->model);
-  add_sampler_options(cmd, o->sampler);
+  add_generation_options(cmd, o->gen);
   cmd->callback([o] {
-    check(o->sampler.validate());
+    check(o->gen.sampling.validate());
     auto session = open_session(o->model);
     const Tokenizer& tok = session->tokenizer();
     std::string text = o->prompt;
@@ -45,17 +45,14 @@ void register_run(CLI::App& app) {
     if (!session->unbounded() && int64_t(prompt.size()) >= session->n_ctx())
       fail(fmt::format("the prompt has {} tokens but the context holds {} (raise -c)",
                        prompt.size(), session->n_ctx()));
-    Sampler sampler(o->sampler);
-    StreamDecoder dec(tok);
-    GenerateStats st = check(session->generate(prompt, o->n_predict, sampler,
-                                               [&](TokenId id) {
-                                                 std::string s = dec.push(id);
-                                                 std::fwrite(s.data(), 1, s.size(), stdout);
-                                                 std::fflush(stdout);
-                                                 return true;
-                                               }));
-    std::string rest = dec.flush();
-    std::fwrite(rest.data(), 1, rest.size(), stdout);
+    SequenceOptions gen = o->gen;
+    gen.max_tokens = o->n_predict;
+    SequenceState seq(gen, session->token_text(), session->model().hparams().n_vocab);
+    GenerateStats st = check(session->generate(prompt, seq, [](const SequenceState::Emitted& e) {
+      std::fwrite(e.text.data(), 1, e.text.size(), stdout);
+      std::fflush(stdout);
+      return true;
+    }));
     std::printf("\n");
     std::fflush(stdout);
     print_timing(st);

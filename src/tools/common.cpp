@@ -26,7 +26,8 @@ void add_model_options(CLI::App* cmd, ModelOptions& o, bool with_ctx) {
       ->check(CLI::Range(int64_t(0), int64_t(64)));
 }
 
-void add_sampler_options(CLI::App* cmd, SamplerOptions& o) {
+void add_generation_options(CLI::App* cmd, SequenceOptions& g) {
+  SamplerOptions& o = g.sampling;
   cmd->add_option("--temp", o.temperature, "Temperature (0 = greedy)")->capture_default_str();
   cmd->add_option("--top-k", o.top_k, "Keep the k most likely tokens (0 = off)")->capture_default_str();
   cmd->add_option("--top-p", o.top_p, "Nucleus sampling mass (1 = off)")->capture_default_str();
@@ -36,7 +37,15 @@ void add_sampler_options(CLI::App* cmd, SamplerOptions& o) {
       ->capture_default_str();
   cmd->add_option("--repeat-last-n", o.repeat_last_n, "How many recent tokens are penalised")
       ->capture_default_str();
+  cmd->add_option("--presence-penalty", o.presence_penalty,
+                  "Subtract this from generated tokens' logits once they occurred (OpenAI's, -2 to 2)")
+      ->capture_default_str();
+  cmd->add_option("--frequency-penalty", o.frequency_penalty,
+                  "Subtract this times a generated token's count from its logit (OpenAI's, -2 to 2)")
+      ->capture_default_str();
   cmd->add_option("-s,--seed", o.seed, "Random seed")->capture_default_str();
+  cmd->add_option("--stop", g.stop, "Stop at this text, which is not printed (repeatable)");
+  cmd->add_flag("--ignore-eos", g.ignore_eos, "Go on past end-of-generation tokens (benchmarks)");
 }
 
 SessionOptions session_options(const ModelOptions& o) {

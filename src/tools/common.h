@@ -26,7 +26,8 @@ struct ModelOptions {
 // -m, -t, -c, -b, --kv-type, --attn-sinks, --attn-window
 void add_model_options(CLI::App* cmd, ModelOptions& o, bool with_ctx = true);
 // --temp, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --seed
-void add_sampler_options(CLI::App* cmd, SamplerOptions& o);
+// Sampling flags (--temp, --top-k, ..., --seed) and the output rules (--stop, --ignore-eos).
+void add_generation_options(CLI::App* cmd, SequenceOptions& o);
 
 // -t/-c/-b/--kv-type/--attn-* as session options (fails on inconsistent flags).
 SessionOptions session_options(const ModelOptions& o);

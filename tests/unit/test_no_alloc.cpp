@@ -42,20 +42,26 @@ TEST(NoAlloc, DecodeAllocationsDoNotGrowWithTokens) {
   o.n_ctx = 256;
   auto s = Session::open(model_path(), o);
   ASSERT_TRUE(s.ok()) << s.error().message;
-  SamplerOptions so;
+  SequenceOptions gen;
+  SamplerOptions& so = gen.sampling;
   so.temperature = 0.8f;
   so.top_k = 0;  // full-vocabulary sort
   so.repeat_penalty = 1.1f;
+  so.presence_penalty = 0.2f;
   so.seed = 7;
   const std::vector<TokenId> prompt = {1, 504, 3458, 282, 4649, 314};
+  const int64_t n_vocab = (*s)->model().hparams().n_vocab;
+  auto any = [](const SequenceState::Emitted&) { return true; };
   // Allocations of a whole generate() call with n tokens, after a warm-up call.
   auto count = [&](int64_t n) {
-    Sampler sampler(so);
-    auto warm = (*s)->generate(prompt, 40, sampler, [](TokenId) { return true; });
+    gen.max_tokens = 40;
+    SequenceState warm_seq(gen, (*s)->token_text(), n_vocab);
+    auto warm = (*s)->generate(prompt, warm_seq, any);
     EXPECT_TRUE(warm.ok());
-    sampler.reset();
+    gen.max_tokens = n;
+    SequenceState seq(gen, (*s)->token_text(), n_vocab);
     const int64_t before = g_allocations.load();
-    auto st = (*s)->generate(prompt, n, sampler, [](TokenId) { return true; });
+    auto st = (*s)->generate(prompt, seq, any);
     EXPECT_TRUE(st.ok());
     EXPECT_EQ(st->n_generated, n) << "stopped early; pick another prompt";
     return g_allocations.load() - before;

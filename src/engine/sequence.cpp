@@ -1,0 +1,127 @@
+#include "engine/sequence.h"
+
+#include <algorithm>
+
+namespace peregrine {
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::Stop: return "stop";
+    case FinishReason::Length: return "length";
+    case FinishReason::Cancelled: return "cancelled";
+    case FinishReason::Error: return "error";
+  }
+  return "?";
+}
+
+TokenText TokenText::of(const Tokenizer& tok) {
+  return {[&tok](TokenId id) { return tok.token_bytes(id); },
+          [&tok](TokenId id) { return tok.is_end_of_generation(id); }};
+}
+
+SequenceState::SequenceState(const SequenceOptions& opt, const TokenText& text, int64_t n_vocab)
+    : opt_(opt), text_(text), n_vocab_(n_vocab), sampler_(opt.sampling), stop_(opt.stop) {}
+
+void SequenceState::set_prompt(std::span<const TokenId> prompt) {
+  // Room for the whole output when its length is bounded: no reallocation per token.
+  if (opt_.max_tokens > 0) tokens_.reserve(prompt.size() + size_t(std::min<int64_t>(opt_.max_tokens, 1 << 20)));
+  tokens_.assign(prompt.begin(), prompt.end());
+  n_prompt_ = int64_t(tokens_.size());
+  sampler_.reset();
+  for (TokenId t : prompt) sampler_.accept(t);
+}
+
+SequenceState::Took SequenceState::take(const float* row, std::vector<Emitted>& out, StepResult& res,
+                                        TokenId& sampled) {
+  const float* r = row;
+  if (constraint_) {
+    masked_.assign(row, row + n_vocab_);
+    constraint_->mask(masked_.data(), n_vocab_);
+    r = masked_.data();
+  }
+  const TokenId tok = sampler_.sample(r, n_vocab_);
+  sampled = tok;
+  auto end = [&](FinishReason reason) {  // keeps res's counts
+    StepResult f = finish(reason);
+    res.finished = true;
+    res.reason = f.reason;
+    res.tail = std::move(f.tail);
+  };
+  if (!opt_.ignore_eos && text_.is_end_of_generation(tok) && (!constraint_ || constraint_->complete())) {
+    end(FinishReason::Stop);
+    return Took::End;
+  }
+  Emitted e;
+  e.token = tok;
+  if (opt_.top_logprobs >= 0) {
+    e.has_logprobs = true;
+    compute_logprobs(row, n_vocab_, tok, opt_.top_logprobs, e.logprobs);  // the model's own distribution
+  }
+  sampler_.accept(tok);
+  sampler_.count_output(tok);
+  tokens_.push_back(tok);
+  if (constraint_ && !constraint_->advance(tok)) {
+    out.push_back(std::move(e));
+    finished_ = true;
+    res.finished = true;
+    res.reason = FinishReason::Error;
+    return Took::TokenAndEnd;
+  }
+  StopMatcher::Out o = stop_.push(decoder_.push_bytes(text_.bytes(tok)));
+  e.text = std::move(o.text);
+  out.push_back(std::move(e));
+  if (o.stopped) {
+    finished_ = true;
+    res.finished = true;
+    res.reason = FinishReason::Stop;
+    return Took::TokenAndEnd;
+  }
+  if (opt_.max_tokens > 0 && n_generated() >= opt_.max_tokens) {
+    end(FinishReason::Length);
+    return Took::TokenAndEnd;
+  }
+  return Took::Token;
+}
+
+SequenceState::StepResult SequenceState::step(const float* rows, int64_t n_rows, std::span<const TokenId> draft,
+                                              std::vector<Emitted>& out, int64_t room) {
+  PG_ASSERT(!finished_ && n_rows >= 1 && int64_t(draft.size()) + 1 >= n_rows);
+  StepResult res;
+  if (room <= 0) return finish(FinishReason::Length);
+  for (int64_t i = 0; i < n_rows; ++i) {
+    TokenId sampled = -1;
+    const Took took = take(rows + i * n_vocab_, out, res, sampled);
+    if (took == Took::End) return res;
+    ++res.accepted;
+    if (took == Took::TokenAndEnd) return res;
+    if (--room == 0) {
+      StepResult f = finish(FinishReason::Length);
+      res.finished = true;
+      res.reason = f.reason;
+      res.tail = std::move(f.tail);
+      return res;
+    }
+    // A row past the draft, or a sample that left it: the step ends here.
+    if (size_t(i) >= draft.size() || sampled != draft[size_t(i)]) break;
+    ++res.draft_accepted;
+  }
+  return res;
+}
+
+SequenceState::StepResult SequenceState::finish(FinishReason reason) {
+  StepResult res;
+  res.finished = true;
+  res.reason = reason;
+  if (finished_) return res;
+  finished_ = true;
+  StopMatcher::Out tail = stop_.push(decoder_.flush());
+  if (tail.stopped) {
+    res.reason = FinishReason::Stop;
+    res.tail = std::move(tail.text);
+    return res;
+  }
+  res.tail = tail.text + stop_.flush();
+  return res;
+}
+
+}  // namespace peregrine

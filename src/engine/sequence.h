@@ -1,0 +1,118 @@
+// SequenceState: everything one generated sequence carries between forward passes, and the
+// one place where sampled tokens become output, for the CLI (Session) and the server
+// (Scheduler) alike: token history, the sampler with its RNG and penalty counts, the stop
+// strings, the streaming UTF-8 decoder, logprobs, the length limit, end-of-generation
+// tokens, and a slot for a token constraint.
+//
+// A step hands it rows of logits: row 0 is the distribution of the next token after the
+// sequence's tokens; row i (i >= 1) the distribution after those tokens plus draft[0..i). It
+// samples row 0; while the sample equals the draft token at that place it goes on to the next
+// row. Every sample is a draw from the target model's own distribution at its true context,
+// so the accepted tokens are exactly those of one-at-a-time generation with the same seed
+// (greedy or not); the first sample that differs from the draft is kept and ends the step.
+// With one row and no draft this is plain decoding.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "engine/stop_matcher.h"
+#include "sample/logprobs.h"
+#include "sample/sampler.h"
+#include "tokenizer/tokenizer.h"
+
+namespace peregrine {
+
+// What a sequence needs to know about tokens: their bytes and which end generation.
+struct TokenText {
+  std::function<std::string(TokenId)> bytes;
+  std::function<bool(TokenId)> is_end_of_generation;
+  static TokenText of(const Tokenizer& tok);
+};
+
+enum class FinishReason { Stop, Length, Cancelled, Error };
+const char* finish_reason_name(FinishReason r);  // "stop", "length", "cancelled", "error"
+
+// Restricts which tokens may come next (grammars, JSON schemas, catalogues plug in here).
+class TokenConstraint {
+ public:
+  virtual ~TokenConstraint() = default;
+  // Sets logits of tokens that may not come next to -inf (row [n_vocab]).
+  virtual void mask(float* logits, int64_t n_vocab) const = 0;
+  // The token was emitted; false if it was not allowed (the sequence then ends with an error).
+  virtual bool advance(TokenId token) = 0;
+  // Whether generation may end here (end-of-generation tokens are masked otherwise).
+  virtual bool complete() const = 0;
+};
+
+struct SequenceOptions {
+  SamplerOptions sampling;
+  int64_t max_tokens = -1;     // -1: no limit (the caller ends it at the context)
+  std::vector<std::string> stop;  // stop strings, never emitted
+  int32_t top_logprobs = -1;   // -1: no logprobs; k >= 0: the chosen token's and the top k
+  bool ignore_eos = false;     // end-of-generation tokens are ordinary tokens (benchmarks)
+};
+
+class SequenceState {
+ public:
+  SequenceState(const SequenceOptions& opt, const TokenText& text, int64_t n_vocab);
+
+  // The prompt: the sequence's first tokens (they feed the repetition penalty).
+  void set_prompt(std::span<const TokenId> prompt);
+  void set_constraint(std::unique_ptr<TokenConstraint> c) { constraint_ = std::move(c); }
+
+  // One accepted token, as the API and the CLI report it.
+  struct Emitted {
+    TokenId token = -1;
+    std::string text;            // text that became safe to show (may be empty)
+    bool has_logprobs = false;
+    TokenLogprobs logprobs;
+  };
+  struct StepResult {
+    int32_t accepted = 0;        // tokens appended to tokens() (each in `out`)
+    int32_t draft_accepted = 0;  // of those, how many equalled the draft
+    bool finished = false;
+    FinishReason reason = FinishReason::Stop;
+    std::string tail;            // when finished: held-back text to show last
+  };
+  // rows [n_rows, n_vocab] with n_rows = draft.size() + 1 (see the header comment); appends
+  // the accepted tokens' output to `out`. `room`: how many more tokens the sequence may take
+  // before its context is full (the step ends with Length when it is used up).
+  StepResult step(const float* rows, int64_t n_rows, std::span<const TokenId> draft,
+                  std::vector<Emitted>& out, int64_t room = INT64_MAX);
+  // Ends the sequence for `reason` (context full, cancelled, ...): returns the text still held
+  // back (an unfinished UTF-8 sequence, the prefix of a possible stop string); a stop string
+  // completed by it turns the reason into Stop.
+  StepResult finish(FinishReason reason);
+
+  const std::vector<TokenId>& tokens() const { return tokens_; }
+  int64_t n_prompt() const { return n_prompt_; }
+  int64_t n_generated() const { return int64_t(tokens_.size()) - n_prompt_; }
+  bool finished() const { return finished_; }
+  const SequenceOptions& options() const { return opt_; }
+
+ private:
+  enum class Took { Token, TokenAndEnd, End };
+  // Samples one row: appends the token (Token, or TokenAndEnd when it ends the sequence) or
+  // ends the sequence without one (End: end of generation); res is filled when it ends.
+  Took take(const float* row, std::vector<Emitted>& out, StepResult& res, TokenId& sampled);
+
+  SequenceOptions opt_;
+  TokenText text_;
+  int64_t n_vocab_;
+  Sampler sampler_;
+  StreamDecoder decoder_;
+  StopMatcher stop_;
+  std::unique_ptr<TokenConstraint> constraint_;
+  std::vector<float> masked_;  // a row with the constraint applied [n_vocab]
+  std::vector<TokenId> tokens_;
+  int64_t n_prompt_ = 0;
+  bool finished_ = false;
+};
+
+}  // namespace peregrine
