@@ -46,7 +46,7 @@ import synthetic_models as sm
 from hf_decoder_ref import ABLATIONS, DecoderRef, default_inv_freq, hf_llama3_inv_freq
 
 # ---- the gates: flip to True when the engine supports the architecture ------------------------------
-ENGINE_SUPPORTS = {"llama_rope_scaled": False, "qwen2": False, "qwen3": False}
+ENGINE_SUPPORTS = {"llama_rope_scaled": True, "qwen2": True, "qwen3": True}
 RUN_ALL = os.environ.get("PEREGRINE_SYNTHETIC_ALL") == "1"
 
 N_TOKENS = 48
