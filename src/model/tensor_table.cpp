@@ -45,6 +45,7 @@ Status bind_tensors(const gguf::File& file, std::vector<TensorSpec>& table,
       continue;
     }
     consumed.insert(spec.name);
+    spec.source = t;
     std::vector<int64_t> dims(t->dims.begin(), t->dims.end());
     // Trailing 1-dims are equivalent; compare the shapes without them.
     auto trim = [](std::vector<int64_t> d) {

@@ -22,6 +22,7 @@ struct TensorSpec {
   bool required = true;
   bool float_only = false;    // norms and biases must be F32
   Weight* dest = nullptr;     // filled on bind; left empty (data == nullptr) if optional and absent
+  const gguf::TensorInfo* source = nullptr;  // the file's tensor, after bind; null when absent
 };
 
 // Checks every spec against the file (presence, shape, supported type) and binds the

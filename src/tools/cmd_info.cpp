@@ -4,6 +4,7 @@
 #include "gguf/gguf.h"
 #include "kernels/kernels.h"
 #include "model/model.h"
+#include "model/tensor_table.h"
 #include "tools/commands.h"
 #include "tools/common.h"
 
@@ -53,9 +54,9 @@ void register_info(CLI::App& app) {
     std::string arch = f->get_string("general.architecture").ok()
                            ? f->get_string("general.architecture").value() : "?";
     std::printf("arch:        %s\n", arch.c_str());
+    ThreadPool pool(1);
+    auto model = load_model(f, pool);
     {
-      ThreadPool pool(1);
-      auto model = load_model(f, pool);
       if (model.ok()) {
         const Hparams& h = (*model)->hparams();
         std::printf("hparams:     layers %lld, embd %lld, heads %lld (kv %lld, dim %lld), ffn %lld, "
@@ -71,10 +72,30 @@ void register_info(CLI::App& app) {
         std::string summary;
         for (const auto& [d, n] : count) summary += fmt::format("{}{} x{}", summary.empty() ? "" : ", ", d, n);
         std::printf("attention:   %s\n", summary.c_str());
+        // Layer specs, run-length summarised: "30 x attention (9 heads, 3 KV, dim 64) + GLU 1536".
+        std::string layers;
+        const std::vector<LayerSpec>& specs = (*model)->layers();
+        for (size_t i = 0; i < specs.size();) {
+          auto same = [&](const LayerSpec& a, const LayerSpec& b) {
+            return a.n_head == b.n_head && a.n_head_kv == b.n_head_kv && a.head_dim == b.head_dim &&
+                   a.n_ff == b.n_ff && a.mixer == b.mixer && a.ffn == b.ffn;
+          };
+          size_t j = i + 1;
+          while (j < specs.size() && same(specs[j], specs[i])) ++j;
+          const LayerSpec& l = specs[i];
+          layers += fmt::format("{}{} x attention ({} heads, {} KV, dim {}) + {} {}", layers.empty() ? "" : ", ",
+                                j - i, l.n_head, l.n_head_kv, l.head_dim,
+                                l.glu == Glu::SiLU ? "SwiGLU" : "GeGLU", l.n_ff);
+          i = j;
+        }
+        std::printf("layers:      %s\n", layers.c_str());
+        if (std::string extras = (*model)->describe_extras(); !extras.empty())
+          std::printf("rope/attn:   %s\n", extras.c_str());
         const KvShape kv = (*model)->kv_shape(h.n_ctx_train, 1);
         std::printf("kv cache:    %s per token for a global layer stack (f16); at the trained context "
                     "(%lld) %s\n", human_bytes(double(kv.bytes_per_token())).c_str(),
                     (long long)h.n_ctx_train, human_bytes(double(kv.bytes())).c_str());
+        std::printf("kv layout:   %s\n", kv.describe().c_str());
         const Model::PackStats& pk = (*model)->pack_stats();
         std::printf("load:        %lld matrices (%s) repacked into 16-row panels for the %s kernels in %.0f ms\n",
                     (long long)pk.matrices, human_bytes(double(pk.bytes)).c_str(),
@@ -108,7 +129,17 @@ void register_info(CLI::App& app) {
     for (const auto& [name, a] : by_type)
       std::printf("  %-8s %6zu %14s %8.2f\n", name.c_str(), a.n, human_bytes(double(a.bytes)).c_str(),
                   a.elems ? 8.0 * double(a.bytes) / double(a.elems) : 0.0);
-    if (*all) {
+    if (*all && model.ok()) {
+      // The architecture's tensor list, in its order, with what each tensor is for.
+      std::printf("\n  %-40s %-8s %-22s %s\n", "name", "type", "role", "dims");
+      for (const TensorSpec& t : (*model)->tensors()) {
+        std::string dims;
+        for (size_t i = 0; i < t.dims.size(); ++i) dims += (i ? " x " : "") + std::to_string(t.dims[i]);
+        const std::string type = t.source ? std::string(type_name(t.source->type)) : "absent";
+        std::printf("  %-40s %-8s %-22s %s\n", t.name.c_str(), type.c_str(),
+                    std::string(tensor_role_name(t.role)).c_str(), dims.c_str());
+      }
+    } else if (*all) {
       std::printf("\n  %-40s %-8s %s\n", "name", "type", "dims");
       for (const auto& t : f->tensors()) {
         std::string dims;
