@@ -352,10 +352,12 @@ bool Scheduler::step() {
     PG_ASSERT(cache_.set_block_table(s->slot, table->data(), int64_t(table->size())).ok());
   }
   if (Status st = forward_(batch_, cache_, logits_); !st.ok()) {
-    fail_batch(st.error().message);
+    fail_batch(st.error().message);  // their uncommitted blocks are freed, never cached
     publish_stats();
     return true;
   }
+  // The KV of the batch exists now: its full blocks may enter the prefix cache.
+  for (const auto& [s, wants] : in_batch_) PG_ASSERT(bm_.commit(s->id).ok());
   // Rows of logits in batch order; sample each sequence whose last pending token ran.
   size_t row = 0;
   for (const auto& [s, wants] : in_batch_) {

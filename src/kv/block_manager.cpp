@@ -83,7 +83,9 @@ Result<int32_t> BlockManager::append_tokens(SeqId id, std::span<const int32_t> t
                       s.n_tokens, n);
   }
   const int64_t bs = block_size_;
-  const bool at_boundary = prefix_caching_ && s.n_tokens % bs == 0;
+  // Matching continues a committed chain: the last block's hash must be known.
+  const bool at_boundary = prefix_caching_ && s.n_tokens % bs == 0 &&
+                           (s.table.empty() || blocks_[size_t(s.table.back())].serial != 0);
 
   // 1. Plan without changing anything. Prefix match: whole blocks at a block boundary, while
   //    the chain continues.
@@ -110,9 +112,17 @@ Result<int32_t> BlockManager::append_tokens(SeqId id, std::span<const int32_t> t
   }
   const int64_t rest = n - i;
   const int64_t pos = s.n_tokens + i;
-  // Only a partly filled last block can need copying (matches need a boundary, so then
-  // matched is empty and table.back() is that block).
-  const bool cow = rest > 0 && pos % bs != 0 && blocks_[size_t(s.table.back())].ref > 1;
+  // A partly filled last block (matches need a boundary, so then matched is empty and
+  // table.back() is that block) is written in place only if this table alone holds it and the
+  // prefix cache does not: shared (fork) or cached (after truncate()), it is copied first. A
+  // private block still holding tokens past the end (a sharer left since truncate()) drops them.
+  const int64_t fill = pos % bs;
+  bool cow = false, trim = false;
+  if (rest > 0 && fill != 0) {
+    const Block& last = blocks_[size_t(s.table.back())];
+    cow = last.ref > 1 || last.registered;
+    trim = !cow && static_cast<int64_t>(last.tokens.size()) > fill;
+  }
   const int64_t have = static_cast<int64_t>(s.table.size() + matched.size());
   const int64_t fresh = ceil_div(pos + rest, bs) - have + (cow ? 1 : 0);
   const int64_t available = static_cast<int64_t>(free_.size() + lru_.size()) - revived;
@@ -138,13 +148,19 @@ Result<int32_t> BlockManager::append_tokens(SeqId id, std::span<const int32_t> t
   s.n_tokens += static_cast<int32_t>(i);
   stats_.hit_tokens += i;
 
+  if (trim) {
+    Block& last = blocks_[size_t(s.table.back())];
+    last.tokens.resize(size_t(fill));
+    unseal(last);
+  }
   if (cow) {
     const int32_t src = s.table.back();
-    const int32_t dst = allocate();
-    blocks_[size_t(dst)].tokens = blocks_[size_t(src)].tokens;
+    const int32_t dst = allocate();  // src is referenced, so never the block evicted here
+    const std::vector<int32_t>& from = blocks_[size_t(src)].tokens;
+    blocks_[size_t(dst)].tokens.assign(from.begin(), from.begin() + fill);
     blocks_[size_t(dst)].ref = 1;
-    blocks_[size_t(src)].ref--;  // was > 1, stays referenced
     s.table.back() = dst;
+    release(src);  // still in another table, or back to the prefix cache
     copies_.emplace_back(src, dst);
   }
   for (; i < n; ++i) {
@@ -153,13 +169,50 @@ Result<int32_t> BlockManager::append_tokens(SeqId id, std::span<const int32_t> t
       blocks_[size_t(b)].ref = 1;
       s.table.push_back(b);
     }
-    Block& blk = blocks_[size_t(s.table.back())];
-    blk.tokens.push_back(tokens[size_t(i)]);
+    blocks_[size_t(s.table.back())].tokens.push_back(tokens[size_t(i)]);
     s.n_tokens++;
-    if (static_cast<int64_t>(blk.tokens.size()) == bs) seal(s);
   }
   debug_check();
   return static_cast<int32_t>(n - rest);
+}
+
+Status BlockManager::commit(SeqId id) {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end()) return make_error("commit: unknown sequence {}", id);
+  const Sequence& s = it->second;
+  // Committed blocks form a prefix of every table: seal the full blocks after it, in order.
+  const size_t n_full = static_cast<size_t>(s.n_tokens / block_size_);
+  size_t j = n_full;
+  while (j > 0 && blocks_[size_t(s.table[j - 1])].serial == 0) --j;
+  for (; j < n_full; ++j) seal(s, j);
+  debug_check();
+  return Status::Ok();
+}
+
+Status BlockManager::truncate(SeqId id, int32_t n_tokens) {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end()) return make_error("truncate: unknown sequence {}", id);
+  Sequence& s = it->second;
+  if (n_tokens < 0 || n_tokens > s.n_tokens)
+    return make_error("truncate: sequence {} holds {} tokens, cannot keep {}", id, s.n_tokens, n_tokens);
+  const size_t keep = static_cast<size_t>(ceil_div(n_tokens, block_size_));
+  while (s.table.size() > keep) {  // the tail first, as free_sequence() does
+    release(s.table.back());
+    s.table.pop_back();
+  }
+  s.n_tokens = n_tokens;
+  if (const int64_t fill = n_tokens % block_size_; fill != 0) {
+    // The last block is partly filled again. Private and not in the prefix cache, it drops the
+    // tokens past the end now; otherwise it keeps them for the other table or the cache, and
+    // the next append writes into a copy.
+    Block& last = blocks_[size_t(s.table.back())];
+    if (last.ref == 1 && !last.registered) {
+      last.tokens.resize(size_t(fill));
+      unseal(last);
+    }
+  }
+  debug_check();
+  return Status::Ok();
 }
 
 std::vector<std::pair<int32_t, int32_t>> BlockManager::take_copies() {
@@ -225,17 +278,16 @@ void BlockManager::release(int32_t block) {
   }
 }
 
-void BlockManager::seal(const Sequence& s) {
-  const size_t n = s.table.size();
-  const Block* parent = n >= 2 ? &blocks_[size_t(s.table[n - 2])] : nullptr;
-  Block& blk = blocks_[size_t(s.table[n - 1])];
+void BlockManager::seal(const Sequence& s, size_t j) {
+  const Block* parent = j >= 1 ? &blocks_[size_t(s.table[j - 1])] : nullptr;
+  Block& blk = blocks_[size_t(s.table[j])];
   blk.hash = hash_fn_(parent ? parent->hash : kRootHash, blk.tokens);
   blk.parent_serial = parent ? parent->serial : 0;
   auto m = cache_.find(blk.hash);
   if (m == cache_.end()) {
     blk.serial = next_serial_++;
     blk.registered = true;
-    cache_.emplace(blk.hash, s.table[n - 1]);
+    cache_.emplace(blk.hash, s.table[j]);
     return;
   }
   const Block& c = blocks_[size_t(m->second)];
@@ -245,11 +297,15 @@ void BlockManager::seal(const Sequence& s) {
   blk.serial = same ? c.serial : next_serial_++;
 }
 
-void BlockManager::reset(Block& b) {
-  b.tokens.clear();
+void BlockManager::unseal(Block& b) {
   b.hash = 0;
   b.serial = 0;
   b.parent_serial = 0;
+}
+
+void BlockManager::reset(Block& b) {
+  b.tokens.clear();
+  unseal(b);
   b.registered = false;
 }
 
@@ -271,24 +327,29 @@ Status BlockManager::check_invariants() const {
     }
     uint64_t parent_hash = kRootHash;
     uint64_t parent_serial = 0;
+    bool committed = true;  // committed (sealed) full blocks form a prefix of the table
     for (size_t j = 0; j < s.table.size(); ++j) {
       const int32_t b = s.table[j];
       if (b < 0 || b >= n_blocks_) return make_error("sequence {}: bad block id {}", id, b);
       refs[size_t(b)]++;
       const Block& blk = blocks_[size_t(b)];
       const int64_t fill = std::min<int64_t>(bs, s.n_tokens - int64_t(j) * bs);
-      if (static_cast<int64_t>(blk.tokens.size()) != fill) {
+      const int64_t held = static_cast<int64_t>(blk.tokens.size());
+      // Only a partly used last block may hold more (tokens of another table or the cache).
+      if (held != fill && !(fill < bs && held > fill)) {
         return make_error("sequence {}: block {} (#{}) holds {} tokens, expected {}", id, b, j,
                           blk.tokens.size(), fill);
       }
-      if (fill == bs) {
-        if (blk.hash != hash_fn_(parent_hash, blk.tokens) || blk.serial == 0 ||
-            blk.parent_serial != parent_serial) {
+      if (fill == bs && blk.serial != 0) {
+        if (!committed) return make_error("sequence {}: block {} (#{}) sealed after an uncommitted one", id, b, j);
+        if (blk.hash != hash_fn_(parent_hash, blk.tokens) || blk.parent_serial != parent_serial) {
           return make_error("sequence {}: full block {} (#{}) has a wrong hash chain", id, b, j);
         }
         parent_hash = blk.hash;
         parent_serial = blk.serial;
-      } else if (blk.serial != 0 || blk.registered) {
+      } else if (fill == bs) {
+        committed = false;
+      } else if (held == fill && (blk.serial != 0 || blk.registered)) {
         return make_error("sequence {}: partial block {} is sealed", id, b);
       }
     }
@@ -321,6 +382,7 @@ Status BlockManager::check_invariants() const {
       return make_error("block {}: free but holds data", b);
     }
     if (blk.in_lru && !blk.registered) return make_error("block {}: cached but unregistered", b);
+    if (blk.registered && blk.serial == 0) return make_error("block {}: registered but not sealed", b);
     if (blk.registered) {
       n_registered++;
       auto m = cache_.find(blk.hash);

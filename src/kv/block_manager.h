@@ -11,9 +11,13 @@
 //               later identical prefix can take it back; evicted least recently used first
 //               when a fresh block is needed and the free list is empty.
 //
-// Prefix caching. When a block fills up it is "sealed": it gets a chain hash
-// hash(parent block's hash, the block's token ids), so equal hashes mean equal whole prefixes up
-// to that block. The first block sealed with a given hash becomes the cache's entry for it.
+// Prefix caching. A block enters the prefix cache only once its KV exists: append_tokens()
+// reserves blocks for tokens whose KV the caller is about to compute, and commit(), called
+// after the forward pass that wrote them succeeded, "seals" the blocks that are full: each
+// gets a chain hash hash(parent block's hash, the block's token ids), so equal hashes mean
+// equal whole prefixes up to that block. The first block sealed with a given hash becomes
+// the cache's entry for it. Blocks never committed (the forward pass failed, the sequence was
+// freed first) go back to the free list, never to the cache.
 // append_tokens() on a sequence at a block boundary looks up each whole block of the new tokens
 // and takes the cached block instead of a fresh one while they match; it returns the number of
 // tokens found, whose KV the caller need not compute.
@@ -26,12 +30,16 @@
 // whose last, partly filled block is shared first moves it onto a private copy; the caller must
 // copy the KV data, see take_copies().
 //
-// Policy-free: the manager never chooses what to preempt or evict beyond the LRU rule; when the
-// pool is exhausted append_tokens() fails and changes nothing, and the scheduler decides.
+// Going back. truncate() drops a sequence's tokens past a new length (rejected drafts of
+// speculative decoding): blocks past it are released (a full block in the prefix cache stays
+// there: its KV is valid for its tokens). A last block left partly filled keeps its tokens
+// past the end while another table or the prefix cache needs them; the next append then
+// writes into a copy (copy-on-write as above), never into the shared block.
 //
-// Caveat for the caller: a block enters the prefix cache when its tokens are appended, before
-// its KV is computed. Append prompt tokens in the step that computes them (chunk by chunk with
-// chunked prefill), so that another sequence never hits a block whose KV is still unwritten.
+// Policy-free: the manager never chooses what to preempt or evict beyond the LRU rule; when the
+// pool is exhausted append_tokens() fails and changes nothing, and the scheduler decides. It
+// knows nothing of what the KV holds: whether a model's KV can be shared by prefix at all is
+// the caller's to say (set_prefix_caching, from KvShape::prefix_sharing()).
 #pragma once
 
 #include <cstdint>
@@ -75,12 +83,18 @@ class BlockManager {
 
   // Appends tokens, allocating blocks as needed. Returns how many of the leading given tokens
   // were found in the prefix cache (a multiple of block_size; 0 unless the sequence was at a
-  // block boundary). Error if the sequence is unknown or too few free + evictable blocks are
-  // left; on error nothing changes.
+  // block boundary after committed blocks). Error if the sequence is unknown or too few free +
+  // evictable blocks are left; on error nothing changes.
   // At most max_hit leading tokens are taken from the cache (a caller that needs the last
   // token's logits passes tokens.size() - 1).
   Result<int32_t> append_tokens(SeqId id, std::span<const int32_t> tokens,
                                 int32_t max_hit = std::numeric_limits<int32_t>::max());
+  // The KV of every token appended to the sequence so far has been written (the forward pass
+  // succeeded): its full blocks enter the prefix cache. Error if the sequence is unknown.
+  Status commit(SeqId id);
+  // Keeps the first n_tokens tokens of the sequence (0 <= n_tokens <= its length), dropping
+  // the table entries past them. Errors: unknown sequence, n_tokens out of range.
+  Status truncate(SeqId id, int32_t n_tokens);
 
   // (src, dst) block pairs whose KV the caller must copy (copy-on-write) before the next
   // forward pass, oldest first; clears the list. Perform them before freeing sequences, as a
@@ -124,8 +138,10 @@ class BlockManager {
 
   struct Block {
     int32_t ref = 0;              // number of block tables holding it
-    std::vector<int32_t> tokens;  // token ids written so far, size <= block_size
-    // Valid once full (sealed):
+    // Token ids written so far, size <= block_size. A table whose sequence ends inside the
+    // block may use fewer (after truncate(); the rest are another table's or the cache's).
+    std::vector<int32_t> tokens;
+    // Valid once full and committed (sealed; serial 0 until then):
     uint64_t hash = 0;            // chain hash: hash_fn(parent's hash, tokens)
     uint64_t serial = 0;          // id of this content chain (equal serials = equal prefixes)
     uint64_t parent_serial = 0;   // the parent's serial, 0 for a sequence's first block
@@ -139,10 +155,11 @@ class BlockManager {
     int32_t n_tokens = 0;        // positions used; the last block holds the remainder
   };
 
-  int32_t allocate();                 // a fresh, empty block with ref 0 (free list, else evict)
-  void release(int32_t block);        // ref--, to cached or free at 0
-  void seal(const Sequence& s);       // s's last block just filled: hash it, maybe register
-  void reset(Block& b);               // back to the empty free-state contents
+  int32_t allocate();                   // a fresh, empty block with ref 0 (free list, else evict)
+  void release(int32_t block);          // ref--, to cached or free at 0
+  void seal(const Sequence& s, size_t j);  // s's full block j, after committed 0..j-1: hash, maybe register
+  static void unseal(Block& b);         // forget the hash chain (the block is partly filled again)
+  void reset(Block& b);                 // back to the empty free-state contents
   void debug_check() const;
 
   int32_t n_blocks_;

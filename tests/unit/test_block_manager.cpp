@@ -1,5 +1,6 @@
-// BlockManager: allocation, prefix sharing, LRU eviction, fork + copy-on-write, collisions, and a
-// randomized run checked against a plain model of each sequence's tokens.
+// BlockManager: allocation, prefix sharing (only of committed blocks), LRU eviction, fork +
+// copy-on-write, truncation, collisions, and a randomized run checked against a plain model of
+// each sequence's tokens and of the KV each block holds.
 #include <gtest/gtest.h>
 
 #include <map>
@@ -30,9 +31,11 @@ std::vector<int32_t> table(const BlockManager& bm, SeqId id) {
   return {t->begin(), t->end()};
 }
 
+// Appends and commits, as a step whose forward pass succeeded does.
 int32_t append(BlockManager& bm, SeqId id, const std::vector<int32_t>& toks) {
   auto r = bm.append_tokens(id, toks);
   EXPECT_TRUE(r.ok()) << r.error().message;
+  EXPECT_TRUE(bm.commit(id).ok());
   return r.ok() ? *r : -1;
 }
 
@@ -288,20 +291,152 @@ TEST(BlockManager, CollidingParentsDoNotMatchChildren) {
   EXPECT_INVARIANTS(bm);
 }
 
-// Random add / append / fork / free on a small pool, against a model of each sequence's tokens.
+std::vector<int32_t> tokens_of(const BlockManager& bm, int32_t block) {
+  auto t = bm.block_tokens(block);
+  return {t.begin(), t.end()};
+}
+
+// Blocks enter the prefix cache only when committed (their KV written by a forward pass that
+// succeeded); uncommitted blocks are never shared and are freed, not cached.
+TEST(BlockManager, UncommittedBlocksAreNeverShared) {
+  const int32_t bs = 4;
+  BlockManager bm = make(16, bs);
+  const auto prompt = iota_tokens(2 * bs + 1, 10);
+  for (SeqId id : {1, 2, 3}) ASSERT_TRUE(bm.add_sequence(id).ok());
+  ASSERT_EQ(bm.append_tokens(1, prompt).value(), 0);
+  EXPECT_EQ(bm.append_tokens(2, prompt).value(), 0) << "shared blocks whose KV is not written yet";
+  EXPECT_INVARIANTS(bm);
+  bm.free_sequence(1);  // its forward pass failed
+  EXPECT_EQ(bm.n_cached(), 0) << "uncommitted blocks were cached";
+  EXPECT_EQ(bm.n_used(), 3);
+  ASSERT_TRUE(bm.commit(2).ok());  // 2's pass succeeded
+  EXPECT_EQ(append(bm, 3, prompt), 2 * bs);
+  EXPECT_EQ(table(bm, 3)[0], table(bm, 2)[0]);
+  EXPECT_EQ(table(bm, 3)[1], table(bm, 2)[1]);
+  EXPECT_FALSE(bm.commit(9).ok());
+  EXPECT_INVARIANTS(bm);
+}
+
+// Two chunks appended before one commit (e.g. a caller computing them in one pass): the commit
+// seals both in chain order, and no match is attempted after an uncommitted block.
+TEST(BlockManager, CommitSealsEveryFullBlockInOrder) {
+  const int32_t bs = 4;
+  BlockManager bm = make(16, bs);
+  for (SeqId id : {1, 2}) ASSERT_TRUE(bm.add_sequence(id).ok());
+  ASSERT_TRUE(bm.append_tokens(1, iota_tokens(bs, 0)).ok());
+  const int64_t lookups = bm.stats().lookup_tokens;
+  ASSERT_EQ(bm.append_tokens(1, iota_tokens(bs + 2, bs)).value(), 0);
+  EXPECT_EQ(bm.stats().lookup_tokens, lookups) << "looked up after an uncommitted block";
+  ASSERT_TRUE(bm.commit(1).ok());
+  ASSERT_TRUE(bm.commit(1).ok());  // nothing new: a no-op
+  EXPECT_INVARIANTS(bm);
+  EXPECT_EQ(append(bm, 2, iota_tokens(2 * bs, 0)), 2 * bs);
+}
+
+// truncate() drops the blocks past the new length; a full block in the prefix cache stays
+// cached, and when it is the new, partly used last block, the next append writes a copy.
+TEST(BlockManager, TruncateKeepsCachedBlocksAndCopiesOnWrite) {
+  const int32_t bs = 4;
+  BlockManager bm = make(16, bs);
+  const auto prompt = iota_tokens(3 * bs + 2, 0);
+  ASSERT_TRUE(bm.add_sequence(1).ok());
+  append(bm, 1, prompt);
+  const auto before = table(bm, 1);
+  ASSERT_TRUE(bm.truncate(1, bs + 1).ok());
+  EXPECT_EQ(bm.n_tokens(1).value(), bs + 1);
+  ASSERT_EQ(table(bm, 1), std::vector<int32_t>(before.begin(), before.begin() + 2));
+  EXPECT_EQ(bm.n_cached(), 1) << "the dropped full block keeps its cache entry";
+  EXPECT_EQ(bm.n_free(), 16 - 3);  // the dropped partial block is free
+  EXPECT_EQ(tokens_of(bm, before[1]), iota_tokens(bs, bs)) << "a cached block lost tokens";
+  EXPECT_INVARIANTS(bm);
+  EXPECT_TRUE(bm.take_copies().empty());
+  EXPECT_EQ(append(bm, 1, {99}), 0);
+  const auto after = table(bm, 1);
+  EXPECT_EQ(after[0], before[0]);
+  EXPECT_NE(after[1], before[1]) << "wrote into a block of the prefix cache";
+  const auto copies = bm.take_copies();
+  ASSERT_EQ(copies.size(), 1u);
+  EXPECT_EQ(copies[0], std::make_pair(before[1], after[1]));
+  EXPECT_EQ(tokens_of(bm, after[1]), (std::vector<int32_t>{bs, 99}));
+  EXPECT_EQ(tokens_of(bm, before[1]), iota_tokens(bs, bs));
+  EXPECT_INVARIANTS(bm);
+  // The whole original prefix is still in the cache.
+  ASSERT_TRUE(bm.add_sequence(2).ok());
+  EXPECT_EQ(append(bm, 2, prompt), 3 * bs);
+  EXPECT_EQ(table(bm, 2)[1], before[1]);
+  EXPECT_EQ(table(bm, 2)[2], before[2]);
+  EXPECT_INVARIANTS(bm);
+}
+
+// A partly filled block shared with a fork keeps the fork's tokens when one side truncates
+// into it; that side then appends into a copy. A private, uncached block is cut in place.
+TEST(BlockManager, TruncateIntoASharedBlockCopiesOnWrite) {
+  const int32_t bs = 4;
+  BlockManager bm = make(8, bs);
+  ASSERT_TRUE(bm.add_sequence(1).ok());
+  append(bm, 1, iota_tokens(7, 0));  // block 1 holds 3 tokens
+  ASSERT_TRUE(bm.fork(1, 2).ok());
+  const auto shared = table(bm, 1);
+  ASSERT_TRUE(bm.truncate(1, 5).ok());
+  EXPECT_EQ(tokens_of(bm, shared[1]), (std::vector<int32_t>{4, 5, 6})) << "the fork's tokens changed";
+  EXPECT_INVARIANTS(bm);
+  EXPECT_EQ(append(bm, 1, {42}), 0);
+  ASSERT_EQ(bm.take_copies().size(), 1u);
+  EXPECT_EQ(tokens_of(bm, table(bm, 1)[1]), (std::vector<int32_t>{4, 42}));
+  EXPECT_EQ(tokens_of(bm, table(bm, 2)[1]), (std::vector<int32_t>{4, 5, 6}));
+  // Private now: truncating and appending again writes in place.
+  const int32_t own = table(bm, 1)[1];
+  ASSERT_TRUE(bm.truncate(1, 5).ok());
+  EXPECT_EQ(append(bm, 1, {43}), 0);
+  EXPECT_TRUE(bm.take_copies().empty());
+  EXPECT_EQ(table(bm, 1)[1], own);
+  EXPECT_EQ(tokens_of(bm, own), (std::vector<int32_t>{4, 43}));
+  // Truncating to a block boundary and to nothing.
+  ASSERT_TRUE(bm.truncate(2, 4).ok());
+  EXPECT_EQ(table(bm, 2).size(), 1u);
+  ASSERT_TRUE(bm.truncate(2, 0).ok());
+  EXPECT_TRUE(table(bm, 2).empty());
+  EXPECT_FALSE(bm.truncate(2, 1).ok()) << "past the end";
+  EXPECT_FALSE(bm.truncate(2, -1).ok());
+  EXPECT_FALSE(bm.truncate(9, 0).ok());
+  EXPECT_INVARIANTS(bm);
+}
+
+// Random add / append (committed, or a failed forward pass that frees the sequence) / fork /
+// truncate / free on a small pool, against a model of each sequence's tokens and of the KV in
+// each block: a forward pass writes, for every position it computes, a value derived from the
+// whole prefix up to it (as real KV is), into the block the table names; a failed pass writes
+// garbage. Every sequence must read back its own prefix values through its table: a prefix hit
+// on a block never written, a shared block written by another sequence, a missed
+// copy-on-write or a block dropped too early would show.
 TEST(BlockManager, RandomizedAgainstModel) {
   for (int32_t bs : {1, 3, 4}) {
-    BlockManager bm = make(24, bs);
+    const int32_t n_blocks = 24;
+    BlockManager bm = make(n_blocks, bs);
     std::mt19937 rng(1234 + uint32_t(bs));
     std::map<SeqId, std::vector<int32_t>> model;  // sequence -> its tokens
+    std::vector<std::vector<uint64_t>> kv(size_t(n_blocks), std::vector<uint64_t>(size_t(bs), 0));
+    auto prefix_value = [](const std::vector<int32_t>& toks, size_t p) {
+      uint64_t h = 1469598103934665603ull;
+      for (size_t i = 0; i <= p; ++i) h = (h ^ uint64_t(uint32_t(toks[i]))) * 1099511628211ull;
+      return h | 1;  // never 0 (fresh) or 2 (garbage)
+    };
     SeqId next_id = 0;
-    // Prompts from a few shared prefixes so that the prefix cache gets hits.
+    // Prompts from a few shared prefixes so that the prefix cache gets hits (and, with failed
+    // passes and evictions, would take blocks whose KV was never written if it could).
     const std::vector<std::vector<int32_t>> prefixes = {
-        iota_tokens(3 * bs, 0), iota_tokens(2 * bs + 1, 0), iota_tokens(4 * bs, 100)};
+        iota_tokens(3 * bs, 0), iota_tokens(2 * bs + 1, 0), iota_tokens(4 * bs, 100),
+        iota_tokens(2 * bs, 200), iota_tokens(3 * bs + 1, 300), iota_tokens(bs, 400)};
     auto rnd = [&](int n) { return int(rng() % uint32_t(n)); };
-    int64_t errors = 0, hits = 0, copies = 0;
-    for (int step = 0; step < 4000; ++step) {
-      const int op = rnd(10);
+    int64_t errors = 0, hits = 0, copies = 0, truncations = 0, failures = 0;
+    auto copy_on_write = [&] {
+      for (const auto& [src, dst] : bm.take_copies()) {
+        kv[size_t(dst)] = kv[size_t(src)];
+        copies++;
+      }
+    };
+    for (int step = 0; step < 6000; ++step) {
+      const int op = rnd(12);
       if (op < 2 || model.empty()) {  // add
         const SeqId id = next_id++;
         ASSERT_TRUE(bm.add_sequence(id).ok());
@@ -311,7 +446,7 @@ TEST(BlockManager, RandomizedAgainstModel) {
         std::advance(it, rnd(int(model.size())));
         std::vector<int32_t> toks;
         if (it->second.empty() && rnd(2) == 0) {
-          toks = prefixes[size_t(rnd(3))];
+          toks = prefixes[size_t(rnd(int(prefixes.size())))];
           for (int k = rnd(3); k > 0; --k) toks.push_back(rnd(5));
         } else {
           for (int k = rnd(3) == 0 ? rnd(2 * bs + 2) : 1; k > 0; --k) toks.push_back(rnd(5));
@@ -319,17 +454,31 @@ TEST(BlockManager, RandomizedAgainstModel) {
         const auto before_table = table(bm, it->first);
         const int32_t free_before = bm.n_free(), cached_before = bm.n_cached();
         auto r = bm.append_tokens(it->first, toks);
-        if (r.ok()) {
-          ASSERT_GE(*r, 0);
-          ASSERT_LE(*r, int32_t(toks.size()));
-          ASSERT_EQ(*r % bs, 0);
-          hits += *r;
-          it->second.insert(it->second.end(), toks.begin(), toks.end());
-        } else {
+        if (!r.ok()) {
           errors++;
           ASSERT_EQ(table(bm, it->first), before_table);
           ASSERT_EQ(bm.n_free(), free_before);
           ASSERT_EQ(bm.n_cached(), cached_before);
+        } else {
+          ASSERT_GE(*r, 0);
+          ASSERT_LE(*r, int32_t(toks.size()));
+          ASSERT_EQ(*r % bs, 0);
+          hits += *r;
+          // The forward pass: copies first, then the positions it computes.
+          copy_on_write();
+          const size_t n0 = it->second.size();
+          it->second.insert(it->second.end(), toks.begin(), toks.end());
+          const bool fails = rnd(6) == 0;
+          const auto t = table(bm, it->first);
+          for (size_t p = n0 + size_t(*r); p < it->second.size(); ++p)
+            kv[size_t(t[p / size_t(bs)])][p % size_t(bs)] = fails ? 2 : prefix_value(it->second, p);
+          if (fails) {  // the scheduler ends the sequence
+            failures++;
+            bm.free_sequence(it->first);
+            model.erase(it);
+          } else {
+            ASSERT_TRUE(bm.commit(it->first).ok());
+          }
         }
       } else if (op < 8) {  // fork
         auto it = model.begin();
@@ -337,13 +486,21 @@ TEST(BlockManager, RandomizedAgainstModel) {
         const SeqId id = next_id++;
         ASSERT_TRUE(bm.fork(it->first, id).ok());
         model[id] = it->second;
+      } else if (op < 10) {  // truncate: rejected drafts
+        auto it = model.begin();
+        std::advance(it, rnd(int(model.size())));
+        const int32_t n = int32_t(it->second.size());
+        const int32_t keep = std::max(0, n - rnd(2 * bs + 2));
+        ASSERT_TRUE(bm.truncate(it->first, keep).ok());
+        it->second.resize(size_t(keep));
+        truncations++;
       } else {  // free
         auto it = model.begin();
         std::advance(it, rnd(int(model.size())));
         bm.free_sequence(it->first);
         model.erase(it);
       }
-      copies += int64_t(bm.take_copies().size());
+      copy_on_write();  // none pending: only appends ask for copies
 
       Status st = bm.check_invariants();
       ASSERT_TRUE(st.ok()) << "step " << step << ": " << st.error().message;
@@ -353,12 +510,18 @@ TEST(BlockManager, RandomizedAgainstModel) {
       for (const auto& [id, toks] : model) {
         ASSERT_EQ(bm.n_tokens(id).value(), int32_t(toks.size()));
         std::vector<int32_t> held;
-        for (int32_t b : table(bm, id)) {
-          refs[b]++;
-          auto bt = bm.block_tokens(b);
-          held.insert(held.end(), bt.begin(), bt.end());
+        const auto t = table(bm, id);
+        for (size_t j = 0; j < t.size(); ++j) {
+          refs[t[j]]++;
+          auto bt = bm.block_tokens(t[j]);
+          const size_t fill = std::min(size_t(bs), toks.size() - j * size_t(bs));
+          ASSERT_GE(bt.size(), fill);
+          held.insert(held.end(), bt.begin(), bt.begin() + std::ptrdiff_t(fill));
         }
         ASSERT_EQ(held, toks) << "sequence " << id << " at step " << step;
+        for (size_t p = 0; p < toks.size(); ++p)
+          ASSERT_EQ(kv[size_t(t[p / size_t(bs)])][p % size_t(bs)], prefix_value(toks, p))
+              << "sequence " << id << " reads wrong KV at position " << p << ", step " << step;
       }
       for (const auto& [b, n] : refs) ASSERT_EQ(bm.refcount(b), n);
       ASSERT_EQ(int32_t(refs.size()), bm.n_used());
@@ -366,6 +529,8 @@ TEST(BlockManager, RandomizedAgainstModel) {
     EXPECT_GT(errors, 0) << "pool never ran out: the test is too gentle";
     EXPECT_GT(hits, 0) << "prefix cache never hit";
     EXPECT_GT(bm.stats().evictions, 0);
+    EXPECT_GT(truncations, 100);
+    EXPECT_GT(failures, 20);
     if (bs > 1) {
       EXPECT_GT(copies, 0) << "copy-on-write never happened";
     }

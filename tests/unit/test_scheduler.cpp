@@ -39,8 +39,10 @@ std::vector<TokenId> reference(std::vector<TokenId> tokens, int64_t n_new) {
 struct FakeModel {
   int64_t forwards = 0;
   int64_t tokens_computed = 0;
+  int64_t fail_at = 0;  // > 0: that forward pass (1-based) fails before writing any KV
   Status forward(const Batch& b, KvCache& cache, std::vector<float>& logits) {
     ++forwards;
+    if (forwards == fail_at) return make_error("forward pass {} failed", forwards);
     tokens_computed += b.size();
     for (int64_t i = 0; i < b.size(); ++i) {
       if (!cache.holds(b.seq[i], b.pos[i])) return make_error("no block for position {}", b.pos[i]);
@@ -212,6 +214,40 @@ TEST(Scheduler, SharedPrefixIsComputedOnce) {
   EXPECT_EQ(sb->cached_tokens(), 96);  // six whole blocks of 16
   EXPECT_EQ(h.model.tokens_computed - computed_a, int64_t(b.size()) - 96 + 4);
   EXPECT_EQ(h.sched->stats().prefix_hit_tokens, 96);
+}
+
+// A forward pass that fails writes no KV: its blocks must not enter the prefix cache, or a later
+// request with the same prompt would take their garbage KV instead of computing it.
+TEST(Scheduler, FailedForwardPassCachesNoBlocks) {
+  Harness h(2, 128, 32);
+  std::mt19937 rng(7);
+  const auto prompt = random_tokens(rng, 40);  // two full blocks of 16 and a partial one
+  h.model.fail_at = 1;
+  auto a = h.sched->submit(greedy(prompt, 5)).stream;
+  run_all(*h.sched);
+  Collected ca;
+  drain(a, ca);
+  ASSERT_TRUE(ca.done);
+  EXPECT_EQ(ca.finish[0], FinishReason::Error);
+  EXPECT_EQ(h.sched->stats().blocks_cached, 0) << "blocks of the failed pass were cached";
+  EXPECT_EQ(h.sched->stats().blocks_used, 0);
+  const int64_t computed = h.model.tokens_computed;
+  auto b = h.sched->submit(greedy(prompt, 5)).stream;
+  run_all(*h.sched);
+  Collected cb;
+  drain(b, cb);
+  ASSERT_TRUE(cb.done);
+  EXPECT_EQ(cb.finish[0], FinishReason::Length);
+  EXPECT_EQ(cb.tokens[0], reference(prompt, 5));
+  EXPECT_EQ(b->cached_tokens(), 0);
+  EXPECT_EQ(h.model.tokens_computed - computed, int64_t(prompt.size()) + 4) << "the prompt was not computed";
+  // Its own blocks, written by a pass that succeeded, are cached for the next request.
+  auto c = h.sched->submit(greedy(prompt, 5)).stream;
+  run_all(*h.sched);
+  Collected cc;
+  drain(c, cc);
+  EXPECT_EQ(cc.tokens[0], reference(prompt, 5));
+  EXPECT_EQ(c->cached_tokens(), 32);
 }
 
 TEST(Scheduler, ChoicesShareThePromptAndCopyOnWrite) {
