@@ -11,10 +11,12 @@
 namespace peregrine {
 namespace {
 
-constexpr int64_t kMaxSinks = 64;  // a bound on the re-rotated sink keys each thread keeps
+constexpr int64_t kMaxSinks = 64;  // a bound on the re-rotated sink keys of one task
+// Head dimensions up to this use stack buffers; larger ones (up to the loader's 1024, or
+// n_embd / n_head) a per-thread buffer grown once, so no head dimension allocates per token
+// once every thread has run a task.
+constexpr int64_t kStackHeadDim = 256;
 
-// Per-thread buffers that grow to the largest size asked for and then stay: any head
-// dimension works, and the decode loop allocates nothing once they have grown.
 float* grown(std::vector<float>& buf, int64_t n) {
   if (buf.size() < size_t(n)) buf.resize(size_t(n));
   return buf.data();
@@ -25,9 +27,10 @@ float* grown(std::vector<float>& buf, int64_t n) {
 struct ShiftTable {
   int64_t shift = -1, rot_dim = 0;
   float base = 0.0f;
-  std::vector<float> buf;  // [rot_dim / 2][2]
+  float small[kStackHeadDim];  // [rot_dim / 2][2]
+  std::vector<float> big;      // the same for a larger rot_dim
   const float* get(int64_t sh, int64_t rd, float b) {
-    float* cs = grown(buf, rd);
+    float* cs = rd <= kStackHeadDim ? small : grown(big, rd);
     if (sh != shift || rd != rot_dim || b != base) {
       for (int64_t i = 0; i < rd; i += 2) {
         const double theta = double(sh) * std::pow(double(b), -double(i) / double(rd));
@@ -73,7 +76,7 @@ void rerotate(const T* k, int64_t stride, int64_t n, int64_t hd, int64_t rot_dim
 
 }  // namespace
 
-Status check_attention(const KvShape& kv, const AttentionShape& s) {
+Status check_attention(const KvShape& kv, const AttentionShape& /*s: any head dimension works*/) {
   for (int64_t l = 0; l < kv.n_layer; ++l) {
     const AttnKind& k = kv.kind(l);
     if (k.type == AttnKind::Type::SinksWindow && k.sinks > kMaxSinks)
@@ -114,11 +117,12 @@ void attention(const float* q, const int32_t* pos, const int32_t* seq, int64_t n
                  static_cast<const uint8_t*>(spans[r].v) + size_t(hk * hd) * elem, spans[r].n,
                  kv_dim, kv_dim};
     // StreamingLLM positions: the sinks move up to just before the window.
-    thread_local std::vector<float> sink_buf;  // [sinks][hd] of the cache type
+    alignas(64) float sink_stack[kMaxSinks * kStackHeadDim];  // [sinks][hd] of the cache type
+    thread_local std::vector<float> sink_big;
     const int64_t shift = kind.type == AttnKind::Type::SinksWindow ? kind.first_recent(pos[t]) - kind.sinks : 0;
     if (shift > 0 && s.rope_dim > 0 && n_spans > 0 && spans[0].first_pos == 0) {
       const int64_t n = spans[0].n;
-      float* sink_keys = grown(sink_buf, n * hd);
+      float* sink_keys = hd <= kStackHeadDim ? sink_stack : grown(sink_big, n * hd);
       if (f16)
         rerotate(static_cast<const uint16_t*>(runs[0].k), kv_dim, n, hd, s.rope_dim, s.rope_base,
                  shift, reinterpret_cast<uint16_t*>(sink_keys));
@@ -132,8 +136,9 @@ void attention(const float* q, const int32_t* pos, const int32_t* seq, int64_t n
       const int64_t nq = std::min(kAttnMaxQ, group - h0);
       const int64_t head = hk * group + h0;
       const float* qh = q + (t * s.n_head + head) * hd;  // [nq, hd]
-      thread_local std::vector<float> q_buf;
-      float* qscaled = grown(q_buf, nq * hd);  // [nq, hd]
+      float q_stack[kAttnMaxQ * kStackHeadDim];
+      thread_local std::vector<float> q_big;
+      float* qscaled = hd <= kStackHeadDim ? q_stack : grown(q_big, nq * hd);  // [nq, hd]
       for (int64_t i = 0; i < nq * hd; ++i) qscaled[i] = qh[i] * s.scale;
       attend(qscaled, nq, hd, runs, n_spans, out + (t * s.n_head + head) * hd);
     }
