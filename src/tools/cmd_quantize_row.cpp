@@ -11,6 +11,7 @@
 // (tests/unit/test_quantize_ref.cpp) cover round trips and edge cases in-process.
 // Hidden from --help: it is a test hook, not a user feature.
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <vector>
