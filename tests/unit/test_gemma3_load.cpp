@@ -4,6 +4,8 @@
 // numpy forward pass in tests/reference/test_forward_gemma.py.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstring>
 #include <functional>
 
 #include "gguf_builder.h"
@@ -16,6 +18,7 @@ constexpr int64_t kLayers = 4, kEmbd = 32, kHd = 32, kFf = 32, kVocab = 8;
 
 struct Meta {
   uint32_t window = 16, value_length = kHd;
+  bool random_weights = false;  // else zeros
 };
 
 std::vector<uint8_t> tiny_gemma3(const std::function<void(test::GgufBuilder&)>& edit, Meta m = {}) {
@@ -28,17 +31,32 @@ std::vector<uint8_t> tiny_gemma3(const std::function<void(test::GgufBuilder&)>& 
   b.kv_f32("gemma3.rope.freq_base", 1e6f).kv_f32("gemma3.attention.layer_norm_rms_epsilon", 1e-6f);
   b.kv_u32("gemma3.attention.sliding_window", m.window);
   edit(b);
-  b.tensor("token_embd.weight", {kEmbd, kVocab}, GgmlType::F32);
-  b.tensor("output_norm.weight", {kEmbd}, GgmlType::F32);
+  uint32_t state = 12345;  // a fixed LCG: the same weights every run
+  auto add = [&](const std::string& name, std::vector<uint64_t> dims) {
+    std::vector<uint8_t> data;
+    if (m.random_weights) {
+      const uint64_t n = dims[0] * (dims.size() > 1 ? dims[1] : 1);
+      data.resize(size_t(n) * 4);
+      for (uint64_t i = 0; i < n; ++i) {
+        state = state * 1664525u + 1013904223u;
+        const float v = (float(state >> 8) / float(1 << 24) - 0.5f) * 0.5f;
+        std::memcpy(data.data() + i * 4, &v, 4);
+      }
+    }
+    b.tensor(name, std::move(dims), GgmlType::F32, std::move(data));
+  };
+  add("token_embd.weight", {kEmbd, kVocab});
+  add("output_norm.weight", {kEmbd});
   for (int il = 0; il < kLayers; ++il) {
     auto n = [il](const char* s) { return fmt::format("blk.{}.{}.weight", il, s); };
-    for (const char* norm : {"attn_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm"})
-      b.tensor(n(norm), {kEmbd}, GgmlType::F32);
-    b.tensor(n("attn_q_norm"), {kHd}, GgmlType::F32).tensor(n("attn_k_norm"), {kHd}, GgmlType::F32);
-    for (const char* w : {"attn_q", "attn_k", "attn_v"}) b.tensor(n(w), {kEmbd, kHd}, GgmlType::F32);
-    b.tensor(n("attn_output"), {kHd, kEmbd}, GgmlType::F32);
-    b.tensor(n("ffn_gate"), {kEmbd, kFf}, GgmlType::F32).tensor(n("ffn_up"), {kEmbd, kFf}, GgmlType::F32);
-    b.tensor(n("ffn_down"), {kFf, kEmbd}, GgmlType::F32);
+    for (const char* norm : {"attn_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm"}) add(n(norm), {kEmbd});
+    add(n("attn_q_norm"), {kHd});
+    add(n("attn_k_norm"), {kHd});
+    for (const char* w : {"attn_q", "attn_k", "attn_v"}) add(n(w), {kEmbd, kHd});
+    add(n("attn_output"), {kHd, kEmbd});
+    add(n("ffn_gate"), {kEmbd, kFf});
+    add(n("ffn_up"), {kEmbd, kFf});
+    add(n("ffn_down"), {kFf, kEmbd});
   }
   return b.build();
 }
@@ -97,6 +115,34 @@ TEST(Gemma3Load, InconsistentMetadataIsAClearError) {
                "sliding_window_pattern");
   expect_error([](test::GgufBuilder&) {}, "sliding_window", Meta{0, kHd});
   expect_error([](test::GgufBuilder&) {}, "value_length", Meta{16, 16});
+}
+
+// Gemma's q.k scale is 1/sqrt(query_pre_attn_scalar); a file states it as gemma3.attention.scale
+// (sizes whose scalar is not head_dim need it). Absent, 1/sqrt(head_dim).
+TEST(Gemma3Load, AttentionScaleFromMetadata) {
+  auto logits = [](const std::function<void(test::GgufBuilder&)>& edit) {
+    auto l = load(edit, Meta{16, kHd, true});
+    EXPECT_TRUE(l->model.ok()) << l->model.error().message;
+    std::vector<float> out;
+    if (!l->model.ok()) return out;
+    Model& m = **l->model;
+    KvCache cache(m.kv_shape(32, 1, KvType::F32, AttnKind::global(), 8));
+    Batch b;
+    for (int32_t i = 0; i < 6; ++i) b.add((i * 5 + 1) % int32_t(kVocab), i, 0, true);
+    EXPECT_TRUE(m.forward(b, cache, out).ok());
+    return out;
+  };
+  const std::vector<float> plain = logits([](test::GgufBuilder&) {});
+  const std::vector<float> same = logits([](test::GgufBuilder& b) {
+    b.kv_f32("gemma3.attention.scale", 1.0f / std::sqrt(float(kHd)));
+  });
+  const std::vector<float> other = logits([](test::GgufBuilder& b) { b.kv_f32("gemma3.attention.scale", 1.0f); });
+  ASSERT_EQ(plain.size(), size_t(6 * kVocab));
+  EXPECT_EQ(plain, same);
+  EXPECT_NE(plain, other);
+  auto bad = load([](test::GgufBuilder& b) { b.kv_f32("gemma3.attention.scale", -1.0f); });
+  ASSERT_FALSE(bad->model.ok());
+  EXPECT_NE(bad->model.error().message.find("attention.scale"), std::string::npos);
 }
 
 }  // namespace
