@@ -70,64 +70,66 @@ SignedMax signed_max(const float* x, int n) {
 
 // ---- the scale searches ----------------------------------------------------------------
 
-// Symmetric codes L[i] = l + nmax, l in [-nmax, nmax - 1], weights w = x^2 (ggml's
-// rmse_type 1, the only one the reference quantizers use). Returns the scale.
-float make_qx_quants(int n, int nmax, const float* x, int8_t* L) {
-  const SignedMax sm = signed_max(x, n);
-  if (sm.amax < kGroupMaxEps) {
-    for (int i = 0; i < n; ++i) L[i] = 0;
-    return 0.0f;
-  }
-  // Fit for the codes of one inverse scale: sum w x l and sum w l^2.
-  auto fit = [&](float iscale, float* sumlx, float* suml2) {
-    *sumlx = 0.0f;
-    *suml2 = 0.0f;
-    for (int i = 0; i < n; ++i) {
-      const int l = clamp(nearest_int(iscale * x[i]), -nmax, nmax - 1);
-      const float w = x[i] * x[i];
-      *sumlx += w * x[i] * float(l);
-      *suml2 += w * float(l) * float(l);
-    }
-  };
-  auto set_codes = [&](float iscale) {
-    for (int i = 0; i < n; ++i) L[i] = int8_t(nmax + clamp(nearest_int(iscale * x[i]), -nmax, nmax - 1));
-  };
-  float iscale = float(-nmax) / sm.max;  // the largest value maps to code -nmax
+// Shared by the two symmetric searches: codes l = round(iscale * x) clipped to
+// [-nmax, nmax - 1] (written to L, unbiased, when L is given) and the least-squares fit
+// of x by scale * l with weights w = x^2 (ggml's rmse_type 1): sum w x l and sum w l^2.
+struct Fit {
   float sumlx, suml2;
-  fit(iscale, &sumlx, &suml2);
-  set_codes(iscale);
-  float scale = suml2 != 0.0f ? sumlx / suml2 : 0.0f;
-  float best = scale * sumlx;  // = sumlx^2 / suml2, the fit's explained energy
+};
+Fit symmetric_fit(int n, int nmax, const float* x, float iscale, int8_t* L) {
+  Fit f{0.0f, 0.0f};
+  for (int i = 0; i < n; ++i) {
+    const int l = clamp(nearest_int(iscale * x[i]), -nmax, nmax - 1);
+    if (L != nullptr) L[i] = int8_t(l);
+    const float w = x[i] * x[i];
+    f.sumlx += w * x[i] * float(l);
+    f.suml2 += w * float(l) * float(l);
+  }
+  return f;
+}
+
+// The value of largest magnitude, which the first guess maps to code -nmax; 0 (with L
+// zeroed) when the sub-block is all zero for practical purposes.
+float symmetric_start(int n, const float* x, int8_t* L) {
+  const SignedMax sm = signed_max(x, n);
+  if (sm.amax >= kGroupMaxEps) return sm.max;
+  for (int i = 0; i < n; ++i) L[i] = 0;
+  return 0.0f;
+}
+
+// Symmetric codes L[i] = l + nmax: the best of 19 inverse scales -(nmax + 0.1 is) / max,
+// is = 0, +-1 .. +-9, by explained energy sumlx^2 / suml2. Returns the scale.
+float make_qx_quants(int n, int nmax, const float* x, int8_t* L) {
+  const float max = symmetric_start(n, x, L);
+  if (max == 0.0f) return 0.0f;
+  float best_iscale = float(-nmax) / max;
+  const Fit first = symmetric_fit(n, nmax, x, best_iscale, L);
+  float scale = first.suml2 != 0.0f ? first.sumlx / first.suml2 : 0.0f;
+  float best = scale * first.sumlx;  // = sumlx^2 / suml2
+  bool moved = false;
   for (int is = -9; is <= 9; ++is) {
     if (is == 0) continue;
-    iscale = -(float(nmax) + 0.1f * float(is)) / sm.max;
-    fit(iscale, &sumlx, &suml2);
-    if (suml2 > 0.0f && sumlx * sumlx > best * suml2) {
-      set_codes(iscale);
-      scale = sumlx / suml2;
-      best = scale * sumlx;
+    const float iscale = -(float(nmax) + 0.1f * float(is)) / max;
+    const Fit f = symmetric_fit(n, nmax, x, iscale, nullptr);
+    if (f.suml2 > 0.0f && f.sumlx * f.sumlx > best * f.suml2) {
+      best_iscale = iscale;
+      moved = true;
+      scale = f.sumlx / f.suml2;
+      best = scale * f.sumlx;
     }
   }
+  if (moved) symmetric_fit(n, nmax, x, best_iscale, L);  // the winner's codes
+  for (int i = 0; i < n; ++i) L[i] = int8_t(L[i] + nmax);
   return scale;
 }
 
-// Symmetric codes L[i] = l + nmax, l in [-nmax, nmax - 1], weights x^2, refined by
-// coordinate descent. Returns the scale.
+// Symmetric codes L[i] = l + nmax, l in [-nmax, nmax - 1], weights x^2: the first guess
+// nmax / max refined by coordinate descent. Returns the scale.
 float make_q3_quants(int n, int nmax, const float* x, int8_t* L) {
-  const SignedMax sm = signed_max(x, n);
-  if (sm.amax < kGroupMaxEps) {
-    for (int i = 0; i < n; ++i) L[i] = 0;
-    return 0.0f;
-  }
-  const float iscale = float(-nmax) / sm.max;
-  float sumlx = 0.0f, suml2 = 0.0f;
-  for (int i = 0; i < n; ++i) {
-    const int l = clamp(nearest_int(iscale * x[i]), -nmax, nmax - 1);
-    L[i] = int8_t(l);
-    const float w = x[i] * x[i];
-    sumlx += w * x[i] * float(l);
-    suml2 += w * float(l) * float(l);
-  }
+  const float max = symmetric_start(n, x, L);
+  if (max == 0.0f) return 0.0f;
+  const Fit first = symmetric_fit(n, nmax, x, float(-nmax) / max, L);
+  float sumlx = first.sumlx, suml2 = first.suml2;
   for (int sweep = 0; sweep < 5; ++sweep) {
     int changed = 0;
     for (int i = 0; i < n; ++i) {
