@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/status.h"
+#include "ops/rope_scaling.h"
 #include "quant/dequantize.h"
 
 namespace peregrine {
@@ -25,14 +26,14 @@ void rmsnorm(const float* x, const float* weight, float* y, int64_t n_tok, int64
 
 void rope_angles(const int32_t* pos, int64_t n_tok, int64_t rot_dim, float base,
                  std::vector<float>& cs, float pos_scale) {
-  const int64_t half = rot_dim / 2;
-  if (cs.size() < size_t(n_tok * half * 2)) cs.resize(size_t(n_tok * half * 2));
-  for (int64_t t = 0; t < n_tok; ++t)
-    for (int64_t i = 0; i < half; ++i) {
-      const double theta = double(pos[t]) / double(pos_scale) * std::pow(double(base), -double(2 * i) / double(rot_dim));
-      cs[size_t((t * half + i) * 2)] = float(std::cos(theta));
-      cs[size_t((t * half + i) * 2 + 1)] = float(std::sin(theta));
-    }
+  RopeFreqs f;
+  f.rot_dim = rot_dim;
+  f.base = base;
+  if (pos_scale != 1.0f) {
+    f.scaling = RopeFreqs::Scaling::Linear;
+    f.factor = pos_scale;
+  }
+  rope_angles(pos, n_tok, f, cs);
 }
 
 namespace {

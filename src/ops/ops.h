@@ -22,7 +22,8 @@ float rms_scale(const float* x, int64_t n, float eps);  // 1 / sqrt(mean(x^2) + 
 // for all layers: cs[n_tok, rot_dim/2, 2] (cos, sin), in double precision then rounded
 // (positions reach 1e5+ and a float angle loses the phase).
 enum class RopeStyle { Adjacent, Neox };
-// pos_scale > 1: linear position scaling (positions divided by it).
+// pos_scale > 1: linear position scaling (positions divided by it). The plain case of
+// rope_scaling.h's tables (which add YaRN and per-dimension frequency factors).
 void rope_angles(const int32_t* pos, int64_t n_tok, int64_t rot_dim, float base,
                  std::vector<float>& cs, float pos_scale = 1.0f);
 // In place on x[n_tok, n_heads * head_dim].
