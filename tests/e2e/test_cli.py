@@ -422,13 +422,28 @@ def test_stream_perplexity_sinks_window(ok, model_path, describe):
 
 
 def test_stream_runs_past_the_context(ok, model_path, describe):
-    """With only windowed layers the stream is not bounded by -c: 700 tokens through -c 256."""
+    """With only windowed layers the stream is not bounded by -c: 700 tokens through -c 256, and
+    they score close to dense attention over the same tokens (all 700 within the trained 8,192).
+
+    Sinks + window sees a subset of what dense attention sees, so within the trained context it
+    scores a little worse: here 19.78 against 19.52 (+1.3%); the README's 8,000-token runs give
+    +4.9% (window 1020) and +19% (window 252), the gap growing with the text scored past the
+    window. The bound, 0.97x to 1.10x dense, leaves 3% for the engine's rounding (its stream
+    PPL moves by about 1% with -b and the K/V type) and fails what breaks the span: the sinks
+    ignored (a plain window: 28.5, +46%), the part of the window past the ring's wrap not read
+    (167, which the old bound of 1..200 let pass). tests/reference/test_forward.py compares the
+    same kind of stream with the numpy reference, logits and perplexity."""
     if not GPL3.is_file():
         pytest.skip(f"{GPL3} not present")
     r = ok("perplexity", "-m", model_path, *T, "-f", GPL3, "--stream", "--max-tokens", "700",
            "-b", "32", "-c", "256", "--attn-sinks", "4", "--attn-window", "200")
     assert "[700 tokens]" in r.stdout, describe(r)
-    assert 1.0 < _ppl(r) < 200.0, describe(r)
+    d = ok("perplexity", "-m", model_path, *T, "-f", GPL3, "--stream", "--max-tokens", "700",
+           "-b", "32", "-c", "1024")
+    assert "[700 tokens]" in d.stdout, describe(d)
+    stream, dense = _ppl(r), _ppl(d)
+    assert 0.97 * dense <= stream <= 1.10 * dense, \
+        f"sinks 4 + window 200: PPL {stream} against dense {dense} ({stream / dense - 1:+.1%})"
     # Generation past -c too.
     g = ok("run", "-m", model_path, *T, "-c", "64", "-b", "16", "--attn-sinks", "4",
            "--attn-window", "32", "-p", "Once upon a time", "-n", "100", "--temp", "0")

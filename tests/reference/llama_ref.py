@@ -13,6 +13,13 @@ Written from the architecture's definition (Llama 2 / SmolLM2), not from the eng
         h = h + (silu(f @ Wgate.T) * (f @ Wup.T)) @ Wdown.T
     logits = (rmsnorm(h) * output_norm) @ W_out.T          # W_out = output.weight, else tok_embd
 
+Attention span (`with_span(sinks, window)`, for `perplexity --stream --attn-sinks S --attn-window W`):
+position p attends to the last W positions, p-W+1..p, and to the first S ("attention sinks",
+StreamingLLM, Xiao et al. 2023). Keys sit at their positions in the cache, not in the text: the
+window keys keep their true positions (their distances to the query are already in-cache ones),
+and once positions between the sinks and the window have been dropped, sink j is rotated as if at
+position j + (p - W + 1 - S), just before the window, so no query-key distance exceeds S + W - 1.
+
 Weights are dequantized once with gguf-py (`gguf.quants.dequantize`) to float32; matmuls run in
 float32 (the dequantized weights are exact in f32, and f32 accumulation is ~1e-6 relative -- far
 below the engine's 8-bit activation error), while norms, RoPE, attention and softmax run in
@@ -36,7 +43,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import gguf
@@ -135,6 +142,9 @@ class LlamaRef:
     output_norm: np.ndarray  # [n_embd]
     output: np.ndarray  # [n_vocab, n_embd]; the same array as tok_embd when tied
     ablate: frozenset[str] = field(default_factory=frozenset)
+    sinks: int = 0  # with window: the first `sinks` positions stay visible to every query
+    window: int = 0  # > 0: each query also sees only the last `window` positions; 0: all
+    shift_sinks: bool = True  # False: sinks keep their text positions (a deliberate bug)
 
     @classmethod
     def load(cls, source: str | Path | gguf.GGUFReader) -> "LlamaRef":
@@ -177,7 +187,13 @@ class LlamaRef:
         unknown = set(names) - ABLATIONS
         if unknown:
             raise ValueError(f"unknown ablation(s) {sorted(unknown)}; known: {sorted(ABLATIONS)}")
-        return LlamaRef(self.hp, self.tok_embd, self.layers, self.output_norm, self.output, frozenset(names))
+        return replace(self, ablate=frozenset(names))
+
+    def with_span(self, sinks: int, window: int, shift_sinks: bool = True) -> "LlamaRef":
+        """The same weights with a sinks + window attention span (see the module docstring)."""
+        if window <= 0 or sinks < 0:
+            raise ValueError(f"need window > 0 and sinks >= 0, got window {window}, sinks {sinks}")
+        return replace(self, sinks=sinks, window=window, shift_sinks=shift_sinks)
 
     # ---- blocks -------------------------------------------------------------------------------
 
@@ -193,8 +209,9 @@ class LlamaRef:
             return rope_rotate_half(x, pos, self.hp.rope_dim, self.hp.rope_base)
         return rope_adjacent(x, pos, self.hp.rope_dim, self.hp.rope_base)
 
-    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """q: [n_tok, n_head, D], k/v: [n_tok, n_head_kv, D] (float64) -> [n_tok, n_head*D]."""
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, k_raw: np.ndarray | None = None) -> np.ndarray:
+        """q: [n_tok, n_head, D], k/v: [n_tok, n_head_kv, D] (float64) -> [n_tok, n_head*D].
+        Token i is at position i; k_raw (k before RoPE) is needed for an attention span with sinks."""
         hp = self.hp
         n = q.shape[0]
         group = hp.n_head // hp.n_head_kv
@@ -209,6 +226,20 @@ class LlamaRef:
         if "no_causal_mask" not in self.ablate:
             future = np.triu(np.ones((n, n), dtype=bool), k=1)  # key j > query i
             scores = np.where(future, -np.inf, scores)
+        if self.window > 0:
+            i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+            first = np.maximum(self.sinks, i - self.window + 1)  # [n, 1] first window position
+            scores = np.where((j >= first) | (j < self.sinks), scores, -np.inf)
+            S = min(self.sinks, n)
+            shift = first[:, 0] - self.sinks  # [n] positions dropped between sinks and window
+            if self.shift_sinks and S > 0 and shift.max() > 0:
+                # Sink j as if at position j + shift[i], seen by query i: [n, S, n_head_kv, D].
+                at = (np.arange(S)[None, :] + shift[:, None]).reshape(-1)
+                ks = self.rope(np.repeat(k_raw[None, :S], n, axis=0).reshape(n * S, *k_raw.shape[1:]), at)
+                ks = ks.reshape(n, S, hp.n_head_kv, hp.head_dim)[:, :, kv_of, :]  # [n, S, n_head, D]
+                sink_scores = np.einsum("hid,ijhd->hij", qh, ks) / np.sqrt(hp.head_dim)
+                causal = np.arange(S)[None, :] <= np.arange(n)[:, None]  # [n, S]
+                scores[:, :, :S] = np.where(causal, sink_scores, -np.inf)
         scores -= scores.max(axis=-1, keepdims=True)
         p = np.exp(scores)
         p /= p.sum(axis=-1, keepdims=True)
@@ -222,8 +253,9 @@ class LlamaRef:
         q = (a @ L.wq.T).astype(np.float64).reshape(n, hp.n_head, hp.head_dim)
         k = (a @ L.wk.T).astype(np.float64).reshape(n, hp.n_head_kv, hp.head_dim)
         v = (a @ L.wv.T).astype(np.float64).reshape(n, hp.n_head_kv, hp.head_dim)
-        q, k = self.rope(q, pos), self.rope(k, pos)
-        o = self.attention(q, k, v).astype(np.float32)  # [n_tok, n_head*D]
+        q, k_raw = self.rope(q, pos), k
+        k = self.rope(k_raw, pos)
+        o = self.attention(q, k, v, k_raw).astype(np.float32)  # [n_tok, n_head*D]
         h = h + (o @ L.wo.T).astype(np.float64)
 
         f = self.rmsnorm(h, L.ffn_norm).astype(np.float32)  # [n_tok, n_embd]
