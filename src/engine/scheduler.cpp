@@ -80,8 +80,9 @@ Result<std::unique_ptr<Scheduler>> Scheduler::create(const SchedulerConfig& cfg,
   if (n_vocab < 1 || !forward || !text.bytes || !text.is_end_of_generation)
     return make_error("scheduler needs a vocabulary, a forward function and token text");
   PG_ASSIGN(BlockManager bm, BlockManager::create(int32_t(kv.n_blocks), int32_t(kv.block_size)));
-  // Window layers keep per-sequence rings that a shared prefix block would not carry.
-  bm.set_prefix_caching(cfg.prefix_caching && !kv.any_windowed());
+  // Only layers whose KV lives in the shared blocks can take a cached prefix (window layers
+  // keep per-sequence rings that a shared block would not carry).
+  bm.set_prefix_caching(cfg.prefix_caching && kv.prefix_sharing());
   return std::unique_ptr<Scheduler>(
       new Scheduler(cfg, kv, std::move(bm), n_vocab, std::move(forward), std::move(text)));
 }
@@ -217,6 +218,7 @@ void Scheduler::admit() {
     preempted_.pop_front();
     s->slot = free_slots_.back();
     free_slots_.pop_back();
+    cache_.reset(s->slot);
     PG_ASSERT(bm_.add_sequence(s->id).ok());
     // Back in admission order.
     auto at = std::find_if(running_.begin(), running_.end(), [&](auto& r) { return r->order > s->order; });
@@ -237,6 +239,7 @@ void Scheduler::admit() {
       s->order = next_order_++;
       s->slot = free_slots_.back();
       free_slots_.pop_back();
+      cache_.reset(s->slot);
       s->tokens = r->gen.prompt;
       for (TokenId t : s->tokens) s->sampler.accept(t);
       if (c == 0) {
@@ -306,6 +309,7 @@ void Scheduler::schedule_seq(Seq& s, int64_t& budget) {
     return;
   }
   if (s.n_computed < int64_t(s.req->gen.prompt.size())) s.cached += hits;
+  if (hits > 0) cache_.adopt_prefix(s.slot, s.n_computed + hits);
   for (int64_t j = s.n_computed + hits; j < s.n_computed + take; ++j)
     batch_.add(s.tokens[size_t(j)], int32_t(j), s.slot, j + 1 == int64_t(s.tokens.size()));
   in_batch_.push_back({&s, finishes});
@@ -385,7 +389,7 @@ void Scheduler::on_logits(Seq& s, const float* row) {
   if (s.n_generated == 0) s.req->stream->cached_tokens_.store(s.cached);
   for (Seq* f : followers) {
     PG_ASSERT(bm_.fork(s.id, f->id).ok());
-    cache_.copy_rings(s.slot, f->slot);
+    cache_.fork(s.slot, f->slot);
     f->n_computed = s.n_computed;
     f->cached = s.cached;
     f->awaiting_fork = false;

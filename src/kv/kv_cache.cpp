@@ -1,6 +1,7 @@
 #include "kv/kv_cache.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 
@@ -48,10 +49,16 @@ bool KvShape::any_windowed() const {
   return std::any_of(kinds.begin(), kinds.end(), [](const AttnKind& k) { return k.windowed(); });
 }
 
+bool KvShape::prefix_sharing() const {
+  for (int64_t l = 0; l < n_layer; ++l)
+    if (!supports_prefix_sharing(l)) return false;
+  return n_layer > 0;
+}
+
 int64_t KvShape::slots(int64_t layer) const {
   const AttnKind& k = kind(layer);
   if (!k.windowed()) return n_ctx;
-  const int64_t ring = k.window + n_batch - 1;
+  const int64_t ring = k.window + max_step() - 1;
   const int64_t total = k.sinks + ring;
   // A bounded cache never holds positions past n_ctx, so a ring longer than that is waste.
   return unbounded() ? total : std::min(total, n_ctx);
@@ -60,6 +67,8 @@ int64_t KvShape::slots(int64_t layer) const {
 Status KvShape::validate() const {
   if (n_layer < 1 || n_ctx < 1 || n_seq < 1 || kv_dim < 1 || n_batch < 1)
     return make_error("KV cache shape has a non-positive dimension");
+  if (n_draft < 0 || n_draft > (int64_t(1) << 16) || n_batch > (int64_t(1) << 24))
+    return make_error("KV cache steps of {} tokens and {} drafted are out of range", n_batch, n_draft);
   if (!kinds.empty() && int64_t(kinds.size()) != n_layer)
     return make_error("{} attention kinds for {} layers", kinds.size(), n_layer);
   for (int64_t l = 0; l < int64_t(kinds.size()); ++l) {
@@ -95,9 +104,17 @@ std::string KvShape::describe() const {
   for (int64_t l = 0; l < n_layer;) {
     int64_t run = 1;
     while (l + run < n_layer && kind(l + run).describe() == kind(l).describe()) ++run;
-    const std::string keeps = paged() && !kind(l).windowed()
-                                  ? fmt::format("paged: {} blocks of {}", n_blocks, block_size)
-                                  : fmt::format("{} slots", slots(l));
+    const AttnKind& k = kind(l);
+    std::string keeps;
+    if (supports_prefix_sharing(l)) {
+      keeps = fmt::format("paged: {} blocks of {}", n_blocks, block_size);
+    } else if (!k.windowed() || slots(l) < k.sinks + k.window + max_step() - 1) {
+      keeps = fmt::format("{} slots", slots(l));  // global, or a ring as long as the context
+    } else {
+      // The ring holds the window plus one step's new tokens, drafts included, less one.
+      keeps = fmt::format("{} slots: {}W + {} batch{} - 1", slots(l), k.sinks > 0 ? "S + " : "", n_batch,
+                          n_draft > 0 ? fmt::format(" + {} draft", n_draft) : "");
+    }
     out += fmt::format("{}{} x {} ({})", out.empty() ? "" : ", ", run, kind(l).describe(), keeps);
     l += run;
   }
@@ -120,6 +137,7 @@ KvCache::KvCache(const KvShape& shape) : shape_(shape) {
   size_t off = 0;
   for (int64_t l = 0; l < shape.n_layer; ++l) {
     slots_.push_back(shape.slots(l));
+    ring_.push_back(shape.kind(l).windowed() ? slots_.back() - shape.kind(l).sinks : 0);
     layer_base_.push_back(off);
     plane_.push_back(size_t(layer_rows(shape, l) * shape.kv_dim) * shape.elem_bytes());
     off += 2 * plane_.back();
@@ -128,6 +146,9 @@ KvCache::KvCache(const KvShape& shape) : shape_(shape) {
   data_.reset(static_cast<uint8_t*>(std::calloc(std::max<size_t>(off, 1), 1)));
   PG_ASSERT(data_ != nullptr);  // check_kv_memory() keeps requests within the machine
   tables_.assign(size_t(shape.n_seq * shape.max_blocks_per_seq()), -1);
+  held_.resize(size_t(shape.n_layer * shape.n_seq));
+  for (int64_t l = 0; l < shape.n_layer; ++l)
+    for (int64_t q = 0; q < shape.n_seq; ++q) held(l, q).lo = shape.kind(l).sinks;
 }
 
 int64_t KvCache::slot(int64_t layer, int64_t pos) const {
@@ -182,16 +203,84 @@ void KvCache::copy_block(int32_t src, int32_t dst) {
   }
 }
 
-void KvCache::copy_rings(int64_t src_seq, int64_t dst_seq) {
-  PG_ASSERT(src_seq >= 0 && dst_seq >= 0 && src_seq < shape_.n_seq && dst_seq < shape_.n_seq);
+// --- Validity, rewind, fork ----------------------------------------------------------------
+
+bool KvCache::written(int64_t layer, int64_t seq, int64_t pos) const {
+  const Held& h = held(layer, seq);
+  if (pos < 0 || pos >= h.end) return false;
+  return ring_[size_t(layer)] == 0 || pos < shape_.kind(layer).sinks || pos >= h.lo;
+}
+
+int64_t KvCache::n_pos(int64_t seq) const {
+  int64_t n = std::numeric_limits<int64_t>::max();
+  for (int64_t l = 0; l < shape_.n_layer; ++l) n = std::min(n, held(l, seq).end);
+  return n;
+}
+
+void KvCache::check_valid(int64_t layer, int64_t seq, int64_t first, int64_t last) const {
+#ifndef NDEBUG
+  // Positions are valid as ranges: the ends of a run inside one range cover the run.
+  const int64_t sinks = shape_.kind(layer).sinks;
+  const bool ok = first > last || (written(layer, seq, first) && written(layer, seq, last) &&
+                                   (ring_[size_t(layer)] == 0 || first >= sinks || last < sinks));
+  if (!ok) {
+    const Held& h = held(layer, seq);
+    std::fprintf(stderr,
+                 "internal error: KV cache layer %lld (%s) sequence %lld: positions %lld..%lld are read "
+                 "but only [0, %lld) was written%s\n",
+                 (long long)layer, shape_.kind(layer).describe().c_str(), (long long)seq, (long long)first,
+                 (long long)last, (long long)h.end,
+                 ring_[size_t(layer)] == 0 ? "" : fmt::format(" and the ring holds [{}, {})", h.lo, h.end).c_str());
+    std::abort();
+  }
+#else
+  (void)layer, (void)seq, (void)first, (void)last;
+#endif
+}
+
+int64_t KvCache::rewind(int64_t seq, int64_t n_keep) {
+  PG_ASSERT(seq >= 0 && seq < shape_.n_seq && n_keep >= 0);
+  int64_t kept = n_keep;
   for (int64_t l = 0; l < shape_.n_layer; ++l) {
-    if (paged_layer(l) || src_seq == dst_seq) continue;
+    const Held& h = held(l, seq);
+    int64_t k = std::min(n_keep, h.end);
+    // A ring that no longer holds the oldest position k will see keeps only its sinks.
+    const AttnKind& kind = shape_.kind(l);
+    const int64_t first = kind.first_recent(k);
+    if (ring_[size_t(l)] > 0 && first < k && first < h.lo) k = std::min(k, kind.sinks);
+    kept = std::min(kept, k);
+  }
+  for (int64_t l = 0; l < shape_.n_layer; ++l) {
+    Held& h = held(l, seq);
+    h.end = std::min(h.end, kept);
+  }
+  return kept;
+}
+
+void KvCache::fork(int64_t src_seq, int64_t dst_seq) {
+  PG_ASSERT(src_seq >= 0 && dst_seq >= 0 && src_seq < shape_.n_seq && dst_seq < shape_.n_seq);
+  if (src_seq == dst_seq) return;
+  for (int64_t l = 0; l < shape_.n_layer; ++l) {
+    held(l, dst_seq) = held(l, src_seq);
+    if (paged_layer(l)) continue;  // the block table below
+    // A ring: all its slots; a contiguous global layer: the written rows.
+    const int64_t rows = ring_[size_t(l)] > 0 ? slots_[size_t(l)] : held(l, src_seq).end;
     const size_t seq_bytes = size_t(slots_[size_t(l)] * shape_.kv_dim) * shape_.elem_bytes();
+    const size_t bytes = size_t(rows * shape_.kv_dim) * shape_.elem_bytes();
     for (int kv = 0; kv < 2; ++kv) {
       uint8_t* base = data_.get() + plane_offset(l, kv);
-      std::memcpy(base + size_t(dst_seq) * seq_bytes, base + size_t(src_seq) * seq_bytes, seq_bytes);
+      std::memcpy(base + size_t(dst_seq) * seq_bytes, base + size_t(src_seq) * seq_bytes, bytes);
     }
   }
+  if (shape_.paged()) {
+    const int64_t mb = shape_.max_blocks_per_seq();
+    std::copy_n(tables_.data() + src_seq * mb, mb, tables_.data() + dst_seq * mb);
+  }
+}
+
+void KvCache::adopt_prefix(int64_t seq, int64_t n) {
+  PG_ASSERT(shape_.prefix_sharing() && seq >= 0 && seq < shape_.n_seq && n >= 0);
+  for (int64_t l = 0; l < shape_.n_layer; ++l) held(l, seq).end = n;
 }
 
 int KvCache::max_spans() const {
@@ -199,6 +288,25 @@ int KvCache::max_spans() const {
 }
 
 void KvCache::store(int64_t layer, int64_t seq, int64_t pos, const float* k, const float* v) {
+  Held& h = held(layer, seq);
+#ifndef NDEBUG
+  if (pos > h.end) {
+    std::fprintf(stderr,
+                 "internal error: KV cache layer %lld sequence %lld: position %lld stored past the end "
+                 "(%lld): positions in between were never written\n",
+                 (long long)layer, (long long)seq, (long long)pos, (long long)h.end);
+    std::abort();
+  }
+#endif
+  if (const int64_t ring = ring_[size_t(layer)]; ring > 0) {
+    // Writing pos evicts pos - ring; a ring position already evicted (a restart, or a rewind
+    // past what the ring held) starts the held range afresh; a sink empties the ring part.
+    const int64_t sinks = shape_.kind(layer).sinks;
+    if (pos < sinks) h.lo = sinks;
+    else if (pos < h.lo) h.lo = pos;
+    else h.lo = std::max(h.lo, pos + 1 - ring);
+  }
+  h.end = pos + 1;
   uint8_t* kd = data_.get() + offset(layer, seq, pos, 0);
   uint8_t* vd = data_.get() + offset(layer, seq, pos, 1);
   if (shape_.type == KvType::F32) {
@@ -218,7 +326,9 @@ int KvCache::spans(int64_t layer, int64_t seq, int64_t pos, KvSpan* out) const {
   const AttnKind& kind = shape_.kind(layer);
   int n = 0;
   auto add = [&](int64_t first, int64_t count) {  // positions [first, first + count), no wrap
-    if (count > 0) out[n++] = {k(layer, seq, first), v(layer, seq, first), count, first};
+    if (count <= 0) return;
+    check_valid(layer, seq, first, first + count - 1);
+    out[n++] = {k(layer, seq, first), v(layer, seq, first), count, first};
   };
   if (paged_layer(layer)) {
     for (int64_t first = 0; first <= pos; first += shape_.block_size)
@@ -248,9 +358,11 @@ float value_at(KvType t, const void* row, int64_t i) {
 }  // namespace
 
 float KvCache::k_at(int64_t layer, int64_t seq, int64_t pos, int64_t i) const {
+  check_valid(layer, seq, pos, pos);
   return value_at(shape_.type, k(layer, seq, pos), i);
 }
 float KvCache::v_at(int64_t layer, int64_t seq, int64_t pos, int64_t i) const {
+  check_valid(layer, seq, pos, pos);
   return value_at(shape_.type, v(layer, seq, pos), i);
 }
 

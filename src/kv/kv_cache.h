@@ -1,11 +1,12 @@
-// Per-layer K/V storage that keeps only what each layer can see.
+// Per-layer K/V storage that keeps only what each layer can see, and can go back.
 //
 // Each layer has an attention kind:
 //   global        position p sees 0..p; the layer stores n_ctx positions.
-//   window W      p sees the last W positions (p-W+1..p): a ring of W + n_batch - 1 slots,
-//                 position p in slot p % ring. The extra n_batch - 1 slots let a batch of
-//                 n_batch new tokens be written before any of them attends, without
-//                 evicting what the batch's first token still sees.
+//   window W      p sees the last W positions (p-W+1..p): a ring of R = W + B - 1 slots,
+//                 position p in slot p % R, where B = n_batch + n_draft is the most positions
+//                 of one sequence a forward pass writes. The extra B - 1 slots let a step of B
+//                 new tokens be written before any of them attends, without evicting what the
+//                 step's first token still sees, and let rejected drafts be rewound (below).
 //   sinks S + W   p sees positions 0..S-1 (kept forever: the "attention sinks" of
 //                 StreamingLLM, Xiao et al. 2023) and the last W positions: S fixed slots,
 //                 then a ring as for a window.
@@ -21,7 +22,36 @@
 // sequences can share blocks (prefix caching, n > 1) and need only the blocks they fill.
 // Window layers keep their per-sequence rings. With block_size a multiple of the attention
 // tile (16), attention reads the same tiles as from a contiguous cache: paged and
-// contiguous results are bit-identical.
+// contiguous results are bit-identical. Only paged global layers can share a prefix
+// between sequences (supports_prefix_sharing): a ring or a contiguous row belongs to one.
+//
+// Going back (speculative decoding drafts k tokens, verifies them in one forward pass and
+// rejects some): rewind(seq, n_keep) keeps positions [0, n_keep); the rows past it become
+// invalid and are overwritten by the next step. Global layers lose nothing. Why a ring of
+// R = W + B - 1 slots stays exact:
+//   - Writing position p into a ring evicts p - R (same slot). After a sequence has been
+//     written up to e - 1, the ring holds [e - R, e).
+//   - A step writes [n, n + m), m <= B, before any of its tokens attends; token q needs
+//     [q - W + 1, q]. The oldest of these, n - W + 1, is evicted only by writing
+//     n - W + 1 + R = n + B, past the step's last position n + m - 1.
+//   - Rewinding after a step that ended at e to n_keep >= e - B (dropping only positions
+//     of that step: the rejected drafts) leaves [e - R, n_keep) held, and
+//     e - R <= n_keep + B - R = n_keep - W + 1: everything position n_keep sees is still
+//     there, and the rejected rows are past the end. The next step therefore reads exactly
+//     what a cache that never saw the rejected tokens holds.
+// So B must count the largest step including its drafted tokens (n_draft). Rewinding
+// further back than one step can find evicted positions: rewind() then keeps less (the
+// sinks, or nothing) and returns how much, and the caller recomputes from there.
+//
+// Validity. Per (layer, sequence) the cache records which positions hold valid rows:
+// [0, end) for a global layer; the sinks [0, min(S, end)) and the ring positions [lo, end)
+// for a window layer. A sequence is written in position order: store() of position p
+// makes p its last position (end = p + 1; writing p again drops what followed it), and a
+// store past end (a gap) is an error in debug builds. rewind() lowers end, reset() empties
+// the sequence, fork() copies the record with the rows, adopt_prefix() accepts rows
+// another sequence wrote into shared blocks. spans() checks in debug builds that every
+// position it returns is valid, so reading rows never written (or evicted) aborts with
+// the positions; release builds only keep the record (a few compares per store).
 #pragma once
 
 #include <cstddef>
@@ -66,6 +96,7 @@ struct KvShape {
   int64_t n_batch = 512;        // most tokens of one sequence written by one forward pass
   int64_t block_size = 0;       // > 0: global layers are paged (see above)
   int64_t n_blocks = 0;         // paged: blocks in the pool
+  int64_t n_draft = 0;          // drafted tokens one step may add to n_batch (speculative decoding)
 
   bool paged() const { return block_size > 0; }
   // Paged: the most blocks one sequence's table can hold (n_ctx positions).
@@ -73,7 +104,10 @@ struct KvShape {
 
   size_t elem_bytes() const { return type == KvType::F16 ? 2 : 4; }
   const AttnKind& kind(int64_t layer) const;
-  // Slots a layer keeps per sequence.
+  // Most positions of one sequence a forward pass may write: n_batch + n_draft.
+  int64_t max_step() const { return n_batch + n_draft; }
+  // Slots a layer keeps per sequence (window layers: S + W + max_step() - 1, at most n_ctx
+  // when global layers bound the positions).
   int64_t slots(int64_t layer) const;
   // Checks the kinds against n_layer and n_ctx (windows must be positive and fit the context
   // when the cache is bounded by global layers; sinks non-negative).
@@ -81,10 +115,16 @@ struct KvShape {
   // True when no layer is global: positions are not bounded by n_ctx.
   bool unbounded() const;
   bool any_windowed() const;
+  // Whether sequences may share this layer's rows of a common prefix: only a paged global
+  // layer (its blocks hold the prefix; a ring or a contiguous row belongs to one sequence).
+  bool supports_prefix_sharing(int64_t layer) const { return paged() && !kind(layer).windowed(); }
+  // Every layer does: a BlockManager may take cached prefix blocks (prefix caching).
+  bool prefix_sharing() const;
   // Bytes of K and V for all layers and sequences.
   size_t bytes() const;
   // Layer kinds with the slots each keeps: "30 x global (4096 slots)", "15 x window 512
-  // (1023 slots), 3 x global (4096 slots)".
+  // (1023 slots: W + 512 batch - 1), 3 x global (paged: 256 blocks of 16)"; with drafts
+  // "(1027 slots: W + 512 batch + 4 draft - 1)".
   std::string describe() const;
   // K and V bytes one position adds to a global layer, summed over layers (what a dense
   // cache would cost per token).
@@ -112,15 +152,40 @@ class KvCache {
   size_t bytes() const { return bytes_; }
 
   // Writes one position's K and V rows (kv_dim floats each), converting to the cache type.
+  // pos becomes the sequence's last position in this layer (see "Validity"); pos must not
+  // be past the layer's end (checked in debug builds).
   void store(int64_t layer, int64_t seq, int64_t pos, const float* k, const float* v);
 
   // The positions token (seq, pos) of a layer attends to, as runs of rows: at most 3 for a
   // window layer (sinks, then the window, which may wrap around its ring), one for a
   // contiguous global layer, one per block for a paged one; out must hold max_spans().
   // Rows are kv_dim elements apart. Every position of the batch up to pos must have been
-  // stored.
+  // stored (debug builds abort otherwise).
   int spans(int64_t layer, int64_t seq, int64_t pos, KvSpan* out) const;
   int max_spans() const;
+
+  // --- Sequences: validity, going back, forking ---
+  // Keeps positions [0, n_keep) of seq in every layer; later rows become invalid and are
+  // overwritten by the next step. Returns the positions kept: n_keep (or the sequence's
+  // length if shorter) when every layer still holds what the next position attends to;
+  // less when a ring already evicted some of it (rewinding more than max_step() positions
+  // past a ring's wrap): then only its sinks, or nothing, are kept, and the caller
+  // recomputes from the returned position. Paged: the block table stays the caller's (a
+  // BlockManager::truncate).
+  [[nodiscard]] int64_t rewind(int64_t seq, int64_t n_keep);
+  // Empties seq in every layer (a new sequence in the slot).
+  void reset(int64_t seq) { (void)rewind(seq, 0); }
+  // dst becomes a copy of src: contiguous rows and rings are copied, a paged layer copies
+  // the block table (the blocks are shared: fork them in the BlockManager too, and copy the
+  // partly filled last block on write).
+  void fork(int64_t src_seq, int64_t dst_seq);
+  // The first n positions of seq's block table hold KV another sequence wrote (prefix-cache
+  // hits): they count as written. Only when prefix_sharing().
+  void adopt_prefix(int64_t seq, int64_t n);
+  // Whether the layer holds a valid row for position pos of seq.
+  bool written(int64_t layer, int64_t seq, int64_t pos) const;
+  // Positions seq holds in every layer (the smallest end).
+  int64_t n_pos(int64_t seq) const;
 
   // --- Paged caches ---
   // The blocks holding sequence seq's positions, in order (at most max_blocks_per_seq,
@@ -130,27 +195,37 @@ class KvCache {
   bool holds(int64_t seq, int64_t pos) const;
   // Copies the K and V of every paged layer from block src to block dst (copy-on-write).
   void copy_block(int32_t src, int32_t dst);
-  // Copies sequence src's window rings to dst (a fork shares the paged blocks, not rings).
-  void copy_rings(int64_t src_seq, int64_t dst_seq);
 
   // Raw rows of a position the layer still holds (f32 or f16 as the type says).
   const void* k(int64_t layer, int64_t seq, int64_t pos) const { return data_.get() + offset(layer, seq, pos, 0); }
   const void* v(int64_t layer, int64_t seq, int64_t pos) const { return data_.get() + offset(layer, seq, pos, 1); }
-  // One value as float (tests and debugging).
+  // One value as float (tests and debugging); the position must be written.
   float k_at(int64_t layer, int64_t seq, int64_t pos, int64_t i) const;
   float v_at(int64_t layer, int64_t seq, int64_t pos, int64_t i) const;
 
  private:
+  // Valid rows of one (layer, sequence): global [0, end); window the sinks [0, min(S, end))
+  // and the ring positions [lo, end), lo >= S.
+  struct Held {
+    int64_t lo = 0;
+    int64_t end = 0;
+  };
   int64_t slot(int64_t layer, int64_t pos) const;
-  bool paged_layer(int64_t layer) const { return shape_.paged() && !shape_.kind(layer).windowed(); }
+  bool paged_layer(int64_t layer) const { return shape_.supports_prefix_sharing(layer); }
   size_t offset(int64_t layer, int64_t seq, int64_t pos, int kv) const;
   // Byte offset of a layer's K (kv 0) or V (kv 1) rows.
   size_t plane_offset(int64_t layer, int kv) const { return layer_base_[size_t(layer)] + size_t(kv) * plane_[size_t(layer)]; }
+  Held& held(int64_t layer, int64_t seq) { return held_[size_t(layer * shape_.n_seq + seq)]; }
+  const Held& held(int64_t layer, int64_t seq) const { return held_[size_t(layer * shape_.n_seq + seq)]; }
+  // Debug builds: abort unless positions [first, last] of (layer, seq) are all valid.
+  void check_valid(int64_t layer, int64_t seq, int64_t first, int64_t last) const;
   KvShape shape_;
   std::vector<int64_t> slots_;       // per layer
+  std::vector<int64_t> ring_;        // per layer: ring slots R of a window layer, 0 otherwise
   std::vector<size_t> layer_base_;   // byte offset of each layer's K block (V follows)
   std::vector<size_t> plane_;        // bytes of one layer's K (= its V)
   std::vector<int32_t> tables_;      // paged: [n_seq][max_blocks_per_seq], -1 = none
+  std::vector<Held> held_;           // [n_layer][n_seq]
   // calloc: large blocks come as untouched zero pages, so a pool costs memory as it fills.
   struct Free {
     void operator()(uint8_t* p) const { std::free(p); }
