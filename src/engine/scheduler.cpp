@@ -7,16 +7,6 @@
 
 namespace peregrine {
 
-const char* finish_reason_name(FinishReason r) {
-  switch (r) {
-    case FinishReason::Stop: return "stop";
-    case FinishReason::Length: return "length";
-    case FinishReason::Cancelled: return "cancelled";
-    case FinishReason::Error: return "error";
-  }
-  return "?";
-}
-
 // ---- RequestStream ----------------------------------------------------------------------
 
 void RequestStream::push(Event e) {
@@ -50,18 +40,15 @@ struct Scheduler::Seq {
   int32_t choice = 0;
   int32_t slot = -1;
   uint64_t order = 0;                // admission order; larger is younger
-  std::vector<TokenId> tokens;       // prompt, then generated tokens
   int64_t n_computed = 0;            // leading tokens whose KV is in the cache
-  int64_t n_generated = 0;
   int64_t cached = 0;                // prompt tokens taken from the prefix cache
   bool awaiting_fork = false;        // choice > 0 of n > 1, until choice 0's prompt is done
   Seq* leader = nullptr;             // while awaiting_fork: the choice 0 it waits for
   bool in_step = false;              // has tokens in the batch being built
   std::vector<Seq*> followers;       // choice 0: the choices waiting for its prompt
-  Sampler sampler;
-  StreamDecoder decoder;
-  StopMatcher stop;
-  Seq(const SamplerOptions& so, std::vector<std::string> stops) : sampler(so), stop(std::move(stops)) {}
+  SequenceState state;               // its tokens (prompt, then generated), sampler, stop strings
+  Seq(const SequenceOptions& so, const TokenText& text, int64_t n_vocab) : state(so, text, n_vocab) {}
+  const std::vector<TokenId>& tokens() const { return state.tokens(); }
 };
 
 Result<std::unique_ptr<Scheduler>> Scheduler::create(const SchedulerConfig& cfg, const KvShape& kv,
@@ -232,7 +219,13 @@ void Scheduler::admit() {
     for (int32_t c = 0; c < r->gen.n; ++c) {
       SamplerOptions so = r->gen.sampling;
       so.seed += uint64_t(c);
-      auto s = std::make_unique<Seq>(so, r->gen.stop);
+      SequenceOptions opt;
+      opt.sampling = so;
+      opt.max_tokens = r->gen.max_tokens;
+      opt.stop = r->gen.stop;
+      opt.top_logprobs = r->gen.top_logprobs;
+      opt.ignore_eos = r->gen.ignore_eos;
+      auto s = std::make_unique<Seq>(opt, text_, n_vocab_);
       s->req = r;
       s->id = next_seq_id_++;
       s->choice = c;
@@ -240,8 +233,7 @@ void Scheduler::admit() {
       s->slot = free_slots_.back();
       free_slots_.pop_back();
       cache_.reset(s->slot);
-      s->tokens = r->gen.prompt;
-      for (TokenId t : s->tokens) s->sampler.accept(t);
+      s->state.set_prompt(r->gen.prompt);
       if (c == 0) {
         PG_ASSERT(bm_.add_sequence(s->id).ok());
         leader = s.get();
@@ -284,11 +276,11 @@ bool Scheduler::preempt_youngest(const Seq* self) {
 // for them; when none can give way, s waits (preempted itself if it is the youngest holding
 // blocks).
 void Scheduler::schedule_seq(Seq& s, int64_t& budget) {
-  const int64_t pending = int64_t(s.tokens.size()) - s.n_computed;
+  const int64_t pending = int64_t(s.tokens().size()) - s.n_computed;
   const int64_t take = std::min(pending, budget);
   if (take <= 0) return;
   const bool finishes = take == pending;
-  const std::span<const TokenId> chunk(s.tokens.data() + s.n_computed, size_t(take));
+  const std::span<const TokenId> chunk(s.tokens().data() + s.n_computed, size_t(take));
   // The last pending token is always computed: its logits are what the step is for.
   const int32_t max_hit = int32_t(finishes ? take - 1 : take);
   int32_t hits = 0;
@@ -311,7 +303,7 @@ void Scheduler::schedule_seq(Seq& s, int64_t& budget) {
   if (s.n_computed < int64_t(s.req->gen.prompt.size())) s.cached += hits;
   if (hits > 0) cache_.adopt_prefix(s.slot, s.n_computed + hits);
   for (int64_t j = s.n_computed + hits; j < s.n_computed + take; ++j)
-    batch_.add(s.tokens[size_t(j)], int32_t(j), s.slot, j + 1 == int64_t(s.tokens.size()));
+    batch_.add(s.tokens()[size_t(j)], int32_t(j), s.slot, j + 1 == int64_t(s.tokens().size()));
   in_batch_.push_back({&s, finishes});
   s.in_step = true;
   budget -= take - hits;
@@ -339,8 +331,8 @@ bool Scheduler::step() {
   for (int pass = 0; pass < 2; ++pass) {
     for (Seq* s : order_) {
       if (budget <= 0) break;
-      const int64_t pending = int64_t(s->tokens.size()) - s->n_computed;
-      const bool decoding = s->n_generated > 0 && pending == 1;
+      const int64_t pending = int64_t(s->tokens().size()) - s->n_computed;
+      const bool decoding = s->state.n_generated() > 0 && pending == 1;
       if (s->slot < 0 || s->awaiting_fork || s->in_step || pending == 0 || decoding != (pass == 0)) continue;
       schedule_seq(*s, budget);
     }
@@ -386,7 +378,7 @@ void Scheduler::on_logits(Seq& s, const float* row) {
   // sample from the same logits.
   std::vector<Seq*> followers = std::move(s.followers);
   s.followers.clear();
-  if (s.n_generated == 0) s.req->stream->cached_tokens_.store(s.cached);
+  if (s.state.n_generated() == 0) s.req->stream->cached_tokens_.store(s.cached);
   for (Seq* f : followers) {
     PG_ASSERT(bm_.fork(s.id, f->id).ok());
     cache_.fork(s.slot, f->slot);
@@ -399,44 +391,23 @@ void Scheduler::on_logits(Seq& s, const float* row) {
   for (Seq* f : followers) sample_and_emit(*f, row);
 }
 
+// The sequence's state takes the row (one token; a verification step will hand it several) and
+// says what to stream and whether the sequence ended.
 void Scheduler::sample_and_emit(Seq& s, const float* row) {
-  const GenRequest& g = s.req->gen;
-  const TokenId tok = s.sampler.sample(row, n_vocab_);
-  if (!g.ignore_eos && text_.is_end_of_generation(tok)) {
-    finish_text(s, FinishReason::Stop);
-    return;
+  emitted_.clear();
+  // The last token needs no position of its own: a sequence may hold n_ctx + 1 tokens.
+  const int64_t room = cache_.shape().n_ctx + 1 - int64_t(s.tokens().size());
+  SequenceState::StepResult r = s.state.step(row, 1, {}, emitted_, room);
+  for (SequenceState::Emitted& em : emitted_) {
+    RequestStream::Event e;
+    e.choice = s.choice;
+    e.token = em.token;
+    e.text = std::move(em.text);
+    e.has_logprobs = em.has_logprobs;
+    e.logprobs = std::move(em.logprobs);
+    s.req->stream->push(std::move(e));
   }
-  RequestStream::Event e;
-  e.choice = s.choice;
-  e.token = tok;
-  if (g.top_logprobs >= 0) {
-    e.has_logprobs = true;
-    compute_logprobs(row, n_vocab_, tok, g.top_logprobs, e.logprobs);
-  }
-  s.sampler.accept(tok);
-  s.sampler.count_output(tok);
-  s.tokens.push_back(tok);
-  ++s.n_generated;
-  StopMatcher::Out out = s.stop.push(s.decoder.push_bytes(text_.bytes(tok)));
-  e.text = std::move(out.text);
-  s.req->stream->push(std::move(e));
-  if (out.stopped) {
-    finish(s, FinishReason::Stop, {});
-    return;
-  }
-  const bool full = int64_t(s.tokens.size()) > cache_.shape().n_ctx;  // no position left for it
-  if ((g.max_tokens > 0 && s.n_generated >= g.max_tokens) || full) finish_text(s, FinishReason::Length);
-}
-
-// Ends s for `reason` with the text it still holds back (an unfinished UTF-8 sequence, a
-// possible stop string); a stop string completed by that text makes the reason Stop.
-void Scheduler::finish_text(Seq& s, FinishReason reason) {
-  StopMatcher::Out tail = s.stop.push(s.decoder.flush());
-  if (tail.stopped) {
-    finish(s, FinishReason::Stop, std::move(tail.text));
-    return;
-  }
-  finish(s, reason, tail.text + s.stop.flush());
+  if (r.finished) finish(s, r.reason, std::move(r.tail));
 }
 
 void Scheduler::publish_stats() {
