@@ -3,6 +3,7 @@
 // that carry small integer scales (and mins) relative to one or two fp16 super-block
 // scales. Scalar reference code: dequantization, Q8_K quantization and the
 // weight-row x Q8_K dot products that SIMD kernels are later checked against.
+// ggml's reference quantizers of these formats are in quantize.h (quantize_k.cpp).
 //
 // Value numbering: "value i" is the i-th of the 256 floats a super-block decodes to,
 // in row order. The bit positions below are derived from gguf-py's numpy

@@ -64,7 +64,7 @@ TEST(TypeTable, RowsAgreeWithBlockStructsAndGeometryQueries) {
     EXPECT_EQ(panel_format(t.type), t.panel) << t.name;
     if (t.panel != nullptr) {
       EXPECT_EQ(t.panel->is_float, t.row_input == MatmulInput::Float) << t.name;
-      EXPECT_EQ(t.panel->is_float ? t.panel->elem_bytes : size_t(0), t.panel->is_float ? t.block_bytes : 0u);
+      if (t.panel->is_float) EXPECT_EQ(t.panel->elem_bytes, size_t(t.block_bytes)) << t.name;
     }
   }
   EXPECT_EQ(find_type_info(4), nullptr);  // ids 4 and 5 (Q4_2, Q4_3) were removed from ggml
