@@ -21,6 +21,7 @@ echo "== unit tests (ctest)"
 ctest --test-dir build --output-on-failure -j"$(nproc)"
 
 echo "== reference and end-to-end tests (pytest)"
+.venv/bin/python tests/reference/ggml_quant_oracle.py >/dev/null  # ggml's reference quantizers (test_quantize_ref.py), ~30 s cold
 .venv/bin/python tests/reference/llama_cpp_oracle.py --build >/dev/null  # llama.cpp logits oracle of test_forward_synthetic.py, built once into ~/.cache/peregrine (~1.5 min cold on 2 idle cores)
 .venv/bin/python -m pytest -q tests/reference tests/e2e
 
