@@ -29,7 +29,13 @@ Result<std::unique_ptr<Tokenizer>> BpeTokenizer::create(const gguf::File& file) 
   }
   tok->special_ = std::make_unique<SpecialTokenMatcher>(std::move(special));
 
+  // Llama 3's names add BOS unless the file says otherwise (llama.cpp does the same).
+  tok->add_bos_ = tok->pre_->add_bos_by_default();
   PG_TRY(tok->init_special_tokens(file));
+  if (tok->add_bos_ && tok->bos_ < 0) {
+    return make_error("tokenizer.ggml.pre '{}' adds BOS but tokenizer.ggml.bos_token_id is missing",
+                      pre);
+  }
   return std::unique_ptr<Tokenizer>(std::move(tok));
 }
 
@@ -98,6 +104,15 @@ std::vector<TokenId> BpeTokenizer::encode(std::string_view text, bool parse_spec
 
 void BpeTokenizer::encode_piece(std::string_view piece, std::vector<TokenId>& out,
                                 std::vector<TokenId>& scratch) const {
+  if (pre_->ignore_merges()) {
+    // HF's BPE with ignore_merges looks the whole piece up before merging.
+    std::string spelled;
+    for (char c : piece) spelled += byte_level::byte_to_text(static_cast<uint8_t>(c));
+    if (const TokenId id = find_token(spelled); id >= 0) {
+      out.push_back(id);
+      return;
+    }
+  }
   scratch.clear();
   for (char c : piece) {
     const TokenId id = byte_id_[static_cast<uint8_t>(c)];

@@ -32,23 +32,40 @@ constexpr const char* kDigitsIsolatedPattern =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+|\\p{N}| ?[^" PG_WS "\\p{L}\\p{N}]+"
     "|[" PG_WS "]+(?![^" PG_WS "\\p{N}])|[" PG_WS "]+";
 
+// Llama 3 (its tokenizer.json's Split regex, run by HF with Oniguruma, like ByteLevel's):
+//   (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*
+//   |\s*[\r\n]+|\s+(?!\S)|\s+
+// The contractions match case-insensitively with Unicode case folding in both Oniguruma and
+// PCRE2 ('S' and U+017F long s fold to 's'); llama.cpp spells them [sS] and so differs on
+// "'\u017F" alone. Qwen2's regex is the same with \p{N} for \p{N}{1,3}.
+#define PG_LLAMA3_PATTERN(DIGITS)                                                        \
+  "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|" DIGITS "| ?[^" PG_WS         \
+  "\\p{L}\\p{N}]+[\\r\\n]*|[" PG_WS "]*[\\r\\n]+|[" PG_WS "]+(?![^" PG_WS "])|[" PG_WS "]+"
+constexpr const char* kLlama3Pattern = PG_LLAMA3_PATTERN("\\p{N}{1,3}");
+constexpr const char* kQwen2Pattern = PG_LLAMA3_PATTERN("\\p{N}");
+#undef PG_LLAMA3_PATTERN
+
 #undef PG_WS
 
 // tokenizer.ggml.pre names, as llama.cpp's converter writes them (convert_hf_to_gguf.py,
 // get_vocab_base_pre) and llama.cpp reads them (src/llama-vocab.cpp; both as pinned in
-// llama-cpp-python 0.3.36): every name it maps to exactly one of our two splits.
+// llama-cpp-python 0.3.36): every name it maps to exactly one of our splits.
 //  - the GPT-2 regex alone: its pre types GPT2, MPT, OLMO, JAIS, TRILLION and GRANITE_DOCLING.
 //    Not "gpt2", which llama.cpp refuses and no converter writes. Not jina-v1-en, jina-v2-code
 //    or roberta-bpe (llama.cpp also appends a SEP token) nor jina-v2-de / jina-v2-es (their
 //    <mask> strips the space before it): encoder models, whose extra rules we do not apply.
 //  - "\p{N}" then the GPT-2 regex: STARCODER, REFACT, COMMAND_R, SMOLLM, CODESHELL, EXAONE,
 //    MINERVA and MELLUM2.
+//  - Llama 3's regex: LLAMA3 (which also sets ignore_merges and add_bos), DBRX and SMAUG.
+//    Not chatglm-bpe / glm4 (the same regex, but llama.cpp drops their BOS id).
+//  - Qwen2's regex: QWEN2, STABLELM2, HUNYUAN, SOLAR_OPEN and GROK_2.
 // The names differ otherwise only in clean_spaces, which llama.cpp applies when detokenizing,
 // not when splitting. "default" (llama.cpp's fallback for files without the key: punctuation
 // runs, then GPT-2, then digit runs cut into threes) is a different split and is refused.
 struct NamedSplit {
   std::string_view name;
   PretokenizerKind kind;
+  bool llama3_rules = false;  // ignore_merges and BOS by default
 };
 constexpr NamedSplit kNamedSplits[] = {
     {"gpt-2", PretokenizerKind::Gpt2},         {"phi-2", PretokenizerKind::Gpt2},
@@ -62,7 +79,28 @@ constexpr NamedSplit kNamedSplits[] = {
     {"refact", PretokenizerKind::DigitsIsolated},     {"command-r", PretokenizerKind::DigitsIsolated},
     {"codeshell", PretokenizerKind::DigitsIsolated},  {"exaone", PretokenizerKind::DigitsIsolated},
     {"minerva-7b", PretokenizerKind::DigitsIsolated}, {"mellum2", PretokenizerKind::DigitsIsolated},
+    {"llama3", PretokenizerKind::Llama3, true},       {"llama-v3", PretokenizerKind::Llama3, true},
+    {"llama-bpe", PretokenizerKind::Llama3, true},    {"falcon3", PretokenizerKind::Llama3, true},
+    {"falcon-h1", PretokenizerKind::Llama3, true},    {"pixtral", PretokenizerKind::Llama3, true},
+    {"midm-2.0", PretokenizerKind::Llama3, true},     {"lfm2", PretokenizerKind::Llama3, true},
+    {"jina-v5-nano", PretokenizerKind::Llama3, true}, {"dbrx", PretokenizerKind::Llama3},
+    {"smaug-bpe", PretokenizerKind::Llama3},
+    {"qwen2", PretokenizerKind::Qwen2},        {"deepseek-r1-qwen", PretokenizerKind::Qwen2},
+    {"kormo", PretokenizerKind::Qwen2},        {"f2llmv2", PretokenizerKind::Qwen2},
+    {"megrez", PretokenizerKind::Qwen2},       {"stablelm2", PretokenizerKind::Qwen2},
+    {"hunyuan", PretokenizerKind::Qwen2},      {"solar-open", PretokenizerKind::Qwen2},
+    {"grok-2", PretokenizerKind::Qwen2},
 };
+
+const char* pattern_of(PretokenizerKind kind) {
+  switch (kind) {
+    case PretokenizerKind::Gpt2: return kGpt2Pattern;
+    case PretokenizerKind::DigitsIsolated: return kDigitsIsolatedPattern;
+    case PretokenizerKind::Llama3: return kLlama3Pattern;
+    case PretokenizerKind::Qwen2: return kQwen2Pattern;
+  }
+  return kGpt2Pattern;
+}
 
 std::string supported_names() {
   std::string out;
@@ -80,8 +118,12 @@ struct Pretokenizer::Regex {
   ~Regex() { pcre2_code_free(code); }
 };
 
-Pretokenizer::Pretokenizer(PretokenizerKind kind, std::unique_ptr<Regex> re)
-    : kind_(kind), re_(std::move(re)) {}
+Pretokenizer::Pretokenizer(PretokenizerKind kind, bool ignore_merges, bool add_bos_by_default,
+                           std::unique_ptr<Regex> re)
+    : kind_(kind),
+      ignore_merges_(ignore_merges),
+      add_bos_by_default_(add_bos_by_default),
+      re_(std::move(re)) {}
 Pretokenizer::~Pretokenizer() = default;
 
 Result<std::unique_ptr<Pretokenizer>> Pretokenizer::create(std::string_view pre_name) {
@@ -92,8 +134,7 @@ Result<std::unique_ptr<Pretokenizer>> Pretokenizer::create(std::string_view pre_
     return make_error("unsupported tokenizer pre-tokenizer '{}' (tokenizer.ggml.pre); supported: {}",
                       pre_name, supported_names());
   }
-  const PretokenizerKind kind = named->kind;
-  const char* pattern = kind == PretokenizerKind::Gpt2 ? kGpt2Pattern : kDigitsIsolatedPattern;
+  const char* pattern = pattern_of(named->kind);
   auto re = std::make_unique<Regex>();
   int err = 0;
   PCRE2_SIZE err_off = 0;
@@ -108,7 +149,8 @@ Result<std::unique_ptr<Pretokenizer>> Pretokenizer::create(std::string_view pre_
   // JIT is several times faster; without it (unsupported CPU) the interpreter
   // gives the same matches.
   pcre2_jit_compile(re->code, PCRE2_JIT_COMPLETE);
-  return std::unique_ptr<Pretokenizer>(new Pretokenizer(kind, std::move(re)));
+  return std::unique_ptr<Pretokenizer>(
+      new Pretokenizer(named->kind, named->llama3_rules, named->llama3_rules, std::move(re)));
 }
 
 void Pretokenizer::split(std::string_view text, std::vector<std::string_view>& out) const {

@@ -13,6 +13,8 @@ namespace peregrine {
 enum class PretokenizerKind {
   Gpt2,            // "gpt-2", "mpt", "olmo", ...: the GPT-2 regex
   DigitsIsolated,  // "smollm", "starcoder", "refact", ...: each digit alone, then the GPT-2 regex
+  Llama3,          // "llama-bpe", "llama3", "dbrx", ...: Llama 3's regex, digits in runs of <= 3
+  Qwen2,           // "qwen2", "stablelm2", ...: Llama 3's regex with each digit alone
 };
 
 class Pretokenizer {
@@ -26,6 +28,11 @@ class Pretokenizer {
   Pretokenizer& operator=(const Pretokenizer&) = delete;
 
   PretokenizerKind kind() const { return kind_; }
+  // What llama.cpp ties to some names besides the split (Llama 3's: "llama-bpe", "llama3", ...):
+  // a piece that is itself a token is taken whole, before any merge (HF BPE's ignore_merges),
+  // and BOS is added unless tokenizer.ggml.add_bos_token says otherwise.
+  bool ignore_merges() const { return ignore_merges_; }
+  bool add_bos_by_default() const { return add_bos_by_default_; }
 
   // Appends the pieces of `text` to `out` (views into text; together they
   // cover every byte exactly once, in order). Text need not be valid UTF-8:
@@ -35,10 +42,12 @@ class Pretokenizer {
 
  private:
   struct Regex;
-  Pretokenizer(PretokenizerKind kind, std::unique_ptr<Regex> re);
+  Pretokenizer(PretokenizerKind kind, bool ignore_merges, bool add_bos_by_default,
+               std::unique_ptr<Regex> re);
   void split_valid(std::string_view text, std::vector<std::string_view>& out) const;
 
   PretokenizerKind kind_;
+  bool ignore_merges_, add_bos_by_default_;
   std::unique_ptr<Regex> re_;
 };
 

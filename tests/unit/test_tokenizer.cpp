@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -160,7 +161,8 @@ struct TinyVocab {
   std::vector<int32_t> types = {3, 3, 3, 1, 1, 1, 1, 1, 1, 4};
   std::vector<std::string> merges = {"a b", "\xC4\xA0 ab"};
   std::string model = "gpt2", pre = "smollm";
-  bool with_pre = true;
+  bool with_pre = true, with_bos = true;
+  std::optional<bool> add_bos;
   int64_t bos = 0, eos = 0;
   bool with_eot = false;
   int64_t eot = 0;
@@ -171,7 +173,8 @@ struct TinyVocab {
     if (with_pre) b.kv_str("tokenizer.ggml.pre", pre);
     b.kv_str_array("tokenizer.ggml.tokens", tokens).kv_i32_array("tokenizer.ggml.token_type", types);
     b.kv_str_array("tokenizer.ggml.merges", merges);
-    b.kv_u32("tokenizer.ggml.bos_token_id", uint32_t(bos));
+    if (with_bos) b.kv_u32("tokenizer.ggml.bos_token_id", uint32_t(bos));
+    if (add_bos) b.kv_bool("tokenizer.ggml.add_bos_token", *add_bos);
     b.kv_i32("tokenizer.ggml.eos_token_id", int32_t(eos));
     if (with_eot) b.kv_u32("tokenizer.ggml.eot_token_id", uint32_t(eot));
     return b.build();
@@ -223,6 +226,28 @@ TEST(TokenizerTiny, EncodesWithMergesAndSpecials) {
   EXPECT_EQ(t.token_bytes(99), "");
 }
 
+// Llama 3's names: BOS by default (the file's add_bos_token wins), and a piece that is a
+// token is taken whole although no merge makes it.
+TEST(TokenizerTiny, Llama3RulesFollowTheName) {
+  TinyVocab v;
+  v.tokens.push_back("ba");  // no "b a" merge
+  v.types.push_back(1);
+  v.pre = "llama-bpe";
+  for (std::optional<bool> add_bos : {std::optional<bool>(), std::optional<bool>(false)}) {
+    v.add_bos = add_bos;
+    auto l = load(v);
+    ASSERT_TRUE(l->tok.ok()) << l->tok.error().message;
+    EXPECT_EQ((*l->tok)->add_bos(), !add_bos.has_value());
+    EXPECT_EQ((*l->tok)->encode("ba ab"), (Ids{10, 7}));
+  }
+  v.pre = "qwen2";  // the same regex without those rules
+  v.add_bos = std::nullopt;
+  auto l = load(v);
+  ASSERT_TRUE(l->tok.ok()) << l->tok.error().message;
+  EXPECT_FALSE((*l->tok)->add_bos());
+  EXPECT_EQ((*l->tok)->encode("ba ab"), (Ids{4, 3, 7}));
+}
+
 TEST(TokenizerTiny, ExplicitEotWins) {
   TinyVocab v;
   v.with_eot = true;
@@ -249,6 +274,10 @@ TEST(TokenizerTiny, RejectsBadMetadata) {
   v = {};
   v.with_pre = false;
   expect_error(v, "tokenizer.ggml.pre is missing");
+  v = {};
+  v.pre = "llama-bpe";
+  v.with_bos = false;
+  expect_error(v, "tokenizer.ggml.pre 'llama-bpe' adds BOS but tokenizer.ggml.bos_token_id is missing");
   v = {};
   v.types.pop_back();
   expect_error(v, "token_type has 9 entries but tokenizer.ggml.tokens has 10");
@@ -320,6 +349,15 @@ TEST(TokenizerPretokenizer, SplitsLikeHf) {
   EXPECT_EQ(pieces(**smol, "a\xFF\xC3 b"), (V{"a", "\xFF", "\xC3", " b"}));  // invalid bytes alone
   EXPECT_EQ(pieces(**smol, ""), V{});
   EXPECT_FALSE(Pretokenizer::create("default").ok());
+
+  auto llama3 = Pretokenizer::create("llama-bpe");
+  auto qwen2 = Pretokenizer::create("qwen2");
+  ASSERT_TRUE(llama3.ok() && qwen2.ok());
+  EXPECT_EQ(pieces(**llama3, "I'LL don'T"), (V{"I", "'LL", " don", "'T"}));
+  EXPECT_EQ(pieces(**llama3, "'\xC5\xBFtop"), (V{"'\xC5\xBF", "top"}));  // U+017F folds to s
+  EXPECT_EQ(pieces(**llama3, "x\n\n  y"), (V{"x", "\n\n", " ", " y"}));
+  EXPECT_EQ(pieces(**llama3, "$19.99!\n(hello)"), (V{"$", "19", ".", "99", "!\n", "(hello", ")"}));
+  EXPECT_EQ(pieces(**qwen2, "$19.99!\n"), (V{"$", "1", "9", ".", "9", "9", "!\n"}));
 }
 
 // The names llama.cpp's converter writes and llama.cpp maps to these two splits
@@ -341,11 +379,30 @@ TEST(TokenizerPretokenizer, AcceptsLlamaCppNamesOfTheSameSplit) {
     EXPECT_EQ((*p)->kind(), PretokenizerKind::DigitsIsolated) << name;
     EXPECT_EQ(pieces(**p, "a  12"), (std::vector<std::string>{"a", "  ", "1", "2"})) << name;
   }
+  for (const char* name : {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral",
+                           "midm-2.0", "lfm2", "jina-v5-nano", "dbrx", "smaug-bpe"}) {
+    auto p = Pretokenizer::create(name);
+    ASSERT_TRUE(p.ok()) << name << ": " << p.error().message;
+    EXPECT_EQ((*p)->kind(), PretokenizerKind::Llama3) << name;
+    // Only the names llama.cpp gives Llama 3's extra rules (not dbrx, smaug-bpe).
+    const bool llama3_rules = std::string_view(name) != "dbrx" && std::string_view(name) != "smaug-bpe";
+    EXPECT_EQ((*p)->ignore_merges(), llama3_rules) << name;
+    EXPECT_EQ((*p)->add_bos_by_default(), llama3_rules) << name;
+    EXPECT_EQ(pieces(**p, "a  12345"), (std::vector<std::string>{"a", " ", " ", "123", "45"})) << name;
+  }
+  for (const char* name : {"qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "stablelm2",
+                           "hunyuan", "solar-open", "grok-2"}) {
+    auto p = Pretokenizer::create(name);
+    ASSERT_TRUE(p.ok()) << name << ": " << p.error().message;
+    EXPECT_EQ((*p)->kind(), PretokenizerKind::Qwen2) << name;
+    EXPECT_FALSE((*p)->ignore_merges() || (*p)->add_bos_by_default()) << name;
+    EXPECT_EQ(pieces(**p, "a  123"), (std::vector<std::string>{"a", " ", " ", "1", "2", "3"})) << name;
+  }
   // Other splits, names llama.cpp does not know ("gpt2"), and the GPT-2 regex with extra
   // special-token rules (a SEP token, a left-stripping <mask>) are refused, listing what is
   // supported.
-  for (const char* name : {"gpt2", "default", "llama-bpe", "qwen2", "roberta-bpe", "jina-v2-de",
-                           "GPT-2", ""}) {
+  for (const char* name : {"gpt2", "default", "qwen35", "chatglm-bpe", "roberta-bpe",
+                           "jina-v2-de", "GPT-2", ""}) {
     auto p = Pretokenizer::create(name);
     ASSERT_FALSE(p.ok()) << name;
     const std::string& msg = p.error().message;
