@@ -91,13 +91,24 @@ TEST_F(ModelTest, RejectsBadBatches) {
           }
     return out;
   };
+  // Which rows the cache counts as written, per layer, sequence and position.
+  auto written = [](const KvCache& kv) {
+    const KvShape& s = kv.shape();
+    std::vector<bool> out;
+    for (int64_t layer = 0; layer < s.n_layer; ++layer)
+      for (int64_t seq = 0; seq < s.n_seq; ++seq)
+        for (int64_t pos = 0; pos < s.n_ctx; ++pos) out.push_back(kv.written(layer, seq, pos));
+    return out;
+  };
   std::vector<float> l, expect;
   // Real content first (positions 0..2), so "unchanged" also means "not overwritten".
   Batch prefix;
   for (int32_t i = 0; i < 3; ++i) prefix.add(kTokens[size_t(i)], i, 0, false);
   ASSERT_TRUE(model_->forward(prefix, c, l).ok());
   const std::vector<uint8_t> before = snapshot(c);
+  const std::vector<bool> written_before = written(c);
   ASSERT_EQ(before.size(), c.bytes());
+  ASSERT_EQ(c.n_pos(0), 3);
   const int32_t V = int32_t(model_->hparams().n_vocab);
 
   struct Tok {
@@ -130,6 +141,8 @@ TEST_F(ModelTest, RejectsBadBatches) {
     EXPECT_NE(st.error().message.find(t.needle), std::string::npos)
         << "error '" << st.error().message << "' does not say '" << t.needle << "'";
     EXPECT_TRUE(snapshot(c) == before) << "the cache changed after: " << st.error().message;
+    EXPECT_TRUE(written(c) == written_before) << "rows marked written after: " << st.error().message;
+    EXPECT_EQ(c.n_pos(0), 3) << st.error().message;
     EXPECT_EQ(c.bytes(), before.size());
   }
 
