@@ -199,7 +199,7 @@ class KvCache {
   // Raw rows of a position the layer still holds (f32 or f16 as the type says).
   const void* k(int64_t layer, int64_t seq, int64_t pos) const { return data_.get() + offset(layer, seq, pos, 0); }
   const void* v(int64_t layer, int64_t seq, int64_t pos) const { return data_.get() + offset(layer, seq, pos, 1); }
-  // One value as float (tests and debugging); the position must be written.
+  // One value as float (tests and debugging: raw memory, valid or not; see written()).
   float k_at(int64_t layer, int64_t seq, int64_t pos, int64_t i) const;
   float v_at(int64_t layer, int64_t seq, int64_t pos, int64_t i) const;
 

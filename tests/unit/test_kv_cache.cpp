@@ -387,9 +387,17 @@ TEST(KvValidityDeathTest, DebugBuildsRefuseReadsOfUnwrittenRows) {
       {
         KvCache c(w);
         for (int64_t j = 0; j < 10; ++j) store(c, 0, j, 1);
-        (void)c.k_at(0, 0, 5, 0);  // evicted: the ring holds 6..9
+        c.spans(0, 0, 5, spans.data());  // 5 sees 2..5, evicted: the ring holds 6..9
       },
-      "ring holds \\[6, 10\\)");
+      "positions 2..3 are read but only \\[0, 10\\) was written and the ring holds \\[6, 10\\)");
+  EXPECT_DEATH(
+      {
+        KvCache c(w);
+        for (int64_t j = 0; j < 10; ++j) store(c, 0, j, 1);
+        (void)c.rewind(0, 8);  // more than a step back: 8 needs 5..7, 5 is gone, nothing is kept
+        store(c, 0, 8, 1);     // the caller ignored what rewind() returned
+      },
+      "position 8 stored past the end \\(0\\)");
   EXPECT_DEATH(
       {
         KvCache c(w);
