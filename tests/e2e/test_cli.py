@@ -297,8 +297,13 @@ def test_info_tensors_lists_every_tensor(ok, model_path, vocab, describe):
     r = ok("info", model_path, "--tensors")
     for t in vocab.reader.tensors:
         dims = " x ".join(str(int(d)) for d in t.shape)
-        assert re.search(rf"^  {re.escape(t.name)}\s+{t.tensor_type.name}\s+{dims}$", r.stdout, re.M), \
+        # name, type, role (what the architecture uses it for), dims
+        assert re.search(rf"^  {re.escape(t.name)}\s+{t.tensor_type.name}\s+[a-z -]+?\s+{dims}$", r.stdout, re.M), \
             f"{t.name} {t.tensor_type.name} [{dims}] missing" + describe(r)
+    assert re.search(r"^  token_embd\.weight\s+\S+\s+token embedding\s", r.stdout, re.M), describe(r)
+    assert re.search(r"^  blk\.3\.ffn_down\.weight\s+\S+\s+ffn down\s", r.stdout, re.M), describe(r)
+    # SmolLM2 ties its output to the embedding: the optional tensor is listed as absent.
+    assert re.search(r"^  output\.weight\s+absent\s+output\s", r.stdout, re.M), describe(r)
 
 
 # --- help -----------------------------------------------------------------------------------
