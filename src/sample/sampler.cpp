@@ -57,6 +57,9 @@ void Sampler::accept(int32_t token) {
 
 int32_t Sampler::sample(const float* logits, int64_t n_vocab) {
   cand_.resize(size_t(n_vocab));
+  // Room for every candidate's probability at once: how many survive the cuts varies from token
+  // to token, and growing to each new largest would allocate mid-generation.
+  if (probs_.capacity() < size_t(n_vocab)) probs_.reserve(size_t(n_vocab));
   for (int64_t i = 0; i < n_vocab; ++i) cand_[i] = {int32_t(i), logits[i]};
   for (const auto& [id, n] : out_counts_) {
     if (id < 0 || id >= n_vocab) continue;
