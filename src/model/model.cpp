@@ -42,9 +42,11 @@ KvShape Model::kv_shape(int64_t n_ctx, int64_t n_seq, KvType type, const AttnKin
 Status Model::check_batch(const Batch& b, const KvCache& cache) const {
   const int64_t n = b.size();
   if (n == 0) return make_error("empty batch");
-  if (cache.shape().any_windowed() && n > cache.shape().n_batch)
+  // A window ring holds W + max_step() - 1 slots: a larger batch would overwrite positions its
+  // first tokens still see.
+  if (cache.shape().any_windowed() && n > cache.shape().max_step())
     return make_error("batch of {} tokens is larger than the window cache allows ({})", n,
-                      cache.shape().n_batch);
+                      cache.shape().max_step());
   if (int64_t(b.pos.size()) != n || int64_t(b.seq.size()) != n || int64_t(b.want_logits.size()) != n)
     return make_error("batch arrays differ in length");
   const KvShape& s = cache.shape();

@@ -145,5 +145,27 @@ TEST(Gemma3Load, AttentionScaleFromMetadata) {
   EXPECT_NE(bad->model.error().message.find("attention.scale"), std::string::npos);
 }
 
+// Window rings hold W + n_batch + n_draft - 1 slots, so one forward pass may carry a step's
+// tokens plus its drafts for a sequence, and no more.
+TEST(Gemma3Load, WindowCacheTakesBatchPlusDrafts) {
+  auto l = load([](test::GgufBuilder& b) { b.kv_u32("gemma3.attention.sliding_window_pattern", 2); },
+                Meta{16, kHd, true});
+  ASSERT_TRUE(l->model.ok()) << l->model.error().message;
+  Model& m = **l->model;
+  KvShape shape = m.kv_shape(64, 1, KvType::F32, AttnKind::global(), 4);
+  shape.n_draft = 2;
+  auto run = [&](int32_t n) {
+    KvCache cache(shape);
+    Batch b;
+    for (int32_t i = 0; i < n; ++i) b.add(i % int32_t(kVocab), i, 0, true);
+    std::vector<float> logits;
+    return m.forward(b, cache, logits);
+  };
+  EXPECT_TRUE(run(6).ok());
+  const Status st = run(7);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.error().message.find("window cache allows (6)"), std::string::npos) << st.error().message;
+}
+
 }  // namespace
 }  // namespace peregrine
