@@ -83,10 +83,9 @@ Result<GenerateStats> Session::generate(std::span<const TokenId> prompt, Sequenc
   // Keep the cached prefix; at least one token is evaluated to get logits.
   size_t keep = 0;
   while (keep + 1 < prompt.size() && keep < history_.size() && history_[keep] == prompt[keep]) ++keep;
-  // A window ring still holds what position `keep` needs only if fewer than n_batch positions
-  // were written after it (they reuse the slots of the oldest ones); otherwise start over.
-  const KvShape& kv = cache_->shape();
-  if (kv.any_windowed() && history_.size() - keep >= size_t(kv.n_batch)) keep = 0;
+  // Back to the shared prefix; a window ring that already reused the slots position `keep`
+  // still needs keeps less (rewind says how much is still exact).
+  keep = size_t(cache_->rewind(0, int64_t(keep)));
   n_past_ = int64_t(keep);
   history_.resize(keep);
   auto t0 = Clock::now();
