@@ -10,6 +10,7 @@ writes for the architecture, so that llama.cpp itself loads them and serves as t
                                head_dim 64 != n_embd / n_head (attention.key_length), untied output
   llama_rope_llama3    llama   Llama-3 RoPE scaling: rope_freqs.weight [head_dim/2], no rope.scaling.* keys
   llama_rope_linear    llama   rope.scaling.type = linear, rope.scaling.factor
+  llama_rope_linear_untyped  llama   rope.scaling.factor only (llama.cpp's default type: linear)
   llama_rope_yarn      llama   rope.scaling.type = yarn, .factor, .original_context_length
 
 Every model: 4 layers, n_embd 256, 8 query heads, 2 KV heads (GQA 4:1), SwiGLU FFN of 640, RMSNorm,
@@ -86,13 +87,17 @@ MODELS: dict[str, Spec] = {
                                             "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
     "llama_rope_linear": Spec("llama_rope_linear", "llama", context_length=1024, tied=False,
                               rope_scaling={"rope_type": "linear", "factor": 4.0}),
+    # Older conversions state only the factor: llama.cpp then takes the type as linear.
+    "llama_rope_linear_untyped": Spec("llama_rope_linear_untyped", "llama", context_length=1024, tied=False,
+                                      rope_scaling={"rope_type": "linear", "factor": 4.0, "omit_type": True}),
     "llama_rope_yarn": Spec("llama_rope_yarn", "llama", context_length=256, tied=False,
                             rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}),
 }
 
 # The engine gate each model belongs to (test_forward_synthetic.ENGINE_SUPPORTS).
 GATE = {"qwen2": "qwen2", "qwen3": "qwen3", "llama_rope_llama3": "llama_rope_scaled",
-        "llama_rope_linear": "llama_rope_scaled", "llama_rope_yarn": "llama_rope_scaled"}
+        "llama_rope_linear": "llama_rope_scaled", "llama_rope_linear_untyped": "llama_rope_scaled",
+        "llama_rope_yarn": "llama_rope_scaled"}
 
 
 # ---- tokenizer ----------------------------------------------------------------------------------
@@ -258,7 +263,8 @@ def write_model(model: str | Spec, path: str | Path, *, wtype: str = "F32", seed
     gw.add_head_count(spec.n_head)
     gw.add_head_count_kv(spec.n_head_kv)
     if rope_type == "linear":
-        gw.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        if not rs.get("omit_type"):
+            gw.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         gw.add_rope_scaling_factor(rs["factor"])
     elif rope_type == "yarn":
         gw.add_rope_scaling_type(gguf.RopeScalingType.YARN)

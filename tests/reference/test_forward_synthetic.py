@@ -218,6 +218,7 @@ ABLATIONS_OF = {
     "qwen3": ("no_qk_norm", "qk_norm_after_rope", "rope_adjacent"),
     "llama_rope_llama3": ("no_rope_scaling", "rope_freqs_multiply", "rope_adjacent"),
     "llama_rope_linear": ("no_rope_scaling", "rope_adjacent"),
+    "llama_rope_linear_untyped": ("no_rope_scaling",),
     "llama_rope_yarn": ("no_rope_scaling", "no_yarn_mscale", "yarn_ramp_on_dims", "rope_adjacent"),
 }
 assert {a for v in ABLATIONS_OF.values() for a in v} == ABLATIONS

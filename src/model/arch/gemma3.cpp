@@ -51,8 +51,8 @@ Result<std::unique_ptr<Model>> make_gemma3(std::shared_ptr<const gguf::File> fil
     if (vd != hp.head_dim)
       return make_error("{}: key_length {} and value_length {} differ", f.name(), hp.head_dim, vd);
   }
-  // Table 0: local layers (their own base, no scaling); table 1: global layers. A scaling
-  // factor without a type is linear (as older Gemma 3 conversions write it).
+  // Table 0: local layers (their own base, no scaling); table 1: global layers (read_rope: a
+  // scaling factor without a type is linear, as Gemma 3 4B+ conversions write it).
   RopeFreqs local{.rot_dim = hp.head_dim, .base = 10000.0f};
   if (f.find(a + "rope.freq_base_swa")) {
     PG_ASSIGN(double b, f.get_float(a + "rope.freq_base_swa"));
@@ -61,15 +61,6 @@ Result<std::unique_ptr<Model>> make_gemma3(std::shared_ptr<const gguf::File> fil
   }
   hp.rope_dim = hp.head_dim;
   PG_ASSIGN(RopeFreqs global, read_rope(f, "gemma3", hp));
-  if (global.scaling == RopeFreqs::Scaling::None && f.find(a + "rope.scaling.factor") &&
-      !f.find(a + "rope.scaling.type")) {
-    PG_ASSIGN(double s, f.get_float(a + "rope.scaling.factor"));
-    if (!(s >= 1.0 && s <= 1024.0)) return make_error("{}: rope.scaling.factor {} is out of range", f.name(), s);
-    if (s > 1.0) {
-      global.scaling = RopeFreqs::Scaling::Linear;
-      global.factor = float(s);
-    }
-  }
   c.ropes = {local, global};
   PG_ASSIGN(const int64_t window, read_hparam(f, a + "attention.sliding_window", 1, 1 << 20));
   PG_ASSIGN(std::vector<bool> is_global, read_global_layers(f, a, hp.n_layer));

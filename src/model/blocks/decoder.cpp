@@ -297,9 +297,17 @@ Result<RopeFreqs> read_rope(const gguf::File& f, const std::string& arch, const 
     out = float(v);
     return Status::Ok();
   };
-  std::string type = "none";
+  // As llama.cpp's loader: a factor without a type is linear scaling; older files give it as
+  // "<arch>.rope.scale_linear".
+  std::string type = "linear";
   if (f.find(a + "type")) {
     PG_ASSIGN(type, f.get_string(a + "type"));
+  }
+  const std::string old_key = arch + ".rope.scale_linear";
+  if (f.find(old_key) && !f.find(a + "factor")) {
+    PG_ASSIGN(double v, f.get_float(old_key));
+    if (!(v >= 0.0 && v <= 1024.0)) return make_error("{}: metadata '{}' = {} is outside [0, 1024]", f.name(), old_key, v);
+    r.factor = float(v);
   }
   PG_TRY(read_float("factor", 0.0f, 1024.0f, r.factor));
   if (type == "none" || r.factor == 0.0f || r.factor == 1.0f) {
