@@ -327,8 +327,8 @@ Result<RopeFreqs> read_rope(const gguf::File& f, const std::string& arch, const 
     PG_ASSIGN(r.n_ctx_orig, read_hparam(f, a + "original_context_length", 1, 1 << 24));
   }
   PG_TRY(read_float("attn_factor", 0.0f, 100.0f, r.attn_factor));
-  PG_TRY(read_float("yarn_beta_fast", 0.0f, 1e4f, r.beta_fast));
-  PG_TRY(read_float("yarn_beta_slow", 0.0f, 1e4f, r.beta_slow));
+  // YaRN's ramp stays at beta_fast 32, beta_slow 1 whatever "yarn_beta_*" says: llama.cpp
+  // (0c1e57098) never reads those keys, and files are made to run there.
   return r;
 }
 

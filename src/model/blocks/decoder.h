@@ -40,7 +40,8 @@ std::vector<LayerSpec> uniform_layers(const Hparams& hp, Glu glu);
 
 // hp's RoPE (rope_dim, base) plus the scaling "<arch>.rope.scaling.*" states: type (none,
 // linear, yarn; linear when only a factor is given, as llama.cpp reads it), factor (or the older
-// "<arch>.rope.scale_linear"), original_context_length, attn_factor, yarn_beta_fast/slow. Types
+// "<arch>.rope.scale_linear"), original_context_length, attn_factor (YaRN's ramp keeps beta
+// 32/1, as llama.cpp does). Types
 // llama.cpp knows but this engine does not (longrope) are an error.
 Result<RopeFreqs> read_rope(const gguf::File& f, const std::string& arch, const Hparams& hp);
 
