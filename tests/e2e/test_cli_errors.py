@@ -196,13 +196,16 @@ LONG_PROMPT = "the quick brown fox jumps over the lazy dog " * 5  # ~46 tokens
     (("-p", "hi", "--top-k", "-1"), "--top-k"),
     (("-p", "hi", "--min-p", "2"), "--min-p"),
     (("-p", "hi", "--repeat-penalty", "-1"), "--repeat-penalty"),
+    (("-p", "hi", "--presence-penalty", "3"), "--presence-penalty"),
+    (("-p", "hi", "--frequency-penalty", "-2.5"), "--frequency-penalty"),
     (("-p", "hi", "--seed", "abc"), "abc"),
     (("-p", "hi", "-t", "-1"), "-1"),
     (("-p", ""), "empty"),
     (("-p", "hi", "--bogus"), "--bogus"),
     ((), "prompt"),
 ], ids=["prompt-longer-than-context", "n-negative", "temp-negative", "top-p-2", "top-k-negative",
-        "min-p-2", "repeat-penalty-negative", "seed-not-a-number", "threads-negative", "empty-prompt",
+        "min-p-2", "repeat-penalty-negative", "presence-penalty-3", "frequency-penalty-minus-2.5",
+        "seed-not-a-number", "threads-negative", "empty-prompt",
         "unknown-option", "missing-prompt"])
 def test_run_bad_options(cli, model_path, describe, args, expect):
     r = cli("run", "-m", model_path, *args, *(T if "-t" not in args else ()))

@@ -375,6 +375,14 @@ TEST(ApiRequest, SamplingNumbers) {
   EXPECT_EQ(accept(kChat, chat(R"("top_p":-0.0)")).top_p, kMinTopP);
   EXPECT_EQ(accept(kChat, chat(R"("presence_penalty":2)")).presence_penalty, 2.0f);
   EXPECT_EQ(accept(kChat, chat(R"("frequency_penalty":-2.0)")).frequency_penalty, -2.0f);
+  // Extensions (llama-server's): the CLI's sampling chain, off unless given.
+  EXPECT_EQ(accept(kChat, chat(R"("temperature":1)")).top_k, 0);
+  EXPECT_EQ(accept(kChat, chat(R"("temperature":1)")).min_p, 0.0f);
+  EXPECT_EQ(accept(kChat, chat(R"("temperature":1)")).repeat_penalty, 1.0f);
+  EXPECT_EQ(accept(kChat, chat(R"("top_k":40)")).top_k, 40);
+  EXPECT_EQ(accept(kText, text(R"("min_p":0.05)")).min_p, 0.05f);
+  EXPECT_EQ(accept(kText, text(R"("repeat_penalty":1.1)")).repeat_penalty, 1.1f);
+  EXPECT_EQ(accept(kText, text(R"("repeat_last_n":0)")).repeat_last_n, 0);
   struct Bad {
     const char* field;
     const char* value;
@@ -392,6 +400,14 @@ TEST(ApiRequest, SamplingNumbers) {
                 Bad{"presence_penalty", "-3"},
                 Bad{"frequency_penalty", "\"0\""},
                 Bad{"frequency_penalty", "-2.01"},
+                Bad{"top_k", "-1"},
+                Bad{"top_k", "2.5"},
+                Bad{"top_k", "\"5\""},
+                Bad{"min_p", "1.5"},
+                Bad{"min_p", "-0.1"},
+                Bad{"repeat_penalty", "0"},
+                Bad{"repeat_penalty", "101"},
+                Bad{"repeat_last_n", "-1"},
                 Bad{"n", "0"},
                 Bad{"n", "17"},
                 Bad{"n", "2.5"},
