@@ -217,14 +217,8 @@ void Scheduler::admit() {
     waiting_.pop_front();
     Seq* leader = nullptr;
     for (int32_t c = 0; c < r->gen.n; ++c) {
-      SamplerOptions so = r->gen.sampling;
-      so.seed += uint64_t(c);
-      SequenceOptions opt;
-      opt.sampling = so;
-      opt.max_tokens = r->gen.max_tokens;
-      opt.stop = r->gen.stop;
-      opt.top_logprobs = r->gen.top_logprobs;
-      opt.ignore_eos = r->gen.ignore_eos;
+      SequenceOptions opt = r->gen;
+      opt.sampling.seed += uint64_t(c);
       auto s = std::make_unique<Seq>(opt, text_, n_vocab_);
       s->req = r;
       s->id = next_seq_id_++;
@@ -400,11 +394,8 @@ void Scheduler::sample_and_emit(Seq& s, const float* row) {
   SequenceState::StepResult r = s.state.step(row, 1, {}, emitted_, room);
   for (SequenceState::Emitted& em : emitted_) {
     RequestStream::Event e;
+    static_cast<SequenceState::Emitted&>(e) = std::move(em);
     e.choice = s.choice;
-    e.token = em.token;
-    e.text = std::move(em.text);
-    e.has_logprobs = em.has_logprobs;
-    e.logprobs = std::move(em.logprobs);
     s.req->stream->push(std::move(e));
   }
   if (r.finished) finish(s, r.reason, std::move(r.tail));

@@ -52,26 +52,21 @@ struct SchedulerConfig {
   bool prefix_caching = true;
 };
 
-struct GenRequest {
+// A request: the options each of its choices generates with (max_tokens -1: until the context
+// is full; choice i is seeded with sampling.seed + i), its prompt and how many choices.
+struct GenRequest : SequenceOptions {
   std::vector<TokenId> prompt;
-  int64_t max_tokens = -1;      // -1: until the context is full
-  SamplerOptions sampling;      // choice i is seeded with sampling.seed + i
-  int32_t n = 1;                // choices
-  int32_t top_logprobs = -1;    // -1: no logprobs; k >= 0: the chosen token's and the top k
-  std::vector<std::string> stop;
-  bool ignore_eos = false;
+  int32_t n = 1;
 };
 
 // The event stream of one request, filled by the scheduler and read by one client thread.
 class RequestStream {
  public:
-  struct Event {
+  // A generated token (its id, the text that became safe to show, logprobs), or the end of a
+  // choice (token -1; text: what was held back).
+  struct Event : SequenceState::Emitted {
     int32_t choice = 0;
     bool end = false;           // false: one generated token; true: the choice finished
-    TokenId token = -1;
-    std::string text;           // text that became safe to show (may be empty)
-    bool has_logprobs = false;
-    TokenLogprobs logprobs;
     FinishReason finish = FinishReason::Stop;  // when end
     std::string error;          // when finish == Error
   };

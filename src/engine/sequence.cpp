@@ -41,14 +41,8 @@ SequenceState::Took SequenceState::take(const float* row, std::vector<Emitted>& 
   }
   const TokenId tok = sampler_.sample(r, n_vocab_);
   sampled = tok;
-  auto end = [&](FinishReason reason) {  // keeps res's counts
-    StepResult f = finish(reason);
-    res.finished = true;
-    res.reason = f.reason;
-    res.tail = std::move(f.tail);
-  };
   if (!opt_.ignore_eos && text_.is_end_of_generation(tok) && (!constraint_ || constraint_->complete())) {
-    end(FinishReason::Stop);
+    end_step(res, FinishReason::Stop);
     return Took::End;
   }
   Emitted e;
@@ -71,13 +65,11 @@ SequenceState::Took SequenceState::take(const float* row, std::vector<Emitted>& 
   e.text = std::move(o.text);
   out.push_back(std::move(e));
   if (o.stopped) {
-    finished_ = true;
-    res.finished = true;
-    res.reason = FinishReason::Stop;
+    end_step(res, FinishReason::Stop);  // nothing is held back after a stop string
     return Took::TokenAndEnd;
   }
   if (opt_.max_tokens > 0 && n_generated() >= opt_.max_tokens) {
-    end(FinishReason::Length);
+    end_step(res, FinishReason::Length);
     return Took::TokenAndEnd;
   }
   return Took::Token;
@@ -95,10 +87,7 @@ SequenceState::StepResult SequenceState::step(const float* rows, int64_t n_rows,
     ++res.accepted;
     if (took == Took::TokenAndEnd) return res;
     if (--room == 0) {
-      StepResult f = finish(FinishReason::Length);
-      res.finished = true;
-      res.reason = f.reason;
-      res.tail = std::move(f.tail);
+      end_step(res, FinishReason::Length);
       return res;
     }
     // A row past the draft, or a sample that left it: the step ends here.
@@ -106,6 +95,13 @@ SequenceState::StepResult SequenceState::step(const float* rows, int64_t n_rows,
     ++res.draft_accepted;
   }
   return res;
+}
+
+void SequenceState::end_step(StepResult& res, FinishReason reason) {
+  StepResult f = finish(reason);
+  res.finished = true;
+  res.reason = f.reason;
+  res.tail = std::move(f.tail);
 }
 
 SequenceState::StepResult SequenceState::finish(FinishReason reason) {

@@ -101,6 +101,8 @@ class SequenceState {
   // Samples one row: appends the token (Token, or TokenAndEnd when it ends the sequence) or
   // ends the sequence without one (End: end of generation); res is filled when it ends.
   Took take(const float* row, std::vector<Emitted>& out, StepResult& res, TokenId& sampled);
+  // Ends the sequence inside a step: res keeps its counts and takes finish()'s reason and tail.
+  void end_step(StepResult& res, FinishReason reason);
 
   SequenceOptions opt_;
   TokenText text_;

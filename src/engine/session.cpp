@@ -95,32 +95,24 @@ Result<GenerateStats> Session::generate(std::span<const TokenId> prompt, Sequenc
   st.n_prompt = int64_t(prompt.size() - keep);
   st.prompt_seconds = std::chrono::duration<double>(t1 - t0).count();
   if (seq.options().max_tokens == 0) return st;
+  SequenceState::StepResult r;
   for (;;) {
     // Tokens the sequence may still take: the last one needs no position of its own.
     const int64_t room = unbounded() ? INT64_MAX : n_ctx() + 1 - n_past_;
     emitted_.clear();
-    const SequenceState::StepResult r =
-        seq.step(logits.data() + logits.size() - size_t(n_vocab), 1, {}, emitted_, room);
+    r = seq.step(logits.data() + logits.size() - size_t(n_vocab), 1, {}, emitted_, room);
     bool go_on = true;
     for (const SequenceState::Emitted& e : emitted_) go_on = on_emit(e) && go_on;
     st.n_generated += r.accepted;
-    if (r.finished) {
-      st.finish = r.reason;
-      const int64_t max = seq.options().max_tokens;
-      st.hit_context_limit = r.reason == FinishReason::Length && !(max > 0 && seq.n_generated() >= max);
-      if (!r.tail.empty()) on_emit(SequenceState::Emitted{-1, r.tail, false, {}});
-      break;
-    }
-    if (!go_on) {
-      SequenceState::StepResult f = seq.finish(FinishReason::Cancelled);
-      st.finish = FinishReason::Cancelled;
-      if (!f.tail.empty()) on_emit(SequenceState::Emitted{-1, f.tail, false, {}});
-      break;
-    }
-    const TokenId next = seq.tokens().back();
-    TokenId one[1] = {next};
+    if (!r.finished && !go_on) r = seq.finish(FinishReason::Cancelled);
+    if (r.finished) break;
+    TokenId one[1] = {seq.tokens().back()};
     PG_TRY(eval(one, false, logits));
   }
+  st.finish = r.reason;
+  const int64_t max = seq.options().max_tokens;
+  st.hit_context_limit = r.reason == FinishReason::Length && !(max > 0 && seq.n_generated() >= max);
+  if (!r.tail.empty()) on_emit(SequenceState::Emitted{-1, r.tail, false, {}});
   st.gen_seconds = std::chrono::duration<double>(Clock::now() - t1).count();
   return st;
 }
