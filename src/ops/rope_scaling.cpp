@@ -35,18 +35,18 @@ void rope_angles(const int32_t* pos, int64_t n_tok, const RopeFreqs& f, std::vec
     hi = std::min(double(f.rot_dim - 1), std::ceil(yarn_corr_dim(f.rot_dim, f.n_ctx_orig, f.beta_slow, f.base)));
     mscale = double(f.attn_factor) * (1.0 + 0.1 * std::log(double(f.factor)));
   }
-  for (int64_t t = 0; t < n_tok; ++t)
-    for (int64_t i = 0; i < half; ++i) {
-      double inv_freq = std::pow(double(f.base), -double(2 * i) / double(f.rot_dim));
-      if (f.freq_factors != nullptr) inv_freq /= double(f.freq_factors[i]);
+  // Pair by pair, so each frequency is computed once for all the positions.
+  for (int64_t i = 0; i < half; ++i) {
+    double inv_freq = std::pow(double(f.base), -double(2 * i) / double(f.rot_dim));
+    if (f.freq_factors != nullptr) inv_freq /= double(f.freq_factors[i]);
+    // YaRN: 1 below the ramp (fast pairs: extrapolate), 0 above it (slow pairs: interpolate).
+    const double keep = yarn ? 1.0 - std::min(1.0, std::max(0.0, (double(i) - lo) / std::max(0.001, hi - lo))) : 0.0;
+    for (int64_t t = 0; t < n_tok; ++t) {
       double theta;
       if (f.scaling == RopeFreqs::Scaling::Linear) {
         theta = double(pos[t]) / double(f.factor) * inv_freq;
       } else if (yarn) {
         const double extrap = double(pos[t]) * inv_freq, interp = extrap / double(f.factor);
-        // 1 below the ramp (fast pairs: extrapolate), 0 above it (slow pairs: interpolate).
-        const double y = (double(i) - lo) / std::max(0.001, hi - lo);
-        const double keep = 1.0 - std::min(1.0, std::max(0.0, y));
         theta = interp * (1.0 - keep) + extrap * keep;
       } else {
         theta = double(pos[t]) * inv_freq;
@@ -54,6 +54,7 @@ void rope_angles(const int32_t* pos, int64_t n_tok, const RopeFreqs& f, std::vec
       cs[size_t((t * half + i) * 2)] = float(std::cos(theta) * mscale);
       cs[size_t((t * half + i) * 2 + 1)] = float(std::sin(theta) * mscale);
     }
+  }
 }
 
 }  // namespace peregrine
