@@ -115,13 +115,11 @@ Status read_decoder_hparams(const gguf::File& f, const std::string& arch, Hparam
   PG_ASSIGN(hp.n_layer, read_hparam(f, a + "block_count", 1, 1024));
   PG_ASSIGN(hp.n_embd, read_hparam(f, a + "embedding_length", 1, 1 << 16));
   auto largest = [](const std::vector<int64_t>& v) { return *std::max_element(v.begin(), v.end()); };
+  for (const char* key : {"feed_forward_length", "attention.head_count"})
+    if (f.find(a + key) == nullptr) return make_error("{}: missing metadata '{}{}'", f.name(), a, key);
   PG_ASSIGN(auto n_ff, read_layer_hparam(f, a + "feed_forward_length", hp.n_layer, 1, 1 << 18, 0));
-  if (f.find(a + "feed_forward_length") == nullptr)
-    return make_error("{}: missing metadata '{}feed_forward_length'", f.name(), a);
   hp.n_ff = largest(n_ff);
   PG_ASSIGN(auto n_head, read_layer_hparam(f, a + "attention.head_count", hp.n_layer, 1, 1024, 0));
-  if (f.find(a + "attention.head_count") == nullptr)
-    return make_error("{}: missing metadata '{}attention.head_count'", f.name(), a);
   hp.n_head = largest(n_head);
   PG_ASSIGN(auto n_head_kv, read_layer_hparam(f, a + "attention.head_count_kv", hp.n_layer, 1, 1024, 0));
   for (int64_t il = 0; il < hp.n_layer; ++il) {

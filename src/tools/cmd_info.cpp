@@ -56,53 +56,51 @@ void register_info(CLI::App& app) {
     std::printf("arch:        %s\n", arch.c_str());
     ThreadPool pool(1);
     auto model = load_model(f, pool);
-    {
-      if (model.ok()) {
-        const Hparams& h = (*model)->hparams();
-        std::printf("hparams:     layers %lld, embd %lld, heads %lld (kv %lld, dim %lld), ffn %lld, "
-                    "vocab %lld, ctx %lld, rope base %g (dims %lld), rms eps %g\n",
-                    (long long)h.n_layer, (long long)h.n_embd, (long long)h.n_head,
-                    (long long)h.n_head_kv, (long long)h.head_dim, (long long)h.n_ff,
-                    (long long)h.n_vocab, (long long)h.n_ctx_train, h.rope_base,
-                    (long long)h.rope_dim, h.rms_eps);
-        // Attention kinds, run-length summarised: "18 layers: window 512 x15, global x3".
-        const std::vector<AttnKind> kinds = (*model)->attn_kinds();
-        std::map<std::string, int> count;
-        for (const AttnKind& k : kinds) ++count[k.describe()];
-        std::string summary;
-        for (const auto& [d, n] : count) summary += fmt::format("{}{} x{}", summary.empty() ? "" : ", ", d, n);
-        std::printf("attention:   %s\n", summary.c_str());
-        // Layer specs, run-length summarised: "30 x attention (9 heads, 3 KV, dim 64) + GLU 1536".
-        std::string layers;
-        const std::vector<LayerSpec>& specs = (*model)->layers();
-        for (size_t i = 0; i < specs.size();) {
-          auto same = [&](const LayerSpec& a, const LayerSpec& b) {
-            return a.n_head == b.n_head && a.n_head_kv == b.n_head_kv && a.head_dim == b.head_dim &&
-                   a.n_ff == b.n_ff && a.mixer == b.mixer && a.ffn == b.ffn;
-          };
-          size_t j = i + 1;
-          while (j < specs.size() && same(specs[j], specs[i])) ++j;
-          const LayerSpec& l = specs[i];
-          layers += fmt::format("{}{} x attention ({} heads, {} KV, dim {}) + {} {}", layers.empty() ? "" : ", ",
-                                j - i, l.n_head, l.n_head_kv, l.head_dim,
-                                l.glu == Glu::SiLU ? "SwiGLU" : "GeGLU", l.n_ff);
-          i = j;
-        }
-        std::printf("layers:      %s\n", layers.c_str());
-        if (std::string extras = (*model)->describe_extras(); !extras.empty())
-          std::printf("rope/attn:   %s\n", extras.c_str());
-        const KvShape kv = (*model)->kv_shape(h.n_ctx_train, 1);
-        std::printf("kv cache:    %s per token for a global layer stack (f16); at the trained context "
-                    "(%lld) %s\n", human_bytes(double(kv.bytes_per_token())).c_str(),
-                    (long long)h.n_ctx_train, human_bytes(double(kv.bytes())).c_str());
-        std::printf("kv layout:   %s\n", kv.describe().c_str());
-        const Model::PackStats& pk = (*model)->pack_stats();
-        std::printf("load:        %lld matrices (%s) repacked into 16-row panels for the %s kernels in %.0f ms\n",
-                    (long long)pk.matrices, human_bytes(double(pk.bytes)).c_str(),
-                    std::string(isa_name(kernels().isa)).c_str(), pk.seconds * 1e3);
-      } else {
-        std::printf("model:       cannot run: %s\n", model.error().message.c_str());
+    if (model.ok()) {
+      const Hparams& h = (*model)->hparams();
+      std::printf("hparams:     layers %lld, embd %lld, heads %lld (kv %lld, dim %lld), ffn %lld, "
+                  "vocab %lld, ctx %lld, rope base %g (dims %lld), rms eps %g\n",
+                  (long long)h.n_layer, (long long)h.n_embd, (long long)h.n_head,
+                  (long long)h.n_head_kv, (long long)h.head_dim, (long long)h.n_ff,
+                  (long long)h.n_vocab, (long long)h.n_ctx_train, h.rope_base,
+                  (long long)h.rope_dim, h.rms_eps);
+      // Attention kinds, run-length summarised: "18 layers: window 512 x15, global x3".
+      const std::vector<AttnKind> kinds = (*model)->attn_kinds();
+      std::map<std::string, int> count;
+      for (const AttnKind& k : kinds) ++count[k.describe()];
+      std::string summary;
+      for (const auto& [d, n] : count) summary += fmt::format("{}{} x{}", summary.empty() ? "" : ", ", d, n);
+      std::printf("attention:   %s\n", summary.c_str());
+      // Layer specs, run-length summarised: "30 x attention (9 heads, 3 KV, dim 64) + GLU 1536".
+      std::string layers;
+      const std::vector<LayerSpec>& specs = (*model)->layers();
+      auto same = [](const LayerSpec& a, const LayerSpec& b) {
+        return a.n_head == b.n_head && a.n_head_kv == b.n_head_kv && a.head_dim == b.head_dim &&
+               a.n_ff == b.n_ff && a.glu == b.glu && a.mixer == b.mixer && a.ffn == b.ffn;
+      };
+      for (size_t i = 0; i < specs.size();) {
+        size_t j = i + 1;
+        while (j < specs.size() && same(specs[j], specs[i])) ++j;
+        const LayerSpec& l = specs[i];
+        layers += fmt::format("{}{} x attention ({} heads, {} KV, dim {}) + {} {}", layers.empty() ? "" : ", ",
+                              j - i, l.n_head, l.n_head_kv, l.head_dim,
+                              l.glu == Glu::SiLU ? "SwiGLU" : "GeGLU", l.n_ff);
+        i = j;
       }
+      std::printf("layers:      %s\n", layers.c_str());
+      if (std::string extras = (*model)->describe_extras(); !extras.empty())
+        std::printf("rope/attn:   %s\n", extras.c_str());
+      const KvShape kv = (*model)->kv_shape(h.n_ctx_train, 1);
+      std::printf("kv cache:    %s per token for a global layer stack (f16); at the trained context "
+                  "(%lld) %s\n", human_bytes(double(kv.bytes_per_token())).c_str(),
+                  (long long)h.n_ctx_train, human_bytes(double(kv.bytes())).c_str());
+      std::printf("kv layout:   %s\n", kv.describe().c_str());
+      const Model::PackStats& pk = (*model)->pack_stats();
+      std::printf("load:        %lld matrices (%s) repacked into 16-row panels for the %s kernels in %.0f ms\n",
+                  (long long)pk.matrices, human_bytes(double(pk.bytes)).c_str(),
+                  std::string(isa_name(kernels().isa)).c_str(), pk.seconds * 1e3);
+    } else {
+      std::printf("model:       cannot run: %s\n", model.error().message.c_str());
     }
     std::printf("\nmetadata:\n");
     for (const auto& [key, v] : f->metadata())

@@ -25,7 +25,6 @@ struct ModelOptions {
 
 // -m, -t, -c, -b, --kv-type, --attn-sinks, --attn-window
 void add_model_options(CLI::App* cmd, ModelOptions& o, bool with_ctx = true);
-// --temp, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --seed
 // Sampling flags (--temp, --top-k, ..., --seed) and the output rules (--stop, --ignore-eos).
 void add_generation_options(CLI::App* cmd, SequenceOptions& o);
 
