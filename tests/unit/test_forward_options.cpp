@@ -12,15 +12,10 @@
 #include "model/model.h"
 #include "model/tensor_table.h"
 #include "quant/dequantize.h"
+#include "real_model.h"
 
 namespace peregrine {
 namespace {
-
-std::string model_path() {
-  if (const char* p = std::getenv("PEREGRINE_MODEL_PATH")) return p;
-  const char* home = std::getenv("HOME");
-  return std::string(home ? home : "") + "/.cache/peregrine/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
 
 struct Recorder final : ActivationObserver {
   struct Seen {
@@ -38,17 +33,8 @@ struct Recorder final : ActivationObserver {
   }
 };
 
-class ForwardOptionsTest : public ::testing::Test {
+class ForwardOptionsTest : public test::RealModelTest {
  protected:
-  void SetUp() override {
-    if (!std::filesystem::exists(model_path())) GTEST_SKIP() << "model not found";
-    auto f = gguf::File::open(model_path());
-    ASSERT_TRUE(f.ok()) << f.error().message;
-    file_ = std::shared_ptr<const gguf::File>(std::move(f).value());
-    auto m = load_model(file_, pool_);
-    ASSERT_TRUE(m.ok()) << m.error().message;
-    model_ = std::move(m).value();
-  }
   std::vector<float> run(const ForwardOptions& opt, KvCache* keep = nullptr) {
     KvCache own(model_->kv_shape(64, 1));
     KvCache& c = keep ? *keep : own;
@@ -59,9 +45,6 @@ class ForwardOptionsTest : public ::testing::Test {
     return logits;
   }
   const std::vector<int32_t> kTokens = {1, 504, 3458, 282, 4649, 314, 8240};
-  ThreadPool pool_{2};
-  std::shared_ptr<const gguf::File> file_;
-  std::unique_ptr<Model> model_;
 };
 
 TEST_F(ForwardOptionsTest, ObserverSeesEveryIntermediateAndChangesNothing) {

@@ -18,6 +18,7 @@
 
 #include "gguf/gguf.h"
 #include "gguf_builder.h"
+#include "real_model.h"
 
 namespace peregrine {
 namespace {
@@ -703,11 +704,7 @@ TEST(GgufAbsurd, Alignment) {
 //   blk.0.attn_q.weight Q4_1 shape [576, 576]   data_offset 33806656 n_bytes 207360
 //   output_norm.weight  F32  shape [576]        data_offset 98360128 n_bytes 2304
 // (gguf-py's data_offset is from the file start.)
-std::string RealModelPath() {
-  if (const char* p = std::getenv("PEREGRINE_MODEL_PATH"); p && *p) return p;
-  const char* home = std::getenv("HOME");
-  return std::string(home ? home : "") + "/.cache/peregrine/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
+std::string RealModelPath() { return test::smollm_path(); }
 
 TEST(GgufRealModel, MatchesGgufPy) {
   std::string path = RealModelPath();

@@ -9,31 +9,14 @@
 
 #include "engine/session.h"
 #include "model/model.h"
+#include "real_model.h"
 
 namespace peregrine {
 namespace {
 
-std::string model_path() {
-  if (const char* p = std::getenv("PEREGRINE_MODEL_PATH")) return p;
-  const char* home = std::getenv("HOME");
-  return std::string(home ? home : "") + "/.cache/peregrine/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
+std::string model_path() { return test::smollm_path(); }
 
-class ModelTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (!std::filesystem::exists(model_path())) GTEST_SKIP() << "model not found";
-    auto f = gguf::File::open(model_path());
-    ASSERT_TRUE(f.ok()) << f.error().message;
-    file_ = std::shared_ptr<const gguf::File>(std::move(f).value());
-    auto m = load_model(file_, pool_);
-    ASSERT_TRUE(m.ok()) << m.error().message;
-    model_ = std::move(m).value();
-  }
-  ThreadPool pool_{2};
-  std::shared_ptr<const gguf::File> file_;
-  std::unique_ptr<Model> model_;
-};
+using ModelTest = test::RealModelTest;
 
 const std::vector<int32_t> kTokens = {1, 504, 3458, 282, 4649, 314, 8240, 30, 657, 4427, 28, 2};
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "gguf_builder.h"
+#include "real_model.h"
 #include "tokenizer/bpe_byte_level.h"
 #include "tokenizer/bpe_merges.h"
 #include "tokenizer/pretokenizer.h"
@@ -416,11 +417,7 @@ TEST(TokenizerPretokenizer, AcceptsLlamaCppNamesOfTheSameSplit) {
 
 // ---- the real SmolLM2 vocab ---------------------------------------------------------------
 
-std::string model_path() {
-  if (const char* p = std::getenv("PEREGRINE_MODEL_PATH"); p && *p) return p;
-  const char* home = std::getenv("HOME");
-  return std::string(home ? home : "") + "/.cache/peregrine/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
+std::string model_path() { return test::smollm_path(); }
 
 class TokenizerSmolLM : public ::testing::Test {
  protected:
