@@ -57,6 +57,11 @@ NO_AMX_OPTIONS = ["-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16
 if platform.machine().lower() in ("x86_64", "amd64", "i686", "i386"):
     NO_AMX_OPTIONS += [f"-DCMAKE_C_FLAGS={_NO_AMX_FLAGS}", f"-DCMAKE_CXX_FLAGS={_NO_AMX_FLAGS}"]
 
+# Targets under llama.cpp's examples/ (bench/speculative.py): CMake defines them only with
+# LLAMA_BUILD_EXAMPLES=ON, so configuring for one of them switches that on. Flipping it in an existing
+# folder changes no compile command, so the objects other targets already built are kept.
+EXAMPLE_TARGETS = {"llama-lookup", "llama-speculative"}
+
 # Targets that are libraries, not binaries in bin/: where each one's file lands in the build folder.
 LIBRARY_ARTIFACTS = {
     "llama": "src/libllama.a",  # builds ggml, ggml-base and ggml-cpu (ggml/src/*.a) with it
@@ -125,9 +130,10 @@ def vendored_commit(sdist: Path) -> str:
 def build_target(target: str, jobs: int, *, no_amx: bool = False) -> tuple[Path, str]:
     """Fetch the source if needed, configure and build only TARGET (once); return (binary, commit).
 
-    TARGET is a CMake target that is also the binary's name: "llama-bench", "llama-server", or a
-    library of LIBRARY_ARTIFACTS ("llama"), whose file is returned instead. no_amx: build in
-    NO_AMX_BUILD_DIR with AMX compiled out (NO_AMX_OPTIONS) instead of BUILD_DIR.
+    TARGET is a CMake target that is also the binary's name: "llama-bench", "llama-server", one of
+    EXAMPLE_TARGETS ("llama-lookup", "llama-speculative"), or a library of LIBRARY_ARTIFACTS
+    ("llama"), whose file is returned instead. no_amx: build in NO_AMX_BUILD_DIR with AMX compiled
+    out (NO_AMX_OPTIONS) instead of BUILD_DIR.
     A stamp per target marks a finished build, so an interrupted build is resumed, not trusted.
     Configuring again with today's options is harmless for a target built earlier: ninja keeps
     whatever objects' commands did not change.
@@ -135,7 +141,9 @@ def build_target(target: str, jobs: int, *, no_amx: bool = False) -> tuple[Path,
     sdist = fetch_source()
     commit = vendored_commit(sdist)
     build_dir = NO_AMX_BUILD_DIR if no_amx else BUILD_DIR
-    options = [*CMAKE_OPTIONS, *NO_AMX_OPTIONS] if no_amx else CMAKE_OPTIONS
+    options = [*CMAKE_OPTIONS, *NO_AMX_OPTIONS] if no_amx else list(CMAKE_OPTIONS)
+    if target in EXAMPLE_TARGETS:
+        options.append("-DLLAMA_BUILD_EXAMPLES=ON")  # after the OFF above: the last -D wins
     binary = build_dir / LIBRARY_ARTIFACTS.get(target, f"bin/{target}")
     stamp = build_dir / f".peregrine-built-{target}"
     legacy = build_dir / ".peregrine-built"  # compare.py's stamp before the server target existed
