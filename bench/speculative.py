@@ -69,6 +69,7 @@ def make_configs(args) -> list[Config]:
     """Every configuration --configs asks for, plus the plain runs they are compared with."""
     pmin = ("--draft-p-min", str(args.draft_p_min)) if args.draft_p_min is not None else ()
     llama_k = ("--spec-draft-n-max", str(args.llama_draft_max)) if args.llama_draft_max is not None else ()
+    layers = ("--draft-layers", str(args.draft_layers)) if args.draft_layers is not None else ()
     fixed = lambda k: ("--draft-policy", "fixed", "--draft-max", str(k))  # noqa: E731
     known = {
         "ngram": [Config("ngram-dynamic", "peregrine", "main", ("--spec", "ngram", "--draft-policy", "dynamic"))]
@@ -77,7 +78,7 @@ def make_configs(args) -> list[Config]:
         + [Config(f"draft-k{k}", "peregrine", "big", ("--spec", "draft", *fixed(k)), True) for k in (2, 4, 8)]
         + [Config("draft-pmin", "peregrine", "big", ("--spec", "draft", "--draft-policy", "pmin", *pmin), True)],
         "layerskip": [Config("layerskip-dynamic", "peregrine", "main",
-                             ("--spec", "layerskip", "--draft-policy", "dynamic"))],
+                             ("--spec", "layerskip", "--draft-policy", "dynamic", *layers))],
         "llama-lookup": [Config("llama-lookup", "llama.cpp", "main", llama_k)],
         "llama-speculative": [Config("llama-speculative", "llama.cpp", "big", llama_k, True)],
     }
@@ -203,7 +204,7 @@ class Result:
 
 
 PEREGRINE_TIMING = re.compile(r"prompt: (\d+) tokens, [\d.]+ tok/s \| generation: (\d+) tokens, ([\d.]+) tok/s")
-PEREGRINE_SPEC = re.compile(r"spec \w+: (\d+) drafted, (\d+) accepted \([\d.]+%\), (\d+) steps")
+PEREGRINE_SPEC = re.compile(r"spec [^:|]+: (\d+) drafted, (\d+) accepted \([\d.]+%\), (\d+) steps")
 LLAMA_ENCODED = re.compile(r"encoded\s+(\d+) tokens in")
 LLAMA_DECODED = re.compile(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds, speed:\s+([\d.]+) t/s")
 LLAMA_COUNT = lambda name: re.compile(rf"\b{name}\s*=\s*(\d+)")  # noqa: E731
@@ -418,6 +419,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1, help="runs per prompt and configuration; the median counts "
                     "(default: 1)")
     ap.add_argument("--draft-p-min", type=float, help="--draft-p-min for draft-pmin (default: peregrine's)")
+    ap.add_argument("--draft-layers", type=int, help="--draft-layers for layerskip (default: peregrine's, half)")
     ap.add_argument("--llama-draft-max", type=int, help="--spec-draft-n-max for llama.cpp (default: its own, 3)")
     ap.add_argument("--peregrine", type=Path, default=Path(os.environ.get("PEREGRINE_BIN", REPO / "build/bin/peregrine")),
                     help="peregrine binary (default: $PEREGRINE_BIN or build/bin/peregrine)")
