@@ -1,6 +1,8 @@
 // peregrine: command-line entry point. Each command lives in src/tools/cmd_*.cpp.
 #include <cstdio>
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -34,8 +36,13 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  // llama.cpp's two-letter short flag for the draft model; CLI11 short names are one letter.
+  std::vector<std::string> args(argv + 1, argv + argc);
+  for (std::string& a : args)
+    if (a == "-md") a = "--model-draft";
+  std::reverse(args.begin(), args.end());  // CLI11 takes the arguments last first
   try {
-    app.parse(argc, argv);
+    app.parse(args);
   } catch (const CLI::RuntimeError& e) {
     return e.get_exit_code();  // the command already printed its error line
   } catch (const CLI::ParseError& e) {

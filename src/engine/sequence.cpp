@@ -1,6 +1,7 @@
 #include "engine/sequence.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace peregrine {
 
@@ -31,16 +32,53 @@ void SequenceState::set_prompt(std::span<const TokenId> prompt) {
   for (TokenId t : prompt) sampler_.accept(t);
 }
 
-SequenceState::Took SequenceState::take(const float* row, std::vector<Emitted>& out, StepResult& res,
-                                        TokenId& sampled) {
-  const float* r = row;
-  if (constraint_) {
-    masked_.assign(row, row + n_vocab_);
-    constraint_->mask(masked_.data(), n_vocab_);
-    r = masked_.data();
+const float* SequenceState::constrained(const float* row) {
+  if (!constraint_) return row;
+  masked_.assign(row, row + n_vocab_);
+  constraint_->mask(masked_.data(), n_vocab_);
+  return masked_.data();
+}
+
+TokenId SequenceState::choose(const float* row, TokenId draft, const TokenDist* q) {
+  const float* r = constrained(row);
+  if (q == nullptr || draft < 0 || draft >= n_vocab_ || opt_.sampling.temperature <= 0.0f)
+    return sampler_.sample(r, n_vocab_);
+  // Speculative sampling (Leviathan et al. 2023; Chen et al. 2023): the draft token d was
+  // drawn from q; keep it with probability min(1, p(d) / q(d)), else draw from the residual
+  // max(0, p - q), normalised. Either way the token is a draw from p.
+  sampler_.distribution(r, n_vocab_, p_);
+  // q densely (it may hold the whole vocabulary, as p may): O(|p| + |q|) per row.
+  if (qdense_.size() != size_t(n_vocab_)) qdense_.assign(size_t(n_vocab_), 0.0f);
+  for (const auto& [id, pr] : *q)
+    if (id >= 0 && id < n_vocab_) qdense_[size_t(id)] = pr;
+  double pd = 0.0;
+  for (const auto& [id, pr] : p_)
+    if (id == draft) pd = pr;
+  const double qd = qdense_[size_t(draft)];
+  const bool keep = sampler_.uniform() * qd < pd;
+  double sum = 0.0;
+  if (!keep) {
+    for (auto& [id, pr] : p_) {
+      pr = std::max(0.0f, pr - qdense_[size_t(id)]);
+      sum += pr;
+    }
   }
-  const TokenId tok = sampler_.sample(r, n_vocab_);
-  sampled = tok;
+  for (const auto& [id, pr] : *q)
+    if (id >= 0 && id < n_vocab_) qdense_[size_t(id)] = 0.0f;
+  if (keep) return draft;
+  if (!(sum > 0.0)) return sampler_.sample(r, n_vocab_);  // p == q up to rounding
+  double u = sampler_.uniform() * sum;
+  for (const auto& [id, pr] : p_) {
+    u -= pr;
+    if (u < 0.0) return id;
+  }
+  for (size_t i = p_.size(); i-- > 0;)
+    if (p_[i].second > 0.0f) return p_[i].first;
+  return p_.back().first;
+}
+
+SequenceState::Took SequenceState::emit(TokenId tok, const float* row, std::vector<Emitted>& out,
+                                        StepResult& res) {
   if (!opt_.ignore_eos && text_.is_end_of_generation(tok) && (!constraint_ || constraint_->complete())) {
     end_step(res, FinishReason::Stop);
     return Took::End;
@@ -76,13 +114,18 @@ SequenceState::Took SequenceState::take(const float* row, std::vector<Emitted>& 
 }
 
 SequenceState::StepResult SequenceState::step(const float* rows, int64_t n_rows, std::span<const TokenId> draft,
-                                              std::vector<Emitted>& out, int64_t room) {
+                                              std::vector<Emitted>& out, int64_t room,
+                                              std::span<const TokenDist> draft_dists) {
   PG_ASSERT(!finished_ && n_rows >= 1 && int64_t(draft.size()) + 1 >= n_rows);
+  PG_ASSERT(draft_dists.empty() || draft_dists.size() == draft.size());
   StepResult res;
   if (room <= 0) return finish(FinishReason::Length);
   for (int64_t i = 0; i < n_rows; ++i) {
-    TokenId sampled = -1;
-    const Took took = take(rows + i * n_vocab_, out, res, sampled);
+    const float* row = rows + i * n_vocab_;
+    const bool drafted = size_t(i) < draft.size();
+    const TokenId d = drafted ? draft[size_t(i)] : -1;
+    const TokenId tok = choose(row, d, drafted && !draft_dists.empty() ? &draft_dists[size_t(i)] : nullptr);
+    const Took took = emit(tok, row, out, res);
     if (took == Took::End) return res;
     ++res.accepted;
     if (took == Took::TokenAndEnd) return res;
@@ -90,8 +133,8 @@ SequenceState::StepResult SequenceState::step(const float* rows, int64_t n_rows,
       end_step(res, FinishReason::Length);
       return res;
     }
-    // A row past the draft, or a sample that left it: the step ends here.
-    if (size_t(i) >= draft.size() || sampled != draft[size_t(i)]) break;
+    // A row past the draft, or a token that left it: the step ends here.
+    if (!drafted || tok != d) break;
     ++res.draft_accepted;
   }
   return res;

@@ -11,6 +11,14 @@
 // so the accepted tokens are exactly those of one-at-a-time generation with the same seed
 // (greedy or not); the first sample that differs from the draft is kept and ends the step.
 // With one row and no draft this is plain decoding.
+//
+// A draft that was itself sampled (a draft model at temperature > 0) can come with the
+// distributions q its tokens were drawn from: then each draft token d is kept with
+// probability min(1, p(d)/q(d)) and a rejection draws from the residual max(0, p - q)
+// (standard speculative sampling). The output is still distributed exactly as the target's,
+// and more draft tokens survive than by matching samples, but it is no longer the same
+// token stream as unspeculated generation with the same seed. For a deterministic draft
+// (q one-hot) the two rules coincide in distribution, so matching is used.
 #pragma once
 
 #include <cstdint>
@@ -83,8 +91,11 @@ class SequenceState {
   // rows [n_rows, n_vocab] with n_rows = draft.size() + 1 (see the header comment); appends
   // the accepted tokens' output to `out`. `room`: how many more tokens the sequence may take
   // before its context is full (the step ends with Length when it is used up).
+  // draft_dists: empty, or for each draft token the distribution it was drawn from (above;
+  // used when sampling, ignored when greedy).
   StepResult step(const float* rows, int64_t n_rows, std::span<const TokenId> draft,
-                  std::vector<Emitted>& out, int64_t room = INT64_MAX);
+                  std::vector<Emitted>& out, int64_t room = INT64_MAX,
+                  std::span<const TokenDist> draft_dists = {});
   // Ends the sequence for `reason` (context full, cancelled, ...): returns the text still held
   // back (an unfinished UTF-8 sequence, the prefix of a possible stop string); a stop string
   // completed by it turns the reason into Stop.
@@ -98,9 +109,14 @@ class SequenceState {
 
  private:
   enum class Took { Token, TokenAndEnd, End };
-  // Samples one row: appends the token (Token, or TokenAndEnd when it ends the sequence) or
-  // ends the sequence without one (End: end of generation); res is filled when it ends.
-  Took take(const float* row, std::vector<Emitted>& out, StepResult& res, TokenId& sampled);
+  // The row with the constraint's mask applied (the row itself without a constraint).
+  const float* constrained(const float* row);
+  // The token a row yields: a sample, or with a draft token drawn from q the speculative
+  // sampling decision (the draft token or a residual draw).
+  TokenId choose(const float* row, TokenId draft, const TokenDist* q);
+  // Appends the token (Token, or TokenAndEnd when it ends the sequence) or ends the sequence
+  // without one (End: end of generation); res is filled when it ends.
+  Took emit(TokenId tok, const float* row, std::vector<Emitted>& out, StepResult& res);
   // Ends the sequence inside a step: res keeps its counts and takes finish()'s reason and tail.
   void end_step(StepResult& res, FinishReason reason);
 
@@ -112,6 +128,8 @@ class SequenceState {
   StopMatcher stop_;
   std::unique_ptr<TokenConstraint> constraint_;
   std::vector<float> masked_;  // a row with the constraint applied [n_vocab]
+  TokenDist p_;                // the target's distribution of a speculative-sampling row
+  std::vector<float> qdense_;  // a draft distribution, dense [n_vocab] (zero between uses)
   std::vector<TokenId> tokens_;
   int64_t n_prompt_ = 0;
   bool finished_ = false;

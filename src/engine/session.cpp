@@ -2,6 +2,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
+
+#include "engine/spec/model_drafter.h"
+#include "engine/spec/ngram_drafter.h"
 
 namespace peregrine {
 
@@ -42,13 +46,32 @@ Result<std::unique_ptr<Session>> Session::open(const std::string& path, const Se
       return make_error("attention {} is larger than the context ({} positions; raise -c)",
                         a.describe(), n_ctx);
   }
+  PG_TRY(opt.spec.validate());
   KvShape shape = s->m_.model->kv_shape(n_ctx, 1, opt.kv_type, a, opt.n_batch);
+  if (opt.spec.enabled()) shape.n_draft = opt.spec.draft.max;  // a verification step: 1 + max tokens
   PG_TRY(shape.validate());
   PG_TRY(s->m_.model->check_kv(shape));
   PG_TRY(check_kv_memory(shape));
   s->cache_ = std::make_unique<KvCache>(shape);
   s->n_batch_ = opt.n_batch;
   s->text_ = TokenText::of(*s->m_.tok);
+  s->spec_ = opt.spec;
+  Model& target = *s->m_.model;
+  switch (opt.spec.kind) {
+    case SpecKind::None: break;
+    case SpecKind::Ngram: s->drafter_ = std::make_unique<NgramDrafter>(); break;
+    case SpecKind::Draft: {
+      PG_ASSIGN(s->drafter_, DraftModelDrafter::open(opt.spec.draft_model, target, *s->m_.tok, n_ctx, 1,
+                                                     opt.spec.draft.max, s->m_.pool->size()));
+      break;
+    }
+    case SpecKind::LayerSkip: {
+      const int64_t n = opt.spec.draft_layers > 0 ? opt.spec.draft_layers : target.hparams().n_layer / 2;
+      PG_ASSIGN(s->drafter_, LayerSkipDrafter::create(target, *s->cache_, n));
+      break;
+    }
+  }
+  if (s->drafter_ && opt.spec.draft.policy == DraftPolicyKind::Dynamic) s->calibrate_step_cost();
   return s;
 }
 
@@ -95,26 +118,107 @@ Result<GenerateStats> Session::generate(std::span<const TokenId> prompt, Sequenc
   st.n_prompt = int64_t(prompt.size() - keep);
   st.prompt_seconds = std::chrono::duration<double>(t1 - t0).count();
   if (seq.options().max_tokens == 0) return st;
+  std::optional<DraftPolicy> policy;
+  if (drafter_) {
+    drafter_->begin_sequence(0, seq.options().sampling);
+    policy.emplace(spec_.draft);
+  }
+  draft_.clear();
+  int64_t n_rows = 1;       // rows of `logits` the next step reads: the pending token's and the draft's
+  int64_t n_verified = n_past_;  // positions before the draft (the pending token's included)
   SequenceState::StepResult r;
   for (;;) {
     // Tokens the sequence may still take: the last one needs no position of its own.
-    const int64_t room = unbounded() ? INT64_MAX : n_ctx() + 1 - n_past_;
+    const int64_t room = unbounded() ? INT64_MAX : n_ctx() + 1 - n_verified;
     emitted_.clear();
-    r = seq.step(logits.data() + logits.size() - size_t(n_vocab), 1, {}, emitted_, room);
+    r = seq.step(logits.data() + logits.size() - size_t(n_rows * n_vocab), n_rows, draft_.tokens, emitted_, room,
+                 draft_.dists);
+    if (drafter_) {
+      // Keep the verified tokens' KV: the pending token and the accepted drafts.
+      st.spec.steps += 1;
+      st.spec.drafted += draft_.size();
+      st.spec.accepted += r.draft_accepted;
+      if (draft_.size() > 0) policy->record(draft_.size(), r.draft_accepted);
+      const int64_t verified = n_verified + r.draft_accepted;
+      if (verified < n_past_) {
+        n_past_ = cache_->rewind(0, verified);
+        history_.resize(size_t(n_past_));
+      }
+    }
     bool go_on = true;
     for (const SequenceState::Emitted& e : emitted_) go_on = on_emit(e) && go_on;
     st.n_generated += r.accepted;
     if (!r.finished && !go_on) r = seq.finish(FinishReason::Cancelled);
     if (r.finished) break;
-    TokenId one[1] = {seq.tokens().back()};
-    PG_TRY(eval(one, false, logits));
+    // The next step: the pending token, and a draft after it.
+    draft_.clear();
+    if (drafter_) PG_TRY(draft_next(seq, *policy));
+    batch_.clear();
+    batch_.add(seq.tokens().back(), int32_t(n_past_), 0, true);
+    for (int32_t i = 0; i < draft_.size(); ++i) batch_.add(draft_.tokens[size_t(i)], int32_t(n_past_ + 1 + i), 0, true);
+    const auto ts = Clock::now();
+    PG_TRY(m_.model->forward(batch_, *cache_, logits));
+    if (drafter_) step_cost_.record(batch_.size(), std::chrono::duration<double>(Clock::now() - ts).count());
+    n_rows = batch_.size();
+    history_.insert(history_.end(), batch_.tokens.begin(), batch_.tokens.end());
+    n_past_ += batch_.size();
+    n_verified = n_past_ - draft_.size();
   }
+  if (drafter_) st.spec.generated = st.n_generated;
   st.finish = r.reason;
   const int64_t max = seq.options().max_tokens;
   st.hit_context_limit = r.reason == FinishReason::Length && !(max > 0 && seq.n_generated() >= max);
   if (!r.tail.empty()) on_emit(SequenceState::Emitted{-1, r.tail, false, {}});
   st.gen_seconds = std::chrono::duration<double>(Clock::now() - t1).count();
   return st;
+}
+
+}  // namespace peregrine
+
+namespace peregrine {
+
+Status Session::draft_next(const SequenceState& seq, DraftPolicy& policy) {
+  const std::vector<TokenId>& tokens = seq.tokens();
+  // Positions after the pending token's, and tokens the sequence may still take beyond it:
+  // drafting past either is wasted.
+  int64_t cap = spec_.draft.max;
+  if (!unbounded()) cap = std::min(cap, n_ctx() - 1 - n_past_);
+  const int64_t max_tokens = seq.options().max_tokens;
+  if (max_tokens > 0) cap = std::min(cap, max_tokens - seq.n_generated() - 1);
+  if (cap <= 0) return Status::Ok();
+  policy.begin(step_cost_, 1, 1, drafter_->seconds_per_token());
+  if (!policy.worth_drafting()) return Status::Ok();
+  DraftRequest req{tokens, n_past_, 0, int32_t(cap)};
+  PG_TRY(drafter_->propose(req, [&](int32_t j, float c) { return policy.go_on(j, c); }, draft_));
+  // A drafter without confidences proposes freely; the policy cuts its draft.
+  const int32_t keep = draft_.confidence.empty() ? policy.cut(draft_.size())
+                                                 : (draft_.size() < spec_.draft.min ? 0 : draft_.size());
+  draft_.truncate(keep);
+  // Drafting may have written rows past the pending token (layer skip): they are rewritten by
+  // the verification pass, or dropped here when nothing is verified.
+  (void)cache_->rewind(0, n_past_);
+  return Status::Ok();
+}
+
+void Session::calibrate_step_cost() {
+  using Clock = std::chrono::steady_clock;
+  const int64_t top = int64_t(spec_.draft.max) + 1;
+  std::vector<float> scratch;
+  for (int64_t m = 1; m <= top; m = m < 4 ? m + 1 : m + (m + 1) / 2) {
+    if (!unbounded() && m > n_ctx()) break;
+    double best = 0.0;
+    for (int rep = 0; rep < 3; ++rep) {
+      batch_.clear();
+      for (int64_t i = 0; i < m; ++i) batch_.add(TokenId(i % 2), int32_t(i), 0, true);
+      const auto t0 = Clock::now();
+      const bool ok = m_.model->forward(batch_, *cache_, scratch).ok();
+      const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+      cache_->reset(0);
+      if (!ok) return;
+      if (rep > 0) best = rep == 1 ? s : std::min(best, s);  // the first run warms up
+    }
+    step_cost_.record(m, best);
+  }
 }
 
 }  // namespace peregrine

@@ -12,6 +12,9 @@
 #include "core/status.h"
 #include "core/thread_pool.h"
 #include "engine/sequence.h"
+#include "engine/spec/draft_policy.h"
+#include "engine/spec/drafter.h"
+#include "engine/spec/spec_options.h"
 #include "gguf/gguf.h"
 #include "kv/kv_cache.h"
 #include "model/model.h"
@@ -28,6 +31,8 @@ struct SessionOptions {
   // Replaces the attention of the model's global layers, e.g. sinks + window
   // (StreamingLLM) to run past the context with a fixed KV budget.
   AttnKind attention = AttnKind::global();
+  // Speculative decoding during generate() (engine/spec/).
+  SpecOptions spec;
 };
 
 // A model file opened for inference: the file, a thread pool, the model and its tokenizer
@@ -52,6 +57,7 @@ struct GenerateStats {
   double gen_seconds = 0;
   bool hit_context_limit = false;
   FinishReason finish = FinishReason::Stop;
+  SpecStats spec;  // with speculation: drafted and accepted tokens, steps
 };
 
 class Session {
@@ -85,6 +91,9 @@ class Session {
   Result<GenerateStats> generate(std::span<const TokenId> prompt, SequenceState& seq, const OnEmit& on_emit);
   // The per-token text and end-of-generation rules of this model's tokenizer.
   const TokenText& token_text() const { return text_; }
+  // The drafter generate() speculates with (null without speculation).
+  const Drafter* drafter() const { return drafter_.get(); }
+  const SpecOptions& spec() const { return spec_; }
 
  private:
   LoadedModel m_;
@@ -96,6 +105,17 @@ class Session {
   std::vector<float> chunk_logits_;  // reused: no allocation per decoded token
   std::vector<SequenceState::Emitted> emitted_;  // reused
   TokenText text_;
+
+  // Speculative decoding.
+  // Times forward passes of 1 .. draft max + 1 tokens (at load, on the empty cache), so the
+  // dynamic policy starts from measured costs.
+  void calibrate_step_cost();
+  // Drafts for the next step of seq (empty without speculation or when it does not pay).
+  Status draft_next(const SequenceState& seq, DraftPolicy& policy);
+  SpecOptions spec_;
+  std::unique_ptr<Drafter> drafter_;
+  StepCost step_cost_;
+  Draft draft_;
 };
 
 }  // namespace peregrine

@@ -55,7 +55,7 @@ void Sampler::accept(int32_t token) {
   }
 }
 
-int32_t Sampler::sample(const float* logits, int64_t n_vocab) {
+size_t Sampler::prepare(const float* logits, int64_t n_vocab, double& sum) {
   cand_.resize(size_t(n_vocab));
   // Room for every candidate's probability at once: how many survive the cuts varies from token
   // to token, and growing to each new largest would allocate mid-generation.
@@ -80,8 +80,12 @@ int32_t Sampler::sample(const float* logits, int64_t n_vocab) {
   auto better = [](const Candidate& a, const Candidate& b) {
     return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
   };
-  if (opt_.temperature <= 0.0f)
-    return std::min_element(cand_.begin(), cand_.end(), better)->id;
+  if (opt_.temperature <= 0.0f) {
+    std::iter_swap(cand_.begin(), std::min_element(cand_.begin(), cand_.end(), better));
+    probs_.assign(1, 1.0f);
+    sum = 1.0;
+    return 1;
+  }
 
   // Only as much of the vocabulary is put in order as the cuts look at: a full sort of ~50k
   // candidates per token would cost more than a batched decode step of the model.
@@ -132,16 +136,34 @@ int32_t Sampler::sample(const float* logits, int64_t n_vocab) {
     }
   }
   probs_.resize(n);
-  double sum = 0.0;
+  sum = 0.0;
   for (size_t i = 0; i < n; ++i)
     sum += (probs_[i] = std::exp((cand_[i].logit - mx) / opt_.temperature));
-  // Draw with our own uniform mapping: std distributions differ across libraries.
-  double u = double(rng_() >> 11) * (1.0 / 9007199254740992.0) * sum;
+  return n;
+}
+
+double Sampler::uniform() {
+  // Our own mapping of the generator's bits: std distributions differ across libraries.
+  return double(rng_() >> 11) * (1.0 / 9007199254740992.0);
+}
+
+int32_t Sampler::sample(const float* logits, int64_t n_vocab) {
+  double sum = 0.0;
+  const size_t n = prepare(logits, n_vocab, sum);
+  if (opt_.temperature <= 0.0f) return cand_[0].id;  // greedy draws nothing
+  double u = uniform() * sum;
   for (size_t i = 0; i < n; ++i) {
     u -= probs_[i];
     if (u < 0.0) return cand_[i].id;
   }
   return cand_[n - 1].id;
+}
+
+void Sampler::distribution(const float* logits, int64_t n_vocab, TokenDist& out) {
+  double sum = 0.0;
+  const size_t n = prepare(logits, n_vocab, sum);
+  out.resize(n);
+  for (size_t i = 0; i < n; ++i) out[i] = {cand_[i].id, float(double(probs_[i]) / sum)};
 }
 
 }  // namespace peregrine

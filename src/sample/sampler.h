@@ -16,6 +16,9 @@
 
 namespace peregrine {
 
+// A sparse distribution over tokens: (token id, probability) pairs.
+using TokenDist = std::vector<std::pair<int32_t, float>>;
+
 struct SamplerOptions {
   float temperature = 0.8f;   // 0 = greedy
   int32_t top_k = 40;         // 0 = off
@@ -35,6 +38,13 @@ class Sampler {
   explicit Sampler(const SamplerOptions& opt);
   // Picks a token from logits[n_vocab]. The logits are not modified.
   int32_t sample(const float* logits, int64_t n_vocab);
+  // The distribution sample() draws from (penalties, cuts and temperature applied), as
+  // (token, probability) pairs summing to 1; greedy: the argmax with probability 1. Draws
+  // nothing from the generator.
+  void distribution(const float* logits, int64_t n_vocab, TokenDist& out);
+  // The next uniform draw in [0, 1) from the sampler's generator (speculative sampling's
+  // accept/reject decisions share the sequence's seeded stream).
+  double uniform();
   // Tokens seen so far (prompt and output) feed the repetition penalty.
   void accept(int32_t token);
   // A generated token (not the prompt's) feeds the presence and frequency penalties. Call it
@@ -44,6 +54,9 @@ class Sampler {
   void reset();
 
  private:
+  // Penalties and cuts into cand_[0, n) with unnormalised probabilities probs_[0, n) (sum in
+  // `sum`); greedy: n = 1, the argmax first.
+  size_t prepare(const float* logits, int64_t n_vocab, double& sum);
   struct Candidate {
     int32_t id;
     float logit;

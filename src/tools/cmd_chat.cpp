@@ -27,6 +27,7 @@ void register_chat(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(int64_t(1), int64_t(1) << 24));
   add_model_options(cmd, o->model);
+  add_spec_options(cmd, o->model);
   add_generation_options(cmd, o->gen);
   cmd->callback([o] {
     check(o->gen.sampling.validate());
@@ -77,7 +78,7 @@ void register_chat(CLI::App& app) {
       std::printf("\n");
       std::fflush(stdout);
       msgs.push_back({"assistant", reply});
-      if (interactive) print_timing(*st);
+      if (interactive) print_timing(*st, session->drafter() ? session->drafter()->name() : std::string_view());
     }
   });
 }

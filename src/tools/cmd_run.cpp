@@ -27,6 +27,7 @@ void register_run(CLI::App& app) {
   cmd->add_flag("--chat", o->chat, "Wrap the prompt in the model's chat template");
   cmd->add_option("--system", o->system, "System message for --chat");
   add_model_options(cmd, o->model);
+  add_spec_options(cmd, o->model);
   add_generation_options(cmd, o->gen);
   cmd->callback([o] {
     check(o->gen.sampling.validate());
@@ -55,7 +56,7 @@ void register_run(CLI::App& app) {
     }));
     std::printf("\n");
     std::fflush(stdout);
-    print_timing(st);
+    print_timing(st, session->drafter() ? session->drafter()->name() : std::string_view());
   });
 }
 

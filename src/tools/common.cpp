@@ -26,6 +26,30 @@ void add_model_options(CLI::App* cmd, ModelOptions& o, bool with_ctx) {
       ->check(CLI::Range(int64_t(0), int64_t(64)));
 }
 
+void add_spec_options(CLI::App* cmd, ModelOptions& o) {
+  SpecOptions& s = o.spec_opt;
+  cmd->add_option("--spec", o.spec, "Speculative decoding: none, ngram (prompt lookup), draft (-md), layerskip")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"none", "ngram", "draft", "layerskip"}));
+  cmd->add_option("--model-draft", s.draft_model, "Draft model for --spec draft, also -md (same vocabulary as -m)");
+  cmd->add_option("--draft-max", s.draft.max, "Most tokens drafted per step (1 to 64)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  cmd->add_option("--draft-min", s.draft.min, "Drafts shorter than this are not verified")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 64));
+  cmd->add_option("--draft-policy", o.draft_policy,
+                  "Draft length: dynamic (drafts while it pays, measured), fixed (--draft-max), pmin (stop below "
+                  "--draft-p-min)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"dynamic", "fixed", "pmin"}));
+  cmd->add_option("--draft-p-min", s.draft.p_min, "pmin: stop drafting at a token the draft gives less than this")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0f, 1.0f));
+  cmd->add_option("--draft-layers", s.draft_layers, "layerskip: the target's first N layers draft (default: half)")
+      ->check(CLI::Range(int64_t(1), int64_t(4096)));
+}
+
 void add_generation_options(CLI::App* cmd, SequenceOptions& g) {
   SamplerOptions& o = g.sampling;
   cmd->add_option("--temp", o.temperature, "Temperature (0 = greedy)")->capture_default_str();
@@ -54,6 +78,12 @@ SessionOptions session_options(const ModelOptions& o) {
   if (o.attn_window > 0)
     so.attention = o.attn_sinks > 0 ? AttnKind::sinks_window(o.attn_sinks, o.attn_window)
                                     : AttnKind::sliding(o.attn_window);
+  so.spec = o.spec_opt;
+  so.spec.kind = *parse_spec_kind(o.spec);
+  so.spec.draft.policy = *parse_draft_policy(o.draft_policy);
+  if (so.spec.kind == SpecKind::Draft && !so.spec.draft_model.empty())
+    so.spec.draft_model = check(resolve_model(so.spec.draft_model));
+  check(so.spec.validate());
   return so;
 }
 

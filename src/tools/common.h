@@ -21,10 +21,16 @@ struct ModelOptions {
   std::string kv_type = "f16";
   int64_t attn_sinks = 0;   // with attn_window: StreamingLLM sinks + window
   int64_t attn_window = 0;  // 0: the model's own attention
+  // Speculative decoding (add_spec_options): --spec and --draft-policy as given.
+  std::string spec = "none";
+  std::string draft_policy = "dynamic";
+  SpecOptions spec_opt;
 };
 
 // -m, -t, -c, -b, --kv-type, --attn-sinks, --attn-window
 void add_model_options(CLI::App* cmd, ModelOptions& o, bool with_ctx = true);
+// --spec, -md, --draft-max, --draft-min, --draft-policy, --draft-p-min, --draft-layers
+void add_spec_options(CLI::App* cmd, ModelOptions& o);
 // Sampling flags (--temp, --top-k, ..., --seed) and the output rules (--stop, --ignore-eos).
 void add_generation_options(CLI::App* cmd, SequenceOptions& o);
 

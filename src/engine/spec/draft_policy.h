@@ -1,0 +1,111 @@
+// How many tokens to draft, step by step.
+//
+//   fixed    always up to --draft-max.
+//   pmin     a model drafter stops at the first token it gives less than --draft-p-min
+//            (llama.cpp's --draft-p-min); otherwise as fixed.
+//   dynamic  (the default) drafts token j only while it pays: accepting it saves one step of
+//            the target, worth v = (cost of the step without drafts) / (tokens that step
+//            yields), and it costs the step's extra time for one more token, Δc(j), plus the
+//            drafting time d. Token j is drafted while P(j) · v >= Δc(j) + d, where P(j) is the
+//            chance that the first j draft tokens are all accepted: the product of the draft
+//            model's probabilities, calibrated by the sequence's observed acceptance, or for a
+//            drafter without probabilities the observed per-token acceptance rate to the power
+//            j. The costs come from StepCost, measured on this machine and model as the
+//            generation runs. This is the "dynamic speculation length" idea (e.g. DISCO,
+//            Mamou et al. 2024; SpecDec++, Huang et al. 2024) with a cost model instead of a
+//            trained classifier. With many sequences in a step (a server under load) the step
+//            is compute-bound, Δc approaches v and drafting stops by itself.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/status.h"
+
+namespace peregrine {
+
+enum class DraftPolicyKind { Fixed, PMin, Dynamic };
+std::optional<DraftPolicyKind> parse_draft_policy(std::string_view name);
+std::string_view draft_policy_name(DraftPolicyKind k);
+
+struct DraftConfig {
+  DraftPolicyKind policy = DraftPolicyKind::Dynamic;
+  int32_t max = 8;       // most tokens drafted per step (1..64)
+  int32_t min = 0;       // a draft shorter than this is not verified
+  float p_min = 0.75f;   // pmin: stop at a draft token below this probability
+  Status validate() const;
+};
+
+// Seconds a forward pass takes as a function of the tokens in it: an exponential moving
+// average per token count, interpolated between counts measured and extrapolated linearly
+// past the largest.
+class StepCost {
+ public:
+  static constexpr int64_t kMaxTokens = 512;
+  void record(int64_t n_tokens, double seconds);
+  // Seconds for n tokens (n >= 1); before anything is measured, a guess in units of one
+  // token's step (1 + 0.1 (n - 1)).
+  double seconds(int64_t n) const;
+  bool measured() const { return n_measured_ > 0; }
+
+ private:
+  std::vector<double> ema_ = std::vector<double>(kMaxTokens + 1, 0.0);  // 0: not measured
+  int64_t n_measured_ = 0;
+};
+
+// One sequence's draft-length state: its acceptance record and the policy's decisions.
+class DraftPolicy {
+ public:
+  explicit DraftPolicy(const DraftConfig& cfg) : cfg_(cfg) {}
+
+  // Starts a step: the step without drafts would hold base_tokens tokens yielding
+  // base_yield (one sequence: 1 and 1); `cost` prices steps, `draft_seconds` a draft token.
+  void begin(const StepCost& cost, int64_t base_tokens, int64_t base_yield, double draft_seconds);
+  // Whether drafting can pay at all this step (dynamic: the first token at the observed
+  // acceptance rate; a drafter that runs a model is not asked when it cannot). The rate
+  // drifts back towards 1/2 while nothing is drafted, so drafting is tried again later.
+  bool worth_drafting() const;
+  // Whether to draft token j (1-based) given the draft's confidence in it (-1: none).
+  bool go_on(int32_t j, float confidence);
+  // The drafter's tokens as the policy keeps them (a drafter without confidences proposes
+  // freely; the policy cuts its draft here). Returns the length to verify (0: none).
+  int32_t cut(int32_t n_drafted);
+  // The step verified `drafted` tokens and accepted the first `accepted` of them.
+  void record(int32_t drafted, int32_t accepted);
+
+  // Observed per-token acceptance (with a prior of 1/2 that fades as drafts are verified).
+  double acceptance() const { return (acc_ + 1.0) / (tried_ + 2.0); }
+  const DraftConfig& config() const { return cfg_; }
+
+ private:
+  bool pays(int32_t j, double p_all) const;
+
+  DraftConfig cfg_;
+  // Decayed counts of accepted and tried draft tokens (0.95 per step: recent steps weigh).
+  double acc_ = 0.0, tried_ = 0.0;
+  // Calibration of a model drafter's confidence: decayed sums of accepted and predicted
+  // accepted tokens.
+  double seen_ = 0.0, predicted_ = 0.0;
+  // The current step.
+  const StepCost* cost_ = nullptr;
+  int64_t base_tokens_ = 1;
+  double value_ = 0.0, draft_seconds_ = 0.0;
+  double p_all_ = 1.0;   // P(first j accepted), calibrated
+  double predicted_step_ = 0.0;
+};
+
+// Counters of speculation, summed over steps (the CLI timing line, /metrics).
+struct SpecStats {
+  int64_t steps = 0;       // target forward passes while generating
+  int64_t drafted = 0;     // draft tokens verified
+  int64_t accepted = 0;    // of those, accepted
+  int64_t generated = 0;   // tokens generated
+  void add(const SpecStats& o);
+  // "96 drafted, 80 accepted (83.3%), 40 steps, 3.20 tokens/step"
+  std::string describe() const;
+};
+
+}  // namespace peregrine
