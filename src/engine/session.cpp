@@ -61,8 +61,10 @@ Result<std::unique_ptr<Session>> Session::open(const std::string& path, const Se
     case SpecKind::None: break;
     case SpecKind::Ngram: s->drafter_ = std::make_unique<NgramDrafter>(); break;
     case SpecKind::Draft: {
-      PG_ASSIGN(s->drafter_, DraftModelDrafter::open(opt.spec.draft_model, target, *s->m_.tok, n_ctx, 1,
-                                                     opt.spec.draft.max, s->m_.pool->size()));
+      PG_ASSIGN(auto d, DraftModelDrafter::open(opt.spec.draft_model, target, *s->m_.tok, n_ctx, 1,
+                                                opt.spec.draft.max, s->m_.pool->size()));
+      d->share_pool(*s->m_.pool);
+      s->drafter_ = std::move(d);
       break;
     }
     case SpecKind::LayerSkip: {
@@ -138,7 +140,7 @@ Result<GenerateStats> Session::generate(std::span<const TokenId> prompt, Sequenc
       st.spec.steps += 1;
       st.spec.drafted += draft_.size();
       st.spec.accepted += r.draft_accepted;
-      if (draft_.size() > 0) policy->record(draft_.size(), r.draft_accepted);
+      policy->record(draft_.confidence, draft_.size(), r.draft_accepted);
       const int64_t verified = n_verified + r.draft_accepted;
       if (verified < n_past_) {
         n_past_ = cache_->rewind(0, verified);

@@ -71,16 +71,35 @@ void DraftPolicy::begin(const StepCost& cost, int64_t base_tokens, int64_t base_
   value_ = cost.seconds(base_tokens_) / double(std::max<int64_t>(1, base_yield));
   draft_seconds_ = draft_seconds;
   p_all_ = 1.0;
-  predicted_step_ = 0.0;
+}
+
+int DraftPolicy::band(float confidence) {
+  if (confidence < 0.0f) return kNone;
+  if (confidence < 0.3f) return 0;
+  if (confidence < 0.6f) return 1;
+  if (confidence < 0.9f) return 2;
+  return 3;
+}
+
+double DraftPolicy::rate(int b) const {
+  // Overall: a prior of 1/2 worth two tokens. A band: the overall rate as its prior, so a
+  // band that has seen nothing yet is tried at the sequence's usual rate.
+  const double prior = b == kAll ? 0.5 : rate(kAll);
+  return (acc_[b] + 2.0 * prior) / (tried_[b] + 2.0);
 }
 
 bool DraftPolicy::pays(int32_t j, double p_all) const {
-  const double extra = cost_->seconds(base_tokens_ + j) - cost_->seconds(base_tokens_ + j - 1);
+  // The step's extra time per draft token so far: an average over j tokens, which measured
+  // costs (noisy, not quite monotone) price more steadily than one token's difference.
+  const double extra = (cost_->seconds(base_tokens_ + j) - cost_->seconds(base_tokens_)) / double(j);
   return p_all * value_ >= std::max(0.0, extra) + draft_seconds_;
 }
 
 bool DraftPolicy::worth_drafting() const {
-  return cfg_.policy != DraftPolicyKind::Dynamic || pays(1, acceptance());
+  if (cfg_.policy != DraftPolicyKind::Dynamic) return true;
+  double best = rate(kNone);
+  for (int b = 0; b < kBands; ++b) best = std::max(best, rate(b));
+  return pays(1, best);
 }
 
 bool DraftPolicy::go_on(int32_t j, float confidence) {
@@ -90,39 +109,38 @@ bool DraftPolicy::go_on(int32_t j, float confidence) {
     case DraftPolicyKind::PMin: return confidence < 0.0f || confidence >= cfg_.p_min;
     case DraftPolicyKind::Dynamic: break;
   }
-  if (confidence < 0.0f) {
-    p_all_ = std::pow(acceptance(), double(j));
-  } else {
-    // The draft's own probabilities, scaled by how its predictions have fared.
-    p_all_ *= double(confidence);
-    const double calib = (seen_ + 1.0) / (predicted_ + 1.0);
-    const double p = std::min(1.0, p_all_ * calib);
-    if (!pays(j, p)) return false;
-    predicted_step_ += p;
-    return true;
-  }
+  p_all_ *= rate(band(confidence));
   return pays(j, p_all_);
 }
 
 int32_t DraftPolicy::cut(int32_t n_drafted) {
   int32_t n = std::min(n_drafted, cfg_.max);
   if (cfg_.policy == DraftPolicyKind::Dynamic) {
+    double p = 1.0;
     int32_t keep = 0;
-    while (keep < n && pays(keep + 1, std::pow(acceptance(), double(keep + 1)))) ++keep;
+    while (keep < n && pays(keep + 1, p *= rate(kNone))) ++keep;
     n = keep;
   }
   return n < cfg_.min ? 0 : n;
 }
 
-void DraftPolicy::record(int32_t drafted, int32_t accepted) {
-  constexpr double kDecay = 0.95;
-  acc_ = kDecay * acc_ + accepted;
-  tried_ = kDecay * tried_ + accepted + (accepted < drafted ? 1 : 0);
-  if (predicted_step_ > 0.0) {
-    seen_ = kDecay * seen_ + accepted;
-    predicted_ = kDecay * predicted_ + predicted_step_;
+void DraftPolicy::record(std::span<const float> confidence, int32_t drafted, int32_t accepted) {
+  constexpr double kDecay = 0.97;
+  for (int b = 0; b < kBands + 2; ++b) {
+    acc_[b] *= kDecay;
+    tried_[b] *= kDecay;
   }
-  predicted_step_ = 0.0;
+  // Tokens 1..accepted were accepted; token accepted + 1 (if drafted) was rejected; later
+  // ones were never judged.
+  const int32_t judged = std::min(drafted, accepted + 1);
+  for (int32_t i = 0; i < judged; ++i) {
+    const int b = size_t(i) < confidence.size() ? band(confidence[size_t(i)]) : kNone;
+    const double ok = i < accepted ? 1.0 : 0.0;
+    acc_[b] += ok;
+    tried_[b] += 1.0;
+    acc_[kAll] += ok;
+    tried_[kAll] += 1.0;
+  }
 }
 
 // ---- SpecStats ------------------------------------------------------------------------------

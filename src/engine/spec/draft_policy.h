@@ -5,12 +5,11 @@
 //            (llama.cpp's --draft-p-min); otherwise as fixed.
 //   dynamic  (the default) drafts token j only while it pays: accepting it saves one step of
 //            the target, worth v = (cost of the step without drafts) / (tokens that step
-//            yields), and it costs the step's extra time for one more token, Δc(j), plus the
-//            drafting time d. Token j is drafted while P(j) · v >= Δc(j) + d, where P(j) is the
-//            chance that the first j draft tokens are all accepted: the product of the draft
-//            model's probabilities, calibrated by the sequence's observed acceptance, or for a
-//            drafter without probabilities the observed per-token acceptance rate to the power
-//            j. The costs come from StepCost, measured on this machine and model as the
+//            yields), and it costs the step's extra time per draft token, Δc(j) = (c(base + j)
+//            - c(base)) / j, plus the drafting time d. Token j is drafted while P(j) · v >= Δc(j) + d, where P(j) is the
+//            chance that the first j draft tokens are all accepted: the product of each
+//            token's acceptance rate as observed in this sequence for drafts of its confidence
+//            band (a model drafter) or for all drafts (a drafter without probabilities). The costs come from StepCost, measured on this machine and model as the
 //            generation runs. This is the "dynamic speculation length" idea (e.g. DISCO,
 //            Mamou et al. 2024; SpecDec++, Huang et al. 2024) with a cost model instead of a
 //            trained classifier. With many sequences in a step (a server under load) the step
@@ -19,6 +18,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -64,37 +64,41 @@ class DraftPolicy {
   // Starts a step: the step without drafts would hold base_tokens tokens yielding
   // base_yield (one sequence: 1 and 1); `cost` prices steps, `draft_seconds` a draft token.
   void begin(const StepCost& cost, int64_t base_tokens, int64_t base_yield, double draft_seconds);
-  // Whether drafting can pay at all this step (dynamic: the first token at the observed
-  // acceptance rate; a drafter that runs a model is not asked when it cannot). The rate
-  // drifts back towards 1/2 while nothing is drafted, so drafting is tried again later.
+  // Whether drafting can pay at all this step (dynamic: a first token at the best observed
+  // acceptance rate; a drafter that runs a model is not asked when it cannot). Rates drift
+  // back towards their prior while nothing is drafted, so drafting is tried again later.
   bool worth_drafting() const;
-  // Whether to draft token j (1-based) given the draft's confidence in it (-1: none).
+  // Whether to keep draft token j (1-based) given the draft's confidence in it (-1: none),
+  // and so draft the next.
   bool go_on(int32_t j, float confidence);
   // The drafter's tokens as the policy keeps them (a drafter without confidences proposes
   // freely; the policy cuts its draft here). Returns the length to verify (0: none).
   int32_t cut(int32_t n_drafted);
-  // The step verified `drafted` tokens and accepted the first `accepted` of them.
-  void record(int32_t drafted, int32_t accepted);
+  // The step verified a draft with these confidences (empty: none) and accepted the first
+  // `accepted` of its `drafted` tokens.
+  void record(std::span<const float> confidence, int32_t drafted, int32_t accepted);
 
-  // Observed per-token acceptance (with a prior of 1/2 that fades as drafts are verified).
-  double acceptance() const { return (acc_ + 1.0) / (tried_ + 2.0); }
+  // Observed chance that a draft token is accepted after its predecessors were, overall.
+  double acceptance() const { return rate(kAll); }
   const DraftConfig& config() const { return cfg_; }
 
  private:
+  // Acceptance is tracked per band of the draft's confidence (histogram calibration: a draft
+  // model's probabilities are informative but not calibrated; two quantizations of one model
+  // agree far more often than the draft's probability says), for tokens without a confidence
+  // and overall. Counts decay by 0.97 per verified step, so recent steps weigh most.
+  static constexpr int kBands = 4, kNone = kBands, kAll = kBands + 1;
+  static int band(float confidence);
+  double rate(int b) const;
   bool pays(int32_t j, double p_all) const;
 
   DraftConfig cfg_;
-  // Decayed counts of accepted and tried draft tokens (0.95 per step: recent steps weigh).
-  double acc_ = 0.0, tried_ = 0.0;
-  // Calibration of a model drafter's confidence: decayed sums of accepted and predicted
-  // accepted tokens.
-  double seen_ = 0.0, predicted_ = 0.0;
+  double acc_[kBands + 2] = {}, tried_[kBands + 2] = {};
   // The current step.
   const StepCost* cost_ = nullptr;
   int64_t base_tokens_ = 1;
   double value_ = 0.0, draft_seconds_ = 0.0;
-  double p_all_ = 1.0;   // P(first j accepted), calibrated
-  double predicted_step_ = 0.0;
+  double p_all_ = 1.0;  // P(the draft tokens so far are all accepted)
 };
 
 // Counters of speculation, summed over steps (the CLI timing line, /metrics).

@@ -103,6 +103,8 @@ DraftModelDrafter::DraftModelDrafter(std::unique_ptr<LoadedModel> m, std::unique
   held_.resize(size_t(own_cache_->shape().n_seq));
 }
 
+void DraftModelDrafter::share_pool(ThreadPool& pool) { fopt_.pool = &pool; }
+
 DraftModelDrafter::~DraftModelDrafter() = default;
 
 const Model& DraftModelDrafter::model() const { return *m_->model; }

@@ -70,6 +70,9 @@ class DraftModelDrafter : public ModelDrafter {
   ~DraftModelDrafter() override;
   std::string_view name() const override { return "draft"; }
   const Model& model() const;
+  // Runs the draft's forward passes on this pool (the target's: two pools' idle workers
+  // would spin against each other).
+  void share_pool(ThreadPool& pool);
 
  protected:
   int64_t sync(const DraftRequest& req) override;
