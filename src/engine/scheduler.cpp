@@ -1,6 +1,8 @@
 #include "engine/scheduler.h"
 
 #include <algorithm>
+#include <chrono>
+#include <optional>
 #include <utility>
 
 #include "engine/stop_matcher.h"
@@ -47,12 +49,18 @@ struct Scheduler::Seq {
   bool in_step = false;              // has tokens in the batch being built
   std::vector<Seq*> followers;       // choice 0: the choices waiting for its prompt
   SequenceState state;               // its tokens (prompt, then generated), sampler, stop strings
+  // Speculation: its draft-length policy, the draft in this step's batch (after its pending
+  // token), and the slot its drafter was last told about.
+  std::optional<DraftPolicy> policy;
+  Draft draft;
+  int32_t drafter_slot = -1;
   Seq(const SequenceOptions& so, const TokenText& text, int64_t n_vocab) : state(so, text, n_vocab) {}
   const std::vector<TokenId>& tokens() const { return state.tokens(); }
 };
 
 Result<std::unique_ptr<Scheduler>> Scheduler::create(const SchedulerConfig& cfg, const KvShape& kv,
-                                                     int64_t n_vocab, Forward forward, TokenText text) {
+                                                     int64_t n_vocab, Forward forward, TokenText text,
+                                                     std::unique_ptr<Drafter> drafter) {
   PG_TRY(kv.validate());
   if (!kv.paged()) return make_error("the scheduler needs a paged KV cache");
   if (cfg.n_slots < 1 || cfg.n_slots != kv.n_seq)
@@ -66,19 +74,39 @@ Result<std::unique_ptr<Scheduler>> Scheduler::create(const SchedulerConfig& cfg,
                       kv.block_size, kv.n_ctx);
   if (n_vocab < 1 || !forward || !text.bytes || !text.is_end_of_generation)
     return make_error("scheduler needs a vocabulary, a forward function and token text");
+  if (cfg.spec.enabled()) {
+    PG_TRY(cfg.spec.validate());
+    if (cfg.spec.kind == SpecKind::LayerSkip)
+      return make_error("--spec layerskip is not supported by the server (its draft writes the target's KV "
+                        "blocks); use ngram or draft");
+    if (cfg.spec.kind == SpecKind::Draft && drafter == nullptr) return make_error("--spec draft needs a draft model");
+    if (kv.n_draft < cfg.spec.draft.max)
+      return make_error("the KV cache allows {} draft tokens per step, fewer than --draft-max {}", kv.n_draft,
+                        cfg.spec.draft.max);
+  }
+  if (cfg.spec_history < 0 || cfg.spec_history > (int64_t(1) << 28))
+    return make_error("--spec-history {} is out of range (0 to 268435456 tokens)", cfg.spec_history);
   PG_ASSIGN(BlockManager bm, BlockManager::create(int32_t(kv.n_blocks), int32_t(kv.block_size)));
   // Only layers whose KV lives in the shared blocks can take a cached prefix (window layers
   // keep per-sequence rings that a shared block would not carry).
   bm.set_prefix_caching(cfg.prefix_caching && kv.prefix_sharing());
-  return std::unique_ptr<Scheduler>(
-      new Scheduler(cfg, kv, std::move(bm), n_vocab, std::move(forward), std::move(text)));
+  return std::unique_ptr<Scheduler>(new Scheduler(cfg, kv, std::move(bm), n_vocab, std::move(forward),
+                                                  std::move(text), std::move(drafter)));
 }
 
 Scheduler::Scheduler(const SchedulerConfig& cfg, const KvShape& kv, BlockManager bm, int64_t n_vocab,
-                     Forward forward, TokenText text)
+                     Forward forward, TokenText text, std::unique_ptr<Drafter> drafter)
     : cfg_(cfg), cache_(kv), bm_(std::move(bm)), n_vocab_(n_vocab), forward_(std::move(forward)),
-      text_(std::move(text)) {
+      text_(std::move(text)), drafter_(std::move(drafter)) {
   for (int32_t s = cfg.n_slots - 1; s >= 0; --s) free_slots_.push_back(s);
+  if (cfg.spec.kind == SpecKind::Ngram) {
+    if (cfg.spec_history > 0)
+      history_ = std::make_shared<NgramHistory>(cfg.spec_history, NgramDrafter::kNMin, NgramDrafter::kNMax);
+    auto ngram = std::make_unique<NgramDrafter>(history_);
+    ngram_ = ngram.get();
+    drafter_ = std::move(ngram);
+  }
+  if (!cfg.spec.enabled()) drafter_.reset();
   publish_stats();
 }
 
@@ -152,6 +180,8 @@ void Scheduler::finish(Seq& s, FinishReason reason, std::string tail, std::strin
   e.text = std::move(tail);
   e.error = std::move(error);
   std::shared_ptr<Request> req = s.req;  // s is destroyed below
+  if (history_ && (reason == FinishReason::Stop || reason == FinishReason::Length))
+    history_->add(std::span<const TokenId>(s.tokens()).subspan(size_t(s.state.n_prompt())));
   // A choice 0 that ends before its prompt is done takes its followers with it; a follower
   // that ends first (its request cancelled) leaves its leader's list.
   std::vector<Seq*> followers = std::move(s.followers);
@@ -220,6 +250,7 @@ void Scheduler::admit() {
       SequenceOptions opt = r->gen;
       opt.sampling.seed += uint64_t(c);
       auto s = std::make_unique<Seq>(opt, text_, n_vocab_);
+      if (drafter_) s->policy.emplace(cfg_.spec.draft);
       s->req = r;
       s->id = next_seq_id_++;
       s->choice = c;
@@ -271,6 +302,26 @@ bool Scheduler::preempt_youngest(const Seq* self) {
 // blocks).
 void Scheduler::schedule_seq(Seq& s, int64_t& budget) {
   const int64_t pending = int64_t(s.tokens().size()) - s.n_computed;
+  if (pending == 1 && s.draft.size() > 0 && 1 + s.draft.size() <= budget) {
+    // The pending token and its draft, verified together: every row's logits are wanted.
+    chunk_.assign(1, s.tokens().back());
+    chunk_.insert(chunk_.end(), s.draft.tokens.begin(), s.draft.tokens.end());
+    for (;;) {
+      if (bm_.append_tokens(s.id, chunk_, 0).ok()) break;
+      if (preempt_youngest(&s)) continue;
+      s.draft.clear();  // no blocks for the draft: decode the pending token alone
+      break;
+    }
+    if (s.draft.size() > 0) {
+      for (size_t i = 0; i < chunk_.size(); ++i) batch_.add(chunk_[i], int32_t(s.n_computed + int64_t(i)), s.slot, true);
+      in_batch_.push_back({&s, int32_t(chunk_.size())});
+      s.in_step = true;
+      budget -= int64_t(chunk_.size());
+      s.n_computed += int64_t(chunk_.size());
+      return;
+    }
+  }
+  s.draft.clear();
   const int64_t take = std::min(pending, budget);
   if (take <= 0) return;
   const bool finishes = take == pending;
@@ -298,7 +349,7 @@ void Scheduler::schedule_seq(Seq& s, int64_t& budget) {
   if (hits > 0) cache_.adopt_prefix(s.slot, s.n_computed + hits);
   for (int64_t j = s.n_computed + hits; j < s.n_computed + take; ++j)
     batch_.add(s.tokens()[size_t(j)], int32_t(j), s.slot, j + 1 == int64_t(s.tokens().size()));
-  in_batch_.push_back({&s, finishes});
+  in_batch_.push_back({&s, finishes ? 1 : 0});
   s.in_step = true;
   budget -= take - hits;
   s.n_computed += take;
@@ -322,12 +373,23 @@ bool Scheduler::step() {
     s->in_step = false;
     order_.push_back(s.get());
   }
+  // What the step would hold without drafts: decode tokens (each yields one token) and
+  // prompt chunks; drafting is priced against it.
+  int64_t n_decoding = 0, n_prefill = 0;
+  for (Seq* s : order_) {
+    const int64_t pending = int64_t(s->tokens().size()) - s->n_computed;
+    if (s->slot < 0 || s->awaiting_fork || pending == 0) continue;
+    if (s->state.n_generated() > 0 && pending == 1) ++n_decoding;
+    else n_prefill += pending;
+  }
+  const int64_t base_tokens = std::min(budget, n_decoding + n_prefill);
   for (int pass = 0; pass < 2; ++pass) {
     for (Seq* s : order_) {
       if (budget <= 0) break;
       const int64_t pending = int64_t(s->tokens().size()) - s->n_computed;
       const bool decoding = s->state.n_generated() > 0 && pending == 1;
       if (s->slot < 0 || s->awaiting_fork || s->in_step || pending == 0 || decoding != (pass == 0)) continue;
+      if (decoding) draft_for(*s, budget, base_tokens, n_decoding);
       schedule_seq(*s, budget);
     }
   }
@@ -336,24 +398,27 @@ bool Scheduler::step() {
     return !running_.empty();
   }
   for (const auto& [src, dst] : bm_.take_copies()) cache_.copy_block(src, dst);
-  for (const auto& [s, wants] : in_batch_) {
+  for (const auto& [s, rows] : in_batch_) {
     Result<std::span<const int32_t>> table = bm_.block_table(s->id);
     PG_ASSERT(table.ok());
     PG_ASSERT(cache_.set_block_table(s->slot, table->data(), int64_t(table->size())).ok());
   }
+  const auto t0 = std::chrono::steady_clock::now();
   if (Status st = forward_(batch_, cache_, logits_); !st.ok()) {
     fail_batch(st.error().message);  // their uncommitted blocks are freed, never cached
     publish_stats();
     return true;
   }
-  // The KV of the batch exists now: its full blocks may enter the prefix cache.
-  for (const auto& [s, wants] : in_batch_) PG_ASSERT(bm_.commit(s->id).ok());
+  if (drafter_) step_cost_.record(batch_.size(), std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  // The KV of the batch exists now: its full blocks may enter the prefix cache (rejected draft
+  // tokens too: their KV is exact for their own tokens).
+  for (const auto& [s, rows] : in_batch_) PG_ASSERT(bm_.commit(s->id).ok());
   // Rows of logits in batch order; sample each sequence whose last pending token ran.
   size_t row = 0;
-  for (const auto& [s, wants] : in_batch_) {
-    if (!wants) continue;
+  for (const auto& [s, rows] : in_batch_) {
+    if (rows == 0) continue;
     on_logits(*s, logits_.data() + row * size_t(n_vocab_));
-    ++row;
+    row += size_t(rows);
   }
   ++steps_;
   publish_stats();
@@ -367,7 +432,7 @@ void Scheduler::fail_batch(const std::string& message) {
   for (Seq* s : seqs) finish(*s, FinishReason::Error, {}, message);
 }
 
-void Scheduler::on_logits(Seq& s, const float* row) {
+void Scheduler::on_logits(Seq& s, const float* rows) {
   // The prompt of a request with n > 1 is done: the other choices share its blocks and
   // sample from the same logits.
   std::vector<Seq*> followers = std::move(s.followers);
@@ -381,17 +446,35 @@ void Scheduler::on_logits(Seq& s, const float* row) {
     f->awaiting_fork = false;
     f->leader = nullptr;
   }
-  sample_and_emit(s, row);
-  for (Seq* f : followers) sample_and_emit(*f, row);
+  sample_and_emit(s, rows);
+  for (Seq* f : followers) sample_and_emit(*f, rows);
 }
 
-// The sequence's state takes the row (one token; a verification step will hand it several) and
-// says what to stream and whether the sequence ended.
-void Scheduler::sample_and_emit(Seq& s, const float* row) {
+// The sequence's state takes its rows (one, or one per draft token more) and says what to
+// stream and whether the sequence ended; a draft's rejected tokens leave the blocks and KV.
+void Scheduler::sample_and_emit(Seq& s, const float* rows) {
   emitted_.clear();
   // The last token needs no position of its own: a sequence may hold n_ctx + 1 tokens.
   const int64_t room = cache_.shape().n_ctx + 1 - int64_t(s.tokens().size());
-  SequenceState::StepResult r = s.state.step(row, 1, {}, emitted_, room);
+  const int32_t k = s.draft.size();
+  SequenceState::StepResult r = s.state.step(rows, 1 + k, s.draft.tokens, emitted_, room, s.draft.dists);
+  if (s.policy) {
+    s.policy->record(s.draft.confidence, k, r.draft_accepted);
+    spec_stats_.steps += 1;
+    spec_stats_.drafted += k;
+    spec_stats_.accepted += r.draft_accepted;
+    spec_stats_.generated += r.accepted;
+    s.req->stream->drafted_ += k;
+    s.req->stream->accepted_ += r.draft_accepted;
+  }
+  if (k > 0 && !r.finished) {
+    // Keep the pending token and the accepted drafts.
+    const int64_t keep = s.n_computed - k + r.draft_accepted;
+    PG_ASSERT(bm_.truncate(s.id, int32_t(keep)).ok());
+    s.n_computed = cache_.rewind(s.slot, keep);
+    if (s.n_computed < keep) PG_ASSERT(bm_.truncate(s.id, int32_t(s.n_computed)).ok());
+  }
+  s.draft.clear();
   for (SequenceState::Emitted& em : emitted_) {
     RequestStream::Event e;
     static_cast<SequenceState::Emitted&>(e) = std::move(em);
@@ -399,6 +482,33 @@ void Scheduler::sample_and_emit(Seq& s, const float* row) {
     s.req->stream->push(std::move(e));
   }
   if (r.finished) finish(s, r.reason, std::move(r.tail));
+}
+
+void Scheduler::draft_for(Seq& s, int64_t budget, int64_t base_tokens, int64_t base_yield) {
+  s.draft.clear();
+  if (!drafter_ || !s.policy) return;
+  // Room: the step's budget, positions after the pending token's, tokens the sequence may
+  // still take after it.
+  int64_t cap = std::min<int64_t>(cfg_.spec.draft.max, budget - 1);
+  cap = std::min(cap, cache_.shape().n_ctx - 1 - s.n_computed);
+  const int64_t max_tokens = s.state.options().max_tokens;
+  if (max_tokens > 0) cap = std::min(cap, max_tokens - s.state.n_generated() - 1);
+  if (cap <= 0) return;
+  s.policy->begin(step_cost_, base_tokens, std::max<int64_t>(1, base_yield), drafter_->seconds_per_token());
+  if (!s.policy->worth_drafting()) return;
+  if (s.drafter_slot != s.slot) {
+    drafter_->begin_sequence(s.slot, s.state.options().sampling);
+    s.drafter_slot = s.slot;
+  }
+  DraftRequest req{s.tokens(), s.n_computed, s.slot, int32_t(cap)};
+  DraftPolicy& policy = *s.policy;
+  if (!drafter_->propose(req, [&](int32_t j, float c) { return policy.go_on(j, c); }, s.draft).ok()) {
+    s.draft.clear();  // a draft that failed costs nothing but itself
+    return;
+  }
+  const int32_t keep = s.draft.confidence.empty() ? policy.cut(s.draft.size())
+                                                  : (s.draft.size() < cfg_.spec.draft.min ? 0 : s.draft.size());
+  s.draft.truncate(keep);
 }
 
 void Scheduler::publish_stats() {
@@ -414,6 +524,9 @@ void Scheduler::publish_stats() {
   st.prefix_evictions = bm_.stats().evictions;
   st.preemptions = preemptions_;
   st.steps = steps_;
+  st.spec = spec_stats_;
+  st.spec_history_tokens = history_ ? history_->size() : 0;
+  st.spec_history_drafts = ngram_ ? ngram_->history_drafts() : 0;
 }
 
 SchedulerStats Scheduler::stats() const {

@@ -18,6 +18,13 @@
 // alike; because every op is batch-invariant, what it then generates is exactly what it
 // would have generated without the interruption.
 //
+// Speculative decoding: a decoding sequence may add draft tokens after its pending one (each
+// with its own length, chosen by its DraftPolicy from its acceptance and the measured cost of
+// the step as a whole, so drafting backs off by itself when a full batch makes the step
+// compute-bound). The whole run is verified in the same forward pass; the sequence keeps what
+// its SequenceState accepts and its blocks and KV are cut back to that (BlockManager::truncate,
+// KvCache::rewind). Finished outputs feed the n-gram drafter's history.
+//
 // Threads: submit() and RequestStream are safe from any thread; step() runs on one thread
 // (start() runs it in a background thread; tests call step() directly).
 #pragma once
@@ -36,6 +43,10 @@
 
 #include "core/status.h"
 #include "engine/sequence.h"
+#include "engine/spec/draft_policy.h"
+#include "engine/spec/drafter.h"
+#include "engine/spec/ngram_drafter.h"
+#include "engine/spec/spec_options.h"
 #include "kv/block_manager.h"
 #include "kv/kv_cache.h"
 #include "model/model.h"
@@ -50,6 +61,11 @@ struct SchedulerConfig {
   int64_t step_tokens = 512;    // most tokens one forward pass computes
   int32_t max_requests = 256;   // requests queued or running; submit() refuses beyond
   bool prefix_caching = true;
+  // Speculative decoding per sequence (ngram here; a draft model is passed to create()). The
+  // KV shape's n_draft must be at least spec.draft.max.
+  SpecOptions spec;
+  // ngram: tokens of earlier outputs kept to draft from (0: none).
+  int64_t spec_history = 0;
 };
 
 // A request: the options each of its choices generates with (max_tokens -1: until the context
@@ -82,6 +98,9 @@ class RequestStream {
   int64_t prompt_tokens() const { return prompt_tokens_; }
   // Prompt tokens whose KV came from the prefix cache (known once the prompt is done).
   int64_t cached_tokens() const { return cached_tokens_.load(); }
+  // Speculation: draft tokens verified and accepted, over all choices so far.
+  int64_t drafted_tokens() const { return drafted_.load(); }
+  int64_t accepted_tokens() const { return accepted_.load(); }
 
  private:
   friend class Scheduler;
@@ -93,6 +112,7 @@ class RequestStream {
   int32_t ended_ = 0;  // choices whose end event was pushed
   int64_t prompt_tokens_ = 0;
   std::atomic<int64_t> cached_tokens_{0};
+  std::atomic<int64_t> drafted_{0}, accepted_{0};
   std::atomic<bool> cancelled_{false};
 };
 
@@ -103,6 +123,8 @@ struct SchedulerStats {
   int64_t prefix_lookup_tokens = 0, prefix_hit_tokens = 0, prefix_evictions = 0;
   int64_t preemptions = 0;
   int64_t steps = 0;
+  SpecStats spec;                 // drafted/accepted tokens, decode steps of speculating sequences
+  int64_t spec_history_tokens = 0, spec_history_drafts = 0;
 };
 
 class Scheduler {
@@ -110,9 +132,11 @@ class Scheduler {
   using Forward = std::function<Status(const Batch&, KvCache&, std::vector<float>& logits)>;
 
   // kv must be paged (block_size > 0) with n_seq == cfg.n_slots and hold at least one
-  // full context of blocks.
+  // full context of blocks. drafter: for cfg.spec.kind == Draft, a drafter over cfg.n_slots
+  // sequence slots (DraftRequest::seq is the slot).
   static Result<std::unique_ptr<Scheduler>> create(const SchedulerConfig& cfg, const KvShape& kv,
-                                                   int64_t n_vocab, Forward forward, TokenText text);
+                                                   int64_t n_vocab, Forward forward, TokenText text,
+                                                   std::unique_ptr<Drafter> drafter = nullptr);
   ~Scheduler();
 
   struct Submitted {
@@ -141,7 +165,7 @@ class Scheduler {
   struct Seq;
   struct Request;
   Scheduler(const SchedulerConfig& cfg, const KvShape& kv, BlockManager bm, int64_t n_vocab,
-            Forward forward, TokenText text);
+            Forward forward, TokenText text, std::unique_ptr<Drafter> drafter);
 
   void intake();
   void reap_cancelled();
@@ -149,8 +173,10 @@ class Scheduler {
   void schedule_seq(Seq& s, int64_t& budget);
   bool preempt_youngest(const Seq* self);
   void preempt(Seq& s);
-  void on_logits(Seq& s, const float* row);
-  void sample_and_emit(Seq& s, const float* row);
+  void on_logits(Seq& s, const float* rows);
+  void sample_and_emit(Seq& s, const float* rows);
+  // Drafts s's next tokens into s.draft (the decode pass; budget: tokens left in the step).
+  void draft_for(Seq& s, int64_t budget, int64_t base_tokens, int64_t base_yield);
   void finish(Seq& s, FinishReason reason, std::string tail, std::string error = {});
   std::unique_ptr<Seq> detach(Seq& s);
   void fail_batch(const std::string& message);
@@ -170,7 +196,14 @@ class Scheduler {
   std::vector<int32_t> free_slots_;
   Batch batch_;
   std::vector<float> logits_;
-  std::vector<std::pair<Seq*, bool>> in_batch_;  // (sequence, wants logits) in batch order
+  std::vector<std::pair<Seq*, int32_t>> in_batch_;  // (sequence, rows of logits it wants) in batch order
+  std::vector<TokenId> chunk_;                      // a pending token and its draft
+  // Speculation.
+  std::unique_ptr<Drafter> drafter_;
+  std::shared_ptr<NgramHistory> history_;
+  NgramDrafter* ngram_ = nullptr;  // drafter_ when it is the n-gram one
+  StepCost step_cost_;
+  SpecStats spec_stats_;
   std::vector<Seq*> order_;                      // running_ at the start of the step
   std::vector<int32_t> table_buf_;
   std::vector<SequenceState::Emitted> emitted_;

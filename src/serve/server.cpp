@@ -105,6 +105,16 @@ Server::Server(const ServerOptions& opt, Scheduler& scheduler, const Tokenizer& 
   blocks_free_ = &metrics_.gauge("kv_blocks_free", "KV blocks holding nothing");
   blocks_cached_ = &metrics_.gauge("kv_blocks_cached", "Unreferenced KV blocks kept for the prefix cache");
   hit_rate_ = &metrics_.gauge("prefix_cache_hit_rate", "Prefix-cache hit tokens / looked-up tokens");
+  spec_drafted_ = &metrics_.counter("spec_draft_tokens_total", "Speculative decoding: draft tokens verified");
+  spec_accepted_ = &metrics_.counter("spec_accepted_tokens_total", "Speculative decoding: draft tokens accepted");
+  spec_steps_ = &metrics_.counter("spec_decode_steps_total",
+                                  "Decode steps of sequences running with speculation (drafted or not)");
+  spec_history_drafts_ = &metrics_.counter("spec_history_drafts_total",
+                                           "N-gram drafts taken from earlier requests' outputs");
+  spec_acceptance_ = &metrics_.gauge("spec_acceptance_rate", "Accepted / drafted tokens since start");
+  spec_mean_accepted_ = &metrics_.gauge("spec_mean_accepted_length",
+                                        "Tokens generated per decode step of speculating sequences");
+  spec_history_tokens_ = &metrics_.gauge("spec_history_tokens", "Tokens of earlier outputs held for n-gram drafts");
 
   httplib::Server& s = *http_;
   // SO_REUSEADDR (a restart need not wait for TIME_WAIT) but not httplib's default SO_REUSEPORT,
@@ -384,10 +394,14 @@ void Server::handle_completion(Endpoint endpoint, const std::string& body, httpl
     if (opt_.log_requests) {
       int64_t completion = 0;
       for (int64_t n : h->n_tokens) completion += n;
-      std::fprintf(stderr, "POST %s %s prompt %lld (cached %lld) completion %lld ttft %.0f ms total %.0f ms%s\n",
+      const int64_t drafted = h->stream->drafted_tokens(), accepted = h->stream->accepted_tokens();
+      const std::string spec =
+          drafted > 0 ? fmt::format(" spec {}/{} accepted ({:.0f}%)", accepted, drafted, 100.0 * double(accepted) / double(drafted))
+                      : std::string();
+      std::fprintf(stderr, "POST %s %s prompt %lld (cached %lld) completion %lld ttft %.0f ms total %.0f ms%s%s\n",
                    path, left ? "disconnected" : "200", (long long)h->stream->prompt_tokens(),
                    (long long)h->stream->cached_tokens(), (long long)completion, h->ttft * 1000.0,
-                   seconds_since(h->start) * 1000.0, h->req.stream ? " stream" : "");
+                   seconds_since(h->start) * 1000.0, spec.c_str(), h->req.stream ? " stream" : "");
     }
     --active_;
   };
@@ -403,6 +417,10 @@ std::string Server::render_metrics() {
     prefix_hit_->inc(double(st.prefix_hit_tokens - last_stats_.prefix_hit_tokens));
     prefix_evictions_->inc(double(st.prefix_evictions - last_stats_.prefix_evictions));
     preemptions_->inc(double(st.preemptions - last_stats_.preemptions));
+    spec_drafted_->inc(double(st.spec.drafted - last_stats_.spec.drafted));
+    spec_accepted_->inc(double(st.spec.accepted - last_stats_.spec.accepted));
+    spec_steps_->inc(double(st.spec.steps - last_stats_.spec.steps));
+    spec_history_drafts_->inc(double(st.spec_history_drafts - last_stats_.spec_history_drafts));
     last_stats_ = st;
   }
   queue_->set(double(st.waiting));
@@ -411,6 +429,9 @@ std::string Server::render_metrics() {
   blocks_free_->set(double(st.blocks_free));
   blocks_cached_->set(double(st.blocks_cached));
   hit_rate_->set(st.prefix_lookup_tokens > 0 ? double(st.prefix_hit_tokens) / double(st.prefix_lookup_tokens) : 0.0);
+  spec_acceptance_->set(st.spec.drafted > 0 ? double(st.spec.accepted) / double(st.spec.drafted) : 0.0);
+  spec_mean_accepted_->set(st.spec.steps > 0 ? double(st.spec.generated) / double(st.spec.steps) : 0.0);
+  spec_history_tokens_->set(double(st.spec_history_tokens));
   return metrics_.render();
 }
 

@@ -92,6 +92,13 @@ class Server {
   Gauge* blocks_free_;
   Gauge* blocks_cached_;
   Gauge* hit_rate_;
+  Counter* spec_drafted_;
+  Counter* spec_accepted_;
+  Counter* spec_steps_;
+  Counter* spec_history_drafts_;
+  Gauge* spec_acceptance_;
+  Gauge* spec_mean_accepted_;
+  Gauge* spec_history_tokens_;
   std::mutex metrics_mu_;
   SchedulerStats last_stats_;  // what the counters above already hold
 };

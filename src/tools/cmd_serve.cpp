@@ -10,6 +10,7 @@
 
 #include "engine/scheduler.h"
 #include "engine/session.h"
+#include "engine/spec/model_drafter.h"
 #include "serve/server.h"
 #include "tools/commands.h"
 #include "tools/common.h"
@@ -35,6 +36,8 @@ void register_serve(CLI::App& app) {
     bool no_prefix_cache = false;
     bool quiet = false;
     size_t max_body = 4 << 20;
+    ModelOptions spec;  // --spec and its flags
+    int64_t spec_history = 262144;
   };
   auto o = std::make_shared<Opts>();
   CLI::App* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server (continuous batching)");
@@ -67,6 +70,11 @@ void register_serve(CLI::App& app) {
   cmd->add_flag("--no-prefix-cache", o->no_prefix_cache, "Never reuse KV blocks of earlier prompts");
   cmd->add_flag("-q,--quiet", o->quiet, "No line per request on stderr");
   cmd->add_option("--max-body", o->max_body, "Largest request body in bytes")->capture_default_str()->check(CLI::Range(size_t(1024), size_t(1) << 30));
+  add_spec_options(cmd, o->spec);
+  cmd->add_option("--spec-history", o->spec_history,
+                  "--spec ngram: tokens of earlier outputs kept to draft from (0: none; ~36 bytes each)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 28));
   cmd->callback([o] {
     if (o->block_size % 16 != 0) fail(fmt::format("--kv-block-size {} is not a multiple of 16", o->block_size));
     // SIGTERM and SIGINT are taken by one thread with sigwait(): block them before any
@@ -77,6 +85,7 @@ void register_serve(CLI::App& app) {
     sigaddset(&sigs, SIGINT);
     pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
+    const SpecOptions spec = spec_options(o->spec);
     const std::string path = check(resolve_model(o->model));
     LoadedModel m = check(LoadedModel::load(path, o->threads));
     const int64_t n_ctx = check(m.context_size(o->ctx));
@@ -84,6 +93,7 @@ void register_serve(CLI::App& app) {
                                    o->step_tokens);
     kv.block_size = o->block_size;
     kv.n_blocks = o->kv_blocks > 0 ? o->kv_blocks : o->parallel * kv.max_blocks_per_seq();
+    if (spec.enabled()) kv.n_draft = spec.draft.max;
     check(kv.validate());
     check(m.model->check_kv(kv));
     check(check_kv_memory(kv));
@@ -93,13 +103,23 @@ void register_serve(CLI::App& app) {
     cfg.step_tokens = o->step_tokens;
     cfg.max_requests = o->max_queue;
     cfg.prefix_caching = !o->no_prefix_cache;
+    cfg.spec = spec;
+    cfg.spec_history = spec.kind == SpecKind::Ngram ? o->spec_history : 0;
+    std::unique_ptr<Drafter> drafter;
+    if (spec.kind == SpecKind::Draft) {
+      auto d = check(DraftModelDrafter::open(spec.draft_model, *m.model, *m.tok, n_ctx, o->parallel,
+                                             spec.draft.max, m.pool->size()));
+      d->share_pool(*m.pool);
+      drafter = std::move(d);
+    }
     Model* model = m.model.get();
     const Tokenizer* tok = m.tok.get();
     TokenText text{[tok](TokenId t) { return tok->token_bytes(t); },
                    [tok](TokenId t) { return tok->is_end_of_generation(t); }};
     auto sched = check(Scheduler::create(
         cfg, kv, m.model->hparams().n_vocab,
-        [model](const Batch& b, KvCache& c, std::vector<float>& l) { return model->forward(b, c, l); }, text));
+        [model](const Batch& b, KvCache& c, std::vector<float>& l) { return model->forward(b, c, l); }, text,
+        std::move(drafter)));
 
     std::optional<ChatTemplate> chat;
     if (auto t = ChatTemplate::from_gguf(*m.file); t.ok()) chat = *t;
@@ -137,9 +157,13 @@ void register_serve(CLI::App& app) {
       }
     });
     Status st = server.run([&](int port) {
-      std::fprintf(stderr, "peregrine serve: %s on http://%s:%d (%d parallel, context %lld, KV %s)\n",
+      const std::string spec_line =
+          spec.enabled() ? fmt::format(", spec {} ({} policy, draft max {})", spec_kind_name(spec.kind),
+                                       draft_policy_name(spec.draft.policy), spec.draft.max)
+                         : std::string();
+      std::fprintf(stderr, "peregrine serve: %s on http://%s:%d (%d parallel, context %lld, KV %s%s)\n",
                    so.model_names[0].c_str(), o->host.c_str(), port, o->parallel, (long long)n_ctx,
-                   kv.describe().c_str());
+                   kv.describe().c_str(), spec_line.c_str());
       std::fflush(stderr);
     });
     done.store(true);

@@ -78,13 +78,17 @@ SessionOptions session_options(const ModelOptions& o) {
   if (o.attn_window > 0)
     so.attention = o.attn_sinks > 0 ? AttnKind::sinks_window(o.attn_sinks, o.attn_window)
                                     : AttnKind::sliding(o.attn_window);
-  so.spec = o.spec_opt;
-  so.spec.kind = *parse_spec_kind(o.spec);
-  so.spec.draft.policy = *parse_draft_policy(o.draft_policy);
-  if (so.spec.kind == SpecKind::Draft && !so.spec.draft_model.empty())
-    so.spec.draft_model = check(resolve_model(so.spec.draft_model));
-  check(so.spec.validate());
+  so.spec = spec_options(o);
   return so;
+}
+
+SpecOptions spec_options(const ModelOptions& o) {
+  SpecOptions s = o.spec_opt;
+  s.kind = *parse_spec_kind(o.spec);
+  s.draft.policy = *parse_draft_policy(o.draft_policy);
+  check(s.validate());
+  if (s.kind == SpecKind::Draft) s.draft_model = check(resolve_model(s.draft_model));
+  return s;
 }
 
 std::unique_ptr<Session> open_session(const ModelOptions& o) {

@@ -34,6 +34,8 @@ void add_spec_options(CLI::App* cmd, ModelOptions& o);
 // Sampling flags (--temp, --top-k, ..., --seed) and the output rules (--stop, --ignore-eos).
 void add_generation_options(CLI::App* cmd, SequenceOptions& o);
 
+// --spec and its flags as options (fails on inconsistent flags; resolves -md).
+SpecOptions spec_options(const ModelOptions& o);
 // -t/-c/-b/--kv-type/--attn-* as session options (fails on inconsistent flags).
 SessionOptions session_options(const ModelOptions& o);
 
