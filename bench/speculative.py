@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shlex
 import shutil
 import statistics
@@ -25,6 +26,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,6 +203,25 @@ class Result:
     accepted: int = 0
     steps: int = 0  # target forward passes that produced tokens (verification steps)
     text: str = ""
+    others: float | None = None  # share of the machine that other processes used during the run
+
+
+DISTURBED = 0.10  # others' share of the machine above which a run counts as disturbed
+
+
+def busy_seconds() -> float | None:
+    """CPU seconds all processes have used (steal included), from /proc/stat's first line."""
+    try:
+        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = f
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def children_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 PEREGRINE_TIMING = re.compile(r"prompt: (\d+) tokens, [\d.]+ tok/s \| generation: (\d+) tokens, ([\d.]+) tok/s")
@@ -210,26 +231,33 @@ LLAMA_DECODED = re.compile(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds, speed
 LLAMA_COUNT = lambda name: re.compile(rf"\b{name}\s*=\s*(\d+)")  # noqa: E731
 
 
-def execute(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+def execute(cmd: list[str], timeout: float) -> tuple[subprocess.CompletedProcess, float | None]:
+    """Run CMD; return it and the share of the machine (0..1) that other processes used meanwhile:
+    all CPU time on /proc/stat less the run's own (its rusage) over wall time x cores."""
+    busy0, own0, t0 = busy_seconds(), children_seconds(), time.monotonic()
     try:
         proc = subprocess.run(cmd, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise RunFailed(f"timed out after {timeout:.0f} s") from None
+    busy1, own1, wall = busy_seconds(), children_seconds(), time.monotonic() - t0
+    others = None
+    if busy0 is not None and busy1 is not None and wall > 0:
+        others = min(max((busy1 - busy0 - (own1 - own0)) / (wall * (os.cpu_count() or 1)), 0.0), 1.0)
     if proc.returncode != 0:
         err = proc.stderr.decode("utf-8", "replace").strip().splitlines() or ["(no output)"]
         what = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
         raise RunFailed(f"{what}: {err[-1][:200]}")
-    return proc
+    return proc, others
 
 
 def run_peregrine(cmd: list[str], timeout: float) -> Result:
-    proc = execute(cmd, timeout)
+    proc, others = execute(cmd, timeout)
     lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
     last = lines[-1] if lines else ""
     m = PEREGRINE_TIMING.search(last)
     if not m:
         raise RunFailed(f"no timing line on stderr (last line: {last[:120]!r})")
-    r = Result(int(m[1]), int(m[2]), float(m[3]), text=proc.stdout.decode("utf-8", "replace"))
+    r = Result(int(m[1]), int(m[2]), float(m[3]), text=proc.stdout.decode("utf-8", "replace"), others=others)
     s = PEREGRINE_SPEC.search(last)
     if s:
         r.drafted, r.accepted, r.steps = int(s[1]), int(s[2]), int(s[3])
@@ -243,7 +271,7 @@ def run_peregrine(cmd: list[str], timeout: float) -> Result:
 def run_llama(cmd: list[str], rendered: str, timeout: float) -> Result:
     """llama-lookup / llama-speculative: stdout is "\\n\\n" + the prompt's pieces + the generated pieces
     (end-of-generation token included) + "\\n\\n\\n\\n"; stderr has the counters of the run."""
-    proc = execute(cmd, timeout)
+    proc, others = execute(cmd, timeout)
     err = proc.stderr.decode("utf-8", "replace")
     enc, dec = LLAMA_ENCODED.search(err), LLAMA_DECODED.search(err)
     counts = {k: LLAMA_COUNT(k).search(err) for k in ("n_drafted", "n_accept")}
@@ -256,7 +284,7 @@ def run_llama(cmd: list[str], rendered: str, timeout: float) -> Result:
     n, drafted, accepted = int(dec[1]), int(counts["n_drafted"][1]), int(counts["n_accept"][1])
     # Each target pass yields the drafts it accepted plus one token of its own (the first comes from
     # the prompt's pass), so passes = tokens - accepted; llama.cpp does not print them.
-    return Result(int(enc[1]), n, float(dec[3]), drafted, accepted, max(n - accepted, 1), out)
+    return Result(int(enc[1]), n, float(dec[3]), drafted, accepted, max(n - accepted, 1), out, others)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,6 +328,10 @@ def summarise(cell: Cell, base: Cell | None) -> dict:
     out["drafted"] = statistics.mean(r.drafted for r in res)
     # Rounds of one configuration must agree with each other too (greedy is deterministic).
     out["rounds_differ"] = sum(1 for pid in ids if len({r.text for r in cell.runs[pid]}) > 1)
+    shares = [r.others for rs in cell.runs.values() for r in rs if r.others is not None]
+    out["disturbed"] = sum(1 for x in shares if x > DISTURBED)
+    out["runs"] = sum(len(rs) for rs in cell.runs.values())
+    out["others_max"] = max(shares, default=None)
     if base is not None and not cell.config.is_baseline:
         pairs = [(cell.best(pid), base.best(pid)) for pid in ids if base.best(pid)]
         if pairs:
@@ -352,7 +384,12 @@ def report(cells: list[Cell], info: dict) -> tuple[str, list[dict]]:
         tps_step = f"{s['tokens_per_step']:.2f}" if s["tokens_per_step"] else "—"
         wasted = f"{s['wasted']:.1f}" if spec else "—"
         speedup = f"{s['speedup']:.2f}x" if "speedup" in s else "—" if spec else "1.00x"
-        lines.append(f"| {c.set} | {cfg.engine} | {name} | {pair} | {s['gen_tokens']:.0f} | {s['gen_tps']:.1f} | "
+        tps = f"{s['gen_tps']:.1f}"
+        if s["disturbed"]:
+            tps += mark(notes, f"disturbed: other processes took more than {DISTURBED:.0%} of the machine "
+                               "during some runs of this row (the JSON has each run's share); rerun on a quiet "
+                               "machine before quoting it")
+        lines.append(f"| {c.set} | {cfg.engine} | {name} | {pair} | {s['gen_tokens']:.0f} | {tps} | "
                      f"{speedup} | {acc} | {tps_step} | {wasted} | {same} |")
         rows.append({"set": c.set, "config": cfg.name, "engine": cfg.engine, "target": models[cfg.target],
                      "draft": models["draft"] if cfg.uses_draft else None, "error": c.error, **s,
