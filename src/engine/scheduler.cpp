@@ -60,7 +60,7 @@ struct Scheduler::Seq {
 
 Result<std::unique_ptr<Scheduler>> Scheduler::create(const SchedulerConfig& cfg, const KvShape& kv,
                                                      int64_t n_vocab, Forward forward, TokenText text,
-                                                     std::unique_ptr<Drafter> drafter) {
+                                                     const MakeDrafter& make_drafter) {
   PG_TRY(kv.validate());
   if (!kv.paged()) return make_error("the scheduler needs a paged KV cache");
   if (cfg.n_slots < 1 || cfg.n_slots != kv.n_seq)
@@ -76,10 +76,8 @@ Result<std::unique_ptr<Scheduler>> Scheduler::create(const SchedulerConfig& cfg,
     return make_error("scheduler needs a vocabulary, a forward function and token text");
   if (cfg.spec.enabled()) {
     PG_TRY(cfg.spec.validate());
-    if (cfg.spec.kind == SpecKind::LayerSkip)
-      return make_error("--spec layerskip is not supported by the server (its draft writes the target's KV "
-                        "blocks); use ngram or draft");
-    if (cfg.spec.kind == SpecKind::Draft && drafter == nullptr) return make_error("--spec draft needs a draft model");
+    if (cfg.spec.kind != SpecKind::Ngram && !make_drafter)
+      return make_error("--spec {} needs a drafter", spec_kind_name(cfg.spec.kind));
     if (kv.n_draft < cfg.spec.draft.max)
       return make_error("the KV cache allows {} draft tokens per step, fewer than --draft-max {}", kv.n_draft,
                         cfg.spec.draft.max);
@@ -90,14 +88,18 @@ Result<std::unique_ptr<Scheduler>> Scheduler::create(const SchedulerConfig& cfg,
   // Only layers whose KV lives in the shared blocks can take a cached prefix (window layers
   // keep per-sequence rings that a shared block would not carry).
   bm.set_prefix_caching(cfg.prefix_caching && kv.prefix_sharing());
-  return std::unique_ptr<Scheduler>(new Scheduler(cfg, kv, std::move(bm), n_vocab, std::move(forward),
-                                                  std::move(text), std::move(drafter)));
+  auto s = std::unique_ptr<Scheduler>(
+      new Scheduler(cfg, kv, std::move(bm), n_vocab, std::move(forward), std::move(text)));
+  if (cfg.spec.enabled() && cfg.spec.kind != SpecKind::Ngram) {
+    PG_ASSIGN(s->drafter_, make_drafter(s->cache_));
+  }
+  return s;
 }
 
 Scheduler::Scheduler(const SchedulerConfig& cfg, const KvShape& kv, BlockManager bm, int64_t n_vocab,
-                     Forward forward, TokenText text, std::unique_ptr<Drafter> drafter)
+                     Forward forward, TokenText text)
     : cfg_(cfg), cache_(kv), bm_(std::move(bm)), n_vocab_(n_vocab), forward_(std::move(forward)),
-      text_(std::move(text)), drafter_(std::move(drafter)) {
+      text_(std::move(text)) {
   for (int32_t s = cfg.n_slots - 1; s >= 0; --s) free_slots_.push_back(s);
   if (cfg.spec.kind == SpecKind::Ngram) {
     if (cfg.spec_history > 0)
@@ -106,7 +108,6 @@ Scheduler::Scheduler(const SchedulerConfig& cfg, const KvShape& kv, BlockManager
     ngram_ = ngram.get();
     drafter_ = std::move(ngram);
   }
-  if (!cfg.spec.enabled()) drafter_.reset();
   publish_stats();
 }
 
@@ -502,7 +503,24 @@ void Scheduler::draft_for(Seq& s, int64_t budget, int64_t base_tokens, int64_t b
   }
   DraftRequest req{s.tokens(), s.n_computed, s.slot, int32_t(cap)};
   DraftPolicy& policy = *s.policy;
-  if (!drafter_->propose(req, [&](int32_t j, float c) { return policy.go_on(j, c); }, s.draft).ok()) {
+  // A layer-skip draft writes its rows into this cache: the positions it feeds (the pending
+  // token's and all drafts but the last) need blocks now. They are reserved with placeholder
+  // tokens and given back after drafting; the verification appends the real tokens and
+  // rewrites every row.
+  const bool writes_target = cfg_.spec.kind == SpecKind::LayerSkip;
+  if (writes_target) {
+    chunk_.assign(size_t(cap), s.tokens().back());
+    if (!bm_.append_tokens(s.id, chunk_, 0).ok()) return;
+    for (const auto& [src, dst] : bm_.take_copies()) cache_.copy_block(src, dst);
+    Result<std::span<const int32_t>> table = bm_.block_table(s.id);
+    PG_ASSERT(table.ok() && cache_.set_block_table(s.slot, table->data(), int64_t(table->size())).ok());
+  }
+  const bool drafted = drafter_->propose(req, [&](int32_t j, float c) { return policy.go_on(j, c); }, s.draft).ok();
+  if (writes_target) {
+    PG_ASSERT(bm_.truncate(s.id, int32_t(s.n_computed)).ok());
+    (void)cache_.rewind(s.slot, s.n_computed);
+  }
+  if (!drafted) {
     s.draft.clear();  // a draft that failed costs nothing but itself
     return;
   }

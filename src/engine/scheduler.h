@@ -131,12 +131,16 @@ class Scheduler {
  public:
   using Forward = std::function<Status(const Batch&, KvCache&, std::vector<float>& logits)>;
 
+  // Makes the drafter for cfg.spec.kind Draft or LayerSkip, given the scheduler's KV cache (a
+  // layer-skip drafter writes into it); it drafts for cfg.n_slots sequence slots
+  // (DraftRequest::seq is the slot).
+  using MakeDrafter = std::function<Result<std::unique_ptr<Drafter>>(KvCache&)>;
+
   // kv must be paged (block_size > 0) with n_seq == cfg.n_slots and hold at least one
-  // full context of blocks. drafter: for cfg.spec.kind == Draft, a drafter over cfg.n_slots
-  // sequence slots (DraftRequest::seq is the slot).
+  // full context of blocks.
   static Result<std::unique_ptr<Scheduler>> create(const SchedulerConfig& cfg, const KvShape& kv,
                                                    int64_t n_vocab, Forward forward, TokenText text,
-                                                   std::unique_ptr<Drafter> drafter = nullptr);
+                                                   const MakeDrafter& make_drafter = nullptr);
   ~Scheduler();
 
   struct Submitted {
@@ -165,7 +169,7 @@ class Scheduler {
   struct Seq;
   struct Request;
   Scheduler(const SchedulerConfig& cfg, const KvShape& kv, BlockManager bm, int64_t n_vocab,
-            Forward forward, TokenText text, std::unique_ptr<Drafter> drafter);
+            Forward forward, TokenText text);
 
   void intake();
   void reap_cancelled();

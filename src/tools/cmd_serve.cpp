@@ -105,13 +105,19 @@ void register_serve(CLI::App& app) {
     cfg.prefix_caching = !o->no_prefix_cache;
     cfg.spec = spec;
     cfg.spec_history = spec.kind == SpecKind::Ngram ? o->spec_history : 0;
-    std::unique_ptr<Drafter> drafter;
-    if (spec.kind == SpecKind::Draft) {
-      auto d = check(DraftModelDrafter::open(spec.draft_model, *m.model, *m.tok, n_ctx, o->parallel,
-                                             spec.draft.max, m.pool->size()));
+    // A draft model drafts for every slot with its own KV; a layer-skip draft runs the target's
+    // first layers on the scheduler's cache.
+    Scheduler::MakeDrafter make_drafter = [&](KvCache& cache) -> Result<std::unique_ptr<Drafter>> {
+      if (spec.kind == SpecKind::LayerSkip) {
+        const int64_t n = spec.draft_layers > 0 ? spec.draft_layers : m.model->hparams().n_layer / 2;
+        PG_ASSIGN(auto d, LayerSkipDrafter::create(*m.model, cache, n));
+        return std::unique_ptr<Drafter>(std::move(d));
+      }
+      PG_ASSIGN(auto d, DraftModelDrafter::open(spec.draft_model, *m.model, *m.tok, n_ctx, o->parallel,
+                                                spec.draft.max, m.pool->size()));
       d->share_pool(*m.pool);
-      drafter = std::move(d);
-    }
+      return std::unique_ptr<Drafter>(std::move(d));
+    };
     Model* model = m.model.get();
     const Tokenizer* tok = m.tok.get();
     TokenText text{[tok](TokenId t) { return tok->token_bytes(t); },
@@ -119,7 +125,7 @@ void register_serve(CLI::App& app) {
     auto sched = check(Scheduler::create(
         cfg, kv, m.model->hparams().n_vocab,
         [model](const Batch& b, KvCache& c, std::vector<float>& l) { return model->forward(b, c, l); }, text,
-        std::move(drafter)));
+        make_drafter));
 
     std::optional<ChatTemplate> chat;
     if (auto t = ChatTemplate::from_gguf(*m.file); t.ok()) chat = *t;

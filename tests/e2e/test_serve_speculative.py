@@ -131,8 +131,26 @@ def test_draft_model_in_the_server_is_the_cli_text(peregrine_bin, model_path, ok
         assert s.stop() == 0, s.stderr_tail()
 
 
+@pytest.mark.parametrize("which", ["smollm2", "gemma3"])
+def test_layer_skip_drafts_in_the_server_are_the_cli_text(peregrine_bin, model_path, ok, which):
+    # The draft runs the target's first layers on the server's own paged blocks and window rings;
+    # fixed-length drafts make sure drafting happens whatever its acceptance.
+    model = model_path if which == "smollm2" else GEMMA
+    if not Path(model).is_file():
+        pytest.skip(f"{model} not present")
+    s, client = spec_server(peregrine_bin, model, "--spec", "layerskip", "--draft-policy", "fixed", "--draft-max", "3")
+    try:
+        prompts = [PROMPTS[0], PROMPTS[3]]
+        with cf.ThreadPoolExecutor(2) as ex:
+            got = list(ex.map(lambda p: api_text(client, model, p), prompts))
+        assert got == [cli_text(ok, model, p, GREEDY) for p in prompts]
+        assert s.metrics()["peregrine_spec_draft_tokens_total"] > 0
+    finally:
+        assert s.stop() == 0, s.stderr_tail()
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--spec", "layerskip"], "not supported by the server"),
+    (["--spec", "layerskip", "--draft-layers", "400"], "--draft-layers 400 is out of range"),
     (["--spec", "draft"], "needs a draft model"),
     (["--spec", "ngram", "-md", "x.gguf"], "only used with --spec draft"),
     (["--spec", "ngram", "--draft-max", "0"], "--draft-max"),
