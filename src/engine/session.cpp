@@ -209,7 +209,7 @@ void Session::calibrate_step_cost() {
   for (int64_t m = 1; m <= top; m = m < 4 ? m + 1 : m + (m + 1) / 2) {
     if (!unbounded() && m > n_ctx()) break;
     double best = 0.0;
-    for (int rep = 0; rep < 3; ++rep) {
+    for (int rep = 0; rep < 4; ++rep) {
       batch_.clear();
       for (int64_t i = 0; i < m; ++i) batch_.add(TokenId(i % 2), int32_t(i), 0, true);
       const auto t0 = Clock::now();

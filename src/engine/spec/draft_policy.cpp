@@ -46,6 +46,14 @@ void StepCost::record(int64_t n_tokens, double seconds) {
 double StepCost::seconds(int64_t n) const {
   n = std::clamp<int64_t>(n, 1, kMaxTokens);
   if (n_measured_ == 0) return 1.0 + 0.1 * double(n - 1);
+  // A step never costs more than a larger one measured: noise that says otherwise is cut.
+  double cap = INFINITY;
+  for (int64_t m = n + 1; m <= kMaxTokens; ++m)
+    if (ema_[size_t(m)] > 0.0) cap = std::min(cap, ema_[size_t(m)]);
+  return std::min(cap, interpolated(n));
+}
+
+double StepCost::interpolated(int64_t n) const {
   if (ema_[size_t(n)] > 0.0) return ema_[size_t(n)];
   int64_t lo = n - 1, hi = n + 1;
   while (lo >= 1 && ema_[size_t(lo)] == 0.0) --lo;
@@ -67,6 +75,7 @@ double StepCost::seconds(int64_t n) const {
 
 void DraftPolicy::begin(const StepCost& cost, int64_t base_tokens, int64_t base_yield, double draft_seconds) {
   cost_ = &cost;
+  explore_ = cfg_.policy == DraftPolicyKind::Dynamic && idle_steps_ >= kExploreEvery;
   base_tokens_ = std::max<int64_t>(1, base_tokens);
   value_ = cost.seconds(base_tokens_) / double(std::max<int64_t>(1, base_yield));
   draft_seconds_ = draft_seconds;
@@ -96,7 +105,7 @@ bool DraftPolicy::pays(int32_t j, double p_all) const {
 }
 
 bool DraftPolicy::worth_drafting() const {
-  if (cfg_.policy != DraftPolicyKind::Dynamic) return true;
+  if (cfg_.policy != DraftPolicyKind::Dynamic || explore_) return true;
   double best = rate(kNone);
   for (int b = 0; b < kBands; ++b) best = std::max(best, rate(b));
   return pays(1, best);
@@ -110,7 +119,7 @@ bool DraftPolicy::go_on(int32_t j, float confidence) {
     case DraftPolicyKind::Dynamic: break;
   }
   p_all_ *= rate(band(confidence));
-  return pays(j, p_all_);
+  return (explore_ && j == 1) || pays(j, p_all_);
 }
 
 int32_t DraftPolicy::cut(int32_t n_drafted) {
@@ -119,13 +128,14 @@ int32_t DraftPolicy::cut(int32_t n_drafted) {
     double p = 1.0;
     int32_t keep = 0;
     while (keep < n && pays(keep + 1, p *= rate(kNone))) ++keep;
-    n = keep;
+    n = explore_ ? std::max(keep, std::min(n, 1)) : keep;
   }
   return n < cfg_.min ? 0 : n;
 }
 
 void DraftPolicy::record(std::span<const float> confidence, int32_t drafted, int32_t accepted) {
   constexpr double kDecay = 0.97;
+  idle_steps_ = drafted > 0 ? 0 : idle_steps_ + 1;
   for (int b = 0; b < kBands + 2; ++b) {
     acc_[b] *= kDecay;
     tried_[b] *= kDecay;

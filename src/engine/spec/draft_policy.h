@@ -41,7 +41,8 @@ struct DraftConfig {
 
 // Seconds a forward pass takes as a function of the tokens in it: an exponential moving
 // average per token count, interpolated between counts measured and extrapolated linearly
-// past the largest.
+// past the largest, and never above a larger count's (the true cost does not fall as tokens
+// are added; measurements that say so are noise).
 class StepCost {
  public:
   static constexpr int64_t kMaxTokens = 512;
@@ -52,6 +53,7 @@ class StepCost {
   bool measured() const { return n_measured_ > 0; }
 
  private:
+  double interpolated(int64_t n) const;
   std::vector<double> ema_ = std::vector<double>(kMaxTokens + 1, 0.0);  // 0: not measured
   int64_t n_measured_ = 0;
 };
@@ -99,6 +101,12 @@ class DraftPolicy {
   int64_t base_tokens_ = 1;
   double value_ = 0.0, draft_seconds_ = 0.0;
   double p_all_ = 1.0;  // P(the draft tokens so far are all accepted)
+  // Steps since anything was drafted. Every kExploreEvery of them, a step drafts one token
+  // whatever the estimates say, so a wrong cost or a stale acceptance rate is measured
+  // again instead of stopping speculation for good (at most one wasted token per 16 steps).
+  static constexpr int32_t kExploreEvery = 16;
+  int32_t idle_steps_ = 0;
+  bool explore_ = false;
 };
 
 // Counters of speculation, summed over steps (the CLI timing line, /metrics).
