@@ -121,8 +121,9 @@ Result<GenerateStats> Session::generate(std::span<const TokenId> prompt, Sequenc
   st.prompt_seconds = std::chrono::duration<double>(t1 - t0).count();
   if (seq.options().max_tokens == 0) return st;
   std::optional<DraftPolicy> policy;
-  if (drafter_) {
-    drafter_->begin_sequence(0, seq.options().sampling);
+  Drafter* const drafter = speculating_ ? drafter_.get() : nullptr;
+  if (drafter) {
+    drafter->begin_sequence(0, seq.options().sampling);
     policy.emplace(spec_.draft);
   }
   draft_.clear();
@@ -135,7 +136,7 @@ Result<GenerateStats> Session::generate(std::span<const TokenId> prompt, Sequenc
     emitted_.clear();
     r = seq.step(logits.data() + logits.size() - size_t(n_rows * n_vocab), n_rows, draft_.tokens, emitted_, room,
                  draft_.dists);
-    if (drafter_) {
+    if (drafter) {
       // Keep the verified tokens' KV: the pending token and the accepted drafts.
       st.spec.steps += 1;
       st.spec.drafted += draft_.size();
@@ -154,19 +155,19 @@ Result<GenerateStats> Session::generate(std::span<const TokenId> prompt, Sequenc
     if (r.finished) break;
     // The next step: the pending token, and a draft after it.
     draft_.clear();
-    if (drafter_) PG_TRY(draft_next(seq, *policy));
+    if (drafter) PG_TRY(draft_next(seq, *policy));
     batch_.clear();
     batch_.add(seq.tokens().back(), int32_t(n_past_), 0, true);
     for (int32_t i = 0; i < draft_.size(); ++i) batch_.add(draft_.tokens[size_t(i)], int32_t(n_past_ + 1 + i), 0, true);
     const auto ts = Clock::now();
     PG_TRY(m_.model->forward(batch_, *cache_, logits));
-    if (drafter_) step_cost_.record(batch_.size(), std::chrono::duration<double>(Clock::now() - ts).count());
+    if (drafter) step_cost_.record(batch_.size(), std::chrono::duration<double>(Clock::now() - ts).count());
     n_rows = batch_.size();
     history_.insert(history_.end(), batch_.tokens.begin(), batch_.tokens.end());
     n_past_ += batch_.size();
     n_verified = n_past_ - draft_.size();
   }
-  if (drafter_) st.spec.generated = st.n_generated;
+  if (drafter) st.spec.generated = st.n_generated;
   st.finish = r.reason;
   const int64_t max = seq.options().max_tokens;
   st.hit_context_limit = r.reason == FinishReason::Length && !(max > 0 && seq.n_generated() >= max);

@@ -93,6 +93,9 @@ class Session {
   const TokenText& token_text() const { return text_; }
   // The drafter generate() speculates with (null without speculation).
   const Drafter* drafter() const { return drafter_.get(); }
+  // Off: generate() decodes one token per step although a drafter is loaded (benchmarks
+  // compare both in one process).
+  void set_speculating(bool on) { speculating_ = on; }
   const SpecOptions& spec() const { return spec_; }
 
  private:
@@ -114,6 +117,7 @@ class Session {
   Status draft_next(const SequenceState& seq, DraftPolicy& policy);
   SpecOptions spec_;
   std::unique_ptr<Drafter> drafter_;
+  bool speculating_ = true;
   StepCost step_cost_;
   Draft draft_;
 };

@@ -1,6 +1,8 @@
 // peregrine bench: prompt-processing and generation throughput in the terms of
 // llama.cpp's llama-bench (pp512: a 512-token prompt as one batch from an empty
 // cache; tg128: 128 tokens generated one at a time), mean ± sd over repetitions.
+// With --spec also sg128: 128 tokens generated greedily from a real prompt, without and
+// with speculative decoding in alternating runs, with the speedup and acceptance.
 #include <sys/resource.h>
 
 #include <chrono>
@@ -11,12 +13,24 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/session.h"
+#include "tokenizer/chat_template.h"
 #include "kernels/kernels.h"
 #include "tools/commands.h"
 #include "tools/common.h"
 
 namespace peregrine::tools {
 namespace {
+
+// The sg test's default prompt: a passage to copy with one change, so n-gram drafts have
+// something to find (a user's own workload goes in --spec-prompt).
+constexpr const char* kSpecBenchPrompt =
+    "Copy the following notes, replacing every \"Tuesday\" with \"Thursday\" and changing nothing else.\n\n"
+    "Notes from the planning meeting on Tuesday. The committee reviewed the budget for the coming year and "
+    "approved funds for the new library wing, which will hold the local history collection and a reading room "
+    "for children. The decision on the park renovation was delayed until the engineers report on the drainage "
+    "problem near the east gate. The city engineer was asked to present a plan for the bridge repairs by the "
+    "end of March, including the cost of closing the bridge to traffic for two weeks. The next meeting will be "
+    "held on Tuesday at the same time, in the council chamber, and is open to the public.";
 
 struct Stat {
   double mean = 0, sd = 0;
@@ -39,6 +53,7 @@ void register_bench(CLI::App& app) {
     int64_t n_prompt = 512, n_gen = 128;
     int reps = 3;
     bool json = false;
+    std::string spec_prompt;
   };
   auto o = std::make_shared<Opts>();
   CLI::App* cmd = app.add_subcommand("bench", "Prompt processing and generation speed (like llama-bench)");
@@ -49,6 +64,9 @@ void register_bench(CLI::App& app) {
   cmd->add_option("-r,--repetitions", o->reps, "Repetitions")->capture_default_str()->check(CLI::Range(1, 1000));
   cmd->add_flag("--json", o->json, "Print JSON");
   add_model_options(cmd, o->model, false);
+  add_spec_options(cmd, o->model);
+  cmd->add_option("--spec-prompt", o->spec_prompt,
+                  "With --spec: the prompt of the sg test (default: a passage to copy, chat-templated)");
   cmd->callback([o] {
     using Clock = std::chrono::steady_clock;
     std::string path = check(resolve_model(o->model.model));
@@ -56,6 +74,7 @@ void register_bench(CLI::App& app) {
     // Room for the test (8: the warm-up) and for the attention window if one is asked for;
     // the prompt goes in as one batch, as llama-bench's pp does.
     so.n_ctx = std::max<int64_t>({o->n_prompt + o->n_gen, 8, o->model.attn_sinks + o->model.attn_window});
+    if (so.spec.enabled()) so.n_ctx = std::max<int64_t>(so.n_ctx, 1024 + o->n_gen);
     so.n_batch = std::max<int64_t>(o->model.batch, o->n_prompt);
     auto session = check(Session::open(path, so));
     const int64_t n_vocab = session->model().hparams().n_vocab;
@@ -68,8 +87,35 @@ void register_bench(CLI::App& app) {
       check(session->eval(w, false, logits));
       session->reset();
     }
-    std::vector<double> pp, tg;
+    std::vector<double> pp, tg, sg_plain, sg_spec;
+    SpecStats sg_stats;
+    // sg (with --spec): the same greedy generation from a real prompt without and with
+    // speculation, alternating, so the ratio is measured under the same conditions.
+    std::vector<TokenId> sg_prompt;
+    if (so.spec.enabled() && o->n_gen > 0) {
+      std::string text = o->spec_prompt.empty() ? std::string(kSpecBenchPrompt) : o->spec_prompt;
+      if (o->spec_prompt.empty())
+        if (auto tpl = ChatTemplate::from_gguf(session->file()); tpl.ok()) text = tpl->render({{"user", text}}, true);
+      sg_prompt = prompt_tokens(session->tokenizer(), text);
+      if (int64_t(sg_prompt.size()) + o->n_gen > session->n_ctx()) fail("--spec-prompt is too long for the sg test");
+    }
+    auto sg_run = [&](bool speculate) {
+      SequenceOptions g;
+      g.sampling.temperature = 0.0f;
+      g.max_tokens = o->n_gen;
+      g.ignore_eos = true;
+      SequenceState seq(g, session->token_text(), n_vocab);
+      session->reset();
+      session->set_speculating(speculate);
+      GenerateStats st = check(session->generate(sg_prompt, seq, [](const SequenceState::Emitted&) { return true; }));
+      (speculate ? sg_spec : sg_plain).push_back(double(st.n_generated) / st.gen_seconds);
+      if (speculate) sg_stats.add(st.spec);
+    };
     for (int r = 0; r < o->reps; ++r) {
+      if (!sg_prompt.empty()) {
+        sg_run(false);
+        sg_run(true);
+      }
       if (o->n_prompt > 0) {
         std::vector<TokenId> prompt(size_t(o->n_prompt));
         for (TokenId& t : prompt) t = tok(rng);
@@ -108,6 +154,10 @@ void register_bench(CLI::App& app) {
                           {"repack_seconds", pk.seconds}, {"kv_mib", kv_mib}, {"kv_positions", kv.n_ctx}};
       if (!pp.empty()) j["pp"] = {{"n", o->n_prompt}, {"tps_mean", summarize(pp).mean}, {"tps_sd", summarize(pp).sd}};
       if (!tg.empty()) j["tg"] = {{"n", o->n_gen}, {"tps_mean", summarize(tg).mean}, {"tps_sd", summarize(tg).sd}};
+      if (!sg_spec.empty())
+        j["sg"] = {{"n", o->n_gen}, {"spec", o->model.spec}, {"plain_tps_mean", summarize(sg_plain).mean},
+                   {"spec_tps_mean", summarize(sg_spec).mean}, {"speedup", summarize(sg_spec).mean / summarize(sg_plain).mean},
+                   {"drafted", sg_stats.drafted}, {"accepted", sg_stats.accepted}, {"steps", sg_stats.steps}};
       std::printf("%s\n", j.dump().c_str());
       return;
     }
@@ -125,6 +175,12 @@ void register_bench(CLI::App& app) {
     if (!tg.empty()) {
       Stat s = summarize(tg);
       std::printf("| tg%-4lld | %7.2f ± %.2f |\n", (long long)o->n_gen, s.mean, s.sd);
+    }
+    if (!sg_spec.empty()) {
+      Stat a = summarize(sg_plain), b = summarize(sg_spec);
+      std::printf("| sg%-4lld | %7.2f ± %.2f | without speculation\n", (long long)o->n_gen, a.mean, a.sd);
+      std::printf("| sg%-4lld | %7.2f ± %.2f | --spec %s: %.2fx, %s\n", (long long)o->n_gen, b.mean, b.sd,
+                  o->model.spec.c_str(), b.mean / a.mean, sg_stats.describe().c_str());
     }
     std::printf("peak memory: %.1f MiB\n", peak_mib);
   });
