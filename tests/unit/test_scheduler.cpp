@@ -70,23 +70,60 @@ struct FakeModel {
   }
 };
 
+// A drafter that knows the rule: it proposes the true continuation, except that every draft
+// position whose (length, index) hash is 0 mod 3 gets a wrong token, so drafts are accepted in
+// part, cut back, and rewound at every length.
+struct RuleDrafter : Drafter {
+  int64_t proposals = 0;
+  std::string_view name() const override { return "rule"; }
+  Status propose(const DraftRequest& req, DraftGoOn go_on, Draft& out) override {
+    out.clear();
+    if (req.n_cached + 1 != int64_t(req.tokens.size()))
+      return make_error("{} tokens cached of {}: the pending token should be the only one", req.n_cached,
+                        req.tokens.size());
+    ++proposals;
+    std::vector<TokenId> t(req.tokens.begin(), req.tokens.end());
+    for (int32_t j = 1; j <= req.max; ++j) {
+      TokenId next = next_token(t);
+      if ((t.size() * 7 + size_t(j) * 13) % 3 == 0) next = TokenId(1 + next % (kVocab - 2));  // wrong
+      if (!go_on(j, -1.0f)) break;
+      out.tokens.push_back(next);
+      t.push_back(next);
+    }
+    return Status::Ok();
+  }
+};
+
 struct Harness {
   FakeModel model;
   std::unique_ptr<Scheduler> sched;
+  RuleDrafter* drafter = nullptr;
 
   Harness(int32_t slots, int64_t n_ctx, int64_t n_blocks, int64_t step_tokens = 64,
-          int32_t max_requests = 64) {
-    KvShape kv{2, n_ctx, slots, 2, KvType::F32, {}, 512, 16, n_blocks};
+          int32_t max_requests = 64, int32_t draft_max = 0) {
+    KvShape kv{2, n_ctx, slots, 2, KvType::F32, {}, 512, 16, n_blocks, draft_max};
     SchedulerConfig cfg;
     cfg.n_slots = slots;
     cfg.step_tokens = step_tokens;
     cfg.max_requests = max_requests;
+    Scheduler::MakeDrafter make;
+    if (draft_max > 0) {
+      cfg.spec.kind = SpecKind::Draft;
+      cfg.spec.draft_model = "rule";
+      cfg.spec.draft.policy = DraftPolicyKind::Fixed;
+      cfg.spec.draft.max = draft_max;
+      make = [this](KvCache&) -> Result<std::unique_ptr<Drafter>> {
+        auto d = std::make_unique<RuleDrafter>();
+        drafter = d.get();
+        return std::unique_ptr<Drafter>(std::move(d));
+      };
+    }
     TokenText text{[](TokenId t) { return std::string(1, char('a' + t % 26)); },
                    [](TokenId t) { return t == kEog; }};
     auto s = Scheduler::create(
         cfg, kv, kVocab,
         [this](const Batch& b, KvCache& c, std::vector<float>& l) { return model.forward(b, c, l); },
-        text);
+        text, make);
     EXPECT_TRUE(s.ok()) << (s.ok() ? "" : s.error().message);
     sched = std::move(*s);
   }
@@ -348,15 +385,17 @@ TEST(Scheduler, CancelWhileTheFirstChoiceIsPreemptedBeforeItsPrompt) {
 // Random arrivals, pool sizes, step budgets, n, lengths and cancellations: every request that
 // is not cancelled gets exactly the reference tokens, every stream ends once, and the pool is
 // empty at the end.
-TEST(Scheduler, RandomizedWorkloadsMatchTheReference) {
-  std::mt19937 rng(99);
-  int64_t preemptions = 0, hits = 0, cancels = 0;
+// Random workloads (prompts sharing prefixes, n > 1, cancels, tight block pools, small step
+// budgets); draft_max > 0 adds drafts, partly wrong, verified in the same steps.
+void randomized_workloads(uint32_t seed, int32_t draft_max) {
+  std::mt19937 rng(seed);
+  int64_t preemptions = 0, hits = 0, cancels = 0, drafted = 0, accepted = 0;
   for (int round = 0; round < 24; ++round) {
     const int32_t slots = 1 + int32_t(rng() % 5);
     const int64_t n_ctx = 64 + 16 * int64_t(rng() % 5);
     const int64_t n_blocks = n_ctx / 16 + int64_t(rng() % 12);
     const int64_t budget = 1 + int64_t(rng() % 40);
-    Harness h(slots, n_ctx, n_blocks, budget, 64);
+    Harness h(slots, n_ctx, n_blocks, budget, 64, draft_max);
     const std::vector<TokenId> shared = random_tokens(rng, 40);
     struct Req {
       std::vector<TokenId> prompt;
@@ -411,11 +450,26 @@ TEST(Scheduler, RandomizedWorkloadsMatchTheReference) {
     preemptions += st.preemptions;
     hits += st.prefix_hit_tokens;
     cancels += std::count_if(reqs.begin(), reqs.end(), [](const Req& r) { return r.cancelled; });
+    drafted += st.spec.drafted;
+    accepted += st.spec.accepted;
   }
   // The workloads did exercise what they are for.
   EXPECT_GT(preemptions, 10);
   EXPECT_GT(hits, 0);
   EXPECT_GT(cancels, 5);
+  if (draft_max > 0) {
+    EXPECT_GT(accepted, 100);
+    EXPECT_GT(drafted - accepted, 100) << "drafts were never rejected";
+  }
+}
+
+TEST(Scheduler, RandomizedWorkloadsMatchTheReference) { randomized_workloads(99, 0); }
+
+TEST(Scheduler, RandomizedWorkloadsWithDraftsMatchTheReference) {
+  // Verification steps of 1 + up to 4 tokens, cut back to what is accepted: the output must be
+  // the reference's whatever the drafts were.
+  randomized_workloads(99, 4);
+  randomized_workloads(7, 2);
 }
 
 TEST(Scheduler, RejectsBadRequestsAndBoundsTheQueue) {
