@@ -82,8 +82,8 @@ void DraftPolicy::begin(const StepCost& cost, int64_t base_tokens, int64_t base_
   p_all_ = 1.0;
 }
 
-int DraftPolicy::band(float confidence) {
-  if (confidence < 0.0f) return kNone;
+int DraftPolicy::band(int32_t j, float confidence) {
+  if (confidence < 0.0f) return kPos + std::clamp(j - 1, 0, kPosBands - 1);
   if (confidence < 0.3f) return 0;
   if (confidence < 0.6f) return 1;
   if (confidence < 0.9f) return 2;
@@ -106,8 +106,9 @@ bool DraftPolicy::pays(int32_t j, double p_all) const {
 
 bool DraftPolicy::worth_drafting() const {
   if (cfg_.policy != DraftPolicyKind::Dynamic || explore_) return true;
-  double best = rate(kNone);
-  for (int b = 0; b < kBands; ++b) best = std::max(best, rate(b));
+  // The first token's best case: its position band, or the best confidence band.
+  double best = rate(kPos);
+  for (int b = 0; b < kConfBands; ++b) best = std::max(best, rate(b));
   return pays(1, best);
 }
 
@@ -118,7 +119,7 @@ bool DraftPolicy::go_on(int32_t j, float confidence) {
     case DraftPolicyKind::PMin: return confidence < 0.0f || confidence >= cfg_.p_min;
     case DraftPolicyKind::Dynamic: break;
   }
-  p_all_ *= rate(band(confidence));
+  p_all_ *= rate(band(j, confidence));
   return (explore_ && j == 1) || pays(j, p_all_);
 }
 
@@ -127,7 +128,7 @@ int32_t DraftPolicy::cut(int32_t n_drafted) {
   if (cfg_.policy == DraftPolicyKind::Dynamic) {
     double p = 1.0;
     int32_t keep = 0;
-    while (keep < n && pays(keep + 1, p *= rate(kNone))) ++keep;
+    while (keep < n && pays(keep + 1, p *= rate(band(keep + 1, -1.0f)))) ++keep;
     n = explore_ ? std::max(keep, std::min(n, 1)) : keep;
   }
   return n < cfg_.min ? 0 : n;
@@ -136,7 +137,7 @@ int32_t DraftPolicy::cut(int32_t n_drafted) {
 void DraftPolicy::record(std::span<const float> confidence, int32_t drafted, int32_t accepted) {
   constexpr double kDecay = 0.97;
   idle_steps_ = drafted > 0 ? 0 : idle_steps_ + 1;
-  for (int b = 0; b < kBands + 2; ++b) {
+  for (int b = 0; b < kRates; ++b) {
     acc_[b] *= kDecay;
     tried_[b] *= kDecay;
   }
@@ -144,7 +145,7 @@ void DraftPolicy::record(std::span<const float> confidence, int32_t drafted, int
   // ones were never judged.
   const int32_t judged = std::min(drafted, accepted + 1);
   for (int32_t i = 0; i < judged; ++i) {
-    const int b = size_t(i) < confidence.size() ? band(confidence[size_t(i)]) : kNone;
+    const int b = band(i + 1, size_t(i) < confidence.size() ? confidence[size_t(i)] : -1.0f);
     const double ok = i < accepted ? 1.0 : 0.0;
     acc_[b] += ok;
     tried_[b] += 1.0;

@@ -8,8 +8,9 @@
 //            yields), and it costs the step's extra time per draft token, Δc(j) = (c(base + j)
 //            - c(base)) / j, plus the drafting time d. Token j is drafted while P(j) · v >= Δc(j) + d, where P(j) is the
 //            chance that the first j draft tokens are all accepted: the product of each
-//            token's acceptance rate as observed in this sequence for drafts of its confidence
-//            band (a model drafter) or for all drafts (a drafter without probabilities). The costs come from StepCost, measured on this machine and model as the
+//            token's acceptance rate as observed in this sequence for draft tokens of its
+//            confidence band (a model drafter) or of its place in the draft (a drafter without
+//            probabilities). The costs come from StepCost, measured on this machine and model as the
 //            generation runs. This is the "dynamic speculation length" idea (e.g. DISCO,
 //            Mamou et al. 2024; SpecDec++, Huang et al. 2024) with a cost model instead of a
 //            trained classifier. With many sequences in a step (a server under load) the step
@@ -85,17 +86,23 @@ class DraftPolicy {
   const DraftConfig& config() const { return cfg_; }
 
  private:
-  // Acceptance is tracked per band of the draft's confidence (histogram calibration: a draft
-  // model's probabilities are informative but not calibrated; two quantizations of one model
-  // agree far more often than the draft's probability says), for tokens without a confidence
-  // and overall. Counts decay by 0.97 per verified step, so recent steps weigh most.
-  static constexpr int kBands = 4, kNone = kBands, kAll = kBands + 1;
-  static int band(float confidence);
+  // Acceptance is tracked per band: for a draft with confidences, per band of the draft's
+  // confidence (histogram calibration: a draft model's probabilities are informative but not
+  // calibrated; two quantizations of one model agree far more often than the draft's
+  // probability says); for a draft without, per position in the draft (1, 2, 3, 4 and later:
+  // n-gram drafts come in bursts, a copied span is either not taken at all or taken for many
+  // tokens, so the chance of the next token given the previous ones were accepted grows along
+  // the draft); and overall. Each rate is the chance that a token is accepted given that the
+  // ones before it were. Counts decay by 0.97 per verified step, so recent steps weigh most.
+  static constexpr int kConfBands = 4, kPosBands = 4;
+  static constexpr int kPos = kConfBands, kAll = kConfBands + kPosBands, kRates = kAll + 1;
+  // The band of draft token j (1-based) with this confidence (-1: none).
+  static int band(int32_t j, float confidence);
   double rate(int b) const;
   bool pays(int32_t j, double p_all) const;
 
   DraftConfig cfg_;
-  double acc_[kBands + 2] = {}, tried_[kBands + 2] = {};
+  double acc_[kRates] = {}, tried_[kRates] = {};
   // The current step.
   const StepCost* cost_ = nullptr;
   int64_t base_tokens_ = 1;
