@@ -1,0 +1,1138 @@
+// Speculative decoding without a model: n-gram lookup (prompt and history) against brute-force
+// references, Sampler::distribution against sample(), the speculative sampling rule in
+// SequenceState checked statistically against the target distribution, and the draft-length
+// policy and its step-cost model on made-up costs.
+//
+// Statistical tests use fixed seeds (so they are deterministic) and a chi-square test whose
+// false-failure rate is 1e-6 for a correct implementation; each also checks that the same
+// counts reject a wrong distribution, so the test has the power to fail.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <bit>
+#include <memory>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "engine/sequence.h"
+#include "engine/spec/draft_policy.h"
+#include "engine/spec/ngram_drafter.h"
+#include "engine/spec/spec_options.h"
+#include "sample/sampler.h"
+
+namespace peregrine {
+namespace {
+
+// ---- statistics helpers ----------------------------------------------------------------------
+
+// Regularized upper incomplete gamma Q(a, x) (series below a + 1, continued fraction above;
+// Numerical Recipes' gser/gcf).
+double gamma_q(double a, double x) {
+  if (x <= 0.0) return 1.0;
+  const double front = std::exp(-x + a * std::log(x) - std::lgamma(a));
+  if (x < a + 1.0) {
+    double ap = a, del = 1.0 / a, sum = del;
+    for (int n = 0; n < 10000; ++n) {
+      ap += 1.0;
+      del *= x / ap;
+      sum += del;
+      if (std::fabs(del) < std::fabs(sum) * 1e-16) break;
+    }
+    return std::max(0.0, 1.0 - sum * front);
+  }
+  constexpr double kTiny = 1e-300;
+  double b = x + 1.0 - a, c = 1.0 / kTiny, d = 1.0 / b, h = d;
+  for (int i = 1; i < 10000; ++i) {
+    const double an = -double(i) * (double(i) - a);
+    b += 2.0;
+    d = an * d + b;
+    if (std::fabs(d) < kTiny) d = kTiny;
+    c = b + an / c;
+    if (std::fabs(c) < kTiny) c = kTiny;
+    d = 1.0 / d;
+    const double del = d * c;
+    h *= del;
+    if (std::fabs(del - 1.0) < 1e-16) break;
+  }
+  return front * h;
+}
+
+constexpr double kAlpha = 1e-6;  // false-failure rate of every statistical check here
+
+// Pearson's chi-square p-value of observed counts against expected probabilities. Cells
+// expected to hold fewer than 5 counts are pooled into one (the chi-square approximation needs
+// it); a count in a cell of probability 0 fails outright (p = 0).
+double chi2_pvalue(const std::vector<int64_t>& counts, const std::vector<double>& probs) {
+  int64_t n = 0;
+  for (int64_t c : counts) n += c;
+  double stat = 0.0, pooled_e = 0.0, pooled_o = 0.0;
+  int cells = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    if (probs[i] <= 0.0) {
+      if (counts[i] > 0) return 0.0;
+      continue;
+    }
+    const double e = double(n) * probs[i];
+    if (e < 5.0) {
+      pooled_e += e;
+      pooled_o += double(counts[i]);
+      continue;
+    }
+    stat += (double(counts[i]) - e) * (double(counts[i]) - e) / e;
+    ++cells;
+  }
+  if (pooled_e > 0.0) {
+    stat += (pooled_o - pooled_e) * (pooled_o - pooled_e) / pooled_e;
+    ++cells;
+  }
+  return cells < 2 ? 1.0 : gamma_q(0.5 * (cells - 1), 0.5 * stat);
+}
+
+TEST(Statistics, ChiSquareHelperMatchesTables) {
+  // Known quantiles: chi2(2) survival is exp(-x/2); chi2(7) at 14.067 and chi2(63) at 82.529 are
+  // the 5% points, chi2(7) at 24.322 the 0.1% point.
+  EXPECT_NEAR(gamma_q(1.0, 5.0), std::exp(-5.0), 1e-12);
+  EXPECT_NEAR(gamma_q(3.5, 14.067 / 2), 0.05, 2e-4);
+  EXPECT_NEAR(gamma_q(31.5, 82.529 / 2), 0.05, 2e-4);
+  EXPECT_NEAR(gamma_q(3.5, 24.322 / 2), 0.001, 2e-5);
+}
+
+// Draws an index from probabilities (inverse CDF) with the test's own generator.
+int draw(const std::vector<double>& p, std::mt19937_64& rng) {
+  double u = double(rng() >> 11) * (1.0 / 9007199254740992.0);
+  for (size_t i = 0; i < p.size(); ++i) {
+    u -= p[i];
+    if (u < 0.0) return int(i);
+  }
+  for (size_t i = p.size(); i-- > 0;)
+    if (p[i] > 0.0) return int(i);
+  return 0;
+}
+
+// ---- lookup_suffix ---------------------------------------------------------------------------
+
+// The definition, spelled out differently from the implementation: among all (n, j) with
+// n_min <= n <= n_max, tokens[j, j + n) equal to the last n tokens and a token after it
+// (j + n < L), take the largest n, then the largest j (most recent), and return what follows,
+// up to max tokens.
+std::optional<std::vector<TokenId>> lookup_reference(const std::vector<TokenId>& t, int n_min, int n_max, int max) {
+  const int L = int(t.size());
+  std::vector<std::pair<int, int>> matches;  // (n, j)
+  for (int n = n_min; n <= n_max; ++n) {
+    if (n > L) continue;
+    for (int j = 0; j + n < L; ++j) {
+      bool eq = true;
+      for (int k = 0; k < n; ++k) eq = eq && t[size_t(j + k)] == t[size_t(L - n + k)];
+      if (eq) matches.emplace_back(n, j);
+    }
+  }
+  if (matches.empty()) return std::nullopt;
+  const auto [n, j] = *std::max_element(matches.begin(), matches.end());
+  std::vector<TokenId> out;
+  for (int p = j + n; p < L && int(out.size()) < max; ++p) out.push_back(t[size_t(p)]);
+  return out;
+}
+
+TEST(NgramLookup, MatchesBruteForceOnRandomSequences) {
+  std::mt19937_64 rng(2024);
+  int found = 0, clipped_by_end = 0, clipped_by_max = 0;
+  for (int trial = 0; trial < 4000; ++trial) {
+    const int alphabet = 2 + int(rng() % 4);  // small: suffixes recur often
+    const int L = int(rng() % 40);
+    std::vector<TokenId> t(static_cast<size_t>(L));
+    for (TokenId& x : t) x = TokenId(rng() % uint64_t(alphabet));
+    const int n_min = 1 + int(rng() % 3), n_max = n_min + int(rng() % 4), max = 1 + int(rng() % 10);
+    std::vector<TokenId> out = {777};  // appended to, never cleared
+    const bool ok = lookup_suffix(t, n_min, n_max, max, out);
+    const auto want = lookup_reference(t, n_min, n_max, max);
+    ASSERT_EQ(ok, want.has_value()) << "trial " << trial;
+    ASSERT_EQ(out.front(), 777);
+    const std::vector<TokenId> got(out.begin() + 1, out.end());
+    if (want) {
+      ASSERT_EQ(got, *want) << "trial " << trial << " L " << L << " n " << n_min << ".." << n_max << " max " << max;
+      ++found;
+      if (int(got.size()) == max) ++clipped_by_max;
+      else ++clipped_by_end;
+    } else {
+      ASSERT_TRUE(got.empty());
+    }
+  }
+  // The random cases cover every outcome.
+  EXPECT_GT(found, 1000);
+  EXPECT_GT(clipped_by_end, 100);
+  EXPECT_GT(clipped_by_max, 100);
+}
+
+TEST(NgramLookup, PrefersLongerSuffixThenMostRecentAndOverlaps) {
+  std::vector<TokenId> out;
+  // "5 6" occurs twice, "4 5 6" once (earlier): the longer match wins.
+  EXPECT_TRUE(lookup_suffix(std::vector<TokenId>{4, 5, 6, 1, 5, 6, 2, 9, 4, 5, 6}, 2, 4, 3, out));
+  EXPECT_EQ(out, (std::vector<TokenId>{1, 5, 6}));
+  out.clear();
+  // Only a 2-gram: the most recent occurrence.
+  EXPECT_TRUE(lookup_suffix(std::vector<TokenId>{5, 6, 1, 5, 6, 2, 9, 5, 6}, 2, 4, 2, out));
+  EXPECT_EQ(out, (std::vector<TokenId>{2, 9}));
+  out.clear();
+  // A repeating pattern: the occurrence may overlap the suffix; the continuation stops at the end.
+  EXPECT_TRUE(lookup_suffix(std::vector<TokenId>{3, 3, 3, 3}, 2, 2, 8, out));
+  EXPECT_EQ(out, (std::vector<TokenId>{3}));
+  out.clear();
+  EXPECT_FALSE(lookup_suffix(std::vector<TokenId>{1, 2, 3, 4}, 2, 4, 8, out));
+  EXPECT_FALSE(lookup_suffix(std::vector<TokenId>{}, 2, 4, 8, out));
+  EXPECT_TRUE(out.empty());
+}
+
+// ---- NgramHistory ----------------------------------------------------------------------------
+
+std::vector<TokenId> looked_up(const NgramHistory& h, const std::vector<TokenId>& context, int max = 8) {
+  std::vector<TokenId> out;
+  h.lookup(context, max, out);
+  return out;
+}
+
+TEST(NgramHistory, FindsEarlierOutputsButNeverCrossesTheirSeparator) {
+  NgramHistory h(1000, 2, 4);
+  h.add(std::vector<TokenId>{10, 11, 12, 13, 14});
+  h.add(std::vector<TokenId>{20, 21, 22});
+  EXPECT_EQ(looked_up(h, {5, 11, 12}), (std::vector<TokenId>{13, 14}));  // stops at the output's end
+  EXPECT_EQ(looked_up(h, {99, 12, 13}), (std::vector<TokenId>{14}));
+  EXPECT_EQ(looked_up(h, {10, 11}, 2), (std::vector<TokenId>{12, 13}));  // clipped to max
+  EXPECT_TRUE(looked_up(h, {13, 14}).empty());       // the end of an output: nothing follows
+  EXPECT_TRUE(looked_up(h, {14, 20}).empty());       // never adjacent: a separator lies between
+  EXPECT_EQ(looked_up(h, {13, 14, 20, 21}), (std::vector<TokenId>{22}));  // only "20 21" matches
+  EXPECT_TRUE(looked_up(h, {1, 2}).empty());
+  EXPECT_TRUE(looked_up(h, {12}).empty());  // shorter than n_min
+  // The most recent output wins for an n-gram seen twice.
+  h.add(std::vector<TokenId>{10, 11, 40, 41});
+  EXPECT_EQ(looked_up(h, {10, 11}), (std::vector<TokenId>{40, 41}));
+  // The longest indexed suffix wins, else the most recent shorter one.
+  h.add(std::vector<TokenId>{7, 10, 11, 50});
+  h.add(std::vector<TokenId>{8, 10, 11, 60});
+  EXPECT_EQ(looked_up(h, {7, 10, 11}), (std::vector<TokenId>{50}));  // the 3-gram, though older
+  EXPECT_EQ(looked_up(h, {3, 10, 11}), (std::vector<TokenId>{60}));  // the most recent 2-gram
+  EXPECT_EQ(h.size(), 5 + 1 + 3 + 1 + 4 + 1 + 4 + 1 + 4 + 1);
+}
+
+TEST(NgramHistory, EmptyOrZeroCapacityFindsNothing) {
+  NgramHistory none(0, 2, 4);
+  none.add(std::vector<TokenId>{1, 2, 3});
+  EXPECT_TRUE(looked_up(none, {1, 2}).empty());
+  EXPECT_EQ(none.bytes(), 0u);
+  NgramHistory h(100, 2, 4);
+  EXPECT_TRUE(looked_up(h, {1, 2}).empty());
+  h.add(std::vector<TokenId>{1, 2, 3});
+  EXPECT_TRUE(looked_up(h, {1, 2}, 0).empty());
+}
+
+TEST(NgramHistory, AnOutputLongerThanTheRingKeepsItsEnd) {
+  NgramHistory h(32, 2, 2);
+  std::vector<TokenId> longer;
+  for (TokenId t = 100; t < 200; ++t) longer.push_back(t);
+  h.add(longer);
+  EXPECT_EQ(h.size(), 32);
+  EXPECT_TRUE(looked_up(h, {100, 101}).empty());  // long gone
+  EXPECT_EQ(looked_up(h, {190, 191}, 3), (std::vector<TokenId>{192, 193, 194}));
+  EXPECT_EQ(looked_up(h, {197, 198}), (std::vector<TokenId>{199}));
+}
+
+// The history as the ring holds it: each output (its last capacity - 1 tokens when longer) and
+// a separator, of which the last `capacity` tokens are retained.
+struct HistoryModel {
+  int64_t capacity;
+  std::vector<TokenId> stream;
+  void add(const std::vector<TokenId>& out) {
+    if (capacity <= 0 || out.empty()) return;
+    size_t from = out.size() >= size_t(capacity) ? out.size() - size_t(capacity - 1) : 0;
+    stream.insert(stream.end(), out.begin() + std::ptrdiff_t(from), out.end());
+    stream.push_back(-1);
+  }
+  std::vector<TokenId> retained() const {
+    const size_t n = std::min(stream.size(), size_t(capacity));
+    return std::vector<TokenId>(stream.end() - std::ptrdiff_t(n), stream.end());
+  }
+};
+
+// Whether `proposal` is what followed some occurrence of the context's last n tokens
+// (n_min <= n <= n_max) in the retained history: the continuation up to max tokens, ending
+// early only at a separator or at the end of what was written.
+bool is_real_continuation(const std::vector<TokenId>& held, const std::vector<TokenId>& context,
+                          const std::vector<TokenId>& proposal, int n_min, int n_max, int max) {
+  for (int n = n_min; n <= n_max && n <= int(context.size()); ++n) {
+    for (size_t s = 0; s + size_t(n) <= held.size(); ++s) {
+      if (!std::equal(context.end() - n, context.end(), held.begin() + std::ptrdiff_t(s))) continue;
+      std::vector<TokenId> cont;
+      for (size_t p = s + size_t(n); p < held.size() && held[p] != -1 && int(cont.size()) < max; ++p)
+        cont.push_back(held[p]);
+      if (cont == proposal) return true;
+    }
+  }
+  return false;
+}
+
+TEST(NgramHistory, BoundedAndEveryProposalIsARealContinuation) {
+  // Small alphabets make n-grams recur with different continuations, small capacities make
+  // the ring wrap thousands of times and the table's slots collide (2 slots per token):
+  // a stale or colliding entry must never yield tokens that did not follow the n-gram.
+  std::mt19937_64 rng(77);
+  int64_t proposals = 0, old_lookups_empty = 0;
+  for (int config = 0; config < 12; ++config) {
+    const int64_t capacity = 17 + int64_t(rng() % 120);
+    const int n_min = 1 + int(rng() % 3), n_max = n_min + int(rng() % 3);
+    const int alphabet = 3 + int(rng() % 30);
+    NgramHistory h(capacity, n_min, n_max);
+    HistoryModel model{capacity, {}};
+    const size_t bytes = h.bytes();
+    EXPECT_EQ(bytes, size_t(capacity) * sizeof(TokenId) + std::bit_ceil(size_t(capacity) * 2) * 16);
+    std::vector<std::vector<TokenId>> outputs;
+    for (int k = 0; k < 400; ++k) {
+      std::vector<TokenId> out(1 + rng() % (k % 50 == 0 ? 3 * uint64_t(capacity) : 30));
+      for (TokenId& t : out) t = TokenId(rng() % uint64_t(alphabet));
+      h.add(out);
+      model.add(out);
+      outputs.push_back(out);
+      ASSERT_EQ(h.bytes(), bytes);  // memory is fixed at creation
+      ASSERT_EQ(h.size(), std::min<int64_t>(capacity, int64_t(model.stream.size())));
+      // Contexts: a piece of a recent output, of an old one, and noise.
+      const std::vector<TokenId>& recent = outputs[outputs.size() - 1 - rng() % std::min<size_t>(outputs.size(), 3)];
+      const std::vector<TokenId>& old = outputs[rng() % outputs.size()];
+      std::vector<TokenId> noise(1 + rng() % 6);
+      for (TokenId& t : noise) t = TokenId(rng() % uint64_t(alphabet));
+      const std::vector<TokenId> held = model.retained();
+      const std::vector<TokenId>* sources[] = {&recent, &old, &noise};
+      for (const std::vector<TokenId>* src : sources) {
+        const size_t end = 1 + rng() % src->size();
+        const size_t begin = end > 6 ? end - 6 : 0;
+        const std::vector<TokenId> context(src->begin() + std::ptrdiff_t(begin), src->begin() + std::ptrdiff_t(end));
+        const int max = 1 + int(rng() % 10);
+        const std::vector<TokenId> got = looked_up(h, context, max);
+        if (got.empty()) {
+          if (src == &old) ++old_lookups_empty;
+          continue;
+        }
+        ++proposals;
+        ASSERT_TRUE(is_real_continuation(held, context, got, n_min, n_max, max))
+            << "config " << config << " output " << k << ": a proposal that never followed its n-gram";
+      }
+    }
+  }
+  EXPECT_GT(proposals, 3000);         // the check above was exercised
+  EXPECT_GT(old_lookups_empty, 100);  // and old outputs do fall out of the ring
+}
+
+TEST(NgramHistory, OldOutputsAreForgotten) {
+  NgramHistory h(64, 2, 3);
+  const size_t bytes = h.bytes();
+  h.add(std::vector<TokenId>{1000, 1001, 1002, 1003});
+  EXPECT_EQ(looked_up(h, {1000, 1001}), (std::vector<TokenId>{1002, 1003}));
+  for (int k = 0; k < 500; ++k) h.add(std::vector<TokenId>{TokenId(k % 7), TokenId(k % 5), TokenId(k % 3)});
+  EXPECT_TRUE(looked_up(h, {1000, 1001}).empty());
+  EXPECT_TRUE(looked_up(h, {1001, 1002}).empty());
+  EXPECT_EQ(h.bytes(), bytes);
+  EXPECT_EQ(h.size(), 64);
+}
+
+TEST(NgramDrafter, PromptLookupFirstThenHistory) {
+  auto history = std::make_shared<NgramHistory>(1000, NgramDrafter::kNMin, NgramDrafter::kNMax);
+  history->add(std::vector<TokenId>{7, 8, 9, 10, 11});
+  NgramDrafter d(history);
+  EXPECT_EQ(d.name(), "ngram");
+  Draft out;
+  auto go_on = [](int32_t, float) { return true; };
+  // Nothing to copy from the sequence itself: the history drafts.
+  std::vector<TokenId> seq = {1, 2, 3, 7, 8};
+  ASSERT_TRUE(d.propose(DraftRequest{seq, 4, 0, 3}, go_on, out).ok());
+  EXPECT_EQ(out.tokens, (std::vector<TokenId>{9, 10, 11}));
+  EXPECT_TRUE(out.confidence.empty());
+  EXPECT_TRUE(out.dists.empty());
+  EXPECT_EQ(d.history_drafts(), 1);
+  // The sequence repeats itself: its own continuation wins.
+  seq = {7, 8, 42, 43, 44, 7, 8};
+  ASSERT_TRUE(d.propose(DraftRequest{seq, 6, 0, 2}, go_on, out).ok());
+  EXPECT_EQ(out.tokens, (std::vector<TokenId>{42, 43}));
+  EXPECT_EQ(d.history_drafts(), 1);
+  // max 0: nothing.
+  ASSERT_TRUE(d.propose(DraftRequest{seq, 6, 0, 0}, go_on, out).ok());
+  EXPECT_TRUE(out.tokens.empty());
+  // Without a history, only the sequence.
+  NgramDrafter alone;
+  seq = {1, 2, 3, 7, 8};
+  ASSERT_TRUE(alone.propose(DraftRequest{seq, 4, 0, 3}, go_on, out).ok());
+  EXPECT_TRUE(out.tokens.empty());
+}
+
+TEST(Draft, TruncateKeepsTheParallelVectorsAligned) {
+  Draft d;
+  d.tokens = {1, 2, 3, 4};
+  d.confidence = {0.9f, 0.8f, 0.7f, 0.6f};
+  d.dists = {{{1, 1.0f}}, {{2, 1.0f}}, {{3, 1.0f}}, {{4, 1.0f}}};
+  d.truncate(9);
+  EXPECT_EQ(d.size(), 4);
+  d.truncate(2);
+  EXPECT_EQ(d.tokens, (std::vector<TokenId>{1, 2}));
+  EXPECT_EQ(d.confidence.size(), 2u);
+  EXPECT_EQ(d.dists.size(), 2u);
+  d.clear();
+  EXPECT_EQ(d.size(), 0);
+  EXPECT_TRUE(d.confidence.empty() && d.dists.empty());
+}
+
+// ---- Sampler::distribution -------------------------------------------------------------------
+
+SamplerOptions plain(uint64_t seed) {
+  SamplerOptions o;
+  o.temperature = 1.0f;
+  o.top_k = 0;
+  o.top_p = 1.0f;
+  o.min_p = 0.0f;
+  o.seed = seed;
+  return o;
+}
+
+std::vector<float> spread_logits(int64_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<float> l(static_cast<size_t>(n));
+  for (float& x : l) x = float(double(rng() >> 11) * (1.0 / 9007199254740992.0) * 6.0 - 3.0);
+  return l;
+}
+
+TEST(SamplerDistribution, SumsToOneAndItsSupportIsWhatSampleReturns) {
+  struct Case {
+    float temp;
+    int32_t top_k;
+    float top_p, min_p, repeat, presence;
+  };
+  const Case cases[] = {{1.0f, 0, 1.0f, 0.0f, 1.0f, 0.0f},  {0.7f, 5, 1.0f, 0.0f, 1.0f, 0.0f},
+                        {1.3f, 0, 0.8f, 0.0f, 1.0f, 0.0f},  {0.9f, 0, 1.0f, 0.2f, 1.0f, 0.0f},
+                        {0.8f, 40, 0.95f, 0.05f, 1.3f, 0.8f}};
+  for (const Case& c : cases) {
+    SamplerOptions o = plain(11);
+    o.temperature = c.temp;
+    o.top_k = c.top_k;
+    o.top_p = c.top_p;
+    o.min_p = c.min_p;
+    o.repeat_penalty = c.repeat;
+    o.presence_penalty = c.presence;
+    const int64_t V = 60;
+    const std::vector<float> l = spread_logits(V, 5);
+    Sampler s(o);
+    for (int32_t t : {3, 17, 17, 40}) {  // penalties in play where the case has them
+      s.accept(t);
+      s.count_output(t);
+    }
+    TokenDist dist;
+    s.distribution(l.data(), V, dist);
+    ASSERT_FALSE(dist.empty());
+    double sum = 0.0;
+    std::vector<double> probs(size_t(V), 0.0);
+    std::set<int32_t> ids;
+    for (const auto& [id, p] : dist) {
+      ASSERT_GE(id, 0);
+      ASSERT_LT(id, V);
+      EXPECT_GT(p, 0.0f);
+      sum += p;
+      probs[size_t(id)] = p;
+      ids.insert(id);
+    }
+    EXPECT_EQ(ids.size(), dist.size()) << "a token listed twice";
+    EXPECT_NEAR(sum, 1.0, 1e-5);
+    if (c.top_k > 0) {
+      EXPECT_LE(dist.size(), size_t(c.top_k));
+    }
+    // Draws land only in the support and follow it (chi-square); distribution() drew nothing,
+    // so the sampler's stream is where it was.
+    std::vector<int64_t> counts(size_t(V), 0);
+    const int N = 40000;
+    for (int i = 0; i < N; ++i) counts[size_t(s.sample(l.data(), V))]++;
+    std::set<int32_t> drawn;
+    for (int64_t i = 0; i < V; ++i)
+      if (counts[size_t(i)] > 0) drawn.insert(int32_t(i));
+    for (int32_t id : drawn) EXPECT_TRUE(ids.count(id)) << "sample() returned " << id << ", outside distribution()";
+    for (const auto& [id, p] : dist) {
+      if (p > 1e-3f) {
+        EXPECT_TRUE(drawn.count(id)) << "token " << id << " (p " << p << ") never drawn";
+      }
+    }
+    EXPECT_GT(chi2_pvalue(counts, probs), kAlpha) << "temp " << c.temp << " top_k " << c.top_k;
+    // Power: the same counts against the raw softmax (no cuts, no temperature, no penalties)
+    // are rejected, for every case that changes it.
+    if (&c != &cases[0]) {
+      std::vector<double> raw(static_cast<size_t>(V));
+      double z = 0.0;
+      for (int64_t i = 0; i < V; ++i) z += (raw[size_t(i)] = std::exp(double(l[size_t(i)])));
+      for (double& r : raw) r /= z;
+      EXPECT_LT(chi2_pvalue(counts, raw), kAlpha) << "temp " << c.temp << " top_k " << c.top_k;
+    }
+    EXPECT_LT(chi2_pvalue(counts, std::vector<double>(size_t(V), 1.0 / double(V))), kAlpha);
+  }
+}
+
+TEST(SamplerDistribution, GreedyIsTheArgmaxWithProbabilityOne) {
+  SamplerOptions o = plain(1);
+  o.temperature = 0.0f;
+  Sampler s(o);
+  const std::vector<float> l = {0.1f, 3.0f, -1.0f, 3.0f, 2.9f};
+  TokenDist d;
+  s.distribution(l.data(), 5, d);
+  ASSERT_EQ(d.size(), 1u);
+  EXPECT_EQ(d[0].first, 1);  // ties go to the lower id
+  EXPECT_EQ(d[0].second, 1.0f);
+  EXPECT_EQ(s.sample(l.data(), 5), 1);
+}
+
+TEST(SamplerDistribution, DrawingFromItWithUniformIsSample) {
+  // sample() == walking distribution() with one uniform(): the same use of the generator,
+  // token for token, over changing logits and penalties.
+  SamplerOptions o = plain(99);
+  o.temperature = 0.9f;
+  o.top_k = 30;
+  o.top_p = 0.9f;
+  o.min_p = 0.01f;
+  o.repeat_penalty = 1.1f;
+  o.frequency_penalty = 0.4f;
+  Sampler a(o), b(o);
+  TokenDist d;
+  for (int i = 0; i < 3000; ++i) {
+    const std::vector<float> l = spread_logits(200, uint64_t(i));
+    const int32_t ta = a.sample(l.data(), 200);
+    b.distribution(l.data(), 200, d);
+    double u = b.uniform();
+    int32_t tb = d.back().first;
+    for (const auto& [id, p] : d) {
+      u -= p;
+      if (u < 0.0) {
+        tb = id;
+        break;
+      }
+    }
+    ASSERT_EQ(ta, tb) << "draw " << i;
+    for (Sampler* s : {&a, &b}) {
+      s->accept(ta);
+      s->count_output(ta);
+    }
+  }
+  // One generator draw per sampled token, mapped as 53 bits / 2^53: uniform() after n draws is
+  // the generator's (n + 1)-th output.
+  Sampler c(plain(5));
+  std::mt19937_64 ref(5);
+  const std::vector<float> l = spread_logits(10, 1);
+  for (int i = 0; i < 17; ++i) (void)c.sample(l.data(), 10);
+  ref.discard(17);
+  EXPECT_EQ(c.uniform(), double(ref() >> 11) * (1.0 / 9007199254740992.0));
+  // Greedy draws nothing.
+  SamplerOptions g = plain(5);
+  g.temperature = 0.0f;
+  Sampler e(g);
+  for (int i = 0; i < 5; ++i) (void)e.sample(l.data(), 10);
+  std::mt19937_64 ref2(5);
+  EXPECT_EQ(e.uniform(), double(ref2() >> 11) * (1.0 / 9007199254740992.0));
+}
+
+TEST(SamplerDistribution, SampleStreamUnchangedByTheRefactor) {
+  // Tokens from the sampler before distribution()/uniform() were split out of sample()
+  // (commit 6d300b8), for these options, seeds and logits: the same seed must keep giving the
+  // same text.
+  struct Case {
+    float temp;
+    int32_t top_k;
+    float top_p, min_p, rep, pres, freq;
+    uint64_t seed;
+    int vocab;
+    std::vector<int32_t> want;
+  };
+  const Case cases[] = {
+      {0.8f, 40, 0.95f, 0.05f, 1.0f, 0.0f, 0.0f, 42, 100,
+       {70, 62, 12, 54, 95, 64, 87, 79, 68, 10, 52, 88, 51, 77, 16, 60, 0,  89, 31, 52, 17, 12, 6,  77,
+        95, 37, 31, 57, 54, 33, 6,  64, 24, 63, 21, 96, 96, 96, 59, 72, 61, 74, 84, 68, 89, 15, 75, 72}},
+      {1.3f, 0, 1.0f, 0.0f, 1.2f, 0.5f, 0.0f, 7, 64,
+       {44, 59, 11, 54, 9,  1,  55, 57, 13, 41, 49, 36, 22, 19, 55, 21, 63, 62, 52, 15, 38, 16, 3, 3,
+        8,  12, 18, 21, 37, 41, 29, 1,  21, 49, 31, 60, 39, 17, 11, 48, 8,  40, 42, 23, 0,  33, 20, 6}},
+      {0.5f, 5, 1.0f, 0.0f, 1.0f, 0.0f, 0.3f, 99, 300,
+       {89,  128, 272, 46,  232, 182, 158, 24, 55,  165, 175, 20,  101, 216, 6,   163,
+        244, 160, 102, 70,  151, 253, 140, 179, 45, 84,  241, 26,  188, 75,  12,  229,
+        19,  252, 21,  249, 44,  154, 298, 261, 111, 48, 184, 92,  0,   23,  201, 235}},
+      {1.0f, 0, 0.7f, 0.02f, 1.0f, 0.0f, 0.0f, 3, 5000,
+       {3995, 4459, 2644, 2589, 4337, 3962, 1964, 4622, 2223, 2063, 3287, 2699, 274,  863,  4927, 1563,
+        1935, 4640, 3735, 1905, 602,  1079, 2206, 638,  3120, 4554, 2611, 4388, 33,   2581, 2201, 2903,
+        4245, 2664, 3956, 883,  2660, 1415, 2940, 730,  2221, 3836, 97,   4593, 1911, 1774, 4951, 25}},
+  };
+  for (const Case& c : cases) {
+    SamplerOptions o;
+    o.temperature = c.temp;
+    o.top_k = c.top_k;
+    o.top_p = c.top_p;
+    o.min_p = c.min_p;
+    o.repeat_penalty = c.rep;
+    o.presence_penalty = c.pres;
+    o.frequency_penalty = c.freq;
+    o.seed = c.seed;
+    Sampler s(o);
+    std::vector<float> l(size_t(c.vocab));
+    std::vector<int32_t> got;
+    for (int step = 0; step < 48; ++step) {
+      // Exact integer arithmetic: no libm differences between machines.
+      for (int i = 0; i < c.vocab; ++i) l[size_t(i)] = 0.05f * float((i * 37 + step * 11 + (i * i) % 13) % 97);
+      const int32_t t = s.sample(l.data(), c.vocab);
+      s.accept(t);
+      s.count_output(t);
+      got.push_back(t);
+    }
+    EXPECT_EQ(got, c.want) << "seed " << c.seed;
+  }
+}
+
+// ---- speculative sampling in SequenceState ----------------------------------------------------
+
+constexpr int64_t kVocab = 8;
+
+TokenText no_end() {
+  return {[](TokenId id) { return std::string(1, char('a' + id)); }, [](TokenId) { return false; }};
+}
+
+SequenceOptions sampled_seq(uint64_t seed) {
+  SequenceOptions o;
+  o.sampling = plain(seed);
+  return o;
+}
+
+// Logits whose softmax at temperature 1 is p (every p > 0).
+std::vector<float> logits_of(const std::vector<double>& p) {
+  std::vector<float> l;
+  for (double x : p) l.push_back(float(std::log(x)));
+  return l;
+}
+
+TokenDist dist_of(const std::vector<double>& q) {
+  TokenDist d;
+  for (size_t i = 0; i < q.size(); ++i)
+    if (q[i] > 0.0) d.emplace_back(int32_t(i), float(q[i]));
+  return d;
+}
+
+// The target p and a different draft q (q gives 0 to tokens 4 and 7, which p does not: the
+// residual alone must produce them).
+const std::vector<double> kP = {0.30, 0.05, 0.20, 0.02, 0.15, 0.08, 0.12, 0.08};
+const std::vector<double> kQ = {0.05, 0.30, 0.10, 0.25, 0.00, 0.10, 0.20, 0.00};
+
+double overlap(const std::vector<double>& p, const std::vector<double>& q) {
+  double s = 0.0;
+  for (size_t i = 0; i < p.size(); ++i) s += std::min(p[i], q[i]);
+  return s;
+}
+
+// A rate seen `hits` times in n trials is within 5.5 standard deviations of `want`
+// (two-sided false-failure rate below 1e-7).
+void expect_rate(int64_t hits, int64_t n, double want, const char* what) {
+  const double rate = double(hits) / double(n), sd = std::sqrt(want * (1.0 - want) / double(n));
+  EXPECT_NEAR(rate, want, 5.5 * sd) << what;
+}
+
+TEST(SpeculativeSampling, FirstTokenIsDistributedAsTheTargetAndAcceptanceIsTheOverlap) {
+  const int N = 20000;
+  const std::vector<float> row0 = logits_of(kP);
+  const std::vector<float> row1 = logits_of({0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.2, 0.2});
+  std::vector<float> rows = row0;
+  rows.insert(rows.end(), row1.begin(), row1.end());
+  const std::vector<TokenDist> dists = {dist_of(kQ)};
+  std::mt19937_64 draft_rng(4321);
+  std::vector<int64_t> first(kVocab, 0), via_residual(kVocab, 0);
+  int64_t accepted = 0;
+  for (int t = 0; t < N; ++t) {
+    SequenceState s(sampled_seq(1000 + uint64_t(t)), no_end(), kVocab);
+    s.set_prompt(std::vector<TokenId>{1});
+    const std::vector<TokenId> draft = {TokenId(draw(kQ, draft_rng))};
+    std::vector<SequenceState::Emitted> out;
+    const SequenceState::StepResult r = s.step(rows.data(), 2, draft, out, INT64_MAX, dists);
+    ASSERT_FALSE(r.finished);
+    ASSERT_EQ(size_t(r.accepted), out.size());
+    ASSERT_EQ(r.accepted, r.draft_accepted + 1);  // every accepted draft gets the bonus row too
+    first[size_t(out[0].token)]++;
+    if (r.draft_accepted == 1) {
+      ++accepted;
+      ASSERT_EQ(out[0].token, draft[0]);
+    } else {
+      ASSERT_NE(out[0].token, draft[0]);  // a rejected draft token is never the residual's draw
+      via_residual[size_t(out[0].token)]++;
+    }
+  }
+  EXPECT_GT(chi2_pvalue(first, kP), kAlpha);
+  EXPECT_LT(chi2_pvalue(first, kQ), kAlpha);  // power: the draft's own distribution is rejected
+  expect_rate(accepted, N, overlap(kP, kQ), "acceptance = sum_x min(p(x), q(x))");
+  // The residual max(0, p - q), normalised, is what rejections draw from.
+  std::vector<double> residual(kVocab);
+  double z = 0.0;
+  for (int64_t i = 0; i < kVocab; ++i) z += (residual[size_t(i)] = std::max(0.0, kP[size_t(i)] - kQ[size_t(i)]));
+  for (double& x : residual) x /= z;
+  EXPECT_GT(chi2_pvalue(via_residual, residual), kAlpha);
+}
+
+// Target p1(y | x) and draft q1(y | x): the second token's distributions depend on the first.
+std::vector<double> rotated(const std::vector<double>& base, int shift) {
+  std::vector<double> r(base.size());
+  for (size_t i = 0; i < base.size(); ++i) r[(i + size_t(shift)) % base.size()] = base[i];
+  return r;
+}
+std::vector<double> p1_of(TokenId x) { return rotated({0.25, 0.04, 0.18, 0.03, 0.2, 0.1, 0.12, 0.08}, 3 * x); }
+std::vector<double> q1_of(TokenId x) { return rotated({0.0, 0.3, 0.2, 0.2, 0.0, 0.1, 0.1, 0.1}, 5 * x); }
+
+TEST(SpeculativeSampling, TwoTokenDraftGivesTheTargetsJointDistribution) {
+  // A 2-token draft d0 ~ q0, d1 ~ q1(. | d0), verified with rows p0, p1(. | d0), p2. The first
+  // two tokens of the sequence (taking a plain second step when the first step emits only one)
+  // must be distributed as p0(x0) p1(x1 | x0).
+  const int N = 50000;
+  const std::vector<double> p2 = {0.125, 0.125, 0.125, 0.125, 0.125, 0.125, 0.125, 0.125};
+  std::mt19937_64 draft_rng(99);
+  std::vector<int64_t> joint(kVocab * kVocab, 0), per_step(4, 0);
+  for (int t = 0; t < N; ++t) {
+    SequenceState s(sampled_seq(77777 + uint64_t(t)), no_end(), kVocab);
+    s.set_prompt(std::vector<TokenId>{2});
+    const TokenId d0 = TokenId(draw(kQ, draft_rng));
+    const TokenId d1 = TokenId(draw(q1_of(d0), draft_rng));
+    std::vector<float> rows = logits_of(kP);
+    for (const auto& p : {p1_of(d0), p2}) {
+      const std::vector<float> r = logits_of(p);
+      rows.insert(rows.end(), r.begin(), r.end());
+    }
+    const std::vector<TokenDist> dists = {dist_of(kQ), dist_of(q1_of(d0))};
+    std::vector<SequenceState::Emitted> out;
+    const SequenceState::StepResult r = s.step(rows.data(), 3, std::vector<TokenId>{d0, d1}, out, INT64_MAX, dists);
+    ASSERT_EQ(size_t(r.accepted), out.size());
+    per_step[size_t(r.accepted)]++;
+    if (out.size() == 1) {  // the second token from the target's own row after x0
+      const std::vector<float> next = logits_of(p1_of(out[0].token));
+      s.step(next.data(), 1, {}, out);
+    }
+    ASSERT_GE(out.size(), 2u);
+    joint[size_t(out[0].token * kVocab + out[1].token)]++;
+  }
+  std::vector<double> want(kVocab * kVocab), draft_joint(kVocab * kVocab);
+  for (TokenId x = 0; x < kVocab; ++x)
+    for (TokenId y = 0; y < kVocab; ++y) {
+      want[size_t(x * kVocab + y)] = kP[size_t(x)] * p1_of(x)[size_t(y)];
+      draft_joint[size_t(x * kVocab + y)] = kP[size_t(x)] * kP[size_t(y)];  // independence: wrong
+    }
+  EXPECT_GT(chi2_pvalue(joint, want), kAlpha);
+  EXPECT_LT(chi2_pvalue(joint, draft_joint), kAlpha);  // power: ignoring the context is rejected
+  // All three outcomes happen: rejection at the first token, at the second, both accepted.
+  EXPECT_GT(per_step[1], 1000);
+  EXPECT_GT(per_step[2], 1000);
+  EXPECT_GT(per_step[3], 1000);
+}
+
+TEST(SpeculativeSampling, DraftEqualToTargetIsAlwaysAccepted) {
+  // q == p exactly (the draft's distribution computed as the sequence computes p): keep with
+  // probability min(1, p/q) = 1.
+  const std::vector<float> row = logits_of(kP);
+  Sampler same(plain(0));
+  TokenDist q;
+  same.distribution(row.data(), kVocab, q);
+  std::vector<double> qd(kVocab, 0.0);
+  for (const auto& [id, p] : q) qd[size_t(id)] = p;
+  std::vector<float> rows = row;
+  rows.insert(rows.end(), row.begin(), row.end());
+  std::mt19937_64 draft_rng(5);
+  for (int t = 0; t < 5000; ++t) {
+    SequenceState s(sampled_seq(uint64_t(t)), no_end(), kVocab);
+    s.set_prompt(std::vector<TokenId>{1});
+    std::vector<SequenceState::Emitted> out;
+    const TokenId d = TokenId(draw(qd, draft_rng));
+    const auto r = s.step(rows.data(), 2, std::vector<TokenId>{d}, out, INT64_MAX, std::vector<TokenDist>{q});
+    ASSERT_EQ(r.draft_accepted, 1) << "trial " << t;
+  }
+}
+
+TEST(SpeculativeSampling, MatchingRuleWithoutDistsIsPlainSampling) {
+  // No draft_dists: a deterministic draft token d is kept when the target's own sample equals
+  // it, so the first token is exactly plain sampling's with the same seed, distributed as p,
+  // and d is accepted at rate p(d).
+  const int N = 20000;
+  const TokenId d = 2;
+  const std::vector<float> row0 = logits_of(kP);
+  std::vector<float> rows = row0;
+  rows.insert(rows.end(), row0.begin(), row0.end());
+  std::vector<int64_t> first(kVocab, 0);
+  int64_t accepted = 0;
+  for (int t = 0; t < N; ++t) {
+    const SequenceOptions o = sampled_seq(555 + uint64_t(t));
+    SequenceState s(o, no_end(), kVocab);
+    s.set_prompt(std::vector<TokenId>{1});
+    std::vector<SequenceState::Emitted> out;
+    const auto r = s.step(rows.data(), 2, std::vector<TokenId>{d}, out);
+    Sampler alone(o.sampling);
+    ASSERT_EQ(out[0].token, alone.sample(row0.data(), kVocab)) << "trial " << t;
+    first[size_t(out[0].token)]++;
+    accepted += r.draft_accepted;
+  }
+  EXPECT_GT(chi2_pvalue(first, kP), kAlpha);
+  expect_rate(accepted, N, kP[size_t(d)], "matching: acceptance = p(d)");
+  // A drawn (not fixed) draft without its dists: still p, acceptance sum_x q(x) p(x).
+  std::mt19937_64 draft_rng(8);
+  std::fill(first.begin(), first.end(), 0);
+  accepted = 0;
+  for (int t = 0; t < N; ++t) {
+    SequenceState s(sampled_seq(99 + uint64_t(t)), no_end(), kVocab);
+    s.set_prompt(std::vector<TokenId>{1});
+    std::vector<SequenceState::Emitted> out;
+    const auto r = s.step(rows.data(), 2, std::vector<TokenId>{TokenId(draw(kQ, draft_rng))}, out);
+    first[size_t(out[0].token)]++;
+    accepted += r.draft_accepted;
+  }
+  double pq = 0.0;
+  for (int64_t i = 0; i < kVocab; ++i) pq += kP[size_t(i)] * kQ[size_t(i)];
+  EXPECT_GT(chi2_pvalue(first, kP), kAlpha);
+  expect_rate(accepted, N, pq, "matching a drawn draft: acceptance = sum_x p(x) q(x)");
+}
+
+TEST(SpeculativeSampling, GreedyIgnoresDraftDists) {
+  // Greedy keeps a draft token only if it is the argmax, whatever q says: token 1 has 0.40
+  // under the softmax and q(1) = 0.4, so min(1, p/q) on the softmax would keep it, but the
+  // argmax is token 0.
+  SequenceOptions o;
+  o.sampling.temperature = 0.0f;
+  const std::vector<double> p = {0.45, 0.40, 0.05, 0.02, 0.02, 0.02, 0.02, 0.02};
+  const std::vector<float> row = logits_of(p);
+  std::vector<float> rows = row;
+  rows.insert(rows.end(), row.begin(), row.end());
+  const std::vector<TokenDist> dists = {{{1, 0.4f}, {0, 0.6f}}};
+  for (int t = 0; t < 50; ++t) {
+    o.sampling.seed = uint64_t(t);
+    SequenceState s(o, no_end(), kVocab);
+    s.set_prompt(std::vector<TokenId>{3});
+    std::vector<SequenceState::Emitted> out;
+    const auto r = s.step(rows.data(), 2, std::vector<TokenId>{1}, out, INT64_MAX, dists);
+    ASSERT_EQ(r.accepted, 1);
+    ASSERT_EQ(r.draft_accepted, 0);
+    ASSERT_EQ(out[0].token, 0);
+  }
+  // A draft of the argmax is kept, and the bonus row is greedy too.
+  SequenceState s(o, no_end(), kVocab);
+  s.set_prompt(std::vector<TokenId>{3});
+  std::vector<SequenceState::Emitted> out;
+  const auto r = s.step(rows.data(), 2, std::vector<TokenId>{0}, out, INT64_MAX,
+                        std::vector<TokenDist>{{{0, 0.01f}, {1, 0.99f}}});
+  EXPECT_EQ(r.draft_accepted, 1);
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[1].token, 0);
+}
+
+// ---- StepCost ---------------------------------------------------------------------------------
+
+TEST(StepCost, GuessInterpolateExtrapolate) {
+  StepCost c;
+  EXPECT_FALSE(c.measured());
+  EXPECT_DOUBLE_EQ(c.seconds(1), 1.0);  // the guess, in units of a one-token step
+  EXPECT_DOUBLE_EQ(c.seconds(11), 2.0);
+  c.record(1, 0.010);
+  c.record(5, 0.030);
+  EXPECT_TRUE(c.measured());
+  EXPECT_DOUBLE_EQ(c.seconds(1), 0.010);
+  EXPECT_DOUBLE_EQ(c.seconds(5), 0.030);
+  EXPECT_NEAR(c.seconds(3), 0.020, 1e-12);  // linear between measured counts
+  EXPECT_NEAR(c.seconds(9), 0.030 + 4 * 0.005, 1e-12);  // past the largest: the last slope
+  EXPECT_NEAR(c.seconds(0), 0.010, 1e-12);               // n clamps to 1
+  // Moving average: 20% towards each new measurement.
+  c.record(5, 0.040);
+  EXPECT_NEAR(c.seconds(5), 0.032, 1e-12);
+  // Nonsense is ignored.
+  c.record(0, 1.0);
+  c.record(-3, 1.0);
+  c.record(StepCost::kMaxTokens + 1, 1.0);
+  c.record(2, 0.0);
+  c.record(2, -1.0);
+  c.record(2, std::nan(""));
+  c.record(2, INFINITY);
+  EXPECT_NEAR(c.seconds(2), 0.010 + 0.25 * 0.022, 1e-12);  // still interpolated
+}
+
+TEST(StepCost, EdgesOfTheMeasuredRange) {
+  StepCost below;
+  below.record(4, 0.5);
+  EXPECT_DOUBLE_EQ(below.seconds(1), 0.5);                // no cheaper than the smallest measured
+  EXPECT_NEAR(below.seconds(6), 0.5 + 2 * 0.05, 1e-12);  // one point: a 10% per-token slope
+  StepCost falling;  // measured noise: a larger step timed faster
+  falling.record(1, 0.2);
+  falling.record(2, 0.1);
+  EXPECT_DOUBLE_EQ(falling.seconds(10), 0.1);  // the slope past the largest is at least 0
+  EXPECT_DOUBLE_EQ(falling.seconds(1), 0.1);   // never above a larger step measured
+  falling.record(8, 0.15);
+  EXPECT_DOUBLE_EQ(falling.seconds(1), 0.1);
+  EXPECT_NEAR(falling.seconds(5), 0.1 + 0.05 * 3 / 6, 1e-12);
+  falling.record(6, 0.09);
+  EXPECT_DOUBLE_EQ(falling.seconds(5), 0.09);  // capped by the cheaper measured 6
+}
+
+// ---- DraftPolicy ------------------------------------------------------------------------------
+
+StepCost costs(double (*c)(int64_t)) {
+  StepCost s;
+  for (int64_t n = 1; n <= 65; ++n) s.record(n, c(n));
+  return s;
+}
+
+DraftConfig config(DraftPolicyKind k, int32_t max = 8, int32_t min = 0, float p_min = 0.75f) {
+  DraftConfig c;
+  c.policy = k;
+  c.max = max;
+  c.min = min;
+  c.p_min = p_min;
+  return c;
+}
+
+// Drafts j = 1, 2, ... while go_on says so: how many it keeps.
+int32_t drafted(DraftPolicy& p, float confidence) {
+  int32_t j = 1;
+  while (j <= 100 && p.go_on(j, confidence)) ++j;
+  return j - 1;
+}
+
+TEST(DraftPolicy, FixedAndPMin) {
+  const StepCost c = costs([](int64_t n) { return 0.01 * double(n); });  // drafting never pays
+  DraftPolicy fixed(config(DraftPolicyKind::Fixed, 6));
+  fixed.begin(c, 1, 1, 0.0);
+  EXPECT_TRUE(fixed.worth_drafting());
+  EXPECT_EQ(drafted(fixed, 0.01f), 6);
+  EXPECT_EQ(fixed.cut(20), 6);
+  EXPECT_EQ(fixed.cut(3), 3);
+  for (int i = 0; i < 50; ++i) fixed.record({}, 6, 0);  // history changes nothing
+  fixed.begin(c, 1, 1, 0.0);
+  EXPECT_EQ(fixed.cut(20), 6);
+
+  DraftPolicy pmin(config(DraftPolicyKind::PMin, 6, 0, 0.75f));
+  pmin.begin(c, 1, 1, 0.0);
+  EXPECT_TRUE(pmin.worth_drafting());
+  EXPECT_TRUE(pmin.go_on(1, 0.8f));
+  EXPECT_TRUE(pmin.go_on(2, 0.75f));
+  EXPECT_FALSE(pmin.go_on(3, 0.74f));
+  EXPECT_EQ(drafted(pmin, 0.99f), 6);   // never past max
+  EXPECT_EQ(drafted(pmin, -1.0f), 6);   // no confidence: as fixed
+  EXPECT_EQ(pmin.cut(20), 6);
+}
+
+TEST(DraftPolicy, DraftMinDropsShortDrafts) {
+  const StepCost free_extra = costs([](int64_t) { return 0.01; });
+  for (DraftPolicyKind k : {DraftPolicyKind::Fixed, DraftPolicyKind::PMin, DraftPolicyKind::Dynamic}) {
+    DraftPolicy p(config(k, 8, 3));
+    p.begin(free_extra, 1, 1, 0.0);
+    EXPECT_EQ(p.cut(2), 0) << draft_policy_name(k);
+    EXPECT_EQ(p.cut(3), 3) << draft_policy_name(k);
+    EXPECT_EQ(p.cut(12), 8) << draft_policy_name(k);
+  }
+}
+
+TEST(DraftPolicy, DynamicDraftsToMaxWhenExtraTokensAreNearlyFreeAndAccepted) {
+  // A memory-bound step: 8 more tokens cost 8% more; every draft token has been accepted.
+  const StepCost c = costs([](int64_t n) { return 0.010 * (1.0 + 0.01 * double(n - 1)); });
+  DraftPolicy p(config(DraftPolicyKind::Dynamic, 8));
+  for (int i = 0; i < 60; ++i) p.record({}, 8, 8);
+  EXPECT_GT(p.acceptance(), 0.95);
+  p.begin(c, 1, 1, 0.0);
+  EXPECT_TRUE(p.worth_drafting());
+  EXPECT_EQ(p.cut(30), 8);
+  p.begin(c, 1, 1, 0.0);
+  EXPECT_EQ(drafted(p, -1.0f), 8);
+  p.begin(c, 1, 1, 0.0);
+  EXPECT_EQ(drafted(p, 0.95f), 8);
+  // Drafting time counts: a draft token that costs as much as a target step is not worth it.
+  p.begin(c, 1, 1, 0.010);
+  EXPECT_FALSE(p.worth_drafting());
+  EXPECT_EQ(p.cut(30), 0);
+}
+
+TEST(DraftPolicy, DynamicDraftsNothingWhenComputeBound) {
+  // c(n) = n c(1): a draft token costs exactly the step it might save, so no acceptance rate
+  // below 1 makes it pay, not even a perfect record.
+  const StepCost c = costs([](int64_t n) { return 0.004 * double(n); });
+  DraftPolicy p(config(DraftPolicyKind::Dynamic, 8));
+  for (int round = 0; round < 2; ++round) {
+    p.begin(c, 1, 1, 0.0);
+    EXPECT_FALSE(p.worth_drafting());
+    EXPECT_EQ(p.cut(8), 0);
+    p.begin(c, 1, 1, 0.0);
+    EXPECT_FALSE(p.go_on(1, 0.99f));
+    for (int i = 0; i < 60; ++i) p.record({}, 8, 8);
+  }
+  // The same record with a base of 16 tokens yielding 16 (a busy server step): also compute-
+  // bound, no drafting.
+  p.begin(c, 16, 16, 0.0);
+  EXPECT_FALSE(p.worth_drafting());
+}
+
+TEST(DraftPolicy, DynamicStopsAfterRejectionsAndTriesAgainLater) {
+  const StepCost c = costs([](int64_t n) { return 0.010 * (1.0 + 0.05 * double(n - 1)); });
+  DraftPolicy p(config(DraftPolicyKind::Dynamic, 8));
+  p.begin(c, 1, 1, 0.0);
+  ASSERT_TRUE(p.worth_drafting());  // at the prior rate (1/2) drafting pays here
+  ASSERT_GT(p.cut(8), 0);
+  for (int i = 0; i < 100; ++i) p.record({}, 4, 0);  // every draft rejected at its first token
+  EXPECT_LT(p.acceptance(), 0.05);
+  p.begin(c, 1, 1, 0.0);
+  EXPECT_FALSE(p.worth_drafting());
+  EXPECT_EQ(p.cut(8), 0);
+  // Steps without drafts decay the record back towards the prior (1/2)...
+  for (int i = 0; i < 15; ++i) p.record({}, 0, 0);
+  p.begin(c, 1, 1, 0.0);
+  EXPECT_FALSE(p.worth_drafting());
+  for (int i = 0; i < 300; ++i) p.record({}, 0, 0);
+  EXPECT_NEAR(p.acceptance(), 0.5, 0.01);
+  // ...and a draft that then pays is drafted at length again.
+  p.record({}, 1, 1);  // (a step that drafted: not an exploration step below)
+  p.begin(c, 1, 1, 0.0);
+  EXPECT_TRUE(p.worth_drafting());
+  EXPECT_GT(p.cut(8), 1);
+}
+
+TEST(DraftPolicy, DynamicExploresOneTokenAfter16IdleSteps) {
+  // Compute-bound: drafting never pays by the estimates, but every 16 steps without a draft,
+  // one token is drafted anyway to measure again; a step that drafted starts the count over.
+  const StepCost c = costs([](int64_t n) { return 0.004 * double(n); });
+  DraftPolicy p(config(DraftPolicyKind::Dynamic, 8));
+  for (int round = 0; round < 3; ++round) {
+    for (int i = 0; i < 16; ++i) {  // steps with 0..15 idle steps before them
+      p.begin(c, 1, 1, 0.0);
+      EXPECT_FALSE(p.worth_drafting()) << "round " << round << " idle step " << i;
+      EXPECT_EQ(p.cut(8), 0);
+      p.record({}, 0, 0);
+    }
+    p.begin(c, 1, 1, 0.0);
+    EXPECT_TRUE(p.worth_drafting()) << "round " << round;
+    EXPECT_EQ(p.cut(8), 1);
+    EXPECT_EQ(p.cut(0), 0);
+    p.begin(c, 1, 1, 0.0);
+    EXPECT_TRUE(p.go_on(1, 0.5f));
+    EXPECT_FALSE(p.go_on(2, 0.99f));
+    p.record({}, 1, round % 2);  // accepted or not: measured, and idle again from 0
+  }
+  // draft_min still applies to an exploration step.
+  DraftPolicy m(config(DraftPolicyKind::Dynamic, 8, 2));
+  for (int i = 0; i < 16; ++i) m.record({}, 0, 0);
+  m.begin(c, 1, 1, 0.0);
+  EXPECT_EQ(m.cut(8), 0);
+}
+
+TEST(DraftPolicy, DynamicLengthFollowsAcceptance) {
+  // 10% more time per draft token: token j pays while P(first j accepted) >= 0.1. Drafts of 8
+  // with `acc` accepted (then one rejection): the more accepted, the longer the draft.
+  const StepCost c = costs([](int64_t n) { return 0.010 * (1.0 + 0.1 * double(n - 1)); });
+  std::vector<int32_t> lengths;
+  for (int32_t acc : {7, 5, 3, 1, 0}) {
+    DraftPolicy p(config(DraftPolicyKind::Dynamic, 8));
+    for (int i = 0; i < 100; ++i) p.record({}, 8, acc);
+    p.begin(c, 1, 1, 0.0);
+    lengths.push_back(p.cut(8));
+  }
+  EXPECT_EQ(lengths.front(), 8);
+  for (size_t i = 1; i < lengths.size(); ++i) EXPECT_LE(lengths[i], lengths[i - 1]) << "accepted " << i;
+  EXPECT_EQ(lengths.back(), 0);
+}
+
+TEST(DraftPolicy, DynamicRatesDraftsWithoutConfidencePerPosition) {
+  // N-gram drafts whose first `acc` tokens are always accepted and the next always rejected:
+  // rated per position in the draft, the policy keeps exactly those `acc` (one overall rate,
+  // ~acc/(acc+1) per token, would keep more or fewer).
+  const StepCost c = costs([](int64_t n) { return 0.010 * (1.0 + 0.1 * double(n - 1)); });
+  for (int32_t acc : {1, 2, 3}) {
+    DraftPolicy p(config(DraftPolicyKind::Dynamic, 8));
+    for (int i = 0; i < 100; ++i) p.record({}, 8, acc);
+    p.begin(c, 1, 1, 0.0);
+    EXPECT_EQ(p.cut(8), acc) << "accepted " << acc << " of 8";
+    p.begin(c, 1, 1, 0.0);
+    EXPECT_EQ(drafted(p, -1.0f), acc) << "accepted " << acc << " of 8";
+  }
+}
+
+TEST(DraftPolicy, DynamicTracksAcceptancePerConfidenceBand) {
+  // Confident draft tokens were always accepted, unconfident ones always rejected: the policy
+  // keeps drafting through the first and stops at the second.
+  const StepCost c = costs([](int64_t n) { return 0.010 * (1.0 + 0.1 * double(n - 1)); });
+  DraftPolicy p(config(DraftPolicyKind::Dynamic, 8));
+  const std::vector<float> conf = {0.95f, 0.95f, 0.1f, 0.1f};
+  for (int i = 0; i < 100; ++i) p.record(conf, 4, 2);
+  p.begin(c, 1, 1, 0.0);
+  EXPECT_TRUE(p.worth_drafting());
+  EXPECT_TRUE(p.go_on(1, 0.95f));
+  EXPECT_TRUE(p.go_on(2, 0.97f));
+  EXPECT_FALSE(p.go_on(3, 0.1f));
+  p.begin(c, 1, 1, 0.0);
+  EXPECT_FALSE(p.go_on(1, 0.2f));
+}
+
+// ---- options ------------------------------------------------------------------------------------
+
+void expect_error_naming(const Status& s, const std::string& flag) {
+  ASSERT_FALSE(s.ok()) << "accepted; expected an error naming " << flag;
+  EXPECT_NE(s.error().message.find(flag), std::string::npos) << s.error().message;
+}
+
+TEST(SpecOptions, ValidateRejectsOutOfRangeWithTheFlag) {
+  DraftConfig d;
+  EXPECT_TRUE(d.validate().ok());
+  d.max = 0;
+  expect_error_naming(d.validate(), "--draft-max");
+  d.max = 65;
+  expect_error_naming(d.validate(), "--draft-max");
+  d.max = 64;
+  EXPECT_TRUE(d.validate().ok());
+  d.max = 4;
+  d.min = 5;
+  expect_error_naming(d.validate(), "--draft-min");
+  d.min = -1;
+  expect_error_naming(d.validate(), "--draft-min");
+  d.min = 4;
+  EXPECT_TRUE(d.validate().ok());
+  for (float p : {-0.01f, 1.01f, std::nanf("")}) {
+    d.p_min = p;
+    expect_error_naming(d.validate(), "--draft-p-min");
+  }
+  d.p_min = 0.0f;
+  EXPECT_TRUE(d.validate().ok());
+
+  SpecOptions s;
+  EXPECT_TRUE(s.validate().ok());
+  EXPECT_FALSE(s.enabled());
+  s.kind = SpecKind::Draft;
+  expect_error_naming(s.validate(), "-md");
+  s.draft_model = "draft.gguf";
+  EXPECT_TRUE(s.validate().ok());
+  s.kind = SpecKind::Ngram;
+  expect_error_naming(s.validate(), "-md");
+  s.draft_model.clear();
+  EXPECT_TRUE(s.validate().ok());
+  s.draft_layers = 3;
+  expect_error_naming(s.validate(), "--draft-layers");
+  s.kind = SpecKind::LayerSkip;
+  EXPECT_TRUE(s.validate().ok());
+  s.draft_layers = -1;
+  expect_error_naming(s.validate(), "--draft-layers");
+  s.draft_layers = 0;
+  s.draft.max = 100;
+  expect_error_naming(s.validate(), "--draft-max");
+}
+
+TEST(SpecOptions, NamesRoundTrip) {
+  for (SpecKind k : {SpecKind::None, SpecKind::Ngram, SpecKind::Draft, SpecKind::LayerSkip})
+    EXPECT_EQ(parse_spec_kind(spec_kind_name(k)), k);
+  for (DraftPolicyKind k : {DraftPolicyKind::Fixed, DraftPolicyKind::PMin, DraftPolicyKind::Dynamic})
+    EXPECT_EQ(parse_draft_policy(draft_policy_name(k)), k);
+  EXPECT_FALSE(parse_spec_kind("bogus").has_value());
+  EXPECT_FALSE(parse_spec_kind("").has_value());
+  EXPECT_FALSE(parse_draft_policy("Dynamic").has_value());
+}
+
+TEST(SpecStats, Describe) {
+  SpecStats a{40, 96, 80, 128};
+  EXPECT_EQ(a.describe(), "96 drafted, 80 accepted (83.3%), 40 steps, 3.20 tokens/step");
+  SpecStats none;
+  EXPECT_EQ(none.describe(), "0 drafted, 0 accepted (0.0%), 0 steps, 0.00 tokens/step");
+  a.add(SpecStats{1, 4, 2, 3});
+  EXPECT_EQ(a.steps, 41);
+  EXPECT_EQ(a.drafted, 100);
+  EXPECT_EQ(a.accepted, 82);
+  EXPECT_EQ(a.generated, 131);
+}
+
+}  // namespace
+}  // namespace peregrine
