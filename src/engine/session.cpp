@@ -48,7 +48,6 @@ Result<std::unique_ptr<Session>> Session::open(const std::string& path, const Se
   }
   PG_TRY(opt.spec.validate());
   KvShape shape = s->m_.model->kv_shape(n_ctx, 1, opt.kv_type, a, opt.n_batch);
-  if (opt.spec.enabled()) shape.n_draft = opt.spec.draft.max;  // a verification step: 1 + max tokens
   PG_TRY(shape.validate());
   PG_TRY(s->m_.model->check_kv(shape));
   PG_TRY(check_kv_memory(shape));

@@ -86,6 +86,10 @@ struct AttnKind {
   int64_t first_recent(int64_t p) const;
 };
 
+// The most tokens one step may draft (speculative decoding); every cache a model makes has room
+// for them (KvShape::n_draft), so the window rings are the same size with and without drafts.
+inline constexpr int64_t kMaxDraftTokens = 64;
+
 struct KvShape {
   int64_t n_layer = 0;
   int64_t n_ctx = 0;      // positions per sequence for global layers

@@ -36,7 +36,12 @@ KvShape Model::kv_shape(int64_t n_ctx, int64_t n_seq, KvType type, const AttnKin
   std::vector<AttnKind> kinds = attn_kinds();
   for (AttnKind& k : kinds)
     if (!k.windowed()) k = global_override;
-  return KvShape{hp_.n_layer, n_ctx, n_seq, hp_.n_head_kv * hp_.head_dim, type, std::move(kinds), n_batch};
+  // Room for the longest draft whether or not this run speculates: the ring size decides where
+  // attention's runs of positions wrap, so it must not change with --spec for speculation to
+  // leave the output bit-identical.
+  KvShape shape{hp_.n_layer, n_ctx, n_seq, hp_.n_head_kv * hp_.head_dim, type, std::move(kinds), n_batch};
+  shape.n_draft = kMaxDraftTokens;
+  return shape;
 }
 
 Status Model::check_batch(const Batch& b, const KvCache& cache) const {

@@ -93,7 +93,6 @@ void register_serve(CLI::App& app) {
                                    o->step_tokens);
     kv.block_size = o->block_size;
     kv.n_blocks = o->kv_blocks > 0 ? o->kv_blocks : o->parallel * kv.max_blocks_per_seq();
-    if (spec.enabled()) kv.n_draft = spec.draft.max;
     check(kv.validate());
     check(m.model->check_kv(kv));
     check(check_kv_memory(kv));

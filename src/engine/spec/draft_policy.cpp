@@ -5,6 +5,8 @@
 
 #include <fmt/format.h>
 
+#include "kv/kv_cache.h"
+
 namespace peregrine {
 
 std::optional<DraftPolicyKind> parse_draft_policy(std::string_view name) {
@@ -24,7 +26,8 @@ std::string_view draft_policy_name(DraftPolicyKind k) {
 }
 
 Status DraftConfig::validate() const {
-  if (max < 1 || max > 64) return make_error("--draft-max {} is out of range (1 to 64)", max);
+  if (max < 1 || max > kMaxDraftTokens)
+    return make_error("--draft-max {} is out of range (1 to {})", max, kMaxDraftTokens);
   if (min < 0 || min > max) return make_error("--draft-min {} is out of range (0 to --draft-max {})", min, max);
   if (!(p_min >= 0.0f && p_min <= 1.0f)) return make_error("--draft-p-min {} is out of range [0, 1]", p_min);
   return Status::Ok();

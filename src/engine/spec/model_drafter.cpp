@@ -130,7 +130,7 @@ Result<std::unique_ptr<DraftModelDrafter>> DraftModelDrafter::open(const std::st
   }
   const int64_t n_batch = 512;
   KvShape shape = m->model->kv_shape(n_ctx, n_seq, KvType::F16, AttnKind::global(), n_batch);
-  shape.n_draft = max_draft;
+  PG_ASSERT(shape.n_draft >= max_draft);
   PG_TRY(shape.validate());
   PG_TRY(m->model->check_kv(shape));
   PG_TRY(check_kv_memory(shape));
