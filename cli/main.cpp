@@ -37,9 +37,13 @@ int main(int argc, char** argv) {
     }
   }
   // llama.cpp's two-letter short flag for the draft model; CLI11 short names are one letter.
+  // Not where it is the value of a text option (a prompt "-md").
   std::vector<std::string> args(argv + 1, argv + argc);
-  for (std::string& a : args)
-    if (a == "-md") a = "--model-draft";
+  for (size_t i = 0; i < args.size(); ++i) {
+    const bool is_value = i > 0 && (args[i - 1] == "-p" || args[i - 1] == "--prompt" || args[i - 1] == "--system" ||
+                                    args[i - 1] == "--stop" || args[i - 1] == "--spec-prompt");
+    if (args[i] == "-md" && !is_value) args[i] = "--model-draft";
+  }
   std::reverse(args.begin(), args.end());  // CLI11 takes the arguments last first
   try {
     app.parse(args);

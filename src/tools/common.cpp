@@ -87,7 +87,11 @@ SpecOptions spec_options(const ModelOptions& o) {
   s.kind = *parse_spec_kind(o.spec);
   s.draft.policy = *parse_draft_policy(o.draft_policy);
   check(s.validate());
-  if (s.kind == SpecKind::Draft) s.draft_model = check(resolve_model(s.draft_model));
+  if (s.kind == SpecKind::Draft) {
+    Result<std::string> path = resolve_model(s.draft_model);
+    if (!path.ok()) fail("draft model (-md): " + path.error().message);
+    s.draft_model = *path;
+  }
   return s;
 }
 

@@ -22,6 +22,7 @@ uint64_t hash_ngram(std::span<const TokenId> g) {
 bool lookup_suffix(std::span<const TokenId> tokens, int32_t n_min, int32_t n_max, int32_t max,
                    std::vector<TokenId>& out) {
   const int64_t L = int64_t(tokens.size());
+  if (max <= 0) return false;
   for (int64_t n = std::min<int64_t>(n_max, L - 1); n >= n_min; --n) {
     const TokenId* suffix = tokens.data() + (L - n);
     // Most recent occurrence first; it must end before the suffix itself starts... or overlap
