@@ -94,10 +94,11 @@ TEST(Gemma3Load, LayerPatternFromMetadata) {
   });
   ASSERT_TRUE(flags->model.ok()) << flags->model.error().message;
   EXPECT_EQ(kinds(**flags->model), "LGGL");
-  // The KV cache keeps a window ring for local layers and n_ctx slots for global ones.
-  const KvShape kv = (*flags->model)->kv_shape(100, 1, KvType::F16, AttnKind::global(), 8);
-  EXPECT_EQ(kv.slots(0), 16 + 8 - 1);
-  EXPECT_EQ(kv.slots(1), 100);
+  // The KV cache keeps a window ring for local layers (W + batch + the longest draft - 1) and
+  // n_ctx slots for global ones.
+  const KvShape kv = (*flags->model)->kv_shape(200, 1, KvType::F16, AttnKind::global(), 8);
+  EXPECT_EQ(kv.slots(0), 16 + 8 + kMaxDraftTokens - 1);
+  EXPECT_EQ(kv.slots(1), 200);
 }
 
 TEST(Gemma3Load, InconsistentMetadataIsAClearError) {
