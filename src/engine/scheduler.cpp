@@ -186,6 +186,7 @@ void Scheduler::finish(Seq& s, FinishReason reason, std::string tail, std::strin
   // A choice 0 that ends before its prompt is done takes its followers with it; a follower
   // that ends first (its request cancelled) leaves its leader's list.
   std::vector<Seq*> followers = std::move(s.followers);
+  for (Seq* f : followers) f->leader = nullptr;  // s is gone when they finish below
   if (s.awaiting_fork && s.leader != nullptr) std::erase(s.leader->followers, &s);
   req->stream->push(std::move(e));
   detach(s);

@@ -75,21 +75,20 @@ Status ModelDrafter::propose(const DraftRequest& req, DraftGoOn go_on, Draft& ou
   int32_t fed_drafts = 0;
   for (int32_t j = 1; j <= max; ++j) {
     float conf = 0.0f;
-    TokenDist q;
-    const TokenId tok = pick(req.seq, conf, sampled ? &q : nullptr);
+    const TokenId tok = pick(req.seq, conf, sampled ? &q_ : nullptr);
     if (!go_on(j, conf)) break;
     out.tokens.push_back(tok);
     out.confidence.push_back(conf);
-    if (sampled) out.dists.push_back(std::move(q));
+    if (sampled) out.dists.push_back(q_);
     if (j == max) break;
     const TokenId one[1] = {tok};
     PG_TRY(run(req.seq, one, L + j - 1));
     ++fed_drafts;
   }
   if (fed_drafts > 0) {
-    std::vector<TokenId> now(req.tokens.begin(), req.tokens.end());
-    now.insert(now.end(), out.tokens.begin(), out.tokens.begin() + fed_drafts);
-    fed(req.seq, now);
+    now_.assign(req.tokens.begin(), req.tokens.end());
+    now_.insert(now_.end(), out.tokens.begin(), out.tokens.begin() + fed_drafts);
+    fed(req.seq, now_);
   }
   // The cost of one more draft token: one forward pass of the draft (the catch-up above is
   // prompt processing, not drafting).

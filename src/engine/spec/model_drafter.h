@@ -51,6 +51,8 @@ class ModelDrafter : public Drafter {
   int64_t n_batch_;
   Batch batch_;
   std::vector<float> logits_;
+  TokenDist q_;                 // a sampled draft token's distribution (reused)
+  std::vector<TokenId> now_;    // what the draft's KV holds after a proposal (reused)
   struct SeqSampling {
     bool greedy = true;
     Sampler sampler{SamplerOptions{}};
