@@ -385,14 +385,16 @@ bool Scheduler::step() {
     else n_prefill += pending;
   }
   const int64_t base_tokens = std::min(budget, n_decoding + n_prefill);
+  int64_t drafted = 0;  // draft tokens already in this step: each next draft is priced on top
   for (int pass = 0; pass < 2; ++pass) {
     for (Seq* s : order_) {
       if (budget <= 0) break;
       const int64_t pending = int64_t(s->tokens().size()) - s->n_computed;
       const bool decoding = s->state.n_generated() > 0 && pending == 1;
       if (s->slot < 0 || s->awaiting_fork || s->in_step || pending == 0 || decoding != (pass == 0)) continue;
-      if (decoding) draft_for(*s, budget, base_tokens, n_decoding);
+      if (decoding) draft_for(*s, budget, base_tokens, n_decoding, drafted);
       schedule_seq(*s, budget);
+      drafted += s->draft.size();
     }
   }
   if (batch_.size() == 0) {
@@ -411,7 +413,6 @@ bool Scheduler::step() {
     publish_stats();
     return true;
   }
-  if (drafter_) step_cost_.record(batch_.size(), std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   // The KV of the batch exists now: its full blocks may enter the prefix cache (rejected draft
   // tokens too: their KV is exact for their own tokens).
   for (const auto& [s, rows] : in_batch_) PG_ASSERT(bm_.commit(s->id).ok());
@@ -422,6 +423,8 @@ bool Scheduler::step() {
     on_logits(*s, logits_.data() + row * size_t(n_vocab_));
     row += size_t(rows);
   }
+  // What a step of this many tokens costs: the forward pass and the sampling of its rows.
+  if (drafter_) step_cost_.record(batch_.size(), std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   ++steps_;
   publish_stats();
   return true;
@@ -486,7 +489,7 @@ void Scheduler::sample_and_emit(Seq& s, const float* rows) {
   if (r.finished) finish(s, r.reason, std::move(r.tail));
 }
 
-void Scheduler::draft_for(Seq& s, int64_t budget, int64_t base_tokens, int64_t base_yield) {
+void Scheduler::draft_for(Seq& s, int64_t budget, int64_t base_tokens, int64_t base_yield, int64_t others) {
   s.draft.clear();
   if (!drafter_ || !s.policy) return;
   // Room: the step's budget, positions after the pending token's, tokens the sequence may
@@ -496,7 +499,7 @@ void Scheduler::draft_for(Seq& s, int64_t budget, int64_t base_tokens, int64_t b
   const int64_t max_tokens = s.state.options().max_tokens;
   if (max_tokens > 0) cap = std::min(cap, max_tokens - s.state.n_generated() - 1);
   if (cap <= 0) return;
-  s.policy->begin(step_cost_, base_tokens, std::max<int64_t>(1, base_yield), drafter_->seconds_per_token());
+  s.policy->begin(step_cost_, base_tokens, std::max<int64_t>(1, base_yield), drafter_->seconds_per_token(), others);
   if (!s.policy->worth_drafting()) return;
   if (s.drafter_slot != s.slot) {
     drafter_->begin_sequence(s.slot, s.state.options().sampling);

@@ -179,8 +179,9 @@ class Scheduler {
   void preempt(Seq& s);
   void on_logits(Seq& s, const float* rows);
   void sample_and_emit(Seq& s, const float* rows);
-  // Drafts s's next tokens into s.draft (the decode pass; budget: tokens left in the step).
-  void draft_for(Seq& s, int64_t budget, int64_t base_tokens, int64_t base_yield);
+  // Drafts s's next tokens into s.draft (the decode pass; budget: tokens left in the step;
+  // others: draft tokens of sequences before it in this step).
+  void draft_for(Seq& s, int64_t budget, int64_t base_tokens, int64_t base_yield, int64_t others);
   void finish(Seq& s, FinishReason reason, std::string tail, std::string error = {});
   std::unique_ptr<Seq> detach(Seq& s);
   void fail_batch(const std::string& message);

@@ -327,13 +327,24 @@ TEST(StepCost, EdgesOfTheMeasuredRange) {
   StepCost falling;  // measured noise: a larger step timed faster
   falling.record(1, 0.2);
   falling.record(2, 0.1);
-  EXPECT_DOUBLE_EQ(falling.seconds(10), 0.1);  // the slope past the largest is at least 0
-  EXPECT_DOUBLE_EQ(falling.seconds(1), 0.1);   // never above a larger step measured
+  // Pooled (isotonic regression): both counts cost their weighted mean.
+  EXPECT_DOUBLE_EQ(falling.seconds(1), 0.15);
+  EXPECT_DOUBLE_EQ(falling.seconds(2), 0.15);
+  EXPECT_DOUBLE_EQ(falling.seconds(10), 0.15);  // the slope past the largest is 0, never negative
   falling.record(8, 0.15);
-  EXPECT_DOUBLE_EQ(falling.seconds(1), 0.1);
-  EXPECT_NEAR(falling.seconds(5), 0.1 + 0.05 * 3 / 6, 1e-12);
+  EXPECT_DOUBLE_EQ(falling.seconds(5), 0.15);
   falling.record(6, 0.09);
-  EXPECT_DOUBLE_EQ(falling.seconds(5), 0.09);  // capped by the cheaper measured 6
+  // 1, 2 and 6 pool: (0.2 + 0.1 + 0.09) / 3; 8 stays above them.
+  EXPECT_NEAR(falling.seconds(1), 0.13, 1e-12);
+  EXPECT_NEAR(falling.seconds(5), 0.13, 1e-12);
+  EXPECT_NEAR(falling.seconds(8), 0.15, 1e-12);
+  EXPECT_NEAR(falling.seconds(7), 0.14, 1e-12);
+  // Weights: a count measured more often pulls the pool towards it.
+  StepCost weighted;
+  for (int i = 0; i < 3; ++i) weighted.record(3, 0.3);  // the EMA stays 0.3, weight 3
+  weighted.record(4, 0.1);                                // weight 1
+  EXPECT_NEAR(weighted.seconds(3), (3 * 0.3 + 0.1) / 4, 1e-12);
+  EXPECT_NEAR(weighted.seconds(4), (3 * 0.3 + 0.1) / 4, 1e-12);
 }
 
 // ---- DraftPolicy ------------------------------------------------------------------------------
@@ -456,13 +467,15 @@ TEST(DraftPolicy, DynamicStopsAfterRejectionsAndTriesAgainLater) {
   EXPECT_GT(p.cut(8), 1);
 }
 
-TEST(DraftPolicy, DynamicExploresOneTokenAfter16IdleSteps) {
-  // Compute-bound: drafting never pays by the estimates, but every 16 steps without a draft,
-  // one token is drafted anyway to measure again; a step that drafted starts the count over.
+TEST(DraftPolicy, DynamicExploresOneTokenAfterIdleStepsWaitingLongerEachTime) {
+  // Compute-bound: drafting never pays by the estimates, but after 16 steps without a draft one
+  // token is drafted anyway to measure again; while the estimates still say no afterwards, the
+  // wait doubles (16, 32, 64, ...), so a sequence that never gains wastes ever less.
   const StepCost c = costs([](int64_t n) { return 0.004 * double(n); });
   DraftPolicy p(config(DraftPolicyKind::Dynamic, 8));
-  for (int round = 0; round < 3; ++round) {
-    for (int i = 0; i < 16; ++i) {  // steps with 0..15 idle steps before them
+  int32_t wait = 16;
+  for (int round = 0; round < 4; ++round, wait *= 2) {
+    for (int i = 0; i < wait; ++i) {  // steps with 0..wait-1 idle steps before them
       p.begin(c, 1, 1, 0.0);
       EXPECT_FALSE(p.worth_drafting()) << "round " << round << " idle step " << i;
       EXPECT_EQ(p.cut(8), 0);
@@ -477,6 +490,36 @@ TEST(DraftPolicy, DynamicExploresOneTokenAfter16IdleSteps) {
     EXPECT_FALSE(p.go_on(2, 0.99f));
     p.record({}, 1, round % 2);  // accepted or not: measured, and idle again from 0
   }
+}
+
+TEST(DraftPolicy, AnExplorationThatPaysResetsTheWait) {
+  // Costs that make drafting pay once the acceptance is known to be high: after the forced
+  // token is accepted, the estimates draft by themselves, and the next wait is 16 again.
+  StepCost c = costs([](int64_t n) { return 0.004 * double(n); });
+  DraftPolicy p(config(DraftPolicyKind::Dynamic, 8));
+  for (int i = 0; i < 16; ++i) {
+    p.begin(c, 1, 1, 0.0);
+    EXPECT_FALSE(p.worth_drafting());
+    p.record({}, 0, 0);
+  }
+  p.begin(c, 1, 1, 0.0);
+  EXPECT_EQ(p.cut(8), 1);  // the exploration
+  p.record({}, 1, 1);
+  const StepCost free = costs([](int64_t n) { return 0.004 + 1e-6 * double(n); });
+  p.begin(free, 1, 1, 0.0);
+  EXPECT_GT(p.cut(8), 0);  // chosen by the estimates
+  p.record({}, 2, 2);
+  for (int i = 0; i < 16; ++i) {
+    p.begin(c, 1, 1, 0.0);
+    EXPECT_FALSE(p.worth_drafting()) << i;
+    p.record({}, 0, 0);
+  }
+  p.begin(c, 1, 1, 0.0);
+  EXPECT_TRUE(p.worth_drafting()) << "the wait should be back to 16";
+}
+
+TEST(DraftPolicy, DraftMinAppliesToExplorations) {
+  const StepCost c = costs([](int64_t n) { return 0.004 * double(n); });
   // draft_min still applies to an exploration step.
   DraftPolicy m(config(DraftPolicyKind::Dynamic, 8, 2));
   for (int i = 0; i < 16; ++i) m.record({}, 0, 0);

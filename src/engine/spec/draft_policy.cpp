@@ -44,41 +44,65 @@ void StepCost::record(int64_t n_tokens, double seconds) {
   } else {
     e += 0.2 * (seconds - e);
   }
+  weight_[size_t(n_tokens)] = std::min(weight_[size_t(n_tokens)] + 1.0, 32.0);
+  dirty_ = true;
+}
+
+void StepCost::refit() const {
+  // Pool adjacent violators: blocks of consecutive measured counts with their weighted mean;
+  // a block whose mean is below its predecessor's merges into it.
+  struct Block {
+    double sum, weight;
+    int64_t first, last;  // token counts covered
+  };
+  std::vector<Block> blocks;
+  for (int64_t n = 1; n <= kMaxTokens; ++n) {
+    if (ema_[size_t(n)] == 0.0) continue;
+    blocks.push_back({ema_[size_t(n)] * weight_[size_t(n)], weight_[size_t(n)], n, n});
+    while (blocks.size() > 1) {
+      Block& b = blocks[blocks.size() - 1];
+      Block& a = blocks[blocks.size() - 2];
+      if (a.sum / a.weight <= b.sum / b.weight) break;
+      a = {a.sum + b.sum, a.weight + b.weight, a.first, b.last};
+      blocks.pop_back();
+    }
+  }
+  std::fill(fit_.begin(), fit_.end(), 0.0);
+  for (const Block& b : blocks)
+    for (int64_t n = b.first; n <= b.last; ++n)
+      if (ema_[size_t(n)] > 0.0) fit_[size_t(n)] = b.sum / b.weight;
+  dirty_ = false;
 }
 
 double StepCost::seconds(int64_t n) const {
   n = std::clamp<int64_t>(n, 1, kMaxTokens);
   if (n_measured_ == 0) return 1.0 + 0.1 * double(n - 1);
-  // A step never costs more than a larger one measured: noise that says otherwise is cut.
-  double cap = INFINITY;
-  for (int64_t m = n + 1; m <= kMaxTokens; ++m)
-    if (ema_[size_t(m)] > 0.0) cap = std::min(cap, ema_[size_t(m)]);
-  return std::min(cap, interpolated(n));
-}
-
-double StepCost::interpolated(int64_t n) const {
-  if (ema_[size_t(n)] > 0.0) return ema_[size_t(n)];
+  if (dirty_) refit();
+  const std::vector<double>& f = fit_;
+  if (f[size_t(n)] > 0.0) return f[size_t(n)];
   int64_t lo = n - 1, hi = n + 1;
-  while (lo >= 1 && ema_[size_t(lo)] == 0.0) --lo;
-  while (hi <= kMaxTokens && ema_[size_t(hi)] == 0.0) ++hi;
+  while (lo >= 1 && f[size_t(lo)] == 0.0) --lo;
+  while (hi <= kMaxTokens && f[size_t(hi)] == 0.0) ++hi;
   if (lo >= 1 && hi <= kMaxTokens) {
     const double t = double(n - lo) / double(hi - lo);
-    return ema_[size_t(lo)] + t * (ema_[size_t(hi)] - ema_[size_t(lo)]);
+    return f[size_t(lo)] + t * (f[size_t(hi)] - f[size_t(lo)]);
   }
-  if (lo < 1) return ema_[size_t(hi)];  // below the smallest measured: no cheaper than it
-  // Past the largest: the slope between the two largest measured, at least 0.
+  if (lo < 1) return f[size_t(hi)];  // below the smallest measured: no cheaper than it
+  // Past the largest: the slope between the two largest measured (0 or more: the fit is
+  // non-decreasing); with one point, a tenth of it per token.
   int64_t lo2 = lo - 1;
-  while (lo2 >= 1 && ema_[size_t(lo2)] == 0.0) --lo2;
-  const double slope =
-      lo2 >= 1 ? std::max(0.0, (ema_[size_t(lo)] - ema_[size_t(lo2)]) / double(lo - lo2)) : 0.1 * ema_[size_t(lo)];
-  return ema_[size_t(lo)] + slope * double(n - lo);
+  while (lo2 >= 1 && f[size_t(lo2)] == 0.0) --lo2;
+  const double slope = lo2 >= 1 ? (f[size_t(lo)] - f[size_t(lo2)]) / double(lo - lo2) : 0.1 * f[size_t(lo)];
+  return f[size_t(lo)] + slope * double(n - lo);
 }
 
 // ---- DraftPolicy ---------------------------------------------------------------------------
 
-void DraftPolicy::begin(const StepCost& cost, int64_t base_tokens, int64_t base_yield, double draft_seconds) {
+void DraftPolicy::begin(const StepCost& cost, int64_t base_tokens, int64_t base_yield, double draft_seconds,
+                        int64_t others) {
+  others_ = std::max<int64_t>(0, others);
   cost_ = &cost;
-  explore_ = cfg_.policy == DraftPolicyKind::Dynamic && idle_steps_ >= kExploreEvery;
+  explore_ = cfg_.policy == DraftPolicyKind::Dynamic && idle_steps_ >= explore_after_;
   base_tokens_ = std::max<int64_t>(1, base_tokens);
   value_ = cost.seconds(base_tokens_) / double(std::max<int64_t>(1, base_yield));
   draft_seconds_ = draft_seconds;
@@ -103,7 +127,8 @@ double DraftPolicy::rate(int b) const {
 bool DraftPolicy::pays(int32_t j, double p_all) const {
   // The step's extra time per draft token so far: an average over j tokens, which measured
   // costs (noisy, not quite monotone) price more steadily than one token's difference.
-  const double extra = (cost_->seconds(base_tokens_ + j) - cost_->seconds(base_tokens_)) / double(j);
+  const int64_t from = base_tokens_ + others_;
+  const double extra = (cost_->seconds(from + j) - cost_->seconds(from)) / double(j);
   return p_all * value_ >= std::max(0.0, extra) + draft_seconds_;
 }
 
@@ -139,7 +164,16 @@ int32_t DraftPolicy::cut(int32_t n_drafted) {
 
 void DraftPolicy::record(std::span<const float> confidence, int32_t drafted, int32_t accepted) {
   constexpr double kDecay = 0.97;
-  idle_steps_ = drafted > 0 ? 0 : idle_steps_ + 1;
+  if (drafted > 0) {
+    // An exploration is one forced token; a draft the estimates chose resets the wait.
+    explore_after_ = explore_ ? explore_after_ : kExploreFirst;
+    explored_ = explore_;
+    idle_steps_ = 0;
+  } else {
+    if (explored_) explore_after_ = std::min(2 * explore_after_, kExploreMax);  // still no: wait longer
+    explored_ = false;
+    ++idle_steps_;
+  }
   for (int b = 0; b < kRates; ++b) {
     acc_[b] *= kDecay;
     tried_[b] *= kDecay;

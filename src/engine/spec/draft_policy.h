@@ -40,10 +40,11 @@ struct DraftConfig {
   Status validate() const;
 };
 
-// Seconds a forward pass takes as a function of the tokens in it: an exponential moving
-// average per token count, interpolated between counts measured and extrapolated linearly
-// past the largest, and never above a larger count's (the true cost does not fall as tokens
-// are added; measurements that say so are noise).
+// Seconds a step takes as a function of the tokens in it: an exponential moving average per
+// token count, made non-decreasing by isotonic regression (pool-adjacent-violators, weighted
+// by how often each count was measured: the true cost does not fall as tokens are added, and
+// measurements that say so are noise, averaged away rather than trusted), interpolated
+// between counts measured and extrapolated linearly past the largest.
 class StepCost {
  public:
   static constexpr int64_t kMaxTokens = 512;
@@ -54,9 +55,13 @@ class StepCost {
   bool measured() const { return n_measured_ > 0; }
 
  private:
-  double interpolated(int64_t n) const;
+  void refit() const;
   std::vector<double> ema_ = std::vector<double>(kMaxTokens + 1, 0.0);  // 0: not measured
+  std::vector<double> weight_ = std::vector<double>(kMaxTokens + 1, 0.0);  // measurements, capped
   int64_t n_measured_ = 0;
+  // The isotonic fit at the measured counts (0 elsewhere), recomputed after a record.
+  mutable std::vector<double> fit_ = std::vector<double>(kMaxTokens + 1, 0.0);
+  mutable bool dirty_ = false;
 };
 
 // One sequence's draft-length state: its acceptance record and the policy's decisions.
@@ -65,8 +70,11 @@ class DraftPolicy {
   explicit DraftPolicy(const DraftConfig& cfg) : cfg_(cfg) {}
 
   // Starts a step: the step without drafts would hold base_tokens tokens yielding
-  // base_yield (one sequence: 1 and 1); `cost` prices steps, `draft_seconds` a draft token.
-  void begin(const StepCost& cost, int64_t base_tokens, int64_t base_yield, double draft_seconds);
+  // base_yield (one sequence: 1 and 1); other sequences' drafts already add `others` tokens
+  // to it (this draft's tokens are priced on top of theirs); `cost` prices steps,
+  // `draft_seconds` a draft token.
+  void begin(const StepCost& cost, int64_t base_tokens, int64_t base_yield, double draft_seconds,
+             int64_t others = 0);
   // Whether drafting can pay at all this step (dynamic: a first token at the best observed
   // acceptance rate; a drafter that runs a model is not asked when it cannot). Rates drift
   // back towards their prior while nothing is drafted, so drafting is tried again later.
@@ -105,14 +113,18 @@ class DraftPolicy {
   double acc_[kRates] = {}, tried_[kRates] = {};
   // The current step.
   const StepCost* cost_ = nullptr;
-  int64_t base_tokens_ = 1;
+  int64_t base_tokens_ = 1, others_ = 0;
   double value_ = 0.0, draft_seconds_ = 0.0;
   double p_all_ = 1.0;  // P(the draft tokens so far are all accepted)
-  // Steps since anything was drafted. Every kExploreEvery of them, a step drafts one token
-  // whatever the estimates say, so a wrong cost or a stale acceptance rate is measured
-  // again instead of stopping speculation for good (at most one wasted token per 16 steps).
-  static constexpr int32_t kExploreEvery = 16;
+  // Steps since anything was drafted. After explore_after_ of them a step drafts one token
+  // whatever the estimates say, so a wrong cost or a stale acceptance rate is measured again
+  // instead of stopping speculation for good. The wait starts at 16 steps and doubles (to 512)
+  // each time the estimates still say no after exploring, so a sequence that never gains (a
+  // server step that is compute-bound) wastes ever less; a draft that pays resets it.
+  static constexpr int32_t kExploreFirst = 16, kExploreMax = 512;
   int32_t idle_steps_ = 0;
+  int32_t explore_after_ = kExploreFirst;
+  bool explored_ = false;  // the last draft was an exploration
   bool explore_ = false;
 };
 
