@@ -494,10 +494,8 @@ void Scheduler::draft_for(Seq& s, int64_t budget, int64_t base_tokens, int64_t b
   if (!drafter_ || !s.policy) return;
   // Room: the step's budget, positions after the pending token's, tokens the sequence may
   // still take after it.
-  int64_t cap = std::min<int64_t>(cfg_.spec.draft.max, budget - 1);
-  cap = std::min(cap, cache_.shape().n_ctx - 1 - s.n_computed);
-  const int64_t max_tokens = s.state.options().max_tokens;
-  if (max_tokens > 0) cap = std::min(cap, max_tokens - s.state.n_generated() - 1);
+  const int64_t cap = std::min<int64_t>({cfg_.spec.draft.max, budget - 1, cache_.shape().n_ctx - 1 - s.n_computed,
+                                         s.state.tokens_left() - 1});
   if (cap <= 0) return;
   s.policy->begin(step_cost_, base_tokens, std::max<int64_t>(1, base_yield), drafter_->seconds_per_token(), others);
   if (!s.policy->worth_drafting()) return;
@@ -505,8 +503,6 @@ void Scheduler::draft_for(Seq& s, int64_t budget, int64_t base_tokens, int64_t b
     drafter_->begin_sequence(s.slot, s.state.options().sampling);
     s.drafter_slot = s.slot;
   }
-  DraftRequest req{s.tokens(), s.n_computed, s.slot, int32_t(cap)};
-  DraftPolicy& policy = *s.policy;
   // A layer-skip draft writes its rows into this cache: the positions it feeds (the pending
   // token's and all drafts but the last) need blocks now. They are reserved with placeholder
   // tokens and given back after drafting; the verification appends the real tokens and
@@ -519,18 +515,9 @@ void Scheduler::draft_for(Seq& s, int64_t budget, int64_t base_tokens, int64_t b
     Result<std::span<const int32_t>> table = bm_.block_table(s.id);
     PG_ASSERT(table.ok() && cache_.set_block_table(s.slot, table->data(), int64_t(table->size())).ok());
   }
-  const bool drafted = drafter_->propose(req, [&](int32_t j, float c) { return policy.go_on(j, c); }, s.draft).ok();
-  if (writes_target) {
-    PG_ASSERT(bm_.truncate(s.id, int32_t(s.n_computed)).ok());
-    (void)cache_.rewind(s.slot, s.n_computed);
-  }
-  if (!drafted) {
-    s.draft.clear();  // a draft that failed costs nothing but itself
-    return;
-  }
-  const int32_t keep = s.draft.confidence.empty() ? policy.cut(s.draft.size())
-                                                  : (s.draft.size() < cfg_.spec.draft.min ? 0 : s.draft.size());
-  s.draft.truncate(keep);
+  const bool drafted = s.policy->draft(*drafter_, DraftRequest{s.tokens(), s.n_computed, s.slot, int32_t(cap)}, s.draft).ok();
+  if (writes_target) PG_ASSERT(bm_.truncate(s.id, int32_t(s.n_computed)).ok());
+  if (!drafted) s.draft.clear();  // a draft that failed costs nothing but itself
 }
 
 void Scheduler::publish_stats() {

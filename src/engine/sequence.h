@@ -104,6 +104,8 @@ class SequenceState {
   const std::vector<TokenId>& tokens() const { return tokens_; }
   int64_t n_prompt() const { return n_prompt_; }
   int64_t n_generated() const { return int64_t(tokens_.size()) - n_prompt_; }
+  // Tokens max_tokens still allows (INT64_MAX without a limit).
+  int64_t tokens_left() const { return opt_.max_tokens > 0 ? opt_.max_tokens - n_generated() : INT64_MAX; }
   bool finished() const { return finished_; }
   const SequenceOptions& options() const { return opt_; }
 

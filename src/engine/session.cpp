@@ -152,18 +152,15 @@ Result<GenerateStats> Session::generate(std::span<const TokenId> prompt, Sequenc
     st.n_generated += r.accepted;
     if (!r.finished && !go_on) r = seq.finish(FinishReason::Cancelled);
     if (r.finished) break;
-    // The next step: the pending token, and a draft after it.
+    // The next step: the pending token, and a draft after it (every row's logits).
     draft_.clear();
     if (drafter) PG_TRY(draft_next(seq, *policy));
-    batch_.clear();
-    batch_.add(seq.tokens().back(), int32_t(n_past_), 0, true);
-    for (int32_t i = 0; i < draft_.size(); ++i) batch_.add(draft_.tokens[size_t(i)], int32_t(n_past_ + 1 + i), 0, true);
+    step_tokens_.assign(1, seq.tokens().back());
+    step_tokens_.insert(step_tokens_.end(), draft_.tokens.begin(), draft_.tokens.end());
     const auto ts = Clock::now();
-    PG_TRY(m_.model->forward(batch_, *cache_, logits));
-    if (drafter) step_cost_.record(batch_.size(), std::chrono::duration<double>(Clock::now() - ts).count());
-    n_rows = batch_.size();
-    history_.insert(history_.end(), batch_.tokens.begin(), batch_.tokens.end());
-    n_past_ += batch_.size();
+    PG_TRY(eval(step_tokens_, draft_.size() > 0, logits));
+    if (drafter) step_cost_.record(int64_t(step_tokens_.size()), std::chrono::duration<double>(Clock::now() - ts).count());
+    n_rows = int64_t(step_tokens_.size());
     n_verified = n_past_ - draft_.size();
   }
   if (drafter) st.spec.generated = st.n_generated;
@@ -183,23 +180,12 @@ Status Session::draft_next(const SequenceState& seq, DraftPolicy& policy) {
   const std::vector<TokenId>& tokens = seq.tokens();
   // Positions after the pending token's, and tokens the sequence may still take beyond it:
   // drafting past either is wasted.
-  int64_t cap = spec_.draft.max;
+  int64_t cap = std::min<int64_t>(spec_.draft.max, seq.tokens_left() - 1);
   if (!unbounded()) cap = std::min(cap, n_ctx() - 1 - n_past_);
-  const int64_t max_tokens = seq.options().max_tokens;
-  if (max_tokens > 0) cap = std::min(cap, max_tokens - seq.n_generated() - 1);
   if (cap <= 0) return Status::Ok();
   policy.begin(step_cost_, 1, 1, drafter_->seconds_per_token());
   if (!policy.worth_drafting()) return Status::Ok();
-  DraftRequest req{tokens, n_past_, 0, int32_t(cap)};
-  PG_TRY(drafter_->propose(req, [&](int32_t j, float c) { return policy.go_on(j, c); }, draft_));
-  // A drafter without confidences proposes freely; the policy cuts its draft.
-  const int32_t keep = draft_.confidence.empty() ? policy.cut(draft_.size())
-                                                 : (draft_.size() < spec_.draft.min ? 0 : draft_.size());
-  draft_.truncate(keep);
-  // Drafting may have written rows past the pending token (layer skip): they are rewritten by
-  // the verification pass, or dropped here when nothing is verified.
-  (void)cache_->rewind(0, n_past_);
-  return Status::Ok();
+  return policy.draft(*drafter_, DraftRequest{tokens, n_past_, 0, int32_t(cap)}, draft_);
 }
 
 void Session::calibrate_step_cost() {

@@ -106,6 +106,7 @@ class Session {
   std::vector<TokenId> history_;  // the tokens whose K/V are in the cache
   Batch batch_;
   std::vector<float> chunk_logits_;  // reused: no allocation per decoded token
+  std::vector<TokenId> step_tokens_;  // a generation step's input: the pending token and its draft
   std::vector<SequenceState::Emitted> emitted_;  // reused
   TokenText text_;
 

@@ -162,6 +162,12 @@ int32_t DraftPolicy::cut(int32_t n_drafted) {
   return n < cfg_.min ? 0 : n;
 }
 
+Status DraftPolicy::draft(Drafter& drafter, const DraftRequest& req, Draft& out) {
+  PG_TRY(drafter.propose(req, [this](int32_t j, float c) { return go_on(j, c); }, out));
+  out.truncate(out.confidence.empty() ? cut(out.size()) : (out.size() < cfg_.min ? 0 : out.size()));
+  return Status::Ok();
+}
+
 void DraftPolicy::record(std::span<const float> confidence, int32_t drafted, int32_t accepted) {
   constexpr double kDecay = 0.97;
   if (drafted > 0) {

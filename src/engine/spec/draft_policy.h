@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "engine/spec/drafter.h"
 
 namespace peregrine {
 
@@ -85,6 +86,10 @@ class DraftPolicy {
   // The drafter's tokens as the policy keeps them (a drafter without confidences proposes
   // freely; the policy cuts its draft here). Returns the length to verify (0: none).
   int32_t cut(int32_t n_drafted);
+  // Asks the drafter for req.tokens' next tokens (go_on decides after each) and keeps what the
+  // policy allows: a drafter without confidences proposes freely and cut() shortens its draft;
+  // a model draft shorter than --draft-min is dropped. Call after begin().
+  Status draft(Drafter& drafter, const DraftRequest& req, Draft& out);
   // The step verified a draft with these confidences (empty: none) and accepted the first
   // `accepted` of its `drafted` tokens.
   void record(std::span<const float> confidence, int32_t drafted, int32_t accepted);

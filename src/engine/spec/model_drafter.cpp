@@ -68,8 +68,10 @@ Status ModelDrafter::propose(const DraftRequest& req, DraftGoOn go_on, Draft& ou
   const int32_t max = int32_t(std::min<int64_t>(req.max, cache_.shape().unbounded() ? req.max : cache_.shape().n_ctx - L + 1));
   if (max <= 0 || L == 0) return Status::Ok();
   const int64_t held = std::min(sync(req), L - 1);
-  PG_TRY(run(req.seq, req.tokens.subspan(size_t(held)), held));
-  fed(req.seq, req.tokens);
+  if (Status st = run(req.seq, req.tokens.subspan(size_t(held)), held); !st.ok()) {
+    fed(req.seq, {}, {});  // what the KV holds is unknown: the next proposal starts over
+    return st;
+  }
   const bool sampled = !sampling_[req.seq].greedy;
   const auto t0 = Clock::now();
   int32_t fed_drafts = 0;
@@ -82,14 +84,13 @@ Status ModelDrafter::propose(const DraftRequest& req, DraftGoOn go_on, Draft& ou
     if (sampled) out.dists.push_back(q_);
     if (j == max) break;
     const TokenId one[1] = {tok};
-    PG_TRY(run(req.seq, one, L + j - 1));
+    if (Status st = run(req.seq, one, L + j - 1); !st.ok()) {
+      fed(req.seq, {}, {});
+      return st;
+    }
     ++fed_drafts;
   }
-  if (fed_drafts > 0) {
-    now_.assign(req.tokens.begin(), req.tokens.end());
-    now_.insert(now_.end(), out.tokens.begin(), out.tokens.begin() + fed_drafts);
-    fed(req.seq, now_);
-  }
+  fed(req.seq, req.tokens, std::span<const TokenId>(out.tokens).first(size_t(fed_drafts)));
   // The cost of one more draft token: one forward pass of the draft (the catch-up above is
   // prompt processing, not drafting).
   if (out.size() > 0) {
@@ -146,8 +147,10 @@ int64_t DraftModelDrafter::sync(const DraftRequest& req) {
   return kept;
 }
 
-void DraftModelDrafter::fed(int64_t seq, std::span<const TokenId> tokens) {
-  held_[size_t(seq)].assign(tokens.begin(), tokens.end());
+void DraftModelDrafter::fed(int64_t seq, std::span<const TokenId> tokens, std::span<const TokenId> drafts) {
+  std::vector<TokenId>& h = held_[size_t(seq)];
+  h.assign(tokens.begin(), tokens.end());
+  h.insert(h.end(), drafts.begin(), drafts.end());
 }
 
 // ---- LayerSkipDrafter ----------------------------------------------------------------------------
@@ -168,8 +171,16 @@ Result<std::unique_ptr<LayerSkipDrafter>> LayerSkipDrafter::create(Model& target
 
 int64_t LayerSkipDrafter::sync(const DraftRequest& req) {
   // The target's first layers hold exactly what the draft would have written for the
-  // verified tokens; earlier draft rows past them are dropped.
-  return target_cache_.rewind(req.seq, req.n_cached);
+  // verified tokens (propose() drops the draft's own rows after each draft).
+  return req.n_cached;
+}
+
+Status LayerSkipDrafter::propose(const DraftRequest& req, DraftGoOn go_on, Draft& out) {
+  const Status st = ModelDrafter::propose(req, go_on, out);
+  // The draft's rows past the verified tokens, in the first layers only: gone before the
+  // target's next step (its verification rewrites those positions in every layer).
+  (void)target_cache_.rewind(req.seq, req.n_cached);
+  return st;
 }
 
 }  // namespace peregrine

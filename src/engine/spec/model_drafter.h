@@ -35,8 +35,8 @@ class ModelDrafter : public Drafter {
   ModelDrafter(Model& model, KvCache& cache, int64_t n_batch) : model_(model), cache_(cache), n_batch_(n_batch) {}
   // Makes the draft's KV of req.seq hold a prefix of req.tokens; returns its length.
   virtual int64_t sync(const DraftRequest& req) = 0;
-  // The draft's KV of seq now holds tokens (after sync's prefix).
-  virtual void fed(int64_t /*seq*/, std::span<const TokenId> /*tokens*/) {}
+  // The draft's KV of seq now holds tokens and then drafts.
+  virtual void fed(int64_t /*seq*/, std::span<const TokenId> /*tokens*/, std::span<const TokenId> /*drafts*/) {}
 
   ForwardOptions fopt_;
 
@@ -52,7 +52,6 @@ class ModelDrafter : public Drafter {
   Batch batch_;
   std::vector<float> logits_;
   TokenDist q_;                 // a sampled draft token's distribution (reused)
-  std::vector<TokenId> now_;    // what the draft's KV holds after a proposal (reused)
   struct SeqSampling {
     bool greedy = true;
     Sampler sampler{SamplerOptions{}};
@@ -78,7 +77,7 @@ class DraftModelDrafter : public ModelDrafter {
 
  protected:
   int64_t sync(const DraftRequest& req) override;
-  void fed(int64_t seq, std::span<const TokenId> tokens) override;
+  void fed(int64_t seq, std::span<const TokenId> tokens, std::span<const TokenId> drafts) override;
 
  private:
   DraftModelDrafter(std::unique_ptr<LoadedModel> m, std::unique_ptr<KvCache> cache, int64_t n_batch);
@@ -93,6 +92,7 @@ class LayerSkipDrafter : public ModelDrafter {
   // n_layers: 1 .. the target's layers - 1.
   static Result<std::unique_ptr<LayerSkipDrafter>> create(Model& target, KvCache& target_cache, int64_t n_layers);
   std::string_view name() const override { return "layerskip"; }
+  Status propose(const DraftRequest& req, DraftGoOn go_on, Draft& out) override;
   int64_t n_layers() const { return fopt_.layer_end; }
 
  protected:
