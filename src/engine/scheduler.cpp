@@ -465,10 +465,7 @@ void Scheduler::sample_and_emit(Seq& s, const float* rows) {
   SequenceState::StepResult r = s.state.step(rows, 1 + k, s.draft.tokens, emitted_, room, s.draft.dists);
   if (s.policy) {
     s.policy->record(s.draft.confidence, k, r.draft_accepted);
-    spec_stats_.steps += 1;
-    spec_stats_.drafted += k;
-    spec_stats_.accepted += r.draft_accepted;
-    spec_stats_.generated += r.accepted;
+    spec_stats_.count(k, r.draft_accepted, r.accepted);
     s.req->stream->drafted_ += k;
     s.req->stream->accepted_ += r.draft_accepted;
   }

@@ -137,9 +137,7 @@ Result<GenerateStats> Session::generate(std::span<const TokenId> prompt, Sequenc
                  draft_.dists);
     if (drafter) {
       // Keep the verified tokens' KV: the pending token and the accepted drafts.
-      st.spec.steps += 1;
-      st.spec.drafted += draft_.size();
-      st.spec.accepted += r.draft_accepted;
+      st.spec.count(draft_.size(), r.draft_accepted, r.accepted);
       policy->record(draft_.confidence, draft_.size(), r.draft_accepted);
       const int64_t verified = n_verified + r.draft_accepted;
       if (verified < n_past_) {
@@ -163,7 +161,6 @@ Result<GenerateStats> Session::generate(std::span<const TokenId> prompt, Sequenc
     n_rows = int64_t(step_tokens_.size());
     n_verified = n_past_ - draft_.size();
   }
-  if (drafter) st.spec.generated = st.n_generated;
   st.finish = r.reason;
   const int64_t max = seq.options().max_tokens;
   st.hit_context_limit = r.reason == FinishReason::Length && !(max > 0 && seq.n_generated() >= max);

@@ -139,6 +139,14 @@ struct SpecStats {
   int64_t drafted = 0;     // draft tokens verified
   int64_t accepted = 0;    // of those, accepted
   int64_t generated = 0;   // tokens generated
+  // One step that verified `drafted` tokens, accepted `accepted` of them and generated
+  // `generated` tokens in all.
+  void count(int64_t drafted_, int64_t accepted_, int64_t generated_) {
+    steps += 1;
+    drafted += drafted_;
+    accepted += accepted_;
+    generated += generated_;
+  }
   void add(const SpecStats& o);
   // "96 drafted, 80 accepted (83.3%), 40 steps, 3.20 tokens/step"
   std::string describe() const;
