@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <optional>
+#include <unordered_set>
 #include <utility>
 
 #include "engine/stop_matcher.h"
@@ -34,6 +35,7 @@ struct Scheduler::Request {
   std::shared_ptr<RequestStream> stream;
   GenRequest gen;
   int32_t open_choices = 0;  // choices not yet ended
+  int32_t passes = 0;        // requests of other tenants admitted ahead of it while it did not fit
 };
 
 struct Scheduler::Seq {
@@ -84,6 +86,7 @@ Result<std::unique_ptr<Scheduler>> Scheduler::create(const SchedulerConfig& cfg,
   }
   if (cfg.spec_history < 0 || cfg.spec_history > (int64_t(1) << 28))
     return make_error("--spec-history {} is out of range (0 to 268435456 tokens)", cfg.spec_history);
+  if (cfg.max_passes < 0) return make_error("max_passes {} must be 0 or more", cfg.max_passes);
   PG_ASSIGN(BlockManager bm, BlockManager::create(int32_t(kv.n_blocks), int32_t(kv.block_size)));
   // Only layers whose KV lives in the shared blocks can take a cached prefix (window layers
   // keep per-sequence rings that a shared block would not carry).
@@ -230,23 +233,29 @@ void Scheduler::reap_cancelled() {
 }
 
 void Scheduler::admit() {
-  // Preempted sequences first (oldest first), then new requests in arrival order; a request
-  // needs a slot for each of its n choices.
+  // Preempted sequences first (oldest first), then new requests fairly between tenants
+  // (next_admission); a request needs a slot for each of its n choices.
   while (!preempted_.empty() && !free_slots_.empty()) {
     std::unique_ptr<Seq> s = std::move(preempted_.front());
     preempted_.pop_front();
     s->slot = free_slots_.back();
     free_slots_.pop_back();
     cache_.reset(s->slot);
-    PG_ASSERT(bm_.add_sequence(s->id).ok());
+    PG_ASSERT(bm_.add_sequence(s->id, s->req->gen.cache_salt).ok());
     // Back in admission order.
     auto at = std::find_if(running_.begin(), running_.end(), [&](auto& r) { return r->order > s->order; });
     running_.insert(at, std::move(s));
   }
-  while (preempted_.empty() && !waiting_.empty() &&
-         int64_t(free_slots_.size()) >= waiting_.front()->gen.n) {
-    std::shared_ptr<Request> r = std::move(waiting_.front());
-    waiting_.pop_front();
+  if (!preempted_.empty() || waiting_.empty() || free_slots_.empty()) return;
+  // Keys view the tenant strings of requests that outlive this call (running or waiting).
+  std::unordered_map<std::string_view, int64_t> running;
+  for (const auto& s : running_) running[s->req->gen.tenant]++;
+  while (!free_slots_.empty()) {
+    const int64_t k = next_admission(running);
+    if (k < 0) break;
+    std::shared_ptr<Request> r = std::move(waiting_[size_t(k)]);
+    waiting_.erase(waiting_.begin() + k);
+    running[r->gen.tenant] += r->gen.n;
     Seq* leader = nullptr;
     for (int32_t c = 0; c < r->gen.n; ++c) {
       SequenceOptions opt = r->gen;
@@ -262,7 +271,7 @@ void Scheduler::admit() {
       cache_.reset(s->slot);
       s->state.set_prompt(r->gen.prompt);
       if (c == 0) {
-        PG_ASSERT(bm_.add_sequence(s->id).ok());
+        PG_ASSERT(bm_.add_sequence(s->id, r->gen.cache_salt).ok());  // the others fork it
         leader = s.get();
       } else {
         s->awaiting_fork = true;
@@ -272,6 +281,38 @@ void Scheduler::admit() {
       running_.push_back(std::move(s));
     }
   }
+}
+
+// Candidates are each tenant's oldest waiting request (first come first served within a
+// tenant), in order of the tenant's running sequences, fewest first, then of age. The first
+// candidate that fits in the free slots is admitted, and every candidate before it that did not
+// fit counts a pass; one passed max_passes times already is not passed again: nothing is
+// admitted until it fits (slots free up as sequences end), so a large n cannot starve.
+int64_t Scheduler::next_admission(const std::unordered_map<std::string_view, int64_t>& running) {
+  struct Candidate {
+    int64_t running;
+    size_t index;  // in waiting_ (arrival order)
+  };
+  std::vector<Candidate> cands;
+  std::unordered_set<std::string_view> seen;
+  for (size_t i = 0; i < waiting_.size(); ++i) {
+    const std::string& tenant = waiting_[i]->gen.tenant;
+    if (!seen.insert(tenant).second) continue;
+    const auto it = running.find(tenant);
+    cands.push_back({it == running.end() ? 0 : it->second, i});
+  }
+  std::ranges::sort(cands, [](const Candidate& a, const Candidate& b) {
+    return a.running != b.running ? a.running < b.running : a.index < b.index;
+  });
+  for (size_t c = 0; c < cands.size(); ++c) {
+    const Request& r = *waiting_[cands[c].index];
+    if (r.gen.n <= int64_t(free_slots_.size())) {
+      for (size_t p = 0; p < c; ++p) waiting_[cands[p].index]->passes++;
+      return int64_t(cands[c].index);
+    }
+    if (r.passes >= cfg_.max_passes) return -1;
+  }
+  return -1;
 }
 
 void Scheduler::preempt(Seq& s) {

@@ -18,6 +18,15 @@
 // alike; because every op is batch-invariant, what it then generates is exactly what it
 // would have generated without the interruption.
 //
+// Tenants. Admission is fair between the tenants named in requests, so one client's burst
+// does not hold everyone else up: the next request admitted is the oldest waiting one of the
+// tenant with the fewest running sequences (ties: the tenant whose oldest waiting request is
+// oldest). A request that does not fit in the free slots yet may be passed by requests of
+// other tenants that do, at most max_passes times; then nothing else is admitted until it fits.
+// With one tenant this is plain arrival order. Prefix-cache blocks are shared only between
+// requests of equal cache_salt (BlockManager), so tenants given different salts cannot learn
+// from cached_tokens or time to first token what another one sent.
+//
 // Speculative decoding: a decoding sequence may add draft tokens after its pending one (each
 // with its own length, chosen by its DraftPolicy from its acceptance and the measured cost of
 // the step as a whole, so drafting backs off by itself when a full batch makes the step
@@ -38,7 +47,9 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "core/status.h"
@@ -66,6 +77,10 @@ struct SchedulerConfig {
   SpecOptions spec;
   // ngram: tokens of earlier outputs kept to draft from (0: none).
   int64_t spec_history = 0;
+  // Fair admission: how many requests of other tenants may be admitted ahead of a waiting
+  // request that does not fit in the free slots (its n is larger than what is free) before
+  // nothing else is admitted until it fits. Bounds how long a large n waits; 0: never passed.
+  int32_t max_passes = 8;
 };
 
 // A request: the options each of its choices generates with (max_tokens -1: until the context
@@ -73,6 +88,12 @@ struct SchedulerConfig {
 struct GenRequest : SequenceOptions {
   std::vector<TokenId> prompt;
   int32_t n = 1;
+  // Who sent it (e.g. an API key's name; "" is a tenant like any other): admission is fair
+  // between tenants, first come first served within one.
+  std::string tenant;
+  // Prefix-cache isolation: the request's KV blocks are shared only with requests of the same
+  // salt (0: the common, unsalted cache). Choices of n > 1 share the request's.
+  uint64_t cache_salt = 0;
 };
 
 // The event stream of one request, filled by the scheduler and read by one client thread.
@@ -174,6 +195,8 @@ class Scheduler {
   void intake();
   void reap_cancelled();
   void admit();
+  // Index in waiting_ of the next request to admit, or -1 (running: tenant -> sequences).
+  int64_t next_admission(const std::unordered_map<std::string_view, int64_t>& running);
   void schedule_seq(Seq& s, int64_t& budget);
   bool preempt_youngest(const Seq* self);
   void preempt(Seq& s);

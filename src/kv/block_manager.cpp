@@ -7,7 +7,7 @@ namespace peregrine {
 
 namespace {
 
-constexpr uint64_t kRootHash = 0x9E3779B97F4A7C15ull;  // parent hash of a sequence's first block
+constexpr uint64_t kRootHash = 0x9E3779B97F4A7C15ull;  // parent hash of an unsalted first block
 
 // splitmix64's finalizer: a bijective, well-mixed 64-bit permutation.
 uint64_t mix64(uint64_t x) {
@@ -20,6 +20,11 @@ uint64_t mix64(uint64_t x) {
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The parent hash of a sequence's first block. Salt 0 keeps the unsalted root, so unsalted
+// hashes are what they always were; a salted root only spreads the chains of different salts
+// over the hash space (the salt stored in each block is what keeps them apart).
+uint64_t root_hash(uint64_t salt) { return salt == 0 ? kRootHash : mix64(kRootHash ^ mix64(salt)); }
 
 }  // namespace
 
@@ -45,9 +50,11 @@ BlockManager::BlockManager(int32_t n_blocks, int32_t block_size)
 
 // --- Sequences -------------------------------------------------------------------------------
 
-Status BlockManager::add_sequence(SeqId id) {
+Status BlockManager::add_sequence(SeqId id, uint64_t cache_salt) {
   if (seqs_.count(id)) return make_error("add_sequence: sequence {} already exists", id);
-  seqs_.emplace(id, Sequence{});
+  Sequence s;
+  s.salt = cache_salt;
+  seqs_.emplace(id, std::move(s));
   return Status::Ok();
 }
 
@@ -93,7 +100,7 @@ Result<int32_t> BlockManager::append_tokens(SeqId id, std::span<const int32_t> t
   int64_t revived = 0;  // matched blocks that are now cached (leave the evictable pool)
   int64_t i = 0;        // tokens consumed by matches
   if (at_boundary) {
-    uint64_t parent_hash = s.table.empty() ? kRootHash : blocks_[size_t(s.table.back())].hash;
+    uint64_t parent_hash = s.table.empty() ? root_hash(s.salt) : blocks_[size_t(s.table.back())].hash;
     uint64_t parent_serial = s.table.empty() ? 0 : blocks_[size_t(s.table.back())].serial;
     while (n - i >= bs && i + bs <= max_hit) {
       std::span<const int32_t> chunk = tokens.subspan(size_t(i), size_t(bs));
@@ -101,8 +108,8 @@ Result<int32_t> BlockManager::append_tokens(SeqId id, std::span<const int32_t> t
       auto m = cache_.find(h);
       if (m == cache_.end()) break;
       const Block& c = blocks_[size_t(m->second)];
-      // A hash hit alone proves nothing: the same parent chain and token ids do.
-      if (c.parent_serial != parent_serial || !std::ranges::equal(c.tokens, chunk)) break;
+      // A hash hit alone proves nothing: the same salt, parent chain and token ids do.
+      if (c.salt != s.salt || c.parent_serial != parent_serial || !std::ranges::equal(c.tokens, chunk)) break;
       matched.push_back(m->second);
       if (c.ref == 0) revived++;
       parent_hash = h;
@@ -281,8 +288,9 @@ void BlockManager::release(int32_t block) {
 void BlockManager::seal(const Sequence& s, size_t j) {
   const Block* parent = j >= 1 ? &blocks_[size_t(s.table[j - 1])] : nullptr;
   Block& blk = blocks_[size_t(s.table[j])];
-  blk.hash = hash_fn_(parent ? parent->hash : kRootHash, blk.tokens);
+  blk.hash = hash_fn_(parent ? parent->hash : root_hash(s.salt), blk.tokens);
   blk.parent_serial = parent ? parent->serial : 0;
+  blk.salt = s.salt;
   auto m = cache_.find(blk.hash);
   if (m == cache_.end()) {
     blk.serial = next_serial_++;
@@ -292,8 +300,9 @@ void BlockManager::seal(const Sequence& s, size_t j) {
   }
   const Block& c = blocks_[size_t(m->second)];
   // Same content as the cache's entry (computed twice, e.g. concurrent identical prompts):
-  // same chain id, so later blocks still match. A true collision gets a chain id of its own.
-  const bool same = c.parent_serial == blk.parent_serial && c.tokens == blk.tokens;
+  // same chain id, so later blocks still match. A true collision, or the same tokens under
+  // another salt, gets a chain id of its own (serials never cross salts).
+  const bool same = c.salt == blk.salt && c.parent_serial == blk.parent_serial && c.tokens == blk.tokens;
   blk.serial = same ? c.serial : next_serial_++;
 }
 
@@ -301,6 +310,7 @@ void BlockManager::unseal(Block& b) {
   b.hash = 0;
   b.serial = 0;
   b.parent_serial = 0;
+  b.salt = 0;
 }
 
 void BlockManager::reset(Block& b) {
@@ -320,19 +330,30 @@ void BlockManager::debug_check() const {
 Status BlockManager::check_invariants() const {
   const size_t nb = blocks_.size();
   std::vector<int32_t> refs(nb, 0);  // references counted from the block tables
+  std::vector<SeqId> holder(nb, 0);  // the first table seen holding each block
   const int64_t bs = block_size_;
   for (const auto& [id, s] : seqs_) {
     if (static_cast<int64_t>(s.table.size()) != ceil_div(s.n_tokens, bs)) {
       return make_error("sequence {}: {} blocks for {} tokens", id, s.table.size(), s.n_tokens);
     }
-    uint64_t parent_hash = kRootHash;
+    uint64_t parent_hash = root_hash(s.salt);
     uint64_t parent_serial = 0;
     bool committed = true;  // committed (sealed) full blocks form a prefix of the table
     for (size_t j = 0; j < s.table.size(); ++j) {
       const int32_t b = s.table[j];
       if (b < 0 || b >= n_blocks_) return make_error("sequence {}: bad block id {}", id, b);
-      refs[size_t(b)]++;
       const Block& blk = blocks_[size_t(b)];
+      // Tables share a block only within one salt (a hit matches it, a fork inherits it).
+      if (refs[size_t(b)]++ == 0) {
+        holder[size_t(b)] = id;
+      } else if (const uint64_t other = seqs_.at(holder[size_t(b)]).salt; other != s.salt) {
+        return make_error("block {}: held by sequence {} (salt {}) and sequence {} (salt {})", b,
+                          holder[size_t(b)], other, id, s.salt);
+      }
+      if (blk.serial != 0 && blk.salt != s.salt) {
+        return make_error("sequence {}: block {} (#{}) sealed under salt {}, the sequence's is {}", id,
+                          b, j, blk.salt, s.salt);
+      }
       const int64_t fill = std::min<int64_t>(bs, s.n_tokens - int64_t(j) * bs);
       const int64_t held = static_cast<int64_t>(blk.tokens.size());
       // Only a partly used last block may hold more (tokens of another table or the cache).

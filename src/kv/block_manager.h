@@ -26,6 +26,14 @@
 // given out once per distinct sealed content (never reused), so even two different parents with
 // colliding hashes do not match.
 //
+// Cache salt. A sequence may carry a salt (add_sequence; its forks inherit it) so that tenants
+// who must not learn from each other's timing or cached-token counts never share a block:
+// the chain of a salted sequence starts from a root hash derived from the salt, and every
+// sealed block records its chain's salt, which a hit must match as well (so even a hash
+// collision across salts, or equal first blocks under different salts, never matches). Equal
+// salts share as before; salt 0 is the unsalted cache. No state is kept per salt beyond the
+// blocks themselves, so any number of salts costs no memory once their blocks are evicted.
+//
 // Copy-on-write. fork() makes a child share all of a parent's blocks. Appending to a sequence
 // whose last, partly filled block is shared first moves it onto a private copy; the caller must
 // copy the KV data, see take_copies().
@@ -72,13 +80,14 @@ class BlockManager {
   static Result<BlockManager> create(int32_t n_blocks, int32_t block_size);
 
   // --- Sequences ---------------------------------------------------------------------------
-  // A new, empty sequence. Error if the id is in use.
-  Status add_sequence(SeqId id);
+  // A new, empty sequence whose blocks are shared only with sequences of the same cache_salt
+  // (0: the unsalted cache). Error if the id is in use.
+  Status add_sequence(SeqId id, uint64_t cache_salt = 0);
   // Drops the sequence and its references. Blocks left unreferenced become cached (full, in
   // the prefix cache) or free. An unknown id is a no-op, so cancel paths may call it twice.
   void free_sequence(SeqId id);
-  // The child shares every block of the parent (n > 1 sampling). Errors: unknown parent,
-  // child id in use.
+  // The child shares every block of the parent (n > 1 sampling) and its salt. Errors: unknown
+  // parent, child id in use.
   Status fork(SeqId parent, SeqId child);
 
   // Appends tokens, allocating blocks as needed. Returns how many of the leading given tokens
@@ -118,7 +127,7 @@ class BlockManager {
   int32_t refcount(int32_t block) const;
   std::span<const int32_t> block_tokens(int32_t block) const;  // token ids it holds
 
-  // Checks every invariant (block states, refcounts, fills, hashes, cache index); the error
+  // Checks every invariant (block states, refcounts, fills, hashes, salts, cache index); the error
   // names the first violation. Runs after every mutation in debug builds.
   Status check_invariants() const;
 
@@ -145,6 +154,7 @@ class BlockManager {
     uint64_t hash = 0;            // chain hash: hash_fn(parent's hash, tokens)
     uint64_t serial = 0;          // id of this content chain (equal serials = equal prefixes)
     uint64_t parent_serial = 0;   // the parent's serial, 0 for a sequence's first block
+    uint64_t salt = 0;            // cache salt of the chain (its sequences'); a hit must match it
     bool registered = false;      // is cache_[hash] (the prefix cache's entry for its hash)
     bool in_lru = false;          // cached state: on lru_ at lru_it
     std::list<int32_t>::iterator lru_it;
@@ -153,6 +163,7 @@ class BlockManager {
   struct Sequence {
     std::vector<int32_t> table;  // block ids; table[i] holds positions i*bs..(i+1)*bs-1
     int32_t n_tokens = 0;        // positions used; the last block holds the remainder
+    uint64_t salt = 0;           // cache salt: blocks are shared only within equal salts
   };
 
   int32_t allocate();                   // a fresh, empty block with ref 0 (free list, else evict)

@@ -291,6 +291,114 @@ TEST(BlockManager, CollidingParentsDoNotMatchChildren) {
   EXPECT_INVARIANTS(bm);
 }
 
+// Cache salts: equal tokens under different salts never share a block (no hit, no block in
+// two tables), equal salts share as without one, and forks keep their parent's salt.
+TEST(BlockManager, SaltsKeepPrefixesApart) {
+  const int32_t bs = 4;
+  BlockManager bm = make(32, bs);
+  const auto prompt = iota_tokens(2 * bs + 1, 10);  // 2 full blocks + a partial one
+  ASSERT_TRUE(bm.add_sequence(1, 11).ok());
+  ASSERT_TRUE(bm.add_sequence(2, 22).ok());
+  ASSERT_TRUE(bm.add_sequence(3, 11).ok());
+  ASSERT_TRUE(bm.add_sequence(4).ok());  // unsalted
+  EXPECT_EQ(append(bm, 1, prompt), 0);
+  EXPECT_EQ(append(bm, 2, prompt), 0) << "another salt's prefix was found";
+  EXPECT_EQ(append(bm, 4, prompt), 0) << "a salted prefix was found without the salt";
+  EXPECT_EQ(append(bm, 3, prompt), 2 * bs);
+  const auto t1 = table(bm, 1), t2 = table(bm, 2), t3 = table(bm, 3), t4 = table(bm, 4);
+  for (size_t j = 0; j < t1.size(); ++j) {
+    EXPECT_NE(t2[j], t1[j]);
+    EXPECT_NE(t4[j], t1[j]);
+    EXPECT_NE(t4[j], t2[j]);
+  }
+  EXPECT_EQ(t3[0], t1[0]);
+  EXPECT_EQ(t3[1], t1[1]);
+  EXPECT_EQ(bm.stats().hit_tokens, 2 * bs);
+  EXPECT_INVARIANTS(bm);
+  // Freed, the salted blocks stay cached and are still found only under their own salt.
+  bm.free_sequence(1);
+  bm.free_sequence(2);
+  ASSERT_TRUE(bm.add_sequence(5, 22).ok());
+  EXPECT_EQ(append(bm, 5, prompt), 2 * bs);
+  EXPECT_EQ(table(bm, 5)[0], t2[0]);
+  ASSERT_TRUE(bm.add_sequence(6, 33).ok());
+  EXPECT_EQ(append(bm, 6, prompt), 0);
+  // A fork's new blocks are sealed under the parent's salt: a later sequence of that salt
+  // finds the fork's whole chain, one of another salt none of it.
+  ASSERT_TRUE(bm.fork(3, 7).ok());
+  append(bm, 7, iota_tokens(2 * bs - 1, 50));  // the fork now holds 4 full blocks
+  auto longer = prompt;
+  const auto tail = iota_tokens(2 * bs - 1, 50);
+  longer.insert(longer.end(), tail.begin(), tail.end());
+  ASSERT_TRUE(bm.add_sequence(8, 11).ok());
+  EXPECT_EQ(append(bm, 8, longer), 4 * bs);
+  EXPECT_EQ(table(bm, 8)[3], table(bm, 7)[3]);
+  ASSERT_TRUE(bm.add_sequence(9, 33).ok());
+  EXPECT_EQ(append(bm, 9, longer), 2 * bs) << "only salt 33's own two blocks";
+  EXPECT_INVARIANTS(bm);
+}
+
+// The salt, not the hash, is what keeps salts apart: with a hash that ignores the parent (so
+// every salt's first block collides with every other's), equal tokens under another salt still
+// get no hit, and each salt's chain matches in full only under that salt.
+TEST(BlockManager, SaltsHoldUnderHashCollisions) {
+  const int32_t bs = 2;
+  BlockManager bm = make(16, bs);
+  bm.set_hash_fn_for_testing([](uint64_t, std::span<const int32_t> t) { return uint64_t(t[0]); });
+  for (SeqId id : {1, 2, 3, 4}) ASSERT_TRUE(bm.add_sequence(id, id == 2 ? 2 : 1).ok());
+  EXPECT_EQ(append(bm, 1, {1, 2, 3, 4}), 0);
+  EXPECT_EQ(append(bm, 2, {1, 2, 3, 4}), 0);  // same hashes, same tokens, other salt
+  EXPECT_NE(table(bm, 2)[0], table(bm, 1)[0]);
+  EXPECT_NE(table(bm, 2)[1], table(bm, 1)[1]);
+  EXPECT_EQ(append(bm, 3, {1, 2, 3, 4}), 2 * bs);  // the first salt's chain, in full
+  EXPECT_EQ(table(bm, 3), table(bm, 1));
+  // Freed, the second salt's blocks leave; the first salt's cache entries still refuse it.
+  bm.free_sequence(2);
+  ASSERT_TRUE(bm.add_sequence(5, 2).ok());
+  EXPECT_EQ(append(bm, 5, {1, 2, 3, 4}), 0);
+  EXPECT_EQ(append(bm, 4, {1, 2, 3, 4}), 2 * bs);
+  EXPECT_INVARIANTS(bm);
+  // The constant hash as well (every block of every salt collides).
+  BlockManager c = make(16, bs);
+  c.set_hash_fn_for_testing(&constant_hash);
+  for (SeqId id : {1, 2, 3}) ASSERT_TRUE(c.add_sequence(id, id == 2 ? 7 : 0).ok());
+  EXPECT_EQ(append(c, 1, {1, 2, 3, 4}), 0);
+  EXPECT_EQ(append(c, 2, {1, 2, 3, 4}), 0);
+  EXPECT_EQ(append(c, 3, {1, 2, 3, 4}), bs);
+  EXPECT_NE(table(c, 2)[0], table(c, 1)[0]);
+  EXPECT_INVARIANTS(c);
+}
+
+// No state is kept per salt beyond the blocks: a thousand salts each caching a prompt on a
+// small pool leave the pool as it was (cached blocks bounded by it, evicted oldest first), and
+// the latest salts still find their prompts while evicted ones start over.
+TEST(BlockManager, ManySaltsLeaveNothingBehind) {
+  const int32_t bs = 4, n_blocks = 16;
+  BlockManager bm = make(n_blocks, bs);
+  const auto prompt = iota_tokens(2 * bs + 1, 0);
+  SeqId id = 0;
+  for (uint64_t salt = 1; salt <= 1000; ++salt) {
+    ASSERT_TRUE(bm.add_sequence(id, salt).ok());
+    ASSERT_EQ(append(bm, id, prompt), 0) << "salt " << salt;
+    bm.free_sequence(id++);
+    ASSERT_LE(bm.n_cached(), n_blocks);
+  }
+  // Every block but one is cached (each prompt's partial block goes back to the free list);
+  // every other full block sealed was evicted.
+  EXPECT_EQ(bm.n_used(), 0);
+  EXPECT_EQ(bm.n_cached(), n_blocks - 1);
+  EXPECT_EQ(bm.stats().evictions, 2 * 1000 - bm.n_cached());
+  EXPECT_INVARIANTS(bm);
+  ASSERT_TRUE(bm.add_sequence(id, 1000).ok());
+  EXPECT_EQ(append(bm, id++, prompt), 2 * bs);
+  ASSERT_TRUE(bm.add_sequence(id, 1).ok());
+  EXPECT_EQ(append(bm, id, prompt), 0) << "salt 1's blocks were evicted long ago";
+  bm.free_sequence(id);
+  ASSERT_TRUE(bm.add_sequence(++id, 1).ok());
+  EXPECT_EQ(append(bm, id, prompt), 2 * bs) << "salt 1 caches again";
+  EXPECT_INVARIANTS(bm);
+}
+
 std::vector<int32_t> tokens_of(const BlockManager& bm, int32_t block) {
   auto t = bm.block_tokens(block);
   return {t.begin(), t.end()};
@@ -403,18 +511,20 @@ TEST(BlockManager, TruncateIntoASharedBlockCopiesOnWrite) {
 }
 
 // Random add / append (committed, or a failed forward pass that frees the sequence) / fork /
-// truncate / free on a small pool, against a model of each sequence's tokens and of the KV in
+// truncate / free on a small pool, sequences under three cache salts, against a model of each sequence's tokens and of the KV in
 // each block: a forward pass writes, for every position it computes, a value derived from the
 // whole prefix up to it (as real KV is), into the block the table names; a failed pass writes
 // garbage. Every sequence must read back its own prefix values through its table: a prefix hit
 // on a block never written, a shared block written by another sequence, a missed
-// copy-on-write or a block dropped too early would show.
+// copy-on-write or a block dropped too early would show, and so would a block in the tables of
+// two salts.
 TEST(BlockManager, RandomizedAgainstModel) {
   for (int32_t bs : {1, 3, 4}) {
     const int32_t n_blocks = 24;
     BlockManager bm = make(n_blocks, bs);
     std::mt19937 rng(1234 + uint32_t(bs));
     std::map<SeqId, std::vector<int32_t>> model;  // sequence -> its tokens
+    std::map<SeqId, uint64_t> salt;               // sequence -> its cache salt
     std::vector<std::vector<uint64_t>> kv(size_t(n_blocks), std::vector<uint64_t>(size_t(bs), 0));
     auto prefix_value = [](const std::vector<int32_t>& toks, size_t p) {
       uint64_t h = 1469598103934665603ull;
@@ -439,7 +549,8 @@ TEST(BlockManager, RandomizedAgainstModel) {
       const int op = rnd(12);
       if (op < 2 || model.empty()) {  // add
         const SeqId id = next_id++;
-        ASSERT_TRUE(bm.add_sequence(id).ok());
+        salt[id] = uint64_t(id % 3);  // 0: unsalted
+        ASSERT_TRUE(bm.add_sequence(id, salt[id]).ok());
         model[id] = {};
       } else if (op < 7) {  // append: a prompt-like chunk or one decode token
         auto it = model.begin();
@@ -486,6 +597,7 @@ TEST(BlockManager, RandomizedAgainstModel) {
         const SeqId id = next_id++;
         ASSERT_TRUE(bm.fork(it->first, id).ok());
         model[id] = it->second;
+        salt[id] = salt[it->first];
       } else if (op < 10) {  // truncate: rejected drafts
         auto it = model.begin();
         std::advance(it, rnd(int(model.size())));
@@ -507,12 +619,15 @@ TEST(BlockManager, RandomizedAgainstModel) {
       ASSERT_EQ(bm.n_sequences(), int32_t(model.size()));
       ASSERT_EQ(bm.n_free() + bm.n_cached() + bm.n_used(), bm.n_blocks());
       std::map<int32_t, int32_t> refs;
+      std::map<int32_t, uint64_t> block_salt;
       for (const auto& [id, toks] : model) {
         ASSERT_EQ(bm.n_tokens(id).value(), int32_t(toks.size()));
         std::vector<int32_t> held;
         const auto t = table(bm, id);
         for (size_t j = 0; j < t.size(); ++j) {
           refs[t[j]]++;
+          const auto [bs_it, first] = block_salt.emplace(t[j], salt[id]);
+          ASSERT_TRUE(first || bs_it->second == salt[id]) << "block " << t[j] << " shared across salts";
           auto bt = bm.block_tokens(t[j]);
           const size_t fill = std::min(size_t(bs), toks.size() - j * size_t(bs));
           ASSERT_GE(bt.size(), fill);

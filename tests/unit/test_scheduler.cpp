@@ -100,12 +100,13 @@ struct Harness {
   RuleDrafter* drafter = nullptr;
 
   Harness(int32_t slots, int64_t n_ctx, int64_t n_blocks, int64_t step_tokens = 64,
-          int32_t max_requests = 64, int32_t draft_max = 0) {
+          int32_t max_requests = 64, int32_t draft_max = 0, int32_t max_passes = 8) {
     KvShape kv{2, n_ctx, slots, 2, KvType::F32, {}, 512, 16, n_blocks, draft_max};
     SchedulerConfig cfg;
     cfg.n_slots = slots;
     cfg.step_tokens = step_tokens;
     cfg.max_requests = max_requests;
+    cfg.max_passes = max_passes;
     Scheduler::MakeDrafter make;
     if (draft_max > 0) {
       cfg.spec.kind = SpecKind::Draft;
@@ -135,6 +136,11 @@ GenRequest greedy(std::vector<TokenId> prompt, int64_t max_tokens, int32_t n = 1
   r.max_tokens = max_tokens;
   r.sampling.temperature = 0.0f;
   r.n = n;
+  return r;
+}
+
+GenRequest from(std::string tenant, GenRequest r) {
+  r.tenant = std::move(tenant);
   return r;
 }
 
@@ -387,7 +393,9 @@ TEST(Scheduler, CancelWhileTheFirstChoiceIsPreemptedBeforeItsPrompt) {
 // empty at the end.
 // Random workloads (prompts sharing prefixes, n > 1, cancels, tight block pools, small step
 // budgets); draft_max > 0 adds drafts, partly wrong, verified in the same steps.
-void randomized_workloads(uint32_t seed, int32_t draft_max) {
+// tenants > 1: request i is tenant i % tenants's, with that tenant's cache salt (fair admission
+// passing requests that do not fit; prefixes shared only within a tenant).
+void randomized_workloads(uint32_t seed, int32_t draft_max, int tenants = 1) {
   std::mt19937 rng(seed);
   int64_t preemptions = 0, hits = 0, cancels = 0, drafted = 0, accepted = 0;
   for (int round = 0; round < 24; ++round) {
@@ -415,7 +423,12 @@ void randomized_workloads(uint32_t seed, int32_t draft_max) {
         r.prompt.insert(r.prompt.end(), tail.begin(), tail.end());
         r.max_tokens = 1 + int64_t(rng() % 40);
         r.n = 1 + int32_t(rng() % std::min<uint32_t>(3, uint32_t(slots)));
-        auto sub = h.sched->submit(greedy(r.prompt, r.max_tokens, r.n));
+        GenRequest g = greedy(r.prompt, r.max_tokens, r.n);
+        if (tenants > 1) {
+          g.tenant = std::to_string(reqs.size() % size_t(tenants));
+          g.cache_salt = reqs.size() % size_t(tenants);
+        }
+        auto sub = h.sched->submit(std::move(g));
         ASSERT_EQ(sub.code, Scheduler::Submitted::Code::Ok) << sub.message;
         r.stream = sub.stream;
         reqs.push_back(std::move(r));
@@ -470,6 +483,136 @@ TEST(Scheduler, RandomizedWorkloadsWithDraftsMatchTheReference) {
   // the reference's whatever the drafts were.
   randomized_workloads(99, 4);
   randomized_workloads(7, 2);
+}
+
+TEST(Scheduler, RandomizedWorkloadsWithTenantsMatchTheReference) {
+  randomized_workloads(99, 0, 3);
+  randomized_workloads(5, 2, 2);
+}
+
+// Requests of different cache salts never share prefix blocks; equal salts share as before,
+// and the choices of n > 1 keep their request's salt.
+TEST(Scheduler, CacheSaltsKeepPrefixesApart) {
+  Harness h(2, 256, 48);
+  std::mt19937 rng(8);
+  const auto prompt = random_tokens(rng, 100);  // six whole blocks of 16 and a partial one
+  auto run = [&](uint64_t salt, int32_t n = 1) {
+    GenRequest r = greedy(prompt, 5, n);
+    r.cache_salt = salt;
+    auto s = h.sched->submit(r).stream;
+    run_all(*h.sched);
+    Collected c;
+    drain(s, c);
+    EXPECT_TRUE(c.done);
+    for (int32_t k = 0; k < n; ++k) EXPECT_EQ(c.tokens[k], reference(prompt, 5)) << "salt " << salt;
+    return s->cached_tokens();
+  };
+  EXPECT_EQ(run(1), 0);
+  EXPECT_EQ(run(2, 2), 0) << "another salt's prefix was found";
+  EXPECT_EQ(run(0), 0) << "a salted prefix was found without a salt";
+  EXPECT_EQ(run(1), 96);
+  EXPECT_EQ(run(2), 96) << "the choices of n = 2 cached under another salt";
+  EXPECT_EQ(run(0), 96);
+  EXPECT_EQ(h.sched->stats().blocks_used, 0);
+}
+
+// Steps a scheduler and notes, for each stream it is given, the step that brought its first
+// token (the step that admitted it, for prompts that fit in one step's budget).
+struct FirstTokens {
+  Scheduler& sched;
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  std::vector<Collected> got;
+  std::vector<int> first;  // per stream: 1-based step, -1 before its first token
+  int steps = 0;
+
+  size_t add(std::shared_ptr<RequestStream> s) {
+    EXPECT_NE(s, nullptr);
+    streams.push_back(std::move(s));
+    got.emplace_back();
+    first.push_back(-1);
+    return streams.size() - 1;
+  }
+  bool step() {
+    const bool busy = sched.step();
+    ++steps;
+    for (size_t r = 0; r < streams.size(); ++r) {
+      drain(streams[r], got[r]);
+      if (first[r] < 0 && !got[r].tokens.empty()) first[r] = steps;
+    }
+    return busy;
+  }
+  void run() {
+    for (int i = 0; i < 100000 && step(); ++i) {
+    }
+    for (size_t r = 0; r < streams.size(); ++r) EXPECT_TRUE(got[r].done) << "request " << r;
+  }
+};
+
+// Tenant a queues six requests on two slots, then tenant b one: b's runs as soon as a slot is
+// free to a tenant with fewer running sequences, not after all of a's. Labelled a, it waits
+// for all of them (arrival order, as with one tenant).
+TEST(Scheduler, AdmitsTheTenantWithFewestRunningFirst) {
+  for (const bool own_tenant : {true, false}) {
+    Harness h(2, 128, 32);
+    FirstTokens ft{*h.sched};
+    for (int i = 0; i < 6; ++i) ft.add(h.sched->submit(from("a", greedy({TokenId(1 + i), 2, 3}, 5))).stream);
+    ft.add(h.sched->submit(from(own_tenant ? "b" : "a", greedy({9, 8, 7}, 5))).stream);
+    ft.run();
+    if (own_tenant) {
+      EXPECT_EQ(ft.first[6], ft.first[0]) << "b has no running sequence: it goes next, beside a's first";
+      EXPECT_LT(ft.first[6], ft.first[1]);
+    } else {
+      EXPECT_GT(ft.first[6], ft.first[5]);
+    }
+    for (int r = 0; r < 6; ++r) EXPECT_EQ(ft.got[size_t(r)].tokens[0], reference({TokenId(1 + r), 2, 3}, 5));
+    EXPECT_EQ(ft.got[6].tokens[0], reference({9, 8, 7}, 5));
+  }
+  // a's requests already hold both slots when b's arrives: when they end, a's oldest waiting
+  // request and b's share the slots (a tie at 0 running goes to the older), before a's others.
+  for (const bool own_tenant : {true, false}) {
+    Harness h(2, 128, 32);
+    FirstTokens ft{*h.sched};
+    for (int i = 0; i < 6; ++i) ft.add(h.sched->submit(from("a", greedy({TokenId(1 + i), 2, 3}, 5))).stream);
+    ASSERT_TRUE(ft.step());
+    ft.add(h.sched->submit(from(own_tenant ? "b" : "a", greedy({9, 8, 7}, 5))).stream);
+    ft.run();
+    EXPECT_EQ(ft.first[0], 1);
+    EXPECT_EQ(ft.first[1], 1);
+    if (own_tenant) {
+      EXPECT_EQ(ft.first[6], ft.first[2]);
+      EXPECT_LT(ft.first[6], ft.first[3]);
+    } else {
+      EXPECT_GT(ft.first[6], ft.first[5]);
+    }
+  }
+}
+
+// A request for every slot, behind a stream of small requests of another tenant: those pass it
+// (they fit, it does not) at most max_passes times; then the slots drain and it runs.
+TEST(Scheduler, ARequestThatDoesNotFitIsPassedAtMostMaxPasses) {
+  for (const int32_t max_passes : {0, 3, 8, 1000}) {
+    Harness h(4, 128, 64, 64, 64, 0, max_passes);
+    FirstTokens ft{*h.sched};
+    std::vector<std::vector<TokenId>> prompts;
+    auto submit = [&](const std::string& tenant, int64_t max_tokens, int32_t n) {
+      prompts.push_back({TokenId(1 + prompts.size() % 40), 5, 6});
+      auto sub = h.sched->submit(from(tenant, greedy(prompts.back(), max_tokens, n)));
+      EXPECT_EQ(sub.code, Scheduler::Submitted::Code::Ok) << sub.message;
+      return ft.add(sub.stream);
+    };
+    for (int i = 0; i < 3; ++i) submit("small", 4 + 3 * i, 1);
+    ASSERT_TRUE(ft.step());  // three slots taken, one free
+    const size_t big = submit("big", 6, 4);
+    for (int i = 0; i < 20; ++i) submit("small", 2 + i % 5, 1);
+    ft.run();
+    int passed = 0;
+    for (size_t r = big + 1; r < ft.streams.size(); ++r) passed += ft.first[r] < ft.first[big];
+    EXPECT_EQ(passed, std::min(max_passes, 20)) << "max_passes " << max_passes;
+    for (int32_t k = 0; k < 4; ++k) EXPECT_EQ(ft.got[big].tokens[k], reference(prompts[big], 6)) << "choice " << k;
+  }
+// A request for more choices than there are slots could never fit: refused as before.
+  Harness h(2, 32, 8);
+  EXPECT_EQ(h.sched->submit(from("big", greedy({1}, 4, 3))).code, Scheduler::Submitted::Code::Invalid);
 }
 
 TEST(Scheduler, RejectsBadRequestsAndBoundsTheQueue) {
@@ -539,6 +682,9 @@ TEST(Scheduler, RefusesCachesItCannotRun) {
   EXPECT_FALSE(Scheduler::create(cfg, small, kVocab, fwd, text).ok());
   KvShape slots{2, 64, 3, 2, KvType::F32, {}, 512, 16, 8};
   EXPECT_FALSE(Scheduler::create(cfg, slots, kVocab, fwd, text).ok());
+  KvShape fine{2, 64, 2, 2, KvType::F32, {}, 512, 16, 8};
+  cfg.max_passes = -1;
+  EXPECT_FALSE(Scheduler::create(cfg, fine, kVocab, fwd, text).ok());
 }
 
 }  // namespace
