@@ -6,7 +6,7 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config git
   clang libclang-rt-dev          # fuzz targets (libFuzzer) and sanitizer runtimes
   libgtest-dev libbenchmark-dev
-  nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libfmt-dev libpcre2-dev libssl-dev
+  nlohmann-json3-dev libboost1.81-dev libcli11-dev libfmt-dev libpcre2-dev libssl-dev
   python3 python3-pip python3-venv
 )
 

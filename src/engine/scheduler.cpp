@@ -17,8 +17,14 @@ void RequestStream::push(Event e) {
     std::lock_guard lock(mu_);
     if (e.end) ++ended_;
     events_.push_back(std::move(e));
+    if (listener_) listener_();
   }
   cv_.notify_all();
+}
+
+void RequestStream::set_listener(std::function<void()> f) {
+  std::lock_guard lock(mu_);
+  listener_ = std::move(f);
 }
 
 bool RequestStream::wait(std::vector<Event>& out, std::chrono::milliseconds timeout) {

@@ -111,6 +111,10 @@ class RequestStream {
   // Waits until events are available or `timeout` passes and appends them to out. Returns
   // true once every choice has ended and all events have been taken.
   bool wait(std::vector<Event>& out, std::chrono::milliseconds timeout);
+  // Calls f (on the scheduler's thread, under the stream's lock: keep it short and never call
+  // back into the stream) after every event from now on, so a client that does not block in
+  // wait() learns when to take events with wait(out, 0ms). Set it once, right after submit().
+  void set_listener(std::function<void()> f);
   // The client is gone: the scheduler frees the request's sequences at its next step.
   void cancel() { cancelled_.store(true); }
   bool cancelled() const { return cancelled_.load(); }
@@ -129,6 +133,7 @@ class RequestStream {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Event> events_;
+  std::function<void()> listener_;
   int32_t n_choices_ = 1;
   int32_t ended_ = 0;  // choices whose end event was pushed
   int64_t prompt_tokens_ = 0;

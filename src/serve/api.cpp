@@ -452,8 +452,9 @@ Err parse_fields(Endpoint e, const json& body, const ApiLimits& limits, Completi
                                                r.model) == limits.model_names.end()) {
     ApiError err;
     err.status = 404;
-    err.message = fmt::format("The model '{}' does not exist. Available: {}.", r.model,
-                              fmt::join(limits.model_names, ", "));
+    // Only the advertised name: the others are file names and paths, not for clients to see.
+    err.message = fmt::format("The model '{}' does not exist. Available: {}.", r.model.substr(0, 256),
+                              limits.model_names.front());
     err.param = "model";
     err.code = "model_not_found";
     return err;

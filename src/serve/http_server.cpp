@@ -452,7 +452,7 @@ void HttpExchange::on_abort(std::function<void()> f) {
     return;
   }
   lock.unlock();
-  f();
+  post_(std::move(f));
 }
 
 bool HttpExchange::aborted() const {

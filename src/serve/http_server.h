@@ -84,7 +84,8 @@ class HttpExchange {
   void send(std::string data);
   void end();
   // f runs once, on the I/O thread, if the client leaves (or a write times out, or the server
-  // stops) before the response ended; at once if that already happened. Any thread.
+  // stops) before the response ended; soon, on the I/O thread, if that already happened.
+  // Any thread.
   void on_abort(std::function<void()> f);
   bool aborted() const;
   // Runs f on the I/O thread.

@@ -1,14 +1,16 @@
 #include "serve/server.h"
 
-#include <sys/socket.h>
-
 #include <csignal>
 #include <cstdio>
 #include <chrono>
+#include <fstream>
+#include <functional>
 #include <random>
 #include <thread>
 
-#include <httplib.h>
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <fmt/format.h>
 
 namespace peregrine::serve {
 namespace {
@@ -30,7 +32,7 @@ std::string random_id(std::string_view prefix) {
   return fmt::format("{}{:016x}", prefix, rng());
 }
 
-// Constant-time comparison, so the key cannot be guessed byte by byte from timings.
+// Constant-time comparison, so a key cannot be guessed byte by byte from timings.
 bool same_secret(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
   unsigned diff = 0;
@@ -38,9 +40,11 @@ bool same_secret(std::string_view a, std::string_view b) {
   return diff == 0;
 }
 
-void send_error(httplib::Response& res, const ApiError& e) {
-  res.status = e.status;
-  res.set_content(error_json(e), "application/json");
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (std::tolower(uint8_t(a[i])) != std::tolower(uint8_t(b[i]))) return false;
+  return true;
 }
 
 ApiError api_error(int status, std::string type, std::string message, std::string code = {},
@@ -54,35 +58,125 @@ ApiError api_error(int status, std::string type, std::string message, std::strin
   return e;
 }
 
+HttpResponse json_response(int status, std::string body) {
+  HttpResponse r;
+  r.status = status;
+  r.body = std::move(body);
+  return r;
+}
+
+HttpResponse error_reply(const ApiError& e) { return json_response(e.status, error_json(e)); }
+
+// A message that may quote the request, fit for one log line: no control characters, not long.
+std::string loggable(std::string_view s) {
+  std::string out(s.substr(0, 300));
+  for (char& c : out)
+    if (uint8_t(c) < 0x20 || c == 0x7f) c = ' ';
+  return out;
+}
+
+// 64-bit FNV-1a: a stable salt from a tenant (and user) name; 0 is kept for "no salt".
+uint64_t salt_of(std::string_view a, std::string_view b) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  auto mix = [&](std::string_view s) {
+    for (char c : s) h = (h ^ uint8_t(c)) * 0x100000001b3ull;
+  };
+  mix(a);
+  h = (h ^ 0xff) * 0x100000001b3ull;  // separator: ("ab", "c") differs from ("a", "bc")
+  mix(b);
+  return h == 0 ? 1 : h;
+}
+
+struct Route {
+  std::string_view path, method;
+  bool protected_path;  // needs the API key
+};
+constexpr Route kRoutes[] = {
+    {"/health", "GET", false},
+    {"/metrics", "GET", true},
+    {"/v1/models", "GET", true},
+    {"/v1/completions", "POST", true},
+    {"/v1/chat/completions", "POST", true},
+};
+
+const Route* find_route(std::string_view path) {
+  for (const Route& r : kRoutes)
+    if (r.path == path) return &r;
+  return nullptr;
+}
+
 }  // namespace
 
-// One completion response being written: what has been streamed and what is accumulated.
-struct Server::Handler {
+Result<std::vector<ApiKey>> load_api_keys(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return make_error("--api-key-file {}: cannot open", path);
+  std::vector<ApiKey> keys;
+  std::string line;
+  size_t bytes = 0;
+  for (int64_t n = 1; std::getline(in, line); ++n) {
+    bytes += line.size() + 1;
+    if (bytes > (size_t(1) << 20)) return make_error("--api-key-file {}: over 1 MiB", path);
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    const size_t start = line.find_first_not_of(" \t");
+    if (start == std::string::npos || line[start] == '#') continue;
+    const size_t key_end = line.find_first_of(" \t", start);
+    ApiKey k;
+    k.key = line.substr(start, key_end - start);
+    if (key_end != std::string::npos) {
+      const size_t t0 = line.find_first_not_of(" \t", key_end);
+      if (t0 != std::string::npos) k.tenant = line.substr(t0, line.find_last_not_of(" \t") + 1 - t0);
+    }
+    if (k.tenant.empty()) k.tenant = fmt::format("key{}", n);
+    if (k.key.size() > 512) return make_error("--api-key-file {}:{}: key over 512 bytes", path, n);
+    for (char c : k.key + k.tenant)
+      if (uint8_t(c) < 0x20 || uint8_t(c) >= 0x7f)
+        return make_error("--api-key-file {}:{}: keys and tenant names are printable ASCII", path, n);
+    for (const ApiKey& o : keys)
+      if (o.key == k.key) return make_error("--api-key-file {}:{}: repeated key", path, n);
+    keys.push_back(std::move(k));
+  }
+  if (keys.empty()) return make_error("--api-key-file {}: no keys", path);
+  return keys;
+}
+
+// One completion response in progress. Lives in Server::jobs_ until its response is handed
+// to the HTTP layer or its client leaves; the stream's listener holds it weakly.
+struct Server::Job {
+  std::shared_ptr<HttpExchange> ex;
   Endpoint endpoint;
+  const char* path = "";
   CompletionRequest req;
   std::shared_ptr<RequestStream> stream;
   std::string id;
   int64_t created = 0;
-  Clock::time_point start, last_write;
+  Clock::time_point start;
   double ttft = -1.0;  // seconds, once the first token arrived
   bool first_token = true;
-  bool finished = false;
-  std::vector<Choice> choices;               // per choice: text (whole response), logprobs
-  std::vector<int64_t> n_tokens;             // per choice
-  std::vector<int64_t> streamed_chars;       // per choice: text_offset of the next chunk
-  std::vector<bool> role_sent;               // chat stream: the first chunk carries the role
-  std::vector<Clock::time_point> last_token; // per choice, for inter-token latency
+  bool done = false;                        // the response is complete (or abandoned)
+  std::atomic<bool> drain_queued{false};    // a drain is posted to the I/O thread
+  std::vector<Choice> choices;              // per choice: text (whole response), logprobs
+  std::vector<int64_t> n_tokens;            // per choice
+  std::vector<int64_t> streamed_chars;      // per choice: text_offset of the next chunk
+  std::vector<bool> role_sent;              // chat stream: the first chunk carries the role
+  std::vector<Clock::time_point> last_token;  // per choice, for inter-token latency
   std::vector<RequestStream::Event> events;
+};
+
+struct Server::Workers {
+  explicit Workers(int n) : pool(size_t(std::max(1, n))) {}
+  boost::asio::thread_pool pool;
 };
 
 Server::Server(const ServerOptions& opt, Scheduler& scheduler, const Tokenizer& tok,
                std::optional<ChatTemplate> chat)
     : opt_(opt), sched_(scheduler), tok_(tok), chat_(std::move(chat)),
-      http_(std::make_unique<httplib::Server>()) {
-  limits_.max_body_bytes = opt.max_body_bytes;
+      http_(std::make_unique<HttpServer>(opt.http, static_cast<HttpHandler&>(*this))),
+      workers_(std::make_unique<Workers>(opt.prepare_threads)) {
+  limits_.max_body_bytes = opt.http.max_body_bytes;
   limits_.model_names = opt.model_names;
   limits_.max_n = scheduler.config().n_slots;
   created_ = unix_now();
+  for (TokenId t = 0; t < tok.n_vocab(); ++t) max_token_bytes_ = std::max(max_token_bytes_, tok.token_bytes(t).size());
 
   requests_ = &metrics_.counter("requests_total", "HTTP requests answered, by status", "status");
   prompt_tokens_ = &metrics_.counter("prompt_tokens_total", "Prompt tokens of accepted requests");
@@ -116,137 +210,155 @@ Server::Server(const ServerOptions& opt, Scheduler& scheduler, const Tokenizer& 
                                         "Tokens generated per decode step of speculating sequences");
   spec_history_tokens_ = &metrics_.gauge("spec_history_tokens", "Tokens of earlier outputs held for n-gram drafts");
 
-  httplib::Server& s = *http_;
-  // SO_REUSEADDR (a restart need not wait for TIME_WAIT) but not httplib's default SO_REUSEPORT,
-  // with which a second server on the same port would bind too and take half the connections.
-  // The listening socket is kept to raise httplib's accept backlog of 5 after binding.
-  s.set_socket_options([this](socket_t sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-    listen_fd_ = sock;
-  });
-  s.new_task_queue = [n = opt.http_threads] { return new httplib::ThreadPool(size_t(n)); };
-  s.set_payload_max_length(opt.max_body_bytes);
-  s.set_read_timeout(30, 0);
-  s.set_write_timeout(30, 0);
-
-  s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-    const bool protected_path = req.path.rfind("/v1/", 0) == 0 || req.path == "/metrics";
-    if (opt_.api_key.empty() || !protected_path) return httplib::Server::HandlerResponse::Unhandled;
-    const std::string auth = req.get_header_value("Authorization");
-    const std::string_view prefix = "Bearer ";
-    if (auth.size() > prefix.size() && auth.compare(0, prefix.size(), prefix) == 0 &&
-        same_secret(std::string_view(auth).substr(prefix.size()), opt_.api_key))
-      return httplib::Server::HandlerResponse::Unhandled;
-    send_error(res, api_error(401, "invalid_request_error",
-                              auth.empty() ? "missing API key: send 'Authorization: Bearer KEY'"
-                                           : "incorrect API key provided",
-                              "invalid_api_key"));
-    requests_->inc("401");
-    return httplib::Server::HandlerResponse::Handled;
-  });
-  s.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
-    if (!res.body.empty()) return;
-    ApiError e;
-    e.status = res.status;
-    if (res.status == 404) {
-      e.type = "invalid_request_error";
-      e.message = fmt::format("no route {} {}", req.method, req.path);
-      e.code = "not_found";
-    } else if (res.status == 413) {
-      e.message = fmt::format("request body is over the {} byte limit", opt_.max_body_bytes);
-      e.code = "request_too_large";
-    } else {
-      e.message = fmt::format("HTTP error {}", res.status);
-    }
-    res.set_content(error_json(e), "application/json");
-    requests_->inc(std::to_string(res.status));
-  });
-  s.set_exception_handler([this](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
-    std::string what = "internal error";
-    try {
-      if (ep) std::rethrow_exception(ep);
-    } catch (const std::exception& ex) {
-      what = ex.what();
-    } catch (...) {
-    }
-    send_error(res, api_error(500, "server_error", what));
-    requests_->inc("500");
-  });
-
-  s.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
-    if (draining_) {
-      res.status = 503;
-      res.set_content(R"({"status":"shutting down"})", "application/json");
-      return;
-    }
-    res.set_content(R"({"status":"ok"})", "application/json");
-  });
-  s.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
-    // Only the main name: the others (file name, path) are accepted but not advertised.
-    res.set_content(models_json({opt_.model_names.front()}, created_), "application/json");
-    requests_->inc("200");
-  });
-  s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(render_metrics(), "text/plain; version=0.0.4");
-  });
-  s.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
-    handle_completion(Endpoint::Completions, req.body, res);
-  });
-  s.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
-    handle_completion(Endpoint::ChatCompletions, req.body, res);
-  });
+  connections_ = &metrics_.gauge("http_connections", "Open HTTP connections");
 }
 
-Server::~Server() = default;
+Server::~Server() {
+  // Workers may still hold exchanges that post to the HTTP layer's I/O context: join them first.
+  workers_->pool.join();
+  workers_.reset();
+}
 
-void Server::handle_completion(Endpoint endpoint, const std::string& body, httplib::Response& res) {
+HttpResponse Server::error_response(int status, std::string_view message) {
+  ApiError e = api_error(status, status >= 500 ? "server_error" : "invalid_request_error", std::string(message));
+  if (status == 413) e.code = "request_too_large";
+  requests_->inc(std::to_string(status));
+  return error_reply(e);
+}
+
+std::optional<int> Server::authenticate(const HttpRequest& r) const {
+  if (opt_.api_keys.empty()) return -1;
+  // "Bearer" is a case-insensitive scheme (RFC 9110 11.1), then one or more spaces.
+  std::string_view auth = r.header("Authorization");
+  const size_t sp = auth.find(' ');
+  if (sp == std::string_view::npos || !iequals(auth.substr(0, sp), "Bearer")) return std::nullopt;
+  std::string_view key = auth.substr(sp);
+  while (!key.empty() && key.front() == ' ') key.remove_prefix(1);
+  while (!key.empty() && key.back() == ' ') key.remove_suffix(1);
+  // Every key is compared (no early exit), each in constant time.
+  std::optional<int> found;
+  for (size_t i = 0; i < opt_.api_keys.size(); ++i)
+    if (same_secret(key, opt_.api_keys[i].key)) found = int(i);
+  return found;
+}
+
+std::optional<HttpResponse> Server::check_head(const HttpRequest& head) {
+  const Route* route = find_route(head.path);
+  if (route == nullptr) {
+    requests_->inc("404");
+    return error_reply(api_error(404, "invalid_request_error", fmt::format("no route {}", loggable(head.path)), "not_found"));
+  }
+  if (head.method != route->method) {
+    requests_->inc("405");
+    HttpResponse r = error_reply(api_error(405, "invalid_request_error",
+                                           fmt::format("{} takes {}", route->path, route->method), "method_not_allowed"));
+    r.headers.emplace_back("Allow", std::string(route->method));
+    return r;
+  }
+  if (route->protected_path && !authenticate(head)) {
+    requests_->inc("401");
+    return error_reply(api_error(401, "invalid_request_error",
+                                 head.header("Authorization").empty()
+                                     ? "missing API key: send 'Authorization: Bearer KEY'"
+                                     : "incorrect API key provided",
+                                 "invalid_api_key"));
+  }
+  if (route->method == "POST" && draining_) {
+    requests_->inc("503");
+    return error_reply(api_error(503, "server_error", "the server is shutting down", "shutting_down"));
+  }
+  return std::nullopt;
+}
+
+void Server::handle(std::shared_ptr<HttpExchange> ex) {
+  const std::string& path = ex->request().path;
+  if (path == "/health") {
+    ex->reply(draining_ ? json_response(503, R"({"status":"shutting down"})") : json_response(200, R"({"status":"ok"})"));
+  } else if (path == "/v1/models") {
+    // Only the main name: the others (file name, path) are accepted but not advertised.
+    requests_->inc("200");
+    ex->reply(json_response(200, models_json({opt_.model_names.front()}, created_)));
+  } else if (path == "/metrics") {
+    HttpResponse r = json_response(200, render_metrics());
+    r.content_type = "text/plain; version=0.0.4";
+    ex->reply(std::move(r));
+  } else {
+    const Endpoint e = path == "/v1/chat/completions" ? Endpoint::ChatCompletions : Endpoint::Completions;
+    boost::asio::post(workers_->pool, [this, ex = std::move(ex), e] {
+      try {
+        prepare(ex, e);
+      } catch (const std::exception& err) {
+        // Never the exception's text to the client: it may name files or internals.
+        std::fprintf(stderr, "error: %s: %s\n", ex->request().path.c_str(), loggable(err.what()).c_str());
+        fail(ex, ex->request().path.c_str(), api_error(500, "server_error", "internal error"));
+      }
+    });
+  }
+}
+
+void Server::fail(const std::shared_ptr<HttpExchange>& ex, const char* path, const ApiError& e) {
+  requests_->inc(std::to_string(e.status));
+  if (opt_.log_requests) std::fprintf(stderr, "POST %s %d %s\n", path, e.status, loggable(e.message).c_str());
+  ex->reply(error_reply(e));
+}
+
+void Server::prepare(const std::shared_ptr<HttpExchange>& ex, Endpoint endpoint) {
   const auto start = Clock::now();
   const char* path = endpoint == Endpoint::ChatCompletions ? "/v1/chat/completions" : "/v1/completions";
-  auto fail = [&](const ApiError& e) {
-    send_error(res, e);
-    requests_->inc(std::to_string(e.status));
-    if (opt_.log_requests) {
-      // Messages can quote the request: no control characters into the log, and not too long.
-      std::string msg = e.message.substr(0, 300);
-      for (char& c : msg)
-        if (uint8_t(c) < 0x20 || c == 0x7f) c = ' ';
-      std::fprintf(stderr, "POST %s %d %s\n", path, e.status, msg.c_str());
-    }
-  };
-  if (draining_) return fail(api_error(503, "server_error", "the server is shutting down", "shutting_down"));
-
-  auto parsed = parse_request(endpoint, body, limits_);
-  if (auto* e = std::get_if<ApiError>(&parsed)) return fail(*e);
-  CompletionRequest req = std::move(std::get<CompletionRequest>(parsed));
-
-  // The prompt as tokens.
-  std::vector<TokenId> prompt;
   const char* prompt_param = endpoint == Endpoint::ChatCompletions ? "messages" : "prompt";
+  if (ex->aborted()) return;
+  auto parsed = parse_request(endpoint, ex->request().body, limits_);
+  if (auto* e = std::get_if<ApiError>(&parsed)) return fail(ex, path, *e);
+  CompletionRequest req = std::move(std::get<CompletionRequest>(parsed));
+  const int64_t n_ctx = sched_.n_ctx();
+  auto too_long = [&](int64_t n_prompt) {
+    return api_error(400, "invalid_request_error",
+                     fmt::format("this model's context holds {} tokens, but the prompt has {} (and at least "
+                                 "one token must be generated)", n_ctx, n_prompt),
+                     "context_length_exceeded", prompt_param);
+  };
+
+  // The prompt as tokens; text that cannot fit is refused before it is tokenized (each token
+  // stands for at most max_token_bytes_ bytes).
+  std::vector<TokenId> prompt;
   if (endpoint == Endpoint::Completions && req.prompt_is_tokens) {
     prompt.assign(req.prompt_tokens.begin(), req.prompt_tokens.end());
   } else {
     std::string text = req.prompt;
     if (endpoint == Endpoint::ChatCompletions) {
       if (!chat_)
-        return fail(api_error(400, "invalid_request_error",
-                              "this model has no chat template; use /v1/completions", {}, "messages"));
+        return fail(ex, path, api_error(400, "invalid_request_error",
+                                        "this model has no chat template; use /v1/completions", {}, "messages"));
       text = chat_->render(req.messages, true);
     }
+    const int64_t at_least = int64_t(text.size() / max_token_bytes_);
+    if (at_least >= n_ctx) return fail(ex, path, too_long(at_least));
     Result<std::vector<TokenId>> ids = tok_.try_encode(text, true);
-    if (!ids.ok()) return fail(api_error(400, "invalid_request_error", ids.error().message, {}, prompt_param));
+    if (!ids.ok()) return fail(ex, path, api_error(400, "invalid_request_error", ids.error().message, {}, prompt_param));
     if (tok_.add_bos()) prompt.push_back(tok_.bos());
     prompt.insert(prompt.end(), ids->begin(), ids->end());
   }
-  if (int64_t(prompt.size()) >= sched_.n_ctx())
-    return fail(api_error(400, "invalid_request_error",
-                          fmt::format("this model's context holds {} tokens, but the prompt has {} (and at "
-                                      "least one token must be generated)", sched_.n_ctx(), prompt.size()),
-                          "context_length_exceeded", prompt_param));
+  const int64_t n_prompt = int64_t(prompt.size());
+  if (n_prompt >= n_ctx) return fail(ex, path, too_long(n_prompt));
+  const int64_t limit = opt_.max_tokens_limit > 0 ? opt_.max_tokens_limit : n_ctx;
+  if (req.max_tokens > limit)
+    return fail(ex, path, api_error(400, "invalid_request_error",
+                                    fmt::format("max_tokens is {}, but this server generates at most {} tokens per request",
+                                                req.max_tokens, limit),
+                                    "invalid_value", "max_tokens"));
+  if (req.max_tokens > 0 && n_prompt + req.max_tokens > n_ctx)
+    return fail(ex, path, api_error(400, "invalid_request_error",
+                                    fmt::format("this model's context holds {} tokens, but {} were requested ({} in the "
+                                                "prompt, {} to generate); reduce the prompt or max_tokens",
+                                                n_ctx, n_prompt + req.max_tokens, n_prompt, req.max_tokens),
+                                    "context_length_exceeded", "max_tokens"));
 
+  // Tenant: the key's, for fair admission; the cache salt by scope.
+  const int key = *authenticate(ex->request());
+  const std::string tenant = key >= 0 ? opt_.api_keys[size_t(key)].tenant : std::string();
   GenRequest gen;
   gen.prompt = std::move(prompt);
-  gen.max_tokens = req.max_tokens;
+  gen.max_tokens = req.max_tokens > 0 ? req.max_tokens : (opt_.max_tokens_limit > 0 ? opt_.max_tokens_limit : -1);
   gen.sampling.temperature = req.temperature;
   gen.sampling.top_p = req.top_p;
   gen.sampling.top_k = req.top_k;
@@ -260,36 +372,71 @@ void Server::handle_completion(Endpoint endpoint, const std::string& body, httpl
   gen.top_logprobs = req.logprobs ? req.top_logprobs : -1;
   gen.stop = req.stop;
   gen.ignore_eos = req.ignore_eos;
-  const int64_t n_prompt = int64_t(gen.prompt.size());
+  gen.tenant = tenant;
+  switch (opt_.cache_scope) {
+    case CacheScope::Global: gen.cache_salt = 0; break;
+    case CacheScope::Tenant: gen.cache_salt = key >= 0 ? salt_of(tenant, {}) : 0; break;
+    case CacheScope::User: gen.cache_salt = salt_of(tenant, req.user); break;
+  }
   Scheduler::Submitted sub = sched_.submit(std::move(gen));
   using Code = Scheduler::Submitted::Code;
-  if (sub.code == Code::Invalid) return fail(api_error(400, "invalid_request_error", sub.message, {}, prompt_param));
+  if (sub.code == Code::Invalid) return fail(ex, path, api_error(400, "invalid_request_error", sub.message, {}, prompt_param));
   if (sub.code == Code::Overloaded)
-    return fail(api_error(503, "server_error", "the server is busy: " + sub.message + "; retry later",
-                          "server_overloaded"));
+    return fail(ex, path, api_error(503, "server_error", "the server is busy: " + sub.message + "; retry later",
+                                    "server_overloaded"));
   if (sub.code == Code::ShuttingDown)
-    return fail(api_error(503, "server_error", "the server is shutting down", "shutting_down"));
+    return fail(ex, path, api_error(503, "server_error", "the server is shutting down", "shutting_down"));
   prompt_tokens_->inc(double(n_prompt));
 
-  auto h = std::make_shared<Handler>();
-  h->endpoint = endpoint;
-  h->stream = sub.stream;
-  h->id = random_id(endpoint == Endpoint::ChatCompletions ? "chatcmpl-" : "cmpl-");
-  h->created = unix_now();
-  h->start = start;
-  h->last_write = Clock::now();
-  h->choices.resize(size_t(req.n));
+  auto job = std::make_shared<Job>();
+  job->ex = ex;
+  job->endpoint = endpoint;
+  job->path = path;
+  job->stream = sub.stream;
+  job->id = random_id(endpoint == Endpoint::ChatCompletions ? "chatcmpl-" : "cmpl-");
+  job->created = unix_now();
+  job->start = start;
+  job->choices.resize(size_t(req.n));
   for (int32_t i = 0; i < req.n; ++i) {
-    h->choices[size_t(i)].index = i;
-    h->choices[size_t(i)].has_logprobs = req.logprobs;
+    job->choices[size_t(i)].index = i;
+    job->choices[size_t(i)].has_logprobs = req.logprobs;
   }
-  h->n_tokens.assign(size_t(req.n), 0);
-  h->streamed_chars.assign(size_t(req.n), 0);
-  h->role_sent.assign(size_t(req.n), false);
-  h->last_token.assign(size_t(req.n), start);
-  h->req = std::move(req);
-  ++active_;
+  job->n_tokens.assign(size_t(req.n), 0);
+  job->streamed_chars.assign(size_t(req.n), 0);
+  job->role_sent.assign(size_t(req.n), false);
+  job->last_token.assign(size_t(req.n), start);
+  job->req = std::move(req);
+  start_job(job);
+}
 
+void Server::start_job(const std::shared_ptr<Job>& job) {
+  {
+    std::lock_guard lock(jobs_mu_);
+    jobs_[job.get()] = job;
+  }
+  // Each event wakes the I/O thread once: a drain already queued takes the later events too.
+  std::weak_ptr<Job> weak = job;
+  job->stream->set_listener([this, weak] {
+    auto j = weak.lock();
+    if (j && !j->drain_queued.exchange(true)) j->ex->post([this, j] { drain(j); });
+  });
+  job->ex->on_abort([this, weak] {
+    auto j = weak.lock();
+    if (!j || j->done) return;
+    j->stream->cancel();
+    finish(*j, "disconnected");
+  });
+  if (job->req.stream) job->ex->begin_stream(200, "text/event-stream");
+  if (!job->drain_queued.exchange(true)) job->ex->post([this, job] { drain(job); });
+}
+
+void Server::drain(const std::shared_ptr<Job>& jp) {
+  Job& job = *jp;
+  job.drain_queued.store(false);  // before taking events: a later event queues another drain
+  if (job.done) return;
+  job.events.clear();
+  const bool complete = job.stream->wait(job.events, std::chrono::milliseconds(0));
+  const bool streaming = job.req.stream;
   auto to_logprob = [this](const TokenLogprobs& lp) {
     TokenLogprob t;
     t.token = tok_.token_bytes(lp.token);
@@ -297,116 +444,117 @@ void Server::handle_completion(Endpoint endpoint, const std::string& body, httpl
     for (const auto& [id, l] : lp.top) t.top.push_back({tok_.token_bytes(id), l});
     return t;
   };
-
-  auto provider = [this, h, to_logprob](size_t, httplib::DataSink& sink) {
-    if (h->finished) {
-      sink.done();
-      return true;
+  std::string out;
+  auto emit_chunk = [&](const Choice& c, int32_t index) {
+    const bool first = !job.role_sent[size_t(index)];
+    job.role_sent[size_t(index)] = true;
+    out += "data: ";
+    out += chunk_json(job.endpoint, job.req.model, job.id, job.created, c, first);
+    out += "\n\n";
+  };
+  std::optional<ApiError> failed;  // the generation ended in an error or was cancelled by the server
+  for (RequestStream::Event& e : job.events) {
+    const size_t ci = size_t(e.choice);
+    Choice& acc = job.choices[ci];
+    if (e.end && (e.finish == FinishReason::Error || e.finish == FinishReason::Cancelled)) {
+      if (!failed) {
+        failed = e.finish == FinishReason::Error
+                     ? api_error(500, "server_error", "generation failed: " + e.error)
+                     : api_error(503, "server_error", "the server shut down before the request finished",
+                                 "shutting_down");
+      }
+      continue;
     }
-    h->events.clear();
-    const bool complete = h->stream->wait(h->events, std::chrono::milliseconds(100));
-    const bool streaming = h->req.stream;
-    std::string out;
-    auto emit_chunk = [&](const Choice& c, int32_t index) {
-      const bool first = !h->role_sent[size_t(index)];
-      h->role_sent[size_t(index)] = true;
+    if (!e.end) {
+      const auto now = Clock::now();
+      if (job.first_token) ttft_->observe(job.ttft = seconds_since(job.start));
+      else if (job.n_tokens[ci] > 0) itl_->observe(std::chrono::duration<double>(now - job.last_token[ci]).count());
+      job.first_token = false;
+      job.last_token[ci] = now;
+      ++job.n_tokens[ci];
+      generated_tokens_->inc();
+    }
+    if (!streaming) {
+      acc.text += e.text;
+      if (e.has_logprobs) acc.logprobs.push_back(to_logprob(e.logprobs));
+      if (e.end) acc.finish_reason = finish_reason_name(e.finish);
+      continue;
+    }
+    if (!e.text.empty() || e.has_logprobs) {
+      Choice c;
+      c.index = e.choice;
+      c.text = e.text;
+      c.has_logprobs = e.has_logprobs;
+      if (e.has_logprobs) c.logprobs.push_back(to_logprob(e.logprobs));
+      c.text_offset = job.streamed_chars[ci];
+      job.streamed_chars[ci] += int64_t(e.text.size());
+      emit_chunk(c, e.choice);
+    }
+    if (e.end) {
+      Choice c;
+      c.index = e.choice;
+      c.finish_reason = finish_reason_name(e.finish);
+      c.text_offset = job.streamed_chars[ci];
+      emit_chunk(c, e.choice);
+    }
+  }
+  if (failed) {
+    job.stream->cancel();  // the other choices, if any
+    if (streaming) {
       out += "data: ";
-      out += chunk_json(h->endpoint, h->req.model, h->id, h->created, c, first);
+      out += error_json(*failed);
       out += "\n\n";
-    };
-    for (RequestStream::Event& e : h->events) {
-      const size_t ci = size_t(e.choice);
-      Choice& acc = h->choices[ci];
-      if (!e.end) {
-        const auto now = Clock::now();
-        if (h->first_token) ttft_->observe(h->ttft = seconds_since(h->start));
-        else if (h->n_tokens[ci] > 0) itl_->observe(std::chrono::duration<double>(now - h->last_token[ci]).count());
-        h->first_token = false;
-        h->last_token[ci] = now;
-        ++h->n_tokens[ci];
-        generated_tokens_->inc();
-      }
-      if (!streaming) {
-        acc.text += e.text;
-        if (e.has_logprobs) acc.logprobs.push_back(to_logprob(e.logprobs));
-        if (e.end) acc.finish_reason = finish_reason_name(e.finish);
-        continue;
-      }
-      if (!e.text.empty() || e.has_logprobs) {
-        Choice c;
-        c.index = e.choice;
-        c.text = e.text;
-        c.has_logprobs = e.has_logprobs;
-        if (e.has_logprobs) c.logprobs.push_back(to_logprob(e.logprobs));
-        c.text_offset = h->streamed_chars[ci];
-        h->streamed_chars[ci] += int64_t(e.text.size());
-        emit_chunk(c, e.choice);
-      }
-      if (e.end) {
-        Choice c;
-        c.index = e.choice;
-        c.finish_reason = finish_reason_name(e.finish);
-        c.text_offset = h->streamed_chars[ci];
-        emit_chunk(c, e.choice);
-      }
-    }
-    if (complete) {
-      Usage u;
-      u.prompt_tokens = h->stream->prompt_tokens();
-      for (int64_t n : h->n_tokens) u.completion_tokens += n;
-      u.cached_tokens = h->stream->cached_tokens();
-      if (streaming) {
-        if (h->req.include_usage) {
-          out += "data: ";
-          out += usage_chunk_json(h->endpoint, h->req.model, h->id, h->created, u);
-          out += "\n\n";
-        }
-        out += "data: [DONE]\n\n";
-      } else {
-        out += completion_json(h->req, h->id, h->created, h->choices, u);
-      }
-    } else if (out.empty() && seconds_since(h->last_write) > 0.5) {
-      // Probe the connection: a client that left makes the write (or the next) fail.
-      out = streaming ? ": keep-alive\n\n" : " ";
-    }
-    if (!out.empty()) {
-      if (!sink.write(out.data(), out.size())) {
-        h->stream->cancel();
-        return false;
-      }
-      h->last_write = Clock::now();
-    }
-    if (complete) {
-      h->finished = true;
-      sink.done();
-    }
-    return true;
-  };
-  auto releaser = [this, h, path](bool success) {
-    const bool left = !success || !h->finished;
-    if (left) {
-      h->stream->cancel();
-      requests_->inc("disconnected");
+      job.ex->send(std::move(out));
+      job.ex->end();
     } else {
-      requests_->inc("200");
-      duration_->observe(seconds_since(h->start));
+      job.ex->reply(error_reply(*failed));
     }
-    if (opt_.log_requests) {
-      int64_t completion = 0;
-      for (int64_t n : h->n_tokens) completion += n;
-      const int64_t drafted = h->stream->drafted_tokens(), accepted = h->stream->accepted_tokens();
-      const std::string spec =
-          drafted > 0 ? fmt::format(" spec {}/{} accepted ({:.0f}%)", accepted, drafted, 100.0 * double(accepted) / double(drafted))
-                      : std::string();
-      std::fprintf(stderr, "POST %s %s prompt %lld (cached %lld) completion %lld ttft %.0f ms total %.0f ms%s%s\n",
-                   path, left ? "disconnected" : "200", (long long)h->stream->prompt_tokens(),
-                   (long long)h->stream->cached_tokens(), (long long)completion, h->ttft * 1000.0,
-                   seconds_since(h->start) * 1000.0, spec.c_str(), h->req.stream ? " stream" : "");
+    requests_->inc(std::to_string(failed->status));
+    return finish(job, failed->status == 503 ? "503 (shut down)" : "500 (engine error)");
+  }
+  if (complete) {
+    Usage u;
+    u.prompt_tokens = job.stream->prompt_tokens();
+    for (int64_t n : job.n_tokens) u.completion_tokens += n;
+    u.cached_tokens = job.stream->cached_tokens();
+    if (streaming) {
+      if (job.req.include_usage) {
+        out += "data: ";
+        out += usage_chunk_json(job.endpoint, job.req.model, job.id, job.created, u);
+        out += "\n\n";
+      }
+      out += "data: [DONE]\n\n";
+    } else {
+      job.ex->reply(json_response(200, completion_json(job.req, job.id, job.created, job.choices, u)));
     }
-    --active_;
-  };
-  res.set_chunked_content_provider(h->req.stream ? "text/event-stream" : "application/json", provider,
-                                   releaser);
+  }
+  if (streaming && !out.empty()) job.ex->send(std::move(out));
+  if (complete) {
+    if (streaming) job.ex->end();
+    requests_->inc("200");
+    duration_->observe(seconds_since(job.start));
+    finish(job, "200");
+  }
+}
+
+void Server::finish(Job& job, const char* outcome) {
+  job.done = true;
+  if (std::string_view(outcome) == "disconnected") requests_->inc("disconnected");
+  if (opt_.log_requests) {
+    int64_t completion = 0;
+    for (int64_t n : job.n_tokens) completion += n;
+    const int64_t drafted = job.stream->drafted_tokens(), accepted = job.stream->accepted_tokens();
+    const std::string spec =
+        drafted > 0 ? fmt::format(" spec {}/{} accepted ({:.0f}%)", accepted, drafted, 100.0 * double(accepted) / double(drafted))
+                    : std::string();
+    std::fprintf(stderr, "POST %s %s prompt %lld (cached %lld) completion %lld ttft %.0f ms total %.0f ms%s%s\n",
+                 job.path, outcome, (long long)job.stream->prompt_tokens(), (long long)job.stream->cached_tokens(),
+                 (long long)completion, job.ttft * 1000.0, seconds_since(job.start) * 1000.0, spec.c_str(),
+                 job.req.stream ? " stream" : "");
+  }
+  job.stream->set_listener({});
+  std::lock_guard lock(jobs_mu_);
+  jobs_.erase(&job);
 }
 
 std::string Server::render_metrics() {
@@ -424,6 +572,7 @@ std::string Server::render_metrics() {
     last_stats_ = st;
   }
   queue_->set(double(st.waiting));
+  connections_->set(double(http_->connections()));
   running_->set(double(st.running));
   blocks_used_->set(double(st.blocks_used));
   blocks_free_->set(double(st.blocks_free));
@@ -437,28 +586,27 @@ std::string Server::render_metrics() {
 
 Status Server::run(const std::function<void(int port)>& on_listening) {
   std::signal(SIGPIPE, SIG_IGN);  // a client that went away is a failed write, not a signal
-  int port = opt_.port;
-  if (port == 0) {
-    port = http_->bind_to_any_port(opt_.host);
-    if (port < 0) return make_error("cannot bind {}:{}", opt_.host, opt_.port);
-  } else if (!http_->bind_to_port(opt_.host, port)) {
-    return make_error("cannot bind {}:{} (in use, or not an address of this machine)", opt_.host, port);
-  }
-  // A burst of clients (64 connecting at once) overflows a backlog of 5: connections are
-  // dropped and retried or reset. Calling listen() again on a listening socket resizes it.
-  if (listen_fd_ >= 0) ::listen(listen_fd_, SOMAXCONN);
+  PG_ASSIGN(const int port, http_->bind(opt_.host, opt_.port));
+  if (draining_) return Status::Ok();  // shut down before serving
   if (on_listening) on_listening(port);
-  if (!http_->listen_after_bind() && !draining_) return make_error("the HTTP server stopped unexpectedly");
+  http_->run();
   return Status::Ok();
 }
 
 void Server::shutdown() {
-  if (draining_.exchange(true)) return;
-  const auto grace = std::chrono::milliseconds(int64_t(opt_.grace_seconds * 1000));
-  sched_.shutdown(grace);
-  // The scheduler has ended every stream; give the handlers a moment to write their ends.
-  const auto deadline = Clock::now() + std::chrono::seconds(5);
-  while (active_.load() > 0 && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  draining_.store(true);
+  if (shutting_down_.exchange(true)) return;
+  sched_.shutdown(std::chrono::milliseconds(int64_t(opt_.grace_seconds * 1000)));
+  // The scheduler has ended every stream; give the I/O thread a moment to hand the last
+  // responses over. Clients too slow to read them are not waited for.
+  const auto deadline = Clock::now() + std::chrono::seconds(2);
+  while (Clock::now() < deadline) {
+    {
+      std::lock_guard lock(jobs_mu_);
+      if (jobs_.empty()) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   http_->stop();
 }
 

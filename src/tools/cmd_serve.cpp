@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <csignal>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <thread>
@@ -27,6 +28,12 @@ void register_serve(CLI::App& app) {
     int port = 8080;
     int32_t parallel = 4;
     std::string api_key;
+    std::string api_key_file;
+    std::string cache_scope = "tenant";
+    int64_t max_tokens_limit = 0;
+    size_t max_connections = 1024;
+    double read_timeout = 10.0, idle_timeout = 30.0, write_timeout = 30.0;
+    bool parse_special = false;
     int64_t step_tokens = 128;
     int64_t kv_blocks = 0;
     int32_t block_size = 16;
@@ -52,6 +59,29 @@ void register_serve(CLI::App& app) {
       ->check(CLI::Range(1, 256));
   cmd->add_option("--api-key", o->api_key, "Require 'Authorization: Bearer KEY' (default: $PEREGRINE_API_KEY)")
       ->envname("PEREGRINE_API_KEY");
+  cmd->add_option("--api-key-file", o->api_key_file,
+                  "Keys, one per line, each optionally followed by a tenant name (tenants get separate prefix caches and fair shares)");
+  cmd->add_option("--cache-scope", o->cache_scope,
+                  "Who may share prefix-cache blocks: tenant (requests with keys of one tenant), user (also the same 'user' field), global")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"tenant", "user", "global"}));
+  cmd->add_option("--max-tokens-limit", o->max_tokens_limit, "Most tokens one request may generate (0: the context)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 24));
+  cmd->add_option("--max-connections", o->max_connections, "Open connections; more get a 503")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t(1), size_t(1) << 20));
+  cmd->add_option("--read-timeout", o->read_timeout, "Seconds a request may take to arrive, from its first byte")
+      ->capture_default_str()
+      ->check(CLI::Range(0.1, 3600.0));
+  cmd->add_option("--idle-timeout", o->idle_timeout, "Seconds an idle keep-alive connection is kept")
+      ->capture_default_str()
+      ->check(CLI::Range(0.1, 3600.0));
+  cmd->add_option("--write-timeout", o->write_timeout, "Seconds one write to a client may take")
+      ->capture_default_str()
+      ->check(CLI::Range(0.1, 3600.0));
+  cmd->add_flag("--parse-special", o->parse_special,
+                "Control tokens written in message content become control tokens (lets clients forge turns)");
   cmd->add_option("-b,--step-tokens", o->step_tokens, "Most tokens per forward pass (prefill chunk budget)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t(1), int64_t(65536)));
@@ -77,13 +107,47 @@ void register_serve(CLI::App& app) {
       ->check(CLI::Range(int64_t(0), int64_t(1) << 28));
   cmd->callback([o] {
     if (o->block_size % 16 != 0) fail(fmt::format("--kv-block-size {} is not a multiple of 16", o->block_size));
-    // SIGTERM and SIGINT are taken by one thread with sigwait(): block them before any
-    // thread (the model's pool, the scheduler, HTTP workers) exists, so all inherit the mask.
+    // SIGTERM and SIGINT are taken by one thread with sigtimedwait(): block them before any
+    // thread (the model's pool, the scheduler, the HTTP workers) exists, so all inherit the mask.
+    // The first signal before the server exists (still loading) exits at once; once serving,
+    // the first drains (serve::Server::shutdown, on its own thread) and a second exits at once.
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
     pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+    std::atomic<serve::Server*> serving{nullptr};
+    std::atomic<bool> done{false};
+    std::thread draining;
+    std::thread signals([&] {
+      const timespec tick{0, 200'000'000};
+      while (!done.load()) {
+        const int sig = sigtimedwait(&sigs, nullptr, &tick);
+        if (sig <= 0) continue;
+        serve::Server* server = serving.load();
+        if (server == nullptr) {
+          std::fprintf(stderr, "stopped before serving\n");
+          std::_Exit(0);
+        }
+        if (draining.joinable()) {
+          std::fprintf(stderr, "second signal: exiting now\n");
+          std::_Exit(128 + sig);
+        }
+        std::fprintf(stderr, "shutting down: finishing in-flight requests (up to %.0f s; again to exit now)\n", o->grace);
+        server->refuse_new_requests();
+        draining = std::thread([server] { server->shutdown(); });
+      }
+    });
+    // Leaving the callback by an error (fail() exits) is fine: the signal thread is then
+    // detached below or the process ends.
+    struct JoinSignals {
+      std::atomic<bool>& done;
+      std::thread& t;
+      ~JoinSignals() {
+        done.store(true);
+        if (t.joinable()) t.join();
+      }
+    } join_signals{done, signals};
 
     const SpecOptions spec = spec_options(o->spec);
     const std::string path = check(resolve_model(o->model));
@@ -132,7 +196,6 @@ void register_serve(CLI::App& app) {
     serve::ServerOptions so;
     so.host = o->host;
     so.port = o->port;
-    so.api_key = o->api_key;
     // The model's id: its cache name when it is a known model's file, else the file's stem;
     // the file name and the -m value are accepted too.
     const std::filesystem::path p(path);
@@ -143,24 +206,25 @@ void register_serve(CLI::App& app) {
     for (std::string alt : {p.filename().string(), p.stem().string(), o->model})
       if (std::find(so.model_names.begin(), so.model_names.end(), alt) == so.model_names.end())
         so.model_names.push_back(alt);
-    so.max_body_bytes = o->max_body;
-    so.http_threads = o->max_queue + 16;
+    if (!o->api_key.empty()) so.api_keys.push_back({o->api_key, "default"});
+    if (!o->api_key_file.empty())
+      for (serve::ApiKey& k : check(serve::load_api_keys(o->api_key_file))) so.api_keys.push_back(std::move(k));
+    so.cache_scope = o->cache_scope == "global" ? serve::CacheScope::Global
+                     : o->cache_scope == "user" ? serve::CacheScope::User
+                                                : serve::CacheScope::Tenant;
+    so.http.max_body_bytes = o->max_body;
+    so.http.max_connections = o->max_connections;
+    so.http.read_timeout = o->read_timeout;
+    so.http.idle_timeout = o->idle_timeout;
+    so.http.write_timeout = o->write_timeout;
+    so.max_tokens_limit = o->max_tokens_limit;
+    so.parse_special = o->parse_special;
     so.grace_seconds = o->grace;
     so.log_requests = !o->quiet;
     serve::Server server(so, *sched, *m.tok, chat);
 
     sched->start();
-    std::atomic<bool> done{false};
-    std::thread signals([&] {
-      const timespec tick{0, 200'000'000};
-      while (!done.load()) {
-        if (sigtimedwait(&sigs, nullptr, &tick) > 0) {
-          std::fprintf(stderr, "shutting down: finishing in-flight requests (up to %.0f s)\n", o->grace);
-          server.shutdown();
-          return;
-        }
-      }
-    });
+    serving.store(&server);
     Status st = server.run([&](int port) {
       const std::string spec_line =
           spec.enabled() ? fmt::format(", spec {} ({} policy, draft max {})", spec_kind_name(spec.kind),
@@ -173,6 +237,7 @@ void register_serve(CLI::App& app) {
     });
     done.store(true);
     signals.join();
+    if (draining.joinable()) draining.join();
     sched->shutdown(std::chrono::milliseconds(0));
     check(st);
     std::fprintf(stderr, "stopped\n");
