@@ -21,10 +21,13 @@ Result<std::unique_ptr<Tokenizer>> BpeTokenizer::create(const gguf::File& file) 
   PG_ASSIGN(const std::string pre, file.get_string("tokenizer.ggml.pre"));
   PG_ASSIGN(tok->pre_, Pretokenizer::create(pre));
 
-  std::vector<std::pair<std::string, int32_t>> special;
+  // User-defined tokens, like control ones, are recognised only with
+  // parse_special (the reference test gives HF both as special tokens), so
+  // none is marked in_guarded.
+  std::vector<SpecialTokenMatcher::Token> special;
   for (TokenId id = 0; id < tok->n_vocab(); ++id) {
     if (tok->type_[id] == TokenType::Control || tok->type_[id] == TokenType::UserDefined) {
-      special.emplace_back(tok->text_[id], id);
+      special.push_back({tok->text_[id], id});
     }
   }
   tok->special_ = std::make_unique<SpecialTokenMatcher>(std::move(special));
@@ -80,13 +83,10 @@ Status BpeTokenizer::load_merges(const gguf::File& file) {
   return {};
 }
 
-std::vector<TokenId> BpeTokenizer::encode(std::string_view text, bool parse_special) const {
+std::vector<TokenId> BpeTokenizer::encode_guarded(std::string_view text,
+                                                  std::span<const ByteRange> no_special) const {
   std::vector<SpecialTokenMatcher::Fragment> fragments;
-  if (parse_special) {
-    special_->split(text, fragments);
-  } else {
-    fragments.push_back({text, -1});
-  }
+  special_->split(text, no_special, fragments);
   std::vector<TokenId> out, scratch;
   out.reserve(text.size() / 3 + 1);
   std::vector<std::string_view> pieces;

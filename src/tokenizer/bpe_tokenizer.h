@@ -20,10 +20,10 @@ class BpeTokenizer final : public Tokenizer {
  public:
   static Result<std::unique_ptr<Tokenizer>> create(const gguf::File& file);
 
-  std::vector<TokenId> encode(std::string_view text, bool parse_special = true) const override;
-
  private:
   BpeTokenizer() = default;
+  std::vector<TokenId> encode_guarded(std::string_view text,
+                                      std::span<const ByteRange> no_special) const override;
   Status load_vocab(const gguf::File& file);
   Status load_merges(const gguf::File& file);
   // Appends the ids of one pre-tokenized piece; `scratch` avoids an

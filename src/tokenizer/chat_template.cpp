@@ -96,23 +96,39 @@ Result<ChatTemplate> ChatTemplate::from_gguf(const gguf::File& file) {
   return make_error("{}: unsupported chat template (known: ChatML, Gemma)", file.name());
 }
 
-std::string ChatTemplate::render(const std::vector<ChatMessage>& messages,
-                                 bool add_generation_prompt) const {
-  return kind_ == Kind::Gemma ? render_gemma(messages, add_generation_prompt)
-                              : render_chatml(messages, add_generation_prompt);
+namespace {
+
+// Appends text the messages supplied, marking where it lies.
+void append_marked(RenderedChat& out, std::string_view s) {
+  if (!s.empty()) out.from_messages.emplace_back(out.text.size(), out.text.size() + s.size());
+  out.text += s;
 }
 
-std::string ChatTemplate::render_chatml(const std::vector<ChatMessage>& messages,
-                                        bool add_generation_prompt) const {
-  std::string out;
-  auto turn = [&](const std::string& role, const std::string& content) {
-    out += "<|im_start|>" + role + "\n" + content + "<|im_end|>\n";
-  };
-  if (!default_system_.empty() && (messages.empty() || messages[0].role != "system"))
-    turn("system", default_system_);
-  for (const ChatMessage& m : messages) turn(m.role, m.content);
-  if (add_generation_prompt) out += "<|im_start|>assistant\n";
+}  // namespace
+
+RenderedChat ChatTemplate::render_marked(const std::vector<ChatMessage>& messages,
+                                         bool add_generation_prompt) const {
+  RenderedChat out;
+  if (kind_ == Kind::Gemma) {
+    render_gemma(messages, add_generation_prompt, out);
+  } else {
+    render_chatml(messages, add_generation_prompt, out);
+  }
   return out;
+}
+
+void ChatTemplate::render_chatml(const std::vector<ChatMessage>& messages,
+                                 bool add_generation_prompt, RenderedChat& out) const {
+  if (!default_system_.empty() && (messages.empty() || messages[0].role != "system"))
+    out.text += "<|im_start|>system\n" + default_system_ + "<|im_end|>\n";
+  for (const ChatMessage& m : messages) {
+    out.text += "<|im_start|>";
+    append_marked(out, m.role);
+    out.text += '\n';
+    append_marked(out, m.content);
+    out.text += "<|im_end|>\n";
+  }
+  if (add_generation_prompt) out.text += "<|im_start|>assistant\n";
 }
 
 // As Gemma 3's Jinja template: a leading system message is not a turn of its
@@ -120,25 +136,43 @@ std::string ChatTemplate::render_chatml(const std::vector<ChatMessage>& messages
 // turn's content is trimmed; "assistant" is written "model". (The template
 // also refuses conversations whose roles do not alternate user/model; the
 // chat commands only build alternating ones.)
-std::string ChatTemplate::render_gemma(const std::vector<ChatMessage>& messages,
-                                       bool add_generation_prompt) const {
-  std::string out, prefix;
+void ChatTemplate::render_gemma(const std::vector<ChatMessage>& messages,
+                                bool add_generation_prompt, RenderedChat& out) const {
   size_t first = 0;
-  if (!messages.empty() && messages[0].role == "system") {
-    prefix = messages[0].content + system_separator_;
-    first = 1;
-  }
+  const bool has_system = !messages.empty() && messages[0].role == "system";
+  if (has_system) first = 1;
   for (size_t i = first; i < messages.size(); ++i) {
     const ChatMessage& m = messages[i];
-    out += "<start_of_turn>";
-    out += m.role == "assistant" ? "model" : m.role;
-    out += '\n';
-    if (i == first) out += prefix;
-    out += trim(m.content);
-    out += "<end_of_turn>\n";
+    out.text += "<start_of_turn>";
+    if (m.role == "assistant") {
+      out.text += "model";
+    } else {
+      append_marked(out, m.role);
+    }
+    out.text += '\n';
+    if (i == first && has_system) {
+      append_marked(out, messages[0].content);
+      out.text += system_separator_;
+    }
+    append_marked(out, trim(m.content));
+    out.text += "<end_of_turn>\n";
   }
-  if (add_generation_prompt) out += "<start_of_turn>model\n";
-  return out;
+  if (add_generation_prompt) out.text += "<start_of_turn>model\n";
+}
+
+Result<std::vector<TokenId>> encode_chat(const Tokenizer& tok, const ChatTemplate& tpl,
+                                         const std::vector<ChatMessage>& messages,
+                                         bool add_generation_prompt,
+                                         bool parse_special_in_content) {
+  const RenderedChat chat = tpl.render_marked(messages, add_generation_prompt);
+  PG_ASSIGN(std::vector<TokenId> body,
+            parse_special_in_content ? tok.try_encode(chat.text, true)
+                                     : tok.try_encode_guarded(chat.text, chat.from_messages));
+  std::vector<TokenId> ids;
+  ids.reserve(body.size() + 1);
+  if (tok.add_bos()) ids.push_back(tok.bos());
+  ids.insert(ids.end(), body.begin(), body.end());
+  return ids;
 }
 
 }  // namespace peregrine

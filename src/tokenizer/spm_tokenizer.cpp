@@ -66,16 +66,14 @@ Result<std::unique_ptr<Tokenizer>> SpmTokenizer::create(const gguf::File& file) 
     PG_TRY(file.get_bool("tokenizer.ggml.add_eos_token"));
   }
 
-  std::vector<std::pair<std::string, int32_t>> user_defined, special;
+  std::vector<SpecialTokenMatcher::Token> special;
   for (TokenId id = 0; id < tok->n_vocab(); ++id) {
     const TokenType t = tok->type_[id];
     if (t != TokenType::UserDefined && t != TokenType::Control) continue;
     std::string escaped;
     append_escaped(escaped, tok->text_[id]);
-    if (t == TokenType::UserDefined) user_defined.emplace_back(escaped, id);
-    special.emplace_back(std::move(escaped), id);
+    special.push_back({std::move(escaped), id, t == TokenType::UserDefined});
   }
-  tok->user_defined_ = std::make_unique<SpecialTokenMatcher>(std::move(user_defined));
   tok->special_ = std::make_unique<SpecialTokenMatcher>(std::move(special));
 
   PG_TRY(tok->init_special_tokens(file));
@@ -127,14 +125,16 @@ Status SpmTokenizer::load_vocab(const gguf::File& file) {
   return {};
 }
 
-std::vector<TokenId> SpmTokenizer::encode(std::string_view text, bool parse_special) const {
+std::vector<TokenId> SpmTokenizer::encode_guarded(std::string_view text,
+                                                  std::span<const ByteRange> no_special) const {
   std::vector<TokenId> out;
   if (text.empty()) return out;
   out.reserve(text.size() / 3 + 2);
-  const SpecialTokenMatcher& matcher = parse_special ? *special_ : *user_defined_;
   std::string escaped;
+  std::vector<ByteRange> guarded;  // no_special's part in this window, in escaped's offsets
   std::vector<SpecialTokenMatcher::Fragment> fragments;
   std::vector<SpmMerges::Span> spans;
+  size_t r = 0;  // the first range of no_special that ends after the window's start
   // Windows of at most kMaxEncodeBytes, cut at a character boundary: the
   // whole text at once for every text try_encode() accepts. A character has
   // at most 3 continuation bytes, so the cut moves back at most 3: a longer
@@ -148,10 +148,24 @@ std::vector<TokenId> SpmTokenizer::encode(std::string_view text, bool parse_spec
       --end;
     }
     escaped.clear();
+    guarded.clear();
     if (pos == 0 && add_space_prefix_) escaped += kSpace;
-    append_escaped(escaped, text.substr(pos, end - pos));
+    // Escaped a stretch at a time, so each guarded range's ends are known in
+    // the escaped text. The space prefix stands before the first character
+    // and is guarded with it.
+    size_t done = pos;
+    while (r < no_special.size() && no_special[r].second <= pos) ++r;
+    for (size_t k = r; k < no_special.size() && no_special[k].first < end; ++k) {
+      const size_t b = std::max(no_special[k].first, pos), e = std::min(no_special[k].second, end);
+      append_escaped(escaped, text.substr(done, b - done));
+      const size_t eb = b == 0 ? 0 : escaped.size();
+      append_escaped(escaped, text.substr(b, e - b));
+      guarded.emplace_back(eb, escaped.size());
+      done = e;
+    }
+    append_escaped(escaped, text.substr(done, end - done));
     fragments.clear();
-    matcher.split(escaped, fragments);
+    special_->split(escaped, guarded, fragments);
     for (const auto& f : fragments) {
       if (f.id >= 0) {
         out.push_back(f.id);

@@ -8,8 +8,9 @@
 //   1. every ' ' becomes "▁"; with tokenizer.ggml.add_space_prefix (default
 //      true, SentencePiece's add_dummy_prefix) a "▁" is put in front of a
 //      non-empty text;
-//   2. user-defined tokens (always) and control tokens (with parse_special)
-//      are matched in that text, leftmost first and the longest at a
+//   2. user-defined tokens (always) and control tokens (with parse_special,
+//      and outside guarded ranges: Tokenizer::try_encode_guarded) are
+//      matched in that text, leftmost first and the longest at a
 //      position, and stand for themselves; SentencePiece matches its
 //      user-defined pieces the same way. llama.cpp's converter writes the "▁"
 //      of user-defined pieces as ' ' (Gemma's runs of spaces), so they are
@@ -36,12 +37,12 @@ class SpmTokenizer final : public Tokenizer {
  public:
   static Result<std::unique_ptr<Tokenizer>> create(const gguf::File& file);
 
-  std::vector<TokenId> encode(std::string_view text, bool parse_special = true) const override;
-
   bool add_space_prefix() const { return add_space_prefix_; }
 
  private:
   SpmTokenizer() = default;
+  std::vector<TokenId> encode_guarded(std::string_view text,
+                                      std::span<const ByteRange> no_special) const override;
   Status load_vocab(const gguf::File& file);
   // Appends the ids of one stretch of escaped text without special tokens.
   void encode_plain(std::string_view text, std::vector<TokenId>& out,
@@ -50,8 +51,8 @@ class SpmTokenizer final : public Tokenizer {
   SpmMerges merges_;                    // mergeable pieces; views into text_
   std::array<TokenId, 256> byte_id_{};  // <0xXX> token of each byte, or -1
   bool add_space_prefix_ = true;
-  std::unique_ptr<SpecialTokenMatcher> user_defined_;  // matched always
-  std::unique_ptr<SpecialTokenMatcher> special_;       // user-defined and control
+  // User-defined (in_guarded: matched always) and control tokens.
+  std::unique_ptr<SpecialTokenMatcher> special_;
 };
 
 }  // namespace peregrine

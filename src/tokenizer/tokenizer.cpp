@@ -28,6 +28,13 @@ Result<TokenId> read_token_id(const gguf::File& file, std::string_view key, int3
   return static_cast<TokenId>(is_signed ? v->i : static_cast<int64_t>(v->u));
 }
 
+// Outside input is bounded before it is encoded (Tokenizer::kMaxEncodeBytes).
+Status check_length(std::string_view text) {
+  if (text.size() <= Tokenizer::kMaxEncodeBytes) return {};
+  return make_error("text of {} bytes is longer than the tokenizer takes at once ({} bytes)",
+                    text.size(), Tokenizer::kMaxEncodeBytes);
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const gguf::File& file) {
@@ -38,13 +45,42 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const gguf::File& file) 
       "unsupported tokenizer model '{}' (tokenizer.ggml.model); supported: gpt2, llama", model);
 }
 
+std::vector<TokenId> Tokenizer::encode(std::string_view text, bool parse_special) const {
+  const ByteRange whole{0, text.size()};
+  return encode_guarded(text, parse_special || text.empty() ? std::span<const ByteRange>()
+                                                            : std::span<const ByteRange>(&whole, 1));
+}
+
 Result<std::vector<TokenId>> Tokenizer::try_encode(std::string_view text,
                                                    bool parse_special) const {
-  if (text.size() > kMaxEncodeBytes) {
-    return make_error("text of {} bytes is longer than the tokenizer takes at once ({} bytes)",
-                      text.size(), kMaxEncodeBytes);
-  }
+  PG_TRY(check_length(text));
   return encode(text, parse_special);
+}
+
+Result<std::vector<TokenId>> Tokenizer::try_encode_guarded(
+    std::string_view text, std::span<const ByteRange> no_special) const {
+  PG_TRY(check_length(text));
+  // Sorted, merged where they overlap or touch, empty ones dropped.
+  std::vector<ByteRange> ranges;
+  ranges.reserve(no_special.size());
+  for (const auto& [begin, end] : no_special) {
+    if (begin > end || end > text.size()) {
+      return make_error("guarded range [{}, {}) is not within the text ({} bytes)", begin, end,
+                        text.size());
+    }
+    if (begin < end) ranges.emplace_back(begin, end);
+  }
+  std::sort(ranges.begin(), ranges.end());
+  size_t n = 0;
+  for (const ByteRange& r : ranges) {
+    if (n > 0 && r.first <= ranges[n - 1].second) {
+      ranges[n - 1].second = std::max(ranges[n - 1].second, r.second);
+    } else {
+      ranges[n++] = r;
+    }
+  }
+  ranges.resize(n);
+  return encode_guarded(text, ranges);
 }
 
 Status Tokenizer::load_tokens(const gguf::File& file) {

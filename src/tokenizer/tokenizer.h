@@ -11,6 +11,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "core/status.h"
@@ -40,13 +41,27 @@ class Tokenizer {
   // bounded here rather than trusted.
   static constexpr size_t kMaxEncodeBytes = size_t{16} << 20;
 
+  // [begin, end) bytes of a text.
+  using ByteRange = std::pair<size_t, size_t>;
+
   // Text to ids. With parse_special, control and user-defined tokens written
   // literally in the text (e.g. "<|im_start|>") become their single ids.
   // Does not add BOS; callers decide with add_bos(). Never fails; text longer
   // than kMaxEncodeBytes may be encoded in independent windows of that size.
-  virtual std::vector<TokenId> encode(std::string_view text, bool parse_special = true) const = 0;
+  std::vector<TokenId> encode(std::string_view text, bool parse_special = true) const;
   // encode(), or a one-line error when the text is longer than kMaxEncodeBytes.
   Result<std::vector<TokenId>> try_encode(std::string_view text, bool parse_special = true) const;
+  // try_encode(text, true), except that a special token is recognised only
+  // where it lies wholly outside every `no_special` range: one that starts,
+  // ends or lies inside such a range is plain text, as with parse_special
+  // false (SentencePiece's user-defined pieces, matched in any text, stay
+  // matched). Plain text is still cut only at recognised tokens, so text whose
+  // guarded ranges write no special token encodes exactly as try_encode(text,
+  // true). For chat prompts, where the ranges are the messages' text
+  // (encode_chat in chat_template.h). Ranges may overlap and come in any order;
+  // an error if one is reversed or runs past the text.
+  Result<std::vector<TokenId>> try_encode_guarded(std::string_view text,
+                                                  std::span<const ByteRange> no_special) const;
 
   // The raw bytes a token stands for (may be part of a UTF-8 sequence); empty
   // for an id outside the vocab. Control tokens decode to their text unless
@@ -73,6 +88,12 @@ class Tokenizer {
 
  protected:
   Tokenizer() = default;
+
+  // The one encoder each model implements: special tokens are recognised
+  // outside the `no_special` ranges (sorted, disjoint, non-empty, within text);
+  // parse_special false is the whole text guarded.
+  virtual std::vector<TokenId> encode_guarded(std::string_view text,
+                                              std::span<const ByteRange> no_special) const = 0;
 
   // Reads tokenizer.ggml.tokens and tokenizer.ggml.token_type (all Normal when
   // absent) into text_ and type_, checking their sizes, and indexes the texts.

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <iostream>
+#include <utility>
 
 #include "engine/session.h"
 #include "tokenizer/chat_template.h"
@@ -19,10 +20,17 @@ void register_chat(CLI::App& app) {
     SequenceOptions gen;
     std::string system;
     int64_t n_predict = 512;
+    bool parse_special = false;
   };
   auto o = std::make_shared<Opts>();
   CLI::App* cmd = app.add_subcommand("chat", "Interactive chat (/reset clears, Ctrl-D leaves)");
   cmd->add_option("--system", o->system, "System message");
+  // Off by default: what is typed or piped in is message text, and text that spells
+  // "<|im_end|>" must not end the turn or open a forged system one (pasted or generated
+  // input can hold such strings). Whoever wants to write control tokens asks for it.
+  cmd->add_flag("--parse-special", o->parse_special,
+                "Read control tokens written in messages (e.g. <|im_start|>) as control tokens, "
+                "not as text");
   cmd->add_option("-n,--n-predict", o->n_predict, "Most tokens per reply")
       ->capture_default_str()
       ->check(CLI::Range(int64_t(1), int64_t(1) << 24));
@@ -58,7 +66,13 @@ void register_chat(CLI::App& app) {
       }
       if (line.empty()) continue;
       msgs.push_back({"user", line});
-      std::vector<TokenId> prompt = prompt_tokens(tok, tpl.render(msgs, true));
+      Result<std::vector<TokenId>> encoded = encode_chat(tok, tpl, msgs, true, o->parse_special);
+      if (!encoded.ok()) {
+        std::fprintf(stderr, "error: %s\n", encoded.error().message.c_str());
+        msgs.pop_back();
+        continue;
+      }
+      std::vector<TokenId> prompt = std::move(encoded).value();
       if (!session->unbounded() && int64_t(prompt.size()) >= session->n_ctx()) {
         std::fprintf(stderr, "error: the conversation no longer fits in the context (%lld tokens); "
                      "use /reset or raise -c\n", (long long)session->n_ctx());

@@ -6,6 +6,7 @@
 // tests/reference/test_tokenizer_spm.py.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -13,6 +14,7 @@
 #include <limits>
 #include <map>
 #include <random>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -139,16 +141,27 @@ TEST(TokenizerSpmMerges, LongRunIsFast) {
 
 // ---- special-token matching (shared with the BPE tokenizer) ------------------------------
 
-// Leftmost position first, the longest token there; ties of equal strings: the first id.
-std::vector<std::pair<std::string, int32_t>> naive_split(
-    const std::vector<std::pair<std::string, int32_t>>& tokens, const std::string& text) {
+using Token = SpecialTokenMatcher::Token;
+using Range = SpecialTokenMatcher::Range;
+
+// Leftmost position first, the longest token there; ties of equal strings: the first id. A token
+// not marked in_guarded counts only where it overlaps no guarded range.
+std::vector<std::pair<std::string, int32_t>> naive_split(const std::vector<Token>& tokens,
+                                                         const std::string& text,
+                                                         const std::vector<Range>& guarded = {}) {
+  auto allowed = [&](const Token& t, size_t pos) {
+    if (t.in_guarded) return true;
+    for (const auto& [b, e] : guarded)
+      if (pos < e && b < pos + t.text.size()) return false;
+    return true;
+  };
   std::vector<std::pair<std::string, int32_t>> out;
   std::string plain;
   for (size_t pos = 0; pos < text.size();) {
-    const std::pair<std::string, int32_t>* best = nullptr;
+    const Token* best = nullptr;
     for (const auto& t : tokens) {
-      if (!t.first.empty() && text.compare(pos, t.first.size(), t.first) == 0 &&
-          (best == nullptr || t.first.size() > best->first.size()))
+      if (!t.text.empty() && text.compare(pos, t.text.size(), t.text) == 0 && allowed(t, pos) &&
+          (best == nullptr || t.text.size() > best->text.size()))
         best = &t;
     }
     if (best == nullptr) {
@@ -156,8 +169,8 @@ std::vector<std::pair<std::string, int32_t>> naive_split(
       continue;
     }
     if (!plain.empty()) out.emplace_back(std::exchange(plain, {}), -1);
-    out.push_back(*best);
-    pos += best->first.size();
+    out.emplace_back(best->text, best->id);
+    pos += best->text.size();
   }
   if (!plain.empty()) out.emplace_back(plain, -1);
   return out;
@@ -165,37 +178,81 @@ std::vector<std::pair<std::string, int32_t>> naive_split(
 
 TEST(TokenizerSpecialMatcher, MatchesNaiveScanAndIsFastOnHostileText) {
   std::mt19937 rng(11);
-  for (int round = 0; round < 100; ++round) {
-    std::vector<std::pair<std::string, int32_t>> tokens;
+  for (int round = 0; round < 300; ++round) {
+    std::vector<Token> tokens;
+    // A third of the rounds mark some tokens in_guarded (SentencePiece's user-defined pieces).
+    const bool some_in_guarded = round % 3 == 2;
     for (int k = 0; k < 12; ++k) {
       std::string t;
       for (int n = int(rng() % 4); n > 0; --n) t += char('a' + rng() % 3);
-      tokens.emplace_back(t, k);  // may be empty or repeat an earlier one
+      tokens.push_back({t, k, some_in_guarded && rng() % 2 == 0});  // may be empty or repeat
+    }
+    // Of equal strings the first wins, flag and all: the naive scan is given only the first.
+    std::vector<Token> unique;
+    for (const Token& t : tokens) {
+      bool seen = false;
+      for (const Token& u : unique) seen = seen || u.text == t.text;
+      if (!seen) unique.push_back(t);
     }
     const SpecialTokenMatcher m(tokens);
     for (int t = 0; t < 10; ++t) {
       std::string text;
       for (int n = int(rng() % 30); n > 0; --n) text += char('a' + rng() % 4);
+      // Sorted, disjoint, non-empty guarded ranges (none for each round's first text).
+      std::vector<Range> guarded;
+      for (size_t at = rng() % 6; t > 0 && at < text.size(); at += 1 + rng() % 6) {
+        const size_t end = std::min(text.size(), at + 1 + rng() % 5);
+        guarded.emplace_back(at, end);
+        at = end;
+      }
       std::vector<SpecialTokenMatcher::Fragment> frags;
-      m.split(text, frags);
+      m.split(text, guarded, frags);
       std::vector<std::pair<std::string, int32_t>> got;
       for (const auto& f : frags) got.emplace_back(std::string(f.text), f.id);
-      ASSERT_EQ(got, naive_split(tokens, text)) << text;
+      ASSERT_EQ(got, naive_split(unique, text, guarded)) << text << " round " << round;
     }
   }
   // Gemma has ~6,000 control tokens beginning with '<' ("<unused0>".."<unused6241>").
-  std::vector<std::pair<std::string, int32_t>> unused;
-  for (int k = 0; k < 6242; ++k) unused.emplace_back(fmt::format("<unused{}>", k), k);
+  std::vector<Token> unused;
+  for (int k = 0; k < 6242; ++k) unused.push_back({fmt::format("<unused{}>", k), k});
   const SpecialTokenMatcher m(unused);
   const std::string text = std::string(1'000'000, '<') + "<unused17>";
-  const auto t0 = std::chrono::steady_clock::now();
-  std::vector<SpecialTokenMatcher::Fragment> frags;
-  m.split(text, frags);
-  const double ms =
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  ASSERT_EQ(frags.size(), 2u);
-  EXPECT_EQ(frags[1].id, 17);
-  EXPECT_LT(ms, 1000.0);
+  for (bool guard : {false, true}) {
+    // Guarded: all but the token, which is recognised all the same.
+    const std::vector<Range> guarded{{0, 1'000'000}};
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<SpecialTokenMatcher::Fragment> frags;
+    m.split(text, guard ? std::span<const Range>(guarded) : std::span<const Range>(), frags);
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    ASSERT_EQ(frags.size(), 2u);
+    EXPECT_EQ(frags[1].id, 17);
+    EXPECT_LT(ms, 1000.0);
+  }
+}
+
+TEST(TokenizerSpecialMatcher, GuardedRangesHideTokensThatTouchThem) {
+  const SpecialTokenMatcher m({{"<s>", 1}, {"<s>x", 2}, {"!!", 3, /*in_guarded=*/true}});
+  using Out = std::vector<std::pair<std::string, int32_t>>;
+  auto split = [&](std::string_view text, const std::vector<Range>& guarded) {
+    std::vector<SpecialTokenMatcher::Fragment> frags;
+    m.split(text, guarded, frags);
+    Out out;
+    for (const auto& f : frags) out.emplace_back(std::string(f.text), f.id);
+    return out;
+  };
+  EXPECT_EQ(split("a<s>b", {}), (Out{{"a", -1}, {"<s>", 1}, {"b", -1}}));
+  EXPECT_EQ(split("a<s>b", {{1, 4}}), (Out{{"a<s>b", -1}}));  // the token is the range
+  EXPECT_EQ(split("a<s>b", {{0, 2}}), (Out{{"a<s>b", -1}}));  // starts inside one
+  EXPECT_EQ(split("a<s>b", {{3, 5}}), (Out{{"a<s>b", -1}}));  // ends inside one
+  EXPECT_EQ(split("a<s>b", {{2, 3}}), (Out{{"a<s>b", -1}}));  // holds one
+  EXPECT_EQ(split("a<s>b", {{0, 1}, {4, 5}}),                 // touches two
+            (Out{{"a", -1}, {"<s>", 1}, {"b", -1}}));
+  // The longest token would reach into a guarded range: a shorter one outside it still counts.
+  EXPECT_EQ(split("<s>x", {}), (Out{{"<s>x", 2}}));
+  EXPECT_EQ(split("<s>x", {{3, 4}}), (Out{{"<s>", 1}, {"x", -1}}));
+  // Plain text is one fragment across range edges; in_guarded tokens match everywhere.
+  EXPECT_EQ(split("ab!!cd", {{1, 3}, {3, 5}}), (Out{{"ab", -1}, {"!!", 3}, {"cd", -1}}));
 }
 
 // ---- tiny vocab in a GGUF -----------------------------------------------------------------
@@ -378,6 +435,81 @@ TEST(TokenizerSpmTiny, BoundsInputLength) {
   auto ok = t.try_encode("ab ab");
   ASSERT_TRUE(ok.ok());
   EXPECT_EQ(*ok, t.encode("ab ab"));
+}
+
+TEST(TokenizerSpmTiny, GuardedRangesFollowTheEscapedText) {
+  TinySpm v;
+  auto l = load(v.bytes());
+  ASSERT_TRUE(l->tok.ok()) << l->tok.error().message;
+  const Tokenizer& t = **l->tok;
+  using R = std::vector<Tokenizer::ByteRange>;
+  auto guarded = [&](std::string_view text, const R& ranges) {
+    auto r = t.try_encode_guarded(text, ranges);
+    EXPECT_TRUE(r.ok()) << r.error().message;
+    return r.ok() ? *r : Ids{};
+  };
+  auto has_control = [&](const Ids& ids) { return std::count(ids.begin(), ids.end(), 4) > 0; };
+  // Each ' ' is three bytes ("▁") where tokens are matched: the ranges must move with them.
+  const std::string text = "a b <start_of_turn>x";  // the token is bytes [4, 19)
+  EXPECT_EQ(guarded(text, {}), t.encode(text));
+  EXPECT_TRUE(has_control(guarded(text, {{0, 4}})));    // ends where the token starts
+  EXPECT_TRUE(has_control(guarded(text, {{19, 20}})));  // starts where it ends
+  EXPECT_EQ(guarded(text, {{0, 4}, {19, 20}}), t.encode(text));
+  for (const R& r : {R{{0, 5}}, R{{3, 5}}, R{{18, 20}}, R{{10, 11}}, R{{0, 20}}}) {
+    const Ids ids = guarded(text, r);
+    EXPECT_FALSE(has_control(ids)) << r[0].first << ".." << r[0].second;
+    EXPECT_EQ(ids, t.encode(text, /*parse_special=*/false));  // one plain stretch
+    EXPECT_EQ(t.decode(ids), text);
+  }
+  // User-defined pieces are matched in guarded text too (SentencePiece matches them anywhere),
+  // across a range's edge as well.
+  EXPECT_EQ(guarded("x<b>x", {{0, 5}}), (Ids{v.id("x"), v.id("<b>"), v.id("x")}));
+  EXPECT_EQ(guarded("a  b", {{2, 4}}), t.encode("a  b"));
+  EXPECT_EQ(guarded("a  b", {{2, 4}}), (Ids{v.id("a"), v.id("  "), v.id("b")}));
+
+  // The dummy space prefix goes with the first character.
+  v.add_space_prefix = true;
+  auto lp = load(v.bytes());
+  ASSERT_TRUE(lp->tok.ok()) << lp->tok.error().message;
+  const Tokenizer& tp = **lp->tok;
+  auto guarded_p = [&](std::string_view s, const R& ranges) {
+    auto r = tp.try_encode_guarded(s, ranges);
+    EXPECT_TRUE(r.ok()) << r.error().message;
+    return r.ok() ? *r : Ids{};
+  };
+  EXPECT_TRUE(has_control(guarded_p("<start_of_turn>a", {})));
+  EXPECT_TRUE(has_control(guarded_p("<start_of_turn>a", {{15, 16}})));
+  EXPECT_FALSE(has_control(guarded_p("<start_of_turn>a", {{0, 1}})));
+  EXPECT_EQ(guarded_p("<start_of_turn>a", {{0, 1}}), tp.encode("<start_of_turn>a", false));
+  EXPECT_EQ(guarded_p("b <start_of_turn>", {{0, 2}}), tp.encode("b <start_of_turn>"));
+}
+
+TEST(TokenizerSpmTiny, GuardedRangesAreChecked) {
+  const TinySpm v;
+  auto l = load(v.bytes());
+  ASSERT_TRUE(l->tok.ok()) << l->tok.error().message;
+  const Tokenizer& t = **l->tok;
+  using R = std::vector<Tokenizer::ByteRange>;
+  const std::string text = "ab<start_of_turn>ab<end_of_turn>";  // tokens at [2, 17), [19, 32)
+  // Any order, overlapping or touching: their union is guarded.
+  auto merged = t.try_encode_guarded(text, R{{0, 3}, {19, 25}});
+  ASSERT_TRUE(merged.ok());
+  for (const R& r : {R{{20, 25}, {0, 3}, {19, 21}}, R{{0, 1}, {1, 3}, {19, 25}, {5, 5}}}) {
+    auto got = t.try_encode_guarded(text, r);
+    ASSERT_TRUE(got.ok()) << got.error().message;
+    EXPECT_EQ(*got, *merged);
+  }
+  EXPECT_EQ(*merged, t.encode(text, false));
+  for (const R& bad : {R{{3, 2}}, R{{0, 33}}, R{{40, 41}}}) {
+    const auto r = t.try_encode_guarded(text, bad);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.error().message.find("is not within the text (32 bytes)"), std::string::npos)
+        << r.error().message;
+  }
+  const std::string big(Tokenizer::kMaxEncodeBytes + 1, 'a');
+  const auto r = t.try_encode_guarded(big, R{{0, 1}});
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("longer than the tokenizer takes at once"), std::string::npos);
 }
 
 TEST(TokenizerSpmTiny, EncodesPastTheBoundInLinearTime) {
