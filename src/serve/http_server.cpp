@@ -1,5 +1,7 @@
 #include "serve/http_server.h"
 
+#include "serve/http_request_reader.h"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -21,34 +23,6 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-char lower(char c) { return c >= 'A' && c <= 'Z' ? char(c - 'A' + 'a') : c; }
-
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) { return lower(x) == lower(y); });
-}
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
-}
-
-// The elements of every field named `name`, comma-separated lists split and trimmed (RFC 9110 5.6.1).
-std::vector<std::string_view> list_elements(const HttpRequest& r, std::string_view name) {
-  std::vector<std::string_view> out;
-  for (const auto& [n, v] : r.fields) {
-    if (!iequals(n, name)) continue;
-    std::string_view rest = v;
-    while (true) {
-      const size_t comma = rest.find(',');
-      if (std::string_view e = trim(rest.substr(0, comma)); !e.empty()) out.push_back(e);
-      if (comma == std::string_view::npos) break;
-      rest.remove_prefix(comma + 1);
-    }
-  }
-  return out;
-}
-
 Clock::duration seconds(double s) {
   return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
 }
@@ -64,12 +38,6 @@ constexpr double kLingerSeconds = 2.0;
 constexpr size_t kReadChunk = 16 << 10;
 
 }  // namespace
-
-std::string_view HttpRequest::header(std::string_view name) const {
-  for (const auto& [n, v] : fields)
-    if (iequals(n, name)) return v;
-  return {};
-}
 
 // ---- The server's shared state -----------------------------------------------------------
 
@@ -99,7 +67,8 @@ struct HttpServer::Impl {
 // for a moment so that it sees the response instead of a reset), Closed.
 class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
  public:
-  HttpConnection(tcp::socket s, HttpServer::Impl& srv) : sock_(std::move(s)), timer_(srv.io), srv_(srv) {}
+  HttpConnection(tcp::socket s, HttpServer::Impl& srv)
+      : sock_(std::move(s)), timer_(srv.io), srv_(srv), reader_(srv.limits) {}
 
   void start(bool over_capacity) {
     boost::system::error_code ec;
@@ -169,11 +138,6 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
 
   void new_request() {
     phase_ = Phase::Request;
-    parser_.emplace();
-    parser_->header_limit(uint32_t(std::min<size_t>(srv_.limits.max_header_bytes, UINT32_MAX)));
-    parser_->body_limit(uint64_t(srv_.limits.max_body_bytes));
-    head_ = HttpRequest{};
-    head_checked_ = false;
     ex_.reset();
     streaming_ = chunked_ = response_done_ = close_after_ = false;
     keep_alive_ = true;
@@ -226,86 +190,36 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   }
 
   void parse() {
-    while (phase_ == Phase::Request && in_.size() > 0) {
-      boost::system::error_code ec;
-      const size_t n = parser_->put(in_.data(), ec);
-      in_.consume(n);
-      if (parser_->is_header_done() && !head_checked_) {
-        head_checked_ = true;
-        if (!check_header()) return;
+    while (phase_ == Phase::Request) {
+      size_t used = 0;
+      const auto step = reader_.feed(std::string_view(static_cast<const char*>(in_.data().data()), in_.size()), &used);
+      in_.consume(used);
+      switch (step) {
+        case HttpRequestReader::Step::NeedMore: return;
+        case HttpRequestReader::Step::Error:
+          return fail(reader_.error_status(), reader_.error_message());
+        case HttpRequestReader::Step::Head: {
+          // Routing and authentication before the body: an answer here leaves it unread, and
+          // the connection closes after the answer.
+          version_ = reader_.version();
+          keep_alive_ = reader_.keep_alive();
+          if (std::optional<HttpResponse> r = srv_.handler.check_head(reader_.head()))
+            return respond_now(*r, !keep_alive_ || reader_.body_pending());
+          if (reader_.expects_continue()) queue("HTTP/1.1 100 Continue\r\n\r\n");
+          reader_.read_body();
+          break;
+        }
+        case HttpRequestReader::Step::Request: return dispatch();
       }
-      if (ec == bhttp::error::need_more) break;
-      if (ec) return fail_parse(ec);
-      if (parser_->is_done()) return dispatch();
-      if (n == 0) break;
     }
-  }
-
-  void fail_parse(boost::system::error_code ec) {
-    if (ec == bhttp::error::body_limit)
-      return fail(413, fmt::format("request body is over the {} byte limit", srv_.limits.max_body_bytes));
-    if (ec == bhttp::error::header_limit)
-      return fail(431, fmt::format("request header is over the {} byte limit", srv_.limits.max_header_bytes));
-    fail(400, fmt::format("malformed HTTP request: {}", ec.message()));
-  }
-
-  // The header is complete: framing rules, then the handler's routing and authentication.
-  // false when it answered (the body is left unread and the connection closes).
-  bool check_header() {
-    const auto& m = parser_->get();
-    version_ = int(m.version());
-    keep_alive_ = parser_->keep_alive();
-    head_.method = std::string(m.method_string());
-    head_.target = std::string(m.target());
-    head_.path = head_.target.substr(0, head_.target.find('?'));
-    head_.version = version_;
-    size_t n_fields = 0;
-    for (const auto& f : m) {
-      if (++n_fields > srv_.limits.max_fields) {
-        fail(431, fmt::format("more than {} header fields", srv_.limits.max_fields));
-        return false;
-      }
-      head_.fields.emplace_back(std::string(f.name_string()), std::string(f.value()));
-    }
-    head_.declares_body = parser_->chunked() || parser_->content_length().value_or(0) > 0;
-
-    auto reject = [this](int status, std::string_view message) {
-      fail(status, message);
-      return false;
-    };
-    // Transfer-Encoding: only "chunked", once (RFC 9112 6.1); Beast took "gzip, chunked" as chunked.
-    if (const auto te = list_elements(head_, "Transfer-Encoding"); !te.empty()) {
-      if (version_ < 11) return reject(400, "Transfer-Encoding in an HTTP/1.0 request");
-      const auto n_chunked = std::count_if(te.begin(), te.end(), [](std::string_view e) { return iequals(e, "chunked"); });
-      if (n_chunked > 1 || (n_chunked == 1 && !iequals(te.back(), "chunked")))
-        return reject(400, "Transfer-Encoding must end with one \"chunked\"");
-      if (te.size() != 1 || n_chunked == 0)
-        return reject(501, "unsupported Transfer-Encoding (only \"chunked\" is accepted)");
-    }
-    // Content-Encoding: a compressed body could inflate far past the body limit; none is accepted.
-    for (std::string_view e : list_elements(head_, "Content-Encoding"))
-      if (!iequals(e, "identity"))
-        return reject(415, fmt::format("unsupported Content-Encoding \"{}\"; send the body uncompressed", e));
-    bool expect_continue = false;
-    if (const auto ex = list_elements(head_, "Expect"); !ex.empty()) {
-      if (ex.size() != 1 || !iequals(ex[0], "100-continue")) return reject(417, "unsupported Expect");
-      expect_continue = version_ >= 11;
-    }
-    if (std::optional<HttpResponse> r = srv_.handler.check_head(head_)) {
-      respond_now(*r, !keep_alive_ || (head_.declares_body && !parser_->is_done()));
-      return false;
-    }
-    if (expect_continue && head_.declares_body && !parser_->is_done()) queue("HTTP/1.1 100 Continue\r\n\r\n");
-    return true;
   }
 
   void dispatch() {
-    head_.body = std::move(parser_->get().body());
     phase_ = Phase::Response;
     set_deadline(Clock::time_point::max());
     ex_id_ = srv_.next_exchange++;
     std::weak_ptr<HttpConnection> weak = weak_from_this();
-    ex_ = std::make_shared<HttpExchange>(std::move(head_), weak, [&io = srv_.io](std::function<void()> f) {
+    ex_ = std::make_shared<HttpExchange>(reader_.take(), weak, [&io = srv_.io](std::function<void()> f) {
       asio::post(io, std::move(f));
     });
     ex_->id_ = ex_id_;
@@ -398,11 +312,10 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   asio::steady_timer timer_;
   uint64_t timer_gen_ = 0;
   HttpServer::Impl& srv_;
+  HttpRequestReader reader_;
   beast::flat_buffer in_;  // received, not parsed yet
-  std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
-  HttpRequest head_;       // the request being read
   Phase phase_ = Phase::Request;
-  bool request_started_ = false, head_checked_ = false;
+  bool request_started_ = false;
   bool reading_ = false, writing_ = false;
   std::deque<std::string> out_;  // queued while a write is in flight
   std::string wbuf_;             // the write in flight

@@ -15,6 +15,11 @@ characters no piece spells (byte fallback), invalid and truncated UTF-8, literal
 api_request: OpenAI request bodies behind the target's selector byte (bit 0: chat, bit 1: small
 limits with the model list ["m"]): valid chat and completions requests using every field, and
 near misses (wrong types, out-of-range values, refused features, malformed and deep JSON).
+
+http_request: what a client sends on one connection, behind a byte that seeds how the target cuts
+it into reads: pipelined requests with Content-Length and chunked bodies, 100-continue, HTTP/1.0,
+and the framing attacks the reader refuses (conflicting lengths, unknown codings, both framings,
+bare LF, compressed bodies, oversized headers and bodies).
 """
 import os
 import struct
@@ -147,7 +152,34 @@ def api_request_seeds():
     return {f"{k}.json": v for k, v in bodies.items()}
 
 
-SEEDS = {"gguf": gguf_seeds, "tokenizer_spm": tokenizer_spm_seeds, "api_request": api_request_seeds}
+def http_request_seeds():
+    get = b"GET /v1/models HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer k\r\n\r\n"
+    post = b"POST /v1/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 13\r\n\r\n{\"prompt\":1}\n"
+    chunked = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"5;ext=1\r\nhello\r\n3\r\nabc\r\n0\r\nTrailer: x\r\n\r\n")
+    streams = {
+        "pipelined": get + post + chunked + get,
+        "continue": b"POST /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
+        "http10": b"POST /x HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nokGET / HTTP/1.0\r\n\r\n",
+        "cl_conflict": b"POST /x HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+        "cl_same": b"POST /x HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\nab" + get,
+        "cl_sign": b"POST /x HTTP/1.1\r\nContent-Length: +2\r\n\r\nab",
+        "te_cl": b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+        "te_gzip": b"POST /x HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        "te_last": b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        "ce_br": b"POST /x HTTP/1.1\r\nContent-Encoding: br\r\nContent-Length: 1\r\n\r\nx",
+        "bare_lf": b"GET / HTTP/1.1\nHost: a\n\n",
+        "big_header": b"GET / HTTP/1.1\r\nX: " + b"a" * 600 + b"\r\n\r\n",
+        "many_fields": b"GET / HTTP/1.1\r\n" + b"".join(b"F%d: v\r\n" % i for i in range(12)) + b"\r\n",
+        "big_chunks": b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"80\r\n" + b"z" * 128 + b"\r\n" + b"80\r\n" + b"z" * 128 + b"\r\n0\r\n\r\n",
+        "chunk_overflow": b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff\r\n",
+        "fold": b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+    }
+    return {f"{k}.http": bytes([i * 37 % 256]) + v for i, (k, v) in enumerate(streams.items())}
+
+
+SEEDS = {"gguf": gguf_seeds, "tokenizer_spm": tokenizer_spm_seeds, "api_request": api_request_seeds,
+         "http_request": http_request_seeds}
 
 
 def main():
