@@ -323,17 +323,23 @@ void Server::prepare(const std::shared_ptr<HttpExchange>& ex, Endpoint endpoint)
   std::vector<TokenId> prompt;
   if (endpoint == Endpoint::Completions && req.prompt_is_tokens) {
     prompt.assign(req.prompt_tokens.begin(), req.prompt_tokens.end());
-  } else {
-    std::string text = req.prompt;
-    if (endpoint == Endpoint::ChatCompletions) {
-      if (!chat_)
-        return fail(ex, path, api_error(400, "invalid_request_error",
-                                        "this model has no chat template; use /v1/completions", {}, "messages"));
-      text = chat_->render(req.messages, true);
-    }
-    const int64_t at_least = int64_t(text.size() / max_token_bytes_);
+  } else if (endpoint == Endpoint::ChatCompletions) {
+    if (!chat_)
+      return fail(ex, path, api_error(400, "invalid_request_error",
+                                      "this model has no chat template; use /v1/completions", {}, "messages"));
+    size_t content_bytes = 0;
+    for (const ChatMessage& m : req.messages) content_bytes += m.content.size();
+    const int64_t at_least = int64_t(content_bytes / max_token_bytes_);
     if (at_least >= n_ctx) return fail(ex, path, too_long(at_least));
-    Result<std::vector<TokenId>> ids = tok_.try_encode(text, true);
+    // Control tokens only where the template writes them, never from message text (unless
+    // --parse-special): a message cannot forge a turn.
+    Result<std::vector<TokenId>> ids = encode_chat(tok_, *chat_, req.messages, true, opt_.parse_special);
+    if (!ids.ok()) return fail(ex, path, api_error(400, "invalid_request_error", ids.error().message, {}, prompt_param));
+    prompt = std::move(*ids);
+  } else {
+    const int64_t at_least = int64_t(req.prompt.size() / max_token_bytes_);
+    if (at_least >= n_ctx) return fail(ex, path, too_long(at_least));
+    Result<std::vector<TokenId>> ids = tok_.try_encode(req.prompt, true);
     if (!ids.ok()) return fail(ex, path, api_error(400, "invalid_request_error", ids.error().message, {}, prompt_param));
     if (tok_.add_bos()) prompt.push_back(tok_.bos());
     prompt.insert(prompt.end(), ids->begin(), ids->end());
