@@ -33,15 +33,17 @@ void register_run(CLI::App& app) {
     check(o->gen.sampling.validate());
     auto session = open_session(o->model);
     const Tokenizer& tok = session->tokenizer();
-    std::string text = o->prompt;
+    std::vector<TokenId> prompt;
     if (o->chat) {
+      // As chat and serve: control tokens only from the template, never from the messages.
       ChatTemplate tpl = check(ChatTemplate::from_gguf(session->file()));
       std::vector<ChatMessage> msgs;
       if (!o->system.empty()) msgs.push_back({"system", o->system});
       msgs.push_back({"user", o->prompt});
-      text = tpl.render(msgs, true);
+      prompt = check(encode_chat(tok, tpl, msgs, true, false));
+    } else {
+      prompt = prompt_tokens(tok, o->prompt);
     }
-    std::vector<TokenId> prompt = prompt_tokens(tok, text);
     if (prompt.empty()) fail("the prompt is empty");
     if (!session->unbounded() && int64_t(prompt.size()) >= session->n_ctx())
       fail(fmt::format("the prompt has {} tokens but the context holds {} (raise -c)",
