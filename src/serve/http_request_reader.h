@@ -47,13 +47,14 @@ class HttpRequestReader {
   bool body_pending() const;  // a declared body is not read completely
   // After Request: the request; the reader is ready for the next one.
   HttpRequest take();
+  // Forgets the request being read (e.g. one answered after its head): ready for the next.
+  void reset();
 
   int error_status() const { return error_status_; }
   const std::string& error_message() const { return error_message_; }
 
  private:
   struct Parser;
-  void reset();
   bool check_head();  // the framing rules above; false: error set
   void set_error(int status, std::string message);
 

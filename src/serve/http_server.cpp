@@ -138,6 +138,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
 
   void new_request() {
     phase_ = Phase::Request;
+    reader_.reset();  // a request answered after its head is still in the reader
     ex_.reset();
     streaming_ = chunked_ = response_done_ = close_after_ = false;
     keep_alive_ = true;
