@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <deque>
 #include <unordered_map>
 
@@ -204,8 +205,13 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
           // the connection closes after the answer.
           version_ = reader_.version();
           keep_alive_ = reader_.keep_alive();
-          if (std::optional<HttpResponse> r = srv_.handler.check_head(reader_.head()))
-            return respond_now(*r, !keep_alive_ || reader_.body_pending());
+          std::optional<HttpResponse> r;
+          try {
+            r = srv_.handler.check_head(reader_.head());
+          } catch (const std::exception& e) {
+            return internal_error(e.what());
+          }
+          if (r) return respond_now(*r, !keep_alive_ || reader_.body_pending());
           if (reader_.expects_continue()) queue("HTTP/1.1 100 Continue\r\n\r\n");
           reader_.read_body();
           break;
@@ -224,8 +230,19 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
       asio::post(io, std::move(f));
     });
     ex_->id_ = ex_id_;
-    srv_.handler.handle(ex_);
+    try {
+      srv_.handler.handle(ex_);
+    } catch (const std::exception& e) {
+      return internal_error(e.what());
+    }
     read();
+  }
+
+  // The handler threw: logged here, never shown to the client (it may name internals).
+  void internal_error(const char* what) {
+    std::fprintf(stderr, "error: HTTP handler: %.300s\n", what);
+    if (streaming_ || response_done_) return close();
+    respond_now(srv_.handler.error_response(500, "internal error"), true);
   }
 
   // An error found while reading a request: answer and close.

@@ -440,6 +440,25 @@ void Server::drain(const std::shared_ptr<Job>& jp) {
   Job& job = *jp;
   job.drain_queued.store(false);  // before taking events: a later event queues another drain
   if (job.done) return;
+  try {
+    drain_events(job);
+  } catch (const std::exception& e) {
+    // Logged, never shown to the client; the request ends like an engine error.
+    std::fprintf(stderr, "error: %s: %s\n", job.path, loggable(e.what()).c_str());
+    job.stream->cancel();
+    const ApiError err = api_error(500, "server_error", "internal error");
+    if (job.req.stream) {
+      job.ex->send("data: " + error_json(err) + "\n\n");
+      job.ex->end();
+    } else {
+      job.ex->reply(error_reply(err));
+    }
+    requests_->inc("500");
+    finish(job, "500 (internal error)");
+  }
+}
+
+void Server::drain_events(Job& job) {
   job.events.clear();
   const bool complete = job.stream->wait(job.events, std::chrono::milliseconds(0));
   const bool streaming = job.req.stream;

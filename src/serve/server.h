@@ -107,6 +107,7 @@ class Server : private HttpHandler {
   void prepare(const std::shared_ptr<HttpExchange>& ex, Endpoint endpoint);  // on a worker
   void start_job(const std::shared_ptr<Job>& job);
   void drain(const std::shared_ptr<Job>& job);  // on the I/O thread
+  void drain_events(Job& job);
   void finish(Job& job, const char* outcome);
   void fail(const std::shared_ptr<HttpExchange>& ex, const char* path, const ApiError& e);
   std::string render_metrics();
