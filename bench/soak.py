@@ -58,6 +58,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 import http_attacks as ha  # noqa: E402  (the shared attack library)
+import serve_fixture  # noqa: E402  (starting a server, shared with the e2e tests)
 
 MODEL_ID = "smollm2-135m"
 PROMPTS = [
@@ -343,30 +344,15 @@ def client_loop(i: int, host: str, port: int, args, ref: dict, res: Results, sto
 # ---- server ----------------------------------------------------------------------------------------
 
 def start_server(args) -> tuple[subprocess.Popen, int, list[str]]:
-    cmd = [args.bin, "serve", "-m", args.model, "--port", "0", "-t", str(args.threads), "--parallel",
-           str(args.parallel), "-c", str(args.ctx), "--max-body", str(args.max_body), "-q", *args.server_arg]
+    extra = ["-t", str(args.threads), "--parallel", str(args.parallel), "-c", str(args.ctx), "--max-body",
+             str(args.max_body), "-q", *args.server_arg]
     if args.api_key:
-        cmd += ["--api-key", args.api_key]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, errors="replace")
-    lines: list[str] = []
-    port: list[int] = []
-    ready = threading.Event()
-
-    def pump():
-        for line in proc.stderr:
-            lines.append(line)
-            m = re.search(r"on http://[^:]+:(\d+)", line)
-            if m and not port:
-                port.append(int(m.group(1)))
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    if not ready.wait(60) or not port:
-        proc.kill()
-        raise SystemExit(f"error: the server did not start: {' '.join(cmd)}\n{''.join(lines[-20:])}")
-    return proc, port[0], lines
+        extra += ["--api-key", args.api_key]
+    try:
+        s = serve_fixture.start_server(Path(args.bin), Path(args.model), *extra)
+    except AssertionError as e:  # the fixture's way of saying the server did not come up
+        raise SystemExit(f"error: {e}") from None
+    return s.proc, s.port, s.stderr_lines
 
 
 def metrics(host: str, port: int, key: str | None) -> dict[str, float]:
