@@ -18,12 +18,6 @@ namespace bhttp = boost::beast::http;
 
 namespace {
 
-char lower(char c) { return c >= 'A' && c <= 'Z' ? char(c - 'A' + 'a') : c; }
-
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) { return lower(x) == lower(y); });
-}
-
 std::string_view trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
   while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
@@ -34,7 +28,7 @@ std::string_view trim(std::string_view s) {
 std::vector<std::string_view> list_elements(const HttpRequest& r, std::string_view name) {
   std::vector<std::string_view> out;
   for (const auto& [n, v] : r.fields) {
-    if (!iequals(n, name)) continue;
+    if (!ascii_iequals(n, name)) continue;
     std::string_view rest = v;
     while (true) {
       const size_t comma = rest.find(',');
@@ -48,9 +42,15 @@ std::vector<std::string_view> list_elements(const HttpRequest& r, std::string_vi
 
 }  // namespace
 
+bool ascii_iequals(std::string_view a, std::string_view b) {
+  auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? char(c - 'A' + 'a') : c; };
+  return a.size() == b.size() &&
+         std::equal(a.begin(), a.end(), b.begin(), [&](char x, char y) { return lower(x) == lower(y); });
+}
+
 std::string_view HttpRequest::header(std::string_view name) const {
   for (const auto& [n, v] : fields)
-    if (iequals(n, name)) return v;
+    if (ascii_iequals(n, name)) return v;
   return {};
 }
 
@@ -149,19 +149,19 @@ bool HttpRequestReader::check_head() {
   // anything else as no framing at all; both would misread what the client meant.
   if (const auto te = list_elements(head_, "Transfer-Encoding"); !te.empty()) {
     if (head_.version < 11) return reject(400, "Transfer-Encoding in an HTTP/1.0 request");
-    const auto n_chunked = std::count_if(te.begin(), te.end(), [](std::string_view e) { return iequals(e, "chunked"); });
-    if (n_chunked > 1 || (n_chunked == 1 && !iequals(te.back(), "chunked")))
+    const auto n_chunked = std::count_if(te.begin(), te.end(), [](std::string_view e) { return ascii_iequals(e, "chunked"); });
+    if (n_chunked > 1 || (n_chunked == 1 && !ascii_iequals(te.back(), "chunked")))
       return reject(400, "Transfer-Encoding must end with one \"chunked\"");
     if (te.size() != 1 || n_chunked == 0)
       return reject(501, "unsupported Transfer-Encoding (only \"chunked\" is accepted)");
   }
   // Content-Encoding: a compressed body could inflate far past the body limit.
   for (std::string_view e : list_elements(head_, "Content-Encoding"))
-    if (!iequals(e, "identity"))
+    if (!ascii_iequals(e, "identity"))
       return reject(415, fmt::format("unsupported Content-Encoding \"{}\"; send the body uncompressed",
                                      e.substr(0, 64)));
   if (const auto ex = list_elements(head_, "Expect"); !ex.empty()) {
-    if (ex.size() != 1 || !iequals(ex[0], "100-continue")) return reject(417, "unsupported Expect");
+    if (ex.size() != 1 || !ascii_iequals(ex[0], "100-continue")) return reject(417, "unsupported Expect");
     expect_continue_ = head_.version >= 11 && body_pending();
   }
   return true;

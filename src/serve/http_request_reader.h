@@ -20,6 +20,9 @@
 
 namespace peregrine::serve {
 
+// ASCII case-insensitive equality (header names, codings, schemes).
+bool ascii_iequals(std::string_view a, std::string_view b);
+
 class HttpRequestReader {
  public:
   explicit HttpRequestReader(const HttpLimits& limits);

@@ -1,5 +1,7 @@
 #include "serve/server.h"
 
+#include "serve/http_request_reader.h"
+
 #include <csignal>
 #include <cstdio>
 #include <chrono>
@@ -38,13 +40,6 @@ bool same_secret(std::string_view a, std::string_view b) {
   unsigned diff = 0;
   for (size_t i = 0; i < a.size(); ++i) diff |= unsigned(uint8_t(a[i]) ^ uint8_t(b[i]));
   return diff == 0;
-}
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (std::tolower(uint8_t(a[i])) != std::tolower(uint8_t(b[i]))) return false;
-  return true;
 }
 
 ApiError api_error(int status, std::string type, std::string message, std::string code = {},
@@ -231,7 +226,7 @@ std::optional<int> Server::authenticate(const HttpRequest& r) const {
   // "Bearer" is a case-insensitive scheme (RFC 9110 11.1), then one or more spaces.
   std::string_view auth = r.header("Authorization");
   const size_t sp = auth.find(' ');
-  if (sp == std::string_view::npos || !iequals(auth.substr(0, sp), "Bearer")) return std::nullopt;
+  if (sp == std::string_view::npos || !ascii_iequals(auth.substr(0, sp), "Bearer")) return std::nullopt;
   std::string_view key = auth.substr(sp);
   while (!key.empty() && key.front() == ' ') key.remove_prefix(1);
   while (!key.empty() && key.back() == ' ') key.remove_suffix(1);
