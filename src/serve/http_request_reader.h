@@ -44,6 +44,7 @@ class HttpRequestReader {
 
   // After Head (and until the next request): the request line and fields, body empty.
   const HttpRequest& head() const { return head_; }
+  HttpRequest& head() { return head_; }
   int version() const { return head_.version; }
   bool keep_alive() const { return keep_alive_; }
   bool expects_continue() const { return expect_continue_; }  // 100-continue and a body still to come

@@ -134,7 +134,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   enum class Phase { Request, Response, Linger, Closed };
 
   bool current(uint64_t id) const {
-    return phase_ == Phase::Response && ex_ && ex_id_ == id && !response_done_;
+    return phase_ == Phase::Response && ex_ && ex_->id_ == id && !response_done_;
   }
 
   void new_request() {
@@ -224,12 +224,8 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   void dispatch() {
     phase_ = Phase::Response;
     set_deadline(Clock::time_point::max());
-    ex_id_ = srv_.next_exchange++;
-    std::weak_ptr<HttpConnection> weak = weak_from_this();
-    ex_ = std::make_shared<HttpExchange>(reader_.take(), weak, [&io = srv_.io](std::function<void()> f) {
-      asio::post(io, std::move(f));
-    });
-    ex_->id_ = ex_id_;
+    ex_ = std::make_shared<HttpExchange>(srv_.next_exchange++, reader_.take(), weak_from_this(),
+                                         [&io = srv_.io](std::function<void()> f) { asio::post(io, std::move(f)); });
     try {
       srv_.handler.handle(ex_);
     } catch (const std::exception& e) {
@@ -338,7 +334,6 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   std::deque<std::string> out_;  // queued while a write is in flight
   std::string wbuf_;             // the write in flight
   std::shared_ptr<HttpExchange> ex_;
-  uint64_t ex_id_ = 0;
   int version_ = 11;
   bool keep_alive_ = true, streaming_ = false, chunked_ = false;
   bool response_done_ = false;  // the response's last bytes are queued
@@ -348,9 +343,9 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
 
 // ---- HttpExchange ----------------------------------------------------------------------------
 
-HttpExchange::HttpExchange(HttpRequest req, std::weak_ptr<HttpConnection> conn,
+HttpExchange::HttpExchange(uint64_t id, HttpRequest req, std::weak_ptr<HttpConnection> conn,
                            std::function<void(std::function<void()>)> post)
-    : req_(std::move(req)), conn_(std::move(conn)), post_(std::move(post)) {}
+    : id_(id), req_(std::move(req)), conn_(std::move(conn)), post_(std::move(post)) {}
 
 void HttpExchange::reply(HttpResponse r) {
   post_([c = conn_, id = id_, r = std::move(r)]() mutable {

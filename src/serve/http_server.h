@@ -55,6 +55,8 @@ struct HttpRequest {
   std::vector<std::pair<std::string, std::string>> fields;  // in order, names as sent
   std::string body;
   bool declares_body = false;  // Content-Length > 0 or chunked
+  // Set by HttpHandler::check_head (e.g. which API key authenticated it), carried to handle().
+  int principal = -1;
 
   // The first field of that name (ASCII case-insensitive), or "" when absent.
   std::string_view header(std::string_view name) const;
@@ -74,7 +76,9 @@ class HttpConnection;
 // Calls after the response ended, or after the client left, do nothing.
 class HttpExchange {
  public:
-  HttpExchange(HttpRequest req, std::weak_ptr<HttpConnection> conn, std::function<void(std::function<void()>)> post);
+  // id tells this exchange from the connection's earlier ones.
+  HttpExchange(uint64_t id, HttpRequest req, std::weak_ptr<HttpConnection> conn,
+               std::function<void(std::function<void()>)> post);
 
   const HttpRequest& request() const { return req_; }
 
@@ -95,8 +99,8 @@ class HttpExchange {
   friend class HttpConnection;
   void abort();  // I/O thread
 
+  const uint64_t id_;
   HttpRequest req_;
-  uint64_t id_ = 0;  // tells this exchange from the connection's earlier ones
   std::weak_ptr<HttpConnection> conn_;
   std::function<void(std::function<void()>)> post_;
   mutable std::mutex mu_;
@@ -109,7 +113,8 @@ class HttpHandler {
   virtual ~HttpHandler() = default;
   // After the header, before the body: a response to send instead (unknown route, wrong
   // method, authentication, shutting down), or nullopt to read the body and call handle().
-  virtual std::optional<HttpResponse> check_head(const HttpRequest& head) = 0;
+  // It may set head.principal for handle() to find in the request.
+  virtual std::optional<HttpResponse> check_head(HttpRequest& head) = 0;
   // The whole request, on the I/O thread: answer now or hand the exchange to another thread;
   // never block.
   virtual void handle(std::shared_ptr<HttpExchange> ex) = 0;

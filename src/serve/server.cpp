@@ -62,6 +62,13 @@ HttpResponse json_response(int status, std::string body) {
 
 HttpResponse error_reply(const ApiError& e) { return json_response(e.status, error_json(e)); }
 
+// One server-sent event carrying `data` (a JSON text), appended to out.
+void append_event(std::string& out, std::string_view data) {
+  out += "data: ";
+  out += data;
+  out += "\n\n";
+}
+
 // A message that may quote the request, fit for one log line: no control characters, not long.
 std::string loggable(std::string_view s) {
   std::string out(s.substr(0, 300));
@@ -214,11 +221,15 @@ Server::~Server() {
   workers_.reset();
 }
 
+HttpResponse Server::counted_error(const ApiError& e) {
+  requests_->inc(std::to_string(e.status));
+  return error_reply(e);
+}
+
 HttpResponse Server::error_response(int status, std::string_view message) {
   ApiError e = api_error(status, status >= 500 ? "server_error" : "invalid_request_error", std::string(message));
   if (status == 413) e.code = "request_too_large";
-  requests_->inc(std::to_string(status));
-  return error_reply(e);
+  return counted_error(e);
 }
 
 std::optional<int> Server::authenticate(const HttpRequest& r) const {
@@ -237,31 +248,28 @@ std::optional<int> Server::authenticate(const HttpRequest& r) const {
   return found;
 }
 
-std::optional<HttpResponse> Server::check_head(const HttpRequest& head) {
+std::optional<HttpResponse> Server::check_head(HttpRequest& head) {
   const Route* route = find_route(head.path);
-  if (route == nullptr) {
-    requests_->inc("404");
-    return error_reply(api_error(404, "invalid_request_error", fmt::format("no route {}", loggable(head.path)), "not_found"));
-  }
+  if (route == nullptr)
+    return counted_error(api_error(404, "invalid_request_error", fmt::format("no route {}", loggable(head.path)), "not_found"));
   if (head.method != route->method) {
-    requests_->inc("405");
-    HttpResponse r = error_reply(api_error(405, "invalid_request_error",
-                                           fmt::format("{} takes {}", route->path, route->method), "method_not_allowed"));
+    HttpResponse r = counted_error(api_error(405, "invalid_request_error",
+                                             fmt::format("{} takes {}", route->path, route->method), "method_not_allowed"));
     r.headers.emplace_back("Allow", std::string(route->method));
     return r;
   }
-  if (route->protected_path && !authenticate(head)) {
-    requests_->inc("401");
-    return error_reply(api_error(401, "invalid_request_error",
-                                 head.header("Authorization").empty()
-                                     ? "missing API key: send 'Authorization: Bearer KEY'"
-                                     : "incorrect API key provided",
-                                 "invalid_api_key"));
+  if (route->protected_path) {
+    const std::optional<int> key = authenticate(head);
+    if (!key)
+      return counted_error(api_error(401, "invalid_request_error",
+                                     head.header("Authorization").empty()
+                                         ? "missing API key: send 'Authorization: Bearer KEY'"
+                                         : "incorrect API key provided",
+                                     "invalid_api_key"));
+    head.principal = *key;  // the tenant, for prepare()
   }
-  if (route->method == "POST" && draining_) {
-    requests_->inc("503");
-    return error_reply(api_error(503, "server_error", "the server is shutting down", "shutting_down"));
-  }
+  if (route->method == "POST" && draining_)
+    return counted_error(api_error(503, "server_error", "the server is shutting down", "shutting_down"));
   return std::nullopt;
 }
 
@@ -292,9 +300,8 @@ void Server::handle(std::shared_ptr<HttpExchange> ex) {
 }
 
 void Server::fail(const std::shared_ptr<HttpExchange>& ex, const char* path, const ApiError& e) {
-  requests_->inc(std::to_string(e.status));
   if (opt_.log_requests) std::fprintf(stderr, "POST %s %d %s\n", path, e.status, loggable(e.message).c_str());
-  ex->reply(error_reply(e));
+  ex->reply(counted_error(e));
 }
 
 void Server::prepare(const std::shared_ptr<HttpExchange>& ex, Endpoint endpoint) {
@@ -315,25 +322,25 @@ void Server::prepare(const std::shared_ptr<HttpExchange>& ex, Endpoint endpoint)
 
   // The prompt as tokens; text that cannot fit is refused before it is tokenized (each token
   // stands for at most max_token_bytes_ bytes).
+  if (endpoint == Endpoint::ChatCompletions && !chat_)
+    return fail(ex, path, api_error(400, "invalid_request_error",
+                                    "this model has no chat template; use /v1/completions", {}, "messages"));
   std::vector<TokenId> prompt;
-  if (endpoint == Endpoint::Completions && req.prompt_is_tokens) {
+  if (!req.prompt_is_tokens) {
+    size_t text_bytes = req.prompt.size();  // completions; chat: its messages' text
+    for (const ChatMessage& m : req.messages) text_bytes += m.content.size();
+    const int64_t at_least = int64_t(text_bytes / max_token_bytes_);
+    if (at_least >= n_ctx) return fail(ex, path, too_long(at_least));
+  }
+  if (req.prompt_is_tokens) {  // completions only
     prompt.assign(req.prompt_tokens.begin(), req.prompt_tokens.end());
   } else if (endpoint == Endpoint::ChatCompletions) {
-    if (!chat_)
-      return fail(ex, path, api_error(400, "invalid_request_error",
-                                      "this model has no chat template; use /v1/completions", {}, "messages"));
-    size_t content_bytes = 0;
-    for (const ChatMessage& m : req.messages) content_bytes += m.content.size();
-    const int64_t at_least = int64_t(content_bytes / max_token_bytes_);
-    if (at_least >= n_ctx) return fail(ex, path, too_long(at_least));
     // Control tokens only where the template writes them, never from message text (unless
     // --parse-special): a message cannot forge a turn.
     Result<std::vector<TokenId>> ids = encode_chat(tok_, *chat_, req.messages, true, opt_.parse_special);
     if (!ids.ok()) return fail(ex, path, api_error(400, "invalid_request_error", ids.error().message, {}, prompt_param));
     prompt = std::move(*ids);
   } else {
-    const int64_t at_least = int64_t(req.prompt.size() / max_token_bytes_);
-    if (at_least >= n_ctx) return fail(ex, path, too_long(at_least));
     Result<std::vector<TokenId>> ids = tok_.try_encode(req.prompt, true);
     if (!ids.ok()) return fail(ex, path, api_error(400, "invalid_request_error", ids.error().message, {}, prompt_param));
     if (tok_.add_bos()) prompt.push_back(tok_.bos());
@@ -355,7 +362,7 @@ void Server::prepare(const std::shared_ptr<HttpExchange>& ex, Endpoint endpoint)
                                     "context_length_exceeded", "max_tokens"));
 
   // Tenant: the key's, for fair admission; the cache salt by scope.
-  const int key = *authenticate(ex->request());
+  const int key = ex->request().principal;  // check_head authenticated it
   const std::string tenant = key >= 0 ? opt_.api_keys[size_t(key)].tenant : std::string();
   GenRequest gen;
   gen.prompt = std::move(prompt);
@@ -425,6 +432,7 @@ void Server::start_job(const std::shared_ptr<Job>& job) {
     auto j = weak.lock();
     if (!j || j->done) return;
     j->stream->cancel();
+    requests_->inc("disconnected");
     finish(*j, "disconnected");
   });
   if (job->req.stream) job->ex->begin_stream(200, "text/event-stream");
@@ -440,17 +448,21 @@ void Server::drain(const std::shared_ptr<Job>& jp) {
   } catch (const std::exception& e) {
     // Logged, never shown to the client; the request ends like an engine error.
     std::fprintf(stderr, "error: %s: %s\n", job.path, loggable(e.what()).c_str());
-    job.stream->cancel();
-    const ApiError err = api_error(500, "server_error", "internal error");
-    if (job.req.stream) {
-      job.ex->send("data: " + error_json(err) + "\n\n");
-      job.ex->end();
-    } else {
-      job.ex->reply(error_reply(err));
-    }
-    requests_->inc("500");
-    finish(job, "500 (internal error)");
+    end_with_error(job, {}, api_error(500, "server_error", "internal error"), "500 (internal error)");
   }
+}
+
+void Server::end_with_error(Job& job, std::string out, const ApiError& e, const char* outcome) {
+  job.stream->cancel();  // the other choices, if any
+  if (job.req.stream) {
+    append_event(out, error_json(e));
+    job.ex->send(std::move(out));
+    job.ex->end();
+    requests_->inc(std::to_string(e.status));
+  } else {
+    job.ex->reply(counted_error(e));
+  }
+  finish(job, outcome);
 }
 
 void Server::drain_events(Job& job) {
@@ -468,9 +480,7 @@ void Server::drain_events(Job& job) {
   auto emit_chunk = [&](const Choice& c, int32_t index) {
     const bool first = !job.role_sent[size_t(index)];
     job.role_sent[size_t(index)] = true;
-    out += "data: ";
-    out += chunk_json(job.endpoint, job.req.model, job.id, job.created, c, first);
-    out += "\n\n";
+    append_event(out, chunk_json(job.endpoint, job.req.model, job.id, job.created, c, first));
   };
   std::optional<ApiError> failed;  // the generation ended in an error or was cancelled by the server
   for (RequestStream::Event& e : job.events) {
@@ -518,32 +528,16 @@ void Server::drain_events(Job& job) {
       emit_chunk(c, e.choice);
     }
   }
-  if (failed) {
-    job.stream->cancel();  // the other choices, if any
-    if (streaming) {
-      out += "data: ";
-      out += error_json(*failed);
-      out += "\n\n";
-      job.ex->send(std::move(out));
-      job.ex->end();
-    } else {
-      job.ex->reply(error_reply(*failed));
-    }
-    requests_->inc(std::to_string(failed->status));
-    return finish(job, failed->status == 503 ? "503 (shut down)" : "500 (engine error)");
-  }
+  if (failed)
+    return end_with_error(job, std::move(out), *failed, failed->status == 503 ? "503 (shut down)" : "500 (engine error)");
   if (complete) {
     Usage u;
     u.prompt_tokens = job.stream->prompt_tokens();
     for (int64_t n : job.n_tokens) u.completion_tokens += n;
     u.cached_tokens = job.stream->cached_tokens();
     if (streaming) {
-      if (job.req.include_usage) {
-        out += "data: ";
-        out += usage_chunk_json(job.endpoint, job.req.model, job.id, job.created, u);
-        out += "\n\n";
-      }
-      out += "data: [DONE]\n\n";
+      if (job.req.include_usage) append_event(out, usage_chunk_json(job.endpoint, job.req.model, job.id, job.created, u));
+      append_event(out, "[DONE]");
     } else {
       job.ex->reply(json_response(200, completion_json(job.req, job.id, job.created, job.choices, u)));
     }
@@ -559,7 +553,6 @@ void Server::drain_events(Job& job) {
 
 void Server::finish(Job& job, const char* outcome) {
   job.done = true;
-  if (std::string_view(outcome) == "disconnected") requests_->inc("disconnected");
   if (opt_.log_requests) {
     int64_t completion = 0;
     for (int64_t n : job.n_tokens) completion += n;

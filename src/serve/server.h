@@ -97,17 +97,22 @@ class Server : private HttpHandler {
   struct Workers;
 
   // HttpHandler
-  std::optional<HttpResponse> check_head(const HttpRequest& head) override;
+  std::optional<HttpResponse> check_head(HttpRequest& head) override;
   void handle(std::shared_ptr<HttpExchange> ex) override;
   HttpResponse error_response(int status, std::string_view message) override;
 
   // The key's index in opt_.api_keys; -1 when keys are off; nullopt when the request is not
-  // authenticated.
+  // authenticated. check_head keeps it in the request's principal.
   std::optional<int> authenticate(const HttpRequest& r) const;
+  // An error answer, counted in requests_total by its status.
+  HttpResponse counted_error(const ApiError& e);
   void prepare(const std::shared_ptr<HttpExchange>& ex, Endpoint endpoint);  // on a worker
   void start_job(const std::shared_ptr<Job>& job);
   void drain(const std::shared_ptr<Job>& job);  // on the I/O thread
   void drain_events(Job& job);
+  // Ends a job's response with an error: a last SSE event after `out` (a stream), or the error
+  // status and body; the generation is cancelled.
+  void end_with_error(Job& job, std::string out, const ApiError& e, const char* outcome);
   void finish(Job& job, const char* outcome);
   void fail(const std::shared_ptr<HttpExchange>& ex, const char* path, const ApiError& e);
   std::string render_metrics();

@@ -24,7 +24,7 @@ namespace {
 
 class ToyHandler : public HttpHandler {
  public:
-  std::optional<HttpResponse> check_head(const HttpRequest& head) override {
+  std::optional<HttpResponse> check_head(HttpRequest& head) override {
     if (head.path == "/reject") return HttpResponse{401, "text/plain", "no", {}};
     return std::nullopt;
   }
