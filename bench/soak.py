@@ -171,11 +171,7 @@ def answer_of(resp: http.client.HTTPResponse, stream: bool) -> Answer:
         text = c["message"]["content"] if "message" in c else c["text"]
         return Answer(text, c["finish_reason"], choice_tokens(c), body["usage"]["completion_tokens"])
     text, finish, tokens = "", None, []
-    for raw in resp:
-        line = raw.decode("utf-8", "replace").strip()
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
+    for data in ha.sse_data(resp):
         if data == "[DONE]":
             resp.read()  # the end of the chunked body, so the connection can carry the next request
             return Answer(text, finish, tokens, None)
@@ -365,12 +361,7 @@ def metrics(host: str, port: int, key: str | None) -> dict[str, float]:
             return {}
     finally:
         c.close()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
+    return serve_fixture.parse_metrics(text)
 
 
 def pct(xs: list[float], q: float) -> float | None:

@@ -19,51 +19,19 @@ import argparse
 import concurrent.futures as cf
 import json
 import os
-import re
 import shlex
 import statistics
-import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import openai
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+import serve_fixture  # noqa: E402  (starting a server and reading /metrics, shared with the e2e tests)
+
 MODELS = Path(os.environ.get("PEREGRINE_MODELS", Path.home() / ".cache/peregrine/models"))
-
-
-def start(binary: Path, model: Path, args: list[str]) -> tuple[subprocess.Popen, int]:
-    cmd = [str(binary), "serve", "-m", str(model), "--port", "0", "-q", *args]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    for line in proc.stderr:
-        m = re.search(r"on http://[^:]+:(\d+)", line)
-        if m:
-            port = int(m.group(1))
-            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-            while time.monotonic() < deadline:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
-                    return proc, port
-                except OSError:
-                    time.sleep(0.1)
-        if time.monotonic() > deadline:
-            break
-    proc.kill()
-    raise SystemExit(f"error: server did not start: {shlex.join(cmd)}")
-
-
-def metrics(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            k, v = line.rsplit(" ", 1)
-            out[k] = float(v)
-    return out
 
 
 def one_round(port: int, model: Path, prompts: list[str], clients: int, max_tokens: int) -> tuple[float, list[str]]:
@@ -110,23 +78,24 @@ def main() -> int:
         acc = ""
         for _ in range(a.rounds):
             for mode in ("plain", "spec"):
-                proc, port = start(a.peregrine, a.model, base + (spec if mode == "spec" else []))
+                server = serve_fixture.start_server(a.peregrine, a.model, "-q", *base, *(spec if mode == "spec" else []),
+                                                    start_timeout=120)
+                port = server.port
                 try:
                     one_round(port, a.model, work[:clients], clients, 8)  # warm-up
-                    before = metrics(port)
+                    before = server.metrics()
                     rate, out = one_round(port, a.model, work, clients, a.max_tokens)
                     rates[mode].append(rate)
                     texts[mode] = out
                     if mode == "spec":
-                        m = metrics(port)
+                        m = server.metrics()
                         d = m["peregrine_spec_draft_tokens_total"] - before["peregrine_spec_draft_tokens_total"]
                         ok = m["peregrine_spec_accepted_tokens_total"] - before["peregrine_spec_accepted_tokens_total"]
                         steps = m["peregrine_spec_decode_steps_total"] - before["peregrine_spec_decode_steps_total"]
                         acc = (f"{100 * ok / d:.0f}% of {int(d)}" if d else "none drafted",
                                f"{m['peregrine_spec_mean_accepted_length']:.2f}")
                 finally:
-                    proc.terminate()
-                    proc.wait(timeout=60)
+                    server.stop()
         p, s = statistics.mean(rates["plain"]), statistics.mean(rates["spec"])
         same = "yes" if texts["plain"] == texts["spec"] else "NO"
         print(f"| {clients} | {p:.1f} | {s:.1f} | {s / p:.2f}x | {acc[0]} | {acc[1]} | {same} |", flush=True)

@@ -101,6 +101,14 @@ def chunked(body: bytes, size: int) -> bytes:
     return bytes(out + b"0\r\n\r\n")
 
 
+def sse_data(resp: Iterable[bytes]) -> Iterator[str]:
+    """The data of each server-sent event of a response read line by line (JSON text, or "[DONE]")."""
+    for raw in resp:
+        line = raw.decode("utf-8", "replace").strip()
+        if line.startswith("data:"):
+            yield line[5:].strip()
+
+
 def completion_body(opts: Opts, prompt: str = REFERENCE_PROMPT, max_tokens: int = REFERENCE_MAX_TOKENS,
                     **extra) -> bytes:
     return json.dumps({"model": opts.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,

@@ -40,14 +40,7 @@ class Server:
         if api_key:
             req.add_header("Authorization", f"Bearer {api_key}")
         with urllib.request.urlopen(req, timeout=10) as r:
-            text = r.read().decode()
-        out = {}
-        for line in text.splitlines():
-            if not line or line.startswith("#"):
-                continue
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-        return out
+            return parse_metrics(r.read().decode())
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -67,7 +60,17 @@ class Server:
         return self.proc.returncode
 
 
-def start_server(peregrine_bin: Path, model: Path, *extra: str) -> Server:
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text as {'name{labels}': value}."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def start_server(peregrine_bin: Path, model: Path, *extra: str, start_timeout: float = START_TIMEOUT) -> Server:
     cmd = [str(peregrine_bin), "serve", "-m", str(model), "--port", "0", *extra]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, errors="replace")
@@ -85,12 +88,12 @@ def start_server(peregrine_bin: Path, model: Path, *extra: str) -> Server:
         ready.set()
 
     threading.Thread(target=pump, daemon=True).start()
-    if not ready.wait(START_TIMEOUT) or not port_box:
+    if not ready.wait(start_timeout) or not port_box:
         proc.kill()
         proc.wait()
         raise AssertionError(f"server did not start: {' '.join(cmd)}\n{''.join(lines[-40:])}")
     server = Server(proc, port_box[0], lines)
-    deadline = time.monotonic() + START_TIMEOUT
+    deadline = time.monotonic() + start_timeout
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(server.base_url + "/health", timeout=5) as r:

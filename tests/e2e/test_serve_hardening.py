@@ -302,11 +302,7 @@ def test_sigterm_while_loading_exits(peregrine_bin, model_path):
 def read_stream(resp) -> tuple[list[dict], bool]:
     """The data events of an SSE response (JSON decoded) and whether it ended with [DONE]."""
     events, done = [], False
-    for raw in resp:
-        line = raw.decode("utf-8", "replace").strip()
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
+    for data in ha.sse_data(resp):
         if data == "[DONE]":
             done = True
             break
