@@ -138,8 +138,9 @@ void register_serve(CLI::App& app) {
         draining = std::thread([server] { server->shutdown(); });
       }
     });
-    // Leaving the callback by an error (fail() exits) is fine: the signal thread is then
-    // detached below or the process ends.
+    // An error while loading (fail() throws) unwinds through this guard, which stops and joins
+    // the signal thread. Once serving, it is joined explicitly below, before the server it may
+    // point to is destroyed.
     struct JoinSignals {
       std::atomic<bool>& done;
       std::thread& t;
