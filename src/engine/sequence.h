@@ -52,6 +52,9 @@ class TokenConstraint {
   virtual ~TokenConstraint() = default;
   // Sets logits of tokens that may not come next to -inf (row [n_vocab]).
   virtual void mask(float* logits, int64_t n_vocab) const = 0;
+  // The same set as a bitmask: bit t % 32 of words[t / 32] is set when token t may come next
+  // (words: [(n_vocab + 31) / 32]; the layout of xgrammar's and llguidance's token bitmasks).
+  virtual void allowed_tokens(uint32_t* words, int64_t n_vocab) const = 0;
   // The token was emitted; false if it was not allowed (the sequence then ends with an error).
   virtual bool advance(TokenId token) = 0;
   // Whether generation may end here (end-of-generation tokens are masked otherwise).
