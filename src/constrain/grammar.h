@@ -20,6 +20,16 @@ namespace peregrine::constrain {
 inline constexpr uint32_t kMaxCodePoint = 0x10FFFF;
 inline constexpr uint32_t kUnbounded = UINT32_MAX;  // Repeat::max without an upper bound
 
+// Bounds on hostile input. The text front ends (GBNF, regex) refuse text that exceeds them with
+// a positioned error, and validate() holds every Grammar to the same bounds (so to_gbnf() of a
+// valid grammar parses back, if its text is within kMaxGrammarTextBytes): recursion over an
+// expression stays within kMaxDepth frames, and a compiler that writes repeats out builds at
+// most kMaxExpandedSize nodes.
+inline constexpr size_t kMaxGrammarTextBytes = size_t(1) << 20;  // GBNF or regex source
+inline constexpr uint32_t kMaxDepth = 256;             // expression nesting (and parentheses)
+inline constexpr uint32_t kMaxRepeatCount = 10000;     // m and n in {m,n}
+inline constexpr uint64_t kMaxExpandedSize = 1 << 20;  // expanded_size() summed over all rules
+
 struct Expr {
   enum class Kind : uint8_t {
     Empty,    // matches the empty string
@@ -48,6 +58,16 @@ struct Expr {
   static Expr repeat(Expr item, uint32_t min, uint32_t max);
 };
 
+// The size of `e` with every repeat written out: a literal counts its bytes, a class, a
+// reference or the empty string 1, a sequence or alternation the sum of its items, and
+// x{m,n} n copies of x (m + 1 for x{m,}); never less than 1, saturating at UINT64_MAX.
+// Recursive: for expressions within kMaxDepth.
+uint64_t expanded_size(const Expr& e);
+// The same quantities for front ends that compute sizes while they build (kept in one place
+// so that they agree with validate()).
+uint64_t expanded_size_sum(uint64_t a, uint64_t b);
+uint64_t expanded_size_repeat(uint64_t item, uint32_t min, uint32_t max);
+
 struct Grammar {
   std::vector<std::string> names;  // [n_rules] rule names (unique)
   std::vector<Expr> rules;         // [n_rules] rule bodies
@@ -56,10 +76,18 @@ struct Grammar {
   // Index of the rule named `name`, adding an empty rule by that name when absent.
   uint32_t rule_id(const std::string& name);
   // Checks references and the root are in range and no rule is left-recursive (a rule
-  // that can reach itself without consuming a byte would make matching loop forever).
+  // that can reach itself without consuming a byte would make matching loop forever), and
+  // the bounds above: nesting depth, repeat counts (min <= max), the total expanded size;
+  // also that names are unique, literals valid UTF-8 and class ranges ordered code points.
   Status validate() const;
+  // The same; on an error about one rule, *bad_rule is that rule's index (else n_rules), so
+  // that a parser can say where the rule was defined.
+  Status validate(uint32_t* bad_rule) const;
   // The grammar in GBNF syntax (root rule first), for `--print-grammar` and debugging; parsing
-  // it back gives an equivalent grammar.
+  // it back gives an equivalent grammar. Requires a grammar that validate() accepts. Rule
+  // names are kept where llama.cpp would read them ([a-zA-Z0-9-]+, unique), else made so
+  // ('_' and other characters become '-', then "-2", "-3"... for clashes); the root is
+  // printed as "root".
   std::string to_gbnf() const;
 };
 
