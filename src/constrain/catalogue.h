@@ -35,6 +35,10 @@
 #include "engine/sequence.h"
 #include "tokenizer/tokenizer.h"
 
+namespace peregrine {
+class ThreadPool;
+}
+
 namespace peregrine::constrain {
 
 // Bounds on outside input (a --choices file, a request's guided_choice list).
@@ -47,12 +51,14 @@ struct CatalogueLimits {
 
 class Catalogue {
  public:
-  // Tokenizes every item and builds the flat trie. An error names the item (1-based index in
-  // `items`) for an empty item, invalid UTF-8, an item over max_item_bytes, or one the vocab
-  // cannot spell; and the count for too many items or bytes. Duplicates collapse into one.
+  // Tokenizes every item (on the pool's threads when one is given) and builds the flat trie.
+  // An error names the item (1-based index in `items`) for an empty item, invalid UTF-8, an
+  // item over max_item_bytes, or one the vocab cannot spell; and the count for too many
+  // items or bytes. Duplicates collapse into one.
   static Result<std::shared_ptr<const Catalogue>> build(std::span<const std::string> items,
                                                         const Tokenizer& tok,
-                                                        const CatalogueLimits& limits = {});
+                                                        const CatalogueLimits& limits = {},
+                                                        ThreadPool* pool = nullptr);
   // The same from token sequences (items already tokenized; tests and benchmarks). Every
   // sequence must be non-empty with ids in [0, n_vocab).
   static Result<std::shared_ptr<const Catalogue>> from_tokens(

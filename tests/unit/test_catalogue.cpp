@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "constrain/catalogue.h"
+#include "core/thread_pool.h"
 #include "gguf_builder.h"
 #include "real_model.h"
 #include "tokenizer/bpe_byte_level.h"
@@ -158,6 +159,19 @@ TEST(Catalogue, RandomWalksMatchTheOracle) {
     check_walks(*cat, items, Ids{998, 5, 999}, 300, seed);
     check_walks(*cat, items, Ids{}, 100, seed + 10);
   }
+}
+
+TEST(Catalogue, WideFanOutsMatchTheOracle) {
+  // Fan-outs of hundreds of tokens (more than one chunk of mask()'s gather and scatter),
+  // with end tokens among and beside them.
+  const int32_t n_vocab = 1000;
+  std::vector<Ids> seqs = random_sequences(6000, n_vocab, 3, 4);
+  for (int i = 0; i < 1500; ++i) seqs.push_back({0, TokenId(i * 7 % 997)});  // node "0" is wide
+  auto cat = Catalogue::from_tokens(seqs, n_vocab);
+  ASSERT_TRUE(cat.ok()) << cat.error().message;
+  EXPECT_GT((*cat)->next_tokens(Catalogue::kRoot).size(), 900u);
+  EXPECT_GT((*cat)->next_tokens((*cat)->first_child(Catalogue::kRoot)).size(), 256u);
+  check_walks(*cat, std::set<Ids>(seqs.begin(), seqs.end()), Ids{0, 1, 500, 999}, 200, 4);
 }
 
 TEST(Catalogue, EndTokensAtTheEdgesOfTheVocab) {
@@ -336,6 +350,40 @@ TEST(Catalogue, BadItemsAreRefusedByNumber) {
   auto cat = Catalogue::build(std::vector<std::string>{"red", "red", "red"}, *t.tok);
   ASSERT_TRUE(cat.ok());
   EXPECT_EQ((*cat)->n_items(), 1u);
+}
+
+// Two catalogues hold the same trie: node for node, the same tokens and terminal bits.
+void expect_same_trie(const Catalogue& a, const Catalogue& b) {
+  ASSERT_EQ(a.n_nodes(), b.n_nodes());
+  ASSERT_EQ(a.n_items(), b.n_items());
+  for (uint32_t n = 0; n < a.n_nodes(); ++n) {
+    ASSERT_TRUE(std::ranges::equal(a.next_tokens(n), b.next_tokens(n))) << n;
+    ASSERT_EQ(a.first_child(n), b.first_child(n)) << n;
+    ASSERT_EQ(a.terminal(n), b.terminal(n)) << n;
+  }
+}
+
+TEST(Catalogue, TokenizingOnAPoolBuildsTheSameTrie) {
+  static TinyTokenizer t;
+  std::mt19937 rng(9);
+  std::vector<std::string> items;
+  const char* parts[] = {"item", " red", "it", "em", "x", "-", "ed", " r"};
+  for (int i = 0; i < 20000; ++i) {  // several blocks of items
+    std::string s;
+    for (int k = 0, n = 1 + int(rng() % 5); k < n; ++k) s += parts[rng() % std::size(parts)];
+    items.push_back(s);
+  }
+  ThreadPool pool(3);
+  auto one = Catalogue::build(items, *t.tok);
+  auto many = Catalogue::build(items, *t.tok, {}, &pool);
+  ASSERT_TRUE(one.ok() && many.ok());
+  expect_same_trie(**one, **many);
+  // The error names the first item that cannot be spelled, whichever thread found it.
+  items[15000] = "caf\xC3\xA9";
+  items[9000] = "\xC3\xA9t\xC3\xA9";
+  auto e = Catalogue::build(items, *t.tok, {}, &pool);
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.error().message.find("item 9001 "), std::string::npos) << e.error().message;
 }
 
 TEST(Catalogue, DefaultLimitRefusesAMillionAndOne) {
