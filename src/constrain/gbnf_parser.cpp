@@ -392,9 +392,9 @@ class GbnfParser {
       case 'u': digits = 4; break;
       case 'U': digits = 8; break;
       default:
-        return fail(start, fmt::format("unknown escape '\\{}' (GBNF has \\n \\r \\t \\\\ \\\" "
+        return fail(start, fmt::format("unknown escape '{}' (GBNF has \\n \\r \\t \\\\ \\\" "
                                        "\\[ \\] \\- \\xHH \\uHHHH \\UHHHHHHHH)",
-                                       describe(pos_ - 1)));
+                                       src_.substr(start, 1 + utf8::next(src_, pos_ - 1).len)));
     }
     uint64_t v = 0;
     for (int i = 0; i < digits; ++i) {

@@ -19,11 +19,17 @@
 //   Repeat       items[0] k times, for some k with min <= k <= max (max may be kUnbounded)
 // A grammar with left recursion (which validate() refuses) throws std::logic_error instead of
 // looping.
+//
+// grammar_sample() makes random strings of a grammar (random derivations), the positive
+// examples for tests; it is not uniform and may give up on deeply recursive grammars.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <iterator>
 #include <map>
 #include <optional>
+#include <random>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -201,7 +207,91 @@ class Matcher {
   }
 };
 
+// Appends a random derivation of e to *out within `budget` steps; false when it ran out or
+// e matches nothing it can pick.
+inline bool sample_into(const Grammar& g, const Expr& e, std::mt19937_64& rng, int* budget,
+                        std::string* out) {
+  if (--*budget < 0) return false;
+  auto append_cp = [out](uint32_t cp) {
+    if (cp < 0x80) {
+      *out += char(cp);
+    } else if (cp < 0x800) {
+      *out += char(0xC0 | (cp >> 6));
+      *out += char(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+      *out += char(0xE0 | (cp >> 12));
+      *out += char(0x80 | ((cp >> 6) & 0x3F));
+      *out += char(0x80 | (cp & 0x3F));
+    } else {
+      *out += char(0xF0 | (cp >> 18));
+      *out += char(0x80 | ((cp >> 12) & 0x3F));
+      *out += char(0x80 | ((cp >> 6) & 0x3F));
+      *out += char(0x80 | (cp & 0x3F));
+    }
+  };
+  switch (e.kind) {
+    case Expr::Kind::Empty:
+      return true;
+    case Expr::Kind::Literal:
+      *out += e.text;
+      return true;
+    case Expr::Kind::Class: {
+      auto inside = [&](uint32_t cp) {
+        bool in = false;
+        for (const auto& [lo, hi] : e.ranges) in = in || (lo <= cp && cp <= hi);
+        return in != e.negated && !(cp >= 0xD800 && cp <= 0xDFFF);
+      };
+      // A few tries inside the ranges (or, negated, among characters of every UTF-8 length).
+      static constexpr uint32_t kProbe[] = {'a', 'Z', '0', ' ', '\n', '"', '\\', '-',
+                                            0x00, 0x7F, 0xE9, 0x20AC, 0x1F600, 0x10FFFF};
+      for (int t = 0; t < 16; ++t) {
+        uint32_t cp;
+        if (!e.negated && !e.ranges.empty()) {
+          const auto& [lo, hi] = e.ranges[rng() % e.ranges.size()];
+          cp = lo + uint32_t(rng() % (uint64_t(hi) - lo + 1));
+        } else {
+          cp = kProbe[rng() % std::size(kProbe)];
+        }
+        if (inside(cp)) {
+          append_cp(cp);
+          return true;
+        }
+      }
+      return false;
+    }
+    case Expr::Kind::Ref:
+      return sample_into(g, g.rules.at(e.rule), rng, budget, out);
+    case Expr::Kind::Seq:
+      for (const Expr& x : e.items)
+        if (!sample_into(g, x, rng, budget, out)) return false;
+      return true;
+    case Expr::Kind::Alt:
+      if (e.items.empty()) return false;
+      return sample_into(g, e.items[rng() % e.items.size()], rng, budget, out);
+    case Expr::Kind::Repeat: {
+      const uint64_t hi = std::min<uint64_t>(e.max, uint64_t(e.min) + 3);
+      const uint64_t k = e.min + rng() % (hi - e.min + 1);
+      for (uint64_t i = 0; i < k; ++i)
+        if (!sample_into(g, e.items.at(0), rng, budget, out)) return false;
+      return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace oracle_detail
+
+// A random string of the grammar's root, or nullopt after `tries` derivations that ran out
+// of `budget` steps or met a part that matches nothing.
+inline std::optional<std::string> grammar_sample(const Grammar& g, std::mt19937_64& rng,
+                                                 int budget = 200, int tries = 20) {
+  for (int t = 0; t < tries; ++t) {
+    std::string s;
+    int left = budget;
+    if (oracle_detail::sample_into(g, g.rules.at(g.root), rng, &left, &s)) return s;
+  }
+  return std::nullopt;
+}
 
 // Whether the whole of `utf8_text` matches the grammar's root rule.
 inline bool grammar_matches(const Grammar& g, std::string_view utf8_text) {
