@@ -236,13 +236,13 @@ Result<std::vector<std::string>> Catalogue::read_lines(const std::string& path,
     }
     data.append(buf, got);
   }
-  const bool failed = std::ferror(f) != 0;
+  const int read_errno = std::ferror(f) != 0 ? errno : 0;
   std::fclose(f);
   if (too_big) {
     return make_error("{}: more than {} bytes; a catalogue file may hold at most that", path,
                       limits.max_file_bytes);
   }
-  if (failed) return make_error("{}: read error", path);
+  if (read_errno != 0) return make_error("{}: cannot read: {}", path, std::strerror(read_errno));
 
   std::vector<std::string> lines;
   size_t line_no = 0;

@@ -432,6 +432,10 @@ TEST_F(CatalogueFile, BadFilesAreRefused) {
   r = Catalogue::read_lines(write("ab\r\nabc\n"), lim);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().message, path_ + ":2: the item is 3 bytes; at most 2 allowed");
+  r = Catalogue::read_lines(std::filesystem::temp_directory_path().string());  // a directory
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find(": cannot read: Is a directory"), std::string::npos)
+      << r.error().message;
   r = Catalogue::read_lines(path_ + ".absent");
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().message, path_ + ".absent: cannot open: No such file or directory");
