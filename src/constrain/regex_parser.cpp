@@ -350,8 +350,8 @@ class RegexParser {
     if (at('>')) return fail(open, "atomic groups '(?>...)' are not supported");
     if (at('(')) return fail(open, "conditionals '(?(...)...)' are not supported");
     if (looking_at("P>")) return fail(open, "'(?P>' is not supported");
-    return fail(open, fmt::format("inline flags or group syntax '(?{}' are not supported",
-                                  at_end() ? std::string() : describe(pos_)));
+    const std::string_view next = at_end() ? "" : src_.substr(pos_, utf8::next(src_, pos_).len);
+    return fail(open, fmt::format("inline flags or group syntax '(?{}' are not supported", next));
   }
 
   // ---- escapes and classes ----
