@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   t::register_quantize_row(app);
   t::register_bench(app);
   t::register_serve(app);
+  t::register_masks(app);
 
   std::string commands;
   for (const CLI::App* sub : app.get_subcommands({}))

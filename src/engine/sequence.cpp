@@ -21,7 +21,9 @@ TokenText TokenText::of(const Tokenizer& tok) {
 }
 
 SequenceState::SequenceState(const SequenceOptions& opt, const TokenText& text, int64_t n_vocab)
-    : opt_(opt), text_(text), n_vocab_(n_vocab), sampler_(opt.sampling), stop_(opt.stop) {}
+    : opt_(opt), text_(text), n_vocab_(n_vocab), sampler_(opt.sampling), stop_(opt.stop) {
+  if (opt_.constraint) constraint_ = opt_.constraint();
+}
 
 void SequenceState::set_prompt(std::span<const TokenId> prompt) {
   // Room for the whole output when its length is bounded: no reallocation per token.
@@ -39,8 +41,7 @@ const float* SequenceState::constrained(const float* row) {
   return masked_.data();
 }
 
-TokenId SequenceState::choose(const float* row, TokenId draft, const TokenDist* q) {
-  const float* r = constrained(row);
+TokenId SequenceState::choose(const float* r, TokenId draft, const TokenDist* q) {
   if (q == nullptr || draft < 0 || draft >= n_vocab_ || opt_.sampling.temperature <= 0.0f)
     return sampler_.sample(r, n_vocab_);
   // Speculative sampling (Leviathan et al. 2023; Chen et al. 2023): the draft token d was
@@ -121,7 +122,7 @@ SequenceState::StepResult SequenceState::step(const float* rows, int64_t n_rows,
   StepResult res;
   if (room <= 0) return finish(FinishReason::Length);
   for (int64_t i = 0; i < n_rows; ++i) {
-    const float* row = rows + i * n_vocab_;
+    const float* row = constrained(rows + i * n_vocab_);
     const bool drafted = size_t(i) < draft.size();
     const TokenId d = drafted ? draft[size_t(i)] : -1;
     const TokenId tok = choose(row, d, drafted && !draft_dists.empty() ? &draft_dists[size_t(i)] : nullptr);

@@ -67,6 +67,9 @@ struct SequenceOptions {
   std::vector<std::string> stop;  // stop strings, never emitted
   int32_t top_logprobs = -1;   // -1: no logprobs; k >= 0: the chosen token's and the top k
   bool ignore_eos = false;     // end-of-generation tokens are ordinary tokens (benchmarks)
+  // Makes each sequence's constraint (a grammar, a catalogue; empty: none). A factory, so that
+  // every choice of a request (n > 1) gets its own matcher.
+  std::function<std::unique_ptr<TokenConstraint>()> constraint;
 };
 
 class SequenceState {
@@ -116,11 +119,12 @@ class SequenceState {
   enum class Took { Token, TokenAndEnd, End };
   // The row with the constraint's mask applied (the row itself without a constraint).
   const float* constrained(const float* row);
-  // The token a row yields: a sample, or with a draft token drawn from q the speculative
-  // sampling decision (the draft token or a residual draw).
+  // The token a (constrained) row yields: a sample, or with a draft token drawn from q the
+  // speculative sampling decision (the draft token or a residual draw).
   TokenId choose(const float* row, TokenId draft, const TokenDist* q);
   // Appends the token (Token, or TokenAndEnd when it ends the sequence) or ends the sequence
-  // without one (End: end of generation); res is filled when it ends.
+  // without one (End: end of generation); res is filled when it ends. Logprobs come from
+  // `row`, the constrained distribution.
   Took emit(TokenId tok, const float* row, std::vector<Emitted>& out, StepResult& res);
   // Ends the sequence inside a step: res keeps its counts and takes finish()'s reason and tail.
   void end_step(StepResult& res, FinishReason reason);

@@ -10,6 +10,7 @@
 #include "tokenizer/chat_template.h"
 #include "tools/commands.h"
 #include "tools/common.h"
+#include "tools/constraint_flags.h"
 #include "tools/generate_io.h"
 
 namespace peregrine::tools {
@@ -21,6 +22,7 @@ void register_chat(CLI::App& app) {
     std::string system;
     int64_t n_predict = 512;
     bool parse_special = false;
+    ConstraintFlags constraint;
   };
   auto o = std::make_shared<Opts>();
   CLI::App* cmd = app.add_subcommand("chat", "Interactive chat (/reset clears, Ctrl-D leaves)");
@@ -37,6 +39,7 @@ void register_chat(CLI::App& app) {
   add_model_options(cmd, o->model);
   add_spec_options(cmd, o->model);
   add_generation_options(cmd, o->gen);
+  add_constraint_options(cmd, o->constraint);
   cmd->callback([o] {
     check(o->gen.sampling.validate());
     auto session = open_session(o->model);
@@ -52,6 +55,7 @@ void register_chat(CLI::App& app) {
     reset();
     SequenceOptions gen = o->gen;
     gen.max_tokens = o->n_predict;
+    apply_constraint(o->constraint, *session, gen);
     if (interactive)
       std::fprintf(stderr, "chatting with %s (/reset to start over, Ctrl-D to leave)\n",
                    session->file().name().c_str());

@@ -5,6 +5,7 @@
 #include "tokenizer/chat_template.h"
 #include "tools/commands.h"
 #include "tools/common.h"
+#include "tools/constraint_flags.h"
 #include "tools/generate_io.h"
 
 namespace peregrine::tools {
@@ -17,6 +18,7 @@ void register_run(CLI::App& app) {
     std::string system;
     int64_t n_predict = 128;
     bool chat = false;
+    ConstraintFlags constraint;
   };
   auto o = std::make_shared<Opts>();
   CLI::App* cmd = app.add_subcommand("run", "Generate text from a prompt");
@@ -29,6 +31,7 @@ void register_run(CLI::App& app) {
   add_model_options(cmd, o->model);
   add_spec_options(cmd, o->model);
   add_generation_options(cmd, o->gen);
+  add_constraint_options(cmd, o->constraint);
   cmd->callback([o] {
     check(o->gen.sampling.validate());
     auto session = open_session(o->model);
@@ -50,6 +53,7 @@ void register_run(CLI::App& app) {
                        prompt.size(), session->n_ctx()));
     SequenceOptions gen = o->gen;
     gen.max_tokens = o->n_predict;
+    apply_constraint(o->constraint, *session, gen);
     SequenceState seq(gen, session->token_text(), session->model().hparams().n_vocab);
     GenerateStats st = check(session->generate(prompt, seq, [](const SequenceState::Emitted& e) {
       std::fwrite(e.text.data(), 1, e.text.size(), stdout);

@@ -16,5 +16,6 @@ void register_dequant(CLI::App& app);
 void register_quantize_row(CLI::App& app);  // hidden test hook
 void register_bench(CLI::App& app);
 void register_serve(CLI::App& app);
+void register_masks(CLI::App& app);  // constraint engine alone (oracles, benchmarks)
 
 }  // namespace peregrine::tools
