@@ -46,9 +46,10 @@ class ByteAutomaton {
   int32_t n_states() const { return int32_t(accepting_.size()); }
   int32_t root_start() const { return root_start_; }
   // The state after `byte` from s, or -1 (no transition).
-  int32_t next(int32_t s, uint8_t byte) const {
-    return next_[size_t(s) * size_t(n_classes_) + class_of_[byte]];
-  }
+  int32_t next(int32_t s, uint8_t byte) const { return next_class(s, class_of_[byte]); }
+  // The same by byte class (bytes of one class always lead to the same state).
+  int32_t next_class(int32_t s, uint8_t cls) const { return next_[size_t(s) * size_t(n_classes_) + cls]; }
+  uint8_t class_of(uint8_t byte) const { return class_of_[byte]; }
   bool accepting(int32_t s) const { return accepting_[size_t(s)] != 0; }
   std::span<const RuleCall> calls(int32_t s) const {
     return {calls_.data() + call_begin_[size_t(s)], calls_.data() + call_begin_[size_t(s) + 1]};

@@ -31,7 +31,7 @@ bool GrammarConstraint::reads(Config c, std::string_view bytes) const {
   ConfigSet* from = &a_;
   ConfigSet* to = &b_;
   for (unsigned char byte : bytes) {
-    from->advance(a, arena_, byte, *to);
+    from->advance(a, arena_, a.class_of(byte), *to);
     if (to->empty() || to->overflow()) return false;
     std::swap(from, to);
   }
@@ -55,9 +55,12 @@ void GrammarConstraint::allowed_tokens(uint32_t* words, int64_t n_vocab) const {
   for (const Config& c : cur_.configs())
     if (std::find(states_.begin(), states_.end(), c.state) == states_.end()) states_.push_back(c.state);
   for (int32_t s : states_) g_->masks.add_accepted(s, w, scratch_.data());
+  // Uncertain tokens return past the configuration's frame after some bytes: there must be a
+  // frame beneath (the root rule's configurations have none, so theirs are all refused).
   for (const Config& c : cur_.configs())
-    for (int32_t t : g_->masks.uncertain(c.state))
-      if (!(w[t >> 5] >> (t & 31) & 1) && reads(c, v.bytes(t))) w[t >> 5] |= 1u << (t & 31);
+    if (c.parent != kNoFrame)
+      for (int32_t t : g_->masks.uncertain(c.state))
+        if (!(w[t >> 5] >> (t & 31) & 1) && reads(c, v.bytes(t))) w[t >> 5] |= 1u << (t & 31);
   if (cur_.can_end())
     for (int32_t t : v.end_of_generation()) w[t >> 5] |= 1u << (t & 31);
   if (w != words) {
@@ -94,7 +97,7 @@ bool GrammarConstraint::advance(TokenId token) {
   ConfigSet* from = &cur_;
   ConfigSet* to = &a_;
   for (unsigned char byte : bytes) {
-    from->advance(a, arena_, byte, *to);
+    from->advance(a, arena_, a.class_of(byte), *to);
     if (to->empty() || to->overflow()) return false;
     from = to;
     to = to == &a_ ? &b_ : &a_;

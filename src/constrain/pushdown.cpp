@@ -45,10 +45,10 @@ void ConfigSet::add_closed(const ByteAutomaton& a, StackArena& arena, Config c) 
   }
 }
 
-void ConfigSet::advance(const ByteAutomaton& a, StackArena& arena, uint8_t byte, ConfigSet& out) const {
+void ConfigSet::advance(const ByteAutomaton& a, StackArena& arena, uint8_t cls, ConfigSet& out) const {
   out.clear();
   for (const Config& c : items_) {
-    const int32_t t = a.next(c.state, byte);
+    const int32_t t = a.next_class(c.state, cls);
     if (t >= 0) out.add_closed(a, arena, {t, c.parent});
   }
   out.overflow_ = out.overflow_ || overflow_;

@@ -65,8 +65,9 @@ class ConfigSet {
 
   // Adds c and everything its calls and returns reach.
   void add_closed(const ByteAutomaton& a, StackArena& arena, Config c);
-  // This set's configurations after one more byte, closed (out is cleared first).
-  void advance(const ByteAutomaton& a, StackArena& arena, uint8_t byte, ConfigSet& out) const;
+  // This set's configurations after one more byte of class `cls` (ByteAutomaton::class_of),
+  // closed (out is cleared first).
+  void advance(const ByteAutomaton& a, StackArena& arena, uint8_t cls, ConfigSet& out) const;
 
  private:
   bool insert(Config c);

@@ -6,8 +6,8 @@
 // (Dong et al., 2024): at run time a step ORs the precomputed sets of the live states and
 // walks only the uncertain tokens.
 //
-// Each state's sets come from one depth-first walk of the vocabulary's byte trie carrying
-// the configuration set per depth; a prefix that no configuration can read skips its whole
+// Each state's sets come from one depth-first walk of a trie of the tokens' byte-class
+// strings carrying the configuration set per depth; a prefix that no configuration can read skips its whole
 // subtree, and a prefix read only by returning past the frame makes its whole subtree
 // uncertain. A set is stored as a bitmask, a list of ids or the list of ids it lacks,
 // whichever is smallest.

@@ -39,37 +39,47 @@ std::shared_ptr<const TokenVocab> TokenVocab::from_bytes(std::vector<std::string
     v->max_len_ = std::max(v->max_len_, b.size());
     text.push_back(t);
   }
-  std::sort(text.begin(), text.end(),
-            [&](int32_t a, int32_t b) { return v->bytes_[size_t(a)] < v->bytes_[size_t(b)]; });
+  std::vector<std::pair<std::string, int32_t>> entries;
+  entries.reserve(text.size());
+  for (int32_t t : text) entries.emplace_back(v->bytes_[size_t(t)], t);
+  v->trie_ = TokenTrie::build(std::move(entries));
+  return v;
+}
 
+TokenTrie TokenTrie::build(std::vector<std::pair<std::string, int32_t>> entries) {
+  TokenTrie tr;
+  std::sort(entries.begin(), entries.end());
   // Depth-first layout from the sorted strings: keep the path of open nodes; a string leaves
   // the nodes past its common prefix with the previous one (closing their subtrees) and
-  // opens one node per further byte.
+  // opens one node per further byte. Ids come out in node order.
   std::vector<int32_t> path;  // path[d] = node at depth d + 1
   std::string_view prev;
-  std::vector<std::pair<int32_t, int32_t>> ends;  // (node, token), nodes in increasing order
-  for (int32_t t : text) {
-    const std::string_view s = v->bytes_[size_t(t)];
+  std::vector<int32_t> end_node;  // [entries] the node each string ends at
+  end_node.reserve(entries.size());
+  for (const auto& [str, id] : entries) {
+    const std::string_view s = str;
+    PG_ASSERT(!s.empty() && s.size() <= 65535);
     size_t common = 0;
     while (common < s.size() && common < prev.size() && s[common] == prev[common]) ++common;
     while (path.size() > common) {
-      v->nodes_[size_t(path.back())].subtree_end = int32_t(v->nodes_.size());
+      tr.nodes_[size_t(path.back())].subtree_end = int32_t(tr.nodes_.size());
       path.pop_back();
     }
     for (size_t d = common; d < s.size(); ++d) {
-      path.push_back(int32_t(v->nodes_.size()));
-      v->nodes_.push_back({0, uint16_t(d + 1), uint8_t(s[d])});
+      path.push_back(int32_t(tr.nodes_.size()));
+      tr.nodes_.push_back({0, uint16_t(d + 1), uint8_t(s[d])});
     }
-    ends.emplace_back(path.back(), t);
+    end_node.push_back(path.back());
+    tr.max_depth_ = std::max(tr.max_depth_, s.size());
     prev = s;
   }
-  for (int32_t n : path) v->nodes_[size_t(n)].subtree_end = int32_t(v->nodes_.size());
-  v->tok_begin_.assign(v->nodes_.size() + 1, 0);
-  for (auto [n, t] : ends) ++v->tok_begin_[size_t(n) + 1];
-  for (size_t i = 0; i < v->nodes_.size(); ++i) v->tok_begin_[i + 1] += v->tok_begin_[i];
-  v->node_tokens_.resize(ends.size());
-  for (size_t i = 0; i < ends.size(); ++i) v->node_tokens_[i] = ends[i].second;  // already in node order
-  return v;
+  for (int32_t n : path) tr.nodes_[size_t(n)].subtree_end = int32_t(tr.nodes_.size());
+  tr.begin_.assign(tr.nodes_.size() + 1, 0);
+  for (int32_t n : end_node) ++tr.begin_[size_t(n) + 1];
+  for (size_t i = 0; i < tr.nodes_.size(); ++i) tr.begin_[i + 1] += tr.begin_[i];
+  tr.ids_.reserve(entries.size());
+  for (const auto& e : entries) tr.ids_.push_back(e.second);
+  return tr;
 }
 
 std::string_view TokenVocab::bytes(int32_t token) const {
@@ -78,7 +88,7 @@ std::string_view TokenVocab::bytes(int32_t token) const {
 }
 
 size_t TokenVocab::memory_bytes() const {
-  size_t b = nodes_.size() * sizeof(Node) + tok_begin_.size() * 4 + node_tokens_.size() * 4;
+  size_t b = trie_.memory_bytes();
   for (const std::string& s : bytes_) b += s.capacity() + sizeof(std::string);
   return b;
 }

@@ -1,7 +1,6 @@
 // TokenVocab: what constrained decoding needs to know about a tokenizer's tokens — the bytes
 // each stands for, which never appear inside constrained text, which end generation — and a
-// byte trie of the tokens laid out in depth-first order, so a walk can skip a whole subtree
-// (every token that starts with a rejected prefix) by jumping to its end index.
+// trie of the text tokens' bytes.
 //
 // Never allowed inside constrained text: control, unknown and unused tokens and tokens with
 // no bytes. End-of-generation tokens are allowed only where the constraint is complete.
@@ -18,6 +17,39 @@
 
 namespace peregrine::constrain {
 
+// Strings with ids (several ids may share a string) in a trie laid out depth-first: one node
+// per distinct non-empty prefix, children by byte; the root (the empty prefix) is not
+// stored. Node i's subtree is [i, subtree_end), so a walk skips every string that starts with
+// a rejected prefix by jumping there.
+class TokenTrie {
+ public:
+  struct Node {
+    int32_t subtree_end;
+    uint16_t depth;  // bytes from the root: 1 for a first byte
+    uint8_t byte;
+  };
+  // Strings must be non-empty and at most 65535 bytes.
+  static TokenTrie build(std::vector<std::pair<std::string, int32_t>> entries);
+
+  const std::vector<Node>& nodes() const { return nodes_; }
+  // Ids whose string is exactly node i's prefix.
+  std::span<const int32_t> tokens_at(size_t node) const {
+    return {ids_.data() + begin_[node], ids_.data() + begin_[node + 1]};
+  }
+  // Ids within node i's subtree.
+  std::span<const int32_t> tokens_in_subtree(size_t node) const {
+    return {ids_.data() + begin_[node], ids_.data() + begin_[size_t(nodes_[node].subtree_end)]};
+  }
+  size_t max_depth() const { return max_depth_; }
+  size_t memory_bytes() const { return nodes_.size() * sizeof(Node) + begin_.size() * 4 + ids_.size() * 4; }
+
+ private:
+  std::vector<Node> nodes_;
+  std::vector<uint32_t> begin_;  // [n_nodes + 1] offsets into ids_
+  std::vector<int32_t> ids_;
+  size_t max_depth_ = 0;
+};
+
 class TokenVocab {
  public:
   // n_rows: the width of a logits row (at least the tokenizer's vocabulary; ids past the
@@ -26,30 +58,13 @@ class TokenVocab {
   // From each id's bytes directly (empty: never allowed) and the end-of-generation ids.
   static std::shared_ptr<const TokenVocab> from_bytes(std::vector<std::string> bytes, std::vector<int32_t> eog);
 
-  // One trie node per distinct byte prefix of a token, in depth-first order (children by
-  // byte); the root (the empty prefix) is not stored. Node i's subtree is [i, subtree_end).
-  struct Node {
-    int32_t subtree_end;
-    uint16_t depth;  // bytes from the root: 1 for a first byte
-    uint8_t byte;
-  };
-
   int64_t n_rows() const { return n_rows_; }
   int64_t n_words() const { return (n_rows_ + 31) / 32; }  // bitmask words
   std::string_view bytes(int32_t token) const;            // empty for never-allowed tokens
   bool is_text(int32_t token) const { return !bytes(token).empty(); }
   std::span<const int32_t> end_of_generation() const { return eog_; }
   std::span<const int32_t> never() const { return never_; }
-  const std::vector<Node>& nodes() const { return nodes_; }
-  // Tokens whose bytes are exactly node i's prefix.
-  std::span<const int32_t> tokens_at(size_t node) const {
-    return {node_tokens_.data() + tok_begin_[node], node_tokens_.data() + tok_begin_[node + 1]};
-  }
-  // Tokens within node i's subtree: node_tokens_[tok_begin_[i] .. tok_begin_[subtree_end]).
-  std::span<const int32_t> tokens_in_subtree(size_t node) const {
-    return {node_tokens_.data() + tok_begin_[node],
-            node_tokens_.data() + tok_begin_[size_t(nodes_[node].subtree_end)]};
-  }
+  const TokenTrie& trie() const { return trie_; }  // the text tokens by their bytes
   size_t max_token_bytes() const { return max_len_; }
   size_t memory_bytes() const;
 
@@ -57,9 +72,7 @@ class TokenVocab {
   int64_t n_rows_ = 0;
   std::vector<std::string> bytes_;   // [n_rows] empty for never-allowed tokens
   std::vector<int32_t> eog_, never_;
-  std::vector<Node> nodes_;
-  std::vector<uint32_t> tok_begin_;  // [n_nodes + 1] offsets into node_tokens_
-  std::vector<int32_t> node_tokens_;
+  TokenTrie trie_;
   size_t max_len_ = 0;
 };
 

@@ -32,7 +32,8 @@
 namespace peregrine::tools {
 namespace {
 
-using nlohmann::json;
+// ordered: a schema's properties keep their order (the order the grammar writes them in).
+using json = nlohmann::ordered_json;
 using constrain::ConstraintSpec;
 
 std::string base64(const uint32_t* words, size_t n) {
