@@ -30,6 +30,11 @@ bool is_name_char(char c) {
 
 bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
+// A rule name (ASCII) for a message, cut at 64 characters.
+std::string short_name(const std::string& name) {
+  return name.size() <= 64 ? name : name.substr(0, 64) + "...";
+}
+
 int hex_value(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -58,7 +63,7 @@ class GbnfParser {
         undefined = r;
     if (undefined != kNone)
       return fail(used_at_[undefined], fmt::format("rule '{}' is used but never defined",
-                                                    g_.names[undefined]));
+                                                    short_name(g_.names[undefined])));
     const auto root = ids_.find("root");
     if (root == ids_.end() || defined_at_[root->second] == kNone)
       return make_error("gbnf: no rule named 'root' (the rule the whole output must match)");
@@ -187,21 +192,21 @@ class GbnfParser {
     if (name.empty()) return fail(pos_, "expected a rule name, found " + describe(pos_));
     skip_space(false);
     if (src_.substr(pos_, 3) != "::=")
-      return fail(pos_, fmt::format("expected '::=' after rule name '{}', found {}", name,
-                                    describe(pos_)));
+      return fail(pos_, fmt::format("expected '::=' after rule name '{}', found {}",
+                                    short_name(name), describe(pos_)));
     pos_ += 3;
     skip_space(true);
     const uint32_t id = intern(name);
     if (defined_at_[id] != kNone)
-      return fail(start, fmt::format("rule '{}' is defined twice (first at line {})", name,
-                                     line_col(defined_at_[id])));
+      return fail(start, fmt::format("rule '{}' is defined twice (first at line {})",
+                                     short_name(name), line_col(defined_at_[id])));
     defined_at_[id] = start;
     PG_ASSIGN(Node body, parse_alternatives(false));
     total_size_ = expanded_size_sum(total_size_, body.size);
     if (total_size_ > kMaxExpandedSize)
       return fail(start, fmt::format("the grammar expands to more than {} elements when "
                                      "repeats are written out (at rule '{}')",
-                                     kMaxExpandedSize, name));
+                                     kMaxExpandedSize, short_name(name)));
     g_.rules[id] = std::move(body.e);
     if (at_newline()) {
       if (at('\r')) ++pos_;
@@ -392,9 +397,10 @@ class GbnfParser {
       case 'u': digits = 4; break;
       case 'U': digits = 8; break;
       default:
-        return fail(start, fmt::format("unknown escape '{}' (GBNF has \\n \\r \\t \\\\ \\\" "
+        return fail(start, fmt::format("unknown escape {} (GBNF has \\n \\r \\t \\\\ \\\" "
                                        "\\[ \\] \\- \\xHH \\uHHHH \\UHHHHHHHH)",
-                                       src_.substr(start, 1 + utf8::next(src_, pos_ - 1).len)));
+                                       c > 0x20 && c < 0x7F ? fmt::format("'\\{}'", c)
+                                                            : "'\\' before " + describe(pos_ - 1)));
     }
     uint64_t v = 0;
     for (int i = 0; i < digits; ++i) {

@@ -94,9 +94,19 @@ namespace {
 
 std::string hex_cp(uint32_t cp) { return fmt::format("U+{:04X}", cp); }
 
+// A rule name for a message: at most 64 bytes (cut at a character boundary), so that a hostile
+// name cannot make an error message huge.
+std::string short_name(const std::string& name) {
+  if (name.size() <= 64) return name;
+  size_t cut = 64;
+  while (cut > 0 && (uint8_t(name[cut]) & 0xC0) == 0x80) --cut;
+  return name.substr(0, cut) + "...";
+}
+
 // Checks one rule body's structure (everything but left recursion); `depth` counts the
 // expression nodes from the rule body down to e, so recursion stays within kMaxDepth.
 Status check_expr(const Expr& e, uint32_t depth, size_t n_rules, const std::string& name) {
+  // `name` is already short_name()d.
   if (depth > kMaxDepth)
     return make_error("rule '{}' nests expressions deeper than {} levels", name, kMaxDepth);
   switch (e.kind) {
@@ -224,18 +234,19 @@ Status Grammar::validate(uint32_t* bad_rule) const {
     const auto [it, fresh] = seen.emplace(names[r], uint32_t(r));
     if (!fresh) {
       *bad_rule = uint32_t(r);
-      return make_error("rule name '{}' is used by rules {} and {}", names[r], it->second, r);
+      return make_error("rule name '{}' is used by rules {} and {}", short_name(names[r]),
+                        it->second, r);
     }
   }
   uint64_t total = 0;
   for (size_t r = 0; r < n; ++r) {
     *bad_rule = uint32_t(r);
-    PG_TRY(check_expr(rules[r], 1, n, names[r]));
+    PG_TRY(check_expr(rules[r], 1, n, short_name(names[r])));
     total = expanded_size_sum(total, expanded_size(rules[r]));
     if (total > kMaxExpandedSize)
       return make_error(
           "grammar expands to more than {} elements when repeats are written out (at rule '{}')",
-          kMaxExpandedSize, names[r]);
+          kMaxExpandedSize, short_name(names[r]));
   }
 
   // Left recursion: a cycle in the graph of calls made before consuming a byte. Iterative DFS
@@ -265,14 +276,23 @@ Status Grammar::validate(uint32_t* bad_rule) const {
         colour[c] = 1;
         path.push_back({c, 0});
       } else if (colour[c] == 1) {
+        // The cycle c -> ... -> c, its middle elided when long.
+        size_t first = path.size() - 1;
+        while (path[first].rule != c) --first;
+        const size_t len = path.size() - first;
         std::string cycle;
-        size_t i = path.size();
-        while (path[i - 1].rule != c) --i;
-        for (; i <= path.size(); ++i) cycle += names[path[i - 1].rule] + " -> ";
-        cycle += names[c];
+        for (size_t i = first; i < path.size(); ++i) {
+          if (len > 8 && i == first + 4) {
+            cycle += fmt::format("... ({} more) -> ", len - 6);
+            i = path.size() - 3;
+            continue;
+          }
+          cycle += short_name(names[path[i].rule]) + " -> ";
+        }
+        cycle += short_name(names[c]);
         *bad_rule = c;
         return make_error("rule '{}' is left-recursive: {} can repeat without consuming input",
-                          names[c], cycle);
+                          short_name(names[c]), cycle);
       }
     }
   }
@@ -313,6 +333,15 @@ std::vector<std::string> printable_names(const Grammar& g) {
   return out;
 }
 
+// Controls, spaces other than U+0020, format characters, variation selectors, specials,
+// tags and private use: printed escaped so that --print-grammar shows them.
+bool invisible(uint32_t cp) {
+  return (cp >= 0x80 && cp <= 0xA0) || cp == 0xAD || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200F) ||
+         (cp >= 0x2028 && cp <= 0x202F) || (cp >= 0x205F && cp <= 0x206F) || cp == 0x3000 ||
+         (cp >= 0xE000 && cp <= 0xF8FF) || (cp >= 0xFE00 && cp <= 0xFE0F) || cp == 0xFEFF ||
+         (cp >= 0xFFF0 && cp <= 0xFFFF) || (cp >= 0xE0000 && cp <= 0xE0FFF) || cp >= 0xF0000;
+}
+
 // One code point inside "..." (in_class false) or [...] (in_class true).
 void print_char(std::string& out, uint32_t cp, bool in_class) {
   switch (cp) {
@@ -329,12 +358,15 @@ void print_char(std::string& out, uint32_t cp, bool in_class) {
     out += char(cp);
   } else if (in_class && cp == '^') {
     out += "\\x5E";  // GBNF has no \^, and a leading ^ would negate the class
-  } else if (cp < 0x20 || cp == 0x7F || (cp >= 0x80 && cp < 0xA0)) {
+  } else if (cp < 0x20 || cp == 0x7F) {
     out += fmt::format("\\x{:02X}", cp);
   } else if (cp < 0x80) {
     out += char(cp);
-  } else if (cp >= 0xD800 && cp <= 0xDFFF) {
-    out += fmt::format("\\u{:04X}", cp);  // not encodable in UTF-8; only classes hold them
+  } else if (invisible(cp) || (cp >= 0xD800 && cp <= 0xDFFF)) {
+    // Surrogates cannot be written in UTF-8 (only classes hold them); the rest would print as
+    // nothing or as a plain space.
+    out += cp <= 0xFF ? fmt::format("\\x{:02X}", cp)
+           : cp <= 0xFFFF ? fmt::format("\\u{:04X}", cp) : fmt::format("\\U{:08X}", cp);
   } else {
     utf8::append_codepoint(out, cp);
   }

@@ -350,8 +350,9 @@ class RegexParser {
     if (at('>')) return fail(open, "atomic groups '(?>...)' are not supported");
     if (at('(')) return fail(open, "conditionals '(?(...)...)' are not supported");
     if (looking_at("P>")) return fail(open, "'(?P>' is not supported");
-    const std::string_view next = at_end() ? "" : src_.substr(pos_, utf8::next(src_, pos_).len);
-    return fail(open, fmt::format("inline flags or group syntax '(?{}' are not supported", next));
+    if (at_end()) return fail(open, "'(?' at the end of the pattern");
+    return fail(open, fmt::format("inline flags or group syntax '(?' followed by {} are not "
+                                  "supported", describe(pos_)));
   }
 
   // ---- escapes and classes ----

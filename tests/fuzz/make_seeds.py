@@ -20,6 +20,13 @@ http_request: what a client sends on one connection, behind a byte that seeds ho
 it into reads: pipelined requests with Content-Length and chunked bodies, 100-continue, HTTP/1.0,
 and the framing attacks the reader refuses (conflicting lengths, unknown codings, both framings,
 bare LF, compressed bodies, oversized headers and bodies).
+
+gbnf: GBNF grammars using every syntax element (comments, CRLF, newlines in groups and after |,
+every quantifier and escape, classes, token references and other refused syntax, left recursion,
+deep nesting, large repeat counts).
+
+regex: patterns using every supported construct and the refused ones (backreferences,
+lookaround, flags, possessive quantifiers, anchors in the middle, odd classes).
 """
 import os
 import struct
@@ -178,8 +185,49 @@ def http_request_seeds():
     return {f"{k}.http": bytes([i * 37 % 256]) + v for i, (k, v) in enumerate(streams.items())}
 
 
+def gbnf_seeds():
+    grammars = {
+        "chess": b'root ::= (\n  "1. " move " " move "\\n"\n  ([1-9] [0-9]? ". " move " " move "\\n")+\n)\n'
+                 b'move ::= (pawn | nonpawn | castle) [+#]?\npawn ::= [a-h] [1-8]\n'
+                 b'nonpawn ::= [NBKQR] [a-h] [1-8]\ncastle ::= "O-O" "-O"?\n',
+        "json": b'root ::= value\nvalue ::= object | array | string | number | ("true" | "false" | "null") ws\n'
+                b'object ::= "{" ws ( string ":" ws value ("," ws string ":" ws value)* )? "}" ws\n'
+                b'array ::= "[" ws ( value ("," ws value)* )? "]" ws\n'
+                b'string ::= "\\"" ( [^"\\\\\\x7F\\x00-\\x1F] | "\\\\" (["\\\\bfnrt] | "u" [0-9a-fA-F]{4}) )* "\\"" ws\n'
+                b'number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9]+)? ws\n'
+                b'ws ::= | " " | "\\n" [ \\t]{0,20}\n',
+        "escapes": b'# every escape\r\nroot ::= "\\n\\r\\t\\\\\\"\\[\\]\\-\\x41\\u00e9\\U0001F600" [\\]\\[a-z\\-^] [^\\n] .\r\n',
+        "quantifiers": b'root ::= "a"* "b"+ "c"? "d"{2} "e"{1,} "f"{0,3} "g"{,4} ("h" "i")?* x\nx ::= "y" |\n  "z"\n',
+        "unicode": "root ::= [\u3041-\u309f]+ \"caf\u00e9\" [^\u00e9-\u00eb]\n".encode(),
+        "tokens": b'root ::= <think> thinking </think> .*\nthinking ::= !<[1001]>*\n',
+        "left_recursion": b'root ::= a "x"\na ::= b? root\nb ::= "q"\n',
+        "undefined": b'root ::= missing\n',
+        "deep": b'root ::= ' + b'(' * 300 + b'"a"' + b')' * 300 + b'\n',
+        "counts": b'root ::= ("ab"{1000}){1000} "c"{99999}\n',
+        "errors": b'root = "a\nb ::= [z-a] [] "\\q" {3,2} )\n',
+    }
+    return {f"{k}.gbnf": v for k, v in grammars.items()}
+
+
+def regex_seeds():
+    patterns = {
+        "date": rb"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$",
+        "email": rb"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
+        "uuid": rb"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}",
+        "classes": rb"[\w\s-]+[^\d\]\\][\x41-\x5A\u00e9]\S\W.",
+        "groups": rb"(?<year>\d+)(?P<m>a|b|)(?:c*?d+?e??){1,3}?",
+        "unicode": "caf\u00e9|[\u3041-\u309f]+|\\uD83D\\uDE00".encode(),
+        "refused": rb"(a)\1(?=b)(?i)\bx*+\p{L}",
+        "anchors": rb"a^b$c",
+        "deep": b"(" * 300 + b"a" + b")" * 300,
+        "counts": rb"((ab){1000}){1000}a{99999}",
+        "odd_classes": rb"[]a][^][\d-z][[:alpha:]]",
+    }
+    return {f"{k}.re": v for k, v in patterns.items()}
+
+
 SEEDS = {"gguf": gguf_seeds, "tokenizer_spm": tokenizer_spm_seeds, "api_request": api_request_seeds,
-         "http_request": http_request_seeds}
+         "http_request": http_request_seeds, "gbnf": gbnf_seeds, "regex": regex_seeds}
 
 
 def main():

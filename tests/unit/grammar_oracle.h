@@ -3,8 +3,8 @@
 // them: it reads the IR's definition directly.
 //
 // Method: for an expression and a start position, the set of byte positions where a match of
-// it can end ("end set"), computed by recursion over the expression; a rule's end set per start
-// position is memoised. The text matches when the root rule, started at 0, can end at the end
+// it can end ("end set"), computed by recursion over the expression and memoised per
+// (expression node, start position), so nested repeats cost no more than flat ones. The text matches when the root rule, started at 0, can end at the end
 // of the text. Sets are vectors of flags over the n + 1 positions, so time and memory grow
 // with the text length times the grammar size: meant for short strings only.
 //
@@ -96,6 +96,23 @@ class Matcher {
   }
 
   Ends ends(const Expr& e, size_t p) {
+    if (e.kind == Expr::Kind::Ref) return rule_ends(e.rule, p);  // memoised per rule
+    const auto key = std::make_pair(&e, p);
+    if (auto it = node_memo_.find(key); it != node_memo_.end()) return it->second;
+    Ends out = compute(e, p);
+    node_memo_.emplace(key, out);
+    return out;
+  }
+
+ private:
+  const Grammar& g_;
+  std::string_view text_;
+  size_t n_;
+  std::map<std::pair<uint32_t, size_t>, Ends> memo_;             // rule calls
+  std::map<std::pair<const Expr*, size_t>, Ends> node_memo_;     // other nodes
+  std::set<std::pair<uint32_t, size_t>> active_;  // rule calls being computed
+
+  Ends compute(const Expr& e, size_t p) {
     Ends out(n_ + 1, 0);
     switch (e.kind) {
       case Expr::Kind::Empty:
@@ -117,7 +134,7 @@ class Matcher {
         return rule_ends(e.rule, p);
       case Expr::Kind::Seq: {
         out[p] = 1;
-        for (const Expr& item : e.items) out = step(item, out, nullptr);
+        for (const Expr& item : e.items) out = step(item, out);
         break;
       }
       case Expr::Kind::Alt:
@@ -132,26 +149,12 @@ class Matcher {
     return out;
   }
 
- private:
-  const Grammar& g_;
-  std::string_view text_;
-  size_t n_;
-  std::map<std::pair<uint32_t, size_t>, Ends> memo_;
-  std::set<std::pair<uint32_t, size_t>> active_;  // rule calls being computed
-
-  // The end set of `item` started at any position in `from`; `cache` (if given) keeps the
-  // item's end set per start position.
-  Ends step(const Expr& item, const Ends& from, std::vector<std::optional<Ends>>* cache) {
+  // The end set of `item` started at any position in `from`.
+  Ends step(const Expr& item, const Ends& from) {
     Ends out(n_ + 1, 0);
     for (size_t q = 0; q <= n_; ++q) {
       if (!from[q]) continue;
-      Ends x;
-      if (cache) {
-        if (!(*cache)[q]) (*cache)[q] = ends(item, q);
-        x = *(*cache)[q];
-      } else {
-        x = ends(item, q);
-      }
+      const Ends x = ends(item, q);
       for (size_t r = 0; r <= n_; ++r) out[r] |= x[r];
     }
     return out;
@@ -168,7 +171,6 @@ class Matcher {
   // means every later set is S_k too.
   Ends repeat_ends(const Expr& e, size_t p) {
     const Expr& item = e.items.at(0);
-    std::vector<std::optional<Ends>> cache(n_ + 1);
     Ends cur(n_ + 1, 0), out(n_ + 1, 0);
     cur[p] = 1;
     const bool unbounded = e.max == kUnbounded;
@@ -179,7 +181,7 @@ class Matcher {
         for (size_t q = 0; q <= n_; ++q) out[q] |= cur[q];
       }
       if (k == last) break;
-      Ends next = step(item, cur, &cache);
+      Ends next = step(item, cur);
       if (next == cur) {  // S_j == cur for every j > k, and some such j lies in [min, max]
         for (size_t q = 0; q <= n_; ++q) out[q] |= cur[q];
         return out;
@@ -195,8 +197,7 @@ class Matcher {
     while (!work.empty()) {
       const size_t q = work.back();
       work.pop_back();
-      if (!cache[q]) cache[q] = ends(item, q);
-      const Ends x = *cache[q];
+      const Ends x = ends(item, q);
       for (size_t r = 0; r <= n_; ++r)
         if (x[r] && !out[r]) {
           out[r] = 1;

@@ -225,6 +225,8 @@ TEST(GbnfParser, ErrorsNameTheProblemAndPosition) {
       {"root ::= [^]\n", "line 1:10: empty class '[^]'"},
       {"root ::= \"\\q\"\n", "line 1:11: unknown escape '\\q'"},
       {"root ::= \"\\", "line 1:11: unfinished escape at the end of the input"},
+      {"root ::= \"\\\n\"\n", "line 1:11: unknown escape '\\' before a newline"},
+      {"root ::= \"\\\xC3\xA9\"\n", "line 1:11: unknown escape '\\' before U+00E9"},
       {"root ::= \"\\x4\"\n", "line 1:11: '\\x' needs 2 hex digits"},
       {"root ::= \"\\u12g4\"\n", "line 1:11: '\\u' needs 4 hex digits"},
       {"root ::= \"\\U00110000\"\n", "line 1:11: code point U+110000 is above U+10FFFF"},
@@ -310,6 +312,18 @@ TEST(GbnfParser, Bounds) {
                 .find("line 3:1: the grammar expands to more than 1048576"),
             std::string::npos);
   gbnf("root ::= [a-z]{0,10000} x\nx ::= (\"ab\"{100}){100}\n");  // large but within
+  // Messages stay short: long names are cut, long cycles elided.
+  const std::string long_name = gbnf_error("root ::= " + std::string(100000, 'x') + "\n");
+  EXPECT_NE(long_name.find("rule '" + std::string(64, 'x') + "...' is used but never defined"),
+            std::string::npos);
+  EXPECT_LT(long_name.size(), 200u);
+  std::string chain = "root ::= r0\n";
+  for (int i = 0; i < 19; ++i) chain += fmt::format("r{} ::= \"\"? r{}\n", i, i + 1);
+  chain += "r19 ::= root \"a\"\n";
+  EXPECT_NE(gbnf_error(chain).find("rule 'root' is left-recursive: root -> r0 -> r1 -> r2 -> ... "
+                                   "(15 more) -> r18 -> r19 -> root can repeat"),
+            std::string::npos)
+      << gbnf_error(chain);
 }
 
 TEST(GbnfParser, RandomBytesNeverCrash) {

@@ -133,7 +133,7 @@ TEST(RegexParser, RefusalsNameTheConstructAndColumn) {
       {"a\\B", "column 2: '\\B' (not a word boundary) is not supported"},
       {"\\Aa", "column 1: anchor '\\A' is not supported"},
       {"a\\Z", "column 2: anchor '\\Z' is not supported"},
-      {"(?i)abc", "column 1: inline flags or group syntax '(?i' are not supported"},
+      {"(?i)abc", "column 1: inline flags or group syntax '(?' followed by 'i' are not supported"},
       {"(?>a)", "column 1: atomic groups '(?>...)' are not supported"},
       {"a*+", "column 2: possessive quantifier '*+' is not supported"},
       {"a{2}+", "column 2: possessive quantifier '{2}+' is not supported"},
@@ -179,6 +179,8 @@ TEST(RegexParser, RefusalsNameTheConstructAndColumn) {
       {"[z-a]", "column 2: class range U+007A-U+0061 is reversed"},
       {"[[:alpha:]]", "column 2: POSIX classes like '[:alpha:]' are not supported"},
       {"(?<1a>x)", "column 4: a group name must be"},
+      {"a(?", "column 2: '(?' at the end of the pattern"},
+      {"(?\n)", "column 1: inline flags or group syntax '(?' followed by U+000A"},
       {"(?<n>a)(?<n>b)", "column 11: group name 'n' is used twice"},
       {"a\xFF", "column 2: invalid UTF-8"},
       {"\xC3\xA9\xC3\xA9)", "column 3: ')' without a matching '('"},  // columns count code points
