@@ -23,7 +23,8 @@
 // Hostile input: at most kMaxGrammarTextBytes, parentheses and expressions nested at most
 // kMaxDepth deep, repeat counts at most kMaxRepeatCount, at most kMaxExpandedSize elements
 // with repeats written out, valid UTF-8. Every error is one line, "gbnf: line L:C: problem",
-// where C counts code points from 1 (only "no root rule" has no position).
+// where C counts code points from 1 (whole-text problems, over the size limit or no root rule,
+// have no position).
 #pragma once
 
 #include <string_view>

@@ -494,6 +494,13 @@ struct Printer {
 }  // namespace
 
 std::string Grammar::to_gbnf() const {
+  // Printing walks references and recurses: only a valid grammar is safe to print.
+  if (Status s = validate(); !s.ok()) {
+    std::string why = s.error().message;  // names in it may hold line breaks
+    std::replace(why.begin(), why.end(), '\n', ' ');
+    std::replace(why.begin(), why.end(), '\r', ' ');
+    return "# invalid grammar: " + why + "\n";
+  }
   const std::vector<std::string> printed = printable_names(*this);
   std::string out;
   Printer p{printed, out};

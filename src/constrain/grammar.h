@@ -84,10 +84,10 @@ struct Grammar {
   // that a parser can say where the rule was defined.
   Status validate(uint32_t* bad_rule) const;
   // The grammar in GBNF syntax (root rule first), for `--print-grammar` and debugging; parsing
-  // it back gives an equivalent grammar. Requires a grammar that validate() accepts. Rule
-  // names are kept where llama.cpp would read them ([a-zA-Z0-9-]+, unique), else made so
-  // ('_' and other characters become '-', then "-2", "-3"... for clashes); the root is
-  // printed as "root".
+  // it back gives an equivalent grammar. Rule names are kept where llama.cpp would read them
+  // ([a-zA-Z0-9-]+, unique), else made so ('_' and other characters become '-', then "-2",
+  // "-3"... for clashes); the root is printed as "root". A grammar validate() refuses prints
+  // as one "#" comment line with the reason.
   std::string to_gbnf() const;
 };
 

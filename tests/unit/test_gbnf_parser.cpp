@@ -410,6 +410,8 @@ TEST(GrammarValidate, RefusesMalformedGrammars) {
   EXPECT_EQ(s.error().message,
             "rule 'a' is left-recursive: a -> b -> a can repeat without consuming input");
   EXPECT_EQ(bad, 1u);
+  EXPECT_EQ(lr.to_gbnf(), "# invalid grammar: " + s.error().message + "\n");
+  EXPECT_EQ(one_rule(Expr::ref(7)).to_gbnf().rfind("# invalid grammar: rule 'root' refers to rule 7", 0), 0u);
 }
 
 // ---------------------------------------------------------------------------------------
