@@ -283,7 +283,9 @@ TEST(RegexParser, AgreesWithStdRegexOnShortStrings) {
       ASSERT_EQ(grammar_matches(g, s), want) << "on '" << s << "'";
       yes += want;
     }
-    if (!re.empty()) EXPECT_GT(yes, 0);  // the comparison is not vacuous
+    if (!re.empty()) {
+      EXPECT_GT(yes, 0);  // the comparison is not vacuous
+    }
   }
 }
 
