@@ -915,13 +915,50 @@ Result<Maybe> Compiler::union_node(const ojson& s, const Ctx& c) {
   return Maybe(alt(std::move(alts)));
 }
 
+// Keywords that may accompany enum/const: they filter the values (value_allowed()).
+constexpr const char* kValueFilters[] = {
+    "enum",      "const",     "type",     "nullable", "minimum",  "maximum", "exclusiveMinimum",
+    "exclusiveMaximum", "minLength", "maxLength", "minItems", "maxItems", "required"};
+
+// Whether the value satisfies the filtering keywords of s (each applies to its own type).
+bool value_allowed(const ojson& v, const ojson& s) {
+  auto num = [&](const char* k) { return s.contains(k) && s[k].is_number(); };
+  auto flag = [&](const char* k) { return s.contains(k) && s[k].is_boolean() && s[k].get<bool>(); };
+  if (v.is_number()) {
+    const double x = v.get<double>();
+    if (num("minimum") && (flag("exclusiveMinimum") ? x <= s["minimum"].get<double>()
+                                                    : x < s["minimum"].get<double>()))
+      return false;
+    if (num("maximum") && (flag("exclusiveMaximum") ? x >= s["maximum"].get<double>()
+                                                    : x > s["maximum"].get<double>()))
+      return false;
+    if (num("exclusiveMinimum") && x <= s["exclusiveMinimum"].get<double>()) return false;
+    if (num("exclusiveMaximum") && x >= s["exclusiveMaximum"].get<double>()) return false;
+  }
+  auto count_ok = [&](double n, const char* lo, const char* hi) {
+    return !(num(lo) && n < s[lo].get<double>()) && !(num(hi) && n > s[hi].get<double>());
+  };
+  if (v.is_string()) {
+    std::vector<uint32_t> cps;
+    if (!decode_utf8(v.get_ref<const std::string&>(), &cps)) return false;
+    if (!count_ok(double(cps.size()), "minLength", "maxLength")) return false;
+  }
+  if (v.is_array() && !count_ok(double(v.size()), "minItems", "maxItems")) return false;
+  if (v.is_object() && s.contains("required") && s["required"].is_array())
+    for (const ojson& r : s["required"])
+      if (r.is_string() && !v.contains(r.get<std::string>())) return false;
+  return true;
+}
+
 Result<Maybe> Compiler::enum_node(const ojson& s, const Ctx& c) {
   for (auto it = s.begin(); it != s.end(); ++it) {
     const std::string& k = it.key();
-    if (constrains(k) && k != "enum" && k != "const" && k != "type" && k != "nullable")
+    if (constrains(k) && std::find_if(std::begin(kValueFilters), std::end(kValueFilters),
+                                      [&](const char* f) { return k == f; }) ==
+                             std::end(kValueFilters))
       return make_error(
-          "json schema: '{}' together with '{}' at {} is not supported (only 'type' may "
-          "accompany enum and const)",
+          "json schema: '{}' together with '{}' at {} is not supported (enum and const may only "
+          "be narrowed by type and by bounds on numbers, lengths, item counts and required)",
           k, s.contains("enum") ? "enum" : "const", where(c.path));
   }
   std::vector<const ojson*> values;
@@ -943,7 +980,7 @@ Result<Maybe> Compiler::enum_node(const ojson& s, const Ctx& c) {
   std::set<std::string> seen;
   std::vector<Expr> alts;
   for (const ojson* v : values) {
-    if (types && !has_type(*v, *types)) continue;
+    if ((types && !has_type(*v, *types)) || !value_allowed(*v, s)) continue;
     if (!seen.insert(v->dump(-1, ' ', false, ojson::error_handler_t::replace)).second) continue;
     PG_ASSIGN(Expr e, value_literal(*v, c));
     alts.push_back(std::move(e));
@@ -1690,13 +1727,38 @@ Result<uint32_t> Compiler::format_rule(const std::string& f, const Ctx& c) {
   auto two = [&](char a0, char a1, char b0, char b1) { return seq({chr(a0, a1), chr(b0, b1)}); };
   auto hour = [&] { return alt({two('0', '1', '0', '9'), two('2', '2', '0', '3')}); };
   auto minute = [&] { return two('0', '5', '0', '9'); };
+  // Years 0001-9999 (Python's datetime, which jsonschema checks with, has no year 0); days
+  // per month, and 02-29 only in leap years (YY multiple of 4 but not 00, or CC multiple of 4
+  // with YY = 00).
   auto date = [&] {
-    return seq({digits(4, 4), lit("-"), alt({two('0', '0', '1', '9'), two('1', '1', '0', '2')}),
-                lit("-"),
-                alt({two('0', '0', '1', '9'), two('1', '2', '0', '9'), two('3', '3', '0', '1')})});
+    auto d = [&] { return chr('0', '9'); };
+    auto year = [&] {
+      return alt({seq({lit("000"), chr('1', '9')}), seq({lit("00"), chr('1', '9'), d()}),
+                  seq({lit("0"), chr('1', '9'), d(), d()}), seq({chr('1', '9'), d(), d(), d()})});
+    };
+    auto mult4 = [&](bool zero) {  // two digits, a multiple of 4 (00 only if zero)
+      return alt({seq({cls({{'0', '0'}, {'2', '2'}, {'4', '4'}, {'6', '6'}, {'8', '8'}}),
+                       cls(zero ? Ranges{{'0', '0'}, {'4', '4'}, {'8', '8'}}
+                                : Ranges{{'4', '4'}, {'8', '8'}})}),
+                  seq({cls({{'2', '2'}, {'4', '4'}, {'6', '6'}, {'8', '8'}}), lit("0")}),
+                  seq({cls({{'1', '1'}, {'3', '3'}, {'5', '5'}, {'7', '7'}, {'9', '9'}}),
+                       cls({{'2', '2'}, {'6', '6'}})})});
+    };
+    Expr leap = alt({seq({d(), d(), mult4(false)}), seq({mult4(false), lit("00")})});
+    Expr long_months = seq({alt({lit("01"), lit("03"), lit("05"), lit("07"), lit("08"),
+                                 lit("10"), lit("12")}),
+                            lit("-"), alt({two('0', '0', '1', '9'), two('1', '2', '0', '9'),
+                                           two('3', '3', '0', '1')})});
+    Expr short_months = seq({alt({lit("04"), lit("06"), lit("09"), lit("11")}), lit("-"),
+                             alt({two('0', '0', '1', '9'), two('1', '2', '0', '9'), lit("30")})});
+    Expr february = seq({lit("02-"), alt({two('0', '0', '1', '9'), two('1', '1', '0', '9'),
+                                          two('2', '2', '0', '8')})});
+    return alt({seq({year(), lit("-"), alt({std::move(long_months), std::move(short_months),
+                                            std::move(february)})}),
+                seq({std::move(leap), lit("-02-29")})});
   };
   auto time = [&] {
-    return seq({hour(), lit(":"), minute(), lit(":"), alt({minute(), lit("60")}),
+    return seq({hour(), lit(":"), minute(), lit(":"), minute(),
                 opt(seq({lit("."), digits(1, 9)})),
                 alt({cls({{'Z', 'Z'}, {'z', 'z'}}),
                      seq({cls({{'+', '+'}, {'-', '-'}}), hour(), lit(":"), minute()})})});

@@ -27,8 +27,9 @@
 //   - pattern: ECMAScript patterns are unanchored, so `p` compiles as `.*(p).*` minus the side
 //     anchored by a leading ^ / trailing $ (each top-level alternative on its own); anchors or
 //     \b elsewhere are an error. The pattern itself is read by regex_parser.h.
-//   - format: date, time, date-time (RFC 3339; fraction of a second up to 9 digits; Z/z or
-//     ±hh:mm offset; day 01-31 without checking the month), duration (RFC 3339 appendix A),
+//   - format: date, time, date-time (RFC 3339: years 0001-9999, the days of each month, 02-29
+//     in leap years only; seconds 00-59, no leap second; fraction up to 9 digits; T/t; Z/z or
+//     ±hh:mm offset: what Python's jsonschema accepts), duration (RFC 3339 appendix A),
 //     uuid (8-4-4-4-12 hex digits), email (dot-atom local part @ hostname), hostname (RFC 1123
 //     labels of 1-63 characters; total length unchecked), ipv4 (dotted decimal without
 //     leading zeros), ipv6 (RFC 3986), uri (RFC 3986 URI without IPvFuture). Together with

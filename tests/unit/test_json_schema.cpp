@@ -137,6 +137,11 @@ const SchemaCase kCases[] = {
      {R"j("a")j", R"j("b")j"},
      {R"j(1)j", R"j("c")j"},
      {}},
+    {"enum_bounds_filter",
+     R"j({"enum":[1,5,10,"ab","abcd",[1],[1,2,3],{"a":1},{"b":1}],"minimum":2,"exclusiveMaximum":10,"maxLength":3,"minItems":2,"required":["a"]})j",
+     {R"j(5)j", R"j("ab")j", R"j([1,2,3])j", R"j({"a":1})j"},
+     {R"j(1)j", R"j(10)j", R"j("abcd")j", R"j([1])j", R"j({"b":1})j"},
+     {}},
     {"object_required_optional",
      R"j({"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer"}},"required":["name"],"additionalProperties":false})j",
      {R"j({"name":"x"})j", R"j({"name":"x","age":3})j"},
@@ -497,7 +502,7 @@ TEST(JsonSchema, UnsupportedKeywordsAreNamedWithTheirLocation) {
            {R"({"type":"string","pattern":"(a"})", "pattern '(a'"},
            {R"({"type":"number","minimum":0.5})", "'minimum' 0.5"},
            {R"({"type":"integer","maximum":1e30})", "outside the supported range"},
-           {R"({"type":"string","enum":["a"],"maxLength":3})", "'maxLength' together with 'enum'"},
+           {R"({"type":"string","enum":["a"],"pattern":"a"})", "'pattern' together with 'enum'"},
            {R"({"type":"string","pattern":"a","maxLength":3})", "'pattern' together with"},
            {R"({"type":"string","format":"date","minLength":3})", "'format' together with"},
            {R"({"type":"string","format":"date","pattern":"a"})", "'pattern' together with 'format'"},
@@ -705,6 +710,30 @@ std::filesystem::path schemas_dir() {
          "schemas";
 }
 
+// JSON text with every exponent outside strings replaced by e0.
+std::string small_exponents(const std::string& s) {
+  std::string out;
+  bool in_string = false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const char ch = s[i];
+    if (in_string) {
+      out += ch;
+      if (ch == '\\' && i + 1 < s.size()) out += s[++i];
+      else if (ch == '"') in_string = false;
+    } else if ((ch == 'e' || ch == 'E') && i + 1 < s.size() &&
+               (std::isdigit(uint8_t(s[i + 1])) || s[i + 1] == '-' || s[i + 1] == '+')) {
+      out += "e0";
+      ++i;
+      while (i < s.size() && (std::isdigit(uint8_t(s[i])) || s[i] == '-' || s[i] == '+')) ++i;
+      --i;
+    } else {
+      out += ch;
+      in_string = ch == '"';
+    }
+  }
+  return out;
+}
+
 // Every file of the benchmark corpus compiles (files named openai_* also in strict mode), and
 // strings sampled from each grammar are JSON.
 TEST(JsonSchema, BenchCorpusCompiles) {
@@ -730,7 +759,9 @@ TEST(JsonSchema, BenchCorpusCompiles) {
       for (int i = 0; i < 5; ++i) {
         std::optional<std::string> s = grammar_sample(r.value(), rng, 400);
         if (!s) continue;
-        EXPECT_FALSE(nlohmann::json::parse(*s, nullptr, false).is_discarded()) << *s;
+        // nlohmann refuses numbers beyond double range (1e999), which JSON allows.
+        const std::string finite = small_exponents(*s);
+        EXPECT_FALSE(nlohmann::json::parse(finite, nullptr, false).is_discarded()) << *s;
         EXPECT_TRUE(matches(r.value(), *s)) << *s;
       }
     }
