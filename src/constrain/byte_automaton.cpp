@@ -405,11 +405,17 @@ Result<ByteAutomaton> ByteAutomaton::compile(const Grammar& g, const AutomatonLi
   struct PendingCall { int32_t from; uint32_t rule; int32_t ret; };
   std::vector<PendingCall> pending_calls;
   std::vector<int32_t> dfa_start(g.rules.size(), -1);
+  uint64_t subset_work = 0;
   for (uint32_t r : nb.compiled_) {
     std::unordered_map<std::vector<int32_t>, int32_t, VecHash> ids;
     const int32_t final_state = nb.rule_final_[r];
     auto intern = [&](std::vector<int32_t> set) -> Result<int32_t> {
       closure(set);
+      // Subset construction can take time quadratic in the NFA (big sets, many states): bound
+      // the NFA states it handles in all, so a grammar that explodes fails fast.
+      subset_work += set.size();
+      if (subset_work > lim.max_subset_work)
+        return make_error("grammar too complex: building its automaton takes more than {} steps", lim.max_subset_work);
       auto it = ids.find(set);
       if (it != ids.end()) return it->second;
       if (a.accepting_.size() >= lim.max_dfa_states)

@@ -25,7 +25,8 @@
 namespace peregrine::constrain {
 
 struct AutomatonLimits {
-  uint32_t max_nfa_states = 1u << 21;  // bounds expansion of {m,n} repeats and inlining
+  uint32_t max_nfa_states = 1u << 20;  // bounds expansion of {m,n} repeats and inlining
+  uint64_t max_subset_work = uint64_t(1) << 24;  // NFA states visited by subset construction
   uint32_t max_dfa_states = 1u << 16;  // bounds subset construction
   uint32_t max_inline_size = 4096;     // expression nodes a rule may have to be inlined
   uint32_t max_depth = 1000;           // expression nesting (including inlined rules)

@@ -25,7 +25,7 @@
 namespace peregrine::constrain {
 
 struct MaskLimits {
-  uint64_t max_trie_steps = uint64_t(1) << 28;  // bounds compile time (trie nodes walked, all states)
+  uint64_t max_trie_steps = uint64_t(1) << 27;  // bounds compile time (trie nodes walked, all states)
 };
 
 class TokenMaskTable {

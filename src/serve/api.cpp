@@ -10,189 +10,15 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include "serve/api_constraints.h"
+#include "serve/api_fields.h"
 #include "tokenizer/unicode_utf8.h"
 
 namespace peregrine::serve {
 
 namespace {
 
-using json = nlohmann::json;
-using Err = std::optional<ApiError>;  // an error, or nullopt for "fine"
-
-// Propagates an Err from a field check.
-#define API_TRY(expr)                       \
-  do {                                      \
-    if (Err api_e_ = (expr)) return api_e_; \
-  } while (0)
-
-Err invalid(std::string param, std::string message, std::string code = {}) {
-  ApiError e;
-  e.message = std::move(message);
-  e.param = std::move(param);
-  e.code = std::move(code);
-  return e;
-}
-
-Err unsupported(std::string param, std::string message) {
-  return invalid(std::move(param), std::move(message), "unsupported_parameter");
-}
-
-Err missing(const std::string& param) {
-  return invalid(param, fmt::format("Missing required parameter: '{}'.", param),
-                 "missing_required_parameter");
-}
-
-const char* type_name(const json& v) {
-  switch (v.type()) {
-    case json::value_t::null: return "null";
-    case json::value_t::object: return "an object";
-    case json::value_t::array: return "an array";
-    case json::value_t::string: return "a string";
-    case json::value_t::boolean: return "a boolean";
-    case json::value_t::number_integer:
-    case json::value_t::number_unsigned: return "an integer";
-    case json::value_t::number_float: return "a number";
-    default: return "an unknown type";
-  }
-}
-
-Err wrong_type(const std::string& param, std::string_view expected, const json& v) {
-  return invalid(param,
-                 fmt::format("Invalid type for '{}': expected {}, but got {} instead.", param,
-                             expected, type_name(v)),
-                 "invalid_type");
-}
-
-// A JSON value for a message: numbers exactly as parsed, strings cut short.
-std::string show(const json& v) {
-  std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
-  if (s.size() > 64) s = s.substr(0, 60) + "...";
-  return s;
-}
-
-// The field's value, or nullptr when it is absent or null (null means "not given").
-const json* field(const json& obj, const char* name) {
-  auto it = obj.find(name);
-  if (it == obj.end() || it->is_null()) return nullptr;
-  return &*it;
-}
-
-// Whether arrays and objects nest deeper than `limit` (strings skipped). A plain scan that
-// runs before the parser, so that no input can make it (or json's destructor) recurse deeply.
-bool nesting_exceeds(std::string_view body, size_t limit) {
-  size_t depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < body.size(); ++i) {
-    const char c = body[i];
-    if (in_string) {
-      if (c == '\\') {
-        ++i;  // skip the escaped character
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > limit) return true;
-    } else if ((c == ']' || c == '}') && depth > 0) {
-      --depth;
-    }
-  }
-  return false;
-}
-
-// --- Typed field readers -----------------------------------------------------------------------
-
-template <typename T>
-Err out_of_range(const std::string& param, std::string_view kind, T lo, T hi, const json& v) {
-  return invalid(param,
-                 fmt::format("Invalid value for '{}': expected {} from {} to {}, but got {} "
-                             "instead.",
-                             param, kind, lo, hi, show(v)),
-                 "invalid_value");
-}
-
-Err read_bool(const json& v, const std::string& param, bool& out) {
-  if (!v.is_boolean()) return wrong_type(param, "a boolean", v);
-  out = v.get<bool>();
-  return std::nullopt;
-}
-
-Err read_string(const json& v, const std::string& param, std::string& out) {
-  if (!v.is_string()) return wrong_type(param, "a string", v);
-  out = v.get_ref<const std::string&>();
-  return std::nullopt;
-}
-
-Err read_number(const json& v, const std::string& param, double lo, double hi, double& out) {
-  if (!v.is_number()) return wrong_type(param, "a number", v);
-  const double d = v.get<double>();
-  if (!std::isfinite(d) || d < lo || d > hi) return out_of_range(param, "a number", lo, hi, v);
-  out = d;
-  return std::nullopt;
-}
-
-Err read_float(const json& v, const std::string& param, double lo, double hi, float& out) {
-  double d = 0.0;
-  API_TRY(read_number(v, param, lo, hi, d));
-  out = static_cast<float>(d);
-  return std::nullopt;
-}
-
-// An integer: a JSON integer, or a number with no fraction (3.0), as JSON does not tell them
-// apart and some clients write every number as a double.
-Err read_integer(const json& v, const std::string& param, int64_t lo, int64_t hi, int64_t& out) {
-  if (!v.is_number()) return wrong_type(param, "an integer", v);
-  bool in_range = false;
-  int64_t i = 0;
-  if (v.is_number_unsigned()) {  // json reads every non-negative integer as unsigned
-    const uint64_t u = v.get<uint64_t>();
-    in_range = hi >= 0 && u <= static_cast<uint64_t>(hi);
-    if (in_range) i = static_cast<int64_t>(u);
-  } else if (v.is_number_integer()) {
-    i = v.get<int64_t>();
-    in_range = true;
-  } else {
-    const double d = v.get<double>();
-    if (!std::isfinite(d) || d != std::trunc(d)) return wrong_type(param, "an integer", v);
-    in_range = d >= -9223372036854775808.0 && d < 9223372036854775808.0;  // fits int64_t
-    if (in_range) i = static_cast<int64_t>(d);
-  }
-  if (!in_range || i < lo || i > hi) return out_of_range(param, "an integer", lo, hi, v);
-  out = i;
-  return std::nullopt;
-}
-
-Err read_int32(const json& v, const std::string& param, int32_t lo, int32_t hi, int32_t& out) {
-  int64_t i = 0;
-  API_TRY(read_integer(v, param, lo, hi, i));
-  out = static_cast<int32_t>(i);
-  return std::nullopt;
-}
-
-// Any 64-bit integer, signed or unsigned; negative values wrap modulo 2^64.
-Err read_seed(const json& v, const std::string& param, uint64_t& out) {
-  if (v.is_number_unsigned()) {
-    out = v.get<uint64_t>();
-  } else if (v.is_number_integer()) {
-    out = static_cast<uint64_t>(v.get<int64_t>());
-  } else if (v.is_number_float()) {
-    const double d = v.get<double>();
-    if (!std::isfinite(d) || d != std::trunc(d)) return wrong_type(param, "an integer", v);
-    if (d >= -9223372036854775808.0 && d < 0.0) {
-      out = static_cast<uint64_t>(static_cast<int64_t>(d));
-    } else if (d >= 0.0 && d < 18446744073709551616.0) {
-      out = static_cast<uint64_t>(d);
-    } else {
-      return invalid(
-          param, fmt::format("Invalid value for '{}': {} does not fit in 64 bits.", param, show(v)),
-          "invalid_value");
-    }
-  } else {
-    return wrong_type(param, "an integer", v);
-  }
-  return std::nullopt;
-}
+using namespace api_fields;  // NOLINT: the field checks are this file's vocabulary
 
 // --- Request parts -----------------------------------------------------------------------------
 
@@ -258,29 +84,19 @@ Err parse_messages(const json& body, const ApiLimits& limits, std::vector<ChatMe
     if (!role->is_string()) return wrong_type(mp + ".role", "a string", *role);
     std::string r = role->get_ref<const std::string&>();
     if (r == "developer") r = "system";  // OpenAI's newer name for the system role
-    if (r == "tool" || r == "function") {
-      return unsupported(mp + ".role",
-                         fmt::format("Messages with role '{}' are not supported: this server does "
-                                     "not do tool or function calling.",
-                                     r));
+    if (r == "function") {
+      return unsupported(mp + ".role", "Messages with role 'function' are not supported: use 'tool'.");
     }
-    if (r != "system" && r != "user" && r != "assistant") {
+    if (r != "system" && r != "user" && r != "assistant" && r != "tool") {
       return invalid(mp + ".role",
                      fmt::format("Invalid value for '{}.role': {}. Supported values are: "
-                                 "'system', 'developer', 'user' and 'assistant'.",
+                                 "'system', 'developer', 'user', 'assistant' and 'tool'.",
                                  mp, show(*role)),
                      "invalid_value");
     }
     if (r == "assistant") {
-      for (const char* calls : {"tool_calls", "function_call"}) {
-        const json* c = field(m, calls);
-        if (c != nullptr && !(c->is_array() && c->empty())) {
-          return unsupported(fmt::format("{}.{}", mp, calls),
-                             fmt::format("'{}' in assistant messages is not supported: this "
-                                         "server does not do tool or function calling.",
-                                         calls));
-        }
-      }
+      const json* fc = field(m, "function_call");
+      if (fc != nullptr) return unsupported(mp + ".function_call", "'function_call' is not supported: use 'tool_calls'.");
     }
     ChatMessage cm;
     cm.role = std::move(r);
@@ -290,6 +106,31 @@ Err parse_messages(const json& body, const ApiLimits& limits, std::vector<ChatMe
       if (cm.role != "assistant") return missing(mp + ".content");
     } else {
       API_TRY(parse_content(*content, mp + ".content", cm.content));
+    }
+    // Tool turns in the model's own terms: an assistant's calls as the JSON it answers with
+    // (as tool_system_text asks), a tool's result as a user turn that says what it is (chat
+    // templates know no "tool" role).
+    if (const json* calls = cm.role == "assistant" ? field(m, "tool_calls") : nullptr) {
+      if (!calls->is_array()) return wrong_type(mp + ".tool_calls", "an array", *calls);
+      for (size_t k = 0; k < calls->size(); ++k) {
+        const json& c = (*calls)[k];
+        const std::string cp = fmt::format("{}.tool_calls[{}]", mp, k);
+        const json* fn = c.is_object() ? field(c, "function") : nullptr;
+        if (fn == nullptr || !fn->is_object()) return missing(cp + ".function");
+        std::string name, args;
+        const json* n = field(*fn, "name");
+        if (n == nullptr) return missing(cp + ".function.name");
+        API_TRY(read_string(*n, cp + ".function.name", name));
+        if (const json* a = field(*fn, "arguments")) API_TRY(read_string(*a, cp + ".function.arguments", args));
+        if (!cm.content.empty()) cm.content += "\n";
+        cm.content += json{{"name", name}, {"arguments", json::parse(args.empty() ? "{}" : args, nullptr, false)}}.dump();
+      }
+    }
+    if (cm.role == "tool") {
+      std::string id;
+      if (const json* t = field(m, "tool_call_id")) API_TRY(read_string(*t, mp + ".tool_call_id", id));
+      cm.role = "user";
+      cm.content = "Result of the function call" + (id.empty() ? std::string() : " " + id) + ":\n" + cm.content;
     }
     out.push_back(std::move(cm));
   }
@@ -381,32 +222,10 @@ Err refuse_unsupported(const json& body) {
   auto not_supported = [](const std::string& param, std::string_view why) {
     return unsupported(param, fmt::format("'{}' is not supported: {}.", param, why));
   };
-  for (const char* name : {"tools", "functions"}) {
-    const json* v = field(body, name);
-    if (v != nullptr && !(v->is_array() && v->empty())) {
-      return not_supported(name, "this server does not do tool or function calling");
-    }
-  }
-  for (const char* name : {"tool_choice", "function_call"}) {
-    const json* v = field(body, name);
-    if (v != nullptr && !(v->is_string() && v->get_ref<const std::string&>() == "none")) {
-      return not_supported(name,
-                           "this server does not do tool or function calling (only "
-                           "\"none\" is accepted)");
-    }
-  }
-  if (const json* v = field(body, "response_format")) {
-    if (!v->is_object()) return wrong_type("response_format", "an object", *v);
-    const json* t = field(*v, "type");
-    if (t == nullptr) return missing("response_format.type");
-    if (!t->is_string()) return wrong_type("response_format.type", "a string", *t);
-    if (t->get_ref<const std::string&>() != "text") {
-      return unsupported("response_format",
-                         fmt::format("'response_format' of type {} is not supported: only "
-                                     "{{\"type\": \"text\"}} is.",
-                                     show(*t)));
-    }
-  }
+  if (const json* v = field(body, "functions"); v != nullptr && !(v->is_array() && v->empty()))
+    return not_supported("functions", "use 'tools' (the deprecated 'functions' is not read)");
+  if (const json* v = field(body, "function_call"); v != nullptr && !(v->is_string() && v->get_ref<const std::string&>() == "none"))
+    return not_supported("function_call", "use 'tool_choice' (the deprecated 'function_call' is not read)");
   if (const json* v = field(body, "logit_bias")) {
     if (!v->is_object()) return wrong_type("logit_bias", "an object", *v);
     if (!v->empty()) return not_supported("logit_bias", "logits cannot be biased here");
@@ -436,7 +255,8 @@ Err refuse_unsupported(const json& body) {
   return std::nullopt;
 }
 
-Err parse_fields(Endpoint e, const json& body, const ApiLimits& limits, CompletionRequest& r) {
+Err parse_fields(Endpoint e, const json& body, std::string_view body_text, const ApiLimits& limits,
+                 CompletionRequest& r) {
   const bool chat = e == Endpoint::ChatCompletions;
   r.endpoint = e;
 
@@ -466,6 +286,7 @@ Err parse_fields(Endpoint e, const json& body, const ApiLimits& limits, Completi
     API_TRY(parse_prompt(body, r));
   }
   API_TRY(refuse_unsupported(body));
+  API_TRY(parse_constraint_fields(body, body_text, r));
 
   r.max_tokens = chat ? -1 : 16;  // OpenAI's defaults
   if (const json* v = field(body, "max_tokens")) {
@@ -670,7 +491,7 @@ std::variant<CompletionRequest, ApiError> parse_request(Endpoint e, std::string_
                       "invalid_json");
     }
     CompletionRequest r;
-    if (Err err = parse_fields(e, j, limits, r)) return *std::move(err);
+    if (Err err = parse_fields(e, j, body, limits, r)) return *std::move(err);
     return r;
   } catch (const std::exception& ex) {  // bad_alloc; anything else would be a bug here
     ApiError err;
@@ -689,6 +510,23 @@ std::string error_json(const ApiError& e) {
   return dump({{"error", std::move(err)}});
 }
 
+namespace {
+
+// message.tool_calls (or, streamed, delta.tool_calls, whose entries carry their index).
+json tool_calls_value(const std::vector<ToolCall>& calls, bool streamed) {
+  json out = json::array();
+  for (size_t i = 0; i < calls.size(); ++i) {
+    json c = {{"id", calls[i].id},
+              {"type", "function"},
+              {"function", {{"name", valid_utf8(calls[i].name)}, {"arguments", valid_utf8(calls[i].arguments)}}}};
+    if (streamed) c["index"] = i;
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+}  // namespace
+
 std::string completion_json(const CompletionRequest& r, std::string_view id, int64_t created,
                             const std::vector<Choice>& choices, const Usage& usage) {
   const bool chat = r.endpoint == Endpoint::ChatCompletions;
@@ -698,6 +536,10 @@ std::string completion_json(const CompletionRequest& r, std::string_view id, int
     json choice = {{"index", c.index}};
     if (chat) {
       choice["message"] = {{"role", "assistant"}, {"content", valid_utf8(c.text)}};
+      if (!c.tool_calls.empty()) {
+        choice["message"]["content"] = nullptr;
+        choice["message"]["tool_calls"] = tool_calls_value(c.tool_calls, false);
+      }
       choice["logprobs"] = chat_logprobs(c);
     } else {
       choice["text"] = valid_utf8(c.text);
@@ -719,6 +561,10 @@ std::string chunk_json(Endpoint e, std::string_view model, std::string_view id, 
     json delta = json::object();
     if (first_chat_chunk) delta["role"] = "assistant";
     if (first_chat_chunk || !c.text.empty()) delta["content"] = valid_utf8(c.text);
+    if (!c.tool_calls.empty()) {
+      delta["content"] = nullptr;
+      delta["tool_calls"] = tool_calls_value(c.tool_calls, true);
+    }
     choice["delta"] = std::move(delta);
     choice["logprobs"] = chat_logprobs(c);
   } else {

@@ -16,6 +16,7 @@
 #include <variant>
 #include <vector>
 
+#include "constrain/constraint_spec.h"
 #include "tokenizer/chat_template.h"
 
 namespace peregrine::serve {
@@ -41,6 +42,15 @@ struct ApiLimits {
   int64_t max_tokens_cap = 1 << 20;
   size_t max_depth = 64;                 // JSON nesting
   std::vector<std::string> model_names;  // accepted "model" values; empty: accept any
+};
+
+// A function the client offers (tools[].function): its parameters as JSON Schema text in the
+// client's key order ("" when it takes none).
+struct Tool {
+  std::string name, description, parameters;
+};
+struct ToolCall {
+  std::string id, name, arguments;  // arguments: JSON text
 };
 
 struct CompletionRequest {
@@ -70,6 +80,16 @@ struct CompletionRequest {
   // Extension (as llama-server's): keep generating past end-of-generation tokens, so a
   // benchmark gets exactly max_tokens tokens.
   bool ignore_eos = false;
+  // Constrained output (api_constraints.h): response_format json_object / json_schema, vLLM's
+  // guided_json / guided_regex / guided_choice / guided_grammar, llama-server's grammar /
+  // json_schema; constraint_param names the field it came from.
+  constrain::ConstraintSpec constraint;
+  std::string constraint_param;
+  // Tools: with tool_choice "required" or a named function the answer is a tool call
+  // (tool_call), generated under the schema of {"name", "arguments"} for the allowed tools.
+  std::vector<Tool> tools;
+  bool tool_call = false;
+  std::string tool_name;  // the function tool_choice names; empty: any of tools
 };
 
 inline constexpr float kMinTopP = 1e-6f;
@@ -100,6 +120,7 @@ struct Choice {
   // Completions' text_offset of the first token: characters of the text streamed before this
   // chunk (0 for a whole response).
   int64_t text_offset = 0;
+  std::vector<ToolCall> tool_calls;  // chat: the message's tool_calls (content null), finish "tool_calls"
 };
 struct Usage {
   int64_t prompt_tokens = 0, completion_tokens = 0;  // total_tokens is their sum

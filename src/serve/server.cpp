@@ -1,5 +1,6 @@
 #include "serve/server.h"
 
+#include "serve/api_constraints.h"
 #include "serve/http_request_reader.h"
 
 #include <csignal>
@@ -172,6 +173,7 @@ struct Server::Workers {
 Server::Server(const ServerOptions& opt, Scheduler& scheduler, const Tokenizer& tok,
                std::optional<ChatTemplate> chat)
     : opt_(opt), sched_(scheduler), tok_(tok), chat_(std::move(chat)),
+      constraints_(std::make_unique<constrain::ConstraintCompiler>(tok, tok.n_vocab())),
       http_(std::make_unique<HttpServer>(opt.http, static_cast<HttpHandler&>(*this))),
       workers_(std::make_unique<Workers>(opt.prepare_threads)) {
   limits_.max_body_bytes = opt.http.max_body_bytes;
@@ -335,6 +337,13 @@ void Server::prepare(const std::shared_ptr<HttpExchange>& ex, Endpoint endpoint)
   if (req.prompt_is_tokens) {  // completions only
     prompt.assign(req.prompt_tokens.begin(), req.prompt_tokens.end());
   } else if (endpoint == Endpoint::ChatCompletions) {
+    // A tool call: the model is told the functions and the answer's form by a system turn.
+    if (req.tool_call) {
+      if (!req.messages.empty() && req.messages[0].role == "system")
+        req.messages[0].content = tool_system_text(req) + "\n" + req.messages[0].content;
+      else
+        req.messages.insert(req.messages.begin(), ChatMessage{"system", tool_system_text(req)});
+    }
     // Control tokens only where the template writes them, never from message text (unless
     // --parse-special): a message cannot forge a turn.
     Result<std::vector<TokenId>> ids = encode_chat(tok_, *chat_, req.messages, true, opt_.parse_special);
@@ -361,6 +370,23 @@ void Server::prepare(const std::shared_ptr<HttpExchange>& ex, Endpoint endpoint)
                                                 n_ctx, n_prompt + req.max_tokens, n_prompt, req.max_tokens),
                                     "context_length_exceeded", "max_tokens"));
 
+  // The output constraint, compiled here on the worker (cached by content across requests).
+  std::shared_ptr<const constrain::CompiledConstraint> constraint;
+  if (req.tool_call || !req.constraint.empty()) {
+    constrain::ConstraintSpec spec = req.constraint;
+    std::string param = req.constraint_param;
+    if (req.tool_call) {
+      spec.kind = constrain::ConstraintSpec::Kind::JsonSchema;
+      spec.text = tool_call_schema(req);
+      param = "tools";
+    }
+    auto c = constraints_->compile(spec);
+    if (!c.ok())
+      return fail(ex, path, api_error(400, "invalid_request_error", fmt::format("Invalid '{}': {}", param, c.error().message),
+                                      "invalid_value", param));
+    constraint = std::move(c).value();
+  }
+
   // Tenant: the key's, for fair admission; the cache salt by scope.
   const int key = ex->request().principal;  // check_head authenticated it
   const std::string tenant = key >= 0 ? opt_.api_keys[size_t(key)].tenant : std::string();
@@ -380,6 +406,7 @@ void Server::prepare(const std::shared_ptr<HttpExchange>& ex, Endpoint endpoint)
   gen.top_logprobs = req.logprobs ? req.top_logprobs : -1;
   gen.stop = req.stop;
   gen.ignore_eos = req.ignore_eos;
+  if (constraint) gen.constraint = [constraint] { return constraint->make(); };
   gen.tenant = tenant;
   switch (opt_.cache_scope) {
     case CacheScope::Global: gen.cache_salt = 0; break;
@@ -504,10 +531,22 @@ void Server::drain_events(Job& job) {
       ++job.n_tokens[ci];
       generated_tokens_->inc();
     }
-    if (!streaming) {
+    if (!streaming || job.req.tool_call) {
       acc.text += e.text;
       if (e.has_logprobs) acc.logprobs.push_back(to_logprob(e.logprobs));
-      if (e.end) acc.finish_reason = finish_reason_name(e.finish);
+      if (e.end) {
+        acc.finish_reason = finish_reason_name(e.finish);
+        if (job.req.tool_call) as_tool_call(acc);
+        // A tool call is streamed whole once generated: its arguments are only known to be
+        // a complete call at the end.
+        if (streaming) {
+          emit_chunk(acc, e.choice);
+          Choice c;
+          c.index = e.choice;
+          c.finish_reason = acc.finish_reason;
+          emit_chunk(c, e.choice);
+        }
+      }
       continue;
     }
     if (!e.text.empty() || e.has_logprobs) {
@@ -549,6 +588,15 @@ void Server::drain_events(Job& job) {
     duration_->observe(seconds_since(job.start));
     finish(job, "200");
   }
+}
+
+void Server::as_tool_call(Choice& c) {
+  if (c.finish_reason != "stop") return;  // cut short: the text as it is, finish "length"
+  std::optional<ToolCall> call = parse_tool_call(c.text);
+  if (!call) return;
+  c.tool_calls.push_back(std::move(*call));
+  c.text.clear();
+  c.finish_reason = "tool_calls";
 }
 
 void Server::finish(Job& job, const char* outcome) {

@@ -33,6 +33,7 @@
 
 #include "core/status.h"
 #include "engine/scheduler.h"
+#include "constrain/constraint_spec.h"
 #include "serve/api.h"
 #include "serve/http_server.h"
 #include "serve/metrics.h"
@@ -113,6 +114,8 @@ class Server : private HttpHandler {
   // Ends a job's response with an error: a last SSE event after `out` (a stream), or the error
   // status and body; the generation is cancelled.
   void end_with_error(Job& job, std::string out, const ApiError& e, const char* outcome);
+  // A finished tool-call choice: its text becomes message.tool_calls, finish "tool_calls".
+  static void as_tool_call(Choice& c);
   void finish(Job& job, const char* outcome);
   void fail(const std::shared_ptr<HttpExchange>& ex, const char* path, const ApiError& e);
   std::string render_metrics();
@@ -121,6 +124,7 @@ class Server : private HttpHandler {
   Scheduler& sched_;
   const Tokenizer& tok_;
   std::optional<ChatTemplate> chat_;
+  std::unique_ptr<constrain::ConstraintCompiler> constraints_;  // shared by the workers, caches by content
   ApiLimits limits_;
   size_t max_token_bytes_ = 1;  // the longest token's bytes: prompt bytes / this <= its tokens
   std::unique_ptr<HttpServer> http_;
