@@ -136,11 +136,37 @@ std::string pointer_token(std::string_view s) {
   return out;
 }
 
-// A location for messages: the JSON pointer as a URI fragment, its middle cut when long.
-std::string where(const std::string& path) {
-  if (path.size() <= 160) return "#" + path;
-  return "#" + path.substr(0, 60) + "/.../" + path.substr(path.size() - 95);
+// Outside text as it appears in a message: control, C1 and line-separator characters and
+// invalid bytes escaped, and at most `max` code points (the middle elided).
+std::string shown(std::string_view s, size_t max = 80) {
+  std::vector<std::string> parts;  // one per code point (or invalid byte)
+  for (size_t i = 0; i < s.size();) {
+    const utf8::Seq q = utf8::next(s, i);
+    if (q.kind != utf8::Seq::Valid) {
+      parts.push_back(fmt::format("\\x{:02X}", uint8_t(s[i])));
+      ++i;
+      continue;
+    }
+    const uint32_t cp = utf8::codepoint(s, i, q.len);
+    if (cp < 0x20 || (cp >= 0x7F && cp <= 0x9F) || cp == 0x2028 || cp == 0x2029)
+      parts.push_back(fmt::format("\\u{:04x}", cp));
+    else
+      parts.emplace_back(s.substr(i, q.len));
+    i += q.len;
+  }
+  std::string out;
+  for (size_t k = 0; k < parts.size(); ++k) {
+    if (parts.size() > max && k == max / 3) {
+      out += "...";
+      k = parts.size() - (max - max / 3);
+    }
+    out += parts[k];
+  }
+  return out;
 }
+
+// A location for messages: the JSON pointer as a URI fragment (shown()).
+std::string where(const std::string& path) { return "#" + shown(path, 160); }
 
 struct Keyword {
   const char* name;
@@ -465,6 +491,7 @@ class Compiler {
   JsonSchemaOptions opt_;
   Grammar g_;
   std::unordered_map<std::string, uint32_t> rule_names_;
+  std::unordered_map<std::string, uint32_t> name_suffix_;  // last suffix used per base name
   uint64_t work_ = 0, merge_work_ = 0;
   uint32_t root_rule_ = kNoRule;
   uint32_t ws_ = kNoRule, char_ = kNoRule, string_ = kNoRule, number_ = kNoRule,
@@ -529,7 +556,7 @@ uint32_t Compiler::add_rule(std::string_view base, Expr body) {
   if (name.empty()) name = "rule";
   if (name.size() > 48) name.resize(48);
   std::string unique = name;
-  for (int k = 2; rule_names_.count(unique); ++k) unique = fmt::format("{}-{}", name, k);
+  while (rule_names_.count(unique)) unique = fmt::format("{}-{}", name, ++name_suffix_[name] + 1);
   const auto id = uint32_t(g_.rules.size());
   rule_names_.emplace(unique, id);
   g_.names.push_back(unique);
@@ -762,7 +789,8 @@ Maybe Compiler::fraction_range(uint64_t a, bool a_open, std::optional<uint64_t> 
 Status Compiler::check_keywords(const ojson& s, const Ctx& c) {
   for (auto it = s.begin(); it != s.end(); ++it)
     if (!find_keyword(it.key()))
-      return make_error("json schema: unsupported keyword '{}' at {}", it.key(), where(c.path));
+      return make_error("json schema: unsupported keyword '{}' at {}", shown(it.key()),
+                        where(c.path));
   return {};
 }
 
@@ -770,7 +798,7 @@ Status Compiler::check_strict(const ojson& s, const Ctx& c) {
   for (auto it = s.begin(); it != s.end(); ++it)
     if (!find_keyword(it.key())->strict_ok)
       return make_error("json schema (strict): '{}' is not supported in strict mode, at {}",
-                        it.key(), where(c.path));
+                        shown(it.key()), where(c.path));
   if (s.contains("items") && !s["items"].is_object())
     return make_error("json schema (strict): 'items' must be a schema object, at {}",
                       where(c.path));
@@ -779,7 +807,7 @@ Status Compiler::check_strict(const ojson& s, const Ctx& c) {
     if (std::find(std::begin(kStrictFormats), std::end(kStrictFormats), f) ==
         std::end(kStrictFormats))
       return make_error("json schema (strict): format '{}' is not supported in strict mode, at {}",
-                        f, where(c.path));
+                        shown(f), where(c.path));
   }
   if (s.contains("$ref") && !constraints_of(s, {"$ref"}).empty())
     return make_error("json schema (strict): '$ref' with sibling keywords at {}", where(c.path));
@@ -808,7 +836,7 @@ Result<std::optional<uint8_t>> Compiler::declared_types(const ojson& s, const Ct
       for (const auto& [name, b] : kTypeNames)
         if (x->is_string() && x->get<std::string>() == name) bit = b;
       if (!bit)
-        return make_error("json schema: unknown type {} at {}", x->dump(), where(c.path));
+        return make_error("json schema: unknown type {} at {}", shown(x->dump(-1, ' ', false, ojson::error_handler_t::replace)), where(c.path));
       *mask |= bit;
     }
   }
@@ -1075,24 +1103,23 @@ Result<Maybe> Compiler::object_node(const ojson& s, const Ctx& c0) {
   const ojson& props = s.contains("properties") ? s["properties"] : kEmpty;
   if (!props.is_object())
     return make_error("json schema: 'properties' at {} must be an object", where(c.path));
-  std::vector<std::string> required;
+  std::vector<std::string> required;  // in order, without repeats
+  std::set<std::string> required_set, listed;
   if (s.contains("required")) {
     if (!s["required"].is_array())
       return make_error("json schema: 'required' at {} must be an array", where(c.path));
     for (const ojson& r : s["required"]) {
       if (!r.is_string())
         return make_error("json schema: 'required' at {} must list strings", where(c.path));
-      if (std::find(required.begin(), required.end(), r.get<std::string>()) == required.end())
-        required.push_back(r.get<std::string>());
+      if (required_set.insert(r.get<std::string>()).second) required.push_back(r.get<std::string>());
     }
   }
+  for (auto it = props.begin(); it != props.end(); ++it) listed.insert(it.key());
   const ojson ap = s.contains("additionalProperties") ? s["additionalProperties"] : ojson(true);
   if (!ap.is_boolean() && !ap.is_object())
     return make_error("json schema: 'additionalProperties' at {} must be a boolean or a schema",
                       where(c.path));
-  auto is_required = [&](const std::string& k) {
-    return std::find(required.begin(), required.end(), k) != required.end();
-  };
+  auto is_required = [&](const std::string& k) { return required_set.count(k) != 0; };
   if (opt_.strict) {
     if (!(ap.is_boolean() && !ap.get<bool>()))
       return make_error("json schema (strict): objects need \"additionalProperties\": false, at {}",
@@ -1102,12 +1129,12 @@ Result<Maybe> Compiler::object_node(const ojson& s, const Ctx& c0) {
         return make_error("json schema (strict): property '{}' at {} is not in 'required' (in "
                           "strict mode every property is required; use a null type for "
                           "optional ones)",
-                          it.key(), where(c.path));
+                          shown(it.key()), where(c.path));
     for (const std::string& r : required)
-      if (!props.contains(r))
+      if (!listed.count(r))
         return make_error("json schema (strict): required property '{}' at {} is not in "
                           "'properties'",
-                          r, where(c.path));
+                          shown(r), where(c.path));
     strict_properties_ += props.size();
     if (strict_properties_ > kStrictMaxProperties)
       return make_error("json schema (strict): more than {} properties in all (at {})",
@@ -1145,7 +1172,7 @@ Result<Maybe> Compiler::object_node(const ojson& s, const Ctx& c0) {
     if (v) ap_value = share(std::move(*v), name + "-additional");
   }
   for (const std::string& r : required) {
-    if (props.contains(r)) continue;
+    if (listed.count(r)) continue;
     if (!ap_value) return Maybe{};
     PG_ASSIGN(std::string key, key_of(r));
     values.emplace_back(key, *ap_value);
@@ -1184,7 +1211,10 @@ Result<Maybe> Compiler::object_node(const ojson& s, const Ctx& c0) {
     Expr x = seq({sep(), members[l].kv});
     return members[l].required ? x : opt(std::move(x));
   };
-  const bool tail_rules = (first_required + 1) * n > 32;
+  // Tails are copied once per possible first member: beyond a small total, each tail is a
+  // rule (tail i = piece i, then tail i + 1) so the object stays linear in its members.
+  const size_t firsts = std::min(first_required + 1, n);
+  const bool tail_rules = firsts > 1 && firsts * n > 32;
   std::vector<uint32_t> tails;  // [n + 1] rule per tail when tail_rules
   if (tail_rules) {
     tails.resize(n + 1);
@@ -1414,11 +1444,11 @@ Result<std::string> Compiler::ref_pointer(const std::string& ref, const Ctx& c) 
     return make_error(
         "json schema: remote $ref '{}' at {} is not supported (only '#' and '#/json/pointer' "
         "into this schema)",
-        ref, where(c.path));
+        shown(ref), where(c.path));
   if (ref.size() > 1 && ref[1] != '/')
     return make_error(
-        "json schema: $ref '{}' at {}: anchors are not supported (only '#/json/pointer')", ref,
-        where(c.path));
+        "json schema: $ref '{}' at {}: anchors are not supported (only '#/json/pointer')",
+        shown(ref), where(c.path));
   std::string out;  // the fragment, percent-decoded
   for (size_t i = 1; i < ref.size(); ++i) {
     if (ref[i] != '%') {
@@ -1432,10 +1462,10 @@ Result<std::string> Compiler::ref_pointer(const std::string& ref, const Ctx& c) 
                                     : -1;
     };
     if (i + 2 >= ref.size())
-      return make_error("json schema: $ref '{}' at {}: bad percent-encoding", ref, where(c.path));
+      return make_error("json schema: $ref '{}' at {}: bad percent-encoding", shown(ref), where(c.path));
     const int h1 = hexval(ref[i + 1]), h2 = hexval(ref[i + 2]);
     if (h1 < 0 || h2 < 0)
-      return make_error("json schema: $ref '{}' at {}: bad percent-encoding", ref, where(c.path));
+      return make_error("json schema: $ref '{}' at {}: bad percent-encoding", shown(ref), where(c.path));
     out += char(h1 * 16 + h2);
     i += 2;
   }
@@ -1455,7 +1485,7 @@ Result<const ojson*> Compiler::lookup(const std::string& pointer, const std::str
       } else if (i + 1 < end && (pointer[i + 1] == '0' || pointer[i + 1] == '1')) {
         token += pointer[++i] == '0' ? '~' : '/';
       } else {
-        return make_error("json schema: $ref '{}' at {}: bad '~' escape", ref, where(c.path));
+        return make_error("json schema: $ref '{}' at {}: bad '~' escape", shown(ref), where(c.path));
       }
     }
     const ojson* next = nullptr;
@@ -1467,7 +1497,7 @@ Result<const ojson*> Compiler::lookup(const std::string& pointer, const std::str
       next = &(*cur)[std::stoul(token)];
     }
     if (!next)
-      return make_error("json schema: $ref '{}' at {} points to nothing", ref, where(c.path));
+      return make_error("json schema: $ref '{}' at {} points to nothing", shown(ref), where(c.path));
     cur = next;
     start = end + 1;
   }
@@ -1847,7 +1877,7 @@ Result<uint32_t> Compiler::format_rule(const std::string& f, const Ctx& c) {
     return make_error(
         "json schema: unsupported format '{}' at {} (supported: date, time, date-time, "
         "duration, uuid, email, hostname, ipv4, ipv6, uri)",
-        f, where(c.path));
+        shown(f), where(c.path));
   }
   const uint32_t id = add_rule("format-" + f, std::move(body));
   format_rules_.emplace(f, id);
@@ -1875,10 +1905,10 @@ Result<uint32_t> Compiler::pattern_rule(const std::string& re, const Ctx& c) {
       return make_error(
           "json schema: pattern '{}' at {}: '{}' is only supported at the start or end of the "
           "pattern or of a top-level alternative",
-          re, where(c.path), *a);
+          shown(re), where(c.path), *a);
     Result<Grammar> rg = parse_regex(p);
     if (!rg.ok())
-      return make_error("json schema: pattern '{}' at {}: {}", re, where(c.path),
+      return make_error("json schema: pattern '{}' at {}: {}", shown(re), where(c.path),
                         rg.error().message);
     PG_ASSIGN(uint32_t inner, splice_regex(rg.value(), base, c));
     alts.push_back(seq({start ? Expr::empty() : rep(ref(ch), 0, kInf), ref(inner),

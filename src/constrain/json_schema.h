@@ -33,7 +33,8 @@
 //     uuid (8-4-4-4-12 hex digits), email (dot-atom local part @ hostname), hostname (RFC 1123
 //     labels of 1-63 characters; total length unchecked), ipv4 (dotted decimal without
 //     leading zeros), ipv6 (RFC 3986), uri (RFC 3986 URI without IPvFuture). Together with
-//     pattern or minLength/maxLength: an error.
+//     pattern or minLength/maxLength: an error. Like every string keyword, format has no
+//     effect on values of other types (OpenAPI's {"type": "integer", "format": "int64"}).
 //   - Without `type`, a schema whose keywords belong to some kinds (object: properties,
 //     required, additionalProperties; array: items, prefixItems, minItems, maxItems; string:
 //     minLength, maxLength, pattern, format; number: minimum, maximum, exclusive*) is taken

@@ -27,7 +27,14 @@ deep nesting, large repeat counts).
 
 regex: patterns using every supported construct and the refused ones (backreferences,
 lookaround, flags, possessive quantifiers, anchors in the middle, odd classes).
+
+json_schema: JSON Schemas behind the target's option byte (bit 0 strict, bit 1 bounded
+whitespace, bit 2 oneOf as anyOf): objects with required/optional and additional properties,
+arrays with prefixItems and counts, enums and consts, integer and number bounds, formats,
+patterns, $ref recursion, allOf/anyOf/oneOf, a strict OpenAI-style schema, and near misses
+(unsupported keywords, remote and cyclic $refs, deep nesting).
 """
+import json
 import os
 import struct
 import sys
@@ -226,8 +233,47 @@ def regex_seeds():
     return {f"{k}.re": v for k, v in patterns.items()}
 
 
+def json_schema_seeds():
+    obj = lambda props, req=(), extra=None: dict(
+        {"type": "object", "properties": props, "required": list(req)},
+        **({} if extra is None else {"additionalProperties": extra}))
+    schemas = {
+        "object": obj({"name": {"type": "string", "maxLength": 8}, "age": {"type": "integer"}},
+                      ["name"], False),
+        "open_object": obj({"id": {"type": "integer"}}, ["id"], {"type": "string"}),
+        "array": {"type": "array", "prefixItems": [{"type": "string"}, {"type": "boolean"}],
+                  "items": {"type": "number"}, "minItems": 1, "maxItems": 4},
+        "enum": {"enum": ["a", 1, None, True, [1, {"k": "v"}], "q\"\u0001"]},
+        "bounds": {"type": "object", "properties": {
+            "i": {"type": "integer", "minimum": -17, "exclusiveMaximum": 1234},
+            "n": {"type": "number", "minimum": 0, "maximum": 1}}},
+        "formats": {"type": "array", "items": {"anyOf": [
+            {"type": "string", "format": f} for f in
+            ("date", "time", "date-time", "uuid", "email", "uri", "ipv4", "ipv6", "duration")]}},
+        "pattern": {"type": "string", "pattern": "^[a-z]+(-[0-9]{2})?$|x"},
+        "recursive": {"$defs": {"n": obj({"v": {"type": "integer"},
+                                          "kids": {"type": "array", "items": {"$ref": "#/$defs/n"}}},
+                                         ["v"], False)}, "$ref": "#/$defs/n"},
+        "combinators": {"allOf": [obj({"a": {"type": "integer"}}, ["a"]),
+                                  {"properties": {"b": {"type": "string"}}}],
+                        "anyOf": [{"required": ["a"]}, {"required": ["b"]}],
+                        "oneOf": [{"type": "object"}]},
+        "strict": obj({"x": {"type": ["string", "null"]}, "y": {"anyOf": [
+            {"$ref": "#/$defs/p"}, {"type": "null"}]}}, ["x", "y"], False) | {
+            "$defs": {"p": obj({"q": {"type": "boolean"}}, ["q"], False)}},
+        "unsupported": {"type": "object", "patternProperties": {"^x": {}}, "not": {}},
+        "bad_refs": {"anyOf": [{"$ref": "#"}, {"$ref": "http://x/y.json"}, {"$ref": "#/nope"}]},
+    }
+    options = {"strict": 1, "object": 2, "combinators": 4, "formats": 2}
+    seeds = {f"{k}.json": bytes([options.get(k, 0)]) + json.dumps(v).encode()
+             for k, v in schemas.items()}
+    seeds["deep.json"] = b"\x00" + b'{"items":' * 80 + b"{}" + b"}" * 80
+    return seeds
+
+
 SEEDS = {"gguf": gguf_seeds, "tokenizer_spm": tokenizer_spm_seeds, "api_request": api_request_seeds,
-         "http_request": http_request_seeds, "gbnf": gbnf_seeds, "regex": regex_seeds}
+         "http_request": http_request_seeds, "gbnf": gbnf_seeds, "regex": regex_seeds,
+         "json_schema": json_schema_seeds}
 
 
 def main():

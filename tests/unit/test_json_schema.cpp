@@ -487,7 +487,7 @@ TEST(JsonSchema, UnsupportedKeywordsAreNamedWithTheirLocation) {
     EXPECT_NE(e.find("#/properties/a b"), std::string::npos) << e;
   }
   struct Refusal {
-    const char* schema;
+    std::string schema;
     const char* says;
   };
   for (const Refusal& r : std::vector<Refusal>{
@@ -513,9 +513,13 @@ TEST(JsonSchema, UnsupportedKeywordsAreNamedWithTheirLocation) {
            {R"({"anyOf":[]})", "'anyOf' at # must be a non-empty array"},
            {R"({"properties":[]})", "'properties' at # must be an object"},
            {R"([])", "must be an object or a boolean"},
-           {"{\"type\":", "not valid JSON"}}) {
+           {"{\"type\":", "not valid JSON"},
+           // Echoed text is escaped and cut: messages stay one short line.
+           {R"({"properties":{"a\nb":{"x\u2028y":1}}})", "'x\\u2028y' at #/properties/a\\u000ab"},
+           {R"({"$ref":"#/)" + std::string(5000, 'x') + R"("})", "..."}}) {
     const std::string e = compile_error(r.schema);
     EXPECT_NE(e.find(r.says), std::string::npos) << r.schema << " -> " << e;
+    EXPECT_LT(e.size(), 600u) << e;
   }
 }
 
