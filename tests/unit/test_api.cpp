@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "serve/api.h"
+#include "serve/api_constraints.h"
 #include "tokenizer/unicode_utf8.h"
 
 namespace peregrine::serve {
@@ -332,12 +333,8 @@ TEST(ApiRequest, BadMessages) {
 }
 
 TEST(ApiRequest, UnsupportedMessageKindsSaySo) {
-  ApiError e = reject(kChat, R"({"model":"m","messages":[{"role":"tool","content":"42",
-                                "tool_call_id":"c1"}]})");
-  EXPECT_EQ(e.status, 400);
+  ApiError e = reject(kChat, R"({"model":"m","messages":[{"role":"function","content":"x","name":"f"}]})");
   EXPECT_EQ(e.param, "messages[0].role");
-  EXPECT_TRUE(contains(e.message, "'tool'") && contains(e.message, "not supported")) << e.message;
-  e = reject(kChat, R"({"model":"m","messages":[{"role":"function","content":"x","name":"f"}]})");
   EXPECT_TRUE(contains(e.message, "not supported")) << e.message;
   e = reject(kChat, R"({"model":"m","messages":[{"role":"user","content":[
       {"type":"text","text":"what is this?"},
@@ -347,8 +344,21 @@ TEST(ApiRequest, UnsupportedMessageKindsSaySo) {
       << e.message;
   e = reject(kChat, R"({"model":"m","messages":[{"role":"user","content":"x"},
       {"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function"}]}]})");
-  EXPECT_EQ(e.param, "messages[1].tool_calls");
-  EXPECT_TRUE(contains(e.message, "not supported")) << e.message;
+  EXPECT_EQ(e.param, "messages[1].tool_calls[0].function");
+}
+
+// Tool turns become text the model reads: the assistant's call as the JSON it answers with,
+// the tool's result as a user turn that says what it is.
+TEST(ApiRequest, ToolTurnsBecomeText) {
+  CompletionRequest r = accept(kChat, R"({"model":"m","messages":[{"role":"user","content":"t?"},
+      {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function",
+       "function":{"name":"get_time","arguments":"{\"tz\":\"UTC\"}"}}]},
+      {"role":"tool","tool_call_id":"c1","content":"12:00"}]})");
+  ASSERT_EQ(r.messages.size(), 3u);
+  EXPECT_EQ(r.messages[1].role, "assistant");
+  EXPECT_EQ(r.messages[1].content, R"({"arguments":{"tz":"UTC"},"name":"get_time"})");
+  EXPECT_EQ(r.messages[2].role, "user");
+  EXPECT_TRUE(contains(r.messages[2].content, "c1") && contains(r.messages[2].content, "12:00"));
 }
 
 TEST(ApiRequest, MaxTokens) {
@@ -501,13 +511,11 @@ TEST(ApiRequest, FeaturesWeCannotHonourAreRefused) {
     const char* extra;
     const char* param;
   };
-  for (Case c : {Case{kChat, R"("tools":[{"type":"function","function":{"name":"f"}}])", "tools"},
+  for (Case c : {Case{kChat, R"("tools":[{"type":"function","function":{"name":"f"}}])", "tool_choice"},
+                 Case{kChat, R"("tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"auto")",
+                      "tool_choice"},
                  Case{kChat, R"("functions":[{"name":"f"}])", "functions"},
-                 Case{kChat, R"("tool_choice":"auto")", "tool_choice"},
-                 Case{kChat, R"("tool_choice":{"type":"function"})", "tool_choice"},
-                 Case{kChat, R"("response_format":{"type":"json_object"})", "response_format"},
-                 Case{kChat, R"("response_format":{"type":"json_schema","json_schema":{}})",
-                      "response_format"},
+                 Case{kChat, R"("guided_whitespace_pattern":" ")", "guided_whitespace_pattern"},
                  Case{kChat, R"("logit_bias":{"50256":-100})", "logit_bias"},
                  Case{kText, R"("best_of":2)", "best_of"}, Case{kText, R"("echo":true)", "echo"},
                  Case{kText, R"("suffix":"end")", "suffix"},
@@ -855,6 +863,82 @@ TEST(ApiResponse, InvalidUtf8NeverThrows) {
   EXPECT_EQ(j["choices"][0]["logprobs"]["content"][0]["bytes"], json({0xF0, 0x9F}));
   ASSERT_NO_THROW(out = chunk_json(kText, "\xFF", "\xFF", 0, choices[0], false));
   parse_back(out);
+}
+
+}  // namespace
+}  // namespace peregrine::serve
+
+namespace peregrine::serve {
+namespace {
+
+// Each constraint field becomes one ConstraintSpec; schemas keep the client's key order.
+TEST(ApiConstraints, FieldsBecomeSpecs) {
+  using K = constrain::ConstraintSpec::Kind;
+  auto spec = [](const std::string& extra) {
+    auto r = parse_request(Endpoint::ChatCompletions,
+                           R"({"model":"m","messages":[{"role":"user","content":"x"}],)" + extra + "}", {});
+    EXPECT_TRUE(std::holds_alternative<CompletionRequest>(r)) << extra;
+    return std::get<CompletionRequest>(r);
+  };
+  CompletionRequest r = spec(R"("response_format":{"type":"json_schema","json_schema":{"name":"p","strict":true,
+      "schema":{"type":"object","properties":{"zz":{"type":"integer"},"aa":{"type":"string"}}}}})");
+  EXPECT_EQ(r.constraint.kind, K::JsonSchema);
+  EXPECT_TRUE(r.constraint.json.strict);
+  EXPECT_LT(r.constraint.text.find("zz"), r.constraint.text.find("aa")) << r.constraint.text;
+  EXPECT_EQ(r.constraint_param, "response_format.json_schema.schema");
+  EXPECT_EQ(spec(R"("response_format":{"type":"json_object"})").constraint.kind, K::JsonObject);
+  EXPECT_EQ(spec(R"("response_format":{"type":"text"})").constraint.kind, K::None);
+  EXPECT_EQ(spec(R"("guided_json":"{\"type\":\"integer\"}")").constraint.text, R"({"type":"integer"})");
+  EXPECT_EQ(spec(R"("guided_regex":"a+")").constraint.kind, K::Regex);
+  EXPECT_EQ(spec(R"("guided_grammar":"root ::= \"a\"")").constraint.kind, K::Gbnf);
+  EXPECT_EQ(spec(R"("grammar":"root ::= \"a\"")").constraint_param, "grammar");
+  EXPECT_EQ(spec(R"("json_schema":{"b":1,"a":2})").constraint.text, R"({"b":1,"a":2})");
+  CompletionRequest c = spec(R"("guided_choice":["x","y z"])");
+  EXPECT_EQ(c.constraint.kind, K::Choices);
+  EXPECT_EQ(c.constraint.choices, (std::vector<std::string>{"x", "y z"}));
+  CompletionRequest t = spec(R"("tools":[{"type":"function","function":{"name":"f","parameters":
+      {"type":"object","properties":{"q":{"type":"string"},"a":{"type":"integer"}}}}},
+      {"type":"function","function":{"name":"g"}}],"tool_choice":{"type":"function","function":{"name":"g"}})");
+  EXPECT_TRUE(t.tool_call);
+  EXPECT_EQ(t.tool_name, "g");
+  ASSERT_EQ(t.tools.size(), 2u);
+  EXPECT_LT(t.tools[0].parameters.find("\"q\""), t.tools[0].parameters.find("\"a\""));
+  EXPECT_NE(tool_call_schema(t).find("\"const\":\"g\""), std::string::npos) << tool_call_schema(t);
+  EXPECT_EQ(tool_call_schema(t).find("\"f\""), std::string::npos);
+  auto call = parse_tool_call(R"({"name":"g","arguments":{"b":1,"a":2}})");
+  ASSERT_TRUE(call.has_value());
+  EXPECT_EQ(call->name, "g");
+  EXPECT_EQ(call->arguments, R"({"b":1,"a":2})");
+  EXPECT_FALSE(parse_tool_call(R"({"name":"g","argu)").has_value());
+}
+
+TEST(ApiConstraints, ConflictsAndBadValuesNameTheField) {
+  struct Case {
+    const char* extra;
+    const char* param;
+  };
+  for (Case c : {Case{R"("guided_regex":"a","grammar":"root ::= \"a\"")", "grammar"},
+                 Case{R"("response_format":{"type":"json_object"},"guided_json":{})", "guided_json"},
+                 Case{R"("guided_choice":[])", "guided_choice"}, Case{R"("guided_choice":["a",1])", "guided_choice[1]"},
+                 Case{R"("guided_regex":"")", "guided_regex"}, Case{R"("guided_json":5)", "guided_json"},
+                 Case{R"("response_format":{"type":"json_schema"})", "response_format.json_schema"},
+                 Case{R"("response_format":{"type":"json_schema","json_schema":{"name":"a b"}})",
+                      "response_format.json_schema.name"},
+                 Case{R"("response_format":{"type":"yaml"})", "response_format.type"},
+                 Case{R"("tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"function","function":{"name":"h"}})",
+                      "tool_choice.function.name"},
+                 Case{R"("tools":[{"type":"function","function":{"name":"f"}},{"type":"function","function":{"name":"f"}}],"tool_choice":"required")",
+                      "tools[1].function.name"},
+                 Case{R"("tools":[{"type":"retrieval"}],"tool_choice":"required")", "tools[0].type"},
+                 Case{R"("tools":[],"tool_choice":"required")", "tool_choice"},
+                 Case{R"("tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"required","guided_regex":"a")",
+                      "guided_regex"}}) {
+    auto r = parse_request(Endpoint::ChatCompletions,
+                           std::string(R"({"model":"m","messages":[{"role":"user","content":"x"}],)") + c.extra + "}", {});
+    ASSERT_TRUE(std::holds_alternative<ApiError>(r)) << c.extra;
+    EXPECT_EQ(std::get<ApiError>(r).status, 400) << c.extra;
+    EXPECT_EQ(std::get<ApiError>(r).param, c.param) << c.extra << ": " << std::get<ApiError>(r).message;
+  }
 }
 
 }  // namespace
