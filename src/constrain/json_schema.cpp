@@ -166,7 +166,7 @@ std::string shown(std::string_view s, size_t max = 80) {
 }
 
 // A location for messages: the JSON pointer as a URI fragment (shown()).
-std::string where(const std::string& path) { return "#" + shown(path, 160); }
+std::string where(const std::string& path) { return fmt::format("#{}", shown(path, 160)); }
 
 struct Keyword {
   const char* name;
@@ -752,7 +752,7 @@ Expr Compiler::uint_range(uint64_t lo, std::optional<uint64_t> hi) {
   const size_t hi_len = hi ? std::to_string(*hi).size() : los.size();
   std::vector<Expr> alts;
   for (size_t len = los.size(); len <= hi_len; ++len) {
-    const std::string from = len == los.size() ? los : "1" + std::string(len - 1, '0');
+    const std::string from = len == los.size() ? los : fmt::format("1{}", std::string(len - 1, '0'));
     const std::string to = hi && len == hi_len ? std::to_string(*hi) : std::string(len, '9');
     alts.push_back(same_length_range(from, to));
   }

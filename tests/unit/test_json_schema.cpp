@@ -442,7 +442,7 @@ TEST(JsonSchema, NullableAndFalseAndNothing) {
 
 TEST(JsonSchema, ManyOptionalPropertiesStayLinear) {
   ojson props = ojson::object();
-  for (int i = 0; i < 300; ++i) props["p" + std::to_string(i)] = {{"type", "integer"}};
+  for (int i = 0; i < 300; ++i) props[fmt::format("p{}", i)] = {{"type", "integer"}};
   ojson schema = {{"type", "object"}, {"properties", props}, {"additionalProperties", false}};
   Result<Grammar> r = json_schema_to_grammar(schema);
   ASSERT_TRUE(r.ok()) << r.error().message;
@@ -617,8 +617,8 @@ TEST(JsonSchema, StrictModeRefusesWithTheReason) {
   EXPECT_NE(r.error().message.find("1000 enum values"), std::string::npos) << r.error().message;
   ojson props = ojson::object(), req = ojson::array();
   for (int i = 0; i < 5001; ++i) {
-    props["p" + std::to_string(i)] = {{"type", "null"}};
-    req.push_back("p" + std::to_string(i));
+    props[fmt::format("p{}", i)] = {{"type", "null"}};
+    req.push_back(fmt::format("p{}", i));
   }
   r = json_schema_to_grammar(
       ojson{{"type", "object"}, {"properties", props}, {"required", req}, {"additionalProperties", false}},
