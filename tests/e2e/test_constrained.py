@@ -349,3 +349,17 @@ def test_bad_constraints_get_a_400_naming_the_field(client, kw, param):
 def test_server_still_serves_after_bad_constraints(client):
     r = chat(client, max_tokens=8, extra_body={"guided_choice": ["fine"]})
     assert r.choices[0].message.content == "fine"
+
+
+def test_speculative_drafts_are_checked_against_the_constraint(ok, model_path, tmp_path):
+    """Drafted tokens the constraint refuses are never accepted: greedy constrained text is the
+    same with and without speculation (n-gram drafts from the prompt, which is JSON-like but
+    not valid for the schema)."""
+    f = tmp_path / "schema.json"
+    f.write_text(json.dumps(PERSON))
+    prompt = 'Repeat: {"name": "Ann", "age": "old", "role": "boss", "tags": [1, 2]}'
+    plain = gen(ok, model_path, "--json-schema", f, prompt=prompt, n=120).stdout
+    spec = gen(ok, model_path, "--json-schema", f, "--spec", "ngram", prompt=prompt, n=120)
+    assert spec.stdout == plain
+    assert "drafted" in spec.stderr
+    jsonschema.validate(json.loads(plain), PERSON)
