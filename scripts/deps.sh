@@ -8,6 +8,7 @@ packages=(
   libgtest-dev libbenchmark-dev
   nlohmann-json3-dev libboost1.81-dev libcli11-dev libfmt-dev libpcre2-dev libssl-dev
   python3 python3-pip python3-venv
+  python3-torch python3-venv       # .venv-grammar (scripts/venv_grammar.sh): xgrammar's torch, CPU-only
 )
 
 missing=()
