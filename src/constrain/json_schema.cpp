@@ -1,5 +1,7 @@
 #include "constrain/json_schema.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -9,8 +11,6 @@
 #include <unordered_map>
 #include <utility>
 #include <vector>
-
-#include <fmt/format.h>
 
 #include "constrain/regex_parser.h"
 #include "tokenizer/unicode_utf8.h"
@@ -24,21 +24,21 @@ using Maybe = std::optional<Expr>;  // nullopt: no JSON value matches
 
 constexpr uint32_t kInf = kUnbounded;
 constexpr uint32_t kNoRule = UINT32_MAX;
-constexpr size_t kMaxJsonDepth = 512;       // nesting of the schema document itself
-constexpr uint64_t kMaxWork = 1u << 22;     // builder calls
+constexpr size_t kMaxJsonDepth = 512;         // nesting of the schema document itself
+constexpr uint64_t kMaxWork = 1u << 22;       // builder calls
 constexpr uint64_t kMaxMergeWork = 1u << 20;  // JSON values copied while merging allOf/$ref
-constexpr uint32_t kHoistDepth = 128;       // deeper subexpressions move to rules of their own
+constexpr uint32_t kHoistDepth = 128;         // deeper subexpressions move to rules of their own
 constexpr int64_t kMaxBound = 1000000000000000000;  // |numeric bound| <= 1e18
-constexpr size_t kMaxAnyOfProduct = 256;    // branches from multiplying out two anyOf
-constexpr size_t kMaxExcludedName = 1024;   // code points of a name excluded from extra keys
+constexpr size_t kMaxAnyOfProduct = 256;            // branches from multiplying out two anyOf
+constexpr size_t kMaxExcludedName = 1024;  // code points of a name excluded from extra keys
 
 // OpenAI's strict subset (platform.openai.com/docs/guides/structured-outputs, "Supported
 // schemas"): limits and the string formats it lists.
 constexpr uint32_t kStrictMaxObjectDepth = 10;
 constexpr uint64_t kStrictMaxProperties = 5000;
 constexpr uint64_t kStrictMaxEnumValues = 1000;
-constexpr const char* kStrictFormats[] = {"date-time", "time",     "date", "duration", "email",
-                                          "hostname",  "ipv4",     "ipv6", "uuid"};
+constexpr const char* kStrictFormats[] = {"date-time", "time", "date", "duration", "email",
+                                          "hostname",  "ipv4", "ipv6", "uuid"};
 
 // ---- code points and canonical string encoding
 
@@ -61,14 +61,29 @@ bool decode_utf8(std::string_view s, std::vector<uint32_t>* out) {
 // characters escaped (short forms where JSON has them, else \u00xx), everything else as is.
 void append_canonical(std::string& out, uint32_t cp) {
   switch (cp) {
-    case '"': out += "\\\""; return;
-    case '\\': out += "\\\\"; return;
-    case '\b': out += "\\b"; return;
-    case '\f': out += "\\f"; return;
-    case '\n': out += "\\n"; return;
-    case '\r': out += "\\r"; return;
-    case '\t': out += "\\t"; return;
-    default: break;
+    case '"':
+      out += "\\\"";
+      return;
+    case '\\':
+      out += "\\\\";
+      return;
+    case '\b':
+      out += "\\b";
+      return;
+    case '\f':
+      out += "\\f";
+      return;
+    case '\n':
+      out += "\\n";
+      return;
+    case '\r':
+      out += "\\r";
+      return;
+    case '\t':
+      out += "\\t";
+      return;
+    default:
+      break;
   }
   if (cp < 0x20) {
     out += fmt::format("\\u{:04x}", cp);
@@ -129,9 +144,12 @@ Ranges intersect(const Ranges& a, const Ranges& b) {  // both normalized
 std::string pointer_token(std::string_view s) {
   std::string out;
   for (char ch : s) {
-    if (ch == '~') out += "~0";
-    else if (ch == '/') out += "~1";
-    else out += ch;
+    if (ch == '~')
+      out += "~0";
+    else if (ch == '/')
+      out += "~1";
+    else
+      out += ch;
   }
   return out;
 }
@@ -174,24 +192,40 @@ struct Keyword {
   bool strict_ok;   // within OpenAI's strict subset
 };
 constexpr Keyword kKeywords[] = {
-    {"title", false, true},          {"description", false, true},
-    {"default", false, true},        {"examples", false, true},
-    {"$schema", false, true},        {"$id", false, true},
-    {"$comment", false, true},       {"deprecated", false, true},
-    {"readOnly", false, true},       {"writeOnly", false, true},
-    {"$defs", false, true},          {"definitions", false, true},
-    {"type", true, true},            {"nullable", true, false},
-    {"properties", true, true},      {"required", true, true},
+    {"title", false, true},
+    {"description", false, true},
+    {"default", false, true},
+    {"examples", false, true},
+    {"$schema", false, true},
+    {"$id", false, true},
+    {"$comment", false, true},
+    {"deprecated", false, true},
+    {"readOnly", false, true},
+    {"writeOnly", false, true},
+    {"$defs", false, true},
+    {"definitions", false, true},
+    {"type", true, true},
+    {"nullable", true, false},
+    {"properties", true, true},
+    {"required", true, true},
     {"additionalProperties", true, true},
-    {"items", true, true},           {"prefixItems", true, false},
+    {"items", true, true},
+    {"prefixItems", true, false},
     {"additionalItems", true, false},
-    {"minItems", true, true},        {"maxItems", true, true},
-    {"enum", true, true},            {"const", true, true},
-    {"anyOf", true, true},           {"oneOf", true, false},
-    {"allOf", true, false},          {"$ref", true, true},
-    {"minLength", true, false},      {"maxLength", true, false},
-    {"pattern", true, true},         {"format", true, true},
-    {"minimum", true, true},         {"maximum", true, true},
+    {"minItems", true, true},
+    {"maxItems", true, true},
+    {"enum", true, true},
+    {"const", true, true},
+    {"anyOf", true, true},
+    {"oneOf", true, false},
+    {"allOf", true, false},
+    {"$ref", true, true},
+    {"minLength", true, false},
+    {"maxLength", true, false},
+    {"pattern", true, true},
+    {"format", true, true},
+    {"minimum", true, true},
+    {"maximum", true, true},
     {"exclusiveMinimum", true, true},
     {"exclusiveMaximum", true, true},
 };
@@ -234,17 +268,25 @@ ojson conj(const ojson& a, const ojson& b) {
 // ---- types
 
 enum : uint8_t {
-  kNull = 1, kBool = 2, kObject = 4, kArray = 8, kString = 16, kNumber = 32, kInteger = 64
+  kNull = 1,
+  kBool = 2,
+  kObject = 4,
+  kArray = 8,
+  kString = 16,
+  kNumber = 32,
+  kInteger = 64
 };
 constexpr uint8_t kAllTypes = kNull | kBool | kObject | kArray | kString | kNumber;
 constexpr std::pair<const char*, uint8_t> kTypeNames[] = {
-    {"null", kNull},     {"boolean", kBool}, {"object", kObject},  {"array", kArray},
+    {"null", kNull},     {"boolean", kBool},  {"object", kObject},  {"array", kArray},
     {"string", kString}, {"number", kNumber}, {"integer", kInteger}};
 
 uint8_t intersect_types(uint8_t a, uint8_t b) {
   uint8_t r = a & b & uint8_t(~(kNumber | kInteger));
-  if ((a & kNumber) && (b & kNumber)) r |= kNumber;
-  else if ((a & (kNumber | kInteger)) && (b & (kNumber | kInteger))) r |= kInteger;
+  if ((a & kNumber) && (b & kNumber))
+    r |= kNumber;
+  else if ((a & (kNumber | kInteger)) && (b & (kNumber | kInteger)))
+    r |= kInteger;
   return r;
 }
 
@@ -336,8 +378,8 @@ std::optional<std::string> inner_assertion(std::string_view re) {
   for (size_t i = 0; i < re.size(); ++i) {
     const char ch = re[i];
     if (ch == '\\') {
-      if (i + 1 < re.size() && !in_class && std::string_view("bBAZzG").find(re[i + 1]) !=
-                                                 std::string_view::npos)
+      if (i + 1 < re.size() && !in_class &&
+          std::string_view("bBAZzG").find(re[i + 1]) != std::string_view::npos)
         return std::string(re.substr(i, 2));
       ++i;
     } else if (in_class) {
@@ -494,8 +536,8 @@ class Compiler {
   std::unordered_map<std::string, uint32_t> name_suffix_;  // last suffix used per base name
   uint64_t work_ = 0, merge_work_ = 0;
   uint32_t root_rule_ = kNoRule;
-  uint32_t ws_ = kNoRule, char_ = kNoRule, string_ = kNoRule, number_ = kNoRule,
-           integer_ = kNoRule, value_ = kNoRule, escapes_ = kNoRule;
+  uint32_t ws_ = kNoRule, char_ = kNoRule, string_ = kNoRule, number_ = kNoRule, integer_ = kNoRule,
+           value_ = kNoRule, escapes_ = kNoRule;
   struct PendingRef {
     std::string pointer;
     const ojson* target;
@@ -584,8 +626,8 @@ void Compiler::hoist(Expr& e, uint32_t depth, const std::string& owner) {
 // ws ::= ( " " | "\n" [ \t]{0,20} )?
 uint32_t Compiler::ws_rule() {
   if (ws_ == kNoRule)
-    ws_ = add_rule("ws", opt(alt({lit(" "), seq({lit("\n"), rep(cls({{'\t', '\t'}, {' ', ' '}}),
-                                                                 0, 20)})})));
+    ws_ = add_rule(
+        "ws", opt(alt({lit(" "), seq({lit("\n"), rep(cls({{'\t', '\t'}, {' ', ' '}}), 0, 20)})})));
   return ws_;
 }
 
@@ -595,8 +637,14 @@ uint32_t Compiler::char_rule() {
   Expr not_d = cls({{'0', '9'}, {'A', 'C'}, {'E', 'F'}, {'a', 'c'}, {'e', 'f'}});
   Expr u = alt({seq({std::move(not_d), hex(), hex(), hex()}),
                 seq({cls({{'D', 'D'}, {'d', 'd'}}), chr('0', '7'), hex(), hex()})});
-  Expr esc = alt({cls({{'"', '"'}, {'/', '/'}, {'\\', '\\'}, {'b', 'b'}, {'f', 'f'}, {'n', 'n'},
-                       {'r', 'r'}, {'t', 't'}}),
+  Expr esc = alt({cls({{'"', '"'},
+                       {'/', '/'},
+                       {'\\', '\\'},
+                       {'b', 'b'},
+                       {'f', 'f'},
+                       {'n', 'n'},
+                       {'r', 'r'},
+                       {'t', 't'}}),
                   seq({lit("u"), std::move(u)})});
   char_ = add_rule("char", alt({cls(kUnescaped), seq({lit("\\"), std::move(esc)})}));
   return char_;
@@ -618,9 +666,10 @@ uint32_t Compiler::number_rule(bool integer) {
   if (integer) {
     slot = add_rule("integer", std::move(whole));
   } else {
-    slot = add_rule("number", seq({std::move(whole), opt(seq({lit("."), digits(1, kInf)})),
-                                   opt(seq({cls({{'E', 'E'}, {'e', 'e'}}),
-                                            opt(cls({{'+', '+'}, {'-', '-'}})), digits(1, kInf)}))}));
+    slot =
+        add_rule("number", seq({std::move(whole), opt(seq({lit("."), digits(1, kInf)})),
+                                opt(seq({cls({{'E', 'E'}, {'e', 'e'}}),
+                                         opt(cls({{'+', '+'}, {'-', '-'}})), digits(1, kInf)}))}));
   }
   return slot;
 }
@@ -635,15 +684,15 @@ uint32_t Compiler::value_rule() {
   const uint32_t array = add_rule("array", Expr::empty());
   const uint32_t str = string_rule(), num = number_rule(false);
   auto member = [&] { return seq({ref(str), ws(), lit(":"), ws(), ref(value_)}); };
-  Expr obj = seq({lit("{"), ws(),
-                  opt(seq({member(), rep(seq({sep(), member()}), 0, kInf), ws()})), lit("}")});
-  Expr arr = seq({lit("["), ws(),
-                  opt(seq({ref(value_), rep(seq({sep(), ref(value_)}), 0, kInf), ws()})),
-                  lit("]")});
+  Expr obj = seq(
+      {lit("{"), ws(), opt(seq({member(), rep(seq({sep(), member()}), 0, kInf), ws()})), lit("}")});
+  Expr arr =
+      seq({lit("["), ws(), opt(seq({ref(value_), rep(seq({sep(), ref(value_)}), 0, kInf), ws()})),
+           lit("]")});
   g_.rules[object] = std::move(obj);
   g_.rules[array] = std::move(arr);
-  g_.rules[value_] = alt({ref(object), ref(array), ref(str), ref(num), lit("true"),
-                          lit("false"), lit("null")});
+  g_.rules[value_] =
+      alt({ref(object), ref(array), ref(str), ref(num), lit("true"), lit("false"), lit("null")});
   return value_;
 }
 
@@ -752,7 +801,8 @@ Expr Compiler::uint_range(uint64_t lo, std::optional<uint64_t> hi) {
   const size_t hi_len = hi ? std::to_string(*hi).size() : los.size();
   std::vector<Expr> alts;
   for (size_t len = los.size(); len <= hi_len; ++len) {
-    const std::string from = len == los.size() ? los : fmt::format("1{}", std::string(len - 1, '0'));
+    const std::string from =
+        len == los.size() ? los : fmt::format("1{}", std::string(len - 1, '0'));
     const std::string to = hi && len == hi_len ? std::to_string(*hi) : std::string(len, '9');
     alts.push_back(same_length_range(from, to));
   }
@@ -836,7 +886,9 @@ Result<std::optional<uint8_t>> Compiler::declared_types(const ojson& s, const Ct
       for (const auto& [name, b] : kTypeNames)
         if (x->is_string() && x->get<std::string>() == name) bit = b;
       if (!bit)
-        return make_error("json schema: unknown type {} at {}", shown(x->dump(-1, ' ', false, ojson::error_handler_t::replace)), where(c.path));
+        return make_error("json schema: unknown type {} at {}",
+                          shown(x->dump(-1, ' ', false, ojson::error_handler_t::replace)),
+                          where(c.path));
       *mask |= bit;
     }
   }
@@ -853,8 +905,7 @@ Result<uint32_t> Compiler::read_count(const ojson& s, const char* key, uint32_t 
   if (!s.contains(key)) return absent;
   const ojson& v = s[key];
   if (!is_integral(v) || v.get<double>() < 0)
-    return make_error("json schema: '{}' at {} must be a non-negative integer", key,
-                      where(c.path));
+    return make_error("json schema: '{}' at {} must be a non-negative integer", key, where(c.path));
   if (v.get<double>() > double(opt_.max_repeat))
     return make_error("json schema: '{}' {} at {} is above the limit {}", key, v.dump(),
                       where(c.path), opt_.max_repeat);
@@ -869,8 +920,7 @@ Result<Maybe> Compiler::node(const ojson& s, const Ctx& c) {
                       where(c.path));
   if (work_ > kMaxWork) return too_large(c);
   if (s.is_boolean()) {
-    if (opt_.strict)
-      return make_error("json schema (strict): boolean schema at {}", where(c.path));
+    if (opt_.strict) return make_error("json schema (strict): boolean schema at {}", where(c.path));
     if (!s.get<bool>()) return Maybe{};
     return Maybe(any_value());
   }
@@ -944,9 +994,19 @@ Result<Maybe> Compiler::union_node(const ojson& s, const Ctx& c) {
 }
 
 // Keywords that may accompany enum/const: they filter the values (value_allowed()).
-constexpr const char* kValueFilters[] = {
-    "enum",      "const",     "type",     "nullable", "minimum",  "maximum", "exclusiveMinimum",
-    "exclusiveMaximum", "minLength", "maxLength", "minItems", "maxItems", "required"};
+constexpr const char* kValueFilters[] = {"enum",
+                                         "const",
+                                         "type",
+                                         "nullable",
+                                         "minimum",
+                                         "maximum",
+                                         "exclusiveMinimum",
+                                         "exclusiveMaximum",
+                                         "minLength",
+                                         "maxLength",
+                                         "minItems",
+                                         "maxItems",
+                                         "required"};
 
 // Whether the value satisfies the filtering keywords of s (each applies to its own type).
 bool value_allowed(const ojson& v, const ojson& s) {
@@ -981,9 +1041,9 @@ bool value_allowed(const ojson& v, const ojson& s) {
 Result<Maybe> Compiler::enum_node(const ojson& s, const Ctx& c) {
   for (auto it = s.begin(); it != s.end(); ++it) {
     const std::string& k = it.key();
-    if (constrains(k) && std::find_if(std::begin(kValueFilters), std::end(kValueFilters),
-                                      [&](const char* f) { return k == f; }) ==
-                             std::end(kValueFilters))
+    if (constrains(k) &&
+        std::find_if(std::begin(kValueFilters), std::end(kValueFilters),
+                     [&](const char* f) { return k == f; }) == std::end(kValueFilters))
       return make_error(
           "json schema: '{}' together with '{}' at {} is not supported (enum and const may only "
           "be narrowed by type and by bounds on numbers, lengths, item counts and required)",
@@ -1111,7 +1171,8 @@ Result<Maybe> Compiler::object_node(const ojson& s, const Ctx& c0) {
     for (const ojson& r : s["required"]) {
       if (!r.is_string())
         return make_error("json schema: 'required' at {} must list strings", where(c.path));
-      if (required_set.insert(r.get<std::string>()).second) required.push_back(r.get<std::string>());
+      if (required_set.insert(r.get<std::string>()).second)
+        required.push_back(r.get<std::string>());
     }
   }
   for (auto it = props.begin(); it != props.end(); ++it) listed.insert(it.key());
@@ -1126,15 +1187,17 @@ Result<Maybe> Compiler::object_node(const ojson& s, const Ctx& c0) {
                         where(c.path));
     for (auto it = props.begin(); it != props.end(); ++it)
       if (!is_required(it.key()))
-        return make_error("json schema (strict): property '{}' at {} is not in 'required' (in "
-                          "strict mode every property is required; use a null type for "
-                          "optional ones)",
-                          shown(it.key()), where(c.path));
+        return make_error(
+            "json schema (strict): property '{}' at {} is not in 'required' (in "
+            "strict mode every property is required; use a null type for "
+            "optional ones)",
+            shown(it.key()), where(c.path));
     for (const std::string& r : required)
       if (!listed.count(r))
-        return make_error("json schema (strict): required property '{}' at {} is not in "
-                          "'properties'",
-                          shown(r), where(c.path));
+        return make_error(
+            "json schema (strict): required property '{}' at {} is not in "
+            "'properties'",
+            shown(r), where(c.path));
     strict_properties_ += props.size();
     if (strict_properties_ > kStrictMaxProperties)
       return make_error("json schema (strict): more than {} properties in all (at {})",
@@ -1198,8 +1261,8 @@ Result<Maybe> Compiler::object_node(const ojson& s, const Ctx& c0) {
       if (nm.size() > kMaxExcludedName)
         return make_error("json schema: a property name at {} is longer than {} characters",
                           where(c.path), kMaxExcludedName);
-    Expr member = seq({lit("\""), key_not_in(names), lit("\""), ws(), lit(":"), ws(),
-                       std::move(*ap_value)});
+    Expr member =
+        seq({lit("\""), key_not_in(names), lit("\""), ws(), lit(":"), ws(), std::move(*ap_value)});
     extra = ref(add_rule(name + "-extra", std::move(member)));
   }
   Expr extra_tail = extra ? rep(seq({sep(), *extra}), 0, kInf) : Expr::empty();
@@ -1219,7 +1282,8 @@ Result<Maybe> Compiler::object_node(const ojson& s, const Ctx& c0) {
   if (tail_rules) {
     tails.resize(n + 1);
     tails[n] = add_rule(name + "-tail", extra_tail);
-    for (size_t i = n; i-- > 1;) tails[i] = add_rule(name + "-tail", seq({piece(i), ref(tails[i + 1])}));
+    for (size_t i = n; i-- > 1;)
+      tails[i] = add_rule(name + "-tail", seq({piece(i), ref(tails[i + 1])}));
   }
   auto tail = [&](size_t i) {
     if (tail_rules) return ref(tails[i]);
@@ -1293,12 +1357,12 @@ Result<Maybe> Compiler::array_node(const ojson& s, const Ctx& c) {
   auto minus = [](uint32_t v, uint32_t d) { return v == kInf ? kInf : v - d; };
   Expr content;
   if (k == 0) {
-    content = seq({*r, rep(seq({sep(), *r}), min_items > 0 ? min_items - 1 : 0,
-                           minus(max_items, 1))});
+    content =
+        seq({*r, rep(seq({sep(), *r}), min_items > 0 ? min_items - 1 : 0, minus(max_items, 1))});
   } else {
-    Expr t = max_items > k ? rep(seq({sep(), *r}), min_items > k ? min_items - k : 0,
-                                 minus(max_items, k))
-                           : Expr::empty();
+    Expr t = max_items > k
+                 ? rep(seq({sep(), *r}), min_items > k ? min_items - k : 0, minus(max_items, k))
+                 : Expr::empty();
     for (uint32_t i = uint32_t(xs.size()); i-- > 1;) {
       Expr x = seq({sep(), std::move(xs[i]), std::move(t)});
       t = i < min_items ? std::move(x) : opt(std::move(x));
@@ -1306,8 +1370,8 @@ Result<Maybe> Compiler::array_node(const ojson& s, const Ctx& c) {
     content = seq({std::move(xs[0]), std::move(t)});
   }
   Expr body = seq({std::move(content), ws()});
-  return Maybe(seq({lit("["), ws(), min_items > 0 ? std::move(body) : opt(std::move(body)),
-                    lit("]")}));
+  return Maybe(
+      seq({lit("["), ws(), min_items > 0 ? std::move(body) : opt(std::move(body)), lit("]")}));
 }
 
 Result<Maybe> Compiler::string_node(const ojson& s, const Ctx& c) {
@@ -1456,16 +1520,18 @@ Result<std::string> Compiler::ref_pointer(const std::string& ref, const Ctx& c) 
       continue;
     }
     auto hexval = [](char h) {
-      return h >= '0' && h <= '9' ? h - '0'
+      return h >= '0' && h <= '9'   ? h - '0'
              : h >= 'a' && h <= 'f' ? h - 'a' + 10
              : h >= 'A' && h <= 'F' ? h - 'A' + 10
                                     : -1;
     };
     if (i + 2 >= ref.size())
-      return make_error("json schema: $ref '{}' at {}: bad percent-encoding", shown(ref), where(c.path));
+      return make_error("json schema: $ref '{}' at {}: bad percent-encoding", shown(ref),
+                        where(c.path));
     const int h1 = hexval(ref[i + 1]), h2 = hexval(ref[i + 2]);
     if (h1 < 0 || h2 < 0)
-      return make_error("json schema: $ref '{}' at {}: bad percent-encoding", shown(ref), where(c.path));
+      return make_error("json schema: $ref '{}' at {}: bad percent-encoding", shown(ref),
+                        where(c.path));
     out += char(h1 * 16 + h2);
     i += 2;
   }
@@ -1485,7 +1551,8 @@ Result<const ojson*> Compiler::lookup(const std::string& pointer, const std::str
       } else if (i + 1 < end && (pointer[i + 1] == '0' || pointer[i + 1] == '1')) {
         token += pointer[++i] == '0' ? '~' : '/';
       } else {
-        return make_error("json schema: $ref '{}' at {}: bad '~' escape", shown(ref), where(c.path));
+        return make_error("json schema: $ref '{}' at {}: bad '~' escape", shown(ref),
+                          where(c.path));
       }
     }
     const ojson* next = nullptr;
@@ -1497,7 +1564,8 @@ Result<const ojson*> Compiler::lookup(const std::string& pointer, const std::str
       next = &(*cur)[std::stoul(token)];
     }
     if (!next)
-      return make_error("json schema: $ref '{}' at {} points to nothing", shown(ref), where(c.path));
+      return make_error("json schema: $ref '{}' at {} points to nothing", shown(ref),
+                        where(c.path));
     cur = next;
     start = end + 1;
   }
@@ -1522,9 +1590,10 @@ Result<uint32_t> Compiler::ref_rule(const ojson& ref, const Ctx& c) {
 Status Compiler::charge(const ojson& j, const Ctx& c) {
   merge_work_ += json_size(j, kMaxMergeWork);
   if (merge_work_ > kMaxMergeWork)
-    return make_error("json schema: merging allOf/$ref at {} takes too much work; simplify the "
-                      "schema",
-                      where(c.path));
+    return make_error(
+        "json schema: merging allOf/$ref at {} takes too much work; simplify the "
+        "schema",
+        where(c.path));
   return {};
 }
 
@@ -1632,8 +1701,9 @@ Result<ojson> Compiler::merge(const ojson& a, const ojson& b, const Ctx& c) {
     const ojson r = conj(ra, rb);
     if (!is_true_schema(r)) out["items"] = r;
   }
-  const std::set<std::string> handled = {"type", "nullable", "properties", "additionalProperties",
-                                         "items", "prefixItems", "additionalItems"};
+  const std::set<std::string> handled = {
+      "type",  "nullable",    "properties",     "additionalProperties",
+      "items", "prefixItems", "additionalItems"};
   const std::set<std::string> larger = {"minimum", "exclusiveMinimum", "minLength", "minItems"};
   const std::set<std::string> smaller = {"maximum", "exclusiveMaximum", "maxLength", "maxItems"};
   for (const ojson* side : {&a, &b}) {
@@ -1678,8 +1748,7 @@ Result<ojson> Compiler::merge(const ojson& a, const ojson& b, const Ctx& c) {
     }
   }
   if (out.contains("anyOf") && out.contains("oneOf"))
-    return make_error("json schema: allOf at {}: cannot merge 'anyOf' with 'oneOf'",
-                      where(c.path));
+    return make_error("json schema: allOf at {}: cannot merge 'anyOf' with 'oneOf'", where(c.path));
   return out;
 }
 
@@ -1775,21 +1844,21 @@ Result<uint32_t> Compiler::format_rule(const std::string& f, const Ctx& c) {
                        cls({{'2', '2'}, {'6', '6'}})})});
     };
     Expr leap = alt({seq({d(), d(), mult4(false)}), seq({mult4(false), lit("00")})});
-    Expr long_months = seq({alt({lit("01"), lit("03"), lit("05"), lit("07"), lit("08"),
-                                 lit("10"), lit("12")}),
-                            lit("-"), alt({two('0', '0', '1', '9'), two('1', '2', '0', '9'),
-                                           two('3', '3', '0', '1')})});
+    Expr long_months =
+        seq({alt({lit("01"), lit("03"), lit("05"), lit("07"), lit("08"), lit("10"), lit("12")}),
+             lit("-"),
+             alt({two('0', '0', '1', '9'), two('1', '2', '0', '9'), two('3', '3', '0', '1')})});
     Expr short_months = seq({alt({lit("04"), lit("06"), lit("09"), lit("11")}), lit("-"),
                              alt({two('0', '0', '1', '9'), two('1', '2', '0', '9'), lit("30")})});
-    Expr february = seq({lit("02-"), alt({two('0', '0', '1', '9'), two('1', '1', '0', '9'),
-                                          two('2', '2', '0', '8')})});
-    return alt({seq({year(), lit("-"), alt({std::move(long_months), std::move(short_months),
-                                            std::move(february)})}),
+    Expr february =
+        seq({lit("02-"),
+             alt({two('0', '0', '1', '9'), two('1', '1', '0', '9'), two('2', '2', '0', '8')})});
+    return alt({seq({year(), lit("-"),
+                     alt({std::move(long_months), std::move(short_months), std::move(february)})}),
                 seq({std::move(leap), lit("-02-29")})});
   };
   auto time = [&] {
-    return seq({hour(), lit(":"), minute(), lit(":"), minute(),
-                opt(seq({lit("."), digits(1, 9)})),
+    return seq({hour(), lit(":"), minute(), lit(":"), minute(), opt(seq({lit("."), digits(1, 9)})),
                 alt({cls({{'Z', 'Z'}, {'z', 'z'}}),
                      seq({cls({{'+', '+'}, {'-', '-'}}), hour(), lit(":"), minute()})})});
   };
@@ -1797,9 +1866,9 @@ Result<uint32_t> Compiler::format_rule(const std::string& f, const Ctx& c) {
   auto alnum = [&] { return cls({{'0', '9'}, {'A', 'Z'}, {'a', 'z'}}); };
   auto hostname = [&] {
     auto label = [&] {
-      return seq({alnum(), opt(seq({rep(cls({{'-', '-'}, {'0', '9'}, {'A', 'Z'}, {'a', 'z'}}), 0,
-                                        61),
-                                    alnum()}))});
+      return seq(
+          {alnum(),
+           opt(seq({rep(cls({{'-', '-'}, {'0', '9'}, {'A', 'Z'}, {'a', 'z'}}), 0, 61), alnum()}))});
     };
     return seq({label(), rep(seq({lit("."), label()}), 0, kInf)});
   };
@@ -1819,8 +1888,8 @@ Result<uint32_t> Compiler::format_rule(const std::string& f, const Ctx& c) {
     Expr day_date = num("D");
     Expr month_date = seq({num("M"), opt(num("D"))});
     Expr year_date = seq({num("Y"), opt(seq({num("M"), opt(num("D"))}))});
-    Expr dates = seq({alt({std::move(day_date), std::move(month_date), std::move(year_date)}),
-                      opt(t())});
+    Expr dates =
+        seq({alt({std::move(day_date), std::move(month_date), std::move(year_date)}), opt(t())});
     body = seq({lit("P"), alt({std::move(dates), t(), num("W")})});
   } else if (f == "uuid") {
     body = seq({hexes(8), lit("-"), hexes(4), lit("-"), hexes(4), lit("-"), hexes(4), lit("-"),
@@ -1829,9 +1898,18 @@ Result<uint32_t> Compiler::format_rule(const std::string& f, const Ctx& c) {
     body = hostname();
   } else if (f == "email") {
     auto atom = [&] {
-      return rep(cls(normalized({{'0', '9'}, {'A', 'Z'}, {'a', 'z'}, {'!', '!'}, {'#', '\''},
-                                 {'*', '+'}, {'-', '-'}, {'/', '/'}, {'=', '='}, {'?', '?'},
-                                 {'^', '`'}, {'{', '~'}})),
+      return rep(cls(normalized({{'0', '9'},
+                                 {'A', 'Z'},
+                                 {'a', 'z'},
+                                 {'!', '!'},
+                                 {'#', '\''},
+                                 {'*', '+'},
+                                 {'-', '-'},
+                                 {'/', '/'},
+                                 {'=', '='},
+                                 {'?', '?'},
+                                 {'^', '`'},
+                                 {'{', '~'}})),
                  1, kInf);
     };
     body = seq({atom(), rep(seq({lit("."), atom()}), 0, kInf), lit("@"), hostname()});
@@ -1844,14 +1922,16 @@ Result<uint32_t> Compiler::format_rule(const std::string& f, const Ctx& c) {
     auto h16c = [&](uint32_t n) { return rep(seq({h16(), lit(":")}), n, n); };
     auto ls32 = [&] { return alt({seq({h16(), lit(":"), h16()}), ref(v4)}); };
     auto pre = [&](uint32_t k) { return opt(seq({rep(seq({h16(), lit(":")}), 0, k), h16()})); };
-    body = alt({seq({h16c(6), ls32()}), seq({lit("::"), h16c(5), ls32()}),
-                seq({pre(0), lit("::"), h16c(4), ls32()}), seq({pre(1), lit("::"), h16c(3), ls32()}),
-                seq({pre(2), lit("::"), h16c(2), ls32()}),
-                seq({pre(3), lit("::"), h16(), lit(":"), ls32()}), seq({pre(4), lit("::"), ls32()}),
-                seq({pre(5), lit("::"), h16()}), seq({pre(6), lit("::")})});
+    body =
+        alt({seq({h16c(6), ls32()}), seq({lit("::"), h16c(5), ls32()}),
+             seq({pre(0), lit("::"), h16c(4), ls32()}), seq({pre(1), lit("::"), h16c(3), ls32()}),
+             seq({pre(2), lit("::"), h16c(2), ls32()}),
+             seq({pre(3), lit("::"), h16(), lit(":"), ls32()}), seq({pre(4), lit("::"), ls32()}),
+             seq({pre(5), lit("::"), h16()}), seq({pre(6), lit("::")})});
   } else if (f == "uri") {  // RFC 3986 URI (IP-literals: IPv6 only)
     PG_ASSIGN(uint32_t v6, format_rule("ipv6", c));
-    const Ranges unreserved = {{'-', '.'}, {'0', '9'}, {'A', 'Z'}, {'_', '_'}, {'a', 'z'}, {'~', '~'}};
+    const Ranges unreserved = {{'-', '.'}, {'0', '9'}, {'A', 'Z'},
+                               {'_', '_'}, {'a', 'z'}, {'~', '~'}};
     const Ranges sub_delims = {{'!', '!'}, {'$', '$'}, {'&', ','}, {';', ';'}, {'=', '='}};
     auto chars = [&](Ranges extra) {
       Ranges r = unreserved;
@@ -1861,9 +1941,9 @@ Result<uint32_t> Compiler::format_rule(const std::string& f, const Ctx& c) {
     };
     auto pchar = [&] { return chars({{':', ':'}, {'@', '@'}}); };
     auto segments = [&] { return rep(seq({lit("/"), rep(pchar(), 0, kInf)}), 0, kInf); };
-    Expr scheme = seq({cls({{'A', 'Z'}, {'a', 'z'}}),
-                       rep(cls({{'+', '+'}, {'-', '.'}, {'0', '9'}, {'A', 'Z'}, {'a', 'z'}}), 0,
-                           kInf)});
+    Expr scheme =
+        seq({cls({{'A', 'Z'}, {'a', 'z'}}),
+             rep(cls({{'+', '+'}, {'-', '.'}, {'0', '9'}, {'A', 'Z'}, {'a', 'z'}}), 0, kInf)});
     Expr authority = seq({opt(seq({rep(chars({{':', ':'}}), 0, kInf), lit("@")})),
                           alt({seq({lit("["), ref(v6), lit("]")}), rep(chars({}), 0, kInf)}),
                           opt(seq({lit(":"), digits(0, kInf)}))});
@@ -2050,7 +2130,8 @@ Result<Grammar> json_schema_to_grammar(const nlohmann::json& schema, const JsonS
 
 Result<Grammar> json_schema_text_to_grammar(std::string_view schema_text,
                                             const JsonSchemaOptions& opt) {
-  const auto schema = nlohmann::ordered_json::parse(schema_text, nullptr, /*allow_exceptions=*/false);
+  const auto schema =
+      nlohmann::ordered_json::parse(schema_text, nullptr, /*allow_exceptions=*/false);
   if (schema.is_discarded()) return make_error("json schema: the schema is not valid JSON");
   return json_schema_to_grammar(schema, opt);
 }

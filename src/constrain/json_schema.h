@@ -15,7 +15,8 @@
 //     ordered_json or text to keep the schema's order), optional ones may be left out; then
 //     `required` names not in `properties`; then, unless additionalProperties is false, any
 //     number of other members whose names differ from all of those (absent = true, as the
-//     spec says; strict mode requires false).
+//     spec says; strict mode requires false). Those other members may repeat a name among
+//     themselves (a grammar cannot remember every name it has seen).
 //   - Strings: any JSON escape, but no \u escape of a surrogate (a character outside the BMP is
 //     written as itself), so minLength/maxLength count code points exactly. Values from enum,
 //     const, property names, pattern and format are written in canonical form: only `"`, `\`
@@ -26,7 +27,9 @@
 //     otherwise); integer bounds may be fractional (rounded inward), within ±1e18.
 //   - pattern: ECMAScript patterns are unanchored, so `p` compiles as `.*(p).*` minus the side
 //     anchored by a leading ^ / trailing $ (each top-level alternative on its own); anchors or
-//     \b elsewhere are an error. The pattern itself is read by regex_parser.h.
+//     \b elsewhere are an error. The pattern itself is read by regex_parser.h (Python's `re`
+//     meaning where ECMAScript differs, e.g. `.` excludes only \n), so a match is what Python's
+//     jsonschema (re.search) accepts.
 //   - format: date, time, date-time (RFC 3339: years 0001-9999, the days of each month, 02-29
 //     in leap years only; seconds 00-59, no leap second; fraction up to 9 digits; T/t; Z/z or
 //     ±hh:mm offset: what Python's jsonschema accepts), duration (RFC 3339 appendix A),
@@ -39,6 +42,11 @@
 //     required, additionalProperties; array: items, prefixItems, minItems, maxItems; string:
 //     minLength, maxLength, pattern, format; number: minimum, maximum, exclusive*) is taken
 //     to be of those kinds, as llama.cpp does; with none of them, any JSON value.
+//   - enum/const: the values as canonical text (under the whitespace policy), narrowed by
+//     `type` and by bounds on numbers, lengths, item counts and `required`; any other keyword
+//     beside them is an error.
+//   - $ref: JSON pointers resolved against the whole document ($id does not change the base);
+//     a cycle that consumes no input ({"$ref": "#"}) is an error.
 //   - oneOf compiles as anyOf only where the branches are provably disjoint (different
 //     types, different const/enum values, or a required property that is disjoint or
 //     forbidden in the other branch); otherwise an error, unless oneof_as_anyof.
@@ -76,9 +84,8 @@
 #pragma once
 
 #include <cstdint>
-#include <string_view>
-
 #include <nlohmann/json.hpp>
+#include <string_view>
 
 #include "constrain/grammar.h"
 #include "core/status.h"
@@ -91,11 +98,12 @@ enum class JsonWhitespace : uint8_t {
 };
 
 struct JsonSchemaOptions {
-  bool strict = false;                              // OpenAI's strict subset, exactly
+  bool strict = false;  // OpenAI's strict subset, exactly
   JsonWhitespace whitespace = JsonWhitespace::Compact;
-  bool oneof_as_anyof = false;  // accept oneOf whose branches may overlap (as anyOf)
-  uint32_t max_depth = 64;      // schema nesting (properties, items, anyOf, ... levels)
-  uint32_t max_repeat = kMaxRepeatCount;  // largest finite min/maxLength, min/maxItems
+  bool oneof_as_anyof = false;            // accept oneOf whose branches may overlap (as anyOf)
+  uint32_t max_depth = 64;                // schema nesting (properties, items, anyOf, ... levels)
+  uint32_t max_repeat = kMaxRepeatCount;  // largest min/maxLength, min/maxItems (and at most
+                                          // kMaxRepeatCount, which validate() holds)
 };
 
 // The grammar whose root matches (per the policy above) JSON texts valid under `schema`.

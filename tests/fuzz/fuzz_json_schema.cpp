@@ -10,11 +10,10 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <string_view>
-
-#include <nlohmann/json.hpp>
 
 #include "../unit/grammar_oracle.h"
 #include "constrain/json_schema.h"
@@ -38,8 +37,10 @@ std::string small_exponents(const std::string& s) {
     const char ch = s[i];
     if (in_string) {
       out += ch;
-      if (ch == '\\' && i + 1 < s.size()) out += s[++i];
-      else if (ch == '"') in_string = false;
+      if (ch == '\\' && i + 1 < s.size())
+        out += s[++i];
+      else if (ch == '"')
+        in_string = false;
     } else if ((ch == 'e' || ch == 'E') && i + 1 < s.size() &&
                (std::isdigit(uint8_t(s[i + 1])) || s[i + 1] == '-' || s[i + 1] == '+')) {
       out += "e0";

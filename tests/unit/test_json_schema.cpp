@@ -12,12 +12,11 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "constrain/json_schema.h"
 #include "grammar_oracle.h"
@@ -61,49 +60,60 @@ struct SchemaCase {
 // Compact form (JsonWhitespace::Compact). Raw strings use the delimiter j so that the
 // checking script (see the file comment) can find them.
 const SchemaCase kCases[] = {
-    {"string", R"j({"type":"string"})j",
+    {"string",
+     R"j({"type":"string"})j",
      {R"j("")j", R"j("abc")j", R"j("a\"b\\c\/d")j", R"j("\u00e9\n\t\b\f\r")j", R"j("é😀")j",
       R"j("\uD7FF\uE000\uffff")j"},
      {R"j(abc)j", R"j("a)j", R"j("a\x")j", R"j("\u12")j", R"j(123)j", R"j(null)j"},
      {R"j("\ud83d\ude00")j"}},
-    {"string_lengths", R"j({"type":"string","minLength":2,"maxLength":3})j",
+    {"string_lengths",
+     R"j({"type":"string","minLength":2,"maxLength":3})j",
      {R"j("ab")j", R"j("abc")j", R"j("é😀")j", R"j("\n\t")j", R"j("\u0041bc")j"},
      {R"j("a")j", R"j("abcd")j", R"j("")j", R"j("😀")j"},
      {}},
-    {"integer", R"j({"type":"integer"})j",
+    {"integer",
+     R"j({"type":"integer"})j",
      {R"j(0)j", R"j(42)j", R"j(-17)j", R"j(123456789012345678901234567890)j"},
      {R"j(01)j", R"j(+1)j", R"j(-)j", R"j("1")j", R"j(1.5)j"},
      {R"j(1.0)j", R"j(1e3)j"}},
-    {"number", R"j({"type":"number"})j",
+    {"number",
+     R"j({"type":"number"})j",
      {R"j(0)j", R"j(-1.5)j", R"j(1e10)j", R"j(2.5E-3)j", R"j(0.0)j", R"j(-0)j", R"j(1e007)j"},
      {R"j(.5)j", R"j(1.)j", R"j(01.5)j", R"j(1e)j", R"j(NaN)j", R"j(Infinity)j", R"j(- 1)j"},
      {}},
-    {"boolean_null", R"j({"type":["boolean","null"]})j",
+    {"boolean_null",
+     R"j({"type":["boolean","null"]})j",
      {R"j(true)j", R"j(false)j", R"j(null)j"},
      {R"j(True)j", R"j(1)j", R"j("null")j", R"j(nil)j"},
      {}},
-    {"string_or_null", R"j({"type":["string","null"]})j",
+    {"string_or_null",
+     R"j({"type":["string","null"]})j",
      {R"j("x")j", R"j(null)j"},
      {R"j(1)j", R"j([])j"},
      {}},
-    {"integer_range", R"j({"type":"integer","minimum":-5,"maximum":130})j",
+    {"integer_range",
+     R"j({"type":"integer","minimum":-5,"maximum":130})j",
      {R"j(-5)j", R"j(-1)j", R"j(0)j", R"j(9)j", R"j(10)j", R"j(99)j", R"j(100)j", R"j(129)j",
       R"j(130)j"},
      {R"j(-6)j", R"j(131)j", R"j(200)j", R"j(1000)j", R"j(-10)j"},
      {R"j(-0)j"}},
-    {"integer_exclusive", R"j({"type":"integer","exclusiveMinimum":0,"exclusiveMaximum":1000})j",
+    {"integer_exclusive",
+     R"j({"type":"integer","exclusiveMinimum":0,"exclusiveMaximum":1000})j",
      {R"j(1)j", R"j(999)j", R"j(500)j", R"j(10)j"},
      {R"j(0)j", R"j(1000)j", R"j(-1)j", R"j(1001)j"},
      {}},
-    {"integer_minimum", R"j({"type":"integer","minimum":18})j",
+    {"integer_minimum",
+     R"j({"type":"integer","minimum":18})j",
      {R"j(18)j", R"j(19)j", R"j(99)j", R"j(100)j", R"j(123456)j"},
      {R"j(17)j", R"j(0)j", R"j(-18)j", R"j(1)j", R"j(9)j"},
      {}},
-    {"integer_maximum", R"j({"type":"integer","maximum":-10})j",
+    {"integer_maximum",
+     R"j({"type":"integer","maximum":-10})j",
      {R"j(-10)j", R"j(-11)j", R"j(-100)j", R"j(-99999)j"},
      {R"j(-9)j", R"j(0)j", R"j(10)j", R"j(-1)j"},
      {}},
-    {"integer_fractional_bounds", R"j({"type":"integer","minimum":0.5,"maximum":3.7})j",
+    {"integer_fractional_bounds",
+     R"j({"type":"integer","minimum":0.5,"maximum":3.7})j",
      {R"j(1)j", R"j(2)j", R"j(3)j"},
      {R"j(0)j", R"j(4)j"},
      {}},
@@ -112,28 +122,34 @@ const SchemaCase kCases[] = {
      {R"j(1)j", R"j(3)j"},
      {R"j(0)j", R"j(4)j"},
      {}},
-    {"number_unit_interval", R"j({"type":"number","minimum":0,"maximum":1})j",
+    {"number_unit_interval",
+     R"j({"type":"number","minimum":0,"maximum":1})j",
      {R"j(0)j", R"j(0.5)j", R"j(1)j", R"j(1.0)j", R"j(0.999)j", R"j(0.000)j"},
      {R"j(1.5)j", R"j(-0.1)j", R"j(2)j", R"j(1.0001)j"},
      {R"j(1e-1)j"}},
-    {"number_exclusive", R"j({"type":"number","exclusiveMinimum":0,"exclusiveMaximum":10})j",
+    {"number_exclusive",
+     R"j({"type":"number","exclusiveMinimum":0,"exclusiveMaximum":10})j",
      {R"j(0.001)j", R"j(5)j", R"j(9.99)j", R"j(9)j"},
      {R"j(0)j", R"j(0.0)j", R"j(10)j", R"j(10.0)j", R"j(-1)j"},
      {}},
-    {"number_negative", R"j({"type":"number","minimum":-10,"maximum":-2})j",
+    {"number_negative",
+     R"j({"type":"number","minimum":-10,"maximum":-2})j",
      {R"j(-10)j", R"j(-2)j", R"j(-2.0)j", R"j(-5.5)j", R"j(-9.999)j", R"j(-2.1)j"},
      {R"j(-1.99)j", R"j(-10.01)j", R"j(0)j", R"j(2)j"},
      {}},
-    {"enum_mixed", R"j({"enum":["red","green",1,null,true,{"a":[1,2]},"a\"b"]})j",
+    {"enum_mixed",
+     R"j({"enum":["red","green",1,null,true,{"a":[1,2]},"a\"b"]})j",
      {R"j("red")j", R"j("green")j", R"j(1)j", R"j(null)j", R"j(true)j", R"j({"a":[1,2]})j",
       R"j("a\"b")j"},
      {R"j("blue")j", R"j(2)j", R"j(false)j", R"j({"a":[1]})j", R"j("re")j"},
      {R"j("gr\u0065en")j"}},
-    {"const_string", R"j({"const":"x\"y\u0001"})j",
+    {"const_string",
+     R"j({"const":"x\"y\u0001"})j",
      {R"j("x\"y\u0001")j"},
      {R"j("x")j", R"j("x\"y")j"},
      {}},
-    {"enum_type_filter", R"j({"type":"string","enum":["a","b",1]})j",
+    {"enum_type_filter",
+     R"j({"type":"string","enum":["a","b",1]})j",
      {R"j("a")j", R"j("b")j"},
      {R"j(1)j", R"j("c")j"},
      {}},
@@ -186,11 +202,13 @@ const SchemaCase kCases[] = {
      {R"j({"a":1})j"},
      {R"j({"a":"x"})j", R"j({})j"},
      {R"j("str")j", R"j(5)j"}},
-    {"array_items", R"j({"type":"array","items":{"type":"integer"}})j",
+    {"array_items",
+     R"j({"type":"array","items":{"type":"integer"}})j",
      {R"j([])j", R"j([1])j", R"j([1,2,3])j"},
      {R"j([1,])j", R"j([,1])j", R"j(["a"])j", R"j([1 2])j", R"j([)j"},
      {R"j([ 1])j"}},
-    {"array_min_max", R"j({"type":"array","items":{"type":"string"},"minItems":1,"maxItems":3})j",
+    {"array_min_max",
+     R"j({"type":"array","items":{"type":"string"},"minItems":1,"maxItems":3})j",
      {R"j(["a"])j", R"j(["a","b"])j", R"j(["a","b","c"])j"},
      {R"j([])j", R"j(["a","b","c","d"])j"},
      {}},
@@ -214,7 +232,8 @@ const SchemaCase kCases[] = {
      {R"j({"user":{"tags":[]}})j", R"j({"user":{"tags":["a","b","a"]}})j"},
      {R"j({"user":{}})j", R"j({"user":{"tags":["c"]}})j", R"j({})j"},
      {}},
-    {"any_of", R"j({"anyOf":[{"type":"string","maxLength":2},{"type":"integer","minimum":10}]})j",
+    {"any_of",
+     R"j({"anyOf":[{"type":"string","maxLength":2},{"type":"integer","minimum":10}]})j",
      {R"j("ab")j", R"j(10)j", R"j(999)j", R"j("")j"},
      {R"j("abc")j", R"j(9)j", R"j(null)j"},
      {}},
@@ -273,19 +292,23 @@ const SchemaCase kCases[] = {
      {R"j("ab")j", R"j("")j"},
      {R"j("abc")j", R"j(1)j"},
      {}},
-    {"pattern_unanchored", R"j({"type":"string","pattern":"[0-9]{3}"})j",
+    {"pattern_unanchored",
+     R"j({"type":"string","pattern":"[0-9]{3}"})j",
      {R"j("123")j", R"j("ab1234cd")j", R"j("\n123")j"},
      {R"j("12")j", R"j("a1b2c3")j"},
      {}},
-    {"pattern_anchored", R"j({"type":"string","pattern":"^[a-z]+-[0-9]{2}$"})j",
+    {"pattern_anchored",
+     R"j({"type":"string","pattern":"^[a-z]+-[0-9]{2}$"})j",
      {R"j("ab-12")j", R"j("x-00")j"},
      {R"j("ab-123")j", R"j("xab-12 ")j", R"j("AB-12")j", R"j(" ab-12")j"},
      {}},
-    {"pattern_alternatives", R"j({"type":"string","pattern":"^ab|cd$"})j",
+    {"pattern_alternatives",
+     R"j({"type":"string","pattern":"^ab|cd$"})j",
      {R"j("abx")j", R"j("xcd")j", R"j("ab")j", R"j("cd")j"},
      {R"j("xab")j", R"j("cdx")j"},
      {}},
-    {"pattern_escapes", R"j({"type":"string","pattern":"^a\"b\\\\c\\n$"})j",
+    {"pattern_escapes",
+     R"j({"type":"string","pattern":"^a\"b\\\\c\\n$"})j",
      {R"j("a\"b\\c\n")j"},
      {R"j("a\"bc\n")j", R"j("a\"b\\c")j"},
      {R"j("a\u0022b\\c\n")j"}},
@@ -294,57 +317,66 @@ const SchemaCase kCases[] = {
      {R"j({"code":"ABC"})j"},
      {R"j({"code":"AB"})j", R"j({"code":"abc"})j"},
      {}},
-    {"format_date", R"j({"type":"string","format":"date"})j",
+    {"format_date",
+     R"j({"type":"string","format":"date"})j",
      {R"j("2024-02-29")j", R"j("1999-12-31")j"},
      {R"j("2024-13-01")j", R"j("24-01-01")j", R"j("2024-1-01")j", R"j(20240101)j"},
      {}},
-    {"format_time", R"j({"type":"string","format":"time"})j",
+    {"format_time",
+     R"j({"type":"string","format":"time"})j",
      {R"j("12:34:56Z")j", R"j("23:59:59.123+01:00")j", R"j("00:00:00-05:30")j"},
      {R"j("24:00:00Z")j", R"j("12:60:00Z")j", R"j("12:34Z")j"},
      {}},
-    {"format_date_time", R"j({"type":"string","format":"date-time"})j",
+    {"format_date_time",
+     R"j({"type":"string","format":"date-time"})j",
      {R"j("2024-01-02T03:04:05.123Z")j", R"j("2024-01-02T03:04:05+00:00")j"},
      {R"j("2024-01-02")j", R"j("2024-01-02T03:04:05")j"},
      {}},
-    {"format_uuid", R"j({"type":"string","format":"uuid"})j",
+    {"format_uuid",
+     R"j({"type":"string","format":"uuid"})j",
      {R"j("123e4567-e89b-12d3-a456-426614174000")j", R"j("ABCDEF00-0000-0000-0000-000000000000")j"},
      {R"j("123e4567e89b12d3a456426614174000")j", R"j("123e4567-e89b-12d3-a456-42661417400g")j"},
      {}},
-    {"format_email", R"j({"type":"string","format":"email"})j",
+    {"format_email",
+     R"j({"type":"string","format":"email"})j",
      {R"j("a.b+c@example.com")j", R"j("x@localhost")j"},
      {R"j("ab")j", R"j("example.com")j"},
      {}},
-    {"format_uri", R"j({"type":"string","format":"uri"})j",
+    {"format_uri",
+     R"j({"type":"string","format":"uri"})j",
      {R"j("https://example.com/a/b?x=1#f")j", R"j("urn:isbn:0451450523")j",
       R"j("http://[::1]:8080/")j", R"j("mailto:a@b.c")j", R"j("file:///etc/hosts")j",
       R"j("http://u:p@h:1/%20")j"},
-     {R"j("example.com")j", R"j("http://exa mple.com")j", R"j("1http://x")j", R"j("http://a/%zz")j"},
+     {R"j("example.com")j", R"j("http://exa mple.com")j", R"j("1http://x")j",
+      R"j("http://a/%zz")j"},
      {}},
-    {"format_ipv4", R"j({"type":"string","format":"ipv4"})j",
+    {"format_ipv4",
+     R"j({"type":"string","format":"ipv4"})j",
      {R"j("192.168.0.1")j", R"j("0.0.0.0")j", R"j("255.255.255.255")j"},
      {R"j("256.1.1.1")j", R"j("01.1.1.1")j", R"j("1.1.1")j"},
      {}},
-    {"format_ipv6", R"j({"type":"string","format":"ipv6"})j",
+    {"format_ipv6",
+     R"j({"type":"string","format":"ipv6"})j",
      {R"j("::1")j", R"j("2001:db8::ff00:42:8329")j", R"j("::ffff:192.0.2.1")j",
       R"j("1:2:3:4:5:6:7:8")j", R"j("::")j", R"j("1::")j"},
      {R"j("1:2:3:4:5:6:7:8:9")j", R"j(":::")j", R"j("1::2::3")j", R"j("12345::")j"},
      {}},
-    {"format_hostname", R"j({"type":"string","format":"hostname"})j",
+    {"format_hostname",
+     R"j({"type":"string","format":"hostname"})j",
      {R"j("example.com")j", R"j("a-b.c")j", R"j("localhost")j"},
      {R"j("-ab.com")j", R"j("a_b.com")j", R"j("ab-.com")j"},
      {}},
-    {"format_duration", R"j({"type":"string","format":"duration"})j",
+    {"format_duration",
+     R"j({"type":"string","format":"duration"})j",
      {R"j("P3Y6M4DT12H30M5S")j", R"j("PT5M")j", R"j("P2W")j", R"j("P1D")j"},
      {R"j("P")j", R"j("PT")j", R"j("P1H")j", R"j("3D")j"},
      {}},
-    {"empty_schema", R"j({})j",
+    {"empty_schema",
+     R"j({})j",
      {R"j(1)j", R"j("x")j", R"j({"a":[null,true,{"b":-1.5e3}]})j", R"j([])j"},
      {R"j({)j", R"j([1,])j", R"j({"a"})j", R"j('x')j"},
      {R"j([1, 2])j"}},
-    {"true_schema", R"j(true)j",
-     {R"j(null)j", R"j([{}])j"},
-     {R"j(nul)j"},
-     {}},
+    {"true_schema", R"j(true)j", {R"j(null)j", R"j([{}])j"}, {R"j(nul)j"}, {}},
     {"unicode_canonical",
      R"j({"type":"object","properties":{"ключ":{"const":"\u0001\t"}},"required":["ключ"],"additionalProperties":false})j",
      {R"j({"ключ":"\u0001\t"})j"},
@@ -393,9 +425,10 @@ TEST(JsonSchema, BoundedWhitespace) {
   const Grammar g = compile(
       R"({"type":"object","properties":{"a":{"type":"array","items":{"type":"integer"}},"b":{"const":{"x":[1]}}},"additionalProperties":false})",
       opt);
-  for (const std::string& v : std::vector<std::string>{R"({"a":[1,2]})", R"({ "a" : [ 1 , 2 ] })", "{\n  \"a\": [\n    1,\n    2\n  ]\n}",
-                        "{\"a\":[\n\t\t1]}", R"({ })", R"({"b": {"x": [1]}})", R"({"a":[],"b":{"x":[1]}})",
-                        "{\n" + std::string(20, ' ') + "\"a\":[]}"})
+  for (const std::string& v : std::vector<std::string>{
+           R"({"a":[1,2]})", R"({ "a" : [ 1 , 2 ] })", "{\n  \"a\": [\n    1,\n    2\n  ]\n}",
+           "{\"a\":[\n\t\t1]}", R"({ })", R"({"b": {"x": [1]}})", R"({"a":[],"b":{"x":[1]}})",
+           "{\n" + std::string(20, ' ') + "\"a\":[]}"})
     EXPECT_TRUE(matches(g, v)) << v;
   for (const char* v : {R"( {"a":[1]})", R"({"a":[1]} )", R"({  "a":[1]})", "{\n\n\"a\":[1]}",
                         "{\r\n\"a\":[1]}", R"({"a":[1 2]})", R"({"a" :[1 ,2]} )"})
@@ -427,9 +460,9 @@ TEST(JsonSchema, NullableAndFalseAndNothing) {
   EXPECT_NE(compile_error("false").find("no JSON value"), std::string::npos);
   EXPECT_NE(compile_error(R"({"type":"integer","minimum":5,"maximum":4})").find("no JSON value"),
             std::string::npos);
-  EXPECT_NE(compile_error(R"({"allOf":[{"type":"string"},{"type":"integer"}]})")
-                .find("no JSON value"),
-            std::string::npos);
+  EXPECT_NE(
+      compile_error(R"({"allOf":[{"type":"string"},{"type":"integer"}]})").find("no JSON value"),
+      std::string::npos);
   // An unsatisfiable optional property is left out; a required one empties the object.
   const Grammar o = compile(
       R"({"type":"object","properties":{"a":{"enum":[]},"b":{"type":"integer"}},"additionalProperties":false})");
@@ -463,25 +496,44 @@ TEST(JsonSchema, OneOfMustBeDisjoint) {
   EXPECT_TRUE(matches(g, "-3"));
   EXPECT_TRUE(matches(g, "2.5"));
   // Disjoint by a required property that the other branch forbids.
-  compile(R"({"oneOf":[{"type":"object","properties":{"a":{}},"required":["a"],"additionalProperties":false},{"type":"object","properties":{"b":{}},"required":["b"],"additionalProperties":false}]})");
+  compile(
+      R"({"oneOf":[{"type":"object","properties":{"a":{}},"required":["a"],"additionalProperties":false},{"type":"object","properties":{"b":{}},"required":["b"],"additionalProperties":false}]})");
   // By enum values.
   compile(R"({"oneOf":[{"enum":[1,2]},{"enum":[3,"x"]}]})");
 }
 
 TEST(JsonSchema, UnsupportedKeywordsAreNamedWithTheirLocation) {
   const std::vector<std::pair<const char*, const char*>> keywords = {
-      {"patternProperties", R"({"^x":{}})"}, {"if", R"({})"}, {"then", R"({})"},
-      {"else", R"({})"}, {"not", R"({})"}, {"dependentRequired", R"({})"},
-      {"dependentSchemas", R"({})"}, {"dependencies", R"({})"}, {"uniqueItems", "true"},
-      {"multipleOf", "2"}, {"minProperties", "1"}, {"maxProperties", "1"},
-      {"contains", R"({})"}, {"minContains", "1"}, {"maxContains", "1"},
-      {"unevaluatedProperties", "false"}, {"unevaluatedItems", "false"},
-      {"propertyNames", R"({})"}, {"$anchor", R"("a")"}, {"$dynamicRef", R"("#a")"},
-      {"$dynamicAnchor", R"("a")"}, {"$recursiveRef", R"("#")"}, {"contentEncoding", R"("base64")"},
-      {"contentMediaType", R"("text/plain")"}, {"discriminator", R"({})"}, {"x-extension", "1"}};
+      {"patternProperties", R"({"^x":{}})"},
+      {"if", R"({})"},
+      {"then", R"({})"},
+      {"else", R"({})"},
+      {"not", R"({})"},
+      {"dependentRequired", R"({})"},
+      {"dependentSchemas", R"({})"},
+      {"dependencies", R"({})"},
+      {"uniqueItems", "true"},
+      {"multipleOf", "2"},
+      {"minProperties", "1"},
+      {"maxProperties", "1"},
+      {"contains", R"({})"},
+      {"minContains", "1"},
+      {"maxContains", "1"},
+      {"unevaluatedProperties", "false"},
+      {"unevaluatedItems", "false"},
+      {"propertyNames", R"({})"},
+      {"$anchor", R"("a")"},
+      {"$dynamicRef", R"("#a")"},
+      {"$dynamicAnchor", R"("a")"},
+      {"$recursiveRef", R"("#")"},
+      {"contentEncoding", R"("base64")"},
+      {"contentMediaType", R"("text/plain")"},
+      {"discriminator", R"({})"},
+      {"x-extension", "1"}};
   for (const auto& [kw, value] : keywords) {
-    const std::string schema = std::string(R"({"type":"object","properties":{"a b":{"type":"string",")") +
-                               kw + "\":" + value + "}}}";
+    const std::string schema =
+        std::string(R"({"type":"object","properties":{"a b":{"type":"string",")") + kw +
+        "\":" + value + "}}}";
     const std::string e = compile_error(schema);
     EXPECT_NE(e.find(std::string("'") + kw + "'"), std::string::npos) << e;
     EXPECT_NE(e.find("#/properties/a b"), std::string::npos) << e;
@@ -505,11 +557,13 @@ TEST(JsonSchema, UnsupportedKeywordsAreNamedWithTheirLocation) {
            {R"({"type":"string","enum":["a"],"pattern":"a"})", "'pattern' together with 'enum'"},
            {R"({"type":"string","pattern":"a","maxLength":3})", "'pattern' together with"},
            {R"({"type":"string","format":"date","minLength":3})", "'format' together with"},
-           {R"({"type":"string","format":"date","pattern":"a"})", "'pattern' together with 'format'"},
+           {R"({"type":"string","format":"date","pattern":"a"})",
+            "'pattern' together with 'format'"},
            {R"({"type":"strin"})", "unknown type \"strin\""},
            {R"({"type":"string","maxLength":-1})", "'maxLength'"},
            {R"({"type":"array","maxItems":100000})", "above the limit"},
-           {R"({"allOf":[{"type":"string","pattern":"a"},{"pattern":"b"}]})", "cannot merge two different 'pattern'"},
+           {R"({"allOf":[{"type":"string","pattern":"a"},{"pattern":"b"}]})",
+            "cannot merge two different 'pattern'"},
            {R"({"anyOf":[]})", "'anyOf' at # must be a non-empty array"},
            {R"({"properties":[]})", "'properties' at # must be an object"},
            {R"([])", "must be an object or a boolean"},
@@ -554,7 +608,8 @@ TEST(JsonSchema, StrictModeAcceptsOpenAiSubset) {
       g,
       R"({"steps":[{"explanation":"e","output":"o"}],"final":"f","confidence":null,"kind":"a","when":"2024-01-01T00:00:00Z","code":"ABC","extra":"x"})"));
   EXPECT_FALSE(matches(
-      g, R"({"steps":[],"final":"f","confidence":null,"kind":"a","when":"2024-01-01T00:00:00Z","code":"ABC","extra":"x"})"));
+      g,
+      R"({"steps":[],"final":"f","confidence":null,"kind":"a","when":"2024-01-01T00:00:00Z","code":"ABC","extra":"x"})"));
 }
 
 TEST(JsonSchema, StrictModeRefusesWithTheReason) {
@@ -568,30 +623,44 @@ TEST(JsonSchema, StrictModeRefusesWithTheReason) {
   const std::vector<Refusal> refusals = {
       {R"({"type":"object","properties":{"a":{"type":"string"}},"required":["a"]})",
        "\"additionalProperties\": false"},
-      {R"({"type":"object","properties":{},"additionalProperties":true})", "\"additionalProperties\": false"},
-      {std::string("{") + ok_obj + R"(,"properties":{"a":{"type":"string"}}})", "not in 'required'"},
-      {std::string("{") + ok_obj + R"(,"properties":{"a":{"type":"string","minLength":1}},"required":["a"]})",
+      {R"({"type":"object","properties":{},"additionalProperties":true})",
+       "\"additionalProperties\": false"},
+      {std::string("{") + ok_obj + R"(,"properties":{"a":{"type":"string"}}})",
+       "not in 'required'"},
+      {std::string("{") + ok_obj +
+           R"(,"properties":{"a":{"type":"string","minLength":1}},"required":["a"]})",
        "'minLength'"},
-      {std::string("{") + ok_obj + R"(,"properties":{"a":{"allOf":[{"type":"string"}]}},"required":["a"]})",
+      {std::string("{") + ok_obj +
+           R"(,"properties":{"a":{"allOf":[{"type":"string"}]}},"required":["a"]})",
        "'allOf'"},
-      {std::string("{") + ok_obj + R"(,"properties":{"a":{"oneOf":[{"type":"string"}]}},"required":["a"]})",
+      {std::string("{") + ok_obj +
+           R"(,"properties":{"a":{"oneOf":[{"type":"string"}]}},"required":["a"]})",
        "'oneOf'"},
-      {std::string("{") + ok_obj + R"(,"properties":{"a":{"type":"string","format":"uri"}},"required":["a"]})",
+      {std::string("{") + ok_obj +
+           R"(,"properties":{"a":{"type":"string","format":"uri"}},"required":["a"]})",
        "format 'uri'"},
-      {std::string("{") + ok_obj + R"(,"properties":{"a":{"description":"no type"}},"required":["a"]})",
+      {std::string("{") + ok_obj +
+           R"(,"properties":{"a":{"description":"no type"}},"required":["a"]})",
        "has no 'type'"},
-      {std::string("{") + ok_obj + R"(,"properties":{"a":true},"required":["a"]})", "boolean schema"},
-      {std::string("{") + ok_obj + R"(,"properties":{"a":{"type":"array","prefixItems":[]}},"required":["a"]})",
+      {std::string("{") + ok_obj + R"(,"properties":{"a":true},"required":["a"]})",
+       "boolean schema"},
+      {std::string("{") + ok_obj +
+           R"(,"properties":{"a":{"type":"array","prefixItems":[]}},"required":["a"]})",
        "'prefixItems'"},
-      {std::string("{") + ok_obj + R"(,"properties":{"a":{"type":"string","nullable":true}},"required":["a"]})",
+      {std::string("{") + ok_obj +
+           R"(,"properties":{"a":{"type":"string","nullable":true}},"required":["a"]})",
        "'nullable'"},
-      {std::string("{") + ok_obj + R"(,"properties":{"a":{"$ref":"#/$defs/s","description":"x","type":"string"}},"required":["a"],"$defs":{"s":{"type":"string"}}})",
+      {std::string("{") + ok_obj +
+           R"(,"properties":{"a":{"$ref":"#/$defs/s","description":"x","type":"string"}},"required":["a"],"$defs":{"s":{"type":"string"}}})",
        "sibling keywords"},
-      {std::string("{") + ok_obj + R"(,"properties":{},"$defs":{"unused":{"type":"string","minLength":1}}})",
+      {std::string("{") + ok_obj +
+           R"(,"properties":{},"$defs":{"unused":{"type":"string","minLength":1}}})",
        "'minLength'"},
-      {R"({"anyOf":[{"type":"object","properties":{},"additionalProperties":false}]})", "root must be"},
+      {R"({"anyOf":[{"type":"object","properties":{},"additionalProperties":false}]})",
+       "root must be"},
       {R"({"type":"string"})", "root must be"},
-      {R"({"type":["object","null"],"properties":{},"additionalProperties":false})", "root must be"},
+      {R"({"type":["object","null"],"properties":{},"additionalProperties":false})",
+       "root must be"},
   };
   for (const Refusal& r : refusals) {
     const std::string e = compile_error(r.schema, strict);
@@ -601,7 +670,9 @@ TEST(JsonSchema, StrictModeRefusesWithTheReason) {
   // Limits: object nesting, enum values, properties.
   ojson deep = {{"type", "string"}};
   for (int i = 0; i < 11; ++i)
-    deep = {{"type", "object"}, {"properties", {{"x", deep}}}, {"required", {"x"}},
+    deep = {{"type", "object"},
+            {"properties", {{"x", deep}}},
+            {"required", {"x"}},
             {"additionalProperties", false}};
   Result<Grammar> r = json_schema_to_grammar(deep, strict);
   ASSERT_FALSE(r.ok());
@@ -620,9 +691,11 @@ TEST(JsonSchema, StrictModeRefusesWithTheReason) {
     props[fmt::format("p{}", i)] = {{"type", "null"}};
     req.push_back(fmt::format("p{}", i));
   }
-  r = json_schema_to_grammar(
-      ojson{{"type", "object"}, {"properties", props}, {"required", req}, {"additionalProperties", false}},
-      strict);
+  r = json_schema_to_grammar(ojson{{"type", "object"},
+                                   {"properties", props},
+                                   {"required", req},
+                                   {"additionalProperties", false}},
+                             strict);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message.find("5000 properties"), std::string::npos) << r.error().message;
 }
@@ -676,8 +749,8 @@ TEST(JsonSchema, HostileSchemasAreBounded) {
   // Exponential allOf through $defs: a_i = allOf[a_{i+1}, a_{i+1}].
   std::string defs = R"({"$defs":{)";
   for (int i = 0; i < 40; ++i)
-    defs += fmt::format(R"("a{}":{{"allOf":[{{"$ref":"#/$defs/a{}"}},{{"$ref":"#/$defs/a{}"}}]}},)", i,
-                        i + 1, i + 1);
+    defs += fmt::format(R"("a{}":{{"allOf":[{{"$ref":"#/$defs/a{}"}},{{"$ref":"#/$defs/a{}"}}]}},)",
+                        i, i + 1, i + 1);
   r = timed(defs + R"("a40":{"type":"integer"}},"$ref":"#/$defs/a0"})");
   EXPECT_FALSE(r.ok());
   // anyOf branches that merge their siblings with the root, again and again.
@@ -685,19 +758,26 @@ TEST(JsonSchema, HostileSchemasAreBounded) {
   EXPECT_FALSE(r.ok());
   // $ref cycles: no value, or no progress.
   EXPECT_FALSE(timed(R"({"$ref":"#"})").ok());
-  EXPECT_FALSE(timed(R"({"$defs":{"a":{"$ref":"#/$defs/b"},"b":{"$ref":"#/$defs/a"}},"$ref":"#/$defs/a"})").ok());
+  EXPECT_FALSE(
+      timed(R"({"$defs":{"a":{"$ref":"#/$defs/b"},"b":{"$ref":"#/$defs/a"}},"$ref":"#/$defs/a"})")
+          .ok());
   EXPECT_FALSE(timed(R"({"allOf":[{"$ref":"#"}]})").ok());
   EXPECT_FALSE(timed(R"({"anyOf":[{"$ref":"#"},{"type":"null"}]})").ok());
   // Recursion that consumes input is fine.
   EXPECT_TRUE(timed(R"({"anyOf":[{"type":"array","items":{"$ref":"#"}},{"type":"null"}]})").ok());
   // Big ranges and counts.
-  EXPECT_TRUE(timed(R"({"type":"integer","minimum":-1000000000000000000,"maximum":1000000000000000000})").ok());
+  EXPECT_TRUE(
+      timed(R"({"type":"integer","minimum":-1000000000000000000,"maximum":1000000000000000000})")
+          .ok());
   EXPECT_TRUE(timed(R"({"type":"string","minLength":10000,"maxLength":10000})").ok());
   EXPECT_FALSE(timed(R"({"type":"string","maxLength":10001})").ok());
-  (void)timed(R"({"type":"array","items":{"type":"array","items":{"type":"array","items":{"type":"string","maxLength":100},"minItems":100},"minItems":100},"minItems":100})");
+  (void)timed(
+      R"({"type":"array","items":{"type":"array","items":{"type":"array","items":{"type":"string","maxLength":100},"minItems":100},"minItems":100},"minItems":100})");
   // Long property names excluded from additional properties.
-  EXPECT_TRUE(timed(R"({"type":"object","properties":{")" + std::string(1000, 'k') + R"(":{}}})").ok());
-  EXPECT_FALSE(timed(R"({"type":"object","properties":{")" + std::string(5000, 'k') + R"(":{}}})").ok());
+  EXPECT_TRUE(
+      timed(R"({"type":"object","properties":{")" + std::string(1000, 'k') + R"(":{}}})").ok());
+  EXPECT_FALSE(
+      timed(R"({"type":"object","properties":{")" + std::string(5000, 'k') + R"(":{}}})").ok());
   // Many prefixItems (deep nesting of optional tails, hoisted into rules).
   std::string prefix = R"({"type":"array","prefixItems":[)";
   for (int i = 0; i < 2000; ++i) prefix += std::string(i ? "," : "") + R"({"type":"integer"})";
@@ -722,8 +802,10 @@ std::string small_exponents(const std::string& s) {
     const char ch = s[i];
     if (in_string) {
       out += ch;
-      if (ch == '\\' && i + 1 < s.size()) out += s[++i];
-      else if (ch == '"') in_string = false;
+      if (ch == '\\' && i + 1 < s.size())
+        out += s[++i];
+      else if (ch == '"')
+        in_string = false;
     } else if ((ch == 'e' || ch == 'E') && i + 1 < s.size() &&
                (std::isdigit(uint8_t(s[i + 1])) || s[i + 1] == '-' || s[i + 1] == '+')) {
       out += "e0";
