@@ -587,3 +587,34 @@ class Walker:
 def _draw(ids: np.ndarray, w: np.ndarray, rng: np.random.Generator) -> int:
     c = np.cumsum(w)
     return ids[min(int(np.searchsorted(c, rng.random() * c[-1], side="right")), len(ids) - 1)]
+
+
+def masks_along(matcher, tokens: list[int], n_vocab: int) -> tuple[list[np.ndarray], int]:
+    """The masks before each token and after the last, advancing by each token in turn: (masks,
+    index of the first token the matcher refuses, whose mask is the last, or -1)."""
+    masks = []
+    for i, t in enumerate(tokens):
+        masks.append(clear_tail(matcher.fill(), n_vocab))
+        if not matcher.accept(t):
+            return masks, i
+    masks.append(clear_tail(matcher.fill(), n_vocab))
+    return masks, -1
+
+
+def token_trie_masks(items: list[list[int]], trace: list[int], eog: list[int], n_vocab: int) -> list[np.ndarray]:
+    """The masks of a catalogue of token sequences along a trace (the engine's --choices: one
+    path per item, its canonical tokenization): before step i, the i-th token of every item
+    that starts with trace[:i], and the eog tokens where trace[:i] is a whole item."""
+    out = []
+    for i in range(len(trace) + 1):
+        bits = np.zeros(((n_vocab + 31) // 32) * 32, dtype=np.uint8)
+        prefix = trace[:i]
+        for seq in items:
+            if seq[:i] == prefix:
+                if len(seq) > i:
+                    bits[seq[i]] = 1
+                else:
+                    bits[eog] = 1
+        out.append(np.packbits(bits, bitorder="little").view("<u4").copy())
+    return out
+

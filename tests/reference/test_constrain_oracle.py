@@ -13,8 +13,12 @@ compact xgrammar walks through a few schemas that validate with `jsonschema` mus
 the engine to the end, complete; those that are not JSON must be refused.
 
 Grammars are GBNF text both engines read: llama.cpp's grammars/*.gbnf (from the pinned llama.cpp
-source, PEREGRINE_LLAMA_CPP_SRC) and the grammars written here; regexes go to both as they are,
-choices to xgrammar as a GBNF alternation (grammar_engines.choices_gbnf). What xgrammar 0.2.9 does
+source, PEREGRINE_LLAMA_CPP_SRC) and the grammars written here; regexes go to both as they are.
+Choices differ by design: the engine's catalogue allows each item's canonical tokenization only
+(src/constrain/catalogue.h, as in STATIC), xgrammar any tokenization of an item's text (a GBNF
+alternation, grammar_engines.choices_gbnf). So the walks through choices are the items' canonical
+tokenizations (HF `tokenizers` / `sentencepiece`, in xgrammar_walks.py), the engine's masks must
+equal the token trie's of those sequences, and be within xgrammar's. What xgrammar 0.2.9 does
 not read, verified with it: an empty alternative (`ws ::= | " "`, in json.gbnf and json_arr.gbnf:
 those two are given to both engines with the empty alternative written `""`, the same language)
 and `.` for any character (no grammar here uses it).
@@ -278,6 +282,16 @@ def test_masks_equal_xgrammar(run, cid):
         xm = unpack_masks(w["masks"], n_words)
         om = [clear_tail(mask_from_b64(s), n_vocab) for s in t["masks"]]
         text = base64.b64decode(w["text"])
+        if "expected" in w:
+            # choices: the token trie of the items' canonical tokenizations, which allows a subset
+            # of what xgrammar allows (any tokenization of an item's text)
+            em = unpack_masks(w["expected"], n_words)
+            for step in range(min(len(em), len(om))):
+                if not np.array_equal(em[step], om[step]):
+                    pytest.fail(_mismatch(run, cid, c, k, step, w, text, om[step], em[step], "the token trie"))
+                if np.any(om[step] & ~xm[step]):
+                    pytest.fail(_mismatch(run, cid, c, k, step, w, text, om[step], xm[step]))
+            xm = em
         for step in range(min(len(xm), len(om))):
             if not np.array_equal(xm[step], om[step]):
                 pytest.fail(_mismatch(run, cid, c, k, step, w, text, om[step], xm[step]))
@@ -290,15 +304,15 @@ def test_masks_equal_xgrammar(run, cid):
             f"{run.name}: {cid} walk {k}: complete {t['complete']}, xgrammar {w['complete']}, after {text!r}")
 
 
-def _mismatch(run, cid, c, k, step, w, text, ours, theirs) -> str:
+def _mismatch(run, cid, c, k, step, w, text, ours, theirs, oracle="xgrammar") -> str:
     v = run.vocab()
     o, x = set(mask_to_ids(ours, v.n_vocab).tolist()), set(mask_to_ids(theirs, v.n_vocab).tolist())
     prefix = text[:w["ends"][step - 1]] if step else b""
     only_o, only_x = sorted(o - x), sorted(x - o)
     return (f"{run.name}: {cid} ({describe(c)}), walk {k}, step {step}: after {prefix!r} "
-            f"the engine allows {len(o)} tokens, xgrammar {len(x)}; "
+            f"the engine allows {len(o)} tokens, {oracle} {len(x)}; "
             f"only the engine: {len(only_o)} {[v.show(t) for t in only_o[:6]]}; "
-            f"only xgrammar: {len(only_x)} {[v.show(t) for t in only_x[:6]]}; "
+            f"only {oracle}: {len(only_x)} {[v.show(t) for t in only_x[:6]]}; "
             f"walk tokens {w['tokens'][:step + 1]}")
 
 

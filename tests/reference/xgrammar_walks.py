@@ -11,7 +11,9 @@ xgrammar. test_constrain_oracle.py feeds the walks to `peregrine masks --dump-ma
 Input: one constraint a line, as `peregrine masks` reads them: {"id": str, and one of
 "grammar": GBNF | "regex": RE | "choices": [str] | "json_schema": {...} | "json_object": true},
 optionally "walks" and "max_steps" for that line. JSON schemas are walked with compact
-separators (",", ":") and no other whitespace, text every whitespace policy accepts.
+separators (",", ":") and no other whitespace, text every whitespace policy accepts. Choices
+are not walked at random: their walks are the items' canonical tokenizations (see walk_choices),
+each with the token trie's masks as "expected" beside xgrammar's.
 
 --special: a JSON object with "eog" and "never" token lists (the first line of `peregrine masks`
 is one), so that xgrammar sees the same special tokens as the engine; without it, the defaults of
@@ -39,7 +41,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grammar_engines import Walker, XGrammarEngine, load_vocab  # noqa: E402
+from grammar_engines import (Walker, XGrammarEngine, canonical_encoder, load_vocab, masks_along,  # noqa: E402
+                             token_trie_masks)
 
 
 def walk_seed(seed: int, cid: str, k: int) -> int:
@@ -54,6 +57,26 @@ def pack_masks(masks: list[np.ndarray]) -> str:
 def unpack_masks(s: str, n_words: int) -> np.ndarray:
     """[n_masks, n_words] uint32 from the "masks" field of a walk."""
     return np.frombuffer(zlib.decompress(base64.b64decode(s)), dtype="<u4").reshape(-1, n_words)
+
+
+def walk_choices(rec: dict, choices: list[str], vocab, eng, compiled, encode) -> None:
+    """Choices are a catalogue of token sequences (each item's canonical tokenization, one path per
+    item), not of texts: the walks are those sequences, with xgrammar's masks (any tokenization of
+    an item) and, as "expected", the masks of the token trie of the items."""
+    items, seen = [], set()
+    for text in choices:
+        seq = list(encode(text))
+        if vocab.decode(seq) == text.encode() and tuple(seq) not in seen:
+            items.append(seq)
+            seen.add(tuple(seq))
+    for seq in items:
+        masks, rejected = masks_along(eng.matcher(compiled), seq, vocab.n_vocab)
+        assert rejected < 0, f"xgrammar refuses the tokens {seq} of a choice of {choices}"
+        ends = np.cumsum([len(vocab.text_bytes(t)) for t in seq]).tolist()
+        rec["walks"].append({
+            "tokens": seq, "complete": True, "text": base64.b64encode(vocab.decode(seq)).decode(),
+            "ends": ends, "masks": pack_masks(masks),
+            "expected": pack_masks(token_trie_masks(items, seq, vocab.eog, vocab.n_vocab)), "mask_us": []})
 
 
 def main() -> int:
@@ -74,6 +97,7 @@ def main() -> int:
     vocab = load_vocab(args.model, eog=eog, never=never)
     eng = XGrammarEngine(vocab, json_separators=(",", ":"), any_whitespace=False)
     walker = Walker(vocab, max_steps=args.max_steps)
+    encode = None  # the canonical tokenizer, built when a choices constraint needs it
 
     out = {"model": str(args.model), "xgrammar": importlib.metadata.version("xgrammar"),
            "n_vocab": vocab.n_vocab, "eog": vocab.eog, "never": vocab.never,
@@ -95,6 +119,10 @@ def main() -> int:
             rec["error"] = f"{type(e).__name__}: {str(e).strip()}"
             continue
         rec["compile_us"] = (time.perf_counter() - t0) * 1e6
+        if "choices" in c:
+            encode = encode or canonical_encoder(vocab)
+            walk_choices(rec, c["choices"], vocab, eng, compiled, encode)
+            continue
         for k in range(int(c.get("walks", args.walks))):
             w = walker.walk(eng.matcher(compiled), walk_seed(args.seed, cid, k),
                             int(c.get("max_steps", args.max_steps)))
