@@ -10,6 +10,7 @@ export PEREGRINE_BIN="$PWD/build/bin/peregrine"
 
 scripts/deps.sh
 scripts/venv.sh
+scripts/venv_grammar.sh  # xgrammar and llguidance (the constraint oracle), over Debian's CPU torch
 scripts/build.sh
 export PEREGRINE_MODEL_PATH
 PEREGRINE_MODEL_PATH=$(build/bin/peregrine pull smollm2-135m)
