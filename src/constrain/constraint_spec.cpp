@@ -13,6 +13,7 @@ std::string ConstraintSpec::cache_key() const {
   k += json.strict ? 's' : '-';
   k += char('0' + int(json.whitespace));
   k += json.oneof_as_anyof ? 'o' : '-';
+  k += json.extra_properties_by_default ? 'x' : '-';
   k += '\n';
   if (kind == Kind::Choices) {
     for (const std::string& c : choices) {

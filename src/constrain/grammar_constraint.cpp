@@ -11,9 +11,10 @@ Result<std::shared_ptr<const CompiledGrammar>> CompiledGrammar::compile(const Gr
                                                                         std::shared_ptr<const TokenVocab> vocab,
                                                                         const CompileLimits& lim) {
   const auto t0 = std::chrono::steady_clock::now();
-  PG_ASSIGN(ByteAutomaton a, ByteAutomaton::compile(g, lim.automaton));
-  PG_ASSIGN(TokenMaskTable m, TokenMaskTable::build(a, *vocab, lim.masks));
-  auto c = std::make_shared<CompiledGrammar>(CompiledGrammar{std::move(a), std::move(m), std::move(vocab), 0});
+  auto c = std::make_shared<CompiledGrammar>();
+  PG_ASSIGN(c->automaton, ByteAutomaton::compile(g, lim.automaton));
+  PG_TRY(c->masks.build(c->automaton, *vocab, lim.masks));
+  c->vocab = std::move(vocab);
   c->compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   return std::shared_ptr<const CompiledGrammar>(std::move(c));
 }
@@ -54,12 +55,12 @@ void GrammarConstraint::allowed_tokens(uint32_t* words, int64_t n_vocab) const {
   states_.clear();
   for (const Config& c : cur_.configs())
     if (std::find(states_.begin(), states_.end(), c.state) == states_.end()) states_.push_back(c.state);
-  for (int32_t s : states_) g_->masks.add_accepted(s, w, scratch_.data());
+  for (int32_t s : states_) g_->masks.add_accepted(g_->automaton, s, w, scratch_.data());
   // Uncertain tokens return past the configuration's frame after some bytes: there must be a
   // frame beneath (the root rule's configurations have none, so theirs are all refused).
   for (const Config& c : cur_.configs())
     if (c.parent != kNoFrame)
-      for (int32_t t : g_->masks.uncertain(c.state))
+      for (int32_t t : g_->masks.uncertain(g_->automaton, c.state))
         if (!(w[t >> 5] >> (t & 31) & 1) && reads(c, v.bytes(t))) w[t >> 5] |= 1u << (t & 31);
   if (cur_.can_end())
     for (int32_t t : v.end_of_generation()) w[t >> 5] |= 1u << (t & 31);

@@ -1256,7 +1256,10 @@ Result<Maybe> Compiler::object_node(const ojson& s, const Ctx& c0) {
     members[i].kv = seq({lit(values[i].first), ws(), lit(":"), ws(), std::move(v)});
   }
   Maybe extra;  // sep-less additional member
-  if (ap_value && (ap.is_object() || ap.get<bool>())) {
+  // Other members only where the schema asks for them: absent additionalProperties allows
+  // them (so any output still validates) but generates none unless the options say so.
+  const bool extras_wanted = s.contains("additionalProperties") || opt_.extra_properties_by_default;
+  if (ap_value && extras_wanted && (ap.is_object() || ap.get<bool>())) {
     for (const auto& nm : names)
       if (nm.size() > kMaxExcludedName)
         return make_error("json schema: a property name at {} is longer than {} characters",

@@ -10,27 +10,41 @@
 namespace peregrine::constrain {
 namespace {
 
-// States the root can reach through bytes, calls and returns.
-std::vector<uint8_t> reachable_states(const ByteAutomaton& a) {
+// States the root can reach through bytes, calls and returns, nearest first (breadth-first):
+// the ones generation meets first are walked first.
+std::vector<int32_t> reachable_states(const ByteAutomaton& a) {
   std::vector<uint8_t> seen(size_t(a.n_states()), 0);
-  std::vector<int32_t> work{a.root_start()};
+  std::vector<int32_t> order{a.root_start()};
   seen[size_t(a.root_start())] = 1;
   auto visit = [&](int32_t s) {
     if (s >= 0 && !seen[size_t(s)]) {
       seen[size_t(s)] = 1;
-      work.push_back(s);
+      order.push_back(s);
     }
   };
-  while (!work.empty()) {
-    const int32_t s = work.back();
-    work.pop_back();
-    for (int b = 0; b < 256; ++b) visit(a.next(s, uint8_t(b)));
+  for (size_t i = 0; i < order.size(); ++i) {
+    const int32_t s = order[i];
+    for (int c = 0; c < a.n_classes(); ++c) visit(a.next_class(s, uint8_t(c)));
     for (const RuleCall& c : a.calls(s)) {
       visit(c.start);
       visit(c.ret);
     }
   }
-  return seen;
+  return order;
+}
+
+// The class trie: the automaton only tells bytes apart by class, so tokens with the same
+// class sequence are accepted, rejected or uncertain together.
+TokenTrie class_trie(const ByteAutomaton& a, const TokenVocab& vocab) {
+  std::vector<std::pair<std::string, int32_t>> entries;
+  for (int32_t id = 0; id < int32_t(vocab.n_rows()); ++id) {
+    const std::string_view b = vocab.bytes(id);
+    if (b.empty()) continue;
+    std::string cls(b.size(), '\0');
+    for (size_t i = 0; i < b.size(); ++i) cls[i] = char(a.class_of(uint8_t(b[i])));
+    entries.emplace_back(std::move(cls), id);
+  }
+  return TokenTrie::build(std::move(entries));
 }
 
 // One state's walk of the class trie: the accepted and uncertain tokens (see the header).
@@ -129,132 +143,136 @@ class StateWalker {
 
 }  // namespace
 
-Result<TokenMaskTable> TokenMaskTable::build(const ByteAutomaton& a, const TokenVocab& vocab, const MaskLimits& lim) {
-  TokenMaskTable t;
-  t.n_rows_ = vocab.n_rows();
-  t.n_words_ = vocab.n_words();
-  t.entries_.resize(size_t(a.n_states()));
-  const std::vector<uint8_t> live = reachable_states(a);
-  // The automaton only tells bytes apart by class, so tokens with the same class sequence
-  // are accepted, rejected or uncertain together: walk a trie of class sequences.
-  std::vector<std::pair<std::string, int32_t>> entries;
-  for (int32_t id = 0; id < int32_t(vocab.n_rows()); ++id) {
-    const std::string_view b = vocab.bytes(id);
-    if (b.empty()) continue;
-    std::string cls(b.size(), '\0');
-    for (size_t i = 0; i < b.size(); ++i) cls[i] = char(a.class_of(uint8_t(b[i])));
-    entries.emplace_back(std::move(cls), id);
-  }
-  const TokenTrie trie = TokenTrie::build(std::move(entries));
-  std::vector<int32_t> states;
-  for (int32_t s = 0; s < a.n_states(); ++s)
-    if (live[size_t(s)]) states.push_back(s);
+struct TokenMaskTable::Lazy {
+  TokenTrie trie;
+  std::unique_ptr<StateWalker> walker;  // built on first use (the trie must not move after)
+  std::vector<int32_t> accepted;
+  std::vector<uint32_t> bits;
+};
 
-  // The walks are independent: split the states over a few threads (each with its own
-  // walker and stack arena), results kept per state and packed in state order.
-  // Each state's sets are packed by its thread (bitmask, list or complement list, whichever
-  // is smallest) and concatenated in state order afterwards.
-  struct Packed {
-    Kind kind = Kind::List;
-    std::vector<int32_t> ids;      // List / Complement
-    std::vector<uint32_t> words;   // Bitset
-    std::vector<int32_t> uncertain;
-  };
-  std::vector<Packed> results(states.size());
-  const size_t n_rows = size_t(t.n_rows_), n_words = size_t(t.n_words_);
-  auto pack = [&](const std::vector<int32_t>& accepted, std::vector<uint32_t>& bits, Packed& p) {
-    std::fill(bits.begin(), bits.end(), 0u);
-    for (int32_t id : accepted) bits[size_t(id) >> 5] |= 1u << (id & 31);
-    const size_t k = accepted.size();
-    if (k <= n_words && k <= n_rows - k) {
-      p.kind = Kind::List;
-      for (size_t w = 0; w < n_words; ++w)
-        for (uint32_t m = bits[w]; m; m &= m - 1) p.ids.push_back(int32_t(w * 32 + size_t(__builtin_ctz(m))));
-    } else if (n_rows - k <= n_words) {
-      p.kind = Kind::Complement;
-      for (size_t id = 0; id < n_rows; ++id)
-        if (!(bits[id >> 5] >> (id & 31) & 1)) p.ids.push_back(int32_t(id));
-    } else {
-      p.kind = Kind::Bitset;
-      p.words = bits;
-    }
-  };
+TokenMaskTable::TokenMaskTable() = default;
+
+TokenMaskTable::~TokenMaskTable() {
+  for (size_t s = 0; entries_ && s < n_states_; ++s) delete entries_[s].load();
+}
+
+namespace {
+
+// A state's accepted tokens as the smallest of a list, a complement list and a bitmask.
+template <typename Packed, typename Kind>
+void pack(const std::vector<int32_t>& accepted, std::vector<uint32_t>& bits, size_t n_rows, Packed& p) {
+  const size_t n_words = bits.size();
+  std::fill(bits.begin(), bits.end(), 0u);
+  for (int32_t id : accepted) bits[size_t(id) >> 5] |= 1u << (id & 31);
+  const size_t k = accepted.size();
+  p.ids.clear();
+  if (k <= n_words && k <= n_rows - k) {
+    p.kind = Kind::List;
+    for (size_t w = 0; w < n_words; ++w)
+      for (uint32_t m = bits[w]; m; m &= m - 1) p.ids.push_back(int32_t(w * 32 + size_t(__builtin_ctz(m))));
+  } else if (n_rows - k <= n_words) {
+    p.kind = Kind::Complement;
+    for (size_t id = 0; id < n_rows; ++id)
+      if (!(bits[id >> 5] >> (id & 31) & 1)) p.ids.push_back(int32_t(id));
+  } else {
+    p.kind = Kind::Bitset;
+    p.words = bits;
+  }
+}
+
+}  // namespace
+
+Status TokenMaskTable::build(const ByteAutomaton& a, const TokenVocab& vocab, const MaskLimits& lim) {
+  n_rows_ = vocab.n_rows();
+  n_words_ = vocab.n_words();
+  n_states_ = size_t(a.n_states());
+  entries_ = std::make_unique<std::atomic<const Packed*>[]>(n_states_);
+  for (size_t s = 0; s < n_states_; ++s) entries_[s].store(nullptr);
+  lazy_ = std::make_unique<Lazy>();
+  lazy_->trie = class_trie(a, vocab);
+  const TokenTrie& trie = lazy_->trie;
+  const std::vector<int32_t> states = reachable_states(a);
+
+  // The walks are independent: a few threads take states in order (each with its own walker
+  // and stack arena) until the budget is spent.
+  const size_t n_rows = size_t(n_rows_);
   const size_t n_threads = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 8);
   std::atomic<size_t> next{0};
-  std::atomic<uint64_t> steps{0};
-  std::atomic<int> failure{0};  // 1: overflow, 2: too many steps, 3: arena too large
+  std::atomic<bool> overflow{false};
   auto work = [&] {
     StateWalker w(a, trie);
     std::vector<int32_t> accepted;
-    std::vector<uint32_t> bits(n_words);
-    uint64_t my_steps = 0;
-    for (size_t k; failure.load() == 0 && (k = next.fetch_add(1)) < states.size();) {
-      if (!w.walk(states[k], accepted, results[k].uncertain, my_steps)) failure = 1;
-      pack(accepted, bits, results[k]);
-      if (steps.fetch_add(my_steps) + my_steps > lim.max_trie_steps) failure = 2;
-      my_steps = 0;
-      if (w.arena_size() > (size_t(1) << 24)) failure = 3;
+    std::vector<uint32_t> bits(static_cast<size_t>(n_words_), 0u);
+    for (size_t k; !overflow.load() && steps_.load() < lim.eager_trie_steps && (k = next.fetch_add(1)) < states.size();) {
+      auto p = std::make_unique<Packed>();
+      uint64_t steps = 0;
+      if (!w.walk(states[k], accepted, p->uncertain, steps)) overflow = true;
+      steps_ += steps;
+      pack<Packed, Kind>(accepted, bits, n_rows, *p);
+      entries_[size_t(states[k])].store(p.release());
+      if (w.arena_size() > (size_t(1) << 24)) overflow = true;
     }
   };
-  {
-    std::vector<std::thread> pool;
-    const bool parallel = states.size() > 8 && trie.nodes().size() > 1000;
-    for (size_t i = 1; parallel && i < n_threads; ++i) pool.emplace_back(work);
-    work();
-    for (std::thread& th : pool) th.join();
-  }
-  t.steps_ = steps.load();
-  if (failure == 1)
+  std::vector<std::thread> pool;
+  const bool parallel = states.size() > 8 && trie.nodes().size() > 1000;
+  for (size_t i = 1; parallel && i < n_threads; ++i) pool.emplace_back(work);
+  work();
+  for (std::thread& th : pool) th.join();
+  if (overflow)
     return make_error("grammar too ambiguous: more than {} parses of one token at once", ConfigSet::kMaxConfigs);
-  if (failure == 2)
-    return make_error("grammar too expensive to compile: token masks would take more than {} trie steps",
-                      lim.max_trie_steps);
-  if (failure == 3) return make_error("grammar too ambiguous: too many stack frames");
-
-  for (size_t r = 0; r < states.size(); ++r) {
-    Packed& p = results[r];
-    Entry& e = t.entries_[size_t(states[r])];
-    e.kind = p.kind;
-    if (p.kind == Kind::Bitset) {
-      e.begin = uint32_t(t.words_.size());
-      t.words_.insert(t.words_.end(), p.words.begin(), p.words.end());
-      e.end = uint32_t(t.words_.size());
-    } else {
-      e.begin = uint32_t(t.ids_.size());
-      t.ids_.insert(t.ids_.end(), p.ids.begin(), p.ids.end());
-      e.end = uint32_t(t.ids_.size());
-    }
-    e.unc_begin = uint32_t(t.ids_.size());
-    t.ids_.insert(t.ids_.end(), p.uncertain.begin(), p.uncertain.end());
-    e.unc_end = uint32_t(t.ids_.size());
-    t.n_uncertain_ += p.uncertain.size();
-    if (t.ids_.size() > (size_t(1) << 31) || t.words_.size() > (size_t(1) << 31))
-      return make_error("grammar too large: its token masks exceed the size limit");
-    p = Packed{};
-  }
-  return t;
+  return Status::Ok();
 }
 
-void TokenMaskTable::add_accepted(int32_t state, uint32_t* words, uint32_t* scratch) const {
-  const Entry& e = entries_[size_t(state)];
+const TokenMaskTable::Packed& TokenMaskTable::entry(const ByteAutomaton& a, int32_t state) const {
+  if (const Packed* p = entries_[size_t(state)].load(std::memory_order_acquire)) return *p;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (const Packed* p = entries_[size_t(state)].load(std::memory_order_acquire)) return *p;
+  Lazy& l = *lazy_;
+  if (!l.walker) {
+    l.walker = std::make_unique<StateWalker>(a, l.trie);
+    l.bits.resize(size_t(n_words_));
+  }
+  auto p = std::make_unique<Packed>();
+  uint64_t steps = 0;
+  // An overflow here (a grammar the eager walks did not reach far enough to refuse) leaves
+  // the state with what was found: masks stay a subset of what the grammar allows.
+  l.walker->walk(state, l.accepted, p->uncertain, steps);
+  steps_ += steps;
+  pack<Packed, Kind>(l.accepted, l.bits, size_t(n_rows_), *p);
+  const Packed* out = p.release();
+  entries_[size_t(state)].store(out, std::memory_order_release);
+  return *out;
+}
+
+size_t TokenMaskTable::n_walked() const {
+  size_t n = 0;
+  for (size_t s = 0; s < n_states_; ++s) n += entries_[s].load() != nullptr;
+  return n;
+}
+
+size_t TokenMaskTable::memory_bytes() const {
+  size_t b = n_states_ * sizeof(void*) + (lazy_ ? lazy_->trie.memory_bytes() : 0);
+  for (size_t s = 0; s < n_states_; ++s)
+    if (const Packed* p = entries_[s].load())
+      b += sizeof(Packed) + (p->ids.size() + p->uncertain.size()) * 4 + p->words.size() * 4;
+  return b;
+}
+
+void TokenMaskTable::add_accepted(const ByteAutomaton& a, int32_t state, uint32_t* words, uint32_t* scratch) const {
+  const Packed& e = entry(a, state);
   switch (e.kind) {
-    case Kind::Unreached:
-      return;
     case Kind::List:
-      for (uint32_t i = e.begin; i < e.end; ++i) words[ids_[i] >> 5] |= 1u << (ids_[i] & 31);
+      for (int32_t id : e.ids) words[id >> 5] |= 1u << (id & 31);
       return;
-    case Kind::Bitset: {
-      const uint32_t* w = words_.data() + e.begin;
-      for (int64_t i = 0; i < n_words_; ++i) words[i] |= w[i];
+    case Kind::Bitset:
+      for (int64_t i = 0; i < n_words_; ++i) words[i] |= e.words[size_t(i)];
       return;
-    }
-    case Kind::Complement: {
+    case Kind::Complement:
       std::memset(scratch, 0xFF, size_t(n_words_) * 4);
       if (n_rows_ % 32) scratch[n_words_ - 1] = (1u << (n_rows_ % 32)) - 1;
-      for (uint32_t i = e.begin; i < e.end; ++i) scratch[ids_[i] >> 5] &= ~(1u << (ids_[i] & 31));
+      for (int32_t id : e.ids) scratch[id >> 5] &= ~(1u << (id & 31));
       for (int64_t i = 0; i < n_words_; ++i) words[i] |= scratch[i];
       return;
-    }
   }
 }
 

@@ -7,14 +7,17 @@
 // walks only the uncertain tokens.
 //
 // Each state's sets come from one depth-first walk of a trie of the tokens' byte-class
-// strings carrying the configuration set per depth; a prefix that no configuration can read skips its whole
-// subtree, and a prefix read only by returning past the frame makes its whole subtree
-// uncertain. A set is stored as a bitmask, a list of ids or the list of ids it lacks,
-// whichever is smallest.
+// strings carrying the configuration set per depth; a prefix that no configuration can read
+// skips its whole subtree, and a prefix read only by returning past the frame makes its whole
+// subtree uncertain. A set is stored as a bitmask, a list of ids or the list of ids it lacks,
+// whichever is smallest. States are walked at compile time, nearest the root first, up to a
+// budget; the rest on first use (thread-safe), so no grammar is refused for its size here.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <vector>
 
@@ -25,37 +28,51 @@
 namespace peregrine::constrain {
 
 struct MaskLimits {
-  uint64_t max_trie_steps = uint64_t(1) << 27;  // bounds compile time (trie nodes walked, all states)
+  // Trie nodes walked at compile time (all states together). States past it are walked the
+  // first time a step needs them (about a millisecond for a wide state), so a big grammar
+  // compiles in bounded time and still works.
+  uint64_t eager_trie_steps = uint64_t(1) << 26;
 };
 
 class TokenMaskTable {
  public:
-  static Result<TokenMaskTable> build(const ByteAutomaton& a, const TokenVocab& vocab, const MaskLimits& lim = {});
+  TokenMaskTable();
+  TokenMaskTable(const TokenMaskTable&) = delete;
+  TokenMaskTable& operator=(const TokenMaskTable&) = delete;
+  ~TokenMaskTable();
+
+  // Walks the states nearest the root first until the eager budget is spent; an error only
+  // for a grammar too ambiguous to walk.
+  Status build(const ByteAutomaton& a, const TokenVocab& vocab, const MaskLimits& lim = {});
 
   // ORs the tokens accepted in `state` into words ([vocab.n_words()]); scratch: the same size.
-  void add_accepted(int32_t state, uint32_t* words, uint32_t* scratch) const;
-  std::span<const int32_t> uncertain(int32_t state) const {
-    const Entry& e = entries_[size_t(state)];
-    return {ids_.data() + e.unc_begin, ids_.data() + e.unc_end};
-  }
-  bool reachable(int32_t state) const { return entries_[size_t(state)].kind != Kind::Unreached; }
-  size_t memory_bytes() const { return entries_.size() * sizeof(Entry) + ids_.size() * 4 + words_.size() * 4; }
-  uint64_t trie_steps() const { return steps_; }
-  size_t n_uncertain_total() const { return n_uncertain_; }
+  // `a` is the automaton the table was built for (a state not walked yet is walked now).
+  void add_accepted(const ByteAutomaton& a, int32_t state, uint32_t* words, uint32_t* scratch) const;
+  std::span<const int32_t> uncertain(const ByteAutomaton& a, int32_t state) const { return entry(a, state).uncertain; }
+
+  size_t memory_bytes() const;
+  uint64_t trie_steps() const { return steps_.load(); }
+  size_t n_walked() const;  // states walked so far (eagerly or since)
+  size_t n_states() const { return n_states_; }
 
  private:
-  enum class Kind : uint8_t { Unreached, List, Complement, Bitset };
-  struct Entry {
-    Kind kind = Kind::Unreached;
-    uint32_t begin = 0, end = 0;          // List / Complement: ids_; Bitset: words_
-    uint32_t unc_begin = 0, unc_end = 0;  // uncertain ids in ids_
+  enum class Kind : uint8_t { List, Complement, Bitset };
+  struct Packed {
+    Kind kind = Kind::List;
+    std::vector<int32_t> ids;     // List: accepted ids; Complement: the ids not accepted
+    std::vector<uint32_t> words;  // Bitset
+    std::vector<int32_t> uncertain;
   };
+  struct Lazy;  // the walker kept for states not walked yet
+
+  const Packed& entry(const ByteAutomaton& a, int32_t state) const;
+
   int64_t n_rows_ = 0, n_words_ = 0;
-  std::vector<Entry> entries_;  // [n_states]
-  std::vector<int32_t> ids_;
-  std::vector<uint32_t> words_;
-  uint64_t steps_ = 0;
-  size_t n_uncertain_ = 0;
+  size_t n_states_ = 0;
+  std::unique_ptr<std::atomic<const Packed*>[]> entries_;  // [n_states], null until walked
+  mutable std::mutex mu_;                                  // walking a state lazily
+  mutable std::unique_ptr<Lazy> lazy_;
+  mutable std::atomic<uint64_t> steps_{0};
 };
 
 }  // namespace peregrine::constrain

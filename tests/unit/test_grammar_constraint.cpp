@@ -174,11 +174,41 @@ TEST(GrammarConstraint, CompileErrorsAreClear) {
   auto big = CompiledGrammar::compile(gbnf("root ::= ([a-z]{0,50}){0,50}"), vocab, small);
   ASSERT_FALSE(big.ok());
   EXPECT_NE(big.error().message.find("too large"), std::string::npos) << big.error().message;
-  CompileLimits few_steps;
-  few_steps.masks.max_trie_steps = 0;
-  auto slow = CompiledGrammar::compile(gbnf("root ::= \"a\""), vocab, few_steps);
-  ASSERT_FALSE(slow.ok());
-  EXPECT_NE(slow.error().message.find("too expensive"), std::string::npos) << slow.error().message;
+}
+
+// States past the compile-time budget are walked on first use: the masks are the same.
+TEST(GrammarConstraint, LazyMasksEqualEagerOnes) {
+  std::mt19937 rng(3);
+  for (const Case& c : cases()) {
+    SCOPED_TRACE(c.name);
+    const Grammar g = gbnf(c.grammar);
+    std::vector<std::string> toks = make_tokens(c.alphabet);
+    const int32_t eog = int32_t(toks.size());
+    toks.push_back("");
+    auto vocab = TokenVocab::from_bytes(toks, {eog});
+    CompileLimits lazy;
+    lazy.masks.eager_trie_steps = 0;
+    auto a = CompiledGrammar::compile(g, vocab);
+    auto b = CompiledGrammar::compile(g, vocab, lazy);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_LT((*b)->masks.n_walked(), (*b)->masks.n_states());
+    const int64_t n = int64_t(toks.size());
+    std::vector<uint32_t> wa(size_t((n + 31) / 32)), wb(wa.size());
+    for (int walk = 0; walk < 20; ++walk) {
+      GrammarConstraint ma(*a), mb(*b);
+      for (int step = 0; step < 10; ++step) {
+        ma.allowed_tokens(wa.data(), n);
+        mb.allowed_tokens(wb.data(), n);
+        ASSERT_EQ(wa, wb) << "step " << step;
+        std::vector<int32_t> choices;
+        for (int32_t t = 0; t < eog; ++t)
+          if (wa[size_t(t) >> 5] >> (t & 31) & 1) choices.push_back(t);
+        if (choices.empty()) break;
+        const int32_t t = choices[rng() % choices.size()];
+        ASSERT_TRUE(ma.advance(t) && mb.advance(t));
+      }
+    }
+  }
 }
 
 }  // namespace

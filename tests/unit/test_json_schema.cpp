@@ -385,9 +385,12 @@ const SchemaCase kCases[] = {
 };
 
 TEST(JsonSchema, CasesMatchValidAndRejectInvalid) {
+  // The table states JSON Schema's own meaning, so absent additionalProperties allows extras.
+  JsonSchemaOptions spec_default;
+  spec_default.extra_properties_by_default = true;
   for (const SchemaCase& c : kCases) {
     SCOPED_TRACE(c.name);
-    const Grammar g = compile(c.schema);
+    const Grammar g = compile(c.schema, spec_default);
     if (g.rules.empty()) continue;
     for (const char* v : c.valid) EXPECT_TRUE(matches(g, v)) << c.name << ": should match " << v;
     for (const char* v : c.invalid)
@@ -704,7 +707,9 @@ TEST(JsonSchema, StrictModeRefusesWithTheReason) {
 TEST(JsonSchema, HostileSchemasAreBounded) {
   auto timed = [](const std::string& schema) {
     const auto t0 = std::chrono::steady_clock::now();
-    Result<Grammar> r = json_schema_text_to_grammar(schema);
+    JsonSchemaOptions extras;  // the extra members' names are where long names cost
+    extras.extra_properties_by_default = true;
+    Result<Grammar> r = json_schema_text_to_grammar(schema, extras);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     EXPECT_LT(s, 20.0) << schema.substr(0, 200);
     if (r.ok()) {
@@ -852,6 +857,30 @@ TEST(JsonSchema, BenchCorpusCompiles) {
       }
     }
   }
+}
+
+}  // namespace
+}  // namespace peregrine::constrain
+
+namespace peregrine::constrain {
+namespace {
+
+// By default no members beyond `properties` are generated where additionalProperties is absent
+// (every output still validates); true or a schema asks for them.
+TEST(JsonSchema, NoExtraMembersUnlessAsked) {
+  const char* absent = R"({"type":"object","properties":{"a":{"type":"integer"}}})";
+  const Grammar g = compile(absent);
+  EXPECT_TRUE(matches(g, R"({"a":1})"));
+  EXPECT_TRUE(matches(g, R"({})"));
+  EXPECT_FALSE(matches(g, R"({"a":1,"b":2})"));
+  const Grammar t = compile(R"({"type":"object","properties":{"a":{"type":"integer"}},"additionalProperties":true})");
+  EXPECT_TRUE(matches(t, R"({"a":1,"b":2})"));
+  const Grammar n = compile(R"({"type":"object","additionalProperties":{"type":"integer"}})");
+  EXPECT_TRUE(matches(n, R"({"x":1,"y":2})"));
+  EXPECT_FALSE(matches(n, R"({"x":"s"})"));
+  // A required name outside `properties` is still generated (with any value).
+  const Grammar r = compile(R"({"type":"object","required":["id"]})");
+  EXPECT_TRUE(matches(r, R"({"id":[1]})"));
 }
 
 }  // namespace
