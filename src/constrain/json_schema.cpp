@@ -1257,8 +1257,9 @@ Result<Maybe> Compiler::object_node(const ojson& s, const Ctx& c0) {
   }
   Maybe extra;  // sep-less additional member
   // Other members only where the schema asks for them: absent additionalProperties allows
-  // them (so any output still validates) but generates none unless the options say so.
-  const bool extras_wanted = s.contains("additionalProperties") || opt_.extra_properties_by_default;
+  // them (so any output still validates) but generates none beside listed properties unless
+  // the options say so; an object that lists none is any object.
+  const bool extras_wanted = s.contains("additionalProperties") || opt_.extra_properties_by_default || props.empty();
   if (ap_value && extras_wanted && (ap.is_object() || ap.get<bool>())) {
     for (const auto& nm : names)
       if (nm.size() > kMaxExcludedName)

@@ -14,9 +14,9 @@
 //   - Objects: the properties of `properties` in that order (nlohmann::json sorts keys; pass
 //     ordered_json or text to keep the schema's order), optional ones may be left out; then
 //     `required` names not in `properties`; then, where additionalProperties is true or a
-//     schema, any number of other members whose names differ from all of those (absent: none,
-//     unless extra_properties_by_default, although the spec allows them; strict mode requires
-//     false). Those other members may repeat a name among themselves (a grammar cannot
+//     schema, any number of other members whose names differ from all of those (absent: none
+//     when `properties` lists some, unless extra_properties_by_default, although the spec
+//     allows them; strict mode requires false). Those other members may repeat a name among themselves (a grammar cannot
 //     remember every name it has seen).
 //   - Strings: any JSON escape, but no \u escape of a surrogate (a character outside the BMP is
 //     written as itself), so minLength/maxLength count code points exactly. Values from enum,
@@ -103,8 +103,9 @@ struct JsonSchemaOptions {
   JsonWhitespace whitespace = JsonWhitespace::Compact;
   bool oneof_as_anyof = false;            // accept oneOf whose branches may overlap (as anyOf)
   // Members beyond `properties` where additionalProperties is absent: the spec allows them, but
-  // a model left free to add keys adds junk, so by default none are generated (llama.cpp and
-  // xgrammar's strict mode do the same); additionalProperties true or a schema still gets them.
+  // a model left free to add keys adds junk, so by default none are generated beside listed
+  // properties (as llama.cpp does); additionalProperties true or a schema, or an object schema
+  // without properties, still gets them.
   bool extra_properties_by_default = false;
   uint32_t max_depth = 64;                // schema nesting (properties, items, anyOf, ... levels)
   uint32_t max_repeat = kMaxRepeatCount;  // largest min/maxLength, min/maxItems (and at most

@@ -878,6 +878,8 @@ TEST(JsonSchema, NoExtraMembersUnlessAsked) {
   const Grammar n = compile(R"({"type":"object","additionalProperties":{"type":"integer"}})");
   EXPECT_TRUE(matches(n, R"({"x":1,"y":2})"));
   EXPECT_FALSE(matches(n, R"({"x":"s"})"));
+  // Without properties it is any object.
+  EXPECT_TRUE(matches(compile(R"({"type":"object"})"), R"({"x":[1],"y":{}})"));
   // A required name outside `properties` is still generated (with any value).
   const Grammar r = compile(R"({"type":"object","required":["id"]})");
   EXPECT_TRUE(matches(r, R"({"id":[1]})"));
