@@ -17,11 +17,7 @@ namespace {
 constexpr size_t kNone = SIZE_MAX;
 
 // An expression with its nesting depth and expanded size (grammar.h).
-struct Node {
-  Expr e;
-  uint32_t depth = 1;
-  uint64_t size = 1;
-};
+using Node = SizedExpr;
 
 bool is_name_char(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -225,20 +221,9 @@ class GbnfParser {
   // ---- expressions ----
 
   Result<Node> combine(Expr::Kind kind, std::vector<Node> parts) {
-    if (parts.size() == 1) return std::move(parts[0]);
-    Node n;
-    std::vector<Expr> items;
-    items.reserve(parts.size());
-    uint64_t size = 0;
-    for (Node& p : parts) {
-      n.depth = std::max(n.depth, p.depth + 1);
-      size = expanded_size_sum(size, p.size);
-      items.push_back(std::move(p.e));
-    }
-    n.size = std::max<uint64_t>(1, size);
+    Node n = combine_sized(kind, std::move(parts));
     if (n.depth > kMaxDepth)
       return fail(pos_, fmt::format("expressions nested deeper than {} levels", kMaxDepth));
-    n.e = kind == Expr::Kind::Seq ? Expr::seq(std::move(items)) : Expr::alt(std::move(items));
     return n;
   }
 

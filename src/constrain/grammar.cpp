@@ -80,6 +80,22 @@ uint64_t expanded_size(const Expr& e) {
   }
 }
 
+SizedExpr combine_sized(Expr::Kind kind, std::vector<SizedExpr> parts) {
+  if (parts.size() == 1) return std::move(parts[0]);
+  SizedExpr n;
+  std::vector<Expr> items;
+  items.reserve(parts.size());
+  uint64_t size = 0;
+  for (SizedExpr& p : parts) {
+    n.depth = std::max(n.depth, p.depth + 1);
+    size = expanded_size_sum(size, p.size);
+    items.push_back(std::move(p.e));
+  }
+  n.size = std::max<uint64_t>(1, size);
+  n.e = kind == Expr::Kind::Seq ? Expr::seq(std::move(items)) : Expr::alt(std::move(items));
+  return n;
+}
+
 uint32_t Grammar::rule_id(const std::string& name) {
   for (size_t i = 0; i < names.size(); ++i)
     if (names[i] == name) return uint32_t(i);

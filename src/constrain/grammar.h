@@ -66,6 +66,17 @@ uint64_t expanded_size(const Expr& e);
 // The same quantities for front ends that compute sizes while they build (kept in one place
 // so that they agree with validate()).
 uint64_t expanded_size_sum(uint64_t a, uint64_t b);
+
+// An expression with what the front ends bound while they build it: nesting depth and
+// expanded size (as expanded_size counts it).
+struct SizedExpr {
+  Expr e;
+  uint32_t depth = 1;
+  uint64_t size = 1;
+};
+// `parts` as one Seq or Alt (a single part: itself), depth and size accumulated; the caller
+// checks them against its limits.
+SizedExpr combine_sized(Expr::Kind kind, std::vector<SizedExpr> parts);
 uint64_t expanded_size_repeat(uint64_t item, uint32_t min, uint32_t max);
 
 struct Grammar {

@@ -16,11 +16,7 @@ namespace {
 
 using Ranges = std::vector<std::pair<uint32_t, uint32_t>>;
 
-struct Node {
-  Expr e;
-  uint32_t depth = 1;
-  uint64_t size = 1;
-};
+using Node = SizedExpr;
 
 // The class escapes' sets (see regex_parser.h).
 const Ranges kDigit = {{'0', '9'}};
@@ -124,23 +120,12 @@ class RegexParser {
   // ---- building, with the bounds ----
 
   Result<Node> combine(Expr::Kind kind, std::vector<Node> parts) {
-    if (parts.size() == 1) return std::move(parts[0]);
-    Node n;
-    std::vector<Expr> items;
-    items.reserve(parts.size());
-    uint64_t size = 0;
-    for (Node& p : parts) {
-      n.depth = std::max(n.depth, p.depth + 1);
-      size = expanded_size_sum(size, p.size);
-      items.push_back(std::move(p.e));
-    }
-    n.size = std::max<uint64_t>(1, size);
+    Node n = combine_sized(kind, std::move(parts));
     if (n.depth > kMaxDepth)
       return fail(pos_, fmt::format("expressions nested deeper than {} levels", kMaxDepth));
     if (n.size > kMaxExpandedSize)
       return fail(pos_, fmt::format("the pattern expands to more than {} elements when "
                                     "repeats are written out", kMaxExpandedSize));
-    n.e = kind == Expr::Kind::Seq ? Expr::seq(std::move(items)) : Expr::alt(std::move(items));
     return n;
   }
 

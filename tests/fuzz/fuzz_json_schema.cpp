@@ -16,6 +16,7 @@
 #include <string_view>
 
 #include "../unit/grammar_oracle.h"
+#include "../unit/json_exponents.h"
 #include "constrain/json_schema.h"
 
 namespace {
@@ -26,33 +27,6 @@ using namespace peregrine::constrain;
 [[noreturn]] void fail(const char* what, std::string_view schema) {
   std::fprintf(stderr, "fuzz_json_schema: %s (schema of %zu bytes)\n", what, schema.size());
   std::abort();
-}
-
-// JSON text with every exponent outside strings replaced by e0 (nlohmann refuses numbers
-// beyond double range, which JSON allows).
-std::string small_exponents(const std::string& s) {
-  std::string out;
-  bool in_string = false;
-  for (size_t i = 0; i < s.size(); ++i) {
-    const char ch = s[i];
-    if (in_string) {
-      out += ch;
-      if (ch == '\\' && i + 1 < s.size())
-        out += s[++i];
-      else if (ch == '"')
-        in_string = false;
-    } else if ((ch == 'e' || ch == 'E') && i + 1 < s.size() &&
-               (std::isdigit(uint8_t(s[i + 1])) || s[i + 1] == '-' || s[i + 1] == '+')) {
-      out += "e0";
-      ++i;
-      while (i < s.size() && (std::isdigit(uint8_t(s[i])) || s[i] == '-' || s[i] == '+')) ++i;
-      --i;
-    } else {
-      out += ch;
-      in_string = ch == '"';
-    }
-  }
-  return out;
 }
 
 }  // namespace

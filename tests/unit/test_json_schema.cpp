@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "constrain/json_schema.h"
+#include "json_exponents.h"
 #include "grammar_oracle.h"
 
 namespace peregrine::constrain {
@@ -799,31 +800,6 @@ std::filesystem::path schemas_dir() {
          "schemas";
 }
 
-// JSON text with every exponent outside strings replaced by e0.
-std::string small_exponents(const std::string& s) {
-  std::string out;
-  bool in_string = false;
-  for (size_t i = 0; i < s.size(); ++i) {
-    const char ch = s[i];
-    if (in_string) {
-      out += ch;
-      if (ch == '\\' && i + 1 < s.size())
-        out += s[++i];
-      else if (ch == '"')
-        in_string = false;
-    } else if ((ch == 'e' || ch == 'E') && i + 1 < s.size() &&
-               (std::isdigit(uint8_t(s[i + 1])) || s[i + 1] == '-' || s[i + 1] == '+')) {
-      out += "e0";
-      ++i;
-      while (i < s.size() && (std::isdigit(uint8_t(s[i])) || s[i] == '-' || s[i] == '+')) ++i;
-      --i;
-    } else {
-      out += ch;
-      in_string = ch == '"';
-    }
-  }
-  return out;
-}
 
 // Every file of the benchmark corpus compiles (files named openai_* also in strict mode), and
 // strings sampled from each grammar are JSON.
