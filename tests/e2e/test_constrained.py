@@ -363,3 +363,17 @@ def test_speculative_drafts_are_checked_against_the_constraint(ok, model_path, t
     assert spec.stdout == plain
     assert "drafted" in spec.stderr
     jsonschema.validate(json.loads(plain), PERSON)
+
+
+def test_chat_applies_the_constraint_to_every_reply(ok, model_path):
+    r = ok("chat", "-m", model_path, "-t", "2", "--temp", "0", "-n", "20", "--regex", "(yes|no)[.!]",
+           input="Is the sky blue?\nIs grass red?\n")
+    replies = [l for l in r.stdout.splitlines() if l.strip()]
+    assert len(replies) == 2, r.stdout
+    assert all(re.fullmatch(r"(yes|no)[.!]", l) for l in replies), replies
+
+
+def test_stop_strings_end_constrained_output(ok, model_path):
+    # The grammar forces "ab" repeated then "c"; the stop string cuts it at the first "ba".
+    out = gen(ok, model_path, "--regex", "(ab){3,5}c", "--stop", "ba", prompt="Go.", n=20).stdout.rstrip("\n")
+    assert out == "a", out
