@@ -1,10 +1,14 @@
 // JSON Schema → Grammar (grammar.h): the constraint behind `response_format` json_schema,
 // tool-call arguments, `--json-schema FILE`, and JSON mode (json_object_grammar()).
 //
-// The compiler builds Expr trees directly. Named rules: "root", one per $ref target (recursion
-// is a reference, never an expansion), the shared JSON pieces ("value", "object", "array",
-// "string", "char", "number", "ws", formats, patterns), and parts hoisted out of deep or
-// repeated expressions so that validate()'s depth and expanded-size bounds hold.
+// The compiler builds Expr trees directly (json_schema.cpp: the schema nodes; the internal
+// json_schema_compiler.h declares the Compiler that json_schema_rules.cpp (shared JSON rules,
+// digit ranges), json_schema_merge.cpp ($ref, allOf), json_schema_formats.cpp (format,
+// pattern) and json_schema_util.cpp (strings, pointers, keywords, types) complete). Named
+// rules: "root", one per $ref target (recursion is a reference, never an expansion), the
+// shared JSON pieces ("value", "object", "array", "string", "char", "number", "ws", formats,
+// patterns), and parts hoisted out of deep or repeated expressions so that validate()'s depth
+// and expanded-size bounds hold.
 //
 // What the grammar accepts is a subset of the schema's instances (never a superset):
 //   - Whitespace (JsonWhitespace): Compact, no whitespace at all: {"a":1,"b":[true,null]}.

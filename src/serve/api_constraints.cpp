@@ -122,7 +122,7 @@ std::optional<ApiError> parse_constraint_fields(const json& body, std::string_vi
       r.constraint.choices.push_back(std::move(c));
     }
   }
-  if (const json* v = field(body, "guided_whitespace_pattern"))
+  if (field(body, "guided_whitespace_pattern") != nullptr)
     return unsupported("guided_whitespace_pattern",
                        "'guided_whitespace_pattern' is not supported: JSON output has no whitespace between tokens.");
 

@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <string>
+
+#include <fmt/format.h>
 #include <vector>
 
 #include "constrain/constraint_spec.h"
@@ -46,7 +48,7 @@ std::string repeat(const std::string& s, int n) {
 TEST_F(ConstraintCompilerTest, HostileConstraintsCompileOrFailCleanly) {
   ConstraintCompiler cc(*tok_, tok_->n_vocab(), {.cache_entries = 0});
   std::string big_enum = R"({"enum":[)";
-  for (int i = 0; i < 20000; ++i) big_enum += (i ? "," : "") + std::string("\"item-") + std::to_string(i * 7919) + "\"";
+  for (int i = 0; i < 20000; ++i) big_enum += fmt::format("{}\"item-{}\"", i ? "," : "", i * 7919);
   big_enum += "]}";
   std::string deep_schema = repeat(R"({"type":"object","properties":{"a":)", 200) + "{}" + repeat("}}", 200);
   std::string deep_anyof = repeat(R"({"anyOf":[{"type":"integer"},)", 80) + "{}" + repeat("]}", 80);
