@@ -96,6 +96,16 @@ SizedExpr combine_sized(Expr::Kind kind, std::vector<SizedExpr> parts) {
   return n;
 }
 
+std::optional<uint32_t> read_repeat_count(std::string_view src, size_t& pos) {
+  uint64_t v = 0;
+  while (pos < src.size() && src[pos] >= '0' && src[pos] <= '9') {
+    v = std::min<uint64_t>(v * 10 + uint64_t(src[pos] - '0'), uint64_t(kMaxRepeatCount) + 1);
+    ++pos;
+  }
+  if (v > kMaxRepeatCount) return std::nullopt;
+  return uint32_t(v);
+}
+
 uint32_t Grammar::rule_id(const std::string& name) {
   for (size_t i = 0; i < names.size(); ++i)
     if (names[i] == name) return uint32_t(i);

@@ -9,7 +9,9 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -77,6 +79,9 @@ struct SizedExpr {
 // `parts` as one Seq or Alt (a single part: itself), depth and size accumulated; the caller
 // checks them against its limits.
 SizedExpr combine_sized(Expr::Kind kind, std::vector<SizedExpr> parts);
+// Reads the decimal digits at src[pos] (pos moves past them) as a repetition count; nullopt
+// when the number passes kMaxRepeatCount (the front ends say where).
+std::optional<uint32_t> read_repeat_count(std::string_view src, size_t& pos);
 uint64_t expanded_size_repeat(uint64_t item, uint32_t min, uint32_t max);
 
 struct Grammar {

@@ -283,16 +283,9 @@ class RegexParser {
 
   Result<uint32_t> parse_count() {
     const size_t start = pos_;
-    uint64_t v = 0;
-    while (!at_end() && is_digit(src_[pos_])) {
-      v = std::min<uint64_t>(v * 10 + uint64_t(src_[pos_] - '0'), uint64_t(kMaxRepeatCount) + 1);
-      ++pos_;
-    }
-    if (v > kMaxRepeatCount)
-      return fail(start, fmt::format("repetition count {} is above the limit of {}",
-                                     src_.substr(start, std::min<size_t>(pos_ - start, 24)),
-                                     kMaxRepeatCount));
-    return uint32_t(v);
+    if (std::optional<uint32_t> v = read_repeat_count(src_, pos_)) return *v;
+    return fail(start, fmt::format("repetition count {} is above the limit of {}",
+                                   src_.substr(start, std::min<size_t>(pos_ - start, 24)), kMaxRepeatCount));
   }
 
   Result<Node> parse_group() {

@@ -101,8 +101,9 @@ TEST(GrammarConstraint, MasksAgreeWithTheNaiveOracle) {
         std::vector<int32_t> choices;
         for (int32_t t = 0; t < eog; ++t) {
           const std::string next = text + toks[size_t(t)];
-          if (viable.count(next))
+          if (viable.count(next)) {
             EXPECT_TRUE(allowed(m, t)) << "'" << text << "' + '" << toks[size_t(t)] << "' is viable";
+          }
           if (allowed(m, t)) choices.push_back(t);
         }
         if (choices.empty()) {
@@ -124,7 +125,9 @@ TEST(GrammarConstraint, MasksAgreeWithTheNaiveOracle) {
         ASSERT_TRUE(m.advance(t));
         text += toks[size_t(t)];
       }
-      if (m.complete()) EXPECT_TRUE(grammar_matches(g, text)) << "engine completed '" << text << "'";
+      if (m.complete()) {
+        EXPECT_TRUE(grammar_matches(g, text)) << "engine completed '" << text << "'";
+      }
     }
   }
 }
