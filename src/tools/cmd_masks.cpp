@@ -47,7 +47,7 @@ std::string base64(const uint32_t* words, size_t n) {
   return out;
 }
 
-Result<ConstraintSpec> spec_of(const json& line) {
+Result<ConstraintSpec> spec_of(const json& line) try {
   ConstraintSpec s;
   if (line.contains("strict")) s.json.strict = line["strict"].get<bool>();
   if (line.value("whitespace", std::string("compact")) == "bounded") s.json.whitespace = constrain::JsonWhitespace::Bounded;
@@ -69,6 +69,8 @@ Result<ConstraintSpec> spec_of(const json& line) {
     return make_error("the line has none of json_schema, grammar, regex, choices, json_object");
   }
   return s;
+} catch (const json::exception& e) {  // a field of the wrong type
+  return make_error("{}", e.what());
 }
 
 }  // namespace
@@ -110,12 +112,7 @@ void register_masks(CLI::App& app) {
       json line = json::parse(text, nullptr, false);
       if (line.is_discarded() || !line.is_object()) fail(fmt::format("--input line {}: not a JSON object", lineno));
       json out{{"id", line.value("id", json(lineno))}, {"error", nullptr}};
-      Result<ConstraintSpec> spec = make_error("");
-      try {
-        spec = spec_of(line);
-      } catch (const json::exception& e) {
-        fail(fmt::format("--input line {}: {}", lineno, e.what()));
-      }
+      Result<ConstraintSpec> spec = spec_of(line);
       if (!spec.ok()) fail(fmt::format("--input line {}: {}", lineno, spec.error().message));
       const auto t0 = std::chrono::steady_clock::now();
       auto compiled = compiler.compile(*spec);
@@ -127,7 +124,13 @@ void register_masks(CLI::App& app) {
       }
       out["memory_bytes"] = (*compiled)->memory_bytes;
       json traces = json::array();
-      for (const json& trace : line.value("traces", json::array())) {
+      const json traces_in = line.value("traces", json::array());
+      bool well_formed = traces_in.is_array();
+      for (const json& trace : traces_in)
+        for (const json& t : trace.is_array() ? trace : json::array({json("x")}))
+          well_formed = well_formed && t.is_number_integer();
+      if (!well_formed) fail(fmt::format("--input line {}: 'traces' must be arrays of token ids", lineno));
+      for (const json& trace : traces_in) {
         std::unique_ptr<TokenConstraint> c = (*compiled)->make();
         json mask_us = json::array(), masks = json::array();
         int64_t accepted = 0, rejected_at = -1;

@@ -377,3 +377,25 @@ def test_stop_strings_end_constrained_output(ok, model_path):
     # The grammar forces "ab" repeated then "c"; the stop string cuts it at the first "ba".
     out = gen(ok, model_path, "--regex", "(ab){3,5}c", "--stop", "ba", prompt="Go.", n=20).stdout.rstrip("\n")
     assert out == "a", out
+
+
+@pytest.mark.parametrize("line,needle", [
+    ('{"id":"x","regex":"a","traces":[["q"]]}', "traces"),
+    ('{"id":"x","regex":5}', "type must be string"),
+    ('{"id":"x"}', "none of"),
+    ('[1,2]', "not a JSON object"),
+])
+def test_masks_bad_input_is_one_line(cli, model_path, line, needle):
+    r = cli("masks", "-m", model_path, "--input", "-", input=line + "\n")
+    assert r.returncode != 0
+    err = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(err) == 1 and err[0].startswith("error:") and needle in err[0], r.stderr
+
+
+def test_masks_reports_compile_errors_per_line(ok, model_path):
+    r = ok("masks", "-m", model_path, "--input", "-",
+           input='{"id":"bad","regex":"(a"}\n{"id":"good","regex":"a+","traces":[[]]}\n')
+    lines = [json.loads(l) for l in r.stdout.splitlines()]
+    assert lines[0]["n_vocab"] == 49152
+    assert lines[1]["id"] == "bad" and "regex" in lines[1]["error"]
+    assert lines[2]["id"] == "good" and lines[2]["error"] is None and len(lines[2]["traces"][0]["mask_us"]) == 1
