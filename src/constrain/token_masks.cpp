@@ -47,14 +47,109 @@ TokenTrie class_trie(const ByteAutomaton& a, const TokenVocab& vocab) {
   return TokenTrie::build(std::move(entries));
 }
 
+// A set of byte classes (there are at most 256).
+struct ClassSet {
+  uint64_t w[4] = {0, 0, 0, 0};
+  void add(uint8_t c) { w[c >> 6] |= uint64_t(1) << (c & 63); }
+  bool subset_of(const ClassSet& o) const {
+    return !(w[0] & ~o.w[0]) && !(w[1] & ~o.w[1]) && !(w[2] & ~o.w[2]) && !(w[3] & ~o.w[3]);
+  }
+  void merge(const ClassSet& o) {
+    for (int i = 0; i < 4; ++i) w[i] |= o.w[i];
+  }
+};
+
+// Per node of the class trie: the classes of the nodes below it and how deep they go.
+struct Below {
+  ClassSet classes;
+  uint32_t height = 0;
+};
+std::vector<Below> below_of(const TokenTrie& trie) {
+  const auto& nodes = trie.nodes();
+  std::vector<Below> below(nodes.size());
+  std::vector<int32_t> parent(nodes.size(), -1), path(trie.max_depth() + 1, -1);
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    path[nodes[i].depth] = int32_t(i);
+    if (nodes[i].depth > 1) parent[i] = path[nodes[i].depth - 1];
+  }
+  for (size_t i = nodes.size(); i-- > 0;) {
+    const int32_t p = parent[i];
+    if (p < 0) continue;
+    below[size_t(p)].classes.merge(below[i].classes);
+    below[size_t(p)].classes.add(nodes[i].byte);
+    below[size_t(p)].height = std::max(below[size_t(p)].height, below[i].height + 1);
+  }
+  return below;
+}
+
+// Per state: the classes that all lead to its most common successor, and for how many bytes
+// any string of those classes keeps being read from it (a self-loop: forever). A string
+// `x{0,1000}` or a `[^"\\]*` loop reads most tokens this way, so a walk accepts whole
+// subtrees of the trie at once instead of node by node.
+struct Run {
+  ClassSet classes;
+  uint32_t length = 0;
+};
+constexpr uint32_t kForever = UINT32_MAX / 2;
+std::vector<Run> runs_of(const ByteAutomaton& a) {
+  const int32_t n = a.n_states(), nc = a.n_classes();
+  std::vector<Run> runs(static_cast<size_t>(n));
+  std::vector<int32_t> succ(static_cast<size_t>(n), -1);
+  for (int32_t s = 0; s < n; ++s) {
+    if (a.has_calls(s)) continue;
+    int32_t best = -1, best_n = 0;
+    for (int c = 0; c < nc; ++c) {
+      const int32_t t = a.next_class(s, uint8_t(c));
+      if (t < 0) continue;
+      int k = 0;
+      for (int c2 = 0; c2 < nc; ++c2) k += a.next_class(s, uint8_t(c2)) == t;
+      if (k > best_n) best = t, best_n = k;
+      if (best_n * 2 > nc) break;
+    }
+    if (best < 0) continue;
+    succ[size_t(s)] = best;
+    for (int c = 0; c < nc; ++c)
+      if (a.next_class(s, uint8_t(c)) == best) runs[size_t(s)].classes.add(uint8_t(c));
+  }
+  // length(s) = 1 + length(succ) when succ reads at least s's classes the same way; chains are
+  // followed iteratively (they can be as long as a repetition count), cycles read forever.
+  std::vector<uint8_t> state(static_cast<size_t>(n), 0);  // 0 new, 1 on the current chain, 2 done
+  std::vector<int32_t> chain;
+  for (int32_t s0 = 0; s0 < n; ++s0) {
+    if (state[size_t(s0)] || succ[size_t(s0)] < 0) continue;
+    chain.clear();
+    int32_t s = s0;
+    uint32_t tail = 0;
+    for (;;) {
+      state[size_t(s)] = 1;
+      chain.push_back(s);
+      const int32_t u = succ[size_t(s)];
+      if (u == s) { tail = kForever; break; }
+      if (u < 0 || !runs[size_t(s)].classes.subset_of(runs[size_t(u)].classes)) { tail = 0; break; }
+      if (state[size_t(u)] == 2) { tail = runs[size_t(u)].length; break; }
+      if (state[size_t(u)] == 1) { tail = kForever; break; }  // a cycle of uniform steps
+      s = u;
+    }
+    // The last state of the chain reads one byte plus `tail`; each earlier one, one more.
+    uint32_t len = tail >= kForever ? kForever : tail + 1;
+    for (size_t k = chain.size(); k-- > 0;) {
+      runs[size_t(chain[k])].length = len;
+      state[size_t(chain[k])] = 2;
+      if (len < kForever) ++len;
+    }
+  }
+  return runs;
+}
+
 // One state's walk of the class trie: the accepted and uncertain tokens (see the header).
 // Levels hold the configurations after each depth's prefix; almost always that is a single
 // configuration whose next state neither calls nor returns, which is kept inline (one table
 // lookup per trie node) instead of in a ConfigSet.
 class StateWalker {
  public:
-  StateWalker(const ByteAutomaton& a, const TokenTrie& trie)
-      : a_(a), trie_(trie), level_(trie.max_depth() + 1), sets_(trie.max_depth() + 1) {}
+  StateWalker(const ByteAutomaton& a, const TokenTrie& trie, const std::vector<Below>& below,
+              const std::vector<Run>& runs)
+      : a_(a), trie_(trie), below_(below), runs_(runs), level_(trie.max_depth() + 1), sets_(trie.max_depth() + 1) {}
 
   // Fills accepted and uncertain for state s; false when the configurations overflowed.
   bool walk(int32_t s, std::vector<int32_t>& accepted, std::vector<int32_t>& uncertain, uint64_t& steps) {
@@ -99,6 +194,17 @@ class StateWalker {
         i = size_t(n.subtree_end);
         continue;
       }
+      // Every string below this node read along the state's run: the whole subtree is accepted.
+      if (cur.single) {
+        const Below& b = below_[i];
+        const Run& r = runs_[size_t(cur.c.state)];
+        if (b.height > 0 && b.height <= r.length && b.classes.subset_of(r.classes)) {
+          auto sub = trie_.tokens_in_subtree(i);
+          accepted.insert(accepted.end(), sub.begin(), sub.end());
+          i = size_t(n.subtree_end);
+          continue;
+        }
+      }
       auto here = trie_.tokens_at(i);
       accepted.insert(accepted.end(), here.begin(), here.end());
       ++i;
@@ -136,6 +242,8 @@ class StateWalker {
 
   const ByteAutomaton& a_;
   const TokenTrie& trie_;
+  const std::vector<Below>& below_;  // [trie nodes]
+  const std::vector<Run>& runs_;     // [states]
   StackArena arena_;
   std::vector<Level> level_;
   std::vector<ConfigSet> sets_;
@@ -145,6 +253,8 @@ class StateWalker {
 
 struct TokenMaskTable::Lazy {
   TokenTrie trie;
+  std::vector<Below> below;
+  std::vector<Run> runs;
   std::unique_ptr<StateWalker> walker;  // built on first use (the trie must not move after)
   std::vector<int32_t> accepted;
   std::vector<uint32_t> bits;
@@ -153,7 +263,7 @@ struct TokenMaskTable::Lazy {
 TokenMaskTable::TokenMaskTable() = default;
 
 TokenMaskTable::~TokenMaskTable() {
-  for (size_t s = 0; entries_ && s < n_states_; ++s) delete entries_[s].load();
+  // owned_ holds every set; entries_ only points at them.
 }
 
 namespace {
@@ -172,8 +282,11 @@ void pack(const std::vector<int32_t>& accepted, std::vector<uint32_t>& bits, siz
       for (uint32_t m = bits[w]; m; m &= m - 1) p.ids.push_back(int32_t(w * 32 + size_t(__builtin_ctz(m))));
   } else if (n_rows - k <= n_words) {
     p.kind = Kind::Complement;
-    for (size_t id = 0; id < n_rows; ++id)
-      if (!(bits[id >> 5] >> (id & 31) & 1)) p.ids.push_back(int32_t(id));
+    for (size_t w = 0; w < n_words; ++w) {
+      uint32_t m = ~bits[w];
+      if (w + 1 == n_words && n_rows % 32) m &= (1u << (n_rows % 32)) - 1;
+      for (; m; m &= m - 1) p.ids.push_back(int32_t(w * 32 + size_t(__builtin_ctz(m))));
+    }
   } else {
     p.kind = Kind::Bitset;
     p.words = bits;
@@ -190,6 +303,8 @@ Status TokenMaskTable::build(const ByteAutomaton& a, const TokenVocab& vocab, co
   for (size_t s = 0; s < n_states_; ++s) entries_[s].store(nullptr);
   lazy_ = std::make_unique<Lazy>();
   lazy_->trie = class_trie(a, vocab);
+  lazy_->below = below_of(lazy_->trie);
+  lazy_->runs = runs_of(a);
   const TokenTrie& trie = lazy_->trie;
   const std::vector<int32_t> states = reachable_states(a);
 
@@ -200,7 +315,7 @@ Status TokenMaskTable::build(const ByteAutomaton& a, const TokenVocab& vocab, co
   std::atomic<size_t> next{0};
   std::atomic<bool> overflow{false};
   auto work = [&] {
-    StateWalker w(a, trie);
+    StateWalker w(a, trie, lazy_->below, lazy_->runs);
     std::vector<int32_t> accepted;
     std::vector<uint32_t> bits(static_cast<size_t>(n_words_), 0u);
     for (size_t k; !overflow.load() && steps_.load() < lim.eager_trie_steps && (k = next.fetch_add(1)) < states.size();) {
@@ -209,7 +324,7 @@ Status TokenMaskTable::build(const ByteAutomaton& a, const TokenVocab& vocab, co
       if (!w.walk(states[k], accepted, p->uncertain, steps)) overflow = true;
       steps_ += steps;
       pack<Packed, Kind>(accepted, bits, n_rows, *p);
-      entries_[size_t(states[k])].store(p.release());
+      entries_[size_t(states[k])].store(intern(std::move(p)));
       if (w.arena_size() > (size_t(1) << 24)) overflow = true;
     }
   };
@@ -229,7 +344,7 @@ const TokenMaskTable::Packed& TokenMaskTable::entry(const ByteAutomaton& a, int3
   if (const Packed* p = entries_[size_t(state)].load(std::memory_order_acquire)) return *p;
   Lazy& l = *lazy_;
   if (!l.walker) {
-    l.walker = std::make_unique<StateWalker>(a, l.trie);
+    l.walker = std::make_unique<StateWalker>(a, l.trie, l.below, l.runs);
     l.bits.resize(size_t(n_words_));
   }
   auto p = std::make_unique<Packed>();
@@ -239,9 +354,29 @@ const TokenMaskTable::Packed& TokenMaskTable::entry(const ByteAutomaton& a, int3
   l.walker->walk(state, l.accepted, p->uncertain, steps);
   steps_ += steps;
   pack<Packed, Kind>(l.accepted, l.bits, size_t(n_rows_), *p);
-  const Packed* out = p.release();
+  const Packed* out = intern(std::move(p));
   entries_[size_t(state)].store(out, std::memory_order_release);
   return *out;
+}
+
+const TokenMaskTable::Packed* TokenMaskTable::intern(std::unique_ptr<Packed> p) const {
+  uint64_t h = 1469598103934665603ull ^ uint64_t(p->kind);
+  auto mix = [&h](uint32_t x) { h = (h ^ x) * 1099511628211ull; };
+  for (int32_t x : p->ids) mix(uint32_t(x));
+  mix(0xFFFFFFFFu);
+  for (uint32_t x : p->words) mix(x);
+  mix(0xFFFFFFFFu);
+  for (int32_t x : p->uncertain) mix(uint32_t(x));
+  std::lock_guard<std::mutex> lock(intern_mu_);
+  auto [lo, hi] = by_content_.equal_range(h);
+  for (auto it = lo; it != hi; ++it) {
+    const Packed& q = *it->second;
+    if (q.kind == p->kind && q.ids == p->ids && q.words == p->words && q.uncertain == p->uncertain) return &q;
+  }
+  const Packed* out = p.get();
+  owned_.push_back(std::move(p));
+  by_content_.emplace(h, out);
+  return out;
 }
 
 size_t TokenMaskTable::n_walked() const {
@@ -252,9 +387,8 @@ size_t TokenMaskTable::n_walked() const {
 
 size_t TokenMaskTable::memory_bytes() const {
   size_t b = n_states_ * sizeof(void*) + (lazy_ ? lazy_->trie.memory_bytes() : 0);
-  for (size_t s = 0; s < n_states_; ++s)
-    if (const Packed* p = entries_[s].load())
-      b += sizeof(Packed) + (p->ids.size() + p->uncertain.size()) * 4 + p->words.size() * 4;
+  std::lock_guard<std::mutex> lock(intern_mu_);
+  for (const auto& p : owned_) b += sizeof(Packed) + (p->ids.size() + p->uncertain.size()) * 4 + p->words.size() * 4;
   return b;
 }
 

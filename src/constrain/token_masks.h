@@ -19,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <span>
+#include <unordered_map>
 #include <vector>
 
 #include "constrain/byte_automaton.h"
@@ -66,12 +67,17 @@ class TokenMaskTable {
   struct Lazy;  // the walker kept for states not walked yet
 
   const Packed& entry(const ByteAutomaton& a, int32_t state) const;
+  // The one stored copy of p's sets (states far from the end of a repetition share theirs).
+  const Packed* intern(std::unique_ptr<Packed> p) const;
 
   int64_t n_rows_ = 0, n_words_ = 0;
   size_t n_states_ = 0;
   std::unique_ptr<std::atomic<const Packed*>[]> entries_;  // [n_states], null until walked
   mutable std::mutex mu_;                                  // walking a state lazily
   mutable std::unique_ptr<Lazy> lazy_;
+  mutable std::mutex intern_mu_;
+  mutable std::vector<std::unique_ptr<Packed>> owned_;                  // distinct sets
+  mutable std::unordered_multimap<uint64_t, const Packed*> by_content_;  // hash -> set
   mutable std::atomic<uint64_t> steps_{0};
 };
 
