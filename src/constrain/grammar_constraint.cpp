@@ -55,7 +55,8 @@ void GrammarConstraint::allowed_tokens(uint32_t* words, int64_t n_vocab) const {
   states_.clear();
   for (const Config& c : cur_.configs())
     if (std::find(states_.begin(), states_.end(), c.state) == states_.end()) states_.push_back(c.state);
-  for (int32_t s : states_) g_->masks.add_accepted(g_->automaton, s, w, scratch_.data());
+  for (size_t i = 0; i < states_.size(); ++i)
+    g_->masks.add_accepted(g_->automaton, states_[i], w, scratch_.data(), /*words_zero=*/i == 0);
   // Uncertain tokens return past the configuration's frame after some bytes: there must be a
   // frame beneath (the root rule's configurations have none, so theirs are all refused).
   for (const Config& c : cur_.configs())

@@ -392,21 +392,31 @@ size_t TokenMaskTable::memory_bytes() const {
   return b;
 }
 
-void TokenMaskTable::add_accepted(const ByteAutomaton& a, int32_t state, uint32_t* words, uint32_t* scratch) const {
+void TokenMaskTable::add_accepted(const ByteAutomaton& a, int32_t state, uint32_t* words, uint32_t* scratch,
+                                  bool words_zero) const {
   const Packed& e = entry(a, state);
+  const size_t n_words = size_t(n_words_);
+  const uint32_t tail = n_rows_ % 32 ? (1u << (n_rows_ % 32)) - 1 : ~0u;  // the last word's real bits
   switch (e.kind) {
     case Kind::List:
       for (int32_t id : e.ids) words[id >> 5] |= 1u << (id & 31);
       return;
     case Kind::Bitset:
-      for (int64_t i = 0; i < n_words_; ++i) words[i] |= e.words[size_t(i)];
+      if (words_zero) {
+        std::memcpy(words, e.words.data(), n_words * 4);
+        return;
+      }
+      for (size_t i = 0; i < n_words; ++i) words[i] |= e.words[i];
       return;
-    case Kind::Complement:
-      std::memset(scratch, 0xFF, size_t(n_words_) * 4);
-      if (n_rows_ % 32) scratch[n_words_ - 1] = (1u << (n_rows_ % 32)) - 1;
-      for (int32_t id : e.ids) scratch[id >> 5] &= ~(1u << (id & 31));
-      for (int64_t i = 0; i < n_words_; ++i) words[i] |= scratch[i];
+    case Kind::Complement: {
+      uint32_t* dst = words_zero ? words : scratch;  // every token but the listed ones
+      std::memset(dst, 0xFF, n_words * 4);
+      dst[n_words - 1] = tail;
+      for (int32_t id : e.ids) dst[id >> 5] &= ~(1u << (id & 31));
+      if (!words_zero)
+        for (size_t i = 0; i < n_words; ++i) words[i] |= scratch[i];
       return;
+    }
   }
 }
 

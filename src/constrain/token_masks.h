@@ -48,7 +48,9 @@ class TokenMaskTable {
 
   // ORs the tokens accepted in `state` into words ([vocab.n_words()]); scratch: the same size.
   // `a` is the automaton the table was built for (a state not walked yet is walked now).
-  void add_accepted(const ByteAutomaton& a, int32_t state, uint32_t* words, uint32_t* scratch) const;
+  // With `words_zero` (words hold no token yet) the set is written instead of ORed.
+  void add_accepted(const ByteAutomaton& a, int32_t state, uint32_t* words, uint32_t* scratch,
+                    bool words_zero = false) const;
   std::span<const int32_t> uncertain(const ByteAutomaton& a, int32_t state) const { return entry(a, state).uncertain; }
 
   size_t memory_bytes() const;
