@@ -5,7 +5,9 @@
 // engine's own masks, to a whole string the oracle accepts.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <random>
+#include <thread>
 #include <set>
 #include <string>
 #include <vector>
@@ -212,6 +214,52 @@ TEST(GrammarConstraint, LazyMasksEqualEagerOnes) {
       }
     }
   }
+}
+
+}  // namespace
+}  // namespace peregrine::constrain
+
+namespace peregrine::constrain {
+namespace {
+
+// One compiled grammar shared by sequences on several threads (the server's cache hands the
+// same one to every request), its states walked lazily as the threads first need them: each
+// thread's masks equal those of a grammar walked eagerly (run under ThreadSanitizer too).
+TEST(GrammarConstraint, ConcurrentLazyMasks) {
+  const Grammar g = gbnf("root ::= obj\nobj ::= \"{\" (pair (\",\" pair)*)? \"}\"\npair ::= \"a:\" val\nval ::= obj | [0-9]+");
+  std::vector<std::string> toks = make_tokens({"{", "}", "a", ":", ",", "1", "2"});
+  const int32_t eog = int32_t(toks.size());
+  toks.push_back("");
+  auto vocab = TokenVocab::from_bytes(toks, {eog});
+  CompileLimits lazy;
+  lazy.masks.eager_trie_steps = 0;
+  auto shared = CompiledGrammar::compile(g, vocab, lazy);
+  auto eager = CompiledGrammar::compile(g, vocab);
+  ASSERT_TRUE(shared.ok() && eager.ok());
+  const int64_t n = int64_t(toks.size());
+  std::atomic<int> mismatches{0};
+  std::vector<std::thread> threads;
+  for (int th = 0; th < 4; ++th)
+    threads.emplace_back([&, th] {
+      std::mt19937 rng{static_cast<uint32_t>(th)};
+      std::vector<uint32_t> wa(size_t((n + 31) / 32)), wb(wa.size());
+      for (int walk = 0; walk < 20; ++walk) {
+        GrammarConstraint ma(*shared), mb(*eager);
+        for (int step = 0; step < 12; ++step) {
+          ma.allowed_tokens(wa.data(), n);
+          mb.allowed_tokens(wb.data(), n);
+          if (wa != wb) ++mismatches;
+          std::vector<int32_t> choices;
+          for (int32_t t = 0; t < eog; ++t)
+            if (wb[size_t(t) >> 5] >> (t & 31) & 1) choices.push_back(t);
+          if (choices.empty()) break;
+          const int32_t t = choices[rng() % choices.size()];
+          if (!ma.advance(t) || !mb.advance(t)) ++mismatches;
+        }
+      }
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(mismatches.load(), 0);
 }
 
 }  // namespace
