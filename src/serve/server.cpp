@@ -540,7 +540,9 @@ void Server::drain_events(Job& job) {
         // A tool call is streamed whole once generated: its arguments are only known to be
         // a complete call at the end.
         if (streaming) {
-          emit_chunk(acc, e.choice);
+          Choice body = acc;  // the call (or the cut-short text), then the finish on its own
+          body.finish_reason.clear();
+          emit_chunk(body, e.choice);
           Choice c;
           c.index = e.choice;
           c.finish_reason = acc.finish_reason;

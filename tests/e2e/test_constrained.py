@@ -310,17 +310,18 @@ def test_tools_required_and_named(client):
 def test_tools_streamed(client):
     stream = chat(client, content="Weather in Rome?", stream=True, tools=[WEATHER],
                   tool_choice={"type": "function", "function": {"name": "get_weather"}})
-    calls, finish = {}, None
+    calls, finish, finishes = {}, None, 0
     for ch in stream:
         if not ch.choices:
             continue
+        finishes += ch.choices[0].finish_reason is not None
         d = ch.choices[0].delta
         for tc in d.tool_calls or []:
             e = calls.setdefault(tc.index, {"name": "", "arguments": ""})
             e["name"] += tc.function.name or ""
             e["arguments"] += tc.function.arguments or ""
         finish = ch.choices[0].finish_reason or finish
-    assert finish == "tool_calls" and calls[0]["name"] == "get_weather"
+    assert finish == "tool_calls" and finishes == 1 and calls[0]["name"] == "get_weather"
     jsonschema.validate(json.loads(calls[0]["arguments"]), WEATHER["function"]["parameters"])
 
 
