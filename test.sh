@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
 export PEREGRINE_BIN="$PWD/build/bin/peregrine"
 
-scripts/deps.sh
+scripts/deps.sh --tests
 scripts/venv.sh
 scripts/venv_grammar.sh  # xgrammar and llguidance (the constraint oracle), over Debian's CPU torch
 scripts/build.sh

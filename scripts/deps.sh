@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Peregrine builds and tests with, if any is missing.
+# usage: scripts/deps.sh [--tests]   (--tests: also what only the test oracles need)
 set -euo pipefail
 
 packages=(
@@ -8,8 +9,10 @@ packages=(
   libgtest-dev libbenchmark-dev
   nlohmann-json3-dev libboost1.81-dev libcli11-dev libfmt-dev libpcre2-dev libssl-dev
   python3 python3-pip python3-venv
-  python3-torch python3-venv       # .venv-grammar (scripts/venv_grammar.sh): xgrammar's torch, CPU-only
 )
+if [ "${1:-}" = "--tests" ]; then
+  packages+=(python3-torch)  # .venv-grammar (scripts/venv_grammar.sh): xgrammar's torch, CPU-only
+fi
 
 missing=()
 for p in "${packages[@]}"; do

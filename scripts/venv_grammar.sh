@@ -6,7 +6,7 @@
 # declares torch, triton and transformers as dependencies; PyPI's torch brings gigabytes of CUDA
 # libraries. So the venv is made from Debian's python3 with its system site-packages, where
 # Debian's CPU-only python3-torch (and the python3-numpy it is built against, which is why numpy
-# is not pinned here) are installed by scripts/deps.sh, and every package is installed with
+# is not pinned here) are installed by scripts/deps.sh --tests, and every package is installed with
 # --no-deps from the exact list below: what xgrammar, llguidance, gguf, tokenizers, sentencepiece
 # and jsonschema import, without triton, PyPI's torch, or the command-line extras of
 # transformers / huggingface_hub (kernels, typer, click) that importing them does not need.
@@ -30,7 +30,7 @@ stamp=.venv-grammar/.peregrine-requirements
 want=$(printf '%s\n' "${pins[@]}")
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
 if ! /usr/bin/python3 -c 'import torch' 2>/dev/null; then
-  echo "error: Debian's python3-torch is not installed (scripts/deps.sh installs it)" >&2
+  echo "error: Debian's python3-torch is not installed (scripts/deps.sh --tests installs it)" >&2
   exit 1
 fi
 rm -rf .venv-grammar
