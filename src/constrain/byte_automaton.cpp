@@ -461,7 +461,6 @@ Result<ByteAutomaton> ByteAutomaton::compile(const Grammar& g, const AutomatonLi
   }
   const size_t n = a.accepting_.size();
   a.root_start_ = dfa_start[g.root];
-  a.n_rules_ = int32_t(nb.compiled_.size());
 
   // Trim: keep only transitions into states from which an accepting state can be reached
   // (a call needs both the callee's start and the return state to be productive).

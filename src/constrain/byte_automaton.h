@@ -57,7 +57,6 @@ class ByteAutomaton {
   }
   bool has_calls(int32_t s) const { return call_begin_[size_t(s)] != call_begin_[size_t(s) + 1]; }
   int32_t n_classes() const { return n_classes_; }
-  int32_t n_rules_compiled() const { return n_rules_; }  // rules with their own automaton
   size_t memory_bytes() const;
 
  private:
@@ -68,7 +67,6 @@ class ByteAutomaton {
   std::vector<uint32_t> call_begin_;  // [n_states + 1] offsets into calls_
   std::vector<RuleCall> calls_;
   int32_t root_start_ = 0;
-  int32_t n_rules_ = 0;
 };
 
 }  // namespace peregrine::constrain

@@ -63,7 +63,7 @@ Result<std::shared_ptr<const CompiledConstraint>> ConstraintCompiler::compile(co
   auto c = std::make_shared<CompiledConstraint>();
   if (spec.kind == ConstraintSpec::Kind::Choices) {
     PG_ASSIGN(c->catalogue, Catalogue::build(spec.choices, tok_, opt_.catalogue));
-    c->end_tokens = end_of_generation_tokens(tok_);
+    c->end_tokens.assign(vocab_->end_of_generation().begin(), vocab_->end_of_generation().end());
     c->memory_bytes = c->catalogue->memory_bytes();
   } else {
     PG_ASSIGN(Grammar g, spec_grammar(spec));

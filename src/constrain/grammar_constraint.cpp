@@ -25,24 +25,21 @@ GrammarConstraint::GrammarConstraint(std::shared_ptr<const CompiledGrammar> g) :
   scratch_.resize(words_.size());
 }
 
-bool GrammarConstraint::reads(Config c, std::string_view bytes) const {
+ConfigSet* GrammarConstraint::read(ConfigSet* from, std::string_view bytes) const {
   const ByteAutomaton& a = g_->automaton;
-  a_.clear();
-  a_.add_closed(a, arena_, c);
-  ConfigSet* from = &a_;
-  ConfigSet* to = &b_;
   for (unsigned char byte : bytes) {
+    ConfigSet* to = from == &a_ ? &b_ : &a_;  // the scratch set not being read
     from->advance(a, arena_, a.class_of(byte), *to);
-    if (to->empty() || to->overflow()) return false;
-    std::swap(from, to);
+    if (to->empty() || to->overflow()) return nullptr;
+    from = to;
   }
-  return true;
+  return from;
 }
 
-bool GrammarConstraint::accepts_bytes(std::string_view bytes) const {
-  for (const Config& c : cur_.configs())
-    if (reads(c, bytes)) return true;
-  return false;
+bool GrammarConstraint::reads(Config c, std::string_view bytes) const {
+  a_.clear();
+  a_.add_closed(g_->automaton, arena_, c);
+  return read(&a_, bytes) != nullptr;
 }
 
 void GrammarConstraint::allowed_tokens(uint32_t* words, int64_t n_vocab) const {
@@ -95,16 +92,9 @@ void GrammarConstraint::mask(float* logits, int64_t n_vocab) const {
 bool GrammarConstraint::advance(TokenId token) {
   const std::string_view bytes = g_->vocab->bytes(token);
   if (bytes.empty()) return false;
-  const ByteAutomaton& a = g_->automaton;
-  ConfigSet* from = &cur_;
-  ConfigSet* to = &a_;
-  for (unsigned char byte : bytes) {
-    from->advance(a, arena_, a.class_of(byte), *to);
-    if (to->empty() || to->overflow()) return false;
-    from = to;
-    to = to == &a_ ? &b_ : &a_;
-  }
-  std::swap(cur_, *from);
+  ConfigSet* after = read(&cur_, bytes);
+  if (after == nullptr) return false;
+  std::swap(cur_, *after);
   return true;
 }
 

@@ -45,11 +45,10 @@ class GrammarConstraint final : public TokenConstraint {
   bool advance(TokenId token) override;
   bool complete() const override { return cur_.can_end(); }
 
-  // Whether the bytes can be read from the current state (without changing it).
-  bool accepts_bytes(std::string_view bytes) const;
-  size_t n_configs() const { return cur_.configs().size(); }
-
  private:
+  // The configurations after reading `bytes` from `from` (a_ or b_), or null when no parse
+  // reads them all; `from` may be cur_, which is left as it is.
+  ConfigSet* read(ConfigSet* from, std::string_view bytes) const;
   // Whether `bytes` can be read starting from configuration c.
   bool reads(Config c, std::string_view bytes) const;
 

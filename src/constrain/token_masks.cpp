@@ -173,7 +173,7 @@ class StateWalker {
           cur.empty = true;
           cur.single = false;
           cur.esc = prev.esc;
-        } else if (!a_.has_calls(t) && (!a_.accepting(t) || prev.c.parent == kBottom)) {
+        } else if (stays_single({t, prev.c.parent})) {
           cur.single = true;
           cur.empty = false;
           cur.c = {t, prev.c.parent};
@@ -228,16 +228,16 @@ class StateWalker {
     Level l;
     l.esc = esc || set.escaped();
     l.empty = set.empty();
-    // A set of one configuration that will not call or return on its next byte can go on
-    // inline; anything else stays a set.
-    if (set.configs().size() == 1) {
-      const Config& c = set.configs()[0];
-      if (!a_.has_calls(c.state) && (!a_.accepting(c.state) || c.parent == kBottom)) {
-        l.single = true;
-        l.c = c;
-      }
+    if (set.configs().size() == 1 && stays_single(set.configs()[0])) {
+      l.single = true;
+      l.c = set.configs()[0];
     }
     return l;
+  }
+  // A configuration whose closure is itself (it neither calls nor returns into a frame the
+  // walk knows) can go on inline; anything else stays a set.
+  bool stays_single(Config c) const {
+    return !a_.has_calls(c.state) && (!a_.accepting(c.state) || c.parent == kBottom);
   }
 
   const ByteAutomaton& a_;
@@ -262,9 +262,7 @@ struct TokenMaskTable::Lazy {
 
 TokenMaskTable::TokenMaskTable() = default;
 
-TokenMaskTable::~TokenMaskTable() {
-  // owned_ holds every set; entries_ only points at them.
-}
+TokenMaskTable::~TokenMaskTable() = default;  // owned_ holds every set; entries_ only points at them
 
 namespace {
 

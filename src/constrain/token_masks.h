@@ -54,7 +54,6 @@ class TokenMaskTable {
   std::span<const int32_t> uncertain(const ByteAutomaton& a, int32_t state) const { return entry(a, state).uncertain; }
 
   size_t memory_bytes() const;
-  uint64_t trie_steps() const { return steps_.load(); }
   size_t n_walked() const;  // states walked so far (eagerly or since)
   size_t n_states() const { return n_states_; }
 

@@ -25,7 +25,6 @@ std::shared_ptr<const TokenVocab> TokenVocab::from_bytes(std::vector<std::string
   v->bytes_ = std::move(bytes);
   std::sort(eog.begin(), eog.end());
   eog.erase(std::unique(eog.begin(), eog.end()), eog.end());
-  std::vector<int32_t> text;  // tokens that may appear inside constrained text
   for (int32_t t = 0; t < int32_t(v->n_rows_); ++t) {
     std::string& b = v->bytes_[size_t(t)];
     const bool is_eog = std::binary_search(eog.begin(), eog.end(), t);
@@ -34,15 +33,8 @@ std::shared_ptr<const TokenVocab> TokenVocab::from_bytes(std::vector<std::string
     if (is_eog || b.empty() || b.size() > 65535) {
       b.clear();
       if (!is_eog) v->never_.push_back(t);
-      continue;
     }
-    v->max_len_ = std::max(v->max_len_, b.size());
-    text.push_back(t);
   }
-  std::vector<std::pair<std::string, int32_t>> entries;
-  entries.reserve(text.size());
-  for (int32_t t : text) entries.emplace_back(v->bytes_[size_t(t)], t);
-  v->trie_ = TokenTrie::build(std::move(entries));
   return v;
 }
 
@@ -88,7 +80,7 @@ std::string_view TokenVocab::bytes(int32_t token) const {
 }
 
 size_t TokenVocab::memory_bytes() const {
-  size_t b = trie_.memory_bytes();
+  size_t b = 0;
   for (const std::string& s : bytes_) b += s.capacity() + sizeof(std::string);
   return b;
 }

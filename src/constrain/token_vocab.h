@@ -1,6 +1,7 @@
 // TokenVocab: what constrained decoding needs to know about a tokenizer's tokens — the bytes
-// each stands for, which never appear inside constrained text, which end generation — and a
-// trie of the text tokens' bytes.
+// each stands for, which never appear inside constrained text, which end generation. TokenTrie
+// lays strings out for the mask walks (token_masks.cpp builds one per grammar over the tokens'
+// byte classes).
 //
 // Never allowed inside constrained text: control, unknown and unused tokens and tokens with
 // no bytes. End-of-generation tokens are allowed only where the constraint is complete.
@@ -61,19 +62,14 @@ class TokenVocab {
   int64_t n_rows() const { return n_rows_; }
   int64_t n_words() const { return (n_rows_ + 31) / 32; }  // bitmask words
   std::string_view bytes(int32_t token) const;            // empty for never-allowed tokens
-  bool is_text(int32_t token) const { return !bytes(token).empty(); }
   std::span<const int32_t> end_of_generation() const { return eog_; }
   std::span<const int32_t> never() const { return never_; }
-  const TokenTrie& trie() const { return trie_; }  // the text tokens by their bytes
-  size_t max_token_bytes() const { return max_len_; }
   size_t memory_bytes() const;
 
  private:
   int64_t n_rows_ = 0;
   std::vector<std::string> bytes_;   // [n_rows] empty for never-allowed tokens
   std::vector<int32_t> eog_, never_;
-  TokenTrie trie_;
-  size_t max_len_ = 0;
 };
 
 }  // namespace peregrine::constrain
