@@ -1,14 +1,13 @@
 #include "constrain/catalogue.h"
 
 #include <algorithm>
-#include <cerrno>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <limits>
 #include <numeric>
 #include <string_view>
 
+#include "core/read_file.h"
 #include "core/thread_pool.h"
 #include "tokenizer/unicode_utf8.h"
 
@@ -223,26 +222,8 @@ std::shared_ptr<const Catalogue> Catalogue::build_trie(const std::vector<TokenId
 
 Result<std::vector<std::string>> Catalogue::read_lines(const std::string& path,
                                                        const CatalogueLimits& limits) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) return make_error("{}: cannot open: {}", path, std::strerror(errno));
-  std::string data;
-  char buf[1 << 16];
-  bool too_big = false;
-  size_t got;
-  while ((got = std::fread(buf, 1, sizeof buf, f)) > 0) {
-    if (data.size() + got > limits.max_file_bytes) {
-      too_big = true;
-      break;
-    }
-    data.append(buf, got);
-  }
-  const int read_errno = std::ferror(f) != 0 ? errno : 0;
-  std::fclose(f);
-  if (too_big) {
-    return make_error("{}: more than {} bytes; a catalogue file may hold at most that", path,
-                      limits.max_file_bytes);
-  }
-  if (read_errno != 0) return make_error("{}: cannot read: {}", path, std::strerror(read_errno));
+  PG_ASSIGN(const std::string data,
+            read_file(path, limits.max_file_bytes, "; a catalogue file may hold at most that"));
 
   std::vector<std::string> lines;
   size_t line_no = 0;

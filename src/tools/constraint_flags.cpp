@@ -1,9 +1,8 @@
 #include "tools/constraint_flags.h"
 
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 
+#include "core/read_file.h"
 #include "tools/common.h"
 
 namespace peregrine::tools {
@@ -27,15 +26,9 @@ void add_constraint_options(CLI::App* cmd, ConstraintFlags& f) {
 }
 
 std::string read_text_file(const std::string& path, const char* flag, size_t max_bytes) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in) fail(fmt::format("{} {}: cannot open the file", flag, path));
-  const std::streamoff size = in.tellg();
-  if (size < 0 || size_t(size) > max_bytes)
-    fail(fmt::format("{} {}: the file is larger than {} bytes", flag, path, max_bytes));
-  std::string text(size_t(size), '\0');
-  in.seekg(0);
-  if (!in.read(text.data(), size)) fail(fmt::format("{} {}: cannot read the file", flag, path));
-  return text;
+  Result<std::string> text = read_file(path, max_bytes);
+  if (!text.ok()) fail(fmt::format("{} {}", flag, text.error().message));
+  return std::move(text).value();
 }
 
 constrain::ConstraintSpec constraint_spec(const ConstraintFlags& f) {
@@ -55,7 +48,7 @@ constrain::ConstraintSpec constraint_spec(const ConstraintFlags& f) {
   } else if (!f.choices_file.empty()) {
     s.kind = ConstraintSpec::Kind::Choices;
     auto lines = constrain::Catalogue::read_lines(f.choices_file);
-    if (!lines.ok()) fail(fmt::format("--choices {}: {}", f.choices_file, lines.error().message));
+    if (!lines.ok()) fail(fmt::format("--choices {}", lines.error().message));  // it names the file
     s.choices = std::move(lines).value();
   } else if (f.json_object) {
     s.kind = ConstraintSpec::Kind::JsonObject;
