@@ -15,20 +15,30 @@ namespace {
 constexpr size_t kMaxTools = 128;
 constexpr size_t kMaxChoices = 1 << 16;  // guided_choice strings per request
 
-// A subtree of the body in the client's key order, as JSON text (the body parsed already, so
-// this parse cannot fail).
-std::string ordered_dump(std::string_view body_text, std::initializer_list<const char*> path) {
-  const ordered o = ordered::parse(body_text.begin(), body_text.end(), nullptr, false);
-  const ordered* v = &o;
-  for (const char* key : path) v = &(*v)[key];
-  return v->dump();
-}
+// The body in the client's key order, parsed once and only when a schema asks for it (the
+// body parsed already, so this parse cannot fail).
+class OrderedBody {
+ public:
+  explicit OrderedBody(std::string_view text) : text_(text) {}
+  // Mutable on purpose: indexing a key that duplicate keys made disagree with the first parse
+  // adds a null instead of reading past the object.
+  ordered& root() {
+    if (!doc_) doc_ = ordered::parse(text_.begin(), text_.end(), nullptr, false);
+    return *doc_;
+  }
 
-// A schema field: an object (or, for vLLM's guided_json, a string holding one).
-std::optional<ApiError> read_schema(const json& v, const std::string& param, std::string_view body_text,
-                                    std::initializer_list<const char*> path, bool string_ok, std::string& out) {
+ private:
+  std::string_view text_;
+  std::optional<ordered> doc_;
+};
+
+// A schema field: an object (or, for vLLM's guided_json, a string holding one); an object is
+// taken from `subtree` (the same field of the ordered body) so its keys keep their order.
+template <typename Subtree>
+std::optional<ApiError> read_schema(const json& v, const std::string& param, bool string_ok, std::string& out,
+                                    Subtree subtree) {
   if (v.is_object()) {
-    out = ordered_dump(body_text, path);
+    out = subtree().dump();
     return std::nullopt;
   }
   if (v.is_boolean()) {
@@ -45,6 +55,7 @@ std::optional<ApiError> read_schema(const json& v, const std::string& param, std
 }  // namespace
 
 std::optional<ApiError> parse_constraint_fields(const json& body, std::string_view body_text, CompletionRequest& r) {
+  OrderedBody ob(body_text);
   auto set = [&](ConstraintSpec::Kind k, std::string param) -> Err {
     if (!r.constraint.empty())
       return invalid(param, fmt::format("'{}' and '{}' both constrain the output: give only one.", r.constraint_param, param),
@@ -78,8 +89,8 @@ std::optional<ApiError> parse_constraint_fields(const json& body, std::string_vi
       if (const json* st = field(*js, "strict")) API_TRY(read_bool(*st, "response_format.json_schema.strict", r.constraint.json.strict));
       API_TRY(set(ConstraintSpec::Kind::JsonSchema, "response_format.json_schema.schema"));
       if (const json* schema = field(*js, "schema"))
-        API_TRY(read_schema(*schema, "response_format.json_schema.schema", body_text,
-                            {"response_format", "json_schema", "schema"}, false, r.constraint.text));
+        API_TRY(read_schema(*schema, "response_format.json_schema.schema", false, r.constraint.text,
+                            [&]() -> const ordered& { return ob.root()["response_format"]["json_schema"]["schema"]; }));
       else
         r.constraint.text = "{}";  // no schema: any JSON value
     } else if (type != "text") {
@@ -93,11 +104,13 @@ std::optional<ApiError> parse_constraint_fields(const json& body, std::string_vi
   // vLLM's and llama-server's fields.
   if (const json* v = field(body, "guided_json")) {
     API_TRY(set(ConstraintSpec::Kind::JsonSchema, "guided_json"));
-    API_TRY(read_schema(*v, "guided_json", body_text, {"guided_json"}, true, r.constraint.text));
+    API_TRY(read_schema(*v, "guided_json", true, r.constraint.text,
+                        [&]() -> const ordered& { return ob.root()["guided_json"]; }));
   }
   if (const json* v = field(body, "json_schema")) {
     API_TRY(set(ConstraintSpec::Kind::JsonSchema, "json_schema"));
-    API_TRY(read_schema(*v, "json_schema", body_text, {"json_schema"}, false, r.constraint.text));
+    API_TRY(read_schema(*v, "json_schema", false, r.constraint.text,
+                        [&]() -> const ordered& { return ob.root()["json_schema"]; }));
   }
   for (const char* name : {"guided_regex", "guided_grammar", "grammar"}) {
     if (const json* v = field(body, name)) {
@@ -161,8 +174,7 @@ std::optional<ApiError> parse_constraint_fields(const json& body, std::string_vi
       if (const json* d = field(*fn, "description")) API_TRY(read_string(*d, tp + ".function.description", tool.description));
       if (const json* p = field(*fn, "parameters")) {
         if (!p->is_object()) return wrong_type(tp + ".function.parameters", "an object", *p);
-        const ordered o = ordered::parse(body_text.begin(), body_text.end(), nullptr, false);
-        tool.parameters = o["tools"][i]["function"]["parameters"].dump();
+        tool.parameters = ob.root()["tools"][i]["function"]["parameters"].dump();
       }
       r.tools.push_back(std::move(tool));
     }
