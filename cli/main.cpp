@@ -25,6 +25,9 @@ int main(int argc, char** argv) {
   t::register_bench(app);
   t::register_serve(app);
   t::register_masks(app);
+  t::register_quantize(app);
+  t::register_imatrix(app);
+  t::register_eval(app);
 
   std::string commands;
   for (const CLI::App* sub : app.get_subcommands({}))

@@ -17,5 +17,8 @@ void register_quantize_row(CLI::App& app);  // hidden test hook
 void register_bench(CLI::App& app);
 void register_serve(CLI::App& app);
 void register_masks(CLI::App& app);  // constraint engine alone (oracles, benchmarks)
+void register_quantize(CLI::App& app);
+void register_imatrix(CLI::App& app);
+void register_eval(CLI::App& app);
 
 }  // namespace peregrine::tools
