@@ -7,15 +7,6 @@ namespace peregrine::gguf {
 namespace {
 
 constexpr uint32_t kMagic = 0x46554747;  // "GGUF" little-endian
-constexpr uint32_t kMaxDims = 4;
-// Nesting of arrays inside arrays; real files use at most 1.
-constexpr int kMaxArrayDepth = 4;
-// Metadata keys and tensor names longer than this are rejected (real ones are < 100).
-constexpr uint64_t kMaxKeyLen = 65536;
-// Every metadata value is held as a ~100-byte Value, so a hostile file of tiny array
-// elements could ask for ~100x its size. Real files hold ~1M values at most (a 256k
-// vocabulary's tokens, scores and types, plus merges); past this we refuse.
-constexpr uint64_t kMaxMetadataValues = uint64_t(1) << 22;
 
 }  // namespace
 
@@ -195,7 +186,7 @@ class Parser {
       uint64_t n = 1;
       for (uint32_t d = 0; d < n_dims; ++d) {
         PG_ASSIGN(uint64_t dim, read<uint64_t>());
-        if (dim == 0 || dim > (uint64_t{1} << 40))
+        if (dim == 0 || dim > kMaxDim)
           return fail(at, "tensor '{}' dimension {} is {}", t.name, d, dim);
         if (n > std::numeric_limits<uint64_t>::max() / dim)
           return fail(at, "tensor '{}' element count overflows", t.name);

@@ -16,6 +16,18 @@
 
 namespace peregrine::gguf {
 
+// Limits the reader enforces (and the writer, so that what it writes reads back).
+inline constexpr uint32_t kMaxDims = 4;
+inline constexpr uint64_t kMaxDim = uint64_t{1} << 40;  // elements along one dimension
+// Nesting of arrays inside arrays; real files use at most 1.
+inline constexpr int kMaxArrayDepth = 4;
+// Metadata keys and tensor names longer than this are rejected (real ones are < 100).
+inline constexpr uint64_t kMaxKeyLen = 65536;
+// Every metadata value is held as a ~100-byte Value, so a hostile file of tiny array
+// elements could ask for ~100x its size. Real files hold ~1M values at most (a 256k
+// vocabulary's tokens, scores and types, plus merges); past this we refuse.
+inline constexpr uint64_t kMaxMetadataValues = uint64_t(1) << 22;
+
 enum class ValueType : uint32_t {
   U8 = 0, I8 = 1, U16 = 2, I16 = 3, U32 = 4, I32 = 5, F32 = 6, BOOL = 7,
   STRING = 8, ARRAY = 9, U64 = 10, I64 = 11, F64 = 12,
