@@ -1,5 +1,7 @@
 // Reference quantizers of the K-quants (quantize.h), bit-identical to ggml's
 // quantize_row_q{2..6}_K_ref and quantize_row_q8_K_ref. Layouts are in kquants.h.
+// Also defines the searches and second passes that quantize_imatrix.cpp shares
+// (quantize_search.h).
 //
 // Every K-quant works in two passes per 256-value super-block:
 //   1. Search: each sub-block (16 or 32 values) gets its own best float scale (and, for
@@ -12,7 +14,8 @@
 // The searches (ggml's names):
 //   make_qx_quants  (Q6_K)  symmetric; tries 19 candidate inverse scales around nmax / max
 //                           and keeps the one that maximises (sum w x l)^2 / sum w l^2,
-//                           the least-squares fit of x by scale * l with weights w = x^2.
+//                           the least-squares fit of x by scale * l with weights w = x^2
+//                           (or the caller's weights, for the importance-matrix path).
 //   make_q3_quants  (Q3_K)  symmetric; starts from nmax / max, then up to 5 sweeps of
 //                           coordinate descent: each code in turn moves to the value that
 //                           is best given the others, if that improves the fit.
@@ -31,26 +34,11 @@
 #include "core/status.h"
 #include "quant/fp16.h"
 #include "quant/quantize.h"  // declares these (quantize.cpp has the other types)
+#include "quant/quantize_search.h"
 
 namespace peregrine {
+namespace quant_search {
 namespace {
-
-// Below this a sub-block counts as all zero (ggml's GROUP_MAX_EPS).
-constexpr float kGroupMaxEps = 1e-15f;
-
-// ggml's nearest_int: adding 1.5 * 2^23 moves the integer part of f into the low
-// mantissa bits (the add itself rounds to nearest, ties to even), which are then read
-// back as an integer. Exact for |f| <= 2^22 - 1; kept as the same bit trick, rather than
-// std::nearbyint, so that out-of-range inputs (a scale that underflowed in fp16) give
-// ggml's exact result too.
-inline int nearest_int(float f) {
-  const float v = f + 12582912.0f;
-  int32_t i;
-  std::memcpy(&i, &v, sizeof i);
-  return (i & 0x007fffff) - 0x00400000;
-}
-
-inline int clamp(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
 
 // The signed value of largest magnitude in x[n] and its magnitude; the first on a tie.
 struct SignedMax {
@@ -72,18 +60,19 @@ SignedMax signed_max(const float* x, int n) {
 
 // Shared by the two symmetric searches: codes l = round(iscale * x) clipped to
 // [-nmax, nmax - 1] (written to L, unbiased, when L is given) and the least-squares fit
-// of x by scale * l with weights w = x^2 (ggml's rmse_type 1): sum w x l and sum w l^2.
+// of x by scale * l with weights w, or x^2 when w is null (ggml's rmse_type 1):
+// sum w x l and sum w l^2.
 struct Fit {
   float sumlx, suml2;
 };
-Fit symmetric_fit(int n, int nmax, const float* x, float iscale, int8_t* L) {
+Fit symmetric_fit(int n, int nmax, const float* x, const float* w, float iscale, int8_t* L) {
   Fit f{0.0f, 0.0f};
   for (int i = 0; i < n; ++i) {
     const int l = clamp(nearest_int(iscale * x[i]), -nmax, nmax - 1);
     if (L != nullptr) L[i] = int8_t(l);
-    const float w = x[i] * x[i];
-    f.sumlx += w * x[i] * float(l);
-    f.suml2 += w * float(l) * float(l);
+    const float wi = w != nullptr ? w[i] : x[i] * x[i];
+    f.sumlx += wi * x[i] * float(l);
+    f.suml2 += wi * float(l) * float(l);
   }
   return f;
 }
@@ -97,38 +86,12 @@ float symmetric_start(int n, const float* x, int8_t* L) {
   return 0.0f;
 }
 
-// Symmetric codes L[i] = l + nmax: the best of 19 inverse scales -(nmax + 0.1 is) / max,
-// is = 0, +-1 .. +-9, by explained energy sumlx^2 / suml2. Returns the scale.
-float make_qx_quants(int n, int nmax, const float* x, int8_t* L) {
-  const float max = symmetric_start(n, x, L);
-  if (max == 0.0f) return 0.0f;
-  float best_iscale = float(-nmax) / max;
-  const Fit first = symmetric_fit(n, nmax, x, best_iscale, L);
-  float scale = first.suml2 != 0.0f ? first.sumlx / first.suml2 : 0.0f;
-  float best = scale * first.sumlx;  // = sumlx^2 / suml2
-  bool moved = false;
-  for (int is = -9; is <= 9; ++is) {
-    if (is == 0) continue;
-    const float iscale = -(float(nmax) + 0.1f * float(is)) / max;
-    const Fit f = symmetric_fit(n, nmax, x, iscale, nullptr);
-    if (f.suml2 > 0.0f && f.sumlx * f.sumlx > best * f.suml2) {
-      best_iscale = iscale;
-      moved = true;
-      scale = f.sumlx / f.suml2;
-      best = scale * f.sumlx;
-    }
-  }
-  if (moved) symmetric_fit(n, nmax, x, best_iscale, L);  // the winner's codes
-  for (int i = 0; i < n; ++i) L[i] = int8_t(L[i] + nmax);
-  return scale;
-}
-
 // Symmetric codes L[i] = l + nmax, l in [-nmax, nmax - 1], weights x^2: the first guess
 // nmax / max refined by coordinate descent. Returns the scale.
 float make_q3_quants(int n, int nmax, const float* x, int8_t* L) {
   const float max = symmetric_start(n, x, L);
   if (max == 0.0f) return 0.0f;
-  const Fit first = symmetric_fit(n, nmax, x, float(-nmax) / max, L);
+  const Fit first = symmetric_fit(n, nmax, x, nullptr, float(-nmax) / max, L);
   float sumlx = first.sumlx, suml2 = first.suml2;
   for (int sweep = 0; sweep < 5; ++sweep) {
     int changed = 0;
@@ -156,13 +119,86 @@ float make_q3_quants(int n, int nmax, const float* x, int8_t* L) {
   return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
 }
 
-// Affine codes L[i] in [0, nmax] for x ~ scale * L + min, min <= 0, weighted by w.
-// Returns the scale; *neg_min = -min (>= 0), as the block formats store it.
-struct QkxParams {
-  float rmin, rdelta;
-  int nstep;
-  bool use_mad;  // weighted absolute error instead of squared
-};
+// Q2_K / Q3_K low bits: value 128 h + 32 s + l goes to bit pair s of byte 32 h + l.
+void pack_2bit(const uint8_t* L, uint8_t* qs) {  // L[256] in 0..3 -> qs[64]
+  for (int h = 0; h < 2; ++h)
+    for (int l = 0; l < 32; ++l) {
+      const uint8_t* v = L + 128 * h + l;
+      qs[32 * h + l] = uint8_t(v[0] | (v[32] << 2) | (v[64] << 4) | (v[96] << 6));
+    }
+}
+
+// Q4_K / Q5_K second pass: codes against d * sc and dmin * m of each sub-block of 32.
+template <typename Block>
+void requantize_k4(const float* x, const Block& b, int nmax, uint8_t* L) {
+  for (int k = 0; k < 8; ++k) {
+    int s, mn;
+    k4_scale_min(b.scales, k, &s, &mn);
+    const float d = fp16_to_f32(b.d) * float(s);
+    if (d == 0.0f) continue;
+    const float dm = fp16_to_f32(b.dmin) * float(mn);
+    for (int l = 0; l < 32; ++l) L[32 * k + l] = uint8_t(clamp(nearest_int((x[32 * k + l] + dm) / d), 0, nmax));
+  }
+}
+
+// Q4_K and Q5_K's first pass, which differ only in the code range and the search
+// constants: 8 sub-blocks of 32, weights |x| + rms(x) per sub-block, 6-bit scales and
+// mins. Leaves the search codes (0..nmax) in L[256].
+template <typename Block>
+void search_k4_superblock(const float* x, Block& b, int nmax, const QkxParams& p, uint8_t* L) {
+  float scales[8], mins[8], w[32];
+  float max_scale = 0.0f, max_min = 0.0f;
+  for (int k = 0; k < 8; ++k) {
+    const float* xs = x + 32 * k;
+    float sum_x2 = 0.0f;
+    for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
+    const float av_x = std::sqrt(sum_x2 / 32.0f);
+    for (int l = 0; l < 32; ++l) w[l] = av_x + std::fabs(xs[l]);
+    scales[k] = make_qkx2_quants(32, nmax, xs, w, L + 32 * k, &mins[k], p);
+    if (scales[k] > max_scale) max_scale = scales[k];
+    if (mins[k] > max_min) max_min = mins[k];
+  }
+  const float inv_scale = max_scale > 0.0f ? 63.0f / max_scale : 0.0f;
+  const float inv_min = max_min > 0.0f ? 63.0f / max_min : 0.0f;
+  uint8_t sc[8], m[8];
+  for (int k = 0; k < 8; ++k) {
+    // The conversion to uint8 wraps (as ggml's does) before the clip to 63.
+    sc[k] = std::min<uint8_t>(63, uint8_t(nearest_int(inv_scale * scales[k])));
+    m[k] = std::min<uint8_t>(63, uint8_t(nearest_int(inv_min * mins[k])));
+  }
+  pack_k4_scales(sc, m, b.scales);
+  b.d = f32_to_fp16(max_scale / 63.0f);
+  b.dmin = f32_to_fp16(max_min / 63.0f);
+}
+
+}  // namespace
+
+// Symmetric codes L[i] = l + nmax: the best of 19 inverse scales -(nmax + 0.1 is) / max,
+// is = 0, +-1 .. +-9, by explained energy sumlx^2 / suml2. Returns the scale.
+float make_qx_quants(int n, int nmax, const float* x, const float* w, int8_t* L) {
+  const float max = symmetric_start(n, x, L);
+  if (max == 0.0f) return 0.0f;
+  float best_iscale = float(-nmax) / max;
+  const Fit first = symmetric_fit(n, nmax, x, w, best_iscale, L);
+  float scale = first.suml2 != 0.0f ? first.sumlx / first.suml2 : 0.0f;
+  float best = scale * first.sumlx;  // = sumlx^2 / suml2
+  bool moved = false;
+  for (int is = -9; is <= 9; ++is) {
+    if (is == 0) continue;
+    const float iscale = -(float(nmax) + 0.1f * float(is)) / max;
+    const Fit f = symmetric_fit(n, nmax, x, w, iscale, nullptr);
+    if (f.suml2 > 0.0f && f.sumlx * f.sumlx > best * f.suml2) {
+      best_iscale = iscale;
+      moved = true;
+      scale = f.sumlx / f.suml2;
+      best = scale * f.sumlx;
+    }
+  }
+  if (moved) symmetric_fit(n, nmax, x, w, best_iscale, L);  // the winner's codes
+  for (int i = 0; i < n; ++i) L[i] = int8_t(L[i] + nmax);
+  return scale;
+}
+
 float make_qkx2_quants(int n, int nmax, const float* x, const float* w, uint8_t* L, float* neg_min,
                        const QkxParams& p) {
   float min = x[0], max = x[0];
@@ -221,18 +257,8 @@ float make_qkx2_quants(int n, int nmax, const float* x, const float* w, uint8_t*
   return scale;
 }
 
-// ---- packing helpers -------------------------------------------------------------------
+// ---- second passes and packing ---------------------------------------------------------
 
-// Q2_K / Q3_K low bits: value 128 h + 32 s + l goes to bit pair s of byte 32 h + l.
-void pack_2bit(const uint8_t* L, uint8_t* qs) {  // L[256] in 0..3 -> qs[64]
-  for (int h = 0; h < 2; ++h)
-    for (int l = 0; l < 32; ++l) {
-      const uint8_t* v = L + 128 * h + l;
-      qs[32 * h + l] = uint8_t(v[0] | (v[32] << 2) | (v[64] << 4) | (v[96] << 6));
-    }
-}
-
-// Q4_K / Q5_K: 6-bit scale sc and min m of sub-block k into the 12 bytes (see k4_scale_min).
 void pack_k4_scales(const uint8_t* sc, const uint8_t* m, uint8_t* b) {  // sc[8], m[8] -> b[12]
   for (int k = 0; k < 4; ++k) {
     b[k] = sc[k];
@@ -245,45 +271,98 @@ void pack_k4_scales(const uint8_t* sc, const uint8_t* m, uint8_t* b) {  // sc[8]
   }
 }
 
-// Q4_K and Q5_K share everything but the code range and the search constants: 8
-// sub-blocks of 32, weights |x| + rms(x) per sub-block, 6-bit scales and mins.
-// Leaves the codes (0..nmax) in L[256]; the caller packs them.
-template <typename Block>
-void quantize_k4_superblock(const float* x, Block& b, int nmax, const QkxParams& p, uint8_t* L) {
-  float scales[8], mins[8], w[32];
-  float max_scale = 0.0f, max_min = 0.0f;
-  for (int k = 0; k < 8; ++k) {
-    const float* xs = x + 32 * k;
-    float sum_x2 = 0.0f;
-    for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
-    const float av_x = std::sqrt(sum_x2 / 32.0f);
-    for (int l = 0; l < 32; ++l) w[l] = av_x + std::fabs(xs[l]);
-    scales[k] = make_qkx2_quants(32, nmax, xs, w, L + 32 * k, &mins[k], p);
-    if (scales[k] > max_scale) max_scale = scales[k];
-    if (mins[k] > max_min) max_min = mins[k];
-  }
-  const float inv_scale = max_scale > 0.0f ? 63.0f / max_scale : 0.0f;
-  const float inv_min = max_min > 0.0f ? 63.0f / max_min : 0.0f;
-  uint8_t sc[8], m[8];
-  for (int k = 0; k < 8; ++k) {
-    // The conversion to uint8 wraps (as ggml's does) before the clip to 63.
-    sc[k] = std::min<uint8_t>(63, uint8_t(nearest_int(inv_scale * scales[k])));
-    m[k] = std::min<uint8_t>(63, uint8_t(nearest_int(inv_min * mins[k])));
-  }
-  pack_k4_scales(sc, m, b.scales);
-  b.d = f32_to_fp16(max_scale / 63.0f);
-  b.dmin = f32_to_fp16(max_min / 63.0f);
-  for (int k = 0; k < 8; ++k) {
-    int s, mn;
-    k4_scale_min(b.scales, k, &s, &mn);
-    const float d = fp16_to_f32(b.d) * float(s);
-    if (d == 0.0f) continue;
-    const float dm = fp16_to_f32(b.dmin) * float(mn);
-    for (int l = 0; l < 32; ++l) L[32 * k + l] = uint8_t(clamp(nearest_int((x[32 * k + l] + dm) / d), 0, nmax));
+// Low nibbles of codes j < 8 in bytes 0..7, of j >= 8 in their high nibbles; the top 2
+// bits of code j in bit pair j / 4 of byte 8 + j % 4.
+void pack_q3_k_scales(const int* l, uint8_t* scales) {  // l[16] -> scales[12]
+  std::memset(scales, 0, 12);
+  for (int j = 0; j < 16; ++j) {
+    if (j < 8) scales[j] = uint8_t(l[j] & 0xF);
+    else scales[j - 8] = uint8_t(scales[j - 8] | ((l[j] & 0xF) << 4));
+    scales[8 + j % 4] = uint8_t(scales[8 + j % 4] | ((l[j] >> 4) << (2 * (j / 4))));
   }
 }
 
-}  // namespace
+void finish_q2_k(const float* x, uint8_t* L, BlockQ2K& b) {
+  for (int j = 0; j < 16; ++j) {
+    const float d = fp16_to_f32(b.d) * float(b.scales[j] & 0xF);
+    if (d == 0.0f) continue;
+    const float dm = fp16_to_f32(b.dmin) * float(b.scales[j] >> 4);
+    for (int l = 0; l < 16; ++l) L[16 * j + l] = uint8_t(clamp(nearest_int((x[16 * j + l] + dm) / d), 0, 3));
+  }
+  pack_2bit(L, b.qs);
+}
+
+void finish_q3_k(const float* x, int8_t* L, BlockQ3K& b) {
+  for (int j = 0; j < 16; ++j) {
+    const float d = fp16_to_f32(b.d) * float(q3k_scale(b.scales, j));
+    if (d == 0.0f) continue;
+    for (int l = 0; l < 16; ++l) L[16 * j + l] = int8_t(clamp(nearest_int(x[16 * j + l] / d), -4, 3) + 4);
+  }
+  // Codes 0..7: bit 2 into hmask (value v: bit v / 32 of byte v % 32), low 2 bits into qs.
+  std::memset(b.hmask, 0, sizeof b.hmask);
+  uint8_t low[kQK_K];
+  for (int v = 0; v < kQK_K; ++v) {
+    if (L[v] > 3) b.hmask[v % 32] = uint8_t(b.hmask[v % 32] | (1 << (v / 32)));
+    low[v] = uint8_t(L[v] > 3 ? L[v] - 4 : L[v]);
+  }
+  pack_2bit(low, b.qs);
+}
+
+// Sub-block 2c + t is nibble t of bytes 32c .. 32c + 31.
+void finish_q4_k(const float* x, uint8_t* L, BlockQ4K& b) {
+  requantize_k4(x, b, 15, L);
+  for (int c = 0; c < 4; ++c)
+    for (int l = 0; l < 32; ++l) b.qs[32 * c + l] = uint8_t(L[64 * c + l] | (L[64 * c + 32 + l] << 4));
+}
+
+// Q4_K's nibbles plus bit k of qh[l] for value l of sub-block k.
+void finish_q5_k(const float* x, uint8_t* L, BlockQ5K& b) {
+  requantize_k4(x, b, 31, L);
+  std::memset(b.qh, 0, sizeof b.qh);
+  for (int k = 0; k < 8; ++k)
+    for (int l = 0; l < 32; ++l)
+      if (L[32 * k + l] > 15) b.qh[l] = uint8_t(b.qh[l] | (1 << k));
+  for (int c = 0; c < 4; ++c)
+    for (int l = 0; l < 32; ++l)
+      b.qs[32 * c + l] = uint8_t((L[64 * c + l] & 15) | ((L[64 * c + 32 + l] & 15) << 4));
+}
+
+void finish_q6_k(const float* x, const float* scales, int8_t* L, BlockQ6K& b) {
+  float max_scale = 0.0f, max_abs_scale = 0.0f;
+  for (int j = 0; j < 16; ++j) {
+    if (std::fabs(scales[j]) > max_abs_scale) {
+      max_abs_scale = std::fabs(scales[j]);
+      max_scale = scales[j];
+    }
+  }
+  if (max_abs_scale < kGroupMaxEps) {  // all zero
+    std::memset(&b, 0, sizeof b);
+    return;
+  }
+  const float iscale = -128.0f / max_scale;
+  b.d = f32_to_fp16(1.0f / iscale);
+  for (int j = 0; j < 16; ++j) b.scales[j] = int8_t(std::min(127, nearest_int(iscale * scales[j])));
+  for (int j = 0; j < 16; ++j) {
+    const float d = fp16_to_f32(b.d) * float(b.scales[j]);
+    if (d == 0.0f) continue;
+    for (int l = 0; l < 16; ++l) L[16 * j + l] = int8_t(clamp(nearest_int(x[16 * j + l] / d), -32, 31) + 32);
+  }
+  // Codes 0..63 (q + 32): value 128 h + r has its low nibble in ql[64 h + r % 64]
+  // (high nibble for r >= 64) and its top 2 bits in qh[32 h + r % 32], pair r / 32.
+  for (int h = 0; h < 2; ++h) {
+    const int8_t* v = L + 128 * h;
+    for (int l = 0; l < 32; ++l) {
+      b.ql[64 * h + l] = uint8_t((v[l] & 0xF) | ((v[l + 64] & 0xF) << 4));
+      b.ql[64 * h + l + 32] = uint8_t((v[l + 32] & 0xF) | ((v[l + 96] & 0xF) << 4));
+      b.qh[32 * h + l] = uint8_t((v[l] >> 4) | ((v[l + 32] >> 4) << 2) | ((v[l + 64] >> 4) << 4) |
+                                 ((v[l + 96] >> 4) << 6));
+    }
+  }
+}
+
+}  // namespace quant_search
+
+using namespace quant_search;
 
 // Q2_K: 16 sub-blocks of 16, codes 0..3, weights |x|, absolute-error search; 4-bit
 // scales and mins against d = max scale / 15 and dmin = max min / 15.
@@ -317,13 +396,7 @@ void quantize_row_q2_k_ref(const float* x, BlockQ2K* y, int64_t n) {
     } else {
       b.dmin = f32_to_fp16(0.0f);
     }
-    for (int j = 0; j < 16; ++j) {
-      const float d = fp16_to_f32(b.d) * float(b.scales[j] & 0xF);
-      if (d == 0.0f) continue;
-      const float dm = fp16_to_f32(b.dmin) * float(b.scales[j] >> 4);
-      for (int l = 0; l < 16; ++l) L[16 * j + l] = uint8_t(clamp(nearest_int((x[16 * j + l] + dm) / d), 0, 3));
-    }
-    pack_2bit(L, b.qs);
+    finish_q2_k(x, L, b);
   }
 }
 
@@ -343,33 +416,17 @@ void quantize_row_q3_k_ref(const float* x, BlockQ3K* y, int64_t n) {
         max_scale = scales[j];
       }
     }
-    std::memset(b.scales, 0, sizeof b.scales);
+    int codes[16] = {};  // all 0 (bytes 0) when every scale is 0
     if (max_scale != 0.0f) {
       const float iscale = -32.0f / max_scale;
-      for (int j = 0; j < 16; ++j) {
-        // Wrapped to int8 first, then clipped and biased by 32 (layout in kquants.h).
-        const int l = clamp(int8_t(nearest_int(iscale * scales[j])), -32, 31) + 32;
-        if (j < 8) b.scales[j] = uint8_t(l & 0xF);
-        else b.scales[j - 8] = uint8_t(b.scales[j - 8] | ((l & 0xF) << 4));
-        b.scales[8 + j % 4] = uint8_t(b.scales[8 + j % 4] | ((l >> 4) << (2 * (j / 4))));
-      }
+      // Wrapped to int8 first, then clipped and biased by 32 (layout in kquants.h).
+      for (int j = 0; j < 16; ++j) codes[j] = clamp(int8_t(nearest_int(iscale * scales[j])), -32, 31) + 32;
       b.d = f32_to_fp16(1.0f / iscale);
     } else {
       b.d = f32_to_fp16(0.0f);
     }
-    for (int j = 0; j < 16; ++j) {
-      const float d = fp16_to_f32(b.d) * float(q3k_scale(b.scales, j));
-      if (d == 0.0f) continue;
-      for (int l = 0; l < 16; ++l) L[16 * j + l] = int8_t(clamp(nearest_int(x[16 * j + l] / d), -4, 3) + 4);
-    }
-    // Codes 0..7: bit 2 into hmask (value v: bit v / 32 of byte v % 32), low 2 bits into qs.
-    std::memset(b.hmask, 0, sizeof b.hmask);
-    uint8_t low[kQK_K];
-    for (int v = 0; v < kQK_K; ++v) {
-      if (L[v] > 3) b.hmask[v % 32] = uint8_t(b.hmask[v % 32] | (1 << (v / 32)));
-      low[v] = uint8_t(L[v] > 3 ? L[v] - 4 : L[v]);
-    }
-    pack_2bit(low, b.qs);
+    pack_q3_k_scales(codes, b.scales);
+    finish_q3_k(x, L, b);
   }
 }
 
@@ -379,71 +436,31 @@ void quantize_row_q4_k_ref(const float* x, BlockQ4K* y, int64_t n) {
   constexpr QkxParams kSearch{-1.0f, 0.1f, 20, false};
   uint8_t L[kQK_K];
   for (int64_t i = 0; i < n / kQK_K; ++i, x += kQK_K) {
-    quantize_k4_superblock(x, y[i], 15, kSearch, L);
-    // Sub-block 2c + t is nibble t of bytes 32c .. 32c + 31.
-    for (int c = 0; c < 4; ++c)
-      for (int l = 0; l < 32; ++l) y[i].qs[32 * c + l] = uint8_t(L[64 * c + l] | (L[64 * c + 32 + l] << 4));
+    search_k4_superblock(x, y[i], 15, kSearch, L);
+    finish_q4_k(x, L, y[i]);
   }
 }
 
-// Q5_K: 8 sub-blocks of 32, codes 0..31: Q4_K's nibbles plus bit k of qh[l] for value l
-// of sub-block k.
+// Q5_K: 8 sub-blocks of 32, codes 0..31.
 void quantize_row_q5_k_ref(const float* x, BlockQ5K* y, int64_t n) {
   PG_ASSERT(n % kQK_K == 0);
   constexpr QkxParams kSearch{-0.5f, 0.1f, 15, false};
   uint8_t L[kQK_K];
   for (int64_t i = 0; i < n / kQK_K; ++i, x += kQK_K) {
-    BlockQ5K& b = y[i];
-    quantize_k4_superblock(x, b, 31, kSearch, L);
-    std::memset(b.qh, 0, sizeof b.qh);
-    for (int k = 0; k < 8; ++k)
-      for (int l = 0; l < 32; ++l)
-        if (L[32 * k + l] > 15) b.qh[l] = uint8_t(b.qh[l] | (1 << k));
-    for (int c = 0; c < 4; ++c)
-      for (int l = 0; l < 32; ++l)
-        b.qs[32 * c + l] = uint8_t((L[64 * c + l] & 15) | ((L[64 * c + 32 + l] & 15) << 4));
+    search_k4_superblock(x, y[i], 31, kSearch, L);
+    finish_q5_k(x, L, y[i]);
   }
 }
 
-// Q6_K: 16 sub-blocks of 16, codes -32..31, make_qx_quants search; int8 scales against
-// d = max scale / -128.
+// Q6_K: 16 sub-blocks of 16, codes -32..31, make_qx_quants search with weights x^2;
+// int8 scales against d = max scale / -128.
 void quantize_row_q6_k_ref(const float* x, BlockQ6K* y, int64_t n) {
   PG_ASSERT(n % kQK_K == 0);
   int8_t L[kQK_K];
   for (int64_t i = 0; i < n / kQK_K; ++i, x += kQK_K) {
-    BlockQ6K& b = y[i];
     float scales[16];
-    float max_scale = 0.0f, max_abs_scale = 0.0f;
-    for (int j = 0; j < 16; ++j) {
-      scales[j] = make_qx_quants(16, 32, x + 16 * j, L + 16 * j);
-      if (std::fabs(scales[j]) > max_abs_scale) {
-        max_abs_scale = std::fabs(scales[j]);
-        max_scale = scales[j];
-      }
-    }
-    if (max_abs_scale < kGroupMaxEps) {  // all zero
-      std::memset(&b, 0, sizeof b);
-      continue;
-    }
-    const float iscale = -128.0f / max_scale;
-    b.d = f32_to_fp16(1.0f / iscale);
-    for (int j = 0; j < 16; ++j) b.scales[j] = int8_t(std::min(127, nearest_int(iscale * scales[j])));
-    for (int j = 0; j < 16; ++j) {
-      const float d = fp16_to_f32(b.d) * float(b.scales[j]);
-      if (d == 0.0f) continue;
-      for (int l = 0; l < 16; ++l) L[16 * j + l] = int8_t(clamp(nearest_int(x[16 * j + l] / d), -32, 31) + 32);
-    }
-    // Codes 0..63 (q + 32): value 128 h + r has its low nibble in ql[64 h + r % 64]
-    // (high nibble for r >= 64) and its top 2 bits in qh[32 h + r % 32], pair r / 32.
-    for (int h = 0; h < 2; ++h) {
-      const int8_t* v = L + 128 * h;
-      for (int l = 0; l < 32; ++l) {
-        b.ql[64 * h + l] = uint8_t((v[l] & 0xF) | ((v[l + 64] & 0xF) << 4));
-        b.ql[64 * h + l + 32] = uint8_t((v[l + 32] & 0xF) | ((v[l + 96] & 0xF) << 4));
-        b.qh[32 * h + l] = uint8_t((v[l] >> 4) | ((v[l + 32] >> 4) << 2) | ((v[l + 64] >> 4) << 4) |
-                                   ((v[l + 96] >> 4) << 6));
-      }
-    }
+    for (int j = 0; j < 16; ++j) scales[j] = make_qx_quants(16, 32, x + 16 * j, nullptr, L + 16 * j);
+    finish_q6_k(x, scales, L, y[i]);
   }
 }
 
