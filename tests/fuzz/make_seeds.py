@@ -271,9 +271,32 @@ def json_schema_seeds():
     return seeds
 
 
+def imatrix_seeds():
+    """Both formats of quant/imatrix_file.h: llama-imatrix's GGUF and its legacy .dat."""
+    def f32s(*v):
+        return struct.pack(f"<{len(v)}f", *v)
+
+    def dat_entry(name, ncall, values):
+        b = name.encode()
+        return struct.pack("<i", len(b)) + b + struct.pack("<ii", ncall, len(values)) + f32s(*values)
+
+    entries = dat_entry("blk.0.attn_q.weight", 3, [1.5, 0.0, 9.0]) + dat_entry("output.weight", 0, [2.0])
+    meta = [("general.type", STRING, "imatrix"), ("imatrix.datasets", ARRAY, (STRING, ["calib.txt"])),
+            ("imatrix.chunk_count", U32, 2), ("imatrix.chunk_size", U32, 4)]
+    # gguf()'s data pattern reads as positive finite floats for a tensor's first 4 values: all load.
+    tensors = [("blk.0.attn_q.weight.counts", [1], "F32"), ("blk.0.attn_q.weight.in_sum2", [4], "F32"),
+               ("exps.counts", [1, 2], "F32"), ("exps.in_sum2", [2, 2], "F32")]
+    return {
+        "full.dat": struct.pack("<i", 2) + entries + struct.pack("<ii", 2, 9) + b"calib.txt",
+        "no_trailer.dat": struct.pack("<i", 2) + entries,
+        "imatrix.gguf": gguf(meta, tensors),
+        "bare.gguf": gguf([], tensors[:2]),
+    }
+
+
 SEEDS = {"gguf": gguf_seeds, "tokenizer_spm": tokenizer_spm_seeds, "api_request": api_request_seeds,
          "http_request": http_request_seeds, "gbnf": gbnf_seeds, "regex": regex_seeds,
-         "json_schema": json_schema_seeds}
+         "json_schema": json_schema_seeds, "imatrix": imatrix_seeds}
 
 
 def main():
