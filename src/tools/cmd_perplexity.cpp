@@ -2,7 +2,10 @@
 // Each window starts from an empty cache; every token after the window's first is
 // scored. With --stream the whole text is one sequence fed -b tokens at a time, every
 // token after the first scored: with --attn-sinks/--attn-window it runs past the context
-// on a fixed KV budget. The last stdout line is "PPL = <value>".
+// on a fixed KV budget. With --llama-windows the windows are llama-perplexity's (see
+// tools/llama_windows.h: BOS in the first slot, only each window's second half scored), so the
+// value compares with llama-perplexity's on the same file; its "+/-" estimate goes to stderr.
+// The last stdout line is "PPL = <value>".
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -12,6 +15,7 @@
 #include "engine/session.h"
 #include "tools/commands.h"
 #include "tools/common.h"
+#include "tools/llama_windows.h"
 
 namespace peregrine::tools {
 
@@ -21,6 +25,7 @@ void register_perplexity(CLI::App& app) {
     std::string file;
     int64_t max_windows = 0;
     bool stream = false;
+    bool llama_windows = false;
     int64_t max_tokens = 0;
   };
   auto o = std::make_shared<Opts>();
@@ -30,11 +35,16 @@ void register_perplexity(CLI::App& app) {
   cmd->add_option("--chunks", o->max_windows, "Score at most this many windows (0 = all)")
       ->check(CLI::Range(int64_t(0), int64_t(1) << 30));
   cmd->add_flag("--stream", o->stream, "Score the text as one stream instead of windows");
+  cmd->add_flag("--llama-windows", o->llama_windows,
+                "Score llama-perplexity's windows: BOS first, only the second half of each scored");
   cmd->add_option("--max-tokens", o->max_tokens, "With --stream: score at most this many tokens (0 = all)")
       ->check(CLI::Range(int64_t(0), int64_t(1) << 30));
   add_model_options(cmd, o->model);
   cmd->callback([o] {
     if (o->model.ctx < 2) fail("perplexity needs -c of at least 2");
+    if (o->llama_windows && o->stream) fail("--llama-windows and --stream exclude each other");
+    if (o->llama_windows && o->model.ctx < kMinLlamaWindow)
+      fail(fmt::format("perplexity --llama-windows needs -c of at least {}", kMinLlamaWindow));
     std::ifstream in(o->file, std::ios::binary);
     if (!in) fail(fmt::format("{}: cannot open", o->file));
     std::stringstream ss;
@@ -42,17 +52,44 @@ void register_perplexity(CLI::App& app) {
     const std::string text = ss.str();
     auto session = open_session(o->model);
     const Tokenizer& tok = session->tokenizer();
-    // Plain text: special-token strings in the file are just text.
-    std::vector<TokenId> tokens = tok.encode(text, false);
     const int64_t c = o->model.ctx, n_vocab = session->model().hparams().n_vocab;
     // -log p(target | logits row)
     auto token_nll = [n_vocab](const float* l, TokenId target) {
-      float mx = l[0];
-      for (int64_t j = 1; j < n_vocab; ++j) mx = std::max(mx, l[j]);
-      double sum = 0.0;
-      for (int64_t j = 0; j < n_vocab; ++j) sum += std::exp(double(l[j] - mx));
-      return std::log(sum) + mx - l[target];
+      return log_sum_exp(std::span<const float>(l, size_t(n_vocab))) - l[target];
     };
+    if (o->llama_windows) {
+      Result<LlamaWindows> made = make_llama_windows(tok, text, c, o->max_windows);
+      if (!made.ok()) fail(fmt::format("{}: {}", o->file, made.error().message));
+      const LlamaWindows& lw = *made;
+      std::fprintf(stderr, "%zu tokens, %lld windows of %lld, positions %lld..%lld of each scored\n",
+                   lw.tokens.size(), (long long)lw.n_windows, (long long)c, (long long)lw.first(),
+                   (long long)(c - 2));
+      double nll = 0.0, nll2 = 0.0;
+      int64_t count = 0;
+      std::vector<float> logits, scratch;
+      for (int64_t w = 0; w < lw.n_windows; ++w) {
+        check(eval_scored_rows(*session, lw, w, logits, scratch));
+        const std::vector<TokenId> win = lw.window(w);
+        for (int64_t r = 0; r < lw.n_scored(); ++r) {
+          const double v = token_nll(logits.data() + r * n_vocab, win[size_t(lw.first() + 1 + r)]);
+          nll += v;
+          nll2 += v * v;
+          ++count;
+        }
+        std::printf("[%lld] %.4f\n", (long long)(w + 1), std::exp(nll / double(count)));
+        std::fflush(stdout);
+      }
+      // llama-perplexity's "Final estimate": the standard error of the mean NLL, scaled by PPL.
+      const double mean = nll / double(count), var = nll2 / double(count) - mean * mean;
+      const double ppl = std::exp(mean);
+      if (var > 0 && count > 1)
+        std::fprintf(stderr, "estimate: PPL = %.4f +/- %.5f over %lld tokens\n", ppl,
+                     ppl * std::sqrt(var / double(count - 1)), (long long)count);
+      std::printf("PPL = %.4f\n", ppl);
+      return;
+    }
+    // Plain text: special-token strings in the file are just text.
+    std::vector<TokenId> tokens = tok.encode(text, false);
     if (o->stream) {
       std::vector<TokenId> seq;
       if (tok.add_bos()) seq.push_back(tok.bos());
