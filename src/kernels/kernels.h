@@ -67,6 +67,10 @@ struct KernelTable {
   PanelDot panel_q4_k = nullptr;
   PanelDot panel_q5_k = nullptr;
   PanelDot panel_q6_k = nullptr;
+  // Ternary panels (TQ1_0 and TQ2_0, panel::kTernary): per 32-value sub-block
+  // isum = sum(q * x) - sum(x) = sum((q - 1) * x), exact; acc = fma(d, float(isum) * dx, acc)
+  // with d the fp16 scale of the row's super-block.
+  PanelDot panel_ternary = nullptr;
   // Float panels (element [k][r] per 32-column block) against float activations
   // x_t = x + t * x_stride. Per row: two partial sums, even and odd columns, each a
   // chain of fma(w, x, acc) in column order; y = even + odd. Same in every table.

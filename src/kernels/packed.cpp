@@ -102,6 +102,37 @@ BlockView view_block(GgmlType t, const uint8_t* row, int64_t b) {
   }
 }
 
+// Panel p of a ternary matrix (layout in quant/panel_format.h): codes of every
+// super-block column, then their fp16 scales. Missing rows stay zero.
+void pack_ternary_panel(GgmlType t, const uint8_t* src, int64_t rows, size_t row_bytes, int64_t p,
+                        int64_t nbk, uint8_t* out) {
+  uint8_t* scales = out + size_t(nbk) * panel::kTernaryCodes;  // [nbk][16] fp16
+  int8_t q[kQK_K];
+  for (int r = 0; r < kPanelRows && p * kPanelRows + r < rows; ++r) {
+    const uint8_t* row = src + size_t(p * kPanelRows + r) * row_bytes;
+    for (int64_t i = 0; i < nbk; ++i) {
+      uint16_t d;
+      if (t == GgmlType::TQ1_0) {
+        const BlockTQ1_0& b = reinterpret_cast<const BlockTQ1_0*>(row)[i];
+        unpack_tq1_0(b, q);
+        d = b.d;
+      } else {
+        const BlockTQ2_0& b = reinterpret_cast<const BlockTQ2_0*>(row)[i];
+        unpack_tq2_0(b, q);
+        d = b.d;
+      }
+      std::memcpy(scales + size_t(i) * panel::kScales + 2 * r, &d, 2);
+      uint8_t* codes = out + size_t(i) * panel::kTernaryCodes;
+      for (int s = 0; s < kQK_K / kQK; ++s)      // sub-blocks of 32
+        for (int g = 0; g < 2; ++g)               // groups of 16 values
+          for (int j = 0; j < 4; ++j) {           // byte j holds values 4k + j, k < 4
+            const int8_t* v = q + kQK * s + 16 * g + j;
+            codes[((2 * s + g) * kPanelRows + r) * 4 + j] = uint8_t(v[0] | v[4] << 2 | v[8] << 4 | v[12] << 6);
+          }
+    }
+  }
+}
+
 }  // namespace
 
 const PanelFormat* panel_format(GgmlType type) {
@@ -134,6 +165,10 @@ Result<PackedMatrix> pack_matrix(GgmlType type, const uint8_t* src, int64_t rows
   std::memset(mem, 0, bytes);  // padding rows: zero scales and quants
 
   for (int64_t p = 0; p < pm.n_panels; ++p) {
+    if (f == &panel::kTernary) {
+      pack_ternary_panel(type, src, rows, row_bytes, p, cols / kQK_K, pm.data.get() + size_t(p) * pm.panel_bytes);
+      continue;
+    }
     for (int64_t b = 0; b < pm.nb; ++b) {
       uint8_t* out = pm.data.get() + size_t(p) * pm.panel_bytes + size_t(b) * f->block_bytes;
       if (f->is_float) {  // element [k][r]

@@ -15,6 +15,10 @@
 // horizontal reductions and one scale conversion per 16 rows. The layout has the
 // same bytes per weight as GGUF. Rows past the matrix end are zero (scale 0).
 //
+// Ternary types (TQ1_0, TQ2_0) widen into one 2-bit layout with a scale per row and
+// 256 columns (quant/panel_format.h, panel::kTernary): 2.0625 bits per weight, so TQ1_0
+// weights take 22% more memory packed than in the file (1.6875).
+//
 // Float types (F32, F16, BF16) use the same panels with 32 columns per block and no
 // scales: element [k][r] (k < 32, r < 16), so one load gives column k of all 16 rows
 // and an FMA with the broadcast activation x[k] updates 16 row sums.
@@ -33,7 +37,8 @@ namespace peregrine {
 
 // The panel format of a weight type (TypeInfo::panel in quant/type_table.h): Q4_0, Q4_1,
 // Q8_0, the K-quants, F32, F16, BF16; Q5_0 is packed as Q8_0 (its values q - 16 widened
-// to int8, exact). nullptr for others. Byte offsets and sizes are in quant/panel_format.h.
+// to int8, exact), TQ1_0 and TQ2_0 into the ternary panels. nullptr for others. Byte
+// offsets and sizes are in quant/panel_format.h.
 const PanelFormat* panel_format(GgmlType type);
 
 // A packed matrix: n_panels panels of nb PanelBlocks each, 64-byte aligned.

@@ -35,6 +35,7 @@ KernelTable::PanelDot panel_kernel(const KernelTable& k, GgmlType t) {
     case GgmlType::Q4_K: return k.panel_q4_k;
     case GgmlType::Q5_K: return k.panel_q5_k;
     case GgmlType::Q6_K: return k.panel_q6_k;
+    case GgmlType::TQ2_0: return k.panel_ternary;  // the ternary layout (TQ1_0's too)
     default: return nullptr;
   }
 }

@@ -64,6 +64,20 @@ void unpack_q6_k(const BlockQ6K& b, int8_t* q) {
   }
 }
 
+void unpack_tq1_0(const BlockTQ1_0& b, int8_t* q) {
+  // Trit k of byte v: multiplying by 3^k (mod 256) shifts the base-3 fraction k places.
+  static constexpr uint8_t kPow3[5] = {1, 3, 9, 27, 81};
+  auto trit = [](uint8_t v, int k) { return int8_t((uint8_t(v * kPow3[k]) * 3) >> 8); };
+  for (int k = 0; k < 5; ++k) {
+    for (int m = 0; m < 32; ++m) q[32 * k + m] = trit(b.qs[m], k);
+    for (int m = 0; m < 16; ++m) q[160 + 16 * k + m] = trit(b.qs[32 + m], k);
+  }
+  for (int k = 0; k < 4; ++k)
+    for (int m = 0; m < 4; ++m) q[240 + 4 * k + m] = trit(b.qh[m], k);
+}
+
+void unpack_tq2_0(const BlockTQ2_0& b, int8_t* q) { unpack_2bit(b.qs, q); }
+
 // ---- dequantization -------------------------------------------------------------------
 // Float order follows the formulas in kquants.h: sub-block scale d * s first, then times
 // q, then minus dmin * m -- the order of gguf-py's numpy code, hence bit-identical.
@@ -148,6 +162,30 @@ void dequantize_row_q8_k(const BlockQ8K* src, float* dst, int64_t n) {
   PG_ASSERT(n % kQK_K == 0);
   for (int64_t i = 0; i < n / kQK_K; ++i, dst += kQK_K)
     for (int l = 0; l < kQK_K; ++l) dst[l] = src[i].d * float(src[i].qs[l]);
+}
+
+namespace {
+
+// d * (q - 1) for the ternary formats, as ggml and gguf-py compute it.
+template <typename Block, void (*Unpack)(const Block&, int8_t*)>
+void dequantize_ternary(const Block* src, float* dst, int64_t n) {
+  PG_ASSERT(n % kQK_K == 0);
+  int8_t q[kQK_K];
+  for (int64_t i = 0; i < n / kQK_K; ++i, dst += kQK_K) {
+    Unpack(src[i], q);
+    const float d = fp16_to_f32(src[i].d);
+    for (int l = 0; l < kQK_K; ++l) dst[l] = d * float(q[l] - 1);
+  }
+}
+
+}  // namespace
+
+void dequantize_row_tq1_0(const BlockTQ1_0* src, float* dst, int64_t n) {
+  dequantize_ternary<BlockTQ1_0, unpack_tq1_0>(src, dst, n);
+}
+
+void dequantize_row_tq2_0(const BlockTQ2_0* src, float* dst, int64_t n) {
+  dequantize_ternary<BlockTQ2_0, unpack_tq2_0>(src, dst, n);
 }
 
 // ---- activation quantization ---------------------------------------------------------

@@ -1,9 +1,11 @@
 // The K-quant weight formats (Q2_K .. Q6_K) and their 8-bit activation partner Q8_K,
 // as GGUF stores them: super-blocks of 256 values split into sub-blocks of 16 or 32
 // that carry small integer scales (and mins) relative to one or two fp16 super-block
-// scales. Scalar reference code: dequantization, Q8_K quantization and the
-// weight-row x Q8_K dot products that SIMD kernels are later checked against.
-// ggml's reference quantizers of these formats are in quantize.h (quantize_k.cpp).
+// scales. Also the ternary formats TQ1_0 and TQ2_0 (BitNet b1.58, TriLMs): super-blocks
+// of 256 values in {-1, 0, 1} times one fp16 scale. Scalar reference code:
+// dequantization, Q8_K quantization and the weight-row x Q8_K dot products that SIMD
+// kernels are later checked against. ggml's reference quantizers of these formats are
+// in quantize.h (quantize_k.cpp, quantize.cpp for the ternary ones).
 //
 // Value numbering: "value i" is the i-th of the 256 floats a super-block decodes to,
 // in row order. The bit positions below are derived from gguf-py's numpy
@@ -101,6 +103,32 @@ struct BlockQ8K {
 };
 static_assert(sizeof(BlockQ8K) == 292);
 
+// TQ1_0: 1.6875 bits per value. Ternary digits ("trits") t in {0, 1, 2} stand for t - 1.
+//   A byte holds 5 trits (qs) or 4 (qh) as a base-3 fraction: with N = sum_k t_k 3^(4-k)
+//   (t_0 the most significant; qh's fifth trit is 0), byte = ceil(N * 256 / 243). Trit k
+//   comes back as ((uint8_t(byte * 3^k)) * 3) >> 8: the product mod 256 drops the k
+//   leading trits, and * 3 >> 8 reads the next one.
+//   value i < 160:        trit k = i / 32 of qs[i % 32]
+//   160 <= i < 240:       trit k = (i - 160) / 16 of qs[32 + i % 16]
+//   240 <= i < 256:       trit k = (i - 240) / 4 of qh[i % 4]
+//   value[i] = d * (t - 1)
+struct BlockTQ1_0 {
+  uint8_t qs[48];  // 240 values, 5 per byte
+  uint8_t qh[4];   // 16 values, 4 per byte
+  uint16_t d;      // fp16
+};
+static_assert(sizeof(BlockTQ1_0) == 54);
+
+// TQ2_0: 2.0625 bits per value. 2-bit codes q, laid out as Q2_K's qs: value
+//   i = 128 h + 32 s + l (h < 2, s < 4, l < 32) is (qs[32 h + l] >> 2 s) & 3.
+//   value[i] = d * (q - 1). ggml's quantizer writes q in {0, 1, 2}; q = 3 decodes to
+//   +2 d (ggml and gguf-py do the same), and every kernel here keeps that meaning.
+struct BlockTQ2_0 {
+  uint8_t qs[kQK_K / 4];
+  uint16_t d;  // fp16
+};
+static_assert(sizeof(BlockTQ2_0) == 66);
+
 // Scale and min of sub-block k (< 8) from the 12 packed bytes of Q4_K / Q5_K.
 inline void k4_scale_min(const uint8_t* b, int k, int* sc, int* m) {
   if (k < 4) {
@@ -126,6 +154,9 @@ void unpack_q3_k(const BlockQ3K& b, int8_t* q);
 void unpack_q4_k(const BlockQ4K& b, int8_t* q);
 void unpack_q5_k(const BlockQ5K& b, int8_t* q);
 void unpack_q6_k(const BlockQ6K& b, int8_t* q);
+// Ternary codes before the - 1: TQ1_0 gives 0..2, TQ2_0 0..3.
+void unpack_tq1_0(const BlockTQ1_0& b, int8_t* q);
+void unpack_tq2_0(const BlockTQ2_0& b, int8_t* q);
 
 // dst[n] <- n values (a multiple of 256) of the given format. The float operations are
 // those of the formulas above, in that order, so the result is bit-identical to
@@ -136,6 +167,8 @@ void dequantize_row_q4_k(const BlockQ4K* src, float* dst, int64_t n);
 void dequantize_row_q5_k(const BlockQ5K* src, float* dst, int64_t n);
 void dequantize_row_q6_k(const BlockQ6K* src, float* dst, int64_t n);
 void dequantize_row_q8_k(const BlockQ8K* src, float* dst, int64_t n);
+void dequantize_row_tq1_0(const BlockTQ1_0* src, float* dst, int64_t n);
+void dequantize_row_tq2_0(const BlockTQ2_0* src, float* dst, int64_t n);
 
 // x[n] -> out[n / 256]; n a multiple of 256. d = max|x| / 127 (0 for an all-zero block),
 // qs = x / d rounded to nearest (ties to even), so |x - d * qs| <= d / 2; bsums exact.

@@ -8,6 +8,7 @@
 
 #include "quant/blocks.h"
 #include "quant/ggml_type.h"
+#include "quant/kquants.h"
 
 namespace peregrine {
 
@@ -54,6 +55,22 @@ inline constexpr PanelFormat kQ2K{GgmlType::Q2_K, kScales32, 4 * kScales32, 4 * 
                                   false, 0};
 inline constexpr PanelFormat kQ6K{GgmlType::Q6_K, kScales32, 2 * kScales32, 2 * kScales32 + kPanelRows * kQK,
                                   false, 0};
+
+// Ternary (TQ1_0 and TQ2_0 both): 2-bit codes q (0..3, value d * (q - 1)) and one fp16
+// scale per row and 256-value super-block, the block's own d. Not a run of PanelBlocks:
+// a panel of nb / 8 super-block columns holds all its codes first, kTernaryCodes bytes
+// per column (8 sub-blocks of 32 values x 2 groups x 16 rows x 4 bytes; bits 2k of byte j
+// of a row in group g of sub-block s hold value 32 s + 16 g + 4 k + j), then the scales,
+// kScales bytes per column. Codes first keeps every 64-byte load of them aligned as the
+// panel is (64 bytes when nb / 8 is even, else 32), and the scale is stored once per 256
+// values: 1056 bytes per 16 x 256 weights, 2.0625 bits per weight -- TQ2_0's own size,
+// and 22% more than TQ1_0's 1.6875: its base-3 bytes would need a multiply-and-shift
+// chain per trit in the inner loop, so they are widened to 2 bits once, at load.
+// block_bytes is the average per 32 columns, so panel bytes = block_bytes * nb still;
+// m_offset and qs_offset are unused.
+inline constexpr size_t kTernaryCodes = size_t(kPanelRows) * kQK_K / 4;  // 1024
+inline constexpr PanelFormat kTernary{GgmlType::TQ2_0, kScales, 0, (kTernaryCodes + kScales) / (kQK_K / kQK),
+                                      false, 0};
 
 }  // namespace panel
 }  // namespace peregrine

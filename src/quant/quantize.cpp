@@ -8,6 +8,7 @@
 //       2^b - 1 (a value equal in magnitude to max but of opposite sign lands one past).
 //   *_1 (affine): m = min, d = (max - min) / (2^b - 1); codes (x - m) / d + 0.5 truncated.
 //   Q8_0: d = max|x| / 127, codes roundf(x / d) (half away from zero).
+//   TQ1_0 / TQ2_0 (super-blocks of 256): d = max|x|, codes lroundf(x / d) + 1 in {0, 1, 2}.
 // "x / d" is always x * (1 / d), computed once per block as ggml does; d == 0 (an
 // all-zero block) gives codes for 0 and a zero scale.
 #include "quant/quantize.h"
@@ -146,6 +147,57 @@ void quantize_row_q8_0_ref(const float* x, BlockQ8_0* y, int64_t n) {
     const float id = inverse_or_zero(d);
     y[i].d = f32_to_fp16(d);
     for (int j = 0; j < kQK; ++j) y[i].qs[j] = int8_t(truncate(std::round(x[j] * id)));  // |.| <= 127
+  }
+}
+
+namespace {
+
+// max|x| of a ternary super-block, with ggml's MAX(a, b) = a > b ? a : b (NaN wins).
+float ternary_scale(const float* x) {  // x[256]
+  float amax = 0.0f;
+  for (int j = 0; j < kQK_K; ++j) amax = amax > std::fabs(x[j]) ? amax : std::fabs(x[j]);
+  return amax;
+}
+
+// The code of one value: -1, 0, 1 -> 0, 1, 2.
+int ternary_code(float v, float id) { return int(std::lround(v * id)) + 1; }
+
+// count (<= 5) codes of x[0], x[stride], ... as the leading trits of a base-3 fraction of
+// 5 trits, rounded up to a byte: ceil(N * 256 / 243) (see BlockTQ1_0). Byte arithmetic
+// wraps as ggml's uint8_t does.
+uint8_t pack_trits(const float* x, int stride, int count, float id) {
+  uint8_t q = 0;
+  for (int k = 0; k < count; ++k) q = uint8_t(q * 3 + ternary_code(x[k * stride], id));
+  for (int k = count; k < 5; ++k) q = uint8_t(q * 3);
+  return uint8_t((q * 256 + (243 - 1)) / 243);
+}
+
+}  // namespace
+
+void quantize_row_tq1_0_ref(const float* x, BlockTQ1_0* y, int64_t n) {  // x[n] -> y[n / 256]
+  PG_ASSERT(n % kQK_K == 0);
+  for (int64_t i = 0; i < n / kQK_K; ++i, x += kQK_K) {
+    const float d = ternary_scale(x);
+    const float id = inverse_or_zero(d);
+    y[i].d = f32_to_fp16(d);
+    for (int m = 0; m < 32; ++m) y[i].qs[m] = pack_trits(x + m, 32, 5, id);             // values 0..159
+    for (int m = 0; m < 16; ++m) y[i].qs[32 + m] = pack_trits(x + 160 + m, 16, 5, id);  // 160..239
+    for (int m = 0; m < 4; ++m) y[i].qh[m] = pack_trits(x + 240 + m, 4, 4, id);         // 240..255
+  }
+}
+
+void quantize_row_tq2_0_ref(const float* x, BlockTQ2_0* y, int64_t n) {
+  PG_ASSERT(n % kQK_K == 0);
+  for (int64_t i = 0; i < n / kQK_K; ++i, x += kQK_K) {
+    const float d = ternary_scale(x);
+    const float id = inverse_or_zero(d);
+    y[i].d = f32_to_fp16(d);
+    for (int h = 0; h < 2; ++h)
+      for (int l = 0; l < 32; ++l) {
+        int q = 0;
+        for (int s = 0; s < 4; ++s) q |= (ternary_code(x[128 * h + 32 * s + l], id) & 3) << (2 * s);
+        y[i].qs[32 * h + l] = uint8_t(q);
+      }
   }
 }
 

@@ -3,9 +3,9 @@
 // no importance matrix -- what `llama-quantize` writes for these types without
 // --imatrix, and what ggml_quantize_chunk() returns with imatrix == NULL.
 //
-// Written from the algorithms, not copied: quantize.cpp holds the plain and 32-block
-// formats, quantize_k.cpp the K-quants and their scale searches. "Bit-identical" rests on
-// three things every function here keeps:
+// Written from the algorithms, not copied: quantize.cpp holds the plain, 32-block and
+// ternary formats, quantize_k.cpp the K-quants and their scale searches. "Bit-identical"
+// rests on three things every function here keeps:
 //   - the same float operations in the same order (the build disables FMA contraction,
 //     and ggml's own reference build cannot contract either: ggml-base is compiled for
 //     baseline x86-64, which has no FMA -- only ggml-cpu gets -march=native);
@@ -44,6 +44,11 @@ void quantize_row_q3_k_ref(const float* x, BlockQ3K* y, int64_t n);
 void quantize_row_q4_k_ref(const float* x, BlockQ4K* y, int64_t n);
 void quantize_row_q5_k_ref(const float* x, BlockQ5K* y, int64_t n);
 void quantize_row_q6_k_ref(const float* x, BlockQ6K* y, int64_t n);
+
+// Ternary super-blocks of 256 (kquants.h): d = max|x| of the block, values rounded to
+// the nearest of -d, 0, d (x / d half away from zero, lroundf as in ggml).
+void quantize_row_tq1_0_ref(const float* x, BlockTQ1_0* y, int64_t n);
+void quantize_row_tq2_0_ref(const float* x, BlockTQ2_0* y, int64_t n);
 
 // ggml's Q8_K activation quantizer: d = max / -127 of the value of largest magnitude.
 // Not the engine's activation path (quantize_row_q8_k in kquants.h uses d = max|x| / 127

@@ -78,8 +78,11 @@ constexpr TypeInfo kTypes[] = {
     geometry(T::IQ1_M, "IQ1_M", 256, 56),
     {T::BF16, "BF16", 1, 2, dequantize_as<uint16_t, dequantize_row_bf16>,
      quantize_as<uint16_t, quantize_row_bf16_ref>, false, true, MI::Float, nullptr, &panel::kBF16},
-    geometry(T::TQ1_0, "TQ1_0", 256, 54),
-    geometry(T::TQ2_0, "TQ2_0", 256, 66),
+    // The ternary types have no row kernel: both always run repacked into 2-bit panels.
+    {T::TQ1_0, "TQ1_0", 256, 54, dequantize_as<BlockTQ1_0, dequantize_row_tq1_0>,
+     quantize_as<BlockTQ1_0, quantize_row_tq1_0_ref>, false, true, MI::None, nullptr, &panel::kTernary},
+    {T::TQ2_0, "TQ2_0", 256, 66, dequantize_as<BlockTQ2_0, dequantize_row_tq2_0>,
+     quantize_as<BlockTQ2_0, quantize_row_tq2_0_ref>, false, true, MI::None, nullptr, &panel::kTernary},
     geometry(T::MXFP4, "MXFP4", 32, 17),
 };
 

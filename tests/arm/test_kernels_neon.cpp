@@ -20,6 +20,10 @@
 //                    result (n = 0..67, 100, 576, 1000); every fp16/bf16 value converts
 //                    exactly
 //   axpy_f32/f16     within one fused-vs-unfused rounding per element (n = 0..67, 100)
+//   panel_ternary    TQ1_0 and TQ2_0 (random bytes, TQ2_0's code 3 included) packed into
+//                    the 2-bit panels: bit-identical to the scalar panel kernel for every
+//                    token tile split (rows 16, 5, 21; 1..3 super-blocks; n_x = 1..9); with
+//                    unit scales the scalar one equals the exact integer dot
 //   panel_f32/f16/bf16
 //                    bit-identical to the scalar float panel kernel for every token
 //                    tile split, strided activations (rows 16, 5, 21; nb = 1..4)
@@ -37,7 +41,9 @@
 #include "kernels/kernels.h"
 #include "kernels/packed.h"
 #include "quant/blocks.h"
+#include "quant/dequantize.h"
 #include "quant/fp16.h"
+#include "quant/kquants.h"
 
 namespace peregrine {
 namespace {
@@ -327,6 +333,72 @@ void check_panels(const KernelTable& s, const KernelTable& t, std::mt19937& rng)
   }
 }
 
+// Ternary panels: both ternary types widen into one 2-bit layout. NEON equals the scalar
+// panel kernel bit for bit for any token split; with d = 1 in weights and activations
+// every term is an integer, so the scalar result is the exact dot of the decoded rows.
+void check_ternary_panels(const KernelTable& s, const KernelTable& t, std::mt19937& rng) {
+  if (s.panel_ternary == nullptr) return;  // no ternary panels in this tree
+  CHECK(t.panel_ternary != nullptr, "ternary: the scalar table has a panel kernel, NEON has none");
+  if (t.panel_ternary == nullptr) return;
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_real_distribution<float> scale(0.001f, 0.05f);
+  for (GgmlType type : {GgmlType::TQ1_0, GgmlType::TQ2_0}) {
+    const char* name = type == GgmlType::TQ1_0 ? "tq1_0" : "tq2_0";
+    const size_t block = type == GgmlType::TQ1_0 ? sizeof(BlockTQ1_0) : sizeof(BlockTQ2_0);
+    for (bool unit : {true, false}) {
+      for (int64_t rows : {16, 5, 21}) {
+        for (int64_t nbk = 1; nbk <= 3; ++nbk) {
+          const int64_t nb = nbk * (kQK_K / kQK), n_x = 1 + (nbk * 7 + rows) % 9;
+          const size_t rb = block * size_t(nbk);
+          std::vector<uint8_t> w(rb * size_t(rows));
+          for (auto& b : w) b = uint8_t(byte(rng));
+          for (size_t off = block - 2; off < w.size(); off += block) {
+            const uint16_t d = f32_to_fp16(unit ? 1.0f : scale(rng));
+            std::memcpy(&w[off], &d, 2);
+          }
+          auto packed = pack_matrix(type, w.data(), rows, nbk * kQK_K, rb);
+          CHECK(packed.ok(), "%s: pack_matrix failed: %s", name, packed.ok() ? "" : packed.error().message.c_str());
+          if (!packed.ok()) continue;
+          const auto xq = random_activations(s, n_x, nb, unit, rng);
+          const int64_t n_panels = packed->n_panels, stride = n_panels * kPanelRows + 3;
+          auto run = [&](const KernelTable& k, int64_t t0, int64_t nt, std::vector<float>& y) {
+            for (int64_t p = 0; p < n_panels; ++p)
+              k.panel_ternary(packed->panel(p), nb, xq.data() + t0 * nb, nt, y.data() + t0 * stride + p * kPanelRows,
+                              stride);
+          };
+          std::vector<float> ref(size_t(n_x * stride), -1.0f), all = ref, split = ref;
+          run(s, 0, n_x, ref);
+          run(t, 0, n_x, all);
+          for (int64_t t0 = 0, nt = 1; t0 < n_x; t0 += nt, nt = nt % 5 + 1)
+            run(t, t0, std::min<int64_t>(nt, n_x - t0), split);
+          int bad_all = 0, bad_split = 0;
+          for (size_t i = 0; i < ref.size(); ++i) {
+            bad_all += !same_bits(all[i], ref[i]);
+            bad_split += !same_bits(split[i], ref[i]);
+          }
+          CHECK(bad_all == 0 && bad_split == 0,
+                "panel %s %s rows=%lld nbk=%lld n_x=%lld: %d outputs differ from scalar, %d when split into tiles",
+                name, unit ? "unit scales" : "random scales", (long long)rows, (long long)nbk, (long long)n_x, bad_all,
+                bad_split);
+          if (!unit) continue;
+          std::vector<float> wf(size_t(nbk) * kQK_K);
+          for (int64_t r = 0; r < rows; ++r) {
+            dequantize_row(type, w.data() + size_t(r) * rb, wf.data(), nbk * kQK_K);
+            for (int64_t tok = 0; tok < n_x; ++tok) {
+              double exact = 0.0;
+              for (size_t i = 0; i < wf.size(); ++i)
+                exact += double(wf[i]) * xq[size_t(tok * nb) + i / kQK].qs[i % kQK];
+              const float f = ref[size_t(tok * stride + r)];
+              CHECK(double(f) == exact, "panel %s unit scales rows=%lld nbk=%lld token %lld row %lld: %.1f, exact %.1f",
+                    name, (long long)rows, (long long)nbk, (long long)tok, (long long)r, double(f), exact);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 // Float panels (F32, F16, BF16): NEON equals the scalar panel kernel bit for bit for
 // any token tile split, with strided activations; the scalar one is within the
 // summation bound of the exact dot.
@@ -551,6 +623,7 @@ int main(int argc, char** argv) {
   check_quantize(s, *t, rng);
   check_quantized_dots(s, *t, rng);
   check_panels(s, *t, rng);
+  check_ternary_panels(s, *t, rng);
   check_float_panels(s, *t, rng);
   check_float_dots(s, *t, rng);
   check_conversions(s, *t);

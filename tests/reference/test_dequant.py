@@ -158,11 +158,15 @@ def test_dequant_model_tensor(model_path, model_reader, run_peregrine, tmp_path,
 
 # ---- K-quants: random super-blocks ---------------------------------------------------------------
 
-K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+# The ternary super-block formats ride along: random bytes are valid TQ1_0 (every byte decodes
+# to trits 0..2) and give TQ2_0 the code 3 (+2 d) that no quantizer writes but decoders accept.
+K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "TQ1_0", "TQ2_0")
 # Byte offsets of the fp16 super-block scale d and (for formats with mins) dmin, from the block
 # layouts: Q2_K = scales[16] qs[64] d dmin; Q3_K = hmask[32] qs[64] scales[12] d;
-# Q4_K = d dmin scales[12] qs[128]; Q5_K = d dmin scales[12] qh[32] qs[128]; Q6_K = ql[128] qh[64] scales[16] d.
-K_SCALE_OFFSETS = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+# Q4_K = d dmin scales[12] qs[128]; Q5_K = d dmin scales[12] qh[32] qs[128]; Q6_K = ql[128] qh[64] scales[16] d;
+# TQ1_0 = qs[48] qh[4] d; TQ2_0 = qs[64] d.
+K_SCALE_OFFSETS = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,),
+                   "TQ1_0": (52,), "TQ2_0": (64,)}
 # Shapes in numpy order (the last axis is the ggml row); the row length is a multiple of 256.
 K_SHAPES = {
     "k_rows": (8, 512),

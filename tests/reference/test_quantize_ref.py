@@ -1,15 +1,16 @@
 """The engine's reference quantizers (`peregrine quantize-row`) versus ggml's and gguf-py's, byte for byte.
 
 Every type the engine quantizes -- F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K,
-Q6_K and the activation type Q8_K -- must give exactly the bytes of two independent implementations:
+Q6_K, the ternary TQ1_0 and TQ2_0 and the activation type Q8_K -- must give exactly the bytes of two
+independent implementations:
 
   ggml itself: ggml_quantize_chunk() with no importance matrix (quantize_row_*_ref), compiled from the
       pinned llama-cpp-python sdist by ggml_quant_oracle.py the way ggml's CMake compiles it. The sdist
       is fetched with pip and the oracle built on first use (~30 s cold, cached in ~/.cache/peregrine);
       if that fails the tests fail -- they are never skipped for a missing oracle.
   gguf-py 0.19 (gguf.quants.quantize): the numpy quantizers it has -- BF16, Q4_0, Q4_1, Q5_0, Q5_1,
-      Q8_0 (written to match ggml) -- and numpy's own float16 cast for F16. It has none for the K-quants,
-      which is why ggml is built at all.
+      Q8_0, TQ1_0, TQ2_0 (written to match ggml) -- and numpy's own float16 cast for F16. It has none
+      for the K-quants, which is why ggml is built at all.
 
 The rows (make_rows) mix distributions that reach the quantizers' branches: normal, uniform, heavy
 tails (Student t with 2 degrees of freedom, Cauchy), constant rows of either sign, all zeros, rows with
@@ -38,9 +39,9 @@ TYPES = {
     "F32": (1, 4), "F16": (1, 2), "BF16": (1, 2),
     "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q8_0": (32, 34),
     "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
-    "Q8_K": (256, 292),
+    "Q8_K": (256, 292), "TQ1_0": (256, 54), "TQ2_0": (256, 66),
 }
-GGUF_PY_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+GGUF_PY_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "TQ1_0", "TQ2_0")
 ROW_BLOCKS = (1, 2, 3, 8)  # row lengths in blocks of 256 (the 32-block types also get 32 * (1, 3, 5))
 
 

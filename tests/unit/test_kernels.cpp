@@ -13,6 +13,7 @@
 #include "quant/blocks.h"
 #include "quant/dequantize.h"
 #include "quant/fp16.h"
+#include "quant/kquants.h"
 
 namespace peregrine {
 namespace {
@@ -205,6 +206,77 @@ TEST(Kernels, PanelKernelsMatchRowKernelsAndAreBitExactAcrossIsas) {
   }
 }
 
+// Ternary panels (TQ1_0 and TQ2_0 widened into one 2-bit layout): the scalar panel
+// against a double-precision dot of the dequantized weights and the dequantized Q8
+// activations (d * qs), every SIMD table bit-identical to it for any token split.
+TEST(Kernels, TernaryPanelsMatchDequantizedDotAndAreBitExactAcrossIsas) {
+  std::mt19937 rng(15);
+  std::vector<const KernelTable*> tables = simd_tables();
+  tables.insert(tables.begin(), &scalar_kernels());
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_real_distribution<float> mag(0.001f, 0.05f);
+  std::bernoulli_distribution neg(0.25);
+  for (GgmlType type : {GgmlType::TQ1_0, GgmlType::TQ2_0}) {
+    const size_t block = type == GgmlType::TQ1_0 ? sizeof(BlockTQ1_0) : sizeof(BlockTQ2_0);
+    for (int rows : {16, 21, 48}) {
+      for (int nbk : {1, 3}) {  // super-blocks of 256 per row
+        const int cols = nbk * 256, nb = cols / 32;
+        const size_t rb = *row_bytes(type, uint64_t(cols));
+        std::vector<uint8_t> w(rb * size_t(rows));
+        for (auto& b : w) b = uint8_t(byte(rng));  // TQ2_0: code 3 (+2 d) included
+        for (size_t off = block - 2; off < w.size(); off += block) {
+          const uint16_t d = f32_to_fp16(neg(rng) ? -mag(rng) : mag(rng));
+          std::memcpy(&w[off], &d, 2);
+        }
+        auto packed = pack_matrix(type, w.data(), rows, cols, rb);
+        ASSERT_TRUE(packed.ok()) << packed.error().message;
+        ASSERT_EQ(packed->bytes(), size_t(packed->n_panels) * nbk * 1056) << "2.0625 bits per weight";
+        for (int n_x : {1, 6, 13}) {
+          auto x = random_floats(size_t(cols) * n_x, rng);
+          std::vector<BlockQ8Act> xq(size_t(nb * n_x));
+          scalar_kernels().quantize_q8(x.data(), xq.data(), int64_t(cols) * n_x);
+          const int64_t width = packed->n_panels * kPanelRows;
+          auto run = [&](const KernelTable& t, int64_t t0, int64_t nt, std::vector<float>& y) {
+            for (int64_t p = 0; p < packed->n_panels; ++p)
+              t.panel_ternary(packed->panel(p), nb, xq.data() + t0 * nb, nt, y.data() + t0 * width + p * kPanelRows,
+                              width);
+          };
+          std::vector<float> ref(size_t(n_x * width));
+          run(scalar_kernels(), 0, n_x, ref);
+          std::vector<float> wf(static_cast<size_t>(cols));
+          for (int r = 0; r < rows; ++r) {
+            dequantize_row(type, w.data() + size_t(r) * rb, wf.data(), cols);
+            for (int t = 0; t < n_x; ++t) {
+              double dot = 0, mass = 0;
+              for (int i = 0; i < cols; ++i) {
+                const BlockQ8Act& xb = xq[size_t(t * nb + i / 32)];
+                const double p = double(wf[size_t(i)]) * (double(xb.d) * xb.qs[i % 32]);
+                dot += p;
+                mass += std::fabs(p);
+              }
+              ASSERT_NEAR(ref[size_t(t * width + r)], dot, 1e-5 * mass + 1e-30)
+                  << type_name(type) << " rows=" << rows << " nbk=" << nbk << " r=" << r << " t=" << t;
+            }
+          }
+          for (int t = 0; t < n_x; ++t)
+            for (int r = rows; r < width; ++r) ASSERT_EQ(ref[size_t(t * width + r)], 0.0f) << "padding row " << r;
+          for (const KernelTable* k : tables) {
+            ASSERT_NE(k->panel_ternary, nullptr) << isa_name(k->isa);
+            std::vector<float> all(ref.size()), split(ref.size());
+            run(*k, 0, n_x, all);
+            for (int64_t t0 = 0, nt = 1; t0 < n_x; t0 += nt, nt = nt % 7 + 1)  // tiles 1..7
+              run(*k, t0, std::min<int64_t>(nt, n_x - t0), split);
+            ASSERT_EQ(0, std::memcmp(all.data(), ref.data(), ref.size() * 4))
+                << isa_name(k->isa) << " " << type_name(type) << " rows=" << rows << " nbk=" << nbk << " n_x=" << n_x;
+            ASSERT_EQ(0, std::memcmp(split.data(), ref.data(), ref.size() * 4))
+                << isa_name(k->isa) << " " << type_name(type) << " split into tiles";
+          }
+        }
+      }
+    }
+  }
+}
+
 // Float panels (F32, F16, BF16): scalar panel vs the row dot within rounding,
 // SIMD panels bit-identical to the scalar panel for any token split.
 TEST(Kernels, FloatPanelsMatchRowDotsAndAreBitExactAcrossIsas) {
@@ -269,6 +341,7 @@ TEST(Kernels, PackRejectsBadShapesAndTypes) {
   std::vector<uint8_t> w(64);
   EXPECT_FALSE(pack_matrix(GgmlType::IQ4_NL, w.data(), 1, 32, 18).ok());  // no panel layout
   EXPECT_FALSE(pack_matrix(GgmlType::Q4_K, w.data(), 1, 128, 72).ok());   // not whole super-blocks
+  EXPECT_FALSE(pack_matrix(GgmlType::TQ2_0, w.data(), 1, 128, 33).ok());
   EXPECT_FALSE(pack_matrix(GgmlType::F16, w.data(), 1, 48, 96).ok());
   EXPECT_FALSE(pack_matrix(GgmlType::Q4_0, w.data(), 1, 33, 18).ok());
   EXPECT_FALSE(pack_matrix(GgmlType::Q4_0, w.data(), 0, 32, 18).ok());

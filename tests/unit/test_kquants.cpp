@@ -1,5 +1,6 @@
 // K-quant formats (Q2_K .. Q6_K) and Q8_K: block geometry, Q8_K quantization, and the
-// scalar weight x Q8_K dot products against the dequantized math. The bit layouts
+// scalar weight x Q8_K dot products against the dequantized math. The ternary formats
+// (TQ1_0, TQ2_0): geometry, TQ1_0's base-3 bytes, dequantization. The bit layouts
 // themselves are checked against gguf-py in tests/reference/test_dequant.py.
 #include <gtest/gtest.h>
 
@@ -9,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "quant/dequantize.h"
@@ -132,6 +134,72 @@ TEST(KQuant, Q3KScalesAreSixBitSigned) {
   b[13 % 8] = uint8_t(0x5 << 4);
   b[8 + 13 % 4] = uint8_t(0x2 << 6);
   for (int k = 0; k < 16; ++k) EXPECT_EQ(q3k_scale(b, k), k == 13 ? 5 : -32) << "scale " << k;
+}
+
+TEST(Ternary, BlockGeometryMatchesTheTypeTable) {
+  for (const auto& [type, size] :
+       {std::pair{GgmlType::TQ1_0, sizeof(BlockTQ1_0)}, std::pair{GgmlType::TQ2_0, sizeof(BlockTQ2_0)}}) {
+    auto tr = type_traits(uint32_t(type));
+    ASSERT_TRUE(tr) << type_name(type);
+    EXPECT_EQ(tr->block_elems, uint32_t(kQK_K)) << type_name(type);
+    EXPECT_EQ(tr->block_bytes, size) << type_name(type);
+    EXPECT_TRUE(is_dequantizable_type(type) && is_supported_weight_type(type)) << type_name(type);
+  }
+}
+
+// TQ1_0's bytes are base-3 fractions: every 5-trit number N, stored as ceil(N * 256 / 243)
+// as kquants.h describes, comes back trit by trit in the value order it names.
+TEST(Ternary, TQ1BytesDecodeEveryTritNumber) {
+  for (int n = 0; n < 243; ++n) {
+    int trits[5];
+    for (int k = 4, v = n; k >= 0; --k, v /= 3) trits[k] = v % 3;  // trits[0] most significant
+    const uint8_t byte = uint8_t((n * 256 + 242) / 243);
+    BlockTQ1_0 b{};
+    b.qs[7] = byte;   // values 7, 39, 71, 103, 135
+    b.qs[40] = byte;  // values 168, 184, 200, 216, 232
+    if (trits[4] == 0) b.qh[2] = byte;  // four trits: values 242, 246, 250, 254
+    int8_t q[kQK_K];
+    unpack_tq1_0(b, q);
+    for (int k = 0; k < 5; ++k) {
+      ASSERT_EQ(q[7 + 32 * k], trits[k]) << "N=" << n << " trit " << k;
+      ASSERT_EQ(q[168 + 16 * k], trits[k]) << "N=" << n << " trit " << k;
+      if (k < 4 && trits[4] == 0) {
+        ASSERT_EQ(q[242 + 4 * k], trits[k]) << "N=" << n << " qh trit " << k;
+      }
+    }
+  }
+}
+
+TEST(Ternary, DequantizeIsScaleTimesCodeMinusOne) {
+  std::mt19937 rng(21);
+  std::uniform_int_distribution<int> byte(0, 255);
+  BlockTQ2_0 b2[2];
+  BlockTQ1_0 b1[2];
+  auto fill = [&](void* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) static_cast<uint8_t*>(p)[i] = uint8_t(byte(rng));
+  };
+  fill(b2, sizeof b2);  // TQ2_0 codes include 3 (+2 d), which no quantizer writes
+  fill(b1, sizeof b1);
+  b2[0].d = b1[0].d = f32_to_fp16(0.25f);
+  b2[1].d = b1[1].d = f32_to_fp16(-3.0f);
+  std::vector<float> y(2 * kQK_K);
+  int8_t q[kQK_K];
+  dequantize_row(GgmlType::TQ2_0, b2, y.data(), 2 * kQK_K);
+  for (int i = 0; i < 2; ++i) {
+    unpack_tq2_0(b2[i], q);
+    for (int l = 0; l < kQK_K; ++l) {
+      EXPECT_EQ(q[l], (b2[i].qs[32 * (l / 128) + l % 32] >> (2 * (l % 128 / 32))) & 3) << l;
+      ASSERT_EQ(y[size_t(i * kQK_K + l)], fp16_to_f32(b2[i].d) * float(q[l] - 1)) << "TQ2_0 " << l;
+    }
+  }
+  dequantize_row(GgmlType::TQ1_0, b1, y.data(), 2 * kQK_K);
+  for (int i = 0; i < 2; ++i) {
+    unpack_tq1_0(b1[i], q);
+    for (int l = 0; l < kQK_K; ++l) {
+      ASSERT_LE(q[l], 2) << "TQ1_0 trits are 0..2 for any byte";
+      ASSERT_EQ(y[size_t(i * kQK_K + l)], fp16_to_f32(b1[i].d) * float(q[l] - 1)) << "TQ1_0 " << l;
+    }
+  }
 }
 
 TEST(KQuant, Q8KRoundTripsWithinHalfAStepAndBsumsAreExact) {

@@ -1,5 +1,6 @@
-// matmul with the weight types that have no SIMD path of their own yet: Q5_0 (widened
-// into Q8_0 panels) and the K-quants (scalar row kernels on Q8_K activations). Against
+// matmul with the weight types that run through another type's panels or their own
+// newer ones: Q5_0 (widened into Q8_0 panels), the K-quants and the ternary TQ1_0 / TQ2_0
+// (widened into one 2-bit panel layout). Against
 // an independent evaluation: dequantize_row (bit-identical to gguf-py, see
 // tests/reference/test_dequant.py) and a double-precision dot with the float input.
 // Also: the same result on 1 and 2 threads, and for a token alone or in a batch.
@@ -87,6 +88,7 @@ TEST_P(MatmulTypes, MatchesDequantizedReferenceOnAnyThreadsAndBatch) {
         case GgmlType::Q4_K: return k.panel_q4_k;
         case GgmlType::Q5_K: return k.panel_q5_k;
         case GgmlType::Q6_K: return k.panel_q6_k;
+        case GgmlType::TQ2_0: return k.panel_ternary;
         default: return KernelTable::PanelDot(nullptr);
       }
     };
@@ -122,7 +124,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{GgmlType::Q3_K, offsetof(BlockQ3K, d), -1},
                       Case{GgmlType::Q4_K, offsetof(BlockQ4K, d), int(offsetof(BlockQ4K, dmin))},
                       Case{GgmlType::Q5_K, offsetof(BlockQ5K, d), int(offsetof(BlockQ5K, dmin))},
-                      Case{GgmlType::Q6_K, offsetof(BlockQ6K, d), -1}),
+                      Case{GgmlType::Q6_K, offsetof(BlockQ6K, d), -1},
+                      Case{GgmlType::TQ1_0, offsetof(BlockTQ1_0, d), -1},
+                      Case{GgmlType::TQ2_0, offsetof(BlockTQ2_0, d), -1}),
     [](const auto& info) { return std::string(type_name(info.param.type)); });
 
 }  // namespace

@@ -31,7 +31,8 @@ TEST(TypeTable, RowsAgreeWithBlockStructsAndGeometryQueries) {
       {GgmlType::Q4_0, sizeof(BlockQ4_0)}, {GgmlType::Q4_1, sizeof(BlockQ4_1)}, {GgmlType::Q5_0, sizeof(BlockQ5_0)},
       {GgmlType::Q5_1, sizeof(BlockQ5_1)}, {GgmlType::Q8_0, sizeof(BlockQ8_0)}, {GgmlType::Q2_K, sizeof(BlockQ2K)},
       {GgmlType::Q3_K, sizeof(BlockQ3K)},  {GgmlType::Q4_K, sizeof(BlockQ4K)},  {GgmlType::Q5_K, sizeof(BlockQ5K)},
-      {GgmlType::Q6_K, sizeof(BlockQ6K)},  {GgmlType::Q8_K, sizeof(BlockQ8K)}};
+      {GgmlType::Q6_K, sizeof(BlockQ6K)},  {GgmlType::Q8_K, sizeof(BlockQ8K)}, {GgmlType::TQ1_0, sizeof(BlockTQ1_0)},
+      {GgmlType::TQ2_0, sizeof(BlockTQ2_0)}};
   for (const auto& [type, size] : sizes) {
     const TypeInfo& t = type_info(type);
     EXPECT_EQ(t.block_bytes, size) << t.name;
@@ -71,6 +72,7 @@ TEST(TypeTable, RowsAgreeWithBlockStructsAndGeometryQueries) {
   EXPECT_EQ(find_type_info(1000), nullptr);
   EXPECT_FALSE(type_traits(31));
   EXPECT_EQ(type_info(GgmlType::Q5_0).panel, type_info(GgmlType::Q8_0).panel) << "Q5_0 widens into Q8_0 panels";
+  EXPECT_EQ(type_info(GgmlType::TQ1_0).panel, type_info(GgmlType::TQ2_0).panel) << "one ternary panel layout";
 }
 
 // ---- round trips ---------------------------------------------------------------------------
@@ -138,6 +140,9 @@ Bound bound_of(GgmlType t) {
     case GgmlType::Q5_K: return {0.08, 0, 31 * 63, h};
     case GgmlType::Q6_K: return {0.022, 0, 32 * 128, 0};
     case GgmlType::Q8_K: return {0.5 / 127 * (1 + 1e-6), 0, 0, 0};  // f32 scale
+    // Ternary: d = max|x|, values rounded to -d, 0 or d: half of d, plus d's fp16 rounding.
+    case GgmlType::TQ1_0:
+    case GgmlType::TQ2_0: return {0.5 + h, 0, 1, 0};
     default: return {0, 0, 0, 0};
   }
 }
@@ -231,6 +236,16 @@ TEST(QuantizeRef, ExactWhereTheFormatCanBeExact) {
     t.quantize(ints.data(), q.data(), 512);
     t.dequantize(q.data(), y.data(), 512);
     for (size_t i = 0; i < y.size(); ++i) ASSERT_EQ(y[i], ints[i]) << t.name << " " << i;
+  }
+  // Ternary rows (-a, 0, a per super-block, a an fp16 value) are exact in both ternary types.
+  std::vector<float> trits(512);
+  for (size_t i = 0; i < trits.size(); ++i) trits[i] = float(int(i * 7 % 3) - 1) * (i < 256 ? 0.375f : -1.5f);
+  for (GgmlType type : {GgmlType::TQ1_0, GgmlType::TQ2_0}) {
+    const TypeInfo& t = type_info(type);
+    std::vector<uint8_t> q(512 / t.block_elems * t.block_bytes);
+    t.quantize(trits.data(), q.data(), 512);
+    t.dequantize(q.data(), y.data(), 512);
+    for (size_t i = 0; i < y.size(); ++i) ASSERT_EQ(y[i], trits[i]) << t.name << " " << i;
   }
   // Values that fp16 / bf16 hold exactly come back unchanged.
   std::vector<float> halves = {0.0f, -0.0f, 1.0f, -2.5f, 65504.0f, std::ldexp(1.0f, -24), 0.333251953125f};

@@ -1,8 +1,8 @@
 // AArch64 NEON kernels (baseline armv8-a; SDOT when built with +dotprod).
-// quantize_q8, the quantized row dots, the panel kernels and silu_mul are bit-identical
-// to the scalar reference (exact integer sums, then its float steps in its order); the float
-// dots and axpy use FMA and several accumulators, so they differ from it by rounding
-// (tested with a bound).
+// quantize_q8, the quantized row dots, the panel kernels (Q4_0, Q4_1, Q8_0, ternary) and
+// silu_mul are bit-identical to the scalar reference (exact integer sums, then its float
+// steps in its order); the float dots and axpy use FMA and several accumulators, so they
+// differ from it by rounding (tested with a bound).
 // Tested under qemu by scripts/test_neon.sh (tests/arm/test_kernels_neon.cpp).
 #include <arm_neon.h>
 
@@ -350,6 +350,72 @@ void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_
   }
 }
 
+// ---- Ternary panels (quant/panel_format.h), one quarter (4 rows) at a time: per 32-value
+// sub-block two 16-byte loads hold the quarter's 2-bit codes; byte shifts by 0, 2, 4, 6
+// (masked) give w[G] (0..3) for activation bytes 4G..4G+3. isum starts at -sum(x), so it
+// ends as sum((q - 1) * x), exact; then the scalar float steps.
+template <int NT>
+void ternary_tile(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, float* y, int64_t y_stride) {
+  constexpr int kSub = kQK_K / kQK;
+  const int64_t nbk = nb / kSub;
+  const uint8_t* scales = panel + size_t(nbk) * panel::kTernaryCodes;
+  const uint8x16_t three = vdupq_n_u8(3);
+  for (int quarter = 0; quarter < kPanelRows / 4; ++quarter) {
+    float32x4_t acc[NT];  // [token][row]
+    for (int t = 0; t < NT; ++t) acc[t] = vdupq_n_f32(0.0f);
+    for (int64_t i = 0; i < nbk; ++i) {
+      const float32x4_t d = vcvt_f32_f16(vreinterpret_f16_u16(
+          vld1_u16(reinterpret_cast<const uint16_t*>(scales + i * panel::kScales + 8 * quarter))));
+      const uint8_t* codes = panel + size_t(i) * panel::kTernaryCodes;
+      for (int s = 0; s < kSub; ++s) {
+        int8x16_t w[8];
+        for (int g = 0; g < 2; ++g) {
+          const uint8x16_t v = vld1q_u8(codes + 128 * s + 64 * g + 16 * quarter);
+          w[4 * g] = vreinterpretq_s8_u8(vandq_u8(v, three));
+          w[4 * g + 1] = vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(v, 2), three));
+          w[4 * g + 2] = vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(v, 4), three));
+          w[4 * g + 3] = vreinterpretq_s8_u8(vshrq_n_u8(v, 6));
+        }
+        for (int t = 0; t < NT; ++t) {
+          const BlockQ8Act& xb = x[t * nb + i * kSub + s];
+          auto bcast = [&](int g) {
+            int32_t x4;
+            std::memcpy(&x4, xb.qs + 4 * g, 4);
+            return vreinterpretq_s8_s32(vdupq_n_s32(x4));
+          };
+          int32x4_t isum;  // [row]
+#if defined(__ARM_FEATURE_DOTPROD)
+          isum = vdupq_n_s32(-xb.sum);
+          for (int g = 0; g < 8; ++g) isum = vdotq_s32(isum, w[g], bcast(g));
+#else
+          int32x4_t lo = vdupq_n_s32(0), hi = vdupq_n_s32(0);
+          for (int g = 0; g < 8; ++g) {
+            const int8x16_t xv = bcast(g);
+            lo = vpadalq_s16(lo, vmull_s8(vget_low_s8(w[g]), vget_low_s8(xv)));
+            hi = vpadalq_s16(hi, vmull_high_s8(w[g], xv));
+          }
+          isum = vsubq_s32(vpaddq_s32(lo, hi), vdupq_n_s32(xb.sum));
+#endif
+          acc[t] = vfmaq_f32(acc[t], d, vmulq_n_f32(vcvtq_f32_s32(isum), xb.d));  // fma(d, isum * dx, acc)
+        }
+      }
+    }
+    for (int t = 0; t < NT; ++t) vst1q_f32(y + t * y_stride + 4 * quarter, acc[t]);
+  }
+}
+
+void panel_dot_ternary(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_x, float* y,
+                       int64_t y_stride) {
+  int64_t t = 0;
+  for (; t + 4 <= n_x; t += 4) ternary_tile<4>(panel, nb, x + t * nb, y + t * y_stride, y_stride);
+  switch (n_x - t) {
+    case 3: ternary_tile<3>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 2: ternary_tile<2>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 1: ternary_tile<1>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    default: break;
+  }
+}
+
 // ---- Float panels: 32-column blocks of element [k][r], so column k of the 16 rows is
 // 16 consecutive elements. Per row, two chains of fma(w, x, acc) (even and odd columns)
 // in column order, then even + odd: the scalar reference's steps (kernels.h), so the
@@ -439,6 +505,7 @@ const KernelTable* neon_kernels() {
       .panel_q4_0 = panel_dot<GgmlType::Q4_0>,
       .panel_q4_1 = panel_dot<GgmlType::Q4_1>,
       .panel_q8_0 = panel_dot<GgmlType::Q8_0>,
+      .panel_ternary = panel_dot_ternary,
       .panel_f32 = panel_dot_f<float>,
       .panel_f16 = panel_dot_f<uint16_t>,
       .panel_bf16 = panel_dot_f<Bf16>,

@@ -181,6 +181,36 @@ void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_
   }
 }
 
+// Ternary panels (quant/panel_format.h): codes of each 256-column super-block, then the
+// scales. Per row and 32-value sub-block, isum = sum((q - 1) * x) exactly, then one fma.
+void panel_dot_ternary(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_x, float* y,
+                       int64_t y_stride) {
+  const int64_t nbk = nb / (kQK_K / kQK);
+  const uint8_t* scales = panel + size_t(nbk) * panel::kTernaryCodes;  // [nbk][16] fp16
+  for (int64_t t = 0; t < n_x; ++t) {
+    for (int r = 0; r < kPanelRows; ++r) {
+      float acc = 0.0f;
+      for (int64_t i = 0; i < nbk; ++i) {
+        uint16_t dh;
+        std::memcpy(&dh, scales + size_t(i) * panel::kScales + 2 * r, 2);
+        const float d = fp16_to_f32(dh);
+        const uint8_t* codes = panel + size_t(i) * panel::kTernaryCodes;
+        for (int s = 0; s < kQK_K / kQK; ++s) {
+          const BlockQ8Act& xb = x[t * nb + i * (kQK_K / kQK) + s];
+          int32_t isum = -xb.sum;
+          for (int g = 0; g < 2; ++g)
+            for (int j = 0; j < 4; ++j) {
+              const uint8_t c = codes[((2 * s + g) * kPanelRows + r) * 4 + j];
+              for (int k = 0; k < 4; ++k) isum += ((c >> (2 * k)) & 3) * xb.qs[16 * g + 4 * k + j];
+            }
+          acc = std::fma(d, float(isum) * xb.d, acc);
+        }
+      }
+      y[t * y_stride + r] = acc;
+    }
+  }
+}
+
 // Online softmax over tiles of kAttnTile positions: per query a running max m, sum l
 // and unnormalised output o; each tile rescales them by exp(m_old - m_new).
 template <class KV, float (*Load)(KV)>
@@ -289,6 +319,7 @@ const KernelTable& scalar_kernels() {
       .panel_q4_k = panel_dot<GgmlType::Q4_K>,
       .panel_q5_k = panel_dot<GgmlType::Q5_K>,
       .panel_q6_k = panel_dot<GgmlType::Q6_K>,
+      .panel_ternary = panel_dot_ternary,
       .panel_f32 = panel_dot_f<float>,
       .panel_f16 = panel_dot_f<uint16_t>,
       .panel_bf16 = panel_dot_f<Bf16>,

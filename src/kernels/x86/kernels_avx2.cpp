@@ -324,6 +324,67 @@ void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_
   }
 }
 
+// Ternary panels (quant/panel_format.h), one 8-row half at a time: per 32-value
+// sub-block two 32-byte loads hold the half's 2-bit codes; shifts by 0, 2, 4, 6 give
+// w[G] (0..3) for activation bytes 4G..4G+3. Each maddubs lane is at most 2 * 3 * 127,
+// eight of them fit int16; isum = sum(q * x) - sum(x), then the scalar float steps.
+template <int NT>
+void ternary_tile(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, float* y, int64_t y_stride) {
+  constexpr int kSub = kQK_K / kQK;
+  const int64_t nbk = nb / kSub;
+  const uint8_t* scales = panel + size_t(nbk) * panel::kTernaryCodes;
+  const __m256i three = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
+  for (int half = 0; half < 2; ++half) {
+    __m256 acc[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nbk; ++i) {
+      const __m256 d = _mm256_cvtph_ps(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + i * panel::kScales + 16 * half)));
+      const uint8_t* codes = panel + size_t(i) * panel::kTernaryCodes;
+      for (int s = 0; s < kSub; ++s) {
+        const uint8_t* c = codes + 128 * s;
+        if (half == 0) {  // decode streams the weights: fetch ahead (see the AVX-512 unit)
+          _mm_prefetch(reinterpret_cast<const char*>(c + 4096), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(c + 4096 + 64), _MM_HINT_T0);
+        }
+        __m256i w[8];
+        for (int g = 0; g < 2; ++g) {
+          const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(c + 64 * g + 32 * half));
+          w[4 * g] = _mm256_and_si256(v, three);
+          w[4 * g + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 2), three);
+          w[4 * g + 2] = _mm256_and_si256(_mm256_srli_epi16(v, 4), three);
+          w[4 * g + 3] = _mm256_and_si256(_mm256_srli_epi16(v, 6), three);
+        }
+        for (int t = 0; t < NT; ++t) {
+          const BlockQ8Act& xb = x[t * nb + i * kSub + s];
+          auto bcast = [&](int g) {
+            int32_t x4;
+            std::memcpy(&x4, xb.qs + 4 * g, 4);
+            return _mm256_set1_epi32(x4);
+          };
+          __m256i s16 = _mm256_maddubs_epi16(w[0], bcast(0));
+          for (int g = 1; g < 8; ++g) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[g], bcast(g)));
+          const __m256i isum = _mm256_sub_epi32(_mm256_madd_epi16(s16, ones), _mm256_set1_epi32(xb.sum));
+          acc[t] = _mm256_fmadd_ps(d, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(xb.d)), acc[t]);
+        }
+      }
+    }
+    for (int t = 0; t < NT; ++t) _mm256_storeu_ps(y + t * y_stride + 8 * half, acc[t]);
+  }
+}
+
+void panel_dot_ternary(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_x, float* y,
+                       int64_t y_stride) {
+  int64_t t = 0;
+  for (; t + 4 <= n_x; t += 4) ternary_tile<4>(panel, nb, x + t * nb, y + t * y_stride, y_stride);
+  switch (n_x - t) {
+    case 3: ternary_tile<3>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 2: ternary_tile<2>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 1: ternary_tile<1>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    default: break;
+  }
+}
+
 // Float panels, one 8-row half at a time (as the quantized panels above).
 struct Bf16 {
   uint16_t bits;
@@ -434,6 +495,7 @@ const KernelTable* avx2_kernels() {
       .panel_q4_k = panel_dot<GgmlType::Q4_K>,
       .panel_q5_k = panel_dot<GgmlType::Q5_K>,
       .panel_q6_k = panel_dot<GgmlType::Q6_K>,
+      .panel_ternary = panel_dot_ternary,
       .panel_f32 = panel_dot_f<float>,
       .panel_f16 = panel_dot_f<uint16_t>,
       .panel_bf16 = panel_dot_f<Bf16>,

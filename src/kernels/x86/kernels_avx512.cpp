@@ -355,6 +355,63 @@ void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_
   }
 }
 
+// Ternary panels (quant/panel_format.h): per 32-value sub-block two 64-byte loads hold
+// the 2-bit codes of all 16 rows; shifting each by 0, 2, 4, 6 gives the eight vectors
+// w[G] (codes 0..3 as unsigned bytes) that pair with activation bytes 4G..4G+3. vpdpbusd
+// then sums q * x from isum = -sum(x), i.e. sum((q - 1) * x), and the float steps are
+// the scalar reference's.
+template <int NT>
+void ternary_tile(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, float* y, int64_t y_stride) {
+  constexpr int kSub = kQK_K / kQK;  // sub-blocks per super-block
+  const int64_t nbk = nb / kSub;
+  const uint8_t* scales = panel + size_t(nbk) * panel::kTernaryCodes;
+  const __m512i three = _mm512_set1_epi8(3);
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nbk; ++i) {
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + i * panel::kScales)));
+    const uint8_t* codes = panel + size_t(i) * panel::kTernaryCodes;
+    for (int s = 0; s < kSub; ++s) {
+      const uint8_t* c = codes + 128 * s;
+      _mm_prefetch(reinterpret_cast<const char*>(c + kPrefetchAhead), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(c + kPrefetchAhead + 64), _MM_HINT_T0);
+      __m512i w[8];
+      for (int g = 0; g < 2; ++g) {
+        const __m512i v = _mm512_loadu_si512(c + 64 * g);
+        w[4 * g] = _mm512_and_si512(v, three);
+        w[4 * g + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 2), three);
+        w[4 * g + 2] = _mm512_and_si512(_mm512_srli_epi16(v, 4), three);
+        w[4 * g + 3] = _mm512_and_si512(_mm512_srli_epi16(v, 6), three);
+      }
+      for (int t = 0; t < NT; ++t) {
+        const BlockQ8Act& xb = x[t * nb + i * kSub + s];
+        __m512i isum = _mm512_set1_epi32(-xb.sum);
+        for (int g = 0; g < 8; ++g) {
+          int32_t x4;
+          std::memcpy(&x4, xb.qs + 4 * g, 4);
+          isum = _mm512_dpbusd_epi32(isum, w[g], _mm512_set1_epi32(x4));
+        }
+        acc[t] = _mm512_fmadd_ps(d, _mm512_mul_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(xb.d)), acc[t]);
+      }
+    }
+  }
+  for (int t = 0; t < NT; ++t) _mm512_storeu_ps(y + t * y_stride, acc[t]);
+}
+
+void panel_dot_ternary(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_x, float* y,
+                       int64_t y_stride) {
+  int64_t t = 0;
+  for (; t + kTile <= n_x; t += kTile) ternary_tile<kTile>(panel, nb, x + t * nb, y + t * y_stride, y_stride);
+  switch (n_x - t) {
+    case 5: ternary_tile<5>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 4: ternary_tile<4>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 3: ternary_tile<3>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 2: ternary_tile<2>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 1: ternary_tile<1>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    default: break;
+  }
+}
+
 // Float panels: one vector = column k of the panel's 16 rows; two accumulators per
 // token (even and odd columns) keep two FMA chains in flight for decode.
 struct Bf16 {
@@ -462,6 +519,7 @@ const KernelTable* avx512_kernels() {
       .panel_q4_k = panel_dot<GgmlType::Q4_K>,
       .panel_q5_k = panel_dot<GgmlType::Q5_K>,
       .panel_q6_k = panel_dot<GgmlType::Q6_K>,
+      .panel_ternary = panel_dot_ternary,
       .panel_f32 = panel_dot_f<float>,
       .panel_f16 = panel_dot_f<uint16_t>,
       .panel_bf16 = panel_dot_f<Bf16>,
