@@ -273,6 +273,27 @@ void check_quantized_dots(const KernelTable& s, const KernelTable& t, std::mt199
 
 // ---- panel kernels (packed weights)
 
+// run(table, t0, nt, y) runs a panel kernel over every panel for tokens [t0, t0 + nt) into y.
+// The scalar table's outputs for all n_x tokens, and how many of t's differ from them bit-wise
+// when run on all tokens at once and when split into tiles of 1, 2, 3, 4, 5, 1, ... tokens.
+struct PanelRuns {
+  std::vector<float> ref;
+  int bad_all = 0, bad_split = 0;
+};
+template <class Run>
+PanelRuns compare_panel_runs(const KernelTable& s, const KernelTable& t, int64_t n_x, size_t y_size, Run run) {
+  PanelRuns r{std::vector<float>(y_size, -1.0f)};
+  std::vector<float> all = r.ref, split = r.ref;
+  run(s, 0, n_x, r.ref);
+  run(t, 0, n_x, all);
+  for (int64_t t0 = 0, nt = 1; t0 < n_x; t0 += nt, nt = nt % 5 + 1) run(t, t0, std::min<int64_t>(nt, n_x - t0), split);
+  for (size_t i = 0; i < r.ref.size(); ++i) {
+    r.bad_all += !same_bits(all[i], r.ref[i]);
+    r.bad_split += !same_bits(split[i], r.ref[i]);
+  }
+  return r;
+}
+
 // Rows [rows, nb blocks] packed into 16-row panels; every panel against n_x tokens.
 // NEON must equal the scalar panel kernel bit for bit, for any token tile split, and
 // with unit scales both must give the exact integer dot of the GGUF rows.
@@ -299,16 +320,7 @@ void check_panels(const KernelTable& s, const KernelTable& t, std::mt19937& rng)
               (k.*q.panel)(packed->panel(p), nb, xq.data() + t0 * nb, nt,
                            y.data() + t0 * stride + p * kPanelRows, stride);
           };
-          std::vector<float> ref(size_t(n_x * stride), -1.0f), all = ref, split = ref;
-          run(s, 0, n_x, ref);
-          run(t, 0, n_x, all);
-          for (int64_t t0 = 0, nt = 1; t0 < n_x; t0 += nt, nt = nt % 5 + 1)  // tiles 1,2,3,4,5,1..
-            run(t, t0, std::min<int64_t>(nt, n_x - t0), split);
-          int bad_all = 0, bad_split = 0;
-          for (size_t i = 0; i < ref.size(); ++i) {
-            bad_all += !same_bits(all[i], ref[i]);
-            bad_split += !same_bits(split[i], ref[i]);
-          }
+          const auto [ref, bad_all, bad_split] = compare_panel_runs(s, t, n_x, size_t(n_x * stride), run);
           CHECK(bad_all == 0 && bad_split == 0,
                 "panel %s %s rows=%lld nb=%lld n_x=%lld: %d outputs differ from scalar, %d when "
                 "split into tiles",
@@ -366,16 +378,7 @@ void check_ternary_panels(const KernelTable& s, const KernelTable& t, std::mt199
               k.panel_ternary(packed->panel(p), nb, xq.data() + t0 * nb, nt, y.data() + t0 * stride + p * kPanelRows,
                               stride);
           };
-          std::vector<float> ref(size_t(n_x * stride), -1.0f), all = ref, split = ref;
-          run(s, 0, n_x, ref);
-          run(t, 0, n_x, all);
-          for (int64_t t0 = 0, nt = 1; t0 < n_x; t0 += nt, nt = nt % 5 + 1)
-            run(t, t0, std::min<int64_t>(nt, n_x - t0), split);
-          int bad_all = 0, bad_split = 0;
-          for (size_t i = 0; i < ref.size(); ++i) {
-            bad_all += !same_bits(all[i], ref[i]);
-            bad_split += !same_bits(split[i], ref[i]);
-          }
+          const auto [ref, bad_all, bad_split] = compare_panel_runs(s, t, n_x, size_t(n_x * stride), run);
           CHECK(bad_all == 0 && bad_split == 0,
                 "panel %s %s rows=%lld nbk=%lld n_x=%lld: %d outputs differ from scalar, %d when split into tiles",
                 name, unit ? "unit scales" : "random scales", (long long)rows, (long long)nbk, (long long)n_x, bad_all,
@@ -446,16 +449,7 @@ void check_float_panels(const KernelTable& s, const KernelTable& t, std::mt19937
             (k.*c.fn)(packed->panel(p), nb, x.data() + t0 * x_stride, x_stride, nt,
                       y.data() + t0 * stride + p * kPanelRows, stride);
         };
-        std::vector<float> ref(size_t(n_x * stride), -1.0f), all = ref, split = ref;
-        run(s, 0, n_x, ref);
-        run(t, 0, n_x, all);
-        for (int64_t t0 = 0, nt = 1; t0 < n_x; t0 += nt, nt = nt % 5 + 1)
-          run(t, t0, std::min<int64_t>(nt, n_x - t0), split);
-        int bad_all = 0, bad_split = 0;
-        for (size_t i = 0; i < ref.size(); ++i) {
-          bad_all += !same_bits(all[i], ref[i]);
-          bad_split += !same_bits(split[i], ref[i]);
-        }
+        const auto [ref, bad_all, bad_split] = compare_panel_runs(s, t, n_x, size_t(n_x * stride), run);
         CHECK(bad_all == 0 && bad_split == 0,
               "panel %s rows=%lld nb=%lld n_x=%lld: %d outputs differ from scalar, %d when split "
               "into tiles",

@@ -59,7 +59,7 @@ from gguf_hf_tokenizer import build_tokenizer, encode
 from hf_decoder_ref import DecoderRef
 from llama_ref import LlamaRef, tensor_to_f32
 from test_forward import PROMPTS
-from test_forward_synthetic import compare
+from test_forward_synthetic import compare, oracle  # noqa: F401  (oracle: the llama.cpp fixture)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from make_variants import field_value, variant_path  # noqa: E402  (bench/: the metadata copy)
@@ -199,17 +199,6 @@ def reference_logits(ternary_file, sources, tokens):
     return get
 
 
-@pytest.fixture(scope="session")
-def llama_cpp():
-    import llama_cpp_oracle as lco
-
-    try:
-        lco.build()
-    except lco.Failure as e:
-        pytest.fail(f"llama.cpp oracle build failed: {e}")
-    return lco
-
-
 def engine_logits(peregrine_bin, path: Path, ids: list[int], out: Path) -> np.ndarray:
     cmd = [str(peregrine_bin), "logits", "-m", str(path), "--tokens", ",".join(map(str, ids)), "-o", str(out),
            "-t", "2", "--kv-type", "f32"]
@@ -230,10 +219,10 @@ IDS = [f"{m}-{t}" for m, t in CASES]
 
 
 @pytest.mark.parametrize("name,type_name", CASES, ids=IDS)
-def test_engine_matches_llama_cpp(name, type_name, ternary_file, tokens, llama_cpp, peregrine_bin, tmp_path):
+def test_engine_matches_llama_cpp(name, type_name, ternary_file, tokens, oracle, peregrine_bin, tmp_path):
     path, ids = ternary_file(name, type_name), tokens[VARIANTS[name].source]
     got = engine_logits(peregrine_bin, path, ids, tmp_path / "l.f32")
-    problems, figures = compare(got, llama_cpp.llama_cpp_logits(path, ids, threads=2), type_name)
+    problems, figures = compare(got, oracle.llama_cpp_logits(path, ids, threads=2), type_name)
     print(f"{name} {type_name} engine vs llama.cpp: {_fmt(figures)}")
     assert not problems, f"engine vs llama.cpp, {name} {type_name}:\n  " + "\n  ".join(problems[:10])
 

@@ -337,19 +337,6 @@ void panel_tile(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, float* y,
   }
 }
 
-template <GgmlType T>
-void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_x, float* y,
-               int64_t y_stride) {
-  int64_t t = 0;
-  for (; t + 4 <= n_x; t += 4) panel_tile<T, 4>(panel, nb, x + t * nb, y + t * y_stride, y_stride);
-  switch (n_x - t) {
-    case 3: panel_tile<T, 3>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
-    case 2: panel_tile<T, 2>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
-    case 1: panel_tile<T, 1>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
-    default: break;
-  }
-}
-
 // ---- Ternary panels (quant/panel_format.h), one quarter (4 rows) at a time: per 32-value
 // sub-block two 16-byte loads hold the quarter's 2-bit codes; byte shifts by 0, 2, 4, 6
 // (masked) give w[G] (0..3) for activation bytes 4G..4G+3. isum starts at -sum(x), so it
@@ -404,14 +391,24 @@ void ternary_tile(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, float* 
   }
 }
 
-void panel_dot_ternary(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_x, float* y,
-                       int64_t y_stride) {
+// The tile kernel of a panel layout: the ternary panels have their own.
+template <GgmlType T, int NT>
+void layout_tile(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, float* y, int64_t y_stride) {
+  if constexpr (T == GgmlType::TQ2_0)
+    ternary_tile<NT>(panel, nb, x, y, y_stride);
+  else
+    panel_tile<T, NT>(panel, nb, x, y, y_stride);
+}
+
+template <GgmlType T>
+void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_x, float* y,
+               int64_t y_stride) {
   int64_t t = 0;
-  for (; t + 4 <= n_x; t += 4) ternary_tile<4>(panel, nb, x + t * nb, y + t * y_stride, y_stride);
+  for (; t + 4 <= n_x; t += 4) layout_tile<T, 4>(panel, nb, x + t * nb, y + t * y_stride, y_stride);
   switch (n_x - t) {
-    case 3: ternary_tile<3>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
-    case 2: ternary_tile<2>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
-    case 1: ternary_tile<1>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 3: layout_tile<T, 3>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 2: layout_tile<T, 2>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 1: layout_tile<T, 1>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
     default: break;
   }
 }
@@ -505,7 +502,7 @@ const KernelTable* neon_kernels() {
       .panel_q4_0 = panel_dot<GgmlType::Q4_0>,
       .panel_q4_1 = panel_dot<GgmlType::Q4_1>,
       .panel_q8_0 = panel_dot<GgmlType::Q8_0>,
-      .panel_ternary = panel_dot_ternary,
+      .panel_ternary = panel_dot<GgmlType::TQ2_0>,
       .panel_f32 = panel_dot_f<float>,
       .panel_f16 = panel_dot_f<uint16_t>,
       .panel_bf16 = panel_dot_f<Bf16>,

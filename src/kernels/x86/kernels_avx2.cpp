@@ -311,19 +311,6 @@ void panel_tile(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, float* y,
   }
 }
 
-template <GgmlType T>
-void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_x, float* y,
-               int64_t y_stride) {
-  int64_t t = 0;
-  for (; t + 4 <= n_x; t += 4) panel_tile<T, 4>(panel, nb, x + t * nb, y + t * y_stride, y_stride);
-  switch (n_x - t) {
-    case 3: panel_tile<T, 3>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
-    case 2: panel_tile<T, 2>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
-    case 1: panel_tile<T, 1>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
-    default: break;
-  }
-}
-
 // Ternary panels (quant/panel_format.h), one 8-row half at a time: per 32-value
 // sub-block two 32-byte loads hold the half's 2-bit codes; shifts by 0, 2, 4, 6 give
 // w[G] (0..3) for activation bytes 4G..4G+3. Each maddubs lane is at most 2 * 3 * 127,
@@ -373,14 +360,24 @@ void ternary_tile(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, float* 
   }
 }
 
-void panel_dot_ternary(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_x, float* y,
-                       int64_t y_stride) {
+// The tile kernel of a panel layout: the ternary panels have their own.
+template <GgmlType T, int NT>
+void layout_tile(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, float* y, int64_t y_stride) {
+  if constexpr (T == GgmlType::TQ2_0)
+    ternary_tile<NT>(panel, nb, x, y, y_stride);
+  else
+    panel_tile<T, NT>(panel, nb, x, y, y_stride);
+}
+
+template <GgmlType T>
+void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_x, float* y,
+               int64_t y_stride) {
   int64_t t = 0;
-  for (; t + 4 <= n_x; t += 4) ternary_tile<4>(panel, nb, x + t * nb, y + t * y_stride, y_stride);
+  for (; t + 4 <= n_x; t += 4) layout_tile<T, 4>(panel, nb, x + t * nb, y + t * y_stride, y_stride);
   switch (n_x - t) {
-    case 3: ternary_tile<3>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
-    case 2: ternary_tile<2>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
-    case 1: ternary_tile<1>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 3: layout_tile<T, 3>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 2: layout_tile<T, 2>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 1: layout_tile<T, 1>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
     default: break;
   }
 }
@@ -495,7 +492,7 @@ const KernelTable* avx2_kernels() {
       .panel_q4_k = panel_dot<GgmlType::Q4_K>,
       .panel_q5_k = panel_dot<GgmlType::Q5_K>,
       .panel_q6_k = panel_dot<GgmlType::Q6_K>,
-      .panel_ternary = panel_dot_ternary,
+      .panel_ternary = panel_dot<GgmlType::TQ2_0>,
       .panel_f32 = panel_dot_f<float>,
       .panel_f16 = panel_dot_f<uint16_t>,
       .panel_bf16 = panel_dot_f<Bf16>,

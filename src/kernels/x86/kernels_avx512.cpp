@@ -340,21 +340,6 @@ void panel_tile(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, float* y,
 
 constexpr int kTile = 6;  // tokens per pass over the panel: 8 weight + 6 acc registers + temps
 
-template <GgmlType T>
-void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_x, float* y,
-               int64_t y_stride) {
-  int64_t t = 0;
-  for (; t + kTile <= n_x; t += kTile) panel_tile<T, kTile>(panel, nb, x + t * nb, y + t * y_stride, y_stride);
-  switch (n_x - t) {
-    case 5: panel_tile<T, 5>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
-    case 4: panel_tile<T, 4>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
-    case 3: panel_tile<T, 3>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
-    case 2: panel_tile<T, 2>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
-    case 1: panel_tile<T, 1>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
-    default: break;
-  }
-}
-
 // Ternary panels (quant/panel_format.h): per 32-value sub-block two 64-byte loads hold
 // the 2-bit codes of all 16 rows; shifting each by 0, 2, 4, 6 gives the eight vectors
 // w[G] (codes 0..3 as unsigned bytes) that pair with activation bytes 4G..4G+3. vpdpbusd
@@ -398,16 +383,26 @@ void ternary_tile(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, float* 
   for (int t = 0; t < NT; ++t) _mm512_storeu_ps(y + t * y_stride, acc[t]);
 }
 
-void panel_dot_ternary(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_x, float* y,
-                       int64_t y_stride) {
+// The tile kernel of a panel layout: the ternary panels have their own.
+template <GgmlType T, int NT>
+void layout_tile(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, float* y, int64_t y_stride) {
+  if constexpr (T == GgmlType::TQ2_0)
+    ternary_tile<NT>(panel, nb, x, y, y_stride);
+  else
+    panel_tile<T, NT>(panel, nb, x, y, y_stride);
+}
+
+template <GgmlType T>
+void panel_dot(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, int64_t n_x, float* y,
+               int64_t y_stride) {
   int64_t t = 0;
-  for (; t + kTile <= n_x; t += kTile) ternary_tile<kTile>(panel, nb, x + t * nb, y + t * y_stride, y_stride);
+  for (; t + kTile <= n_x; t += kTile) layout_tile<T, kTile>(panel, nb, x + t * nb, y + t * y_stride, y_stride);
   switch (n_x - t) {
-    case 5: ternary_tile<5>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
-    case 4: ternary_tile<4>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
-    case 3: ternary_tile<3>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
-    case 2: ternary_tile<2>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
-    case 1: ternary_tile<1>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 5: layout_tile<T, 5>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 4: layout_tile<T, 4>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 3: layout_tile<T, 3>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 2: layout_tile<T, 2>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
+    case 1: layout_tile<T, 1>(panel, nb, x + t * nb, y + t * y_stride, y_stride); break;
     default: break;
   }
 }
@@ -519,7 +514,7 @@ const KernelTable* avx512_kernels() {
       .panel_q4_k = panel_dot<GgmlType::Q4_K>,
       .panel_q5_k = panel_dot<GgmlType::Q5_K>,
       .panel_q6_k = panel_dot<GgmlType::Q6_K>,
-      .panel_ternary = panel_dot_ternary,
+      .panel_ternary = panel_dot<GgmlType::TQ2_0>,
       .panel_f32 = panel_dot_f<float>,
       .panel_f16 = panel_dot_f<uint16_t>,
       .panel_bf16 = panel_dot_f<Bf16>,
