@@ -42,6 +42,12 @@ KSub k_sub_block(GgmlType t, const uint8_t* row, int64_t b) {
       for (int j = 0; j < kQK; ++j) out.qs[j] = uint8_t(q[32 * k + j] + 4);
     }
     out.qs_bytes = kQK;
+  } else if (t == GgmlType::Q5_1) {  // a 32-value block is one sub-block: d * q + m
+    const BlockQ5_1& blk = reinterpret_cast<const BlockQ5_1*>(row)[b];
+    unpack_5bit(blk.qs, blk.qh, out.qs);
+    out.d0 = fp16_to_f32(blk.d);
+    out.d1_or_m = fp16_to_f32(blk.m);
+    out.qs_bytes = kQK;
   } else if (t == GgmlType::Q5_K) {
     const BlockQ5K& blk = reinterpret_cast<const BlockQ5K*>(row)[i];
     unpack_q5_k(blk, q);
@@ -144,10 +150,11 @@ Result<PackedMatrix> pack_matrix(GgmlType type, const uint8_t* src, int64_t rows
                                  size_t row_bytes) {
   const PanelFormat* f = panel_format(type);
   if (f == nullptr) return make_error("no panel layout for type {}", type_name(type));
-  // K-quant super-blocks of 256 are split into panel blocks of 32 values each.
+  // K-quant super-blocks of 256 are split into panel blocks of 32 values each; Q5_1's
+  // blocks of 32 take Q5_K's layout as they are (f32 scale and offset, quants as bytes).
   const uint32_t block_elems = type_info(type).block_elems;
-  const bool kquant = block_elems == kQK_K;
-  const int64_t multiple = kquant ? kQK_K : kQK;
+  const bool kquant = block_elems == kQK_K || type == GgmlType::Q5_1;
+  const int64_t multiple = block_elems == kQK_K ? kQK_K : kQK;
   if (rows <= 0 || cols <= 0 || cols % multiple != 0)
     return make_error("cannot pack a [{}, {}] matrix: columns must be a positive multiple of {}",
                       rows, cols, multiple);

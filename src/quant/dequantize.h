@@ -15,7 +15,7 @@ namespace peregrine {
 bool is_supported_weight_type(GgmlType t);
 
 // True for the types dequantize_row() can decode: the supported weight types plus
-// formats that have a scalar reference but no matmul kernel (Q5_1). Use it where a
+// formats that have a scalar reference but no matmul kernel (none today). Use it where a
 // tensor is only decoded (the dequant command, an embedding lookup), never to admit
 // matmul weights. False for Q8_K, which only activations use.
 bool is_dequantizable_type(GgmlType t);

@@ -44,9 +44,10 @@ constexpr TypeInfo kTypes[] = {
     // Q5_0 has no row kernel: it always runs repacked, widened into Q8_0's panels.
     {T::Q5_0, "Q5_0", 32, 22, dequantize_as<BlockQ5_0, dequantize_row_q5_0>,
      quantize_as<BlockQ5_0, quantize_row_q5_0_ref>, false, true, MI::None, nullptr, &panel::kQ8_0},
-    // Q5_1 decodes and quantizes, but has no kernel: the loader refuses it as a weight.
+    // Q5_1 has no row kernel: it runs repacked into Q5_K's panels (d and m as f32, quants as
+    // bytes 0..31), exact at 8 bits per weight.
     {T::Q5_1, "Q5_1", 32, 24, dequantize_as<BlockQ5_1, dequantize_row_q5_1>,
-     quantize_as<BlockQ5_1, quantize_row_q5_1_ref>, false, false, MI::None, nullptr, nullptr},
+     quantize_as<BlockQ5_1, quantize_row_q5_1_ref>, false, true, MI::None, nullptr, &panel::kQ5K},
     {T::Q8_0, "Q8_0", 32, 34, dequantize_as<BlockQ8_0, dequantize_row_q8_0>,
      quantize_as<BlockQ8_0, quantize_row_q8_0_ref>, false, true, MI::Q8, nullptr, &panel::kQ8_0},
     {T::Q8_1, "Q8_1", 32, 36, nullptr, nullptr, true, false, MI::None, nullptr, nullptr},

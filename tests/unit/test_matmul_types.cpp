@@ -1,5 +1,5 @@
 // matmul with the weight types that run through another type's panels or their own
-// newer ones: Q5_0 (widened into Q8_0 panels), the K-quants and the ternary TQ1_0 / TQ2_0
+// newer ones: Q5_0 (widened into Q8_0 panels), Q5_1 (into Q5_K's), the K-quants and the ternary TQ1_0 / TQ2_0
 // (widened into one 2-bit panel layout). Against
 // an independent evaluation: dequantize_row (bit-identical to gguf-py, see
 // tests/reference/test_dequant.py) and a double-precision dot with the float input.
@@ -119,7 +119,7 @@ TEST_P(MatmulTypes, MatchesDequantizedReferenceOnAnyThreadsAndBatch) {
 
 INSTANTIATE_TEST_SUITE_P(
     Types, MatmulTypes,
-    ::testing::Values(Case{GgmlType::Q5_0, 0, -1},
+    ::testing::Values(Case{GgmlType::Q5_0, 0, -1}, Case{GgmlType::Q5_1, 0, 2},
                       Case{GgmlType::Q2_K, offsetof(BlockQ2K, d), int(offsetof(BlockQ2K, dmin))},
                       Case{GgmlType::Q3_K, offsetof(BlockQ3K, d), -1},
                       Case{GgmlType::Q4_K, offsetof(BlockQ4K, d), int(offsetof(BlockQ4K, dmin))},
