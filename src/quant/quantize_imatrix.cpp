@@ -211,11 +211,6 @@ void quantize_k4_imatrix(const float* x, Block* y, int64_t n_per_row, const floa
   }
 }
 
-template <typename Block, void (*F)(const float*, Block*, int64_t, const float*)>
-void quantize_imatrix_as(const float* x, void* y, int64_t n_per_row, const float* importance) {
-  F(x, static_cast<Block*>(y), n_per_row, importance);
-}
-
 }  // namespace
 
 void quantize_row_q4_0_imatrix(const float* x, BlockQ4_0* y, int64_t n_per_row, const float* importance) {
@@ -292,19 +287,5 @@ void quantize_row_q6_k_imatrix(const float* x, BlockQ6K* y, int64_t n_per_row, c
   }
 }
 
-QuantizeImatrixFn imatrix_quantizer(GgmlType t) {
-  switch (t) {
-    case GgmlType::Q4_0: return quantize_imatrix_as<BlockQ4_0, quantize_row_q4_0_imatrix>;
-    case GgmlType::Q4_1: return quantize_imatrix_as<BlockQ4_1, quantize_row_q4_1_imatrix>;
-    case GgmlType::Q5_0: return quantize_imatrix_as<BlockQ5_0, quantize_row_q5_0_imatrix>;
-    case GgmlType::Q5_1: return quantize_imatrix_as<BlockQ5_1, quantize_row_q5_1_imatrix>;
-    case GgmlType::Q2_K: return quantize_imatrix_as<BlockQ2K, quantize_row_q2_k_imatrix>;
-    case GgmlType::Q3_K: return quantize_imatrix_as<BlockQ3K, quantize_row_q3_k_imatrix>;
-    case GgmlType::Q4_K: return quantize_imatrix_as<BlockQ4K, quantize_row_q4_k_imatrix>;
-    case GgmlType::Q5_K: return quantize_imatrix_as<BlockQ5K, quantize_row_q5_k_imatrix>;
-    case GgmlType::Q6_K: return quantize_imatrix_as<BlockQ6K, quantize_row_q6_k_imatrix>;
-    default: return nullptr;
-  }
-}
 
 }  // namespace peregrine

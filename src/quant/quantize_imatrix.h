@@ -47,7 +47,5 @@ void quantize_row_q6_k_imatrix(const float* x, BlockQ6K* y, int64_t n_per_row, c
 
 // The function above for a type, seen through an untyped signature; nullptr for types
 // without one (ggml ignores the imatrix for Q8_0 and the float types).
-using QuantizeImatrixFn = void (*)(const float* x, void* y, int64_t n_per_row, const float* importance);
-QuantizeImatrixFn imatrix_quantizer(GgmlType t);
 
 }  // namespace peregrine

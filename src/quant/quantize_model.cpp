@@ -39,7 +39,13 @@ Result<MixModel> read_mix_model(const gguf::File& f, bool has_imatrix) {
     return make_error("{}: implausible block_count, head counts or expert_count", f.name());
   m.n_gqa = n_head_kv > 0 ? n_head / n_head_kv : 1;
   m.is_falcon = arch == "falcon";
-  m.is_70b = arch == "llama" && m.n_layer == 80;
+  // llama's LLM_TYPE_70B, as each architecture's load_hparams sets it (the only model size
+  // the rules read): llama with 80 layers and grouped KV heads (80 layers with as many KV as
+  // query heads is LLaMA-1 65B; 8 experts are Mixtral sizes), qwen2, deci and olmo with 80
+  // layers, jais2 with 68.
+  m.is_70b = (arch == "llama" && m.n_layer == 80 && n_head != n_head_kv && m.n_expert != 8) ||
+             ((arch == "qwen2" || arch == "deci" || arch == "olmo") && m.n_layer == 80) ||
+             (arch == "jais2" && m.n_layer == 68);
   return m;
 }
 
@@ -53,7 +59,7 @@ Result<std::vector<float>> importance_for(const Imatrix* im, const gguf::TensorI
   if (uint64_t(e->n_cols) * uint64_t(e->n_mat) != t.dims[0] * n_mat) {
     // llama-quantize skips the token embedding here (its imatrix entry, if any, is never a
     // matmul input of the right width) and refuses every other mismatch.
-    if (t.name == "token_embd.weight") return std::vector<float>{};
+    if (t.name == "token_embd.weight" || t.name == "per_layer_token_embd.weight") return std::vector<float>{};
     return make_error("imatrix entry '{}' is [{} x {}] but the tensor has rows of {} in {} matrices", t.name,
                       e->n_mat, e->n_cols, t.dims[0], n_mat);
   }
@@ -71,7 +77,7 @@ Status convert_rows(const gguf::TensorInfo& t, const TypeInfo& to, const std::ve
   const size_t in_row = size_t(n / from.block_elems * from.block_bytes);
   const size_t out_row = size_t(n / to.block_elems * to.block_bytes);
   const int64_t rows_per_mat = t.dims.size() > 1 ? int64_t(t.dims[1]) : 1;
-  const QuantizeImatrixFn weighted = importance.empty() ? nullptr : imatrix_quantizer(to.type);
+  const QuantizeImatrixFn weighted = importance.empty() ? nullptr : to.quantize_imatrix;
   row.resize(size_t(n));
   for (int64_t r = r0; r < r1; ++r) {
     from.dequantize(t.data + size_t(r) * in_row, row.data(), n);
@@ -138,11 +144,15 @@ Result<QuantizeModelReport> quantize_model(const QuantizeModelOptions& o) {
       if (importance[i].empty() && ch.needs_imatrix)
         return make_error("tensor '{}': {} in {} needs an importance matrix (--imatrix) for this tensor", t.name,
                           to.name, o.mix->name);
-      if (imatrix_quantizer(ch.type) == nullptr) importance[i].clear();  // the type ignores importance (ggml too)
+      if (type_info(ch.type).quantize_imatrix == nullptr) importance[i].clear();  // the type ignores importance (ggml too)
       q.used_imatrix = !importance[i].empty();
       report.n_imatrix += q.used_imatrix;
     }
-    PG_TRY(w.add_tensor(t.name, t.dims, ch.type));
+    // ggml writes a tensor's dimensions up to the last one above 1 (ggml_n_dims): a [n, 1, 1]
+    // tensor of the input comes out as [n] from llama-quantize, so from us too.
+    std::vector<uint64_t> dims = t.dims;
+    while (dims.size() > 1 && dims.back() == 1) dims.pop_back();
+    PG_TRY(w.add_tensor(t.name, dims, ch.type));
     q.bytes_out = w.tensors().back().n_bytes;
     report.n_elements += t.n_elements;
     report.bytes_in += q.bytes_in;

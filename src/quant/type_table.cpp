@@ -7,6 +7,7 @@
 #include "quant/dequantize.h"
 #include "quant/kquants.h"
 #include "quant/quantize.h"
+#include "quant/quantize_imatrix.h"
 
 namespace peregrine {
 namespace {
@@ -20,6 +21,10 @@ template <typename Block, void (*F)(const float*, Block*, int64_t)>
 void quantize_as(const float* src, void* dst, int64_t n) {
   F(src, static_cast<Block*>(dst), n);
 }
+template <typename Block, void (*F)(const float*, Block*, int64_t, const float*)>
+void quantize_imatrix_as(const float* src, void* dst, int64_t n, const float* importance) {
+  F(src, static_cast<Block*>(dst), n, importance);
+}
 
 // A type the engine only knows the size of (gguf can walk past its tensors).
 constexpr TypeInfo geometry(GgmlType t, std::string_view name, uint32_t elems, uint32_t bytes) {
@@ -31,36 +36,45 @@ using T = GgmlType;
 
 // One row per type, in type-id order. Columns: type, name, block values, block bytes,
 // dequantize, reference quantize, activation only, matmul weight, row input, Q8_K row
-// dot, panel format.
+// dot, panel format, importance-weighted quantize.
 constexpr TypeInfo kTypes[] = {
     {T::F32, "F32", 1, 4, dequantize_as<float, dequantize_row_f32>, quantize_as<float, quantize_row_f32_ref>,
      false, true, MI::Float, nullptr, &panel::kF32},
     {T::F16, "F16", 1, 2, dequantize_as<uint16_t, dequantize_row_f16>,
      quantize_as<uint16_t, quantize_row_f16_ref>, false, true, MI::Float, nullptr, &panel::kF16},
     {T::Q4_0, "Q4_0", 32, 18, dequantize_as<BlockQ4_0, dequantize_row_q4_0>,
-     quantize_as<BlockQ4_0, quantize_row_q4_0_ref>, false, true, MI::Q8, nullptr, &panel::kQ4_0},
+     quantize_as<BlockQ4_0, quantize_row_q4_0_ref>, false, true, MI::Q8, nullptr, &panel::kQ4_0,
+     quantize_imatrix_as<BlockQ4_0, quantize_row_q4_0_imatrix>},
     {T::Q4_1, "Q4_1", 32, 20, dequantize_as<BlockQ4_1, dequantize_row_q4_1>,
-     quantize_as<BlockQ4_1, quantize_row_q4_1_ref>, false, true, MI::Q8, nullptr, &panel::kQ4_1},
+     quantize_as<BlockQ4_1, quantize_row_q4_1_ref>, false, true, MI::Q8, nullptr, &panel::kQ4_1,
+     quantize_imatrix_as<BlockQ4_1, quantize_row_q4_1_imatrix>},
     // Q5_0 has no row kernel: it always runs repacked, widened into Q8_0's panels.
     {T::Q5_0, "Q5_0", 32, 22, dequantize_as<BlockQ5_0, dequantize_row_q5_0>,
-     quantize_as<BlockQ5_0, quantize_row_q5_0_ref>, false, true, MI::None, nullptr, &panel::kQ8_0},
+     quantize_as<BlockQ5_0, quantize_row_q5_0_ref>, false, true, MI::None, nullptr, &panel::kQ8_0,
+     quantize_imatrix_as<BlockQ5_0, quantize_row_q5_0_imatrix>},
     // Q5_1 has no row kernel: it runs repacked into Q5_K's panels (d and m as f32, quants as
     // bytes 0..31), exact at 8 bits per weight.
     {T::Q5_1, "Q5_1", 32, 24, dequantize_as<BlockQ5_1, dequantize_row_q5_1>,
-     quantize_as<BlockQ5_1, quantize_row_q5_1_ref>, false, true, MI::None, nullptr, &panel::kQ5K},
+     quantize_as<BlockQ5_1, quantize_row_q5_1_ref>, false, true, MI::None, nullptr, &panel::kQ5K,
+     quantize_imatrix_as<BlockQ5_1, quantize_row_q5_1_imatrix>},
     {T::Q8_0, "Q8_0", 32, 34, dequantize_as<BlockQ8_0, dequantize_row_q8_0>,
      quantize_as<BlockQ8_0, quantize_row_q8_0_ref>, false, true, MI::Q8, nullptr, &panel::kQ8_0},
     {T::Q8_1, "Q8_1", 32, 36, nullptr, nullptr, true, false, MI::None, nullptr, nullptr},
     {T::Q2_K, "Q2_K", 256, 84, dequantize_as<BlockQ2K, dequantize_row_q2_k>,
-     quantize_as<BlockQ2K, quantize_row_q2_k_ref>, false, true, MI::Q8K, dot_q2_k_q8_k, &panel::kQ2K},
+     quantize_as<BlockQ2K, quantize_row_q2_k_ref>, false, true, MI::Q8K, dot_q2_k_q8_k, &panel::kQ2K,
+     quantize_imatrix_as<BlockQ2K, quantize_row_q2_k_imatrix>},
     {T::Q3_K, "Q3_K", 256, 110, dequantize_as<BlockQ3K, dequantize_row_q3_k>,
-     quantize_as<BlockQ3K, quantize_row_q3_k_ref>, false, true, MI::Q8K, dot_q3_k_q8_k, &panel::kQ3K},
+     quantize_as<BlockQ3K, quantize_row_q3_k_ref>, false, true, MI::Q8K, dot_q3_k_q8_k, &panel::kQ3K,
+     quantize_imatrix_as<BlockQ3K, quantize_row_q3_k_imatrix>},
     {T::Q4_K, "Q4_K", 256, 144, dequantize_as<BlockQ4K, dequantize_row_q4_k>,
-     quantize_as<BlockQ4K, quantize_row_q4_k_ref>, false, true, MI::Q8K, dot_q4_k_q8_k, &panel::kQ4K},
+     quantize_as<BlockQ4K, quantize_row_q4_k_ref>, false, true, MI::Q8K, dot_q4_k_q8_k, &panel::kQ4K,
+     quantize_imatrix_as<BlockQ4K, quantize_row_q4_k_imatrix>},
     {T::Q5_K, "Q5_K", 256, 176, dequantize_as<BlockQ5K, dequantize_row_q5_k>,
-     quantize_as<BlockQ5K, quantize_row_q5_k_ref>, false, true, MI::Q8K, dot_q5_k_q8_k, &panel::kQ5K},
+     quantize_as<BlockQ5K, quantize_row_q5_k_ref>, false, true, MI::Q8K, dot_q5_k_q8_k, &panel::kQ5K,
+     quantize_imatrix_as<BlockQ5K, quantize_row_q5_k_imatrix>},
     {T::Q6_K, "Q6_K", 256, 210, dequantize_as<BlockQ6K, dequantize_row_q6_k>,
-     quantize_as<BlockQ6K, quantize_row_q6_k_ref>, false, true, MI::Q8K, dot_q6_k_q8_k, &panel::kQ6K},
+     quantize_as<BlockQ6K, quantize_row_q6_k_ref>, false, true, MI::Q8K, dot_q6_k_q8_k, &panel::kQ6K,
+     quantize_imatrix_as<BlockQ6K, quantize_row_q6_k_imatrix>},
     {T::Q8_K, "Q8_K", 256, 292, dequantize_as<BlockQ8K, dequantize_row_q8_k>,
      quantize_as<BlockQ8K, quantize_row_q8_k_ref>, true, false, MI::None, nullptr, nullptr},
     geometry(T::IQ2_XXS, "IQ2_XXS", 256, 66),

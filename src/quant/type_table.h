@@ -33,6 +33,9 @@ enum class MatmulInput : uint8_t {
 using DequantizeRowFn = void (*)(const void* src, float* dst, int64_t n);
 // src[n] -> n / block_elems blocks at dst; n a multiple of block_elems.
 using QuantizeRowFn = void (*)(const float* src, void* dst, int64_t n);
+// src[n_per_row] -> one row of blocks at dst, each value weighted by importance[n_per_row]
+// (an importance matrix's column weights); ggml's quantize_row_*_impl (quantize_imatrix.h).
+using QuantizeImatrixFn = void (*)(const float* src, void* dst, int64_t n_per_row, const float* importance);
 // Dot product of one weight row of nb super-blocks with nb Q8_K activation blocks.
 using DotQ8KFn = float (*)(const void* w, const BlockQ8K* x, int64_t nb);
 
@@ -49,6 +52,8 @@ struct TypeInfo {
   MatmulInput row_input;       // what the matmul feeds it when it runs unpacked
   DotQ8KFn dot_q8k;            // the scalar row kernel when row_input == Q8K
   const PanelFormat* panel;    // layout when repacked (kernels/packed.h), or nullptr
+  QuantizeImatrixFn quantize_imatrix = nullptr;  // importance-weighted quantizer; nullptr:
+                                                 // the type ignores an imatrix (as in ggml)
 };
 
 // The row of a type id read from a file; nullptr for ids the table does not know.

@@ -53,7 +53,7 @@ std::vector<float> read_floats(const std::string& path) {
 // The blocks of x quantized row by row with t's importance-matrix quantizer.
 std::vector<uint8_t> quantize_with_imatrix(const TypeInfo& t, const std::vector<float>& x, const std::string& x_path,
                                            const std::string& imatrix_path, int64_t n_per_row) {
-  const QuantizeImatrixFn quantize = imatrix_quantizer(t.type);
+  const QuantizeImatrixFn quantize = t.quantize_imatrix;
   if (quantize == nullptr) fail(fmt::format("--type {}: no importance-matrix quantizer for that type", t.name));
   if (n_per_row <= 0 || n_per_row % t.block_elems != 0)
     fail(fmt::format("--n-per-row {}: not a positive multiple of {}'s {}-value blocks", n_per_row, t.name,
