@@ -67,7 +67,12 @@ ln -sfn /usr/include/fmt "$build/include/fmt"
 flags=(-std=c++20 -O2 -ffp-contract=off -Wall -Wextra -DFMT_HEADER_ONLY
   -I"$root/src" -I"$build/include")
 # The kernel and quant layers: every unit of the kernel table and what it links against.
-common=("$root"/src/kernels/scalar/*.cpp "$root"/src/quant/*.cpp)
+# The quant layer's file-level units (whole-model quantization, imatrix files) also need the
+# GGUF reader/writer and the thread pool, which the kernel test does not: left out.
+common=("$root"/src/kernels/scalar/*.cpp)
+for f in "$root"/src/quant/*.cpp; do
+  case $(basename "$f") in quantize_model.cpp|imatrix_file.cpp) ;; *) common+=("$f") ;; esac
+done
 for f in "$root"/src/kernels/*.cpp; do [[ $(basename "$f") == dispatch.cpp ]] || common+=("$f"); done
 per_arch=("$root"/src/kernels/dispatch.cpp "$root"/src/kernels/arm/*_neon.cpp
   "$root/tests/arm/test_kernels_neon.cpp")
