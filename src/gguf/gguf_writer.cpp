@@ -1,15 +1,8 @@
 #include "gguf/gguf_writer.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstdio>
-#include <cstring>
-#include <filesystem>
 #include <limits>
 
+#include "core/atomic_file.h"
 #include "quant/type_table.h"
 
 namespace peregrine::gguf {
@@ -20,10 +13,10 @@ constexpr uint32_t kVersion = 3;
 constexpr uint64_t kDefaultAlignment = 32;
 constexpr size_t kMaxTensorName = 63;  // ggml's GGML_MAX_NAME (64) includes the terminator
 
-// Byte sink: a growing buffer, flushed to a file descriptor when one is set.
+// Byte sink: a growing buffer, flushed to a file when one is set.
 class Sink {
  public:
-  explicit Sink(int fd = -1) : fd_(fd) {}
+  explicit Sink(AtomicFile* file = nullptr) : file_(file) {}
 
   template <typename T>
   void put(T v) {
@@ -41,22 +34,16 @@ class Sink {
   }
   uint64_t written() const { return written_; }
   // Hands the buffered bytes to the file (no-op in memory).
-  Status flush(const std::string& path) {
-    if (fd_ < 0) return Status::Ok();
-    size_t off = 0;
-    while (off < buf_.size()) {
-      const ssize_t n = ::write(fd_, buf_.data() + off, buf_.size() - off);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return make_error("{}: write failed: {}", path, std::strerror(n < 0 ? errno : ENOSPC));
-      off += size_t(n);
-    }
+  Status flush() {
+    if (file_ == nullptr) return Status::Ok();
+    PG_TRY(file_->write(buf_.data(), buf_.size()));
     buf_.clear();
     return Status::Ok();
   }
   std::vector<uint8_t>& buffer() { return buf_; }
 
  private:
-  int fd_;
+  AtomicFile* file_;
   std::vector<uint8_t> buf_;
   uint64_t written_ = 0;
 };
@@ -288,7 +275,7 @@ Status put_tensors(Sink& s, const std::vector<Writer::Tensor>& tensors, uint64_t
     PG_TRY(produce(i, std::span<uint8_t>(buf)));
     s.bytes(buf.data(), buf.size());
     s.zeros(pad_to(t.n_bytes, align) - t.n_bytes);
-    PG_TRY(s.flush(where));
+    PG_TRY(s.flush());
   }
   return Status::Ok();
 }
@@ -303,41 +290,12 @@ Result<std::vector<uint8_t>> Writer::to_bytes(const Producer& produce) const {
 }
 
 Status Writer::write(const std::string& path, const Producer& produce) const {
-  namespace fs = std::filesystem;
-  if (path.empty()) return make_error("output path is empty");
-  std::error_code ec;
-  if (fs::is_directory(path, ec)) return make_error("{}: is a directory", path);
-  const fs::path dest(path);
-  const fs::path dir = dest.has_parent_path() ? dest.parent_path() : fs::path(".");
-  std::string tmpl = (dir / ("." + dest.filename().string() + ".tmp.XXXXXX")).string();
-  const int fd = ::mkstemp(tmpl.data());
-  if (fd < 0) return make_error("{}: cannot create a file in {}: {}", path, dir.string(), std::strerror(errno));
-  {  // mkstemp makes the file 0600; give it the mode a plain create would have
-    const mode_t mask = ::umask(0);
-    ::umask(mask);
-    ::fchmod(fd, 0666 & ~mask);
-  }
-  const std::string tmp = tmpl;
-  auto abandon = [&](Error e) -> Status {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    return e;
-  };
-  Sink s(fd);
+  PG_ASSIGN(AtomicFile file, AtomicFile::create(path));
+  Sink s(&file);
   put_header(s, kv_, tensors_, alignment());
-  if (Status st = s.flush(path); !st.ok()) return abandon(st.error());
-  if (Status st = put_tensors(s, tensors_, alignment(), produce, path); !st.ok()) return abandon(st.error());
-  if (::fsync(fd) != 0) return abandon(make_error("{}: fsync failed: {}", path, std::strerror(errno)));
-  if (::close(fd) != 0) {
-    ::unlink(tmp.c_str());
-    return make_error("{}: close failed: {}", path, std::strerror(errno));
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    return make_error("{}: cannot rename the finished file into place: {}", path, std::strerror(err));
-  }
-  return Status::Ok();
+  PG_TRY(s.flush());
+  PG_TRY(put_tensors(s, tensors_, alignment(), produce, path));
+  return file.commit();
 }
 
 Status copy_metadata(const File& src, Writer& w) {

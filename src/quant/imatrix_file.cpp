@@ -3,12 +3,7 @@
 // common/imatrix-loader.cpp; the reader is stricter than llama's about hostile input.
 #include "quant/imatrix_file.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -16,6 +11,7 @@
 #include <map>
 #include <memory>
 
+#include "core/atomic_file.h"
 #include "core/mapped_file.h"
 #include "gguf/gguf.h"
 #include "gguf/gguf_writer.h"
@@ -191,45 +187,6 @@ Result<Imatrix> parse_gguf(const uint8_t* data, size_t size, const std::string& 
   return m;  // std::map iterates in name order
 }
 
-// Writes `bytes` to a temporary file beside `path` (named as gguf::Writer names its own),
-// fsyncs it and renames it into place; on any failure the temporary file is removed and
-// `path` is left as it was.
-Status write_atomic(const std::string& path, const std::vector<uint8_t>& bytes) {
-  const std::filesystem::path dest(path);
-  const std::filesystem::path dir = dest.has_parent_path() ? dest.parent_path() : ".";
-  std::string tmp = (dir / ("." + dest.filename().string() + ".tmp.XXXXXX")).string();
-  const int fd = mkstemp(tmp.data());
-  if (fd < 0) return make_error("{}: cannot create a temporary file beside it: {}", path, std::strerror(errno));
-  auto fail = [&](std::string_view what) {
-    const int e = errno;
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    return make_error("{}: {}: {}", path, what, std::strerror(e));
-  };
-  for (size_t done = 0; done < bytes.size();) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return fail("cannot write");
-    done += size_t(n);
-  }
-  {  // mkstemp makes the file 0600; give it the mode a plain create would have
-    const mode_t mask = ::umask(0);
-    ::umask(mask);
-    if (::fchmod(fd, 0666 & ~mask) != 0) return fail("cannot set permissions");
-  }
-  if (::fsync(fd) != 0) return fail("cannot sync");
-  if (::close(fd) != 0) {
-    const int e = errno;
-    ::unlink(tmp.c_str());
-    return make_error("{}: cannot close: {}", path, std::strerror(e));
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int e = errno;
-    ::unlink(tmp.c_str());
-    return make_error("{}: cannot rename the temporary file into place: {}", path, std::strerror(e));
-  }
-  return Status::Ok();
-}
 
 void put_i32(std::vector<uint8_t>& out, int32_t v) {
   const auto* p = reinterpret_cast<const uint8_t*>(&v);
@@ -332,7 +289,9 @@ Status save_dat(const Imatrix& m, const std::string& path, const std::vector<con
   if (int64_t(dataset.size()) > kMaxI32) return make_error("{}: dataset name is too long", path);
   put_i32(out, int32_t(dataset.size()));
   put_bytes(out, dataset.data(), dataset.size());
-  return write_atomic(path, out);
+  PG_ASSIGN(AtomicFile f, AtomicFile::create(path));
+  PG_TRY(f.write(out.data(), out.size()));
+  return f.commit();
 }
 
 }  // namespace
