@@ -82,7 +82,11 @@ bool is_attn_v_like(Category c) { return c == Category::AttnV || c == Category::
 
 // Tensors that stay as they are: 1-D ones, norms, routers, positional and small tables.
 bool may_quantize(const MixTensor& t) {
-  if (t.dims.size() < 2) return false;
+  // llama counts dimensions as ggml_n_dims does: trailing 1s do not count, so a [n, 1, 1]
+  // "weight" (RWKV's time_mix_lerp_*, written so by gguf-py) is a vector and stays.
+  size_t n_dims = t.dims.size();
+  while (n_dims > 1 && t.dims[n_dims - 1] <= 1) --n_dims;
+  if (n_dims < 2) return false;
   const std::string_view n = t.name;
   if (!ends_with(n, "weight")) return false;
   static constexpr std::string_view kKeep[] = {
@@ -244,7 +248,10 @@ Result<MixOverride> parse_mix_override(std::string_view text) {
   const size_t eq = text.rfind('=');
   if (eq == std::string_view::npos || eq == 0 || eq + 1 == text.size())
     return make_error("'{}': expected PATTERN=TYPE (e.g. attn_v=Q8_0)", text);
-  const std::string pattern(text.substr(0, eq));
+  // llama-quantize lower-cases the pattern (ASCII, before compiling it), so "ATTN_V=Q8_0"
+  // matches attn_v there (and \D means \d); done alike so that the files stay the same.
+  std::string pattern(text.substr(0, eq));
+  for (char& ch : pattern) ch = char(std::tolower(static_cast<unsigned char>(ch)));
   const auto type = quantizable_type(text.substr(eq + 1));
   if (!type) return make_error("'{}': unknown or unquantizable type '{}'", text, text.substr(eq + 1));
   try {

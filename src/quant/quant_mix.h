@@ -61,7 +61,7 @@ struct MixTensor {
 };
 
 struct MixOverride {
-  std::string pattern;  // as written: an ECMAScript regex searched in the tensor name
+  std::string pattern;  // an ECMAScript regex searched in the tensor name, lower-cased as llama does
   std::regex re;
   GgmlType type;
 };
