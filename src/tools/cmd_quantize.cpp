@@ -58,7 +58,8 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("type", o->type, "Target mix, e.g. Q4_K_M")->required();
   cmd->add_option("--imatrix", o->imatrix, "Importance matrix (GGUF or legacy .dat, ours or llama-imatrix's)");
   cmd->add_option("--keep-type,--tensor-type", o->overrides,
-                  "PATTERN=TYPE: tensors whose name matches the regex get TYPE (repeatable, first match wins)");
+                  "PATTERN=TYPE: tensors whose name matches the regex get TYPE (repeatable, first match wins)")
+      ->allow_extra_args(false);  // one value per flag, so positionals may follow it
   cmd->add_option("--output-type", o->output_type, "Type of output.weight");
   cmd->add_option("--token-embedding-type", o->token_embd_type, "Type of token_embd.weight");
   cmd->add_flag("--pure", o->pure, "Every quantizable tensor gets the mix's base type (no per-tensor rules)");
