@@ -4,6 +4,7 @@ Environment:
   PEREGRINE_BIN         engine binary (default <repo>/build/bin/peregrine)
   PEREGRINE_MODEL_PATH  GGUF model (default ~/.cache/peregrine/models/SmolLM2-135M-Instruct.Q4_1.gguf)
   PEREGRINE_GEMMA_PATH  Gemma 3 GGUF (default ~/.cache/peregrine/models/gemma-3-270m-q4_k_m.gguf)
+  LLAMA_CPP_ORACLE_JOBS build jobs for the llama.cpp tools below when not built yet (default 2)
 Tests that need a missing one are skipped with a message saying which.
 """
 
@@ -19,6 +20,33 @@ import pytest
 
 # Let test modules import the helpers that live beside them (llama_ref, gguf_hf_tokenizer, ...).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import llama_cpp_build  # noqa: E402  (bench/: the pinned llama.cpp, built once into the cache)
+
+
+def _llama_tool(target: str) -> Path:
+    """A llama.cpp tool of the pinned source, AMX compiled out (as the logits oracle), built on first use."""
+    try:
+        binary, _ = llama_cpp_build.build_target(target, int(os.environ.get("LLAMA_CPP_ORACLE_JOBS", "2")),
+                                                 no_amx=True)
+    except llama_cpp_build.Failure as e:
+        pytest.fail(f"{target} build failed: {e}")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def llama_quantize() -> Path:
+    return _llama_tool("llama-quantize")
+
+
+@pytest.fixture(scope="session")
+def llama_imatrix() -> Path:
+    return _llama_tool("llama-imatrix")
+
+
+@pytest.fixture(scope="session")
+def llama_perplexity() -> Path:
+    return _llama_tool("llama-perplexity")
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,24 +40,11 @@ import pytest
 
 from gguf import GGUFReader
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "bench"))
-import llama_cpp_build as lcb  # noqa: E402
 
 GPL3 = Path("/usr/share/common-licenses/GPL-3")
 GEMMA = Path(os.environ.get("PEREGRINE_GEMMA_PATH",
                             Path.home() / ".cache/peregrine/models/gemma-3-270m-q4_k_m.gguf"))
 CTX, CHUNKS, THREADS = 256, 4, 2
-
-
-@pytest.fixture(scope="module")
-def llama_perplexity() -> Path:
-    try:
-        binary, _ = lcb.build_target("llama-perplexity", int(os.environ.get("LLAMA_CPP_ORACLE_JOBS", "2")),
-                                     no_amx=True)
-    except lcb.Failure as e:
-        pytest.fail(f"llama-perplexity build failed: {e}")
-    return binary
 
 
 @pytest.fixture(scope="module")

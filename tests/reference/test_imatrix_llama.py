@@ -26,30 +26,16 @@ for the oracle's build if it is not built yet.
 
 from __future__ import annotations
 
-import os
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "bench"))
-import llama_cpp_build as lcb  # noqa: E402
 
 GPL3 = Path("/usr/share/common-licenses/GPL-3")
 CTX, CHUNKS, THREADS = 128, 3, 2
-
-
-@pytest.fixture(scope="module")
-def llama_imatrix() -> Path:
-    try:
-        binary, _ = lcb.build_target("llama-imatrix", int(os.environ.get("LLAMA_CPP_ORACLE_JOBS", "2")), no_amx=True)
-    except lcb.Failure as e:
-        pytest.fail(f"llama-imatrix build failed: {e}")
-    return binary
 
 
 @pytest.fixture(scope="module")

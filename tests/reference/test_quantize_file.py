@@ -62,7 +62,6 @@ import os
 import re
 import struct
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,9 +69,6 @@ import gguf
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "bench"))
-import llama_cpp_build as lcb  # noqa: E402
 
 QT = gguf.GGMLQuantizationType
 VT = gguf.GGUFValueType
@@ -566,15 +562,6 @@ def check_readback(inp_reader: gguf.GGUFReader, out: Path, report: dict, mix: st
 
 
 # ---- fixtures -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def llama_quantize() -> Path:
-    try:
-        binary, _ = lcb.build_target("llama-quantize", int(os.environ.get("LLAMA_CPP_ORACLE_JOBS", "2")), no_amx=True)
-    except lcb.Failure as e:
-        pytest.fail(f"llama-quantize build failed: {e}")
-    return binary
 
 
 @pytest.fixture(scope="module")

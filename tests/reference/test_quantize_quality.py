@@ -20,17 +20,12 @@ this file checks the rest of issue 15's quality claims on SmolLM2-135M, base = i
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "bench"))
-import llama_cpp_build as lcb  # noqa: E402
 
 GPL2 = Path("/usr/share/common-licenses/GPL-2")
 GPL3 = Path("/usr/share/common-licenses/GPL-3")
@@ -42,16 +37,6 @@ def texts():
     for p in (GPL2, GPL3):
         if not p.is_file():
             pytest.skip(f"{p} not present")
-
-
-@pytest.fixture(scope="module")
-def llama_perplexity() -> Path:
-    try:
-        binary, _ = lcb.build_target("llama-perplexity", int(os.environ.get("LLAMA_CPP_ORACLE_JOBS", "2")),
-                                     no_amx=True)
-    except lcb.Failure as e:
-        pytest.fail(f"llama-perplexity build failed: {e}")
-    return binary
 
 
 def ours_ppl(run_peregrine, model: Path) -> float:
