@@ -349,3 +349,25 @@ def test_pull_unknown_model(cli, describe, pull_env):
 def test_attention_options_bad_input(cli, model_path, describe, args, contains):
     r = cli("run", "-m", model_path, *T, "-p", "hi", "-n", "1", *args)
     assert_error(r, describe, contains)
+
+
+def test_imatrix_bad_inputs(cli, model_path, describe, tmp_path):
+    out = tmp_path / "im.gguf"
+    assert_error(cli("imatrix", "-m", model_path, *T, "-f", "/nonexistent.txt", "-o", out), describe,
+                 "/nonexistent.txt")
+    short = tmp_path / "short.txt"
+    short.write_text("Too short for a chunk.\n")
+    assert_error(cli("imatrix", "-m", model_path, *T, "-f", short, "-o", out, "-c", "128"), describe,
+                 "short.txt", last_line=True)
+    text = tmp_path / "text.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 60)
+    assert_error(cli("imatrix", "-m", model_path, *T, "-f", text, "-o", "/nonexistent-dir/im.gguf", "-c", "64",
+                     "--chunks", "1"), describe, "/nonexistent-dir/im.gguf", last_line=True)
+    assert_error(cli("imatrix", "-m", model_path, *T, "-f", text, "-o", out, "--output-format", "xml"), describe,
+                 "--output-format")
+    junk = tmp_path / "junk.imatrix"
+    junk.write_bytes(b"\x03\x00\x00\x00garbage")
+    assert_error(cli("quantize", "--imatrix", junk, model_path, tmp_path / "q.gguf", "Q4_K_M"), describe,
+                 "junk.imatrix")
+    assert not out.exists() and not (tmp_path / "q.gguf").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "temporary files left behind"
