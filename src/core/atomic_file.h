@@ -1,10 +1,13 @@
 // A file that appears at its path whole or not at all: bytes go to a temporary file in the
 // destination's folder, which commit() flushes to disk (fsync) and renames over the
-// destination. Until then -- and if anything fails, or the object is destroyed without a
-// commit -- the destination is untouched and the temporary file is removed.
+// destination. Until then -- and if anything fails, the object is destroyed without a commit,
+// or the process is stopped by SIGINT, SIGTERM or SIGHUP -- the destination is untouched and
+// the temporary file is removed. (The signal handlers are installed on first use, only where
+// the program kept the default action; they remove open temporary files and re-raise.)
 #pragma once
 
 #include <cstddef>
+#include <memory>
 #include <string>
 
 #include "core/status.h"
@@ -26,9 +29,11 @@ class AtomicFile {
   Status commit();
 
  private:
-  AtomicFile(std::string path, std::string tmp, int fd) : path_(std::move(path)), tmp_(std::move(tmp)), fd_(fd) {}
+  AtomicFile(std::string path, std::unique_ptr<char[]> tmp, int fd);
   void abandon();
-  std::string path_, tmp_;
+  void forget();  // no longer removed on a signal
+  std::string path_;
+  std::unique_ptr<char[]> tmp_;  // stable address: the signal handler reads it
   int fd_ = -1;
 };
 

@@ -371,3 +371,24 @@ def test_imatrix_bad_inputs(cli, model_path, describe, tmp_path):
                  "junk.imatrix")
     assert not out.exists() and not (tmp_path / "q.gguf").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "temporary files left behind"
+
+
+@pytest.mark.parametrize("sig", [2, 15])  # SIGINT (Ctrl-C), SIGTERM
+def test_quantize_interrupted_leaves_no_file(peregrine_bin, model_path, tmp_path, sig):
+    """Stopped half way, quantize leaves the folder as it was: no output, no temporary file.
+    (If it finished before the signal, the output is whole and still nothing else is there.)"""
+    import signal
+    import time
+
+    out = tmp_path / "q.gguf"
+    p = subprocess.Popen([str(peregrine_bin), "quantize", str(model_path), str(out), "Q6_K", "-t", "1"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.7)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=120)
+    left = sorted(q.name for q in tmp_path.iterdir())
+    if p.returncode == 0:
+        assert left == ["q.gguf"], left
+    else:
+        assert p.returncode == -sig, f"exit {p.returncode}: {err}"
+        assert left == [], f"left behind: {left}"
