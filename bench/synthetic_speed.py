@@ -124,6 +124,13 @@ def smollm2_tokenizer(source: Path) -> dict:
     return read(None, source)
 
 
+def add_tokenizer(w, tok: dict) -> None:
+    """The converter's tokenizer keys (tests/reference/synthetic_models.py writes them)."""
+    sys.path.insert(0, str(REPO / "tests" / "reference"))
+    from synthetic_models import add_tokenizer as add
+    add(w, tok)
+
+
 def write_base(shape: Shape, path: Path, tokenizer_source: Path) -> None:
     """Write the F16 base to PATH (via a temporary file beside it, renamed when complete).
 
@@ -164,16 +171,7 @@ def write_base(shape: Shape, path: Path, tokenizer_source: Path) -> None:
         w.add_vocab_size(n_vocab)
         w.add_rope_dimension_count(shape.head_dim)
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        w.add_tokenizer_model(tok["model"])
-        w.add_tokenizer_pre(tok["pre"])
-        w.add_token_list(tok["tokens"])
-        w.add_token_types(tok["token_type"])
-        w.add_token_merges(tok["merges"])
-        w.add_bos_token_id(tok["bos"])
-        w.add_eos_token_id(tok["eos"])
-        w.add_unk_token_id(tok["unk"])
-        w.add_pad_token_id(tok["pad"])
-        w.add_add_bos_token(False)
+        add_tokenizer(w, tok)
         tensors = shape.tensors(n_vocab)
         for name, shp in tensors:
             dtype = np.float32 if len(shp) == 1 else np.float16

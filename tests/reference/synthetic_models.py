@@ -105,6 +105,21 @@ GATE = {"qwen2": "qwen2", "qwen3": "qwen3", "llama_rope_llama3": "llama_rope_sca
 _TOKENIZER_CACHE: dict = {}
 
 
+def add_tokenizer(gw, tok: dict) -> None:
+    """The tokenizer keys llama.cpp's converter writes for a GPT-2-style vocabulary (_set_vocab_gpt2 +
+    SpecialVocab), from smollm2_tokenizer()'s dict, onto a gguf.GGUFWriter."""
+    gw.add_tokenizer_model(tok["model"])
+    gw.add_tokenizer_pre(tok["pre"])
+    gw.add_token_list(tok["tokens"])
+    gw.add_token_types(tok["token_type"])
+    gw.add_token_merges(tok["merges"])
+    gw.add_bos_token_id(tok["bos"])
+    gw.add_eos_token_id(tok["eos"])
+    gw.add_unk_token_id(tok["unk"])
+    gw.add_pad_token_id(tok["pad"])
+    gw.add_add_bos_token(False)
+
+
 def smollm2_tokenizer(n_vocab: int | None = VOCAB_SIZE, source: Path = SMOLLM2_GGUF) -> dict:
     """tokenizer.ggml.* of SmolLM2 (a gguf-py reader of it takes seconds: cached), cut to N tokens."""
     if not source.is_file():
@@ -282,17 +297,7 @@ def write_model(model: str | Spec, path: str | Path, *, wtype: str = "F32", seed
         gw.add_vocab_size(nv)
         gw.add_rope_dimension_count(spec.head_dim)
     gw.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    # _set_vocab_gpt2 + SpecialVocab
-    gw.add_tokenizer_model(tok["model"])
-    gw.add_tokenizer_pre(tok["pre"])
-    gw.add_token_list(tok["tokens"])
-    gw.add_token_types(tok["token_type"])
-    gw.add_token_merges(tok["merges"])
-    gw.add_bos_token_id(tok["bos"])
-    gw.add_eos_token_id(tok["eos"])
-    gw.add_unk_token_id(tok["unk"])
-    gw.add_pad_token_id(tok["pad"])
-    gw.add_add_bos_token(False)
+    add_tokenizer(gw, tok)
 
     for name, a in tensors.items():
         a = np.ascontiguousarray(a, dtype=np.float32)
