@@ -5,6 +5,7 @@
 #include "kernels/kernels.h"
 #include "model/model.h"
 #include "model/tensor_table.h"
+#include "quant/quant_mix.h"
 #include "tools/commands.h"
 #include "tools/common.h"
 
@@ -121,8 +122,15 @@ void register_info(CLI::App& app) {
       a.n++; a.bytes += t.n_bytes; a.elems += t.n_elements;
       total += t.n_bytes; total_elems += t.n_elements;
     }
-    std::printf("\ntensors:     %zu, %.1fM parameters, %s\n", f->tensors().size(),
-                double(total_elems) / 1e6, human_bytes(double(total)).c_str());
+    std::string mix;  // general.file_type as llama-quantize names it
+    if (auto ft = f->get_uint("general.file_type"); ft.ok()) {
+      mix = fmt::format(", file type {}", *ft);
+      for (const QuantMix& m : all_quant_mixes())
+        if (m.file_type == *ft) mix = fmt::format(", file type {} ({})", m.name, *ft);
+    }
+    std::printf("\ntensors:     %zu, %.1fM parameters, %s, %.2f bits per weight%s\n", f->tensors().size(),
+                double(total_elems) / 1e6, human_bytes(double(total)).c_str(),
+                total_elems ? 8.0 * double(total) / double(total_elems) : 0.0, mix.c_str());
     std::printf("  %-8s %6s %14s %8s\n", "type", "count", "bytes", "bits/w");
     for (const auto& [name, a] : by_type)
       std::printf("  %-8s %6zu %14s %8.2f\n", name.c_str(), a.n, human_bytes(double(a.bytes)).c_str(),

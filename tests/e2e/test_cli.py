@@ -284,6 +284,13 @@ def test_info_matches_gguf_py(ok, model_path, vocab, describe):
     n_params = sum(int(t.n_elements) for t in vocab.reader.tensors)
     m = re.search(r"^tensors:.*?, ([0-9.]+)M parameters", r.stdout, re.M)
     assert m and float(m.group(1)) == pytest.approx(n_params / 1e6, abs=0.051), describe(r)
+    n_bytes = sum(int(t.n_bytes) for t in vocab.reader.tensors)
+    m = re.search(r"^tensors:.*, ([0-9.]+) bits per weight", r.stdout, re.M)
+    assert m and float(m.group(1)) == pytest.approx(8 * n_bytes / n_params, abs=0.006), describe(r)
+    if "general.file_type" in f:  # llama_ftype, named as llama-quantize names the mix
+        ft = int(f["general.file_type"].contents())
+        names = {2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 1: "F16", 15: "Q4_K_M"}
+        assert re.search(rf"^tensors:.*file type {names.get(ft, '')}.*\({ft}\)$", r.stdout, re.M), describe(r)
 
     if model_path.name == SMOLLM2_FILE:
         # SmolLM2-135M's published config: 30 layers, hidden 576, 9 heads (3 kv), ffn 1536.
