@@ -152,35 +152,24 @@ void Writer::remove(std::string_view key) {
   std::erase_if(kv_, [&](const auto& kv) { return kv.first == key; });
 }
 
-Status Writer::set_u32(std::string_view key, uint32_t v) {
+namespace {
+
+template <typename Field, typename T>
+Value typed_value(ValueType type, Field Value::*field, T v) {
   Value x;
-  x.type = ValueType::U32;
-  x.u = v;
-  return set(key, std::move(x));
+  x.type = type;
+  x.*field = Field(v);
+  return x;
 }
-Status Writer::set_i32(std::string_view key, int32_t v) {
-  Value x;
-  x.type = ValueType::I32;
-  x.i = v;
-  return set(key, std::move(x));
-}
-Status Writer::set_f32(std::string_view key, float v) {
-  Value x;
-  x.type = ValueType::F32;
-  x.f = v;
-  return set(key, std::move(x));
-}
-Status Writer::set_bool(std::string_view key, bool v) {
-  Value x;
-  x.type = ValueType::BOOL;
-  x.u = v;
-  return set(key, std::move(x));
-}
+
+}  // namespace
+
+Status Writer::set_u32(std::string_view key, uint32_t v) { return set(key, typed_value(ValueType::U32, &Value::u, v)); }
+Status Writer::set_i32(std::string_view key, int32_t v) { return set(key, typed_value(ValueType::I32, &Value::i, v)); }
+Status Writer::set_f32(std::string_view key, float v) { return set(key, typed_value(ValueType::F32, &Value::f, v)); }
+Status Writer::set_bool(std::string_view key, bool v) { return set(key, typed_value(ValueType::BOOL, &Value::u, v)); }
 Status Writer::set_string(std::string_view key, std::string v) {
-  Value x;
-  x.type = ValueType::STRING;
-  x.str = std::move(v);
-  return set(key, std::move(x));
+  return set(key, typed_value(ValueType::STRING, &Value::str, std::move(v)));
 }
 Status Writer::set_string_array(std::string_view key, const std::vector<std::string>& v) {
   Value x;
