@@ -16,31 +16,46 @@ namespace {
 
 // ---- pattern text: top-level alternatives and anchors (regex_parser.h reads the rest)
 
-// Splits at '|' outside groups and classes (Python's class syntax, as regex_parser.h reads it:
-// a ']' right after '[' or '[^' is a member).
-std::vector<std::string_view> split_alternatives(std::string_view re) {
-  std::vector<std::string_view> out;
-  size_t depth = 0, start = 0;
+// Walks the pattern text outside character classes, reading classes as regex_parser.h does
+// (Python's syntax: a ']' right after '[' or '[^' is a member): visit(i) sees every character
+// outside a class -- an escape at its backslash, the escaped character skipped -- and returns
+// false to stop the walk.
+template <typename Visit>
+void scan_outside_classes(std::string_view re, Visit visit) {
   bool in_class = false;
   for (size_t i = 0; i < re.size(); ++i) {
     const char ch = re[i];
+    if (in_class) {
+      if (ch == '\\') ++i;
+      else if (ch == ']') in_class = false;
+      continue;
+    }
+    if (!visit(i)) return;
     if (ch == '\\') {
       ++i;
-    } else if (in_class) {
-      if (ch == ']') in_class = false;
     } else if (ch == '[') {
       in_class = true;
       if (i + 1 < re.size() && re[i + 1] == '^') ++i;
       if (i + 1 < re.size() && re[i + 1] == ']') ++i;
-    } else if (ch == '(') {
+    }
+  }
+}
+
+// Splits at '|' outside groups and classes.
+std::vector<std::string_view> split_alternatives(std::string_view re) {
+  std::vector<std::string_view> out;
+  size_t depth = 0, start = 0;
+  scan_outside_classes(re, [&](size_t i) {
+    if (re[i] == '(') {
       ++depth;
-    } else if (ch == ')') {
+    } else if (re[i] == ')') {
       if (depth > 0) --depth;
-    } else if (ch == '|' && depth == 0) {
+    } else if (re[i] == '|' && depth == 0) {
       out.push_back(re.substr(start, i - start));
       start = i + 1;
     }
-  }
+    return true;
+  });
   out.push_back(re.substr(start));
   return out;
 }
@@ -54,25 +69,15 @@ bool ends_with_anchor(std::string_view re) {
 
 // An anchor or word-boundary assertion outside a class, which `.*(p).*` would misread.
 std::optional<std::string> inner_assertion(std::string_view re) {
-  bool in_class = false;
-  for (size_t i = 0; i < re.size(); ++i) {
-    const char ch = re[i];
-    if (ch == '\\') {
-      if (i + 1 < re.size() && !in_class &&
-          std::string_view("bBAZzG").find(re[i + 1]) != std::string_view::npos)
-        return std::string(re.substr(i, 2));
-      ++i;
-    } else if (in_class) {
-      if (ch == ']') in_class = false;
-    } else if (ch == '[') {
-      in_class = true;
-      if (i + 1 < re.size() && re[i + 1] == '^') ++i;
-      if (i + 1 < re.size() && re[i + 1] == ']') ++i;
-    } else if (ch == '^' || ch == '$') {
-      return std::string(1, ch);
-    }
-  }
-  return std::nullopt;
+  std::optional<std::string> found;
+  scan_outside_classes(re, [&](size_t i) {
+    if (re[i] == '\\' && i + 1 < re.size() && std::string_view("bBAZzG").find(re[i + 1]) != std::string_view::npos)
+      found = std::string(re.substr(i, 2));
+    else if (re[i] == '^' || re[i] == '$')
+      found = std::string(1, re[i]);
+    return !found;
+  });
+  return found;
 }
 
 }  // namespace
