@@ -42,6 +42,19 @@ inline void unpack_5bit(const uint8_t* qs, const uint8_t* qh_bytes, uint8_t* out
   }
 }
 
+// The inverse of unpack_5bit: codes q[32] in 0..31 -> low nibbles in qs[16] (codes j and
+// j + 16 share byte j), bit 4 of code j into bit j of the little-endian qh.
+template <typename Code>
+inline void pack_5bit(const Code* q, uint8_t* qs, uint8_t* qh_bytes) {
+  uint32_t qh = 0;
+  for (int j = 0; j < kQK / 2; ++j) {
+    qs[j] = uint8_t((q[j] & 0x0F) | ((q[j + 16] & 0x0F) << 4));
+    qh |= uint32_t((q[j] >> 4) & 1) << j;
+    qh |= uint32_t((q[j + 16] >> 4) & 1) << (j + 16);
+  }
+  for (int k = 0; k < 4; ++k) qh_bytes[k] = uint8_t(qh >> (8 * k));
+}
+
 // The 32 signed values q - 16 of a Q5_0 block (-16..15), in order.
 inline void unpack_q5_0(const BlockQ5_0& b, int8_t* out) {
   uint8_t q[kQK];

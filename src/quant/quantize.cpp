@@ -66,18 +66,6 @@ float inverse_or_zero(float d) { return d != 0.0f ? 1.0f / d : 0.0f; }
 // cast" rounding. int() is the conversion ggml's (int8_t) / (uint8_t) casts compile to.
 int truncate(float v) { return int(v); }
 
-// Value j of a 5-bit block: low nibble into qs (values j and j + 16 share byte j % 16),
-// the fifth bit into bit j of the little-endian qh word.
-void pack_5bit(const int* q, uint8_t* qs, uint8_t* qh_bytes) {  // q[32] in 0..31
-  uint32_t qh = 0;
-  for (int j = 0; j < kQK / 2; ++j) {
-    qs[j] = uint8_t((q[j] & 0x0F) | ((q[j + 16] & 0x0F) << 4));
-    qh |= uint32_t((q[j] >> 4) & 1) << j;
-    qh |= uint32_t((q[j + 16] >> 4) & 1) << (j + 16);
-  }
-  for (int k = 0; k < 4; ++k) qh_bytes[k] = uint8_t(qh >> (8 * k));
-}
-
 }  // namespace
 
 void quantize_row_q4_0_ref(const float* x, BlockQ4_0* y, int64_t n) {  // x[n] -> y[n / 32]

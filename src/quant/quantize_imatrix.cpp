@@ -127,18 +127,6 @@ void pack_nibbles(const Code* L, uint8_t* qs) {  // L[32] in 0..15 -> qs[16]
   for (int j = 0; j < kQK / 2; ++j) qs[j] = uint8_t(L[j] | (L[j + 16] << 4));
 }
 
-// Q5_0 / Q5_1 codes 0..31: low nibbles as pack_nibbles, bit 4 of code j into bit j of qh.
-template <typename Code>
-void pack_5bit(const Code* L, uint8_t* qs, uint8_t* qh_bytes) {
-  uint32_t qh = 0;
-  for (int j = 0; j < kQK / 2; ++j) {
-    qs[j] = uint8_t((L[j] & 0x0F) | ((L[j + 16] & 0x0F) << 4));
-    qh |= uint32_t((L[j] >> 4) & 1) << j;
-    qh |= uint32_t((L[j + 16] >> 4) & 1) << (j + 16);
-  }
-  for (int k = 0; k < 4; ++k) qh_bytes[k] = uint8_t(qh >> (8 * k));
-}
-
 // The 32-value types: sigma2 is the mean square of the whole row; then each block is
 // quantized on its own with its weights w[32].
 template <typename Block, void (*QuantizeBlock)(const float* xb, const float* w, Block& b)>
