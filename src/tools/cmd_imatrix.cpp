@@ -21,6 +21,7 @@
 #include "quant/imatrix_file.h"
 #include "tools/commands.h"
 #include "tools/common.h"
+#include "tools/llama_windows.h"
 
 namespace peregrine::tools {
 namespace {
@@ -187,10 +188,7 @@ void register_imatrix(CLI::App& app) {
       const Tokenizer& tok = *lm.tok;
       // As llama-imatrix: BOS (when the model adds it) and the text, then each chunk's first
       // token replaced by BOS, so chunks start where llama's start.
-      std::vector<TokenId> tokens;
-      if (tok.add_bos()) tokens.push_back(tok.bos());
-      const std::vector<TokenId> body = tok.encode(text, false);
-      tokens.insert(tokens.end(), body.begin(), body.end());
+      const std::vector<TokenId> tokens = llama_text_tokens(tok, text);
       n_chunks = int64_t(tokens.size()) / c;
       if (o->chunks > 0) n_chunks = std::min(n_chunks, o->chunks);
       if (n_chunks == 0)

@@ -11,6 +11,14 @@ std::vector<TokenId> LlamaWindows::window(int64_t w) const {
   return win;
 }
 
+std::vector<TokenId> llama_text_tokens(const Tokenizer& tok, std::string_view text) {
+  std::vector<TokenId> tokens;
+  if (tok.add_bos()) tokens.push_back(tok.bos());
+  const std::vector<TokenId> body = tok.encode(text, false);  // plain text: "<s>" in the file is text
+  tokens.insert(tokens.end(), body.begin(), body.end());
+  return tokens;
+}
+
 Result<LlamaWindows> make_llama_windows(const Tokenizer& tok, std::string_view text, int64_t n_ctx,
                                         int64_t max_windows) {
   if (n_ctx < kMinLlamaWindow)
@@ -18,12 +26,8 @@ Result<LlamaWindows> make_llama_windows(const Tokenizer& tok, std::string_view t
                       kMinLlamaWindow);
   LlamaWindows lw;
   lw.n_ctx = n_ctx;
-  if (tok.add_bos()) {
-    lw.bos = tok.bos();
-    lw.tokens.push_back(tok.bos());
-  }
-  std::vector<TokenId> body = tok.encode(text, false);  // plain text: "<s>" in the file is text
-  lw.tokens.insert(lw.tokens.end(), body.begin(), body.end());
+  if (tok.add_bos()) lw.bos = tok.bos();
+  lw.tokens = llama_text_tokens(tok, text);
   lw.n_windows = int64_t(lw.tokens.size()) / n_ctx;
   if (lw.n_windows == 0)
     return make_error("{} tokens{}, fewer than one window of {} (-c)", lw.tokens.size(),

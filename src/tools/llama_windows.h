@@ -34,6 +34,10 @@ struct LlamaWindows {
   std::vector<TokenId> window(int64_t w) const;
 };
 
+// The whole text as llama.cpp's perplexity and imatrix tools feed it: BOS first when the model
+// adds BOS, then the text's tokens (special-token strings in it are plain text).
+std::vector<TokenId> llama_text_tokens(const Tokenizer& tok, std::string_view text);
+
 // The smallest -c with at least one scored position per window and a first half to condition on.
 inline constexpr int64_t kMinLlamaWindow = 4;
 
