@@ -1,5 +1,6 @@
 #include "gguf/gguf_writer.h"
 
+#include <algorithm>
 #include <limits>
 
 #include "core/atomic_file.h"
@@ -126,9 +127,9 @@ const Value* Writer::find(std::string_view key) const {
 Status Writer::set(std::string_view key, Value value) {
   if (key.empty()) return make_error("metadata key is empty");
   if (key.size() > kMaxKeyLen) return make_error("metadata key of {} bytes is too long", key.size());
-  uint64_t n = 0;
-  for (const auto& [k, v] : kv_)
-    if (k != key) n += count_values(v);
+  auto it = std::find_if(kv_.begin(), kv_.end(), [&](const auto& kv) { return kv.first == key; });
+  Value* old = it != kv_.end() ? &it->second : nullptr;
+  uint64_t n = n_values_ - (old != nullptr ? count_values(*old) : 0);  // the other keys' values
   PG_TRY(check_value(key, value, 0, &n));
   if (key == "general.alignment") {
     const bool is_unsigned = value.type == ValueType::U8 || value.type == ValueType::U16 ||
@@ -138,18 +139,21 @@ Status Writer::set(std::string_view key, Value value) {
       return make_error("general.alignment must be an unsigned power of two up to 1 MiB");
     if (!tensors_.empty()) return make_error("general.alignment must be set before tensors are added");
   }
-  for (auto& [k, v] : kv_) {
-    if (k == key) {
-      v = std::move(value);
-      return Status::Ok();
-    }
+  n_values_ = n;
+  if (old != nullptr) {
+    *old = std::move(value);
+    return Status::Ok();
   }
   kv_.emplace_back(std::string(key), std::move(value));
   return Status::Ok();
 }
 
 void Writer::remove(std::string_view key) {
-  std::erase_if(kv_, [&](const auto& kv) { return kv.first == key; });
+  std::erase_if(kv_, [&](const auto& kv) {
+    if (kv.first != key) return false;
+    n_values_ -= count_values(kv.second);
+    return true;
+  });
 }
 
 namespace {

@@ -64,6 +64,7 @@ class Writer {
 
  private:
   std::vector<std::pair<std::string, Value>> kv_;
+  uint64_t n_values_ = 0;  // array elements in kv_, against kMaxMetadataValues
   std::vector<Tensor> tensors_;
 };
 
