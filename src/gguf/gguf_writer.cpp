@@ -29,6 +29,11 @@ class Sink {
     written_ += n;
   }
   void zeros(size_t n) { buf_.insert(buf_.end(), n, 0), written_ += n; }
+  // n zero bytes appended, for the caller to fill in place.
+  std::span<uint8_t> extend(size_t n) {
+    zeros(n);
+    return std::span<uint8_t>(buf_.data() + buf_.size() - n, n);
+  }
   void string(std::string_view s) {
     put<uint64_t>(s.size());
     bytes(s.data(), s.size());
@@ -259,14 +264,12 @@ void put_header(Sink& s, const std::vector<std::pair<std::string, Value>>& kv,
 Status put_tensors(Sink& s, const std::vector<Writer::Tensor>& tensors, uint64_t align,
                    const Writer::Producer& produce, const std::string& where) {
   const uint64_t data_start = s.written();
-  std::vector<uint8_t> buf;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const Writer::Tensor& t = tensors[i];
     PG_ASSERT(s.written() - data_start == t.offset);
-    if (t.n_bytes > buf.max_size()) return make_error("{}: tensor '{}' is too large", where, t.name);
-    buf.assign(size_t(t.n_bytes), 0);
-    PG_TRY(produce(i, std::span<uint8_t>(buf)));
-    s.bytes(buf.data(), buf.size());
+    if (t.n_bytes > std::numeric_limits<size_t>::max() / 2)
+      return make_error("{}: tensor '{}' is too large", where, t.name);
+    PG_TRY(produce(i, s.extend(size_t(t.n_bytes))));
     s.zeros(pad_to(t.n_bytes, align) - t.n_bytes);
     PG_TRY(s.flush());
   }
