@@ -35,9 +35,11 @@ Tolerances (measured figures in the comments of each constant):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -46,7 +48,8 @@ import synthetic_models as sm
 from hf_decoder_ref import ABLATIONS, DecoderRef, default_inv_freq, hf_llama3_inv_freq
 
 # ---- the gates: flip to True when the engine supports the architecture ------------------------------
-ENGINE_SUPPORTS = {"llama_rope_scaled": True, "qwen2": True, "qwen3": True}
+ENGINE_SUPPORTS = {"llama_rope_scaled": True, "qwen2": True, "qwen3": True,
+                   "phi3": False, "smollm3": False, "qwen3moe": False, "olmoe": False, "afmoe": False}
 RUN_ALL = os.environ.get("PEREGRINE_SYNTHETIC_ALL") == "1"
 
 N_TOKENS = 48
@@ -220,6 +223,13 @@ ABLATIONS_OF = {
     "llama_rope_linear": ("no_rope_scaling", "rope_adjacent"),
     "llama_rope_linear_untyped": ("no_rope_scaling",),
     "llama_rope_yarn": ("no_rope_scaling", "no_yarn_mscale", "yarn_ramp_on_dims", "rope_adjacent"),
+    "phi3": ("gate_up_swapped", "qkv_v_before_k", "rope_adjacent"),
+    "smollm3": ("rope_every_layer", "rope_adjacent"),
+    "qwen3moe": ("moe_renorm_inverted", "moe_top1", "no_qk_norm"),
+    "olmoe": ("moe_renorm_inverted", "moe_top1", "qk_norm_per_head", "no_qk_norm"),
+    "afmoe": ("moe_softmax", "no_expert_bias", "no_route_scale", "no_shared_expert", "no_attn_gate",
+              "no_sandwich_norm", "no_embd_scale", "no_sliding_window", "rope_every_layer", "moe_top1",
+              "moe_renorm_inverted"),
 }
 assert {a for v in ABLATIONS_OF.values() for a in v} == ABLATIONS
 
@@ -259,9 +269,8 @@ def test_converter_tensor_names(model_file):
     import gguf
     from gguf.constants import MODEL_ARCH, MODEL_TENSORS, TENSOR_NAMES
 
-    arch_of = {"qwen2": MODEL_ARCH.QWEN2, "qwen3": MODEL_ARCH.QWEN3, "llama": MODEL_ARCH.LLAMA}
     for name, spec in sm.MODELS.items():
-        allowed = {TENSOR_NAMES[t] for t in MODEL_TENSORS[arch_of[spec.arch]]}
+        allowed = {TENSOR_NAMES[t] for t in MODEL_TENSORS[MODEL_ARCH[spec.arch.upper()]]}
         r = gguf.GGUFReader(str(model_file(name, "F32")))
         for t in r.tensors:
             base = t.name.rsplit(".", 1)[0]
@@ -318,13 +327,30 @@ def test_engine_chunked_prompt(name, peregrine_bin, model_file, llama_cpp_logits
 
 # ---- (c) bad files ------------------------------------------------------------------------------------
 
+class Bad(NamedTuple):
+    model: str  # the synthetic model it is made from (and whose engine gate it waits for)
+    names: str  # what the error must name: the tensor, or the metadata key
+    omit: tuple = ()  # tensors left out
+    extra: dict = {}  # tensors added (after omit: a replaced tensor is omitted and added)
+    spec: dict = {}  # Spec fields changed (metadata)
+
+
+_qwen3moe = sm.MODELS["qwen3moe"]
 BAD_FILES = {
-    # name: (model, omit, extra, the tensor the error must name)
-    "qwen3_missing_k_norm": ("qwen3", ("blk.1.attn_k_norm.weight",), {}, "blk.1.attn_k_norm.weight"),
-    "qwen2_unknown_tensor": ("qwen2", (), {"blk.2.attn_bogus.weight": np.ones(256, np.float32)},
-                             "blk.2.attn_bogus.weight"),
-    "llama_rope_freqs_wrong_shape": ("llama_rope_llama3", ("rope_freqs.weight",),
-                                     {"rope_freqs.weight": np.ones(8, np.float32)}, "rope_freqs.weight"),
+    "qwen3_missing_k_norm": Bad("qwen3", "blk.1.attn_k_norm.weight", omit=("blk.1.attn_k_norm.weight",)),
+    "qwen2_unknown_tensor": Bad("qwen2", "blk.2.attn_bogus.weight",
+                                extra={"blk.2.attn_bogus.weight": np.ones(256, np.float32)}),
+    "llama_rope_freqs_wrong_shape": Bad("llama_rope_llama3", "rope_freqs.weight", omit=("rope_freqs.weight",),
+                                        extra={"rope_freqs.weight": np.ones(8, np.float32)}),
+    "qwen3moe_missing_down_exps": Bad("qwen3moe", "blk.1.ffn_down_exps.weight",
+                                      omit=("blk.1.ffn_down_exps.weight",)),
+    # 15 experts where expert_count says 16
+    "qwen3moe_gate_exps_wrong_expert_count": Bad(
+        "qwen3moe", "blk.2.ffn_gate_exps.weight", omit=("blk.2.ffn_gate_exps.weight",),
+        extra={"blk.2.ffn_gate_exps.weight": np.zeros((15, _qwen3moe.n_ff_exp, _qwen3moe.n_embd), np.float32)}),
+    # top-17 of 16 experts (llama.cpp: a failed GGML_ASSERT, i.e. abort)
+    "qwen3moe_expert_used_over_count": Bad("qwen3moe", "qwen3moe.expert_used_count",
+                                           spec={"n_expert_used": _qwen3moe.n_expert + 1}),
 }
 
 
@@ -334,8 +360,9 @@ def bad_file(synth_dir):
 
     def get(case: str) -> Path:
         if case not in made:
-            model, omit, extra, _ = BAD_FILES[case]
-            made[case] = sm.write_model(model, synth_dir / f"bad-{case}.gguf", omit=omit, extra=extra)
+            b = BAD_FILES[case]
+            spec = dataclasses.replace(sm.MODELS[b.model], **b.spec)
+            made[case] = sm.write_model(spec, synth_dir / f"bad-{case}.gguf", omit=b.omit, extra=b.extra)
         return made[case]
 
     return get
@@ -352,8 +379,8 @@ def test_llama_cpp_refuses_bad_file(case, bad_file, oracle):
 @pytest.mark.parametrize("command", ["run", "logits"])
 @pytest.mark.parametrize("case", BAD_FILES)
 def test_engine_refuses_bad_file(case, command, bad_file, peregrine_bin, tmp_path):
-    """run / logits: exit non-zero with exactly one `error:` line on stderr that names the tensor."""
-    model, _, _, tensor = BAD_FILES[case]
+    """run / logits: exit non-zero with exactly one `error:` line on stderr that names the tensor (or key)."""
+    model, tensor = BAD_FILES[case].model, BAD_FILES[case].names
     gate(model)
     path = bad_file(case)
     cmd = [str(peregrine_bin), command, "-m", str(path), "-t", "1",
@@ -368,8 +395,8 @@ def test_engine_refuses_bad_file(case, command, bad_file, peregrine_bin, tmp_pat
 @pytest.mark.parametrize("case", BAD_FILES)
 def test_engine_info_says_why_bad_file_cannot_run(case, bad_file, peregrine_bin):
     """info inspects any GGUF (tests/e2e/test_cli_errors.py): it describes the file, exit 0, and its
-    `model:` line says `cannot run: ...` naming the tensor (a one-line `error:` naming it is accepted too)."""
-    model, _, _, tensor = BAD_FILES[case]
+    `model:` line says `cannot run: ...` naming the tensor or key (a one-line `error:` naming it is accepted too)."""
+    model, tensor = BAD_FILES[case].model, BAD_FILES[case].names
     gate(model)
     r = subprocess.run([str(peregrine_bin), "info", str(bad_file(case))], capture_output=True, text=True, timeout=120)
     if r.returncode != 0:
