@@ -16,6 +16,7 @@ std::string_view tensor_role_name(TensorRole r) {
     case TensorRole::Output: return "output";
     case TensorRole::RopeFreqs: return "rope frequency factors";
     case TensorRole::AttnNorm: return "attention norm";
+    case TensorRole::AttnQkv: return "attention q+k+v";
     case TensorRole::AttnQ: return "attention q";
     case TensorRole::AttnK: return "attention k";
     case TensorRole::AttnV: return "attention v";
@@ -27,6 +28,7 @@ std::string_view tensor_role_name(TensorRole r) {
     case TensorRole::AttnOut: return "attention output";
     case TensorRole::PostAttnNorm: return "post-attention norm";
     case TensorRole::FfnNorm: return "ffn norm";
+    case TensorRole::FfnGateUp: return "ffn gate+up";
     case TensorRole::FfnGate: return "ffn gate";
     case TensorRole::FfnUp: return "ffn up";
     case TensorRole::FfnDown: return "ffn down";

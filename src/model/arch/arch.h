@@ -11,7 +11,9 @@
   X("llama", llama)                \
   X("gemma3", gemma3)              \
   X("qwen2", qwen2)                \
-  X("qwen3", qwen3)
+  X("qwen3", qwen3)                \
+  X("phi3", phi3)                  \
+  X("smollm3", smollm3)
 
 namespace peregrine::arch {
 

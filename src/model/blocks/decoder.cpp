@@ -12,7 +12,20 @@ namespace {
 struct LayerWeights {
   Weight attn_norm, wq, wk, wv, bq, bk, bv, q_norm, k_norm, wo, post_attn_norm;
   Weight ffn_norm, w_gate, w_up, w_down, post_ffn_norm;
+  // Fused files (DecoderStyle::fused_*): the tensor as bound; wq/wk/wv and w_gate/w_up are then
+  // views of its row ranges, so the matmuls, packing and the imatrix see what they would
+  // otherwise. Empty when the layer has separate tensors.
+  Weight wqkv, w_gate_up;
 };
+
+// Rows [r0, r0 + n) of w as a matrix of its own: GGUF rows are contiguous, whole blocks each.
+Weight row_view(const Weight& w, int64_t r0, int64_t n) {
+  Weight v = w;
+  v.name = fmt::format("{}[{}:{}]", w.name, r0, r0 + n);
+  v.data = w.row(r0);
+  v.rows = n;
+  return v;
+}
 
 // x[T, n] += b[n] on every row.
 void add_bias(float* x, const Weight& b, int64_t T, int64_t n) {
@@ -29,7 +42,7 @@ class Decoder final : public Model {
  public:
   Decoder(std::shared_ptr<const gguf::File> file, ThreadPool& pool, DecoderConfig c)
       : pool_(pool), style_(c.style), ropes_(std::move(c.ropes)), rope_freqs_table_(c.rope_freqs_table),
-        ignorable_(std::move(c.ignorable)) {
+        ignorable_(std::move(c.ignorable)), notes_(std::move(c.notes)) {
     file_ = std::move(file);
     hp_ = std::move(c.hp);
     layers_ = std::move(c.layers);
@@ -51,6 +64,19 @@ class Decoder final : public Model {
     }
     tensors_ = std::make_shared<std::vector<TensorSpec>>(tensor_table());
     PG_TRY(bind_tensors(f, *tensors_, ignorable_));
+    for (size_t il = 0; il < layers_.size(); ++il) {
+      const LayerSpec& l = layers_[il];
+      LayerWeights& L = lw_[il];
+      if (L.wqkv.data) {  // [E, q_dim + 2 kv_dim]
+        L.wq = row_view(L.wqkv, 0, l.q_dim());
+        L.wk = row_view(L.wqkv, l.q_dim(), l.kv_dim());
+        L.wv = row_view(L.wqkv, l.q_dim() + l.kv_dim(), l.kv_dim());
+      }
+      if (L.w_gate_up.data) {  // [E, 2 n_ff]
+        L.w_gate = row_view(L.w_gate_up, 0, l.n_ff);
+        L.w_up = row_view(L.w_gate_up, l.n_ff, l.n_ff);
+      }
+    }
     for (const TensorSpec& s : *tensors_)
       if (s.dest->data) weight_bytes_ += s.dest->row_bytes * size_t(s.dest->rows);
     if (rope_freqs_.data != nullptr) {
@@ -82,6 +108,11 @@ class Decoder final : public Model {
     }
     if (style_.attn_scale > 0.0f)
       out += fmt::format("{}attention scale {}", out.empty() ? "" : "; ", style_.attn_scale);
+    std::string nope;
+    for (size_t il = 0; il < layers_.size(); ++il)
+      if (!layers_[il].rope) nope += fmt::format("{}{}", nope.empty() ? "" : ", ", il);
+    if (!nope.empty()) out += fmt::format("{}no RoPE on layers {}", out.empty() ? "" : "; ", nope);
+    for (const std::string& n : notes_) out += fmt::format("{}{}", out.empty() ? "" : "; ", n);
     return out;
   }
 
@@ -135,7 +166,7 @@ class Decoder final : public Model {
     // Sink keys are re-rotated with plain adjacent-pair RoPE (check_kv refuses the rest).
     const RopeFreqs& rf = ropes_[size_t(l.rope_table)];
     const bool rerotate = style_.rope == RopeStyle::Adjacent && rf.plain();
-    return {l.n_head, l.n_head_kv, l.head_dim, scale, rerotate ? l.rope_dim : 0, rf.base};
+    return {l.n_head, l.n_head_kv, l.head_dim, scale, rerotate ? l.rotated_dim() : 0, rf.base};
   }
 
   // Hands an activation to the observer; a normalised matmul input is materialised first.
@@ -164,7 +195,9 @@ class Decoder final : public Model {
     const MatIn in(x, L.attn_norm.f32(), hp_.rms_eps);
     if (obs) {
       const Weight* qkv[] = {&L.wq, &L.wk, &L.wv};
-      observe(*obs, "attn_in", il, in, T, E, qkv, sc);
+      const Weight* fused[] = {&L.wqkv};  // the file's matrix, as llama-imatrix names it
+      observe(*obs, "attn_in", il, in, T, E,
+              L.wqkv.data ? std::span<const Weight* const>(fused) : std::span<const Weight* const>(qkv), sc);
     }
     matmul_many({{&L.wq, q}, {&L.wk, k}, {&L.wv, v}}, in, T, pool, sc.ops);
     if (style_.qkv_bias) {
@@ -176,8 +209,9 @@ class Decoder final : public Model {
       rmsnorm_heads(q, L.q_norm.f32(), T, l.n_head, hd, hp_.rms_eps);
       rmsnorm_heads(k, L.k_norm.f32(), T, l.n_head_kv, hd, hp_.rms_eps);
     }
-    rope_apply(q, cs, T, l.n_head, hd, l.rope_dim, style_.rope);
-    rope_store_kv(cache, il, batch.seq.data(), batch.pos.data(), k, v, cs, T, l.n_head_kv, hd, l.rope_dim,
+    // A NoPE layer rotates nothing: K goes into the cache as it is.
+    rope_apply(q, cs, T, l.n_head, hd, l.rotated_dim(), style_.rope);
+    rope_store_kv(cache, il, batch.seq.data(), batch.pos.data(), k, v, cs, T, l.n_head_kv, hd, l.rotated_dim(),
                   style_.rope);
     attention(q, batch.pos.data(), batch.seq.data(), T, cache, il, attention_shape(size_t(il)), att,
               pool);  // att [T, q_dim]
@@ -200,7 +234,9 @@ class Decoder final : public Model {
     const MatIn in(x, L.ffn_norm.f32(), hp_.rms_eps);
     if (obs) {
       const Weight* gu[] = {&L.w_gate, &L.w_up};
-      observe(*obs, "ffn_in", il, in, T, E, gu, sc);
+      const Weight* fused[] = {&L.w_gate_up};
+      observe(*obs, "ffn_in", il, in, T, E,
+              L.w_gate_up.data ? std::span<const Weight* const>(fused) : std::span<const Weight* const>(gu), sc);
     }
     matmul_glu(L.w_gate, L.w_up, in, gate, T, pool, sc.ops, l.glu);  // gate [T, n_ff]
     if (obs) {
@@ -233,9 +269,15 @@ class Decoder final : public Model {
       auto n = [il](const char* s) { return fmt::format("blk.{}.{}", il, s); };
       const int64_t qd = l.q_dim(), kvd = l.kv_dim(), hd = l.head_dim;
       add(n("attn_norm.weight"), {E}, R::AttnNorm, il, true, true, &L.attn_norm);
-      add(n("attn_q.weight"), {E, qd}, R::AttnQ, il, true, false, &L.wq);
-      add(n("attn_k.weight"), {E, kvd}, R::AttnK, il, true, false, &L.wk);
-      add(n("attn_v.weight"), {E, kvd}, R::AttnV, il, true, false, &L.wv);
+      const bool fused_qkv = style_.fused_qkv && (file_->find_tensor(n("attn_qkv.weight")) != nullptr ||
+                                                  file_->find_tensor(n("attn_q.weight")) == nullptr);
+      if (fused_qkv) {
+        add(n("attn_qkv.weight"), {E, qd + 2 * kvd}, R::AttnQkv, il, true, false, &L.wqkv);
+      } else {
+        add(n("attn_q.weight"), {E, qd}, R::AttnQ, il, true, false, &L.wq);
+        add(n("attn_k.weight"), {E, kvd}, R::AttnK, il, true, false, &L.wk);
+        add(n("attn_v.weight"), {E, kvd}, R::AttnV, il, true, false, &L.wv);
+      }
       if (style_.qkv_bias) {
         add(n("attn_q.bias"), {qd}, R::AttnQBias, il, true, true, &L.bq);
         add(n("attn_k.bias"), {kvd}, R::AttnKBias, il, true, true, &L.bk);
@@ -248,8 +290,12 @@ class Decoder final : public Model {
       add(n("attn_output.weight"), {qd, E}, R::AttnOut, il, true, false, &L.wo);
       if (style_.post_norms) add(n("post_attention_norm.weight"), {E}, R::PostAttnNorm, il, true, true, &L.post_attn_norm);
       add(n("ffn_norm.weight"), {E}, R::FfnNorm, il, true, true, &L.ffn_norm);
-      add(n("ffn_gate.weight"), {E, l.n_ff}, R::FfnGate, il, true, false, &L.w_gate);
-      add(n("ffn_up.weight"), {E, l.n_ff}, R::FfnUp, il, true, false, &L.w_up);
+      if (style_.fused_gate_up) {
+        add(n("ffn_up.weight"), {E, 2 * l.n_ff}, R::FfnGateUp, il, true, false, &L.w_gate_up);
+      } else {
+        add(n("ffn_gate.weight"), {E, l.n_ff}, R::FfnGate, il, true, false, &L.w_gate);
+        add(n("ffn_up.weight"), {E, l.n_ff}, R::FfnUp, il, true, false, &L.w_up);
+      }
       add(n("ffn_down.weight"), {l.n_ff, E}, R::FfnDown, il, true, false, &L.w_down);
       if (style_.post_norms) add(n("post_ffw_norm.weight"), {E}, R::PostFfnNorm, il, true, true, &L.post_ffn_norm);
     }
@@ -261,6 +307,7 @@ class Decoder final : public Model {
   std::vector<RopeFreqs> ropes_;
   int32_t rope_freqs_table_ = -1;
   std::vector<std::string> ignorable_;
+  std::vector<std::string> notes_;
   Weight tok_embd_, output_norm_, output_, rope_freqs_;
   std::vector<LayerWeights> lw_;
   int64_t max_q_dim_ = 0, max_ff_ = 0;

@@ -24,6 +24,12 @@ struct DecoderStyle {
   bool qk_norm = false;       // RMSNorm over each head of q and k before RoPE (Gemma 3, Qwen 3)
   bool post_norms = false;    // RMSNorm of the attention and FFN outputs before the residual (Gemma 3)
   float attn_scale = 0.0f;    // scale of q.k; 0: 1/sqrt(head_dim)
+  // Q, K and V may come as one `attn_qkv` matrix (rows: q, then k, then v), read when a layer has
+  // it or lacks `attn_q` (Phi-3); the three row ranges become three matrices at load.
+  bool fused_qkv = false;
+  // Gate and up come as one `ffn_up` matrix of 2 n_ff rows, gate rows first (Phi-3: llama.cpp's
+  // LLM_FFN_SWIGLU, silu(first half) * second half); split into two matrices at load.
+  bool fused_gate_up = false;
 };
 
 struct DecoderConfig {
@@ -33,6 +39,7 @@ struct DecoderConfig {
   std::vector<LayerSpec> layers;
   int32_t rope_freqs_table = -1;       // table that takes `rope_freqs.weight` (Llama 3), -1: none
   std::vector<std::string> ignorable;  // tensors a file may hold that nothing reads
+  std::vector<std::string> notes;      // for `info`: what the file states that the model ignores, say
 };
 
 // One spec per layer from hp's per-layer widths: global attention, dense GLU, RoPE table 0.
