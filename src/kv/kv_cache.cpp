@@ -26,6 +26,7 @@ std::string AttnKind::describe() const {
     case Type::Global: return "global";
     case Type::Window: return fmt::format("window {}", window);
     case Type::SinksWindow: return fmt::format("sinks {} + window {}", sinks, window);
+    case Type::None: return "none";
   }
   return "?";
 }
@@ -42,7 +43,23 @@ const AttnKind& KvShape::kind(int64_t layer) const {
 
 bool KvShape::unbounded() const {
   if (kinds.empty()) return false;
-  return std::all_of(kinds.begin(), kinds.end(), [](const AttnKind& k) { return k.windowed(); });
+  return std::none_of(kinds.begin(), kinds.end(), [](const AttnKind& k) { return k.type == AttnKind::Type::Global; });
+}
+
+bool KvShape::recurrent() const {
+  return std::any_of(state_floats.begin(), state_floats.end(), [](int64_t n) { return n > 0; });
+}
+
+size_t KvShape::state_bytes_per_seq() const {
+  size_t n = 0;
+  for (int64_t f : state_floats) n += size_t(f) * sizeof(float);
+  return n;
+}
+
+int64_t KvShape::bytes_per_token() const {
+  int64_t layers = 0;
+  for (int64_t l = 0; l < n_layer; ++l) layers += kind(l).keeps_kv() ? 1 : 0;
+  return 2 * layers * kv_dim * int64_t(elem_bytes());
 }
 
 bool KvShape::any_windowed() const {
@@ -50,13 +67,19 @@ bool KvShape::any_windowed() const {
 }
 
 bool KvShape::prefix_sharing() const {
-  for (int64_t l = 0; l < n_layer; ++l)
+  bool any = false;
+  for (int64_t l = 0; l < n_layer; ++l) {
+    if (state(l) > 0) return false;
+    if (!kind(l).keeps_kv()) continue;
     if (!supports_prefix_sharing(l)) return false;
-  return n_layer > 0;
+    any = true;
+  }
+  return any;
 }
 
 int64_t KvShape::slots(int64_t layer) const {
   const AttnKind& k = kind(layer);
+  if (!k.keeps_kv()) return 0;
   if (!k.windowed()) return n_ctx;
   const int64_t ring = k.window + max_step() - 1;
   const int64_t total = k.sinks + ring;
@@ -65,12 +88,19 @@ int64_t KvShape::slots(int64_t layer) const {
 }
 
 Status KvShape::validate() const {
-  if (n_layer < 1 || n_ctx < 1 || n_seq < 1 || kv_dim < 1 || n_batch < 1)
+  bool any_kv = kinds.empty();
+  for (const AttnKind& k : kinds) any_kv = any_kv || k.keeps_kv();
+  if (n_layer < 1 || n_ctx < 1 || n_seq < 1 || kv_dim < (any_kv ? 1 : 0) || n_batch < 1)
     return make_error("KV cache shape has a non-positive dimension");
   if (n_draft < 0 || n_draft > (int64_t(1) << 16) || n_batch > (int64_t(1) << 24))
     return make_error("KV cache steps of {} tokens and {} drafted are out of range", n_batch, n_draft);
   if (!kinds.empty() && int64_t(kinds.size()) != n_layer)
     return make_error("{} attention kinds for {} layers", kinds.size(), n_layer);
+  if (!state_floats.empty() && int64_t(state_floats.size()) != n_layer)
+    return make_error("{} recurrent state sizes for {} layers", state_floats.size(), n_layer);
+  for (int64_t l = 0; l < int64_t(state_floats.size()); ++l)
+    if (state_floats[size_t(l)] < 0 || state_floats[size_t(l)] > (int64_t(1) << 30))
+      return make_error("layer {}: recurrent state of {} values is out of range", l, state_floats[size_t(l)]);
   for (int64_t l = 0; l < int64_t(kinds.size()); ++l) {
     const AttnKind& k = kinds[size_t(l)];
     if (!k.windowed()) continue;
@@ -89,23 +119,31 @@ Status KvShape::validate() const {
 // Rows of one layer's K: a paged global layer holds the block pool, any other layer
 // its slots for every sequence.
 static int64_t layer_rows(const KvShape& s, int64_t layer) {
-  if (s.paged() && !s.kind(layer).windowed()) return s.n_blocks * s.block_size;
+  if (s.supports_prefix_sharing(layer)) return s.n_blocks * s.block_size;
   return s.n_seq * s.slots(layer);
 }
 
 size_t KvShape::bytes() const {
   size_t total = 0;
   for (int64_t l = 0; l < n_layer; ++l) total += 2 * size_t(layer_rows(*this, l) * kv_dim) * elem_bytes();
-  return total;
+  return total + size_t(n_seq) * state_bytes_per_seq();
 }
 
 std::string KvShape::describe() const {
   std::string out;
   for (int64_t l = 0; l < n_layer;) {
     int64_t run = 1;
-    while (l + run < n_layer && kind(l + run).describe() == kind(l).describe()) ++run;
+    while (l + run < n_layer && kind(l + run).describe() == kind(l).describe() && state(l + run) == state(l)) ++run;
     const AttnKind& k = kind(l);
     std::string keeps;
+    if (!k.keeps_kv()) {
+      const std::string what = state(l) > 0 ? fmt::format("state-space: {} KiB of state per sequence",
+                                                          double(state(l)) * 4.0 / 1024.0)
+                                            : "feed-forward only";
+      out += fmt::format("{}{} x {}", out.empty() ? "" : ", ", run, what);
+      l += run;
+      continue;
+    }
     if (supports_prefix_sharing(l)) {
       keeps = fmt::format("paged: {} blocks of {}", n_blocks, block_size);
     } else if (!k.windowed() || slots(l) < k.sinks + k.window + max_step() - 1) {
@@ -149,6 +187,14 @@ KvCache::KvCache(const KvShape& shape) : shape_(shape) {
   held_.resize(size_t(shape.n_layer * shape.n_seq));
   for (int64_t l = 0; l < shape.n_layer; ++l)
     for (int64_t q = 0; q < shape.n_seq; ++q) held(l, q).lo = shape.kind(l).sinks;
+  int64_t state_off = 0;
+  for (int64_t l = 0; l < shape.n_layer; ++l) {
+    state_base_.push_back(state_off);
+    state_off += shape.state(l) * shape.n_seq;
+  }
+  state_.assign(size_t(state_off), 0.0f);
+  bytes_ += size_t(state_off) * sizeof(float);
+  checkpoint_pos_.assign(size_t(shape.n_seq), -1);
 }
 
 int64_t KvCache::slot(int64_t layer, int64_t pos) const {
@@ -195,7 +241,7 @@ void KvCache::copy_block(int32_t src, int32_t dst) {
   PG_ASSERT(shape_.paged() && src >= 0 && dst >= 0 && src < shape_.n_blocks && dst < shape_.n_blocks);
   const size_t block_bytes = size_t(shape_.block_size * shape_.kv_dim) * shape_.elem_bytes();
   for (int64_t l = 0; l < shape_.n_layer; ++l) {
-    if (!paged_layer(l)) continue;
+    if (!paged_layer(l)) continue;  // (layers without K/V are not paged)
     for (int kv = 0; kv < 2; ++kv) {
       uint8_t* base = data_.get() + plane_offset(l, kv);
       std::memcpy(base + size_t(dst) * block_bytes, base + size_t(src) * block_bytes, block_bytes);
@@ -213,8 +259,32 @@ bool KvCache::written(int64_t layer, int64_t seq, int64_t pos) const {
 
 int64_t KvCache::n_pos(int64_t seq) const {
   int64_t n = std::numeric_limits<int64_t>::max();
-  for (int64_t l = 0; l < shape_.n_layer; ++l) n = std::min(n, held(l, seq).end);
+  for (int64_t l = 0; l < shape_.n_layer; ++l)
+    if (shape_.keeps(l)) n = std::min(n, held(l, seq).end);
+  return n == std::numeric_limits<int64_t>::max() ? 0 : n;
+}
+
+int64_t KvCache::state_pos(int64_t seq) const {
+  int64_t n = -1;
+  for (int64_t l = 0; l < shape_.n_layer; ++l)
+    if (shape_.state(l) > 0) n = n < 0 ? held(l, seq).end : std::min(n, held(l, seq).end);
   return n;
+}
+
+void KvCache::state_advanced(int64_t layer, int64_t seq, int64_t n) {
+  PG_ASSERT(shape_.state(layer) > 0 && seq >= 0 && seq < shape_.n_seq && n >= held(layer, seq).end);
+  held(layer, seq).end = n;
+}
+
+void KvCache::checkpoint(int64_t seq) {
+  PG_ASSERT(seq >= 0 && seq < shape_.n_seq);
+  if (!shape_.recurrent()) return;
+  if (checkpoint_.empty()) checkpoint_.assign(state_.size(), 0.0f);
+  for (int64_t l = 0; l < shape_.n_layer; ++l) {
+    const int64_t n = shape_.state(l);
+    if (n > 0) std::copy_n(state_.data() + state_offset(l, seq), n, checkpoint_.data() + state_offset(l, seq));
+  }
+  checkpoint_pos_[size_t(seq)] = state_pos(seq);
 }
 
 void KvCache::check_valid(int64_t layer, int64_t seq, int64_t first, int64_t last) const {
@@ -238,10 +308,10 @@ void KvCache::check_valid(int64_t layer, int64_t seq, int64_t first, int64_t las
 #endif
 }
 
-int64_t KvCache::rewind(int64_t seq, int64_t n_keep) {
-  PG_ASSERT(seq >= 0 && seq < shape_.n_seq && n_keep >= 0);
+int64_t KvCache::kv_keepable(int64_t seq, int64_t n_keep) const {
   int64_t kept = n_keep;
   for (int64_t l = 0; l < shape_.n_layer; ++l) {
+    if (!shape_.kind(l).keeps_kv()) continue;
     const Held& h = held(l, seq);
     int64_t k = std::min(n_keep, h.end);
     // A ring that no longer holds the oldest position k will see keeps only its sinks.
@@ -250,6 +320,30 @@ int64_t KvCache::rewind(int64_t seq, int64_t n_keep) {
     if (ring_[size_t(l)] > 0 && first < k && first < h.lo) k = std::min(k, kind.sinks);
     kept = std::min(kept, k);
   }
+  return kept;
+}
+
+int64_t KvCache::rewind(int64_t seq, int64_t n_keep) {
+  PG_ASSERT(seq >= 0 && seq < shape_.n_seq && n_keep >= 0);
+  int64_t kept = kv_keepable(seq, n_keep);
+  const int64_t state_end = state_pos(seq);
+  if (state_end > kept) {
+    // The state has consumed positions past the kept ones: back to the checkpoint when it
+    // lies at or before them (and the K/V layers still hold what it attends to), else empty.
+    const int64_t ckpt = checkpoint_pos_[size_t(seq)];
+    int64_t target = ckpt >= 0 && ckpt <= kept ? ckpt : 0;
+    if (kv_keepable(seq, target) < target) target = 0;
+    kept = target;
+    for (int64_t l = 0; l < shape_.n_layer; ++l) {
+      const int64_t n = shape_.state(l);
+      if (n == 0) continue;
+      float* s = state_.data() + state_offset(l, seq);
+      if (kept > 0) std::copy_n(checkpoint_.data() + state_offset(l, seq), n, s);
+      else std::fill_n(s, n, 0.0f);
+      held(l, seq).end = kept;
+    }
+  }
+  if (kept == 0 || (checkpoint_pos_[size_t(seq)] > kept)) checkpoint_pos_[size_t(seq)] = -1;
   for (int64_t l = 0; l < shape_.n_layer; ++l) {
     Held& h = held(l, seq);
     h.end = std::min(h.end, kept);
@@ -262,7 +356,9 @@ void KvCache::fork(int64_t src_seq, int64_t dst_seq) {
   if (src_seq == dst_seq) return;
   for (int64_t l = 0; l < shape_.n_layer; ++l) {
     held(l, dst_seq) = held(l, src_seq);
-    if (paged_layer(l)) continue;  // the block table below
+    if (const int64_t n = shape_.state(l); n > 0)
+      std::copy_n(state_.data() + state_offset(l, src_seq), n, state_.data() + state_offset(l, dst_seq));
+    if (!shape_.kind(l).keeps_kv() || paged_layer(l)) continue;  // paged: the block table below
     // A ring: all its slots; a contiguous global layer: the written rows.
     const int64_t rows = ring_[size_t(l)] > 0 ? slots_[size_t(l)] : held(l, src_seq).end;
     const size_t seq_bytes = size_t(slots_[size_t(l)] * shape_.kv_dim) * shape_.elem_bytes();
@@ -272,6 +368,7 @@ void KvCache::fork(int64_t src_seq, int64_t dst_seq) {
       std::memcpy(base + size_t(dst_seq) * seq_bytes, base + size_t(src_seq) * seq_bytes, bytes);
     }
   }
+  checkpoint_pos_[size_t(dst_seq)] = -1;
   if (shape_.paged()) {
     const int64_t mb = shape_.max_blocks_per_seq();
     std::copy_n(tables_.data() + src_seq * mb, mb, tables_.data() + dst_seq * mb);
@@ -280,7 +377,8 @@ void KvCache::fork(int64_t src_seq, int64_t dst_seq) {
 
 void KvCache::adopt_prefix(int64_t seq, int64_t n) {
   PG_ASSERT(shape_.prefix_sharing() && seq >= 0 && seq < shape_.n_seq && n >= 0);
-  for (int64_t l = 0; l < shape_.n_layer; ++l) held(l, seq).end = n;
+  for (int64_t l = 0; l < shape_.n_layer; ++l)
+    if (shape_.kind(l).keeps_kv()) held(l, seq).end = n;
 }
 
 int KvCache::max_spans() const {

@@ -10,6 +10,8 @@
 //   sinks S + W   p sees positions 0..S-1 (kept forever: the "attention sinks" of
 //                 StreamingLLM, Xiao et al. 2023) and the last W positions: S fixed slots,
 //                 then a ring as for a window.
+//   none          the layer attends to nothing (a state-space mixer, or a feed-forward-only
+//                 layer of a hybrid stack): it keeps no K/V rows.
 // Layout per layer: K and V each [n_seq][slots][kv_dim] of the cache type (f16 by
 // default, f32 on request). A cache whose layers are all windowed has no position
 // limit: a stream can run past n_ctx (and past the model's trained context) with
@@ -43,6 +45,15 @@
 // further back than one step can find evicted positions: rewind() then keeps less (the
 // sinks, or nothing) and returns how much, and the caller recomputes from there.
 //
+// Recurrent state (state-space layers, Mamba-2): a layer with state_floats > 0 keeps, per
+// sequence, a fixed-size f32 block (its conv window and SSM state) that a forward pass
+// advances token by token instead of K/V rows. It cannot go back by itself: checkpoint(seq)
+// copies every layer's state of seq (taken before a speculative step), and rewind() to a
+// position before the state's end restores that checkpoint when it lies at or before the
+// kept position (returning the checkpoint's position: the caller recomputes from there),
+// or empties the sequence (returning 0). fork() copies the state; reset() zeroes it. Such
+// a cache shares no prefixes (a block of K/V does not carry the state at its end).
+//
 // Validity. Per (layer, sequence) the cache records which positions hold valid rows:
 // [0, end) for a global layer; the sinks [0, min(S, end)) and the ring positions [lo, end)
 // for a window layer. A sequence is written in position order: store() of position p
@@ -72,7 +83,7 @@ std::string_view kv_type_name(KvType t);
 std::optional<KvType> parse_kv_type(std::string_view name);
 
 struct AttnKind {
-  enum class Type { Global, Window, SinksWindow };
+  enum class Type { Global, Window, SinksWindow, None };
   Type type = Type::Global;
   int64_t window = 0;  // W (Window, SinksWindow)
   int64_t sinks = 0;   // S (SinksWindow)
@@ -80,8 +91,10 @@ struct AttnKind {
   static AttnKind global() { return {}; }
   static AttnKind sliding(int64_t w) { return {Type::Window, w, 0}; }
   static AttnKind sinks_window(int64_t s, int64_t w) { return {Type::SinksWindow, w, s}; }
-  bool windowed() const { return type != Type::Global; }
-  std::string describe() const;  // "global", "window 512", "sinks 4 + window 1020"
+  static AttnKind none() { return {Type::None, 0, 0}; }
+  bool windowed() const { return type == Type::Window || type == Type::SinksWindow; }
+  bool keeps_kv() const { return type != Type::None; }
+  std::string describe() const;  // "global", "window 512", "sinks 4 + window 1020", "none"
   // Positions p sees: [0, min(p+1, sinks)) and [max(sinks, p-W+1), p]; global: [0, p].
   int64_t first_recent(int64_t p) const;
 };
@@ -101,6 +114,9 @@ struct KvShape {
   int64_t block_size = 0;       // > 0: global layers are paged (see above)
   int64_t n_blocks = 0;         // paged: blocks in the pool
   int64_t n_draft = 0;          // drafted tokens one step may add to n_batch (speculative decoding)
+  // Per layer: f32 values of recurrent state one sequence keeps (see "Recurrent state");
+  // empty: none anywhere.
+  std::vector<int64_t> state_floats;
 
   bool paged() const { return block_size > 0; }
   // Paged: the most blocks one sequence's table can hold (n_ctx positions).
@@ -108,6 +124,12 @@ struct KvShape {
 
   size_t elem_bytes() const { return type == KvType::F16 ? 2 : 4; }
   const AttnKind& kind(int64_t layer) const;
+  int64_t state(int64_t layer) const { return state_floats.empty() ? 0 : state_floats[size_t(layer)]; }
+  bool recurrent() const;  // some layer keeps recurrent state
+  // Bytes of recurrent state one sequence keeps (all layers).
+  size_t state_bytes_per_seq() const;
+  // Whether the layer keeps anything per sequence (K/V rows or state).
+  bool keeps(int64_t layer) const { return kind(layer).keeps_kv() || state(layer) > 0; }
   // Most positions of one sequence a forward pass may write: n_batch + n_draft.
   int64_t max_step() const { return n_batch + n_draft; }
   // Slots a layer keeps per sequence (window layers: S + W + max_step() - 1, at most n_ctx
@@ -121,10 +143,11 @@ struct KvShape {
   bool any_windowed() const;
   // Whether sequences may share this layer's rows of a common prefix: only a paged global
   // layer (its blocks hold the prefix; a ring or a contiguous row belongs to one sequence).
-  bool supports_prefix_sharing(int64_t layer) const { return paged() && !kind(layer).windowed(); }
-  // Every layer does: a BlockManager may take cached prefix blocks (prefix caching).
+  bool supports_prefix_sharing(int64_t layer) const { return paged() && kind(layer).type == AttnKind::Type::Global; }
+  // Every layer that keeps anything does (and no layer keeps recurrent state): a BlockManager
+  // may take cached prefix blocks (prefix caching).
   bool prefix_sharing() const;
-  // Bytes of K and V for all layers and sequences.
+  // Bytes of K and V for all layers and sequences, recurrent state included.
   size_t bytes() const;
   // Layer kinds with the slots each keeps: "30 x global (4096 slots)", "15 x window 512
   // (1023 slots: W + 512 batch - 1), 3 x global (paged: 256 blocks of 16)"; with drafts
@@ -132,7 +155,7 @@ struct KvShape {
   std::string describe() const;
   // K and V bytes one position adds to a global layer, summed over layers (what a dense
   // cache would cost per token).
-  int64_t bytes_per_token() const { return 2 * n_layer * kv_dim * int64_t(elem_bytes()); }
+  int64_t bytes_per_token() const;
 };
 
 // Error when the cache would take more than 3/4 of the machine's physical memory (so an
@@ -186,10 +209,23 @@ class KvCache {
   // The first n positions of seq's block table hold KV another sequence wrote (prefix-cache
   // hits): they count as written. Only when prefix_sharing().
   void adopt_prefix(int64_t seq, int64_t n);
-  // Whether the layer holds a valid row for position pos of seq.
+  // Whether the layer holds a valid row for position pos of seq (a state layer: whether its
+  // state has consumed pos).
   bool written(int64_t layer, int64_t seq, int64_t pos) const;
   // Positions seq holds in every layer (the smallest end).
   int64_t n_pos(int64_t seq) const;
+
+  // --- Recurrent state ---
+  // The state of (layer, seq): shape().state(layer) floats, zero for an empty sequence.
+  float* state(int64_t layer, int64_t seq) { return state_.data() + state_offset(layer, seq); }
+  const float* state(int64_t layer, int64_t seq) const { return state_.data() + state_offset(layer, seq); }
+  // A state layer has consumed positions [0, n) of seq (a forward pass after advancing it).
+  void state_advanced(int64_t layer, int64_t seq, int64_t n);
+  // Positions seq's recurrent state has consumed (the smallest over state layers); -1: no
+  // state layers.
+  int64_t state_pos(int64_t seq) const;
+  // Saves every state layer's state of seq, at its current position, for rewind().
+  void checkpoint(int64_t seq);
 
   // --- Paged caches ---
   // The blocks holding sequence seq's positions, in order (at most max_blocks_per_seq,
@@ -218,6 +254,12 @@ class KvCache {
   bool paged_layer(int64_t layer) const { return shape_.supports_prefix_sharing(layer); }
   size_t offset(int64_t layer, int64_t seq, int64_t pos, int kv) const;
   // Byte offset of a layer's K (kv 0) or V (kv 1) rows.
+  size_t state_offset(int64_t layer, int64_t seq) const {
+    return size_t(state_base_[size_t(layer)] + seq * shape_.state(layer));
+  }
+  // Positions every layer keeping KV rows still holds when going back to n_keep (less when a
+  // ring evicted what n_keep attends to).
+  int64_t kv_keepable(int64_t seq, int64_t n_keep) const;
   size_t plane_offset(int64_t layer, int kv) const { return layer_base_[size_t(layer)] + size_t(kv) * plane_[size_t(layer)]; }
   Held& held(int64_t layer, int64_t seq) { return held_[size_t(layer * shape_.n_seq + seq)]; }
   const Held& held(int64_t layer, int64_t seq) const { return held_[size_t(layer * shape_.n_seq + seq)]; }
@@ -230,6 +272,10 @@ class KvCache {
   std::vector<size_t> plane_;        // bytes of one layer's K (= its V)
   std::vector<int32_t> tables_;      // paged: [n_seq][max_blocks_per_seq], -1 = none
   std::vector<Held> held_;           // [n_layer][n_seq]
+  std::vector<int64_t> state_base_;  // per layer: offset of its state block in state_ (floats)
+  std::vector<float> state_;         // [layer][n_seq][state(layer)]
+  std::vector<float> checkpoint_;    // same layout, allocated by the first checkpoint()
+  std::vector<int64_t> checkpoint_pos_;  // per sequence: position of its checkpoint, -1: none
   // calloc: large blocks come as untouched zero pages, so a pool costs memory as it fills.
   struct Free {
     void operator()(uint8_t* p) const { std::free(p); }

@@ -27,20 +27,35 @@ void DecoderActivations::reserve(int64_t T, int64_t n_embd, int64_t q_dim, int64
 
 std::vector<AttnKind> Model::attn_kinds() const {
   std::vector<AttnKind> kinds;
-  for (const LayerSpec& l : layers_) kinds.push_back(l.attn);
+  for (const LayerSpec& l : layers_) kinds.push_back(l.mixer == MixerKind::Attention ? l.attn : AttnKind::none());
   return kinds;
+}
+
+bool Model::recurrent() const {
+  for (const LayerSpec& l : layers_)
+    if (l.state_floats > 0) return true;
+  return false;
+}
+
+int64_t Model::kv_dim() const {
+  int64_t d = 0;
+  for (const LayerSpec& l : layers_)
+    if (l.mixer == MixerKind::Attention) d = std::max(d, l.kv_dim());
+  return d;
 }
 
 KvShape Model::kv_shape(int64_t n_ctx, int64_t n_seq, KvType type, const AttnKind& global_override,
                         int64_t n_batch) const {
   std::vector<AttnKind> kinds = attn_kinds();
   for (AttnKind& k : kinds)
-    if (!k.windowed()) k = global_override;
+    if (k.type == AttnKind::Type::Global) k = global_override;
   // Room for the longest draft whether or not this run speculates: the ring size decides where
   // attention's runs of positions wrap, so it must not change with --spec for speculation to
   // leave the output bit-identical.
-  KvShape shape{hp_.n_layer, n_ctx, n_seq, hp_.n_head_kv * hp_.head_dim, type, std::move(kinds), n_batch};
+  KvShape shape{hp_.n_layer, n_ctx, n_seq, kv_dim(), type, std::move(kinds), n_batch};
   shape.n_draft = kMaxDraftTokens;
+  if (recurrent())
+    for (const LayerSpec& l : layers_) shape.state_floats.push_back(l.state_floats);
   return shape;
 }
 
@@ -55,8 +70,11 @@ Status Model::check_batch(const Batch& b, const KvCache& cache) const {
   if (int64_t(b.pos.size()) != n || int64_t(b.seq.size()) != n || int64_t(b.want_logits.size()) != n)
     return make_error("batch arrays differ in length");
   const KvShape& s = cache.shape();
-  if (s.n_layer != hp_.n_layer || s.kv_dim != hp_.n_head_kv * hp_.head_dim)
+  if (s.n_layer != hp_.n_layer || s.kv_dim != kv_dim())
     return make_error("KV cache shape does not match the model");
+  for (int64_t l = 0; l < s.n_layer; ++l)
+    if (s.state(l) != layers_[size_t(l)].state_floats)
+      return make_error("KV cache recurrent state does not match the model's layer {}", l);
   for (int64_t i = 0; i < n; ++i) {
     if (b.tokens[i] < 0 || b.tokens[i] >= hp_.n_vocab)
       return make_error("token id {} at batch index {} is outside the vocabulary (0..{})",
@@ -69,6 +87,21 @@ Status Model::check_batch(const Batch& b, const KvCache& cache) const {
     if (!cache.holds(b.seq[i], b.pos[i]))
       return make_error("position {} of sequence {} at batch index {} has no KV block", b.pos[i],
                         b.seq[i], i);
+  }
+  if (s.recurrent()) {
+    // A state-space layer's state can only go forward: each sequence's tokens continue it,
+    // one position after another.
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t expect = cache.state_pos(b.seq[i]);
+      for (int64_t j = i - 1; j >= 0; --j)
+        if (b.seq[j] == b.seq[i]) {
+          expect = b.pos[j] + 1;
+          break;
+        }
+      if (b.pos[i] != expect)
+        return make_error("position {} of sequence {} at batch index {}: the recurrent state continues at "
+                          "position {}", b.pos[i], b.seq[i], i, expect);
+    }
   }
   return Status::Ok();
 }

@@ -114,8 +114,12 @@ class Model {
                    const AttnKind& global_override = AttnKind::global(), int64_t n_batch = 512) const;
   // Whether forward() can run with this cache (attention kinds it supports).
   virtual Status check_kv(const KvShape&) const { return Status::Ok(); }
-  // Per-layer attention kinds from the model's metadata.
+  // Per-layer attention kinds from the model's metadata (none for layers without attention).
   std::vector<AttnKind> attn_kinds() const;
+  // Whether some layer keeps recurrent state (state-space layers) instead of K/V.
+  bool recurrent() const;
+  // Width of a K (= V) row of the attention layers (the widest; 0 without attention layers).
+  int64_t kv_dim() const;
   // Weight bytes actually used by the model.
   virtual size_t weight_bytes() const = 0;
 
