@@ -1,7 +1,8 @@
 """Small random-weight GGUF models of architectures no small real checkpoint exists here for.
 
 Written with gguf-py under exactly the tensor names and metadata keys that llama.cpp's HF->GGUF
-converter (the pinned llama.cpp 0c1e57098: convert_hf_to_gguf.py, conversion/{base,llama,qwen}.py)
+converter (the pinned llama.cpp 0c1e57098: convert_hf_to_gguf.py, conversion/{base,llama,qwen,phi,
+olmo,afmoe}.py)
 writes for the architecture, so that llama.cpp itself loads them and serves as the logits oracle:
 
   name                 general.architecture  what it exercises
@@ -12,10 +13,10 @@ writes for the architecture, so that llama.cpp itself loads them and serves as t
   llama_rope_linear    llama   rope.scaling.type = linear, rope.scaling.factor
   llama_rope_linear_untyped  llama   rope.scaling.factor only (llama.cpp's default type: linear)
   llama_rope_yarn      llama   rope.scaling.type = yarn, .factor, .original_context_length
-  phi3                 phi3    fused attn_qkv [n_embd, q+k+v] and fused ffn_up [n_embd, 2 n_ff] (gate rows, then up)
-  smollm3              smollm3 llama-like (permuted q/k, NORM RoPE) with no RoPE on every 4th layer; 8 layers
+  phi3                 phi3    fused attn_qkv (rows q, k, v) and fused ffn_up (rows gate, then up)
+  smollm3              smollm3 llama-like (permuted q/k, NORM RoPE), no RoPE where (il + 1) % 4 == 0; 8 layers
   qwen3moe             qwen3moe qwen3 attention + MoE FFN: softmax router, top-k, renormalised weights
-  olmoe                olmoe   q/k RMSNorm over the whole q / k width, MoE with softmax top-k NOT renormalised
+  olmoe                olmoe   q/k RMSNorm over the whole q / k row, MoE with softmax top-k NOT renormalised
   afmoe                afmoe   Arcee Trinity: gated attention, sandwich norms, sliding-window layers, NoPE
                                global layers, muP embedding scale, sigmoid router with expert bias, route
                                norm + scale, a shared expert, a dense first layer
@@ -37,9 +38,12 @@ Conventions the files follow (and an engine must implement):
     head (w.reshape(n_head, 2, head_dim/2, n_in).swapaxes(1, 2)); equivalent to HF's rotate-half on HF
     rows. Our llama / smollm3 files are written from "HF" weights through that same permutation.
   - attention scale 1/sqrt(head_dim) everywhere (llama: unless {arch}.attention.scale is set).
-  - MoE tensors (numpy order; ggml's ne is reversed): ffn_gate_inp [n_expert, n_embd] (F32),
-    ffn_{gate,up}_exps [n_expert, n_ff_exp, n_embd], ffn_down_exps [n_expert, n_embd, n_ff_exp]; expert
-    e's FFN is down_e(silu(gate_e x) * up_e x).
+  - Shapes here are numpy order ([rows, columns]; ggml's ne is the reverse). phi3: attn_qkv
+    [q + k + v, n_embd] with rows q (n_head*D), then k, then v (n_head_kv*D each); ffn_up [2 n_ff,
+    n_embd], rows 0..n_ff-1 the gate (silu), then the up half; no ffn_gate.
+  - MoE: ffn_gate_inp [n_expert, n_embd] (F32), ffn_{gate,up}_exps [n_expert, n_ff_exp, n_embd],
+    ffn_down_exps [n_expert, n_embd, n_ff_exp]; expert e's FFN is down_e(silu(gate_e x) * up_e x).
+    The routing per architecture is in hf_decoder_ref.py's docstring.
 
 Use:
     from synthetic_models import MODELS, write_model

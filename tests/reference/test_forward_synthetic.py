@@ -1,9 +1,11 @@
-"""qwen2, qwen3 and Llama-3-style RoPE scaling on synthetic GGUF files: numpy reference, llama.cpp, engine.
+"""qwen2, qwen3, Llama-3-style RoPE scaling, phi3, smollm3, qwen3moe, olmoe and afmoe on synthetic GGUF
+files: numpy reference, llama.cpp, engine.
 
 No small real checkpoint of these architectures can be installed here, so synthetic_models.py writes
-small random-weight models (4 layers, n_embd 256, 8 heads / 2 KV heads) under exactly the tensor
-names and metadata keys llama.cpp's converter writes, F32 and Q8_0, into a temporary folder at test
-time (seeded). Three implementations then run the same file on the same 48 tokens:
+small random-weight models (4 layers -- smollm3 8 --, n_embd 256, 8 heads / 2 KV heads, MoE: 16
+experts, 4 used) under exactly the tensor names and metadata keys llama.cpp's converter writes, F32
+and Q8_0, into a temporary folder at test time (seeded). Three implementations then run the same
+file on the same 48 tokens:
 
   - llama.cpp (the pinned 0c1e57098 from the llama-cpp-python 0.3.36 sdist), through our
     llama_cpp_logits.cpp (llama_cpp_oracle.py builds it once, cached: cold ~1.5 min on 2 idle cores,
@@ -17,14 +19,16 @@ time (seeded). Three implementations then run the same file on the same 48 token
     so the tolerance is known to catch the bugs an engine could make.
 (b) engine vs llama.cpp and vs the reference: gated on ENGINE_SUPPORTS below (skipped while False).
 (c) bad files (qwen3 without a k-norm, a qwen2 file with an unknown tensor, a rope_freqs of the
-    wrong length) must make `peregrine run` / `logits` fail with one `error:` line naming the tensor,
-    and `peregrine info` say `cannot run: ...` naming it (gated like (b)); llama.cpp's own refusal of
-    the same files is checked now.
+    wrong length, qwen3moe without a ffn_down_exps, with a ffn_gate_exps of 15 experts, with
+    expert_used_count > expert_count) must make `peregrine run` / `logits` fail with one `error:`
+    line naming the tensor (or key), and `peregrine info` say `cannot run: ...` naming it (gated like
+    (b), on the gate of the model the file is made from); llama.cpp's own refusal of the same files,
+    for the intended reason, is checked now.
 
 Flipping a gate: set ENGINE_SUPPORTS["qwen2"] = True (etc.) once the engine runs that
 architecture; PEREGRINE_SYNTHETIC_ALL=1 runs every gated test regardless (to try before flipping).
 The gate of each synthetic model is synthetic_models.GATE (the three llama_rope_* models share
-"llama_rope_scaled").
+"llama_rope_scaled"; every other model has a gate of its own name).
 
 Tolerances (measured figures in the comments of each constant):
   F32 weights: both engines run f32 matmuls and (llama.cpp with --kv f32, the engine with
@@ -51,6 +55,7 @@ from hf_decoder_ref import ABLATIONS, DecoderRef, default_inv_freq, hf_llama3_in
 ENGINE_SUPPORTS = {"llama_rope_scaled": True, "qwen2": True, "qwen3": True,
                    "phi3": False, "smollm3": False, "qwen3moe": False, "olmoe": False, "afmoe": False}
 RUN_ALL = os.environ.get("PEREGRINE_SYNTHETIC_ALL") == "1"
+assert set(sm.GATE) == set(sm.MODELS) and set(sm.GATE.values()) == set(ENGINE_SUPPORTS)
 
 N_TOKENS = 48
 WTYPES = ("F32", "Q8_0")
@@ -61,11 +66,17 @@ MODELS = list(sm.MODELS)
 # the engine (first qwen2/qwen3/scaled-RoPE version) vs either <= 5.7e-5, KL <= 1.2e-10.
 F32_MAX_ABS_REL = 1e-3  # max |diff| / max |expected logit|
 F32_KL_MAX = 1e-5  # at every position
+# (phi3, smollm3, qwen3moe, olmoe, afmoe, reference vs llama.cpp: max |diff| <= 9.8e-5 (<= 5.7e-6
+# of max |logit|), KL <= 1.9e-10.)
 # Q8_0 files (8-bit activations in llama.cpp and the engine, not in the reference): test_forward.py's
 # limits. Measured, reference vs llama.cpp: max |diff| 0.031..0.086 of max |logit|, mean KL
 # 0.0024..0.011, max KL 0.0067..0.115 (llama_rope_llama3), argmax 90-96% (the rest near ties);
 # engine vs llama.cpp: mean KL <= 0.0072, max KL <= 0.076; engine vs reference: mean KL <= 0.0099.
 # Every deliberate reference bug (ABLATIONS_OF) lands at mean KL >= 0.49 and >= 0.43 of max |logit|.
+# phi3 / smollm3 / qwen3moe / olmoe / afmoe, reference vs llama.cpp: max |diff| 0.040..0.088 of max
+# |logit|, mean KL 0.0027..0.015 (smollm3), max KL 0.0096..0.066, argmax 92-100%. Their ablations land
+# at mean KL >= 0.19 and max KL >= 0.41, except the two subtler afmoe ones: no_expert_bias (mean KL
+# 0.071, max 0.24) and rope_every_layer (one NoPE layer of four: mean 0.083, max 0.35).
 Q8_MAX_ABS_REL = 0.15
 Q8_KL_MEAN_MAX = 0.02
 Q8_KL_POS_MAX = 0.15
@@ -329,17 +340,19 @@ def test_engine_chunked_prompt(name, peregrine_bin, model_file, llama_cpp_logits
 
 class Bad(NamedTuple):
     model: str  # the synthetic model it is made from (and whose engine gate it waits for)
-    names: str  # what the error must name: the tensor, or the metadata key
+    names: str  # what the engine's error must name: the tensor, or the metadata key
     omit: tuple = ()  # tensors left out
     extra: dict = {}  # tensors added (after omit: a replaced tensor is omitted and added)
     spec: dict = {}  # Spec fields changed (metadata)
+    llama_cpp_says: str = ""  # what llama.cpp's refusal must contain (default: `names`)
 
 
 _qwen3moe = sm.MODELS["qwen3moe"]
 BAD_FILES = {
     "qwen3_missing_k_norm": Bad("qwen3", "blk.1.attn_k_norm.weight", omit=("blk.1.attn_k_norm.weight",)),
     "qwen2_unknown_tensor": Bad("qwen2", "blk.2.attn_bogus.weight",
-                                extra={"blk.2.attn_bogus.weight": np.ones(256, np.float32)}),
+                                extra={"blk.2.attn_bogus.weight": np.ones(256, np.float32)},
+                                llama_cpp_says="wrong number of tensors"),
     "llama_rope_freqs_wrong_shape": Bad("llama_rope_llama3", "rope_freqs.weight", omit=("rope_freqs.weight",),
                                         extra={"rope_freqs.weight": np.ones(8, np.float32)}),
     "qwen3moe_missing_down_exps": Bad("qwen3moe", "blk.1.ffn_down_exps.weight",
@@ -350,7 +363,8 @@ BAD_FILES = {
         extra={"blk.2.ffn_gate_exps.weight": np.zeros((15, _qwen3moe.n_ff_exp, _qwen3moe.n_embd), np.float32)}),
     # top-17 of 16 experts (llama.cpp: a failed GGML_ASSERT, i.e. abort)
     "qwen3moe_expert_used_over_count": Bad("qwen3moe", "qwen3moe.expert_used_count",
-                                           spec={"n_expert_used": _qwen3moe.n_expert + 1}),
+                                           spec={"n_expert_used": _qwen3moe.n_expert + 1},
+                                           llama_cpp_says="GGML_ASSERT(n_expert_used_max <= hparams.n_expert)"),
 }
 
 
@@ -373,7 +387,10 @@ def test_llama_cpp_refuses_bad_file(case, bad_file, oracle):
     """The bad files are bad by llama.cpp's standard too (so the engine is asked nothing stricter)."""
     r = oracle.llama_cpp_run(bad_file(case))
     assert r.returncode != 0, f"llama.cpp loaded {case}"
-    print(f"{case}: llama.cpp says {[l for l in r.stderr.splitlines() if 'error' in l.lower()][-3:]}")
+    said = [l for l in r.stderr.splitlines() if "error" in l.lower() or "GGML_ASSERT" in l]
+    print(f"{case}: llama.cpp says {said[-3:]}")
+    why = BAD_FILES[case].llama_cpp_says or BAD_FILES[case].names
+    assert any(why in l for l in said), f"llama.cpp refused {case} for another reason than {why!r}:\n{said[-5:]}"
 
 
 @pytest.mark.parametrize("command", ["run", "logits"])
