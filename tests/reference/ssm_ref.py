@@ -44,6 +44,11 @@ cumulative log-decay c_t = sum_{s<=t} dt_s A,
     S_L = exp(c_L) S_0  +  sum_s exp(c_L - c_s) dt_s outer(x_s, B_s)
 which `check_scans_agree` proves equal to the recurrence (the oracle for a chunked prompt scan).
 
+Q8_0 files: weights are dequantized once with gguf-py; with `act_q8` (with_q8_activations()) every
+activation entering a Q8_0 matmul is first rounded to Q8_0 blocks as ggml's CPU backend does, which
+makes the reference follow llama.cpp's expert choices where routing scores are close (see
+test_forward_ssm.py); without it activations stay float64.
+
 Standalone:
     python tests/reference/ssm_ref.py MODEL.gguf --prompt-ids 1,2,3   # argmax per position
 """
@@ -451,16 +456,19 @@ class SSMRef:
 
     def logits(self, tokens, *, batches=None, scan: str = "sequential", chunk: int = 16,
                trace: dict | None = None) -> np.ndarray:
-        return self.logits64(tokens, batches=batches, scan=scan, chunk=chunk, trace=trace).astype(np.float32)
-
-    def logits64(self, tokens, *, batches=None, scan: str = "sequential", chunk: int = 16,
-                 trace: dict | None = None) -> np.ndarray:
-        """float32 [n_tok, n_vocab] for one sequence from an empty state (logits64: float64).
+        """float32 [n_tok, n_vocab] for one sequence from an empty state.
 
         batches: sizes of consecutive forward calls (default: one call); the state carries between
         them (or not, with the reset_state_between_calls / no_conv_state_carry ablations).
         scan: "sequential" (the recurrence) or "chunked" (SSD with `chunk`-token chunks).
+        trace: a dict that collects "router_gap" (per MoE layer, [n_tok]: the 4th minus the 5th
+        selection score, i.e. k-th minus (k+1)-th) when given.
         """
+        return self.logits64(tokens, batches=batches, scan=scan, chunk=chunk, trace=trace).astype(np.float32)
+
+    def logits64(self, tokens, *, batches=None, scan: str = "sequential", chunk: int = 16,
+                 trace: dict | None = None) -> np.ndarray:
+        """logits() in float64."""
         tokens = np.asarray(tokens, dtype=np.int64)
         if tokens.ndim != 1 or tokens.size == 0 or tokens.min() < 0 or tokens.max() >= self.cfg.n_vocab:
             raise ValueError(f"tokens must be a non-empty list of ids in [0, {self.cfg.n_vocab})")
