@@ -108,7 +108,7 @@ class Config:
     n_group: int
     ssm_n_head: int
     d_conv: int
-    n_head: int = 0
+    n_head: tuple[int, ...] = ()  # attention heads per layer (the converter writes one value for all)
     n_head_kv: tuple[int, ...] = ()
     head_dim: int = 0
     n_expert: int = 0
@@ -162,9 +162,9 @@ def read_config(reader: gguf.GGUFReader) -> Config:
     kinds = "".join("M" if k == 0 and f == 0 else "*" if f == 0 else "E" for k, f in zip(kv, ff))
     if "E" in kinds and n_expert == 0:
         raise ValueError("FFN layers without experts (dense ReLU^2 MLP) are not handled")
-    n_head = int(_get(reader, p + "attention.head_count"))
+    n_head = _per_layer(_get(reader, p + "attention.head_count"), n_layer, "head_count")
     return Config(kinds=kinds, n_head=n_head, n_head_kv=kv,
-                  head_dim=int(_get(reader, p + "attention.key_length", common["n_embd"] // max(n_head, 1))),
+                  head_dim=int(_get(reader, p + "attention.key_length", common["n_embd"] // max(max(n_head), 1))),
                   n_expert=n_expert, n_expert_used=int(_get(reader, p + "expert_used_count", 0)),
                   n_ff_exp=int(_get(reader, p + "expert_feed_forward_length", 0)),
                   n_ff_shexp=int(_get(reader, p + "expert_shared_feed_forward_length", 0)),
@@ -241,9 +241,9 @@ class SSMRef:
                      "norm": w(b + "ssm_norm.weight", (G, c.d_inner // G)),
                      "ssm_out": w(b + "ssm_out.weight", (E, c.d_inner))}
             elif kind == "*":
-                D, kv = c.head_dim, c.n_head_kv[i]
-                t = {"wq": w(b + "attn_q.weight", (c.n_head * D, E)), "wk": w(b + "attn_k.weight", (kv * D, E)),
-                     "wv": w(b + "attn_v.weight", (kv * D, E)), "wo": w(b + "attn_output.weight", (E, c.n_head * D))}
+                D, q, kv = c.head_dim, c.n_head[i], c.n_head_kv[i]
+                t = {"wq": w(b + "attn_q.weight", (q * D, E)), "wk": w(b + "attn_k.weight", (kv * D, E)),
+                     "wv": w(b + "attn_v.weight", (kv * D, E)), "wo": w(b + "attn_output.weight", (E, q * D))}
             else:
                 X, F, FS = c.n_expert, c.n_ff_exp, c.n_ff_shexp
                 t = {"router": w(b + "ffn_gate_inp.weight", (X, E)), "bias": w(b + "exp_probs_b.bias", (X,)),
@@ -370,7 +370,7 @@ class SSMRef:
 
     def attention(self, i: int, L: Layer, a: np.ndarray, st: State) -> np.ndarray:
         c, t = self.cfg, L.w
-        n, D, H, KV = a.shape[0], c.head_dim, c.n_head, c.n_head_kv[i]
+        n, D, H, KV = a.shape[0], c.head_dim, c.n_head[i], c.n_head_kv[i]
         q = self.mm(a, t["wq"], "wq" in L.q8).reshape(n, H, D)
         k = self.mm(a, t["wk"], "wk" in L.q8).reshape(n, KV, D)
         v = self.mm(a, t["wv"], "wv" in L.q8).reshape(n, KV, D)
