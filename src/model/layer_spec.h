@@ -46,6 +46,8 @@ enum class TensorRole {
   AttnNorm, AttnQkv, AttnQ, AttnK, AttnV, AttnQBias, AttnKBias, AttnVBias, AttnQNorm, AttnKNorm,
   AttnOut, PostAttnNorm,
   FfnNorm, FfnGateUp, FfnGate, FfnUp, FfnDown, PostFfnNorm,
+  FfnRouter, FfnExpertBias, FfnGateExps, FfnUpExps, FfnDownExps, FfnGateShexp, FfnUpShexp, FfnDownShexp,
+  SsmIn, SsmConv, SsmConvBias, SsmDtBias, SsmA, SsmD, SsmNorm, SsmOut,
 };
 std::string_view tensor_role_name(TensorRole r);
 

@@ -12,6 +12,8 @@
 #include "core/thread_pool.h"
 #include "gguf/gguf.h"
 #include "kv/kv_cache.h"
+#include "model/blocks/mamba2.h"
+#include "model/blocks/moe.h"
 #include "model/forward.h"
 #include "model/layer_spec.h"
 #include "ops/matmul.h"
@@ -80,6 +82,9 @@ struct ForwardScratch {
   OpScratch ops;
   std::vector<std::vector<float>> rope;  // per RoPE table: [T, rope_dim/2, 2] cos/sin
   std::vector<float> observed;           // an observed matmul input, normalised [T, cols]
+  Mamba2Scratch ssm;                     // state-space layers
+  MoeScratch moe;                        // routed-expert layers
+  MoeStats moe_stats;                    // what the routed-expert layers read, summed over passes
 };
 
 class Model {

@@ -33,6 +33,22 @@ std::string_view tensor_role_name(TensorRole r) {
     case TensorRole::FfnUp: return "ffn up";
     case TensorRole::FfnDown: return "ffn down";
     case TensorRole::PostFfnNorm: return "post-ffn norm";
+    case TensorRole::FfnRouter: return "expert router";
+    case TensorRole::FfnExpertBias: return "expert selection bias";
+    case TensorRole::FfnGateExps: return "experts' gate";
+    case TensorRole::FfnUpExps: return "experts' up";
+    case TensorRole::FfnDownExps: return "experts' down";
+    case TensorRole::FfnGateShexp: return "shared expert gate";
+    case TensorRole::FfnUpShexp: return "shared expert up";
+    case TensorRole::FfnDownShexp: return "shared expert down";
+    case TensorRole::SsmIn: return "ssm input projection";
+    case TensorRole::SsmConv: return "ssm conv1d";
+    case TensorRole::SsmConvBias: return "ssm conv1d bias";
+    case TensorRole::SsmDtBias: return "ssm dt bias";
+    case TensorRole::SsmA: return "ssm A (decay)";
+    case TensorRole::SsmD: return "ssm D (skip)";
+    case TensorRole::SsmNorm: return "ssm group norm";
+    case TensorRole::SsmOut: return "ssm output projection";
   }
   return "?";
 }
@@ -110,7 +126,7 @@ Result<std::vector<int64_t>> read_layer_hparam(const gguf::File& f, const std::s
   return std::vector<int64_t>(size_t(n_layer), one);
 }
 
-Status read_decoder_hparams(const gguf::File& f, const std::string& arch, Hparams& hp) {
+Status read_decoder_hparams(const gguf::File& f, const std::string& arch, Hparams& hp, bool zero_widths) {
   const std::string a = arch + ".";
   hp.arch = arch;
   hp.name = f.get_string("general.name").ok() ? f.get_string("general.name").value() : "";
@@ -119,27 +135,36 @@ Status read_decoder_hparams(const gguf::File& f, const std::string& arch, Hparam
   auto largest = [](const std::vector<int64_t>& v) { return *std::max_element(v.begin(), v.end()); };
   for (const char* key : {"feed_forward_length", "attention.head_count"})
     if (f.find(a + key) == nullptr) return make_error("{}: missing metadata '{}{}'", f.name(), a, key);
-  PG_ASSIGN(auto n_ff, read_layer_hparam(f, a + "feed_forward_length", hp.n_layer, 1, 1 << 18, 0));
+  const int64_t lo = zero_widths ? 0 : 1;
+  PG_ASSIGN(auto n_ff, read_layer_hparam(f, a + "feed_forward_length", hp.n_layer, lo, 1 << 18, 0));
   hp.n_ff = largest(n_ff);
-  PG_ASSIGN(auto n_head, read_layer_hparam(f, a + "attention.head_count", hp.n_layer, 1, 1024, 0));
+  PG_ASSIGN(auto n_head, read_layer_hparam(f, a + "attention.head_count", hp.n_layer, lo, 1024, 0));
   hp.n_head = largest(n_head);
-  PG_ASSIGN(auto n_head_kv, read_layer_hparam(f, a + "attention.head_count_kv", hp.n_layer, 1, 1024, 0));
+  PG_ASSIGN(auto n_head_kv, read_layer_hparam(f, a + "attention.head_count_kv", hp.n_layer, 0, 1024, 0));
   for (int64_t il = 0; il < hp.n_layer; ++il) {
     int64_t& kv = n_head_kv[size_t(il)];
-    if (kv == 0) kv = n_head[size_t(il)];
-    if (kv > n_head[size_t(il)] || n_head[size_t(il)] % kv != 0)
-      return make_error("{}: layer {}: head_count {} is not a multiple of head_count_kv {}", f.name(), il,
-                        n_head[size_t(il)], kv);
+    const int64_t nh = n_head[size_t(il)];
+    if (kv == 0 && !zero_widths) kv = nh;
+    if (kv == 0 || nh == 0) continue;  // a layer without attention (zero_widths)
+    if (kv > nh || nh % kv != 0)
+      return make_error("{}: layer {}: head_count {} is not a multiple of head_count_kv {}", f.name(), il, nh, kv);
   }
   hp.n_head_kv = largest(n_head_kv);
-  hp.head_dim = hp.n_embd / n_head[0];
+  // The head width: key_length, else n_embd over the first layer's heads that has any.
+  hp.head_dim = 0;
+  for (int64_t nh : n_head)
+    if (nh > 0) {
+      hp.head_dim = hp.n_embd / nh;
+      break;
+    }
   if (f.find(a + "attention.key_length")) {
     PG_ASSIGN(hp.head_dim, read_hparam(f, a + "attention.key_length", 2, 1024));
   }
-  if (hp.head_dim < 2 || hp.head_dim % 2 != 0)
+  const bool attention = hp.n_head > 0;
+  if (attention && (hp.head_dim < 2 || hp.head_dim % 2 != 0))
     return make_error("{}: head dimension {} is not a positive even number", f.name(), hp.head_dim);
   hp.rope_dim = hp.head_dim;
-  if (f.find(a + "rope.dimension_count")) {
+  if (attention && f.find(a + "rope.dimension_count")) {
     PG_ASSIGN(hp.rope_dim, read_hparam(f, a + "rope.dimension_count", 2, hp.head_dim));
   }
   if (hp.rope_dim % 2 != 0) return make_error("{}: rope.dimension_count is odd", f.name());

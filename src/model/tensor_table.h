@@ -49,7 +49,10 @@ Result<std::vector<int64_t>> read_layer_hparam(const gguf::File& file, const std
 // embedding_length / head_count), rope.dimension_count (defaults to the head dimension),
 // context_length (default 2048), rope.freq_base (default 10000), the RMS epsilon, and
 // n_vocab from token_embd. Every value is range-checked. Per-layer arrays are accepted for
-// the head counts and feed_forward_length; hp then holds their largest value.
-Status read_decoder_hparams(const gguf::File& file, const std::string& arch, Hparams& hp);
+// the head counts and feed_forward_length; hp then holds their largest value. zero_widths:
+// a layer may have no heads and no FFN (hybrid stacks state the kind of each layer by
+// zeros; head_count_kv 0 then stays 0 instead of defaulting to head_count).
+Status read_decoder_hparams(const gguf::File& file, const std::string& arch, Hparams& hp,
+                            bool zero_widths = false);
 
 }  // namespace peregrine

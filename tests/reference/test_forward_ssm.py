@@ -49,7 +49,7 @@ import synthetic_ssm as ss
 from ssm_ref import ABLATIONS, SSMRef
 
 # ---- the gates: flip to True when the engine supports the architecture ------------------------------
-ENGINE_SUPPORTS = {"mamba2": False, "nemotron_h_moe": False}
+ENGINE_SUPPORTS = {"mamba2": True, "nemotron_h_moe": False}
 RUN_ALL = os.environ.get("PEREGRINE_SYNTHETIC_ALL") == "1"
 
 N_TOKENS = 48

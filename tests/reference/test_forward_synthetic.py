@@ -53,7 +53,7 @@ from hf_decoder_ref import ABLATIONS, DecoderRef, default_inv_freq, hf_llama3_in
 
 # ---- the gates: flip to True when the engine supports the architecture ------------------------------
 ENGINE_SUPPORTS = {"llama_rope_scaled": True, "qwen2": True, "qwen3": True,
-                   "phi3": False, "smollm3": False, "qwen3moe": False, "olmoe": False, "afmoe": False}
+                   "phi3": True, "smollm3": True, "qwen3moe": True, "olmoe": True, "afmoe": False}
 RUN_ALL = os.environ.get("PEREGRINE_SYNTHETIC_ALL") == "1"
 assert set(sm.GATE) == set(sm.MODELS) and set(sm.GATE.values()) == set(ENGINE_SUPPORTS)
 
@@ -81,6 +81,9 @@ Q8_MAX_ABS_REL = 0.15
 Q8_KL_MEAN_MAX = 0.02
 Q8_KL_POS_MAX = 0.15
 TIE_GAP = 0.5  # argmax may differ only where the expected top two are this close
+# ... per 4 layers in Q8_0 files: the 8-bit noise grows with depth. smollm3's 8 layers (mean KL
+# 0.011-0.015 against the float reference, twice the 4-layer models') flip near-ties of 0.57-0.76
+# whatever the seed (tried 0-3), in llama.cpp and the engine alike; F32 agrees to KL 1e-10.
 
 
 # ---- fixtures ----------------------------------------------------------------------------------------
@@ -176,8 +179,10 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
 
 
-def compare(got: np.ndarray, want: np.ndarray, wtype: str) -> tuple[list[str], dict]:
+def compare(got: np.ndarray, want: np.ndarray, wtype: str, name: str = "") -> tuple[list[str], dict]:
     """Problems comparing logits [n_tok, n_vocab] (empty: within tolerance) and the measured figures."""
+    n_layer = sm.MODELS[name].n_layer if name in sm.MODELS else 4
+    tie_gap = TIE_GAP if wtype == "F32" else TIE_GAP * max(1.0, n_layer / 4)
     if got.shape != want.shape:
         return [f"shape {got.shape} != {want.shape}"], {}
     g, w = got.astype(np.float64), want.astype(np.float64)
@@ -204,7 +209,7 @@ def compare(got: np.ndarray, want: np.ndarray, wtype: str) -> tuple[list[str], d
         problems.append(f"KL {kl.max():.3g} > {kl_pos_limit} at position {kl.argmax()}")
     for p in np.flatnonzero(ga != wa):
         gap = w[p, wa[p]] - w[p, ga[p]]
-        if gap > TIE_GAP:
+        if gap > tie_gap:
             problems.append(f"position {p}: argmax {ga[p]} instead of {wa[p]} (expected gap {gap:.3f})")
     return problems, figures
 
@@ -221,7 +226,7 @@ def _fmt(figures: dict) -> str:
 def test_reference_matches_llama_cpp(name, wtype, llama_cpp_logits, reference):
     got = ref_logits(reference, name, wtype)
     want = llama_cpp_logits(name, wtype)
-    problems, figures = compare(got, want, wtype)
+    problems, figures = compare(got, want, wtype, name)
     print(f"{name} {wtype}: {_fmt(figures)}")
     assert not problems, f"numpy reference vs llama.cpp, {name} {wtype}:\n  " + "\n  ".join(problems[:10])
 
@@ -312,7 +317,7 @@ def _engine_flags(wtype: str) -> tuple[str, ...]:
 def test_engine_matches_llama_cpp(name, wtype, peregrine_bin, model_file, llama_cpp_logits, tmp_path):
     gate(name)
     got = engine_logits(peregrine_bin, model_file(name, wtype), tmp_path / "l.f32", *_engine_flags(wtype))
-    problems, figures = compare(got, llama_cpp_logits(name, wtype), wtype)
+    problems, figures = compare(got, llama_cpp_logits(name, wtype), wtype, name)
     print(f"{name} {wtype}: {_fmt(figures)}")
     assert not problems, f"engine vs llama.cpp, {name} {wtype}:\n  " + "\n  ".join(problems[:10])
 
@@ -322,7 +327,7 @@ def test_engine_matches_llama_cpp(name, wtype, peregrine_bin, model_file, llama_
 def test_engine_matches_reference(name, wtype, peregrine_bin, model_file, reference, tmp_path):
     gate(name)
     got = engine_logits(peregrine_bin, model_file(name, wtype), tmp_path / "l.f32", *_engine_flags(wtype))
-    problems, figures = compare(got, ref_logits(reference, name, wtype), wtype)
+    problems, figures = compare(got, ref_logits(reference, name, wtype), wtype, name)
     print(f"{name} {wtype}: {_fmt(figures)}")
     assert not problems, f"engine vs numpy reference, {name} {wtype}:\n  " + "\n  ".join(problems[:10])
 

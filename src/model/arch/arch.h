@@ -13,7 +13,10 @@
   X("qwen2", qwen2)                \
   X("qwen3", qwen3)                \
   X("phi3", phi3)                  \
-  X("smollm3", smollm3)
+  X("smollm3", smollm3)            \
+  X("qwen3moe", qwen3moe)          \
+  X("olmoe", olmoe)                \
+  X("mamba2", mamba2)
 
 namespace peregrine::arch {
 

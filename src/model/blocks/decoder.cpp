@@ -1,6 +1,7 @@
 #include "model/blocks/decoder.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "model/tensor_table.h"
@@ -16,6 +17,9 @@ struct LayerWeights {
   // views of its row ranges, so the matmuls, packing and the imatrix see what they would
   // otherwise. Empty when the layer has separate tensors.
   Weight wqkv, w_gate_up;
+  Mamba2Weights ssm;                     // MixerKind::Mamba2
+  MoeWeights moe;                        // FfnKind::Moe: per-expert views of the stacks below
+  Weight exps_gate, exps_up, exps_down;  // ffn_*_exps as bound: [n_expert * n_ff_exp rows]
 };
 
 // Rows [r0, r0 + n) of w as a matrix of its own: GGUF rows are contiguous, whole blocks each.
@@ -42,7 +46,7 @@ class Decoder final : public Model {
  public:
   Decoder(std::shared_ptr<const gguf::File> file, ThreadPool& pool, DecoderConfig c)
       : pool_(pool), style_(c.style), ropes_(std::move(c.ropes)), rope_freqs_table_(c.rope_freqs_table),
-        ignorable_(std::move(c.ignorable)), notes_(std::move(c.notes)) {
+        ignorable_(std::move(c.ignorable)), notes_(std::move(c.notes)), moe_(c.moe), ssm_(c.ssm) {
     file_ = std::move(file);
     hp_ = std::move(c.hp);
     layers_ = std::move(c.layers);
@@ -54,13 +58,28 @@ class Decoder final : public Model {
       return make_error("{}: {} layer specs for {} layers", f.name(), layers_.size(), hp_.n_layer);
     for (size_t il = 0; il < layers_.size(); ++il) {
       const LayerSpec& l = layers_[il];
-      if (l.kv_dim() != layers_[0].kv_dim())
-        return make_error("{}: layer {} has KV width {} but layer 0 has {}: per-layer KV widths are not "
-                          "supported yet", f.name(), il, l.kv_dim(), layers_[0].kv_dim());
-      if (l.rope_table < 0 || size_t(l.rope_table) >= ropes_.size())
-        return make_error("{}: layer {} names RoPE table {} of {}", f.name(), il, l.rope_table, ropes_.size());
-      max_q_dim_ = std::max(max_q_dim_, l.q_dim());
-      max_ff_ = std::max(max_ff_, l.n_ff);
+      if (l.mixer == MixerKind::Attention) {
+        if (l.n_head < 1 || l.n_head_kv < 1 || l.head_dim < 2)
+          return make_error("{}: layer {} is an attention layer without heads ({} heads, {} KV heads)", f.name(), il,
+                            l.n_head, l.n_head_kv);
+        if (l.kv_dim() != kv_dim())
+          return make_error("{}: layer {} has KV width {} but another layer has {}: per-layer KV widths are not "
+                            "supported yet", f.name(), il, l.kv_dim(), kv_dim());
+        if (l.rope_table < 0 || size_t(l.rope_table) >= ropes_.size())
+          return make_error("{}: layer {} names RoPE table {} of {}", f.name(), il, l.rope_table, ropes_.size());
+        max_q_dim_ = std::max(max_q_dim_, l.q_dim());
+      }
+      if (l.mixer == MixerKind::Mamba2) {
+        if (Status st = ssm_.check(); !st.ok()) return make_error("{}: {}", f.name(), st.error().message);
+        layers_[il].state_floats = ssm_.state_floats();
+      }
+      if (l.ffn == FfnKind::DenseGlu) {
+        if (l.n_ff < 1) return make_error("{}: layer {} has a dense FFN of width {}", f.name(), il, l.n_ff);
+        max_ff_ = std::max(max_ff_, l.n_ff);
+      }
+      if (l.ffn == FfnKind::Moe) {
+        if (Status st = check_moe_config(moe_.cfg); !st.ok()) return make_error("{}: {}", f.name(), st.error().message);
+      }
     }
     tensors_ = std::make_shared<std::vector<TensorSpec>>(tensor_table());
     PG_TRY(bind_tensors(f, *tensors_, ignorable_));
@@ -76,6 +95,22 @@ class Decoder final : public Model {
         L.w_gate = row_view(L.w_gate_up, 0, l.n_ff);
         L.w_up = row_view(L.w_gate_up, l.n_ff, l.n_ff);
       }
+      if (l.ffn == FfnKind::Moe) {
+        const int64_t X = moe_.cfg.n_expert;
+        if (L.exps_gate.data) {
+          PG_ASSIGN(L.moe.gate, expert_views(L.exps_gate, X));
+        }
+        PG_ASSIGN(L.moe.up, expert_views(L.exps_up, X));
+        PG_ASSIGN(L.moe.down, expert_views(L.exps_down, X));
+        const std::string where = fmt::format("{}: blk.{}", f.name(), il);
+        PG_TRY(check_moe(L.moe, moe_.cfg, hp_.n_embd, where.c_str()));
+      }
+      if (l.mixer == MixerKind::Mamba2) {
+        for (const Weight* v : {&L.ssm.a, &L.ssm.d, &L.ssm.dt_bias})
+          for (int64_t i = 0; i < v->cols * v->rows; ++i)
+            if (!std::isfinite(v->f32()[i]))
+              return make_error("{}: tensor '{}'[{}] is not a finite number", f.name(), v->name, i);
+      }
     }
     for (const TensorSpec& s : *tensors_)
       if (s.dest->data) weight_bytes_ += s.dest->row_bytes * size_t(s.dest->rows);
@@ -90,8 +125,30 @@ class Decoder final : public Model {
     const bool tied = output_.data == nullptr;
     if (tied) output_ = tok_embd_;  // tied embeddings: token_embd stays for the lookup
     PG_TRY(pack_weights({&output_}, !tied));
-    for (LayerWeights& L : lw_)
-      PG_TRY(pack_weights({&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}, true));
+    for (LayerWeights& L : lw_) {
+      PG_TRY(pack_weights({&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down, &L.ssm.in, &L.ssm.out}, true));
+      if (!L.moe.up.empty()) PG_TRY(pack_experts(L));
+    }
+    return Status::Ok();
+  }
+
+  // Packs a routed-expert layer; the stacked tensors' file pages are dropped when every view
+  // of them was packed (nothing reads the file's bytes then).
+  Status pack_experts(LayerWeights& L) {
+    const auto start = std::chrono::steady_clock::now();
+    PG_ASSIGN(size_t bytes, pack_moe_weights(L.moe));
+    pack_stats_.bytes += bytes;
+    auto all_packed = [](const std::vector<Weight>& v) {
+      return std::all_of(v.begin(), v.end(), [](const Weight& w) { return w.packed != nullptr; });
+    };
+    const std::pair<const Weight*, const std::vector<Weight>*> stacks[] = {
+        {&L.exps_gate, &L.moe.gate}, {&L.exps_up, &L.moe.up}, {&L.exps_down, &L.moe.down}};
+    for (auto [stack, views] : stacks) {
+      if (stack->data == nullptr || !all_packed(*views)) continue;
+      pack_stats_.matrices += int64_t(views->size());
+      file_->release(stack->data, stack->row_bytes * size_t(stack->rows));
+    }
+    pack_stats_.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return Status::Ok();
   }
 
@@ -124,7 +181,8 @@ class Decoder final : public Model {
       if (!ropes_[size_t(layers_[size_t(l)].rope_table)].plain())
         return make_error("attention sinks are not supported with RoPE scaling yet");
     }
-    for (size_t il = 0; il < layers_.size(); ++il) PG_TRY(check_attention(kv, attention_shape(il)));
+    for (size_t il = 0; il < layers_.size(); ++il)
+      if (layers_[il].mixer == MixerKind::Attention) PG_TRY(check_attention(kv, attention_shape(il)));
     return Status::Ok();
   }
 
@@ -135,7 +193,7 @@ class Decoder final : public Model {
     ForwardScratch& sc = opt.scratch ? *opt.scratch : scratch_;
     const int64_t T = batch.size(), E = hp_.n_embd;
     DecoderActivations& a = sc.act;
-    a.reserve(T, E, max_q_dim_, layers_[0].kv_dim(), max_ff_);
+    a.reserve(T, E, max_q_dim_, kv_dim(), max_ff_);
     float* x = a.x.data();
 
     embed_rows(tok_embd_, batch.tokens.data(), T, x);  // x [T, E]
@@ -147,8 +205,16 @@ class Decoder final : public Model {
 
     for (int64_t il = 0; il < hp_.n_layer; ++il) {
       if (!opt.runs(il)) continue;
-      attention_block(il, batch, cache, sc, pool, opt.observer);
-      ffn_block(il, T, sc, pool, opt.observer);
+      switch (layers_[size_t(il)].mixer) {
+        case MixerKind::Attention: attention_block(il, batch, cache, sc, pool, opt.observer); break;
+        case MixerKind::Mamba2: mamba2_block(il, batch, cache, sc, pool); break;
+        case MixerKind::None: break;
+      }
+      switch (layers_[size_t(il)].ffn) {
+        case FfnKind::DenseGlu: ffn_block(il, T, sc, pool, opt.observer); break;
+        case FfnKind::Moe: moe_block(il, T, sc, pool); break;
+        case FfnKind::None: break;
+      }
     }
 
     if (opt.observer) {
@@ -209,6 +275,10 @@ class Decoder final : public Model {
       rmsnorm_heads(q, L.q_norm.f32(), T, l.n_head, hd, hp_.rms_eps);
       rmsnorm_heads(k, L.k_norm.f32(), T, l.n_head_kv, hd, hp_.rms_eps);
     }
+    if (style_.qk_norm_full) {
+      rmsnorm(q, L.q_norm.f32(), q, T, l.q_dim(), hp_.rms_eps);
+      rmsnorm(k, L.k_norm.f32(), k, T, l.kv_dim(), hp_.rms_eps);
+    }
     // A NoPE layer rotates nothing: K goes into the cache as it is.
     rope_apply(q, cs, T, l.n_head, hd, l.rotated_dim(), style_.rope);
     rope_store_kv(cache, il, batch.seq.data(), batch.pos.data(), k, v, cs, T, l.n_head_kv, hd, l.rotated_dim(),
@@ -248,6 +318,29 @@ class Decoder final : public Model {
     add_rows(x, xn, T * E);
   }
 
+  // x += Mamba2(RMSNorm(x)); advances each sequence's recurrent state.
+  void mamba2_block(int64_t il, const Batch& batch, KvCache& cache, ForwardScratch& sc, ThreadPool& pool) {
+    const LayerWeights& L = lw_[size_t(il)];
+    DecoderActivations& a = sc.act;
+    const int64_t T = batch.size(), E = hp_.n_embd;
+    const MatIn in(a.x.data(), L.attn_norm.f32(), hp_.rms_eps);
+    mamba2_mixer(ssm_, L.ssm, in, batch.seq.data(), batch.pos.data(), T, cache, il, hp_.rms_eps, a.xn.data(), pool,
+                 sc.ops, sc.ssm);  // xn [T, E]
+    add_rows(a.x.data(), a.xn.data(), T * E);
+  }
+
+  // x += MoE(RMSNorm(x)) (+ the shared expert inside the block).
+  void moe_block(int64_t il, int64_t T, ForwardScratch& sc, ThreadPool& pool) {
+    const LayerWeights& L = lw_[size_t(il)];
+    DecoderActivations& a = sc.act;
+    const int64_t E = hp_.n_embd;
+    float *x = a.x.data(), *xn = a.xn.data();
+    moe_ffn(L.moe, moe_.cfg, MatIn(x, L.ffn_norm.f32(), hp_.rms_eps), xn, T, pool, sc.ops, sc.moe,
+            &sc.moe_stats);  // xn [T, E]
+    if (style_.post_norms) rmsnorm(xn, L.post_ffn_norm.f32(), xn, T, E, hp_.rms_eps);
+    add_rows(x, xn, T * E);
+  }
+
   std::vector<TensorSpec> tensor_table() {
     const int64_t E = hp_.n_embd, V = hp_.n_vocab;
     using R = TensorRole;
@@ -268,7 +361,9 @@ class Decoder final : public Model {
       LayerWeights& L = lw_[size_t(il)];
       auto n = [il](const char* s) { return fmt::format("blk.{}.{}", il, s); };
       const int64_t qd = l.q_dim(), kvd = l.kv_dim(), hd = l.head_dim;
-      add(n("attn_norm.weight"), {E}, R::AttnNorm, il, true, true, &L.attn_norm);
+      if (l.mixer != MixerKind::None) add(n("attn_norm.weight"), {E}, R::AttnNorm, il, true, true, &L.attn_norm);
+      if (l.mixer == MixerKind::Mamba2) add_ssm_tensors(t, il, L.ssm);
+      if (l.mixer == MixerKind::Attention) {
       const bool fused_qkv = style_.fused_qkv && (file_->find_tensor(n("attn_qkv.weight")) != nullptr ||
                                                   file_->find_tensor(n("attn_q.weight")) == nullptr);
       if (fused_qkv) {
@@ -287,9 +382,22 @@ class Decoder final : public Model {
         add(n("attn_q_norm.weight"), {hd}, R::AttnQNorm, il, true, true, &L.q_norm);
         add(n("attn_k_norm.weight"), {hd}, R::AttnKNorm, il, true, true, &L.k_norm);
       }
+      if (style_.qk_norm_full) {
+        add(n("attn_q_norm.weight"), {qd}, R::AttnQNorm, il, true, true, &L.q_norm);
+        add(n("attn_k_norm.weight"), {kvd}, R::AttnKNorm, il, true, true, &L.k_norm);
+      }
       add(n("attn_output.weight"), {qd, E}, R::AttnOut, il, true, false, &L.wo);
       if (style_.post_norms) add(n("post_attention_norm.weight"), {E}, R::PostAttnNorm, il, true, true, &L.post_attn_norm);
-      add(n("ffn_norm.weight"), {E}, R::FfnNorm, il, true, true, &L.ffn_norm);
+      }
+      if (l.ffn == FfnKind::None) continue;
+      // Nemotron-H: an FFN-only layer's norm is its attn_norm.
+      if (style_.single_norm) add(n("attn_norm.weight"), {E}, R::AttnNorm, il, true, true, &L.ffn_norm);
+      else add(n("ffn_norm.weight"), {E}, R::FfnNorm, il, true, true, &L.ffn_norm);
+      if (style_.post_norms) add(n("post_ffw_norm.weight"), {E}, R::PostFfnNorm, il, true, true, &L.post_ffn_norm);
+      if (l.ffn == FfnKind::Moe) {
+        add_moe_tensors(t, il, L);
+        continue;
+      }
       if (style_.fused_gate_up) {
         add(n("ffn_up.weight"), {E, 2 * l.n_ff}, R::FfnGateUp, il, true, false, &L.w_gate_up);
       } else {
@@ -297,10 +405,48 @@ class Decoder final : public Model {
         add(n("ffn_up.weight"), {E, l.n_ff}, R::FfnUp, il, true, false, &L.w_up);
       }
       add(n("ffn_down.weight"), {l.n_ff, E}, R::FfnDown, il, true, false, &L.w_down);
-      if (style_.post_norms) add(n("post_ffw_norm.weight"), {E}, R::PostFfnNorm, il, true, true, &L.post_ffn_norm);
     }
     return t;
   }
+
+  void add_ssm_tensors(std::vector<TensorSpec>& t, int64_t il, Mamba2Weights& w) {
+    using R = TensorRole;
+    const Mamba2Dims& d = ssm_;
+    const int64_t E = hp_.n_embd, CH = d.conv_channels();
+    auto add = [&](const char* s, std::vector<int64_t> dims, R role, bool required, bool float_only, Weight* dest) {
+      t.push_back({fmt::format("blk.{}.{}", il, s), std::move(dims), role, il, required, float_only, dest});
+    };
+    add("ssm_in.weight", {E, d.in_proj()}, R::SsmIn, true, false, &w.in);
+    add("ssm_conv1d.weight", {d.d_conv, CH}, R::SsmConv, true, true, &w.conv);
+    add("ssm_conv1d.bias", {CH}, R::SsmConvBias, hp_.arch == "mamba2", true, &w.conv_bias);
+    add("ssm_dt.bias", {d.n_head}, R::SsmDtBias, true, true, &w.dt_bias);
+    add("ssm_a", {1, d.n_head}, R::SsmA, true, true, &w.a);
+    add("ssm_d", {1, d.n_head}, R::SsmD, true, true, &w.d);
+    add("ssm_norm.weight", {d.d_inner / d.n_group, d.n_group}, R::SsmNorm, true, true, &w.norm);
+    add("ssm_out.weight", {d.d_inner, E}, R::SsmOut, true, false, &w.out);
+  }
+
+  void add_moe_tensors(std::vector<TensorSpec>& t, int64_t il, LayerWeights& L) {
+    using R = TensorRole;
+    const int64_t E = hp_.n_embd, X = moe_.cfg.n_expert, F = moe_.n_ff_exp, FS = moe_.n_ff_shexp;
+    const bool glu = moe_.cfg.act == MoeAct::SwiGlu;
+    auto add = [&](const char* s, std::vector<int64_t> dims, R role, bool required, bool float_only, Weight* dest) {
+      t.push_back({fmt::format("blk.{}.{}", il, s), std::move(dims), role, il, required, float_only, dest});
+    };
+    add("ffn_gate_inp.weight", {E, X}, R::FfnRouter, true, false, &L.moe.router);
+    add("exp_probs_b.bias", {X}, R::FfnExpertBias, moe_bias_required(), true, &L.moe.selection_bias);
+    if (glu) add("ffn_gate_exps.weight", {E, F, X}, R::FfnGateExps, true, false, &L.exps_gate);
+    add("ffn_up_exps.weight", {E, F, X}, R::FfnUpExps, true, false, &L.exps_up);
+    add("ffn_down_exps.weight", {F, E, X}, R::FfnDownExps, true, false, &L.exps_down);
+    if (FS > 0) {
+      if (glu) add("ffn_gate_shexp.weight", {E, FS}, R::FfnGateShexp, true, false, &L.moe.shexp_gate);
+      add("ffn_up_shexp.weight", {E, FS}, R::FfnUpShexp, true, false, &L.moe.shexp_up);
+      add("ffn_down_shexp.weight", {FS, E}, R::FfnDownShexp, true, false, &L.moe.shexp_down);
+    }
+  }
+
+  // The selection bias is part of sigmoid routing (afmoe, Nemotron-H); softmax routers have none.
+  bool moe_bias_required() const { return moe_.cfg.gating == MoeGating::Sigmoid; }
 
   ThreadPool& pool_;
   DecoderStyle style_;
@@ -313,6 +459,8 @@ class Decoder final : public Model {
   int64_t max_q_dim_ = 0, max_ff_ = 0;
   ForwardScratch scratch_;
   size_t weight_bytes_ = 0;
+  MoeHparams moe_;
+  Mamba2Dims ssm_;
 };
 
 }  // namespace

@@ -9,6 +9,7 @@
 
 #include "core/status.h"
 #include "gguf/gguf.h"
+#include "model/blocks/block_hparams.h"
 #include "model/layer_spec.h"
 #include "model/model.h"
 #include "ops/ops.h"
@@ -30,6 +31,11 @@ struct DecoderStyle {
   // Gate and up come as one `ffn_up` matrix of 2 n_ff rows, gate rows first (Phi-3: llama.cpp's
   // LLM_FFN_SWIGLU, silu(first half) * second half); split into two matrices at load.
   bool fused_gate_up = false;
+  // RMSNorm over the whole q row [q_dim] and k row [kv_dim] instead of per head (OLMoE).
+  bool qk_norm_full = false;
+  // One norm per layer, `attn_norm`, before whichever block the layer has (Nemotron-H, whose
+  // layers are each a Mamba-2 mixer, an attention or an FFN).
+  bool single_norm = false;
 };
 
 struct DecoderConfig {
@@ -40,6 +46,8 @@ struct DecoderConfig {
   int32_t rope_freqs_table = -1;       // table that takes `rope_freqs.weight` (Llama 3), -1: none
   std::vector<std::string> ignorable;  // tensors a file may hold that nothing reads
   std::vector<std::string> notes;      // for `info`: what the file states that the model ignores, say
+  MoeHparams moe;                      // layers with FfnKind::Moe
+  Mamba2Dims ssm;                      // layers with MixerKind::Mamba2
 };
 
 // One spec per layer from hp's per-layer widths: global attention, dense GLU, RoPE table 0.
