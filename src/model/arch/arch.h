@@ -16,7 +16,9 @@
   X("smollm3", smollm3)            \
   X("qwen3moe", qwen3moe)          \
   X("olmoe", olmoe)                \
-  X("mamba2", mamba2)
+  X("mamba2", mamba2)              \
+  X("nemotron_h_moe", nemotron_h_moe) \
+  X("afmoe", afmoe)
 
 namespace peregrine::arch {
 
