@@ -108,7 +108,66 @@ def gguf_seeds():
         "llama_tiny.gguf": gguf(llama + arrays[:3],
                                 [("token_embd.weight", [32, 4], "Q4_1"), ("output_norm.weight", [32], "F32"),
                                  ("blk.0.ffn_down.weight", [256, 1], "Q4_K")]),
+        **model_seeds(),
     }
+
+
+def model_seeds():
+    """Whole tiny models of the routed-expert, state-space and hybrid architectures that load
+    (fuzz_gguf then runs a forward pass), so mutations reach their hyperparameter and shape checks:
+    expert counts and top-k, 3-D expert stacks, ssm.* sizes, per-layer kind arrays with zeros."""
+    E, V = 8, 4
+
+    def common(arch, n_layer, extra):
+        return [("general.architecture", STRING, arch), (f"{arch}.block_count", U32, n_layer),
+                (f"{arch}.embedding_length", U32, E), (f"{arch}.context_length", U32, 64),
+                (f"{arch}.attention.layer_norm_rms_epsilon", F32, 1e-5)] + extra
+
+    head = [("token_embd.weight", [E, V], "F32"), ("output_norm.weight", [E], "F32")]
+    moe = [(f"qwen3moe.{k}", U32, v) for k, v in (("feed_forward_length", 16), ("attention.head_count", 2),
+                                                  ("attention.head_count_kv", 1), ("attention.key_length", 4),
+                                                  ("expert_count", 4), ("expert_used_count", 2),
+                                                  ("expert_feed_forward_length", 8))]
+    moe_t = head + [("blk.0.attn_norm.weight", [E], "F32"), ("blk.0.attn_q.weight", [E, 8], "F32"),
+                    ("blk.0.attn_k.weight", [E, 4], "F32"), ("blk.0.attn_v.weight", [E, 4], "F32"),
+                    ("blk.0.attn_q_norm.weight", [4], "F32"), ("blk.0.attn_k_norm.weight", [4], "F32"),
+                    ("blk.0.attn_output.weight", [8, E], "F32"), ("blk.0.ffn_norm.weight", [E], "F32"),
+                    ("blk.0.ffn_gate_inp.weight", [E, 4], "F32"), ("blk.0.ffn_gate_exps.weight", [E, 8, 4], "F32"),
+                    ("blk.0.ffn_up_exps.weight", [E, 8, 4], "F32"), ("blk.0.ffn_down_exps.weight", [8, E, 4], "F32")]
+    # Mamba-2: d_inner 8, d_state 4, 2 heads, 1 group, conv 4 -> conv channels 16, in_proj 26.
+    def ssm_keys(arch):
+        return [(f"{arch}.ssm.{k}", U32, v) for k, v in (("conv_kernel", 4), ("inner_size", 8), ("state_size", 4),
+                                                         ("time_step_rank", 2), ("group_count", 1))]
+
+    def ssm_t(il):
+        b = f"blk.{il}."
+        return [(b + "attn_norm.weight", [E], "F32"), (b + "ssm_in.weight", [E, 26], "F32"),
+                (b + "ssm_conv1d.weight", [4, 16], "F32"), (b + "ssm_conv1d.bias", [16], "F32"),
+                (b + "ssm_dt.bias", [2], "F32"), (b + "ssm_a", [1, 2], "F32"), (b + "ssm_d", [1, 2], "F32"),
+                (b + "ssm_norm.weight", [8, 1], "F32"), (b + "ssm_out.weight", [8, E], "F32")]
+
+    mamba = common("mamba2", 1, [("mamba2.feed_forward_length", U32, 0), ("mamba2.attention.head_count", U32, 0)]
+                   + ssm_keys("mamba2"))
+    # Nemotron-H MoE: layer 0 Mamba-2, layer 1 attention (no RoPE), layer 2 experts (squared ReLU).
+    nh = "nemotron_h_moe"
+    nemo = common(nh, 3, [(f"{nh}.attention.head_count", U32, 2),
+                          (f"{nh}.attention.head_count_kv", ARRAY, (I32, [0, 1, 0])),
+                          (f"{nh}.feed_forward_length", ARRAY, (I32, [0, 0, 8])),
+                          (f"{nh}.attention.key_length", U32, 4), (f"{nh}.expert_count", U32, 4),
+                          (f"{nh}.expert_used_count", U32, 2), (f"{nh}.expert_feed_forward_length", U32, 8),
+                          (f"{nh}.expert_shared_feed_forward_length", U32, 8),
+                          (f"{nh}.expert_weights_norm", BOOL, 1), (f"{nh}.expert_weights_scale", F32, 2.5)]
+            + ssm_keys(nh))
+    nemo_t = head + ssm_t(0) + [
+        ("blk.1.attn_norm.weight", [E], "F32"), ("blk.1.attn_q.weight", [E, 8], "F32"),
+        ("blk.1.attn_k.weight", [E, 4], "F32"), ("blk.1.attn_v.weight", [E, 4], "F32"),
+        ("blk.1.attn_output.weight", [8, E], "F32"), ("blk.2.attn_norm.weight", [E], "F32"),
+        ("blk.2.ffn_gate_inp.weight", [E, 4], "F32"), ("blk.2.exp_probs_b.bias", [4], "F32"),
+        ("blk.2.ffn_up_exps.weight", [E, 8, 4], "F32"), ("blk.2.ffn_down_exps.weight", [8, E, 4], "F32"),
+        ("blk.2.ffn_up_shexp.weight", [E, 8], "F32"), ("blk.2.ffn_down_shexp.weight", [8, E], "F32")]
+    return {"qwen3moe_tiny.gguf": gguf(common("qwen3moe", 1, moe), moe_t),
+            "mamba2_tiny.gguf": gguf(mamba, head + ssm_t(0)),
+            "nemotron_h_moe_tiny.gguf": gguf(nemo, nemo_t)}
 
 
 def tokenizer_spm_seeds():
