@@ -44,7 +44,7 @@ struct LayerSpec {
 enum class TensorRole {
   TokenEmbd, OutputNorm, Output, RopeFreqs,
   AttnNorm, AttnQkv, AttnQ, AttnK, AttnV, AttnQBias, AttnKBias, AttnVBias, AttnQNorm, AttnKNorm,
-  AttnOut, PostAttnNorm,
+  AttnGate, AttnOut, PostAttnNorm,
   FfnNorm, FfnGateUp, FfnGate, FfnUp, FfnDown, PostFfnNorm,
   FfnRouter, FfnExpertBias, FfnGateExps, FfnUpExps, FfnDownExps, FfnGateShexp, FfnUpShexp, FfnDownShexp,
   SsmIn, SsmConv, SsmConvBias, SsmDtBias, SsmA, SsmD, SsmNorm, SsmOut,

@@ -25,6 +25,7 @@ std::string_view tensor_role_name(TensorRole r) {
     case TensorRole::AttnVBias: return "attention v bias";
     case TensorRole::AttnQNorm: return "attention q norm";
     case TensorRole::AttnKNorm: return "attention k norm";
+    case TensorRole::AttnGate: return "attention output gate";
     case TensorRole::AttnOut: return "attention output";
     case TensorRole::PostAttnNorm: return "post-attention norm";
     case TensorRole::FfnNorm: return "ffn norm";

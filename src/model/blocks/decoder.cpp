@@ -12,6 +12,7 @@ namespace {
 
 struct LayerWeights {
   Weight attn_norm, wq, wk, wv, bq, bk, bv, q_norm, k_norm, wo, post_attn_norm;
+  Weight w_attn_gate;  // DecoderStyle::attn_gate: [E, q_dim]
   Weight ffn_norm, w_gate, w_up, w_down, post_ffn_norm;
   // Fused files (DecoderStyle::fused_*): the tensor as bound; wq/wk/wv and w_gate/w_up are then
   // views of its row ranges, so the matmuls, packing and the imatrix see what they would
@@ -29,6 +30,11 @@ Weight row_view(const Weight& w, int64_t r0, int64_t n) {
   v.data = w.row(r0);
   v.rows = n;
   return v;
+}
+
+// x[i] *= sigmoid(g[i]) for i < n.
+void mul_sigmoid(float* x, const float* g, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] *= 1.0f / (1.0f + std::exp(-g[i]));
 }
 
 // x[T, n] += b[n] on every row.
@@ -126,7 +132,8 @@ class Decoder final : public Model {
     if (tied) output_ = tok_embd_;  // tied embeddings: token_embd stays for the lookup
     PG_TRY(pack_weights({&output_}, !tied));
     for (LayerWeights& L : lw_) {
-      PG_TRY(pack_weights({&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down, &L.ssm.in, &L.ssm.out}, true));
+      PG_TRY(pack_weights(
+          {&L.wq, &L.wk, &L.wv, &L.w_attn_gate, &L.wo, &L.w_gate, &L.w_up, &L.w_down, &L.ssm.in, &L.ssm.out}, true));
       if (!L.moe.up.empty()) PG_TRY(pack_experts(L));
     }
     return Status::Ok();
@@ -247,7 +254,8 @@ class Decoder final : public Model {
     obs.observe(Activation{name, layer, data, T, cols, consumers});
   }
 
-  // x += Wo * attention(RoPE(q), cache) with q, k, v from RMSNorm(x).
+  // x += Wo * attention(RoPE(q), cache) with q, k, v from RMSNorm(x) (attention gated by
+  // sigmoid(W_gate * RMSNorm(x)) with DecoderStyle::attn_gate).
   void attention_block(int64_t il, const Batch& batch, KvCache& cache, ForwardScratch& sc, ThreadPool& pool,
                        ActivationObserver* obs) {
     const LayerSpec& l = layers_[size_t(il)];
@@ -260,12 +268,19 @@ class Decoder final : public Model {
     // q [T, n_head * hd], k and v [T, n_head_kv * hd] from RMSNorm(x)
     const MatIn in(x, L.attn_norm.f32(), hp_.rms_eps);
     if (obs) {
-      const Weight* qkv[] = {&L.wq, &L.wk, &L.wv};
+      const Weight* qkv[] = {&L.wq, &L.wk, &L.wv, &L.w_attn_gate};
       const Weight* fused[] = {&L.wqkv};  // the file's matrix, as llama-imatrix names it
       observe(*obs, "attn_in", il, in, T, E,
-              L.wqkv.data ? std::span<const Weight* const>(fused) : std::span<const Weight* const>(qkv), sc);
+              L.wqkv.data ? std::span<const Weight* const>(fused)
+                          : std::span<const Weight* const>(qkv, style_.attn_gate ? 4 : 3),
+              sc);
     }
-    matmul_many({{&L.wq, q}, {&L.wk, k}, {&L.wv, v}}, in, T, pool, sc.ops);
+    // The attention gate g [T, q_dim] waits in xn (sized [T, max(E, q_dim)]), free until W_o.
+    float* g = xn;
+    if (style_.attn_gate)
+      matmul_many({{&L.wq, q}, {&L.wk, k}, {&L.wv, v}, {&L.w_attn_gate, g}}, in, T, pool, sc.ops);
+    else
+      matmul_many({{&L.wq, q}, {&L.wk, k}, {&L.wv, v}}, in, T, pool, sc.ops);
     if (style_.qkv_bias) {
       add_bias(q, L.bq, T, l.q_dim());
       add_bias(k, L.bk, T, l.kv_dim());
@@ -285,6 +300,7 @@ class Decoder final : public Model {
                   style_.rope);
     attention(q, batch.pos.data(), batch.seq.data(), T, cache, il, attention_shape(size_t(il)), att,
               pool);  // att [T, q_dim]
+    if (style_.attn_gate) mul_sigmoid(att, g, T * l.q_dim());  // before W_o, as llama.cpp's afmoe
     if (obs) {
       const Weight* o[] = {&L.wo};
       observe(*obs, "attn_out", il, MatIn(att), T, l.q_dim(), o, sc);
@@ -386,6 +402,7 @@ class Decoder final : public Model {
         add(n("attn_q_norm.weight"), {qd}, R::AttnQNorm, il, true, true, &L.q_norm);
         add(n("attn_k_norm.weight"), {kvd}, R::AttnKNorm, il, true, true, &L.k_norm);
       }
+      if (style_.attn_gate) add(n("attn_gate.weight"), {E, qd}, R::AttnGate, il, true, false, &L.w_attn_gate);
       add(n("attn_output.weight"), {qd, E}, R::AttnOut, il, true, false, &L.wo);
       if (style_.post_norms) add(n("post_attention_norm.weight"), {E}, R::PostAttnNorm, il, true, true, &L.post_attn_norm);
       }
@@ -525,6 +542,31 @@ Result<RopeFreqs> read_rope(const gguf::File& f, const std::string& arch, const 
   // YaRN's ramp stays at beta_fast 32, beta_slow 1 whatever "yarn_beta_*" says: llama.cpp
   // (0c1e57098) never reads those keys, and files are made to run there.
   return r;
+}
+
+Result<std::vector<bool>> read_sliding_layers(const gguf::File& f, const std::string& arch, int64_t n_layer,
+                                              int64_t default_pattern) {
+  const std::string key = arch + ".attention.sliding_window_pattern";
+  std::vector<bool> sliding(size_t(n_layer), false);
+  const gguf::Value* v = f.find(key);
+  if (v != nullptr && v->type == gguf::ValueType::ARRAY) {
+    if (v->elem_type != gguf::ValueType::BOOL && !gguf::Value{v->elem_type}.is_integer())
+      return make_error("{}: metadata '{}' is an array of {}, not of integers or bools", f.name(), key,
+                        gguf::value_type_name(v->elem_type));
+    if (int64_t(v->items.size()) != n_layer)
+      return make_error("{}: metadata '{}' has {} entries for {} layers", f.name(), key, v->items.size(), n_layer);
+    for (int64_t il = 0; il < n_layer; ++il) {
+      const gguf::Value& e = v->items[size_t(il)];
+      sliding[size_t(il)] = (e.u | uint64_t(e.i)) != 0;  // u holds unsigned values and bools, i signed ones
+    }
+    return sliding;
+  }
+  int64_t every = default_pattern;
+  if (v != nullptr) {
+    PG_ASSIGN(every, read_hparam(f, key, 0, n_layer));
+  }
+  for (int64_t il = 0; il < n_layer; ++il) sliding[size_t(il)] = every == 0 || il % every < every - 1;
+  return sliding;
 }
 
 Result<float> read_attention_scale(const gguf::File& f, const std::string& arch) {

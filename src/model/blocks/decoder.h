@@ -36,6 +36,10 @@ struct DecoderStyle {
   // One norm per layer, `attn_norm`, before whichever block the layer has (Nemotron-H, whose
   // layers are each a Mamba-2 mixer, an attention or an FFN).
   bool single_norm = false;
+  // Gated attention (afmoe): g = W_gate * RMSNorm(x) [q_dim] from the same normed input as q, k
+  // and v (`attn_gate`), and the attention output is multiplied by sigmoid(g) element-wise
+  // before W_o.
+  bool attn_gate = false;
 };
 
 struct DecoderConfig {
@@ -59,6 +63,13 @@ std::vector<LayerSpec> uniform_layers(const Hparams& hp, Glu glu);
 // 32/1, as llama.cpp does). Types
 // llama.cpp knows but this engine does not (longrope) are an error.
 Result<RopeFreqs> read_rope(const gguf::File& f, const std::string& arch, const Hparams& hp);
+
+// Which layers attend to a sliding window, as llama.cpp's load_swa_pattern reads
+// "<arch>.attention.sliding_window_pattern": a per-layer array (non-zero: sliding; integers or
+// bools), or an integer N: layer il slides when il % N < N - 1 (every N-th layer, counting from
+// 1, is global; N = 0: every layer slides); `default_pattern` when the key is absent.
+Result<std::vector<bool>> read_sliding_layers(const gguf::File& f, const std::string& arch, int64_t n_layer,
+                                              int64_t default_pattern);
 
 // "<arch>.attention.scale" when the file has it (the scale of q.k), else 0 (1/sqrt(head_dim)).
 Result<float> read_attention_scale(const gguf::File& f, const std::string& arch);
