@@ -112,6 +112,7 @@ class Spec:
     route_scale: float = 0.0  # afmoe: expert_weights_scale (0: not written)
     attn_gate: bool = False  # afmoe: attn_gate.weight [n_head*head_dim, n_embd], o *= sigmoid(x Wg^T)
     sandwich_norm: bool = False  # afmoe: post_attention_norm / post_ffw_norm on each block's output
+    weight_seed: int = 0  # added to write_model's seed (a model whose default draw routes a near-tie)
 
 
 MODELS: dict[str, Spec] = {
@@ -158,10 +159,13 @@ MODELS: dict[str, Spec] = {
     # Arcee Trinity-like. Layers 0-2 slide (window 16 < the 48 test tokens) with RoPE, layer 3 is global
     # and NoPE; layer 0 dense, 1-3 MoE + shared expert. Embeddings are drawn 16x smaller since the muP
     # scale sqrt(n_embd) = 16 multiplies them back. Untied: a tied head would read those small rows.
+    # weight_seed 1: seed 0 has a 4th/5th expert near-tie (0.7639 vs 0.7626, layer 1, position 21)
+    # that the engine's f16 KV cache tips the other way on the Q8_0 file (llama.cpp's does not);
+    # seeds 1, 2, 3 and 5 have none (F32 agrees to KL 1e-11 on seeds 0-5).
     "afmoe": Spec("afmoe", "afmoe", head_dim=64, qk_norm="head", tied=False, rms_eps=1e-5, context_length=4096,
                   embd_std=EMBD_STD / 16, attn_gate=True, sandwich_norm=True, sliding_window=16,
                   n_expert=16, n_expert_used=4, n_ff_exp=128, n_expert_shared=1, n_dense_lead=1,
-                  router_gain=2.0, expert_spread=0.3, expert_bias_std=0.1, route_norm=True, route_scale=2.826),
+                  router_gain=2.0, expert_spread=0.3, expert_bias_std=0.1, route_norm=True, route_scale=2.826, weight_seed=1),
 }
 
 # The engine gate each model belongs to (test_forward_synthetic.ENGINE_SUPPORTS).
@@ -343,7 +347,7 @@ def write_model(model: str | Spec, path: str | Path, *, wtype: str = "F32", seed
     nv = len(tok["tokens"])
     path = Path(path)
     arch = spec.arch
-    w = hf_weights(spec, nv, seed)
+    w = hf_weights(spec, nv, seed + spec.weight_seed)
 
     rs = spec.rope_scaling
     rope_type = rs.get("rope_type")

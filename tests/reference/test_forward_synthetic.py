@@ -53,7 +53,7 @@ from hf_decoder_ref import ABLATIONS, DecoderRef, default_inv_freq, hf_llama3_in
 
 # ---- the gates: flip to True when the engine supports the architecture ------------------------------
 ENGINE_SUPPORTS = {"llama_rope_scaled": True, "qwen2": True, "qwen3": True,
-                   "phi3": True, "smollm3": True, "qwen3moe": True, "olmoe": True, "afmoe": False}
+                   "phi3": True, "smollm3": True, "qwen3moe": True, "olmoe": True, "afmoe": True}
 RUN_ALL = os.environ.get("PEREGRINE_SYNTHETIC_ALL") == "1"
 assert set(sm.GATE) == set(sm.MODELS) and set(sm.GATE.values()) == set(ENGINE_SUPPORTS)
 
