@@ -28,6 +28,7 @@
 //                    bit-identical to the scalar float panel kernel for every token
 //                    tile split, strided activations (rows 16, 5, 21; nb = 1..4)
 //   silu_mul         bit-identical (n = 0..67)
+//   ssm_scan         bit-identical, state included (ds = 16, 64, 128)
 //   dispatch         `--isa` prints the table kernels() picked (the script checks
 //                    PEREGRINE_ISA handling with it)
 #include <cmath>
@@ -558,6 +559,28 @@ void check_silu_mul(const KernelTable& s, const KernelTable& t, std::mt19937& rn
   }
 }
 
+// ssm_scan: bit-identical to the reference, state included, over several steps.
+void check_ssm_scan(const KernelTable& s, const KernelTable& t, std::mt19937& rng) {
+  CHECK(t.ssm_scan != nullptr, "ssm_scan is null");
+  if (t.ssm_scan == nullptr) return;
+  for (int64_t ds : {16, 64, 128}) {
+    const int64_t hd = 5;
+    auto S = random_floats(size_t(hd * ds), rng);
+    auto S_ref = S;
+    std::vector<float> y(static_cast<size_t>(hd)), y_ref(static_cast<size_t>(hd));
+    int bad = 0;
+    for (int step = 0; step < 4; ++step) {
+      auto x = random_floats(size_t(hd), rng), B = random_floats(size_t(ds), rng), C = random_floats(size_t(ds), rng);
+      const float dt = 0.3f + 0.1f * float(step), dA = std::exp(-dt), D = 0.7f;
+      s.ssm_scan(S_ref.data(), x.data(), B.data(), C.data(), dt, dA, D, hd, ds, y_ref.data());
+      t.ssm_scan(S.data(), x.data(), B.data(), C.data(), dt, dA, D, hd, ds, y.data());
+      for (int64_t i = 0; i < hd; ++i) bad += !same_bits(y[size_t(i)], y_ref[size_t(i)]);
+      for (size_t i = 0; i < S.size(); ++i) bad += !same_bits(S[i], S_ref[i]);
+    }
+    CHECK(bad == 0, "ssm_scan ds=%d: %d values differ from the reference", int(ds), bad);
+  }
+}
+
 // Every 16-bit pattern converts exactly: through the vector path (n = 8, one non-zero
 // weight at lane 0..7 so 0 * inf never happens) and, for f16, through axpy with a = 1.
 void check_conversions(const KernelTable& s, const KernelTable& t) {
@@ -622,6 +645,7 @@ int main(int argc, char** argv) {
   check_float_dots(s, *t, rng);
   check_conversions(s, *t);
   check_silu_mul(s, *t, rng);
+  check_ssm_scan(s, *t, rng);
 
   if (g_failures > 0) {
     std::fprintf(stderr, "%s: %d of %d checks FAILED\n", variant, g_failures, g_checks);

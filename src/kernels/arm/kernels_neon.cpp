@@ -258,6 +258,28 @@ void silu_mul(const float* g, const float* u, float* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
+// KernelTable::ssm_scan: the 16 partial sums in four registers (acc[4 r + l] in lane l of
+// register r); ds a multiple of 16.
+void ssm_scan(float* S, const float* x, const float* B, const float* C, float dt, float dA, float D, int64_t hd,
+              int64_t ds, float* y) {
+  const float32x4_t da = vdupq_n_f32(dA);
+  for (int64_t i = 0; i < hd; ++i) {
+    float* s = S + i * ds;
+    const float32x4_t xdt = vdupq_n_f32(x[i] * dt);
+    float32x4_t acc[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
+    for (int64_t j = 0; j < ds; j += 16)
+      for (int r = 0; r < 4; ++r) {
+        const int64_t o = j + 4 * r;
+        const float32x4_t sv = vfmaq_f32(vmulq_f32(vld1q_f32(B + o), xdt), vld1q_f32(s + o), da);
+        vst1q_f32(s + o, sv);
+        acc[r] = vfmaq_f32(acc[r], sv, vld1q_f32(C + o));
+      }
+    float lanes[16];
+    for (int r = 0; r < 4; ++r) vst1q_f32(lanes + 4 * r, acc[r]);
+    y[i] = std::fma(D, x[i], tree_sum16(lanes));
+  }
+}
+
 // ---- Panel kernels (packed layout, kernels/packed.h). A 64-byte panel group is four
 // 16-byte quarters, rows 0-3, 4-7, 8-11, 12-15; each quarter is done on its own so that
 // its weights stay in registers while up to four tokens pass. Lane i of every vector is
@@ -508,6 +530,7 @@ const KernelTable* neon_kernels() {
       .panel_bf16 = panel_dot_f<Bf16>,
       // attend_f16/f32 left null: attention uses the scalar table's.
       .silu_mul = silu_mul,
+      .ssm_scan = ssm_scan,
   };
   return &t;
 }

@@ -296,6 +296,20 @@ void gelu_mul(const float* g, const float* u, float* out, int64_t n) {
   }
 }
 
+void ssm_scan(float* S, const float* x, const float* B, const float* C, float dt, float dA, float D, int64_t hd,
+              int64_t ds, float* y) {
+  for (int64_t i = 0; i < hd; ++i) {
+    float* s = S + i * ds;
+    const float xdt = x[i] * dt;
+    float acc[16] = {};
+    for (int64_t j = 0; j < ds; ++j) {
+      s[j] = std::fma(s[j], dA, B[j] * xdt);
+      acc[j % 16] = std::fma(s[j], C[j], acc[j % 16]);
+    }
+    y[i] = std::fma(D, x[i], tree_sum16(acc));
+  }
+}
+
 }  // namespace
 
 const KernelTable& scalar_kernels() {
@@ -328,6 +342,7 @@ const KernelTable& scalar_kernels() {
       .attn_hd_multiple = 1,
       .silu_mul = silu_mul,
       .gelu_mul = gelu_mul,
+      .ssm_scan = ssm_scan,
   };
   return t;
 }

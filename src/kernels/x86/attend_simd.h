@@ -119,5 +119,31 @@ void silu_mul_simd(const float* g, const float* u, float* out, int64_t n) {
   }
 }
 
+// KernelTable::ssm_scan: 16 partial sums in 16 / kLanes registers, lane l of register r is
+// acc[r * kLanes + l]; ds a multiple of 16.
+template <class V>
+void ssm_scan_simd(float* S, const float* x, const float* B, const float* C, float dt, float dA, float D,
+                   int64_t hd, int64_t ds, float* y) {
+  constexpr int64_t L = V::kLanes, R = 16 / L;
+  using Reg = typename V::Reg;
+  const Reg da = V::set1(dA);
+  for (int64_t i = 0; i < hd; ++i) {
+    float* s = S + i * ds;
+    const Reg xdt = V::set1(x[i] * dt);
+    Reg acc[R];
+    for (int64_t r = 0; r < R; ++r) acc[r] = V::zero();
+    for (int64_t j = 0; j < ds; j += 16)
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t o = j + r * L;
+        const Reg sv = V::fma(V::load(s + o), da, V::mul(V::load(B + o), xdt));
+        V::store(s + o, sv);
+        acc[r] = V::fma(sv, V::load(C + o), acc[r]);
+      }
+    alignas(64) float lanes[16];
+    for (int64_t r = 0; r < R; ++r) V::store(lanes + r * L, acc[r]);
+    y[i] = std::fma(D, x[i], tree_sum16(lanes));
+  }
+}
+
 }  // namespace
 }  // namespace peregrine

@@ -500,6 +500,7 @@ const KernelTable* avx2_kernels() {
       .attend_f32 = attend_simd<Vec256, float>,
       .attn_hd_multiple = Vec256::kLanes,
       .silu_mul = silu_mul_simd<Vec256>,
+      .ssm_scan = ssm_scan_simd<Vec256>,
   };
   return &t;
 }

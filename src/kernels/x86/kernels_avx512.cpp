@@ -522,6 +522,7 @@ const KernelTable* avx512_kernels() {
       .attend_f32 = attend_simd<Vec512, float>,
       .attn_hd_multiple = Vec512::kLanes,
       .silu_mul = silu_mul_simd<Vec512>,
+      .ssm_scan = ssm_scan_simd<Vec512>,
   };
   return &t;
 }

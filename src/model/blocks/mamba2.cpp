@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/kernels.h"
 #include "ops/ops.h"
 
 namespace peregrine {
@@ -28,17 +29,8 @@ Status Mamba2Dims::check() const {
 
 void mamba2_scan_head(float* S, const float* x, const float* B, const float* C, float dt, float A, float D,
                       int64_t head_dim, int64_t d_state, float* y) {
-  const float dA = std::exp(dt * A);
-  for (int64_t i = 0; i < head_dim; ++i) {
-    float* s = S + i * d_state;
-    const float x_dt = x[i] * dt;
-    float acc = 0.0f;
-    for (int64_t j = 0; j < d_state; ++j) {
-      s[j] = s[j] * dA + B[j] * x_dt;
-      acc += s[j] * C[j];
-    }
-    y[i] = acc + D * x[i];
-  }
+  const KernelTable& k = d_state % 16 == 0 ? kernels() : scalar_kernels();
+  k.ssm_scan(S, x, B, C, dt, std::exp(dt * A), D, head_dim, d_state, y);
 }
 
 void mamba2_mixer(const Mamba2Dims& dm, const Mamba2Weights& w, MatIn in, const int32_t* seq, const int32_t* pos,

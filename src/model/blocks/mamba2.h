@@ -68,8 +68,8 @@ void mamba2_mixer(const Mamba2Dims& dims, const Mamba2Weights& w, MatIn in, cons
                   const int32_t* pos, int64_t T, KvCache& cache, int64_t layer, float norm_eps, float* out,
                   ThreadPool& pool, OpScratch& ops, Mamba2Scratch& sc);
 
-// One token of the scan for one head, the scalar definition (tests, and the kernel's tail):
-// S [head_dim, d_state] advanced in place, y [head_dim] written.
+// One token of the scan for one head (KernelTable::ssm_scan of the active table; the same bits
+// in every table): S [head_dim, d_state] advanced in place, y [head_dim] written.
 void mamba2_scan_head(float* S, const float* x, const float* B, const float* C, float dt, float A, float D,
                       int64_t head_dim, int64_t d_state, float* y);
 
