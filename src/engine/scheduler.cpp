@@ -362,6 +362,9 @@ void Scheduler::schedule_seq(Seq& s, int64_t& budget) {
       break;
     }
     if (s.draft.size() > 0) {
+      // Drafts may be rejected: a recurrent state is saved first (a no-op without one), and
+      // sample_and_emit's rewind goes back to it.
+      cache_.checkpoint(s.slot);
       for (size_t i = 0; i < chunk_.size(); ++i) batch_.add(chunk_[i], int32_t(s.n_computed + int64_t(i)), s.slot, true);
       in_batch_.push_back({&s, int32_t(chunk_.size())});
       s.in_step = true;
@@ -517,7 +520,9 @@ void Scheduler::sample_and_emit(Seq& s, const float* rows) {
     s.req->stream->accepted_ += r.draft_accepted;
   }
   if (k > 0 && !r.finished) {
-    // Keep the pending token and the accepted drafts.
+    // Keep the pending token and the accepted drafts. A recurrent state goes back to its
+    // checkpoint (before the pending token) instead: the tokens from there on are pending again
+    // and the next steps compute them as a prompt chunk (without drafts) before decoding on.
     const int64_t keep = s.n_computed - k + r.draft_accepted;
     PG_ASSERT(bm_.truncate(s.id, int32_t(keep)).ok());
     s.n_computed = cache_.rewind(s.slot, keep);

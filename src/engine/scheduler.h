@@ -34,6 +34,14 @@
 // its SequenceState accepts and its blocks and KV are cut back to that (BlockManager::truncate,
 // KvCache::rewind). Finished outputs feed the n-gram drafter's history.
 //
+// Recurrent models (state-space layers, KvShape::recurrent) keep a state per slot that only
+// goes forward. It is checkpointed before a step with drafts; after a rejection the rewind
+// restores that checkpoint (before the pending token), and the verified tokens after it are
+// pending again: the next step computes them as a prompt chunk that ends in the next token, and
+// drafting resumes once the sequence has caught up. A preempted sequence restarts from a zeroed
+// state, the choices of n > 1 fork the state with the rest, and the prefix cache is off
+// (KvShape::prefix_sharing: a block of K/V does not carry the state at its end).
+//
 // Threads: submit() and RequestStream are safe from any thread; step() runs on one thread
 // (start() runs it in a background thread; tests call step() directly).
 #pragma once

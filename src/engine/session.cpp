@@ -141,6 +141,8 @@ Result<GenerateStats> Session::generate(std::span<const TokenId> prompt, Sequenc
       policy->record(draft_.confidence, draft_.size(), r.draft_accepted);
       const int64_t verified = n_verified + r.draft_accepted;
       if (verified < n_past_) {
+        // A recurrent state cannot drop tokens: it goes back to the checkpoint taken before
+        // the step, and the verified tokens after it are computed again in the next step.
         n_past_ = cache_->rewind(0, verified);
         history_.resize(size_t(n_past_));
       }
@@ -150,15 +152,20 @@ Result<GenerateStats> Session::generate(std::span<const TokenId> prompt, Sequenc
     st.n_generated += r.accepted;
     if (!r.finished && !go_on) r = seq.finish(FinishReason::Cancelled);
     if (r.finished) break;
-    // The next step: the pending token, and a draft after it (every row's logits).
+    // The next step: the tokens not in the cache (the pending one; after a recurrent state went
+    // back to its checkpoint, the verified ones before it too), and a draft after the pending
+    // token when nothing else is to be recomputed (every row's logits from the pending one on).
+    const std::vector<TokenId>& tokens = seq.tokens();
     draft_.clear();
-    if (drafter) PG_TRY(draft_next(seq, *policy));
-    step_tokens_.assign(1, seq.tokens().back());
+    if (drafter && int64_t(tokens.size()) == n_past_ + 1) PG_TRY(draft_next(seq, *policy));
+    step_tokens_.assign(tokens.begin() + std::ptrdiff_t(n_past_), tokens.end());
     step_tokens_.insert(step_tokens_.end(), draft_.tokens.begin(), draft_.tokens.end());
+    // Drafts may be rejected: a recurrent state is saved first (a no-op without one).
+    if (draft_.size() > 0) cache_->checkpoint(0);
     const auto ts = Clock::now();
     PG_TRY(eval(step_tokens_, draft_.size() > 0, logits));
     if (drafter) step_cost_.record(int64_t(step_tokens_.size()), std::chrono::duration<double>(Clock::now() - ts).count());
-    n_rows = int64_t(step_tokens_.size());
+    n_rows = 1 + draft_.size();
     n_verified = n_past_ - draft_.size();
   }
   st.finish = r.reason;

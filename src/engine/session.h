@@ -73,9 +73,12 @@ class Session {
   bool unbounded() const { return cache_->shape().unbounded(); }
   const KvCache& cache() const { return *cache_; }
   int64_t n_past() const { return n_past_; }
+  // Starts over: an empty sequence (a recurrent state zeroed, which a later eval() from
+  // position 0 needs).
   void reset() {
     n_past_ = 0;
     history_.clear();
+    cache_->reset(0);
   }
 
   // Appends tokens to the sequence. Logits of the last token (or of every token
@@ -86,7 +89,9 @@ class Session {
   // chat only computes its new turn), then generates with `seq` (its prompt is set here) until
   // it finishes (end of generation, a stop string, its max_tokens), the context is full, or
   // on_emit returns false (Cancelled). on_emit gets every accepted token with its text, then
-  // (token -1) the text held back to the end, if any.
+  // (token -1) the text held back to the end, if any. With speculation on a recurrent model the
+  // state is checkpointed before each step with drafts; after a rejection it goes back there
+  // and the next step recomputes the verified tokens (without drafts) before drafting again.
   using OnEmit = std::function<bool(const SequenceState::Emitted&)>;
   Result<GenerateStats> generate(std::span<const TokenId> prompt, SequenceState& seq, const OnEmit& on_emit);
   // The per-token text and end-of-generation rules of this model's tokenizer.

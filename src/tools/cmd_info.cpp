@@ -72,29 +72,54 @@ void register_info(CLI::App& app) {
       std::string summary;
       for (const auto& [d, n] : count) summary += fmt::format("{}{} x{}", summary.empty() ? "" : ", ", d, n);
       std::printf("attention:   %s\n", summary.c_str());
-      // Layer specs, run-length summarised: "30 x attention (9 heads, 3 KV, dim 64) + GLU 1536".
+      // Layer specs, run-length summarised: "30 x attention (9 heads, 3 KV, dim 64) + SwiGLU 1536",
+      // "1 x Mamba-2 (137 KiB state), 1 x MoE 128".
       std::string layers;
       const std::vector<LayerSpec>& specs = (*model)->layers();
       auto same = [](const LayerSpec& a, const LayerSpec& b) {
         return a.n_head == b.n_head && a.n_head_kv == b.n_head_kv && a.head_dim == b.head_dim &&
-               a.n_ff == b.n_ff && a.glu == b.glu && a.mixer == b.mixer && a.ffn == b.ffn;
+               a.n_ff == b.n_ff && a.glu == b.glu && a.mixer == b.mixer && a.ffn == b.ffn &&
+               a.state_floats == b.state_floats;
+      };
+      auto describe = [](const LayerSpec& l) {
+        std::string mixer, ffn;
+        switch (l.mixer) {
+          case MixerKind::Attention:
+            mixer = fmt::format("attention ({} heads, {} KV, dim {})", l.n_head, l.n_head_kv, l.head_dim);
+            break;
+          case MixerKind::Mamba2:
+            mixer = fmt::format("Mamba-2 ({} state)", human_bytes(double(l.state_floats) * sizeof(float)));
+            break;
+          case MixerKind::None: break;
+        }
+        switch (l.ffn) {
+          case FfnKind::DenseGlu: ffn = fmt::format("{} {}", l.glu == Glu::SiLU ? "SwiGLU" : "GeGLU", l.n_ff); break;
+          case FfnKind::Moe: ffn = fmt::format("MoE {}", l.n_ff); break;
+          case FfnKind::None: break;
+        }
+        if (mixer.empty() || ffn.empty()) return mixer.empty() && ffn.empty() ? std::string("empty") : mixer + ffn;
+        return mixer + " + " + ffn;
       };
       for (size_t i = 0; i < specs.size();) {
         size_t j = i + 1;
         while (j < specs.size() && same(specs[j], specs[i])) ++j;
-        const LayerSpec& l = specs[i];
-        layers += fmt::format("{}{} x attention ({} heads, {} KV, dim {}) + {} {}", layers.empty() ? "" : ", ",
-                              j - i, l.n_head, l.n_head_kv, l.head_dim,
-                              l.glu == Glu::SiLU ? "SwiGLU" : "GeGLU", l.n_ff);
+        layers += fmt::format("{}{} x {}", layers.empty() ? "" : ", ", j - i, describe(specs[i]));
         i = j;
       }
       std::printf("layers:      %s\n", layers.c_str());
       if (std::string extras = (*model)->describe_extras(); !extras.empty())
         std::printf("rope/attn:   %s\n", extras.c_str());
       const KvShape kv = (*model)->kv_shape(h.n_ctx_train, 1);
-      std::printf("kv cache:    %s per token for a global layer stack (f16); at the trained context "
-                  "(%lld) %s\n", human_bytes(double(kv.bytes_per_token())).c_str(),
-                  (long long)h.n_ctx_train, human_bytes(double(kv.bytes())).c_str());
+      // State-space layers keep a fixed-size recurrent state per sequence (f32) instead of K/V
+      // rows that grow with each token.
+      std::string per = kv.bytes_per_token() > 0 || !kv.recurrent()
+                            ? fmt::format("{} per token for a global layer stack (f16)",
+                                          human_bytes(double(kv.bytes_per_token())))
+                            : std::string("no K/V (no attention layers)");
+      if (kv.recurrent())
+        per += fmt::format(" + {} of recurrent state per sequence (f32)", human_bytes(double(kv.state_bytes_per_seq())));
+      std::printf("kv cache:    %s; at the trained context (%lld) %s\n", per.c_str(), (long long)h.n_ctx_train,
+                  human_bytes(double(kv.bytes())).c_str());
       std::printf("kv layout:   %s\n", kv.describe().c_str());
       const Model::PackStats& pk = (*model)->pack_stats();
       std::printf("load:        %lld matrices (%s) repacked into 16-row panels for the %s kernels in %.0f ms\n",

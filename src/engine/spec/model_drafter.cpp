@@ -28,6 +28,7 @@ Status ModelDrafter::run(int64_t seq, std::span<const TokenId> tokens, int64_t p
     for (size_t i = start; i < end; ++i)
       batch_.add(tokens[i], int32_t(pos + int64_t(i)), int32_t(seq), i + 1 == tokens.size());
     PG_TRY(model_.forward(batch_, cache_, logits_, fopt_));
+    ran(seq, pos + int64_t(end));
   }
   return Status::Ok();
 }
@@ -72,6 +73,7 @@ Status ModelDrafter::propose(const DraftRequest& req, DraftGoOn go_on, Draft& ou
     fed(req.seq, {}, {});  // what the KV holds is unknown: the next proposal starts over
     return st;
   }
+  caught_up(req.seq);
   const bool sampled = !sampling_[req.seq].greedy;
   const auto t0 = Clock::now();
   int32_t fed_drafts = 0;
@@ -140,12 +142,17 @@ Result<std::unique_ptr<DraftModelDrafter>> DraftModelDrafter::open(const std::st
 
 int64_t DraftModelDrafter::sync(const DraftRequest& req) {
   std::vector<TokenId>& h = held_[size_t(req.seq)];
+  // At least the last token is fed again (its logits start the draft); a recurrent state can
+  // only go back to its checkpoint, so the rewind goes no further than that.
+  const size_t limit = req.tokens.empty() ? 0 : req.tokens.size() - 1;
   size_t common = 0;
-  while (common < h.size() && common < req.tokens.size() && h[common] == req.tokens[common]) ++common;
+  while (common < h.size() && common < limit && h[common] == req.tokens[common]) ++common;
   const int64_t kept = own_cache_->rewind(req.seq, int64_t(common));
   h.resize(size_t(kept));
   return kept;
 }
+
+void DraftModelDrafter::caught_up(int64_t seq) { own_cache_->checkpoint(seq); }
 
 void DraftModelDrafter::fed(int64_t seq, std::span<const TokenId> tokens, std::span<const TokenId> drafts) {
   std::vector<TokenId>& h = held_[size_t(seq)];
@@ -171,15 +178,27 @@ Result<std::unique_ptr<LayerSkipDrafter>> LayerSkipDrafter::create(Model& target
 
 int64_t LayerSkipDrafter::sync(const DraftRequest& req) {
   // The target's first layers hold exactly what the draft would have written for the
-  // verified tokens (propose() drops the draft's own rows after each draft).
+  // verified tokens (propose() drops the draft's own rows after each draft). A recurrent
+  // state is saved here, at n_cached, for propose() to go back to.
+  target_cache_.checkpoint(req.seq);
   return req.n_cached;
+}
+
+void LayerSkipDrafter::ran(int64_t seq, int64_t end) {
+  // The skipped state layers count as having consumed the draft's positions too: the next draft
+  // pass then continues every layer's state, and the rewind below restores all of them.
+  const KvShape& s = target_cache_.shape();
+  for (int64_t l = 0; l < s.n_layer; ++l)
+    if (s.state(l) > 0 && !fopt_.runs(l)) target_cache_.state_advanced(l, seq, end);
 }
 
 Status LayerSkipDrafter::propose(const DraftRequest& req, DraftGoOn go_on, Draft& out) {
   const Status st = ModelDrafter::propose(req, go_on, out);
   // The draft's rows past the verified tokens, in the first layers only: gone before the
-  // target's next step (its verification rewrites those positions in every layer).
-  (void)target_cache_.rewind(req.seq, req.n_cached);
+  // target's next step (its verification rewrites those positions in every layer). A recurrent
+  // state goes back to the checkpoint sync() took, at n_cached.
+  const int64_t kept = target_cache_.rewind(req.seq, req.n_cached);
+  PG_ASSERT(kept == req.n_cached || !target_cache_.shape().recurrent());
   return st;
 }
 

@@ -37,6 +37,10 @@ class ModelDrafter : public Drafter {
   virtual int64_t sync(const DraftRequest& req) = 0;
   // The draft's KV of seq now holds tokens and then drafts.
   virtual void fed(int64_t /*seq*/, std::span<const TokenId> /*tokens*/, std::span<const TokenId> /*drafts*/) {}
+  // A forward pass of seq ended at position end (exclusive).
+  virtual void ran(int64_t /*seq*/, int64_t /*end*/) {}
+  // seq holds the request's tokens (not yet any draft token).
+  virtual void caught_up(int64_t /*seq*/) {}
 
   ForwardOptions fopt_;
 
@@ -60,7 +64,10 @@ class ModelDrafter : public Drafter {
   double seconds_per_token_ = 0.0;
 };
 
-// A separate draft model: its vocabulary must be the target's, token for token.
+// A separate draft model: its vocabulary must be the target's, token for token. A recurrent
+// draft model (state-space layers) saves its state once it has caught up with the request's
+// tokens, before drafting: the next request, which starts with those tokens, goes back to that
+// checkpoint and feeds only what was verified since.
 class DraftModelDrafter : public ModelDrafter {
  public:
   // n_ctx, n_seq: the target's positions and sequence slots; max_draft: the most tokens one
@@ -78,6 +85,7 @@ class DraftModelDrafter : public ModelDrafter {
  protected:
   int64_t sync(const DraftRequest& req) override;
   void fed(int64_t seq, std::span<const TokenId> tokens, std::span<const TokenId> drafts) override;
+  void caught_up(int64_t seq) override;
 
  private:
   DraftModelDrafter(std::unique_ptr<LoadedModel> m, std::unique_ptr<KvCache> cache, int64_t n_batch);
@@ -86,7 +94,11 @@ class DraftModelDrafter : public ModelDrafter {
   std::vector<std::vector<TokenId>> held_;  // per sequence slot: the tokens in the draft's KV
 };
 
-// The target's first n_layers layers and its output head.
+// The target's first n_layers layers and its output head. On a recurrent target (state-space
+// layers) the draft advances the first layers' state too: it checkpoints the target's state
+// before drafting and rewinds to it afterwards, and marks the layers it skips as having consumed
+// the drafted positions meanwhile (so every state layer ends at the same position and each
+// draft pass continues the state, as forward() requires), then restored with the rest.
 class LayerSkipDrafter : public ModelDrafter {
  public:
   // n_layers: 1 .. the target's layers - 1.
@@ -97,6 +109,7 @@ class LayerSkipDrafter : public ModelDrafter {
 
  protected:
   int64_t sync(const DraftRequest& req) override;
+  void ran(int64_t seq, int64_t end) override;
 
  private:
   LayerSkipDrafter(Model& target, KvCache& cache, int64_t n_layers);
