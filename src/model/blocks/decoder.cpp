@@ -174,8 +174,24 @@ class Decoder final : public Model {
       out += fmt::format("{}attention scale {}", out.empty() ? "" : "; ", style_.attn_scale);
     std::string nope;
     for (size_t il = 0; il < layers_.size(); ++il)
-      if (!layers_[il].rope) nope += fmt::format("{}{}", nope.empty() ? "" : ", ", il);
+      if (!layers_[il].rope && layers_[il].mixer == MixerKind::Attention) nope += fmt::format("{}{}", nope.empty() ? "" : ", ", il);
     if (!nope.empty()) out += fmt::format("{}no RoPE on layers {}", out.empty() ? "" : "; ", nope);
+    const bool any_moe = std::any_of(layers_.begin(), layers_.end(), [](const LayerSpec& l) { return l.ffn == FfnKind::Moe; });
+    if (any_moe) {
+      const MoeConfig& m = moe_.cfg;
+      static constexpr const char* kGating[] = {"?", "softmax", "sigmoid", "softmax of the chosen", "sqrt-softplus"};
+      out += fmt::format("{}experts: {} of width {}, {} used per token ({}{}{}, {}){}", out.empty() ? "" : "; ",
+                         m.n_expert, moe_.n_ff_exp, m.n_used, kGating[int(m.gating) >= 1 && int(m.gating) <= 4 ? int(m.gating) : 0],
+                         m.norm_weights ? ", renormalised" : "",
+                         m.weights_scale != 0.0f && m.weights_scale != 1.0f ? fmt::format(", x{}", m.weights_scale) : "",
+                         m.act == MoeAct::SwiGlu ? "SwiGLU" : "squared ReLU",
+                         moe_.n_ff_shexp > 0 ? fmt::format(", shared expert {}", moe_.n_ff_shexp) : "");
+    }
+    const bool any_ssm = std::any_of(layers_.begin(), layers_.end(), [](const LayerSpec& l) { return l.mixer == MixerKind::Mamba2; });
+    if (any_ssm)
+      out += fmt::format("{}mamba-2: inner {}, state {}, {} heads of {}, {} group{}, conv {}", out.empty() ? "" : "; ",
+                         ssm_.d_inner, ssm_.d_state, ssm_.n_head, ssm_.head_dim(), ssm_.n_group,
+                         ssm_.n_group == 1 ? "" : "s", ssm_.d_conv);
     for (const std::string& n : notes_) out += fmt::format("{}{}", out.empty() ? "" : "; ", n);
     return out;
   }
