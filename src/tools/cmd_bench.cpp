@@ -1,7 +1,9 @@
 // peregrine bench: prompt-processing and generation throughput in the terms of
 // llama.cpp's llama-bench (pp512: a 512-token prompt as one batch from an empty
 // cache; tg128: 128 tokens generated one at a time), mean ± sd over repetitions.
-// With --spec also sg128: 128 tokens generated greedily from a real prompt, without and
+// With -d N each test starts after N cached positions (llama-bench's -d: pp512 @ d4096 is
+// a 512-token prompt after 4096 already in the cache, tg128 @ d4096 the generation there;
+// filling the cache is not timed). With --spec also sg128: 128 tokens generated greedily from a real prompt, without and
 // with speculative decoding in alternating runs, with the speedup and acceptance.
 #include <sys/resource.h>
 
@@ -50,7 +52,7 @@ Stat summarize(const std::vector<double>& v) {
 void register_bench(CLI::App& app) {
   struct Opts {
     ModelOptions model;
-    int64_t n_prompt = 512, n_gen = 128;
+    int64_t n_prompt = 512, n_gen = 128, depth = 0;
     int reps = 3;
     bool json = false;
     std::string spec_prompt;
@@ -61,6 +63,8 @@ void register_bench(CLI::App& app) {
       ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 16));
   cmd->add_option("-n,--n-gen", o->n_gen, "Generated tokens (0 = skip)")
       ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 16));
+  cmd->add_option("-d,--depth", o->depth, "Positions already in the cache before each test (untimed fill)")
+      ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 20));
   cmd->add_option("-r,--repetitions", o->reps, "Repetitions")->capture_default_str()->check(CLI::Range(1, 1000));
   cmd->add_flag("--json", o->json, "Print JSON");
   add_model_options(cmd, o->model, false);
@@ -73,7 +77,7 @@ void register_bench(CLI::App& app) {
     SessionOptions so = session_options(o->model);
     // Room for the test (8: the warm-up) and for the attention window if one is asked for;
     // the prompt goes in as one batch, as llama-bench's pp does.
-    so.n_ctx = std::max<int64_t>({o->n_prompt + o->n_gen, 8, o->model.attn_sinks + o->model.attn_window});
+    so.n_ctx = std::max<int64_t>({o->depth + o->n_prompt + o->n_gen, 8, o->model.attn_sinks + o->model.attn_window});
     if (so.spec.enabled()) so.n_ctx = std::max<int64_t>(so.n_ctx, 1024 + o->n_gen);
     so.n_batch = std::max<int64_t>(o->model.batch, o->n_prompt);
     auto session = check(Session::open(path, so));
@@ -87,6 +91,13 @@ void register_bench(CLI::App& app) {
       check(session->eval(w, false, logits));
       session->reset();
     }
+    // The cache filled with o->depth random tokens (untimed), in prompt-sized batches.
+    std::vector<TokenId> fill(size_t(o->depth));
+    for (TokenId& t : fill) t = tok(rng);
+    auto reset_to_depth = [&] {
+      session->reset();
+      if (!fill.empty()) check(session->eval(fill, false, logits));
+    };
     std::vector<double> pp, tg, sg_plain, sg_spec;
     SpecStats sg_stats;
     // sg (with --spec): the same greedy generation from a real prompt without and with
@@ -119,13 +130,13 @@ void register_bench(CLI::App& app) {
       if (o->n_prompt > 0) {
         std::vector<TokenId> prompt(size_t(o->n_prompt));
         for (TokenId& t : prompt) t = tok(rng);
-        session->reset();
+        reset_to_depth();
         auto t0 = Clock::now();
         check(session->eval(prompt, false, logits));
         pp.push_back(double(o->n_prompt) / std::chrono::duration<double>(Clock::now() - t0).count());
       }
       if (o->n_gen > 0) {
-        session->reset();
+        reset_to_depth();
         TokenId t = tok(rng);
         auto t0 = Clock::now();
         for (int64_t i = 0; i < o->n_gen; ++i) {
@@ -150,6 +161,7 @@ void register_bench(CLI::App& app) {
     if (o->json) {
       nlohmann::json j = {{"model", path}, {"arch", hp.arch}, {"threads", threads}, {"isa", isa},
                           {"weights_mib", weight_mib}, {"peak_rss_mib", peak_mib}, {"repetitions", o->reps},
+                          {"depth", o->depth},
                           {"repacked_matrices", pk.matrices}, {"repacked_mib", packed_mib},
                           {"repack_seconds", pk.seconds}, {"kv_mib", kv_mib}, {"kv_positions", kv.n_ctx}};
       if (!pp.empty()) j["pp"] = {{"n", o->n_prompt}, {"tps_mean", summarize(pp).mean}, {"tps_sd", summarize(pp).sd}};
@@ -167,14 +179,15 @@ void register_bench(CLI::App& app) {
                 (long long)pk.matrices, packed_mib, pk.seconds * 1e3);
     std::printf("kv cache: %.2f MiB %s for -c %lld: %s\n", kv_mib, kv_type_name(kv.type).data(),
                 (long long)kv.n_ctx, kv.describe().c_str());
+    const std::string at = o->depth > 0 ? fmt::format(" @ d{}", o->depth) : "";
     std::printf("| test   |          t/s |\n|--------|--------------|\n");
     if (!pp.empty()) {
       Stat s = summarize(pp);
-      std::printf("| pp%-4lld | %7.2f ± %.2f |\n", (long long)o->n_prompt, s.mean, s.sd);
+      std::printf("| pp%-4lld | %7.2f ± %.2f |%s\n", (long long)o->n_prompt, s.mean, s.sd, at.c_str());
     }
     if (!tg.empty()) {
       Stat s = summarize(tg);
-      std::printf("| tg%-4lld | %7.2f ± %.2f |\n", (long long)o->n_gen, s.mean, s.sd);
+      std::printf("| tg%-4lld | %7.2f ± %.2f |%s\n", (long long)o->n_gen, s.mean, s.sd, at.c_str());
     }
     if (!sg_spec.empty()) {
       Stat a = summarize(sg_plain), b = summarize(sg_spec);

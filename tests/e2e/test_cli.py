@@ -409,6 +409,18 @@ def test_bench_json(ok, model_path, describe, shape):
     assert j["threads"] == 2 and j["peak_rss_mib"] > j["weights_mib"] > 50, describe(r)
 
 
+def test_bench_depth(ok, cli, model_path, describe):
+    """-d N: the tests run after N cached positions, so the cache holds them on top of the test's."""
+    r = ok("bench", "-m", model_path, *T, "-p", "8", "-n", "4", "-d", "40", "-r", "1", "--json")
+    j = json.loads(r.stdout)
+    assert j["depth"] == 40 and j["kv_positions"] >= 40 + 8 + 4, describe(r)
+    assert j["pp"]["tps_mean"] > 0 and j["tg"]["tps_mean"] > 0, describe(r)
+    r = ok("bench", "-m", model_path, *T, "-p", "8", "-n", "4", "-d", "40", "-r", "1")
+    assert "| pp8    |" in r.stdout and "@ d40" in r.stdout, describe(r)
+    r = cli("bench", "-m", model_path, "-d", "-1")
+    assert r.returncode != 0 and "depth" in r.stderr, describe(r)
+
+
 # --- attention sinks and windows (StreamingLLM) --------------------------------------------
 
 def _ppl(r) -> float:
