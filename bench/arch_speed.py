@@ -22,10 +22,9 @@ at realistic widths scaled to a 2-core machine:
      `peregrine quantize`, which writes what llama-quantize writes), in --rounds rounds that alternate
      the engines: llama.cpp first in odd rounds, peregrine first in even ones, every test its own process.
   2. long-context decode: tg128 at depth 512, 4096 and 16384 (--depths) for mamba2 and dense (the
-     --long-type file): llama-bench `-p 0 -n 128 -d DEPTH`; peregrine bench has no depth option, so
-     peregrine's is `peregrine run -p PROMPT -n 128 --temp 0 --ignore-eos -c DEPTH+136`, PROMPT being
-     " the" DEPTH times (exactly DEPTH tokens in this vocabulary; the script checks the count run
-     reports), decode rate = run's generation tok/s x 127/128 (its clock covers 127 forward passes and
+     --long-type file): llama-bench `-p 0 -n 128 -d DEPTH` and `peregrine bench -p 0 -n 128 -d DEPTH`
+     (both fill the cache untimed, then time the generation; `peregrine run` with a DEPTH-token prompt
+     " the" x DEPTH is the fallback when bench fails, its generation tok/s x 127/128 for 127 forward passes and
      128 samplings). The columns "vs first depth" show how flat each model's cost stays.
   3. the MoE decode roofline: active bytes per token, read off each file's tensor table = attention +
      router + shared expert + n_used/n_expert of every expert stack + the output head (token_embd whole
@@ -38,9 +37,7 @@ at realistic widths scaled to a 2-core machine:
      else numpy (a 1 GiB float32 array summed by T threads, best of 4 passes), which the header then says.
 
 A test that `peregrine bench` fails is measured with `peregrine run` instead (pp: a PROMPT of -p tokens
-with -n 0 -b P, the prompt tok/s; tg: prompt " the", -n N, as above) and footnoted. (A build of f1181a8
-failed bench on mamba2 and nemotron_h_moe: its reset() after the warm-up left the recurrent state at
-position 2, "the recurrent state continues at position 2"; later builds run them.)
+with -n 0 -b P, the prompt tok/s; tg: prompt " the", -n N, as above) and footnoted. 
 
 llama-bench is bench/llama_cpp_build.py's no-AMX build (built on first use, seconds on top of the
 oracle's libllama), with its defaults (flash attention auto, n_batch 2048, n_ubatch 512, repack on);
@@ -572,9 +569,9 @@ class Test:
         return cmd, shown
 
     def run_ours(self, peregrine: Path, threads: int, reps: int, timeout: float, commands: list[str]) -> None:
-        if self.ours_via == "bench" and not self.depth:
+        if self.ours_via == "bench":
             cmd = [str(peregrine), "bench", "-m", str(self.file), "-p", str(self.n_prompt), "-n", str(self.n_gen),
-                   "-t", str(threads), "-r", str(reps), "--json"]
+                   *(["-d", str(self.depth)] if self.depth else []), "-t", str(threads), "-r", str(reps), "--json"]
             log("$ " + shlex.join(cmd))
             commands.append(shlex.join(cmd))
             try:
@@ -929,10 +926,8 @@ def main() -> int:
         out.append("")
         out += depth_table(depth_tests, notes, tg_label)
         out.append("")
-        out.append(f"llama.cpp: `llama-bench -p 0 -n {args.n_gen} -d DEPTH` (depth filled untimed, then tg). "
-                   "peregrine bench has no depth option: `peregrine run` with a DEPTH-token prompt (\" the\" × DEPTH), "
-                   f"`-n {args.n_gen} --temp 0 --ignore-eos`, its generation tok/s × (n−1)/n (n samplings, n−1 forward "
-                   "passes; sampling and printing included); prefill t/s: the same run's prompt tok/s. "
+        out.append(f"llama.cpp: `llama-bench -p 0 -n {args.n_gen} -d DEPTH`, peregrine: `peregrine bench -p 0 -n "
+                   f"{args.n_gen} -d DEPTH` (both fill the cache untimed, then time tg). "
                    "\"vs first depth\": t/s at DEPTH / t/s at the first depth of the same engine and model.")
         out.append("")
     if notes:
