@@ -256,4 +256,58 @@ void matmul_glu(const Weight& gate, const Weight& up, MatIn in, float* out, int6
   });
 }
 
+bool grouped_packed(const Weight& w) { return w.packed != nullptr; }
+
+void matmul_grouped(const GroupedJob* jobs, int64_t n_jobs, MatIn in, int64_t n_rows, ThreadPool& pool,
+                    OpScratch& scratch, Glu glu) {
+  if (n_jobs == 0 || n_rows == 0) return;
+  const KernelTable& k = kernels();
+  const auto act_mul = glu == Glu::SiLU ? k.silu_mul : k.gelu_mul ? k.gelu_mul : scalar_kernels().gelu_mul;
+  const int64_t cols = jobs[0].w->cols;
+  bool any_q8 = false, any_float = false;
+  int64_t total = 0;
+  for (int64_t j = 0; j < n_jobs; ++j) {
+    const GroupedJob& g = jobs[j];
+    PG_ASSERT(g.w->packed && g.w->cols == cols && (!g.gate || (g.gate->packed && g.gate->rows == g.w->rows)));
+    (input_of(*g.w) == MatmulInput::Q8 ? any_q8 : any_float) = true;
+    if (g.gate) (input_of(*g.gate) == MatmulInput::Q8 ? any_q8 : any_float) = true;
+    total += n_groups(*g.w) * (g.gate ? 2 : 1);
+  }
+  const BlockQ8Act* xq = any_q8 ? quantize_input(in, n_rows, cols, pool, scratch) : nullptr;
+  const float* x = any_float ? float_input(in, n_rows, cols, scratch) : in.x;
+  // Tasks: per job, runs of groups_per_task panels (a gated job's count twice, as matmul_glu).
+  const int64_t per_task = groups_per_task(total, pool.size());
+  int64_t n_tasks = 0;
+  for (int64_t j = 0; j < n_jobs; ++j) n_tasks += (n_groups(*jobs[j].w) + per_task - 1) / per_task;
+  pool.parallel_for(n_tasks, [&](int64_t task, int) {
+    int64_t j = 0;
+    for (;; ++j) {
+      const int64_t t = (n_groups(*jobs[j].w) + per_task - 1) / per_task;
+      if (task < t) break;
+      task -= t;
+    }
+    const GroupedJob& g = jobs[j];
+    const int64_t n_out = g.w->rows, groups = n_groups(*g.w);
+    const int64_t p0 = task * per_task, p1 = std::min(groups, p0 + per_task);
+    float a[kTokenChunk * kPanelRows], b[kTokenChunk * kPanelRows];
+    for (int64_t c0 = 0; c0 < g.n; c0 += kTokenChunk) {
+      const int64_t nt = std::min(kTokenChunk, g.n - c0), t0 = g.row0 + c0;
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t r0 = p * kPanelRows, nr = std::min<int64_t>(kPanelRows, n_out - r0);
+        float* y = g.y + c0 * n_out + r0;
+        if (g.gate) {
+          run_panel(k, *g.gate, p, x, xq, t0, nt, a, kPanelRows);
+          run_panel(k, *g.w, p, x, xq, t0, nt, b, kPanelRows);
+          for (int64_t t = 0; t < nt; ++t) act_mul(a + t * kPanelRows, b + t * kPanelRows, y + t * n_out, nr);
+        } else if (nr == kPanelRows) {
+          run_panel(k, *g.w, p, x, xq, t0, nt, y, n_out);
+        } else {
+          run_panel(k, *g.w, p, x, xq, t0, nt, a, kPanelRows);
+          for (int64_t t = 0; t < nt; ++t) std::copy_n(a + t * kPanelRows, nr, y + t * n_out);
+        }
+      }
+    }
+  });
+}
+
 }  // namespace peregrine

@@ -60,6 +60,21 @@ void matmul_many(std::initializer_list<MatmulOut> outs, MatIn in, int64_t n_tok,
 enum class Glu { SiLU, GeluTanh };
 void matmul_glu(const Weight& gate, const Weight& up, MatIn in, float* out, int64_t n_tok,
                 ThreadPool& pool, OpScratch& scratch, Glu glu);
+// Grouped products over one input matrix in one parallel step (the experts of a MoE step):
+// job i takes rows [row0, row0 + n) of in [n_rows, cols] (normalised and quantized once for all
+// jobs) and writes y [n, w.rows] = rows * w^T, or, with a gate, y [n, gate.rows] = act(rows *
+// gate^T) * (rows * up^T). Every weight must be packed (grouped_packed()); a row's result is
+// the same bits as matmul / matmul_glu give it.
+struct GroupedJob {
+  const Weight* gate = nullptr;  // null: a plain product with `w`
+  const Weight* w = nullptr;     // the product's weight (with a gate: the up matrix)
+  int64_t row0 = 0, n = 0;
+  float* y = nullptr;
+};
+bool grouped_packed(const Weight& w);
+void matmul_grouped(const GroupedJob* jobs, int64_t n_jobs, MatIn in, int64_t n_rows, ThreadPool& pool,
+                    OpScratch& scratch, Glu glu = Glu::SiLU);
+
 inline void matmul_swiglu(const Weight& gate, const Weight& up, MatIn in, float* out,
                           int64_t n_tok, ThreadPool& pool, OpScratch& scratch) {
   matmul_glu(gate, up, in, out, n_tok, pool, scratch, Glu::SiLU);

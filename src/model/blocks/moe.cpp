@@ -292,13 +292,62 @@ void moe_ffn(const MoeWeights& w, const MoeConfig& c, MatIn in, float* out, int6
   std::fill_n(acc, T * ein, 0.0f);
 
   const int64_t max_ff = std::max(n_ff, n_sh);
+  // Every chosen expert packed: all of them run in two grouped parallel steps (gate/up, then
+  // down) over their gathered rows, instead of ~3 steps per expert.
+  bool grouped = true;
+  for (int64_t e = 0; e < n && grouped; ++e)
+    if (start[e + 1] > start[e])
+      grouped = grouped_packed(w.up[size_t(e)]) && grouped_packed(w.down[size_t(e)]) &&
+                (c.act != MoeAct::SwiGlu || grouped_packed(w.gate[size_t(e)]));
+  if (grouped) {
+    const int64_t P = T * k;  // (token, expert) pairs, grouped by expert
+    grow(s.xin, P * ein);
+    grow(s.act, std::max(P * n_ff, T * n_sh));
+    grow(s.y, std::max(P * ein, T * E));
+    float *xin = s.xin.data(), *act = s.act.data(), *y = s.y.data();
+    const int32_t* toks = s.pair_tok.data();
+    pool.parallel_range(P, 16, [&](int64_t b, int64_t end, int) {
+      for (int64_t j = b; j < end; ++j) std::memcpy(xin + j * ein, src + int64_t(toks[j]) * ein, size_t(ein) * 4);
+    });
+    grow(s.jobs, 2 * n);
+    GroupedJob* jobs = s.jobs.data();
+    int64_t nj = 0;
+    for (int64_t e = 0; e < n; ++e) {
+      const int64_t p0 = start[e], ne = start[e + 1] - p0;
+      if (ne == 0) continue;
+      jobs[nj++] = {c.act == MoeAct::SwiGlu ? &w.gate[size_t(e)] : nullptr, &w.up[size_t(e)], p0, ne, act + p0 * n_ff};
+      expert_bytes += weight_bytes(w.up[size_t(e)]) + weight_bytes(w.down[size_t(e)]) +
+                      (c.act == MoeAct::SwiGlu ? weight_bytes(w.gate[size_t(e)]) : 0);
+      ++experts_run;
+    }
+    expert_in.x = xin;
+    matmul_grouped(jobs, nj, expert_in, P, pool, ops, Glu::SiLU);  // act [P, n_ff]
+    if (c.act == MoeAct::ReluSqr) relu_sqr(act, P * n_ff);
+    for (int64_t i = 0; i < nj; ++i) {
+      GroupedJob& g = jobs[i];
+      const int64_t e = g.w - w.up.data();
+      g = {nullptr, &w.down[size_t(e)], g.row0, g.n, y + g.row0 * ein};
+    }
+    matmul_grouped(jobs, nj, MatIn(act), P, pool, ops);  // y [P, Ein]
+    // Each token's experts are added in increasing expert index (the pairs' order), columns
+    // shared out over the threads.
+    const float* pw = s.pair_w.data();
+    pool.parallel_range(ein, 64, [&](int64_t c0, int64_t c1, int) {
+      for (int64_t j = 0; j < P; ++j) {
+        float* o = acc + int64_t(toks[j]) * ein;
+        const float* yj = y + j * ein;
+        const float wj = pw[j];
+        for (int64_t i = c0; i < c1; ++i) o[i] += wj * yj[i];
+      }
+    });
+  }
+  if (!grouped) {
   grow(s.act, T * max_ff);
   grow(s.y, T * std::max(E, ein));
   grow(s.xin, T * ein);
-  // Experts run one after another, each matmul spreading its rows over the pool. A decode
-  // step therefore issues ~3 parallel steps per chosen expert; one step covering several
-  // experts' rows would need a span-of-weights variant of matmul_glu in ops/matmul.
-  for (int64_t e = 0; e < n; ++e) {
+  }
+  // Otherwise experts run one after another, each matmul spreading its rows over the pool.
+  for (int64_t e = 0; e < n && !grouped; ++e) {
     const int64_t p0 = start[e], ne = start[e + 1] - p0;
     if (ne == 0) continue;
     const int32_t* toks = s.pair_tok.data() + p0;

@@ -124,9 +124,10 @@ struct MoeScratch {
   std::vector<float> pair_w;      // [T * n_used] its weight
   std::vector<float> latent;      // [T, L] latent_down * x
   std::vector<float> acc;         // [T, L] the routed sum in latent space
-  std::vector<float> xin;         // [n_e, Ein] an expert's gathered input rows
+  std::vector<float> xin;         // [n_e, Ein] an expert's gathered input rows ([T k, Ein] when grouped)
   std::vector<float> act;         // [max(n_e, T), max(n_ff_exp, n_ff_shexp)] FFN activations
   std::vector<float> y;           // [max(n_e, T), E] an expert's (or the shared) output rows
+  std::vector<GroupedJob> jobs;   // [2 n_expert] the grouped matmuls' jobs
 };
 
 // What the block read, summed over calls, for "bytes of weights read per token" reports.
