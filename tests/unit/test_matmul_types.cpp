@@ -17,6 +17,7 @@
 #include "quant/dequantize.h"
 #include "quant/fp16.h"
 #include "quant/kquants.h"
+#include "quant/quantize.h"
 
 namespace peregrine {
 namespace {
@@ -128,6 +129,58 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{GgmlType::TQ1_0, offsetof(BlockTQ1_0, d), -1},
                       Case{GgmlType::TQ2_0, offsetof(BlockTQ2_0, d), -1}),
     [](const auto& info) { return std::string(type_name(info.param.type)); });
+
+}  // namespace
+}  // namespace peregrine
+
+namespace peregrine {
+namespace {
+
+// matmul_grouped: each job's rows give the same bits as matmul / matmul_glu of those rows alone
+// (normalised input, a partial last panel, gated and plain jobs, float and quantized panels).
+TEST(MatmulGrouped, EqualsTheSeparateProductsBitForBit) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int64_t rows = 37, cols = 256, n_rows = 11;
+  for (GgmlType type : {GgmlType::Q8_0, GgmlType::F32}) {
+    std::vector<std::vector<uint8_t>> store;
+    auto make = [&](const char* name) {
+      const size_t rb = *row_bytes(type, uint64_t(cols));
+      std::vector<float> f(static_cast<size_t>(rows * cols));
+      for (float& v : f) v = nd(rng) * 0.1f;
+      store.emplace_back(rb * size_t(rows));
+      for (int64_t r = 0; r < rows; ++r) {
+        if (type == GgmlType::F32) std::memcpy(store.back().data() + size_t(r) * rb, &f[size_t(r * cols)], rb);
+        else quantize_row_q8_0_ref(&f[size_t(r * cols)], reinterpret_cast<BlockQ8_0*>(store.back().data() + size_t(r) * rb), cols);
+      }
+      Weight w{name, type, store.back().data(), rows, cols, rb};
+      EXPECT_TRUE(pack_weight(w).ok());
+      EXPECT_NE(w.packed, nullptr);
+      return w;
+    };
+    store.reserve(3);
+    const Weight gate = make("gate"), up = make("up"), plain = make("plain");
+    std::vector<float> x(static_cast<size_t>(n_rows * cols)), norm(static_cast<size_t>(cols));
+    for (float& v : x) v = nd(rng);
+    for (float& v : norm) v = 1.0f + 0.1f * nd(rng);
+    const MatIn in(x.data(), norm.data(), 1e-5f);
+    std::vector<float> y0(static_cast<size_t>(4 * rows)), y1(static_cast<size_t>(7 * rows)),
+        y2(static_cast<size_t>(4 * rows));
+    const GroupedJob jobs[] = {{&gate, &up, 0, 4, y0.data()}, {nullptr, &plain, 4, 7, y1.data()},
+                               {&gate, &up, 7, 4, y2.data()}};
+    ThreadPool pool(2);
+    OpScratch ops, ref_ops;
+    matmul_grouped(jobs, 3, in, n_rows, pool, ops);
+    std::vector<float> want(static_cast<size_t>(n_rows * rows));
+    auto rows_in = [&](int64_t r0) { return MatIn(x.data() + r0 * cols, norm.data(), 1e-5f); };
+    matmul_glu(gate, up, rows_in(0), want.data(), 4, pool, ref_ops, Glu::SiLU);
+    EXPECT_EQ(0, std::memcmp(want.data(), y0.data(), y0.size() * 4)) << type_name(type);
+    matmul_many({{&plain, want.data()}}, rows_in(4), 7, pool, ref_ops);
+    EXPECT_EQ(0, std::memcmp(want.data(), y1.data(), y1.size() * 4)) << type_name(type);
+    matmul_glu(gate, up, rows_in(7), want.data(), 4, pool, ref_ops, Glu::SiLU);
+    EXPECT_EQ(0, std::memcmp(want.data(), y2.data(), y2.size() * 4)) << type_name(type);
+  }
+}
 
 }  // namespace
 }  // namespace peregrine
