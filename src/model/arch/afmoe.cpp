@@ -29,11 +29,7 @@ Result<std::unique_ptr<Model>> make_afmoe(std::shared_ptr<const gguf::File> file
   DecoderConfig c;
   PG_TRY(read_decoder_hparams(f, "afmoe", c.hp));
   Hparams& hp = c.hp;
-  if (f.find(a + "attention.value_length")) {
-    PG_ASSIGN(int64_t vd, read_hparam(f, a + "attention.value_length", 2, 1024));
-    if (vd != hp.head_dim)
-      return make_error("{}: key_length {} and value_length {} differ", f.name(), hp.head_dim, vd);
-  }
+  PG_TRY(check_value_length(f, "afmoe", hp));
   // llama.cpp requires both (no fallback to n_ff / n_used, no default shared count).
   for (const char* key : {"expert_feed_forward_length", "expert_shared_count"})
     if (f.find(a + key) == nullptr) return make_error("{}: missing metadata '{}{}'", f.name(), a, key);

@@ -14,43 +14,13 @@
 #include "model/tensor_table.h"
 
 namespace peregrine::arch {
-namespace {
-
-// Which layers are global: `sliding_window_pattern` as an integer N (every N-th layer,
-// counting from 1, is global) or as a per-layer bool array (true = sliding); Gemma 3's
-// N = 6 when absent.
-Result<std::vector<bool>> read_global_layers(const gguf::File& f, const std::string& a, int64_t n_layer) {
-  std::vector<bool> global(size_t(n_layer), false);
-  const std::string key = a + "attention.sliding_window_pattern";
-  const gguf::Value* v = f.find(key);
-  if (v != nullptr && f.get_int_array(key).ok()) {
-    PG_ASSIGN(std::vector<int64_t> flags, f.get_int_array(key));
-    if (int64_t(flags.size()) != n_layer)
-      return make_error("{}: {} has {} entries for {} layers", f.name(), key, flags.size(), n_layer);
-    for (int64_t il = 0; il < n_layer; ++il) global[size_t(il)] = flags[size_t(il)] == 0;
-    return global;
-  }
-  int64_t every = 6;
-  if (v != nullptr) {
-    PG_ASSIGN(every, read_hparam(f, key, 1, n_layer));
-  }
-  for (int64_t il = 0; il < n_layer; ++il) global[size_t(il)] = (il + 1) % every == 0;
-  return global;
-}
-
-}  // namespace
-
 Result<std::unique_ptr<Model>> make_gemma3(std::shared_ptr<const gguf::File> file, ThreadPool& pool) {
   const gguf::File& f = *file;
   const std::string a = "gemma3.";
   DecoderConfig c;
   PG_TRY(read_decoder_hparams(f, "gemma3", c.hp));
   Hparams& hp = c.hp;
-  if (f.find(a + "attention.value_length")) {
-    PG_ASSIGN(int64_t vd, read_hparam(f, a + "attention.value_length", 2, 1024));
-    if (vd != hp.head_dim)
-      return make_error("{}: key_length {} and value_length {} differ", f.name(), hp.head_dim, vd);
-  }
+  PG_TRY(check_value_length(f, "gemma3", hp));
   // Table 0: local layers (their own base, no scaling); table 1: global layers (read_rope: a
   // scaling factor without a type is linear, as Gemma 3 4B+ conversions write it).
   RopeFreqs local{.rot_dim = hp.head_dim, .base = 10000.0f};
@@ -63,12 +33,19 @@ Result<std::unique_ptr<Model>> make_gemma3(std::shared_ptr<const gguf::File> fil
   PG_ASSIGN(RopeFreqs global, read_rope(f, "gemma3", hp));
   c.ropes = {local, global};
   PG_ASSIGN(const int64_t window, read_hparam(f, a + "attention.sliding_window", 1, 1 << 20));
-  PG_ASSIGN(std::vector<bool> is_global, read_global_layers(f, a, hp.n_layer));
+  // Every 6th layer global unless sliding_window_pattern says otherwise (an integer N or a flag
+  // per layer, true = sliding).
+  // (llama.cpp's 0, every layer sliding, is refused: Gemma 3 always has global layers.)
+  if (const gguf::Value* v = f.find(a + "attention.sliding_window_pattern"); v && v->type != gguf::ValueType::ARRAY) {
+    if (auto every = read_hparam(f, a + "attention.sliding_window_pattern", 1, hp.n_layer); !every.ok())
+      return every.error();
+  }
+  PG_ASSIGN(std::vector<bool> sliding, read_sliding_layers(f, "gemma3", hp.n_layer, 6));
   c.layers = uniform_layers(hp, Glu::GeluTanh);
   for (int64_t il = 0; il < hp.n_layer; ++il) {
     LayerSpec& l = c.layers[size_t(il)];
-    l.attn = is_global[size_t(il)] ? AttnKind::global() : AttnKind::sliding(window);
-    l.rope_table = is_global[size_t(il)] ? 1 : 0;
+    l.attn = sliding[size_t(il)] ? AttnKind::sliding(window) : AttnKind::global();
+    l.rope_table = sliding[size_t(il)] ? 0 : 1;
   }
   c.style.embed_scale = std::sqrt(float(hp.n_embd));
   c.style.rope = RopeStyle::Neox;

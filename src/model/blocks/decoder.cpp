@@ -585,6 +585,14 @@ Result<std::vector<bool>> read_sliding_layers(const gguf::File& f, const std::st
   return sliding;
 }
 
+Status check_value_length(const gguf::File& f, const std::string& arch, const Hparams& hp) {
+  const std::string key = arch + ".attention.value_length";
+  if (f.find(key) == nullptr) return Status::Ok();
+  PG_ASSIGN(int64_t vd, read_hparam(f, key, 2, 1024));
+  if (vd != hp.head_dim) return make_error("{}: key_length {} and value_length {} differ", f.name(), hp.head_dim, vd);
+  return Status::Ok();
+}
+
 Result<float> read_attention_scale(const gguf::File& f, const std::string& arch) {
   const std::string key = arch + ".attention.scale";
   if (f.find(key) == nullptr) return 0.0f;

@@ -71,6 +71,10 @@ Result<RopeFreqs> read_rope(const gguf::File& f, const std::string& arch, const 
 Result<std::vector<bool>> read_sliding_layers(const gguf::File& f, const std::string& arch, int64_t n_layer,
                                               int64_t default_pattern);
 
+// "<arch>.attention.value_length", when the file has it, must equal the head width (V rows as
+// wide as K rows).
+Status check_value_length(const gguf::File& f, const std::string& arch, const Hparams& hp);
+
 // "<arch>.attention.scale" when the file has it (the scale of q.k), else 0 (1/sqrt(head_dim)).
 Result<float> read_attention_scale(const gguf::File& f, const std::string& arch);
 
