@@ -48,6 +48,9 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
+from engine_logits import engine_flags, log_softmax
+from engine_logits import engine_logits as _engine_logits
+
 import synthetic_models as sm
 from hf_decoder_ref import ABLATIONS, DecoderRef, default_inv_freq, hf_llama3_inv_freq
 
@@ -173,12 +176,6 @@ def gate(name: str) -> None:
 # ---- comparison --------------------------------------------------------------------------------------
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max(axis=-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
-
-
 def compare(got: np.ndarray, want: np.ndarray, wtype: str, name: str = "") -> tuple[list[str], dict]:
     """Problems comparing logits [n_tok, n_vocab] (empty: within tolerance) and the measured figures."""
     n_layer = sm.MODELS[name].n_layer if name in sm.MODELS else 4
@@ -189,7 +186,7 @@ def compare(got: np.ndarray, want: np.ndarray, wtype: str, name: str = "") -> tu
     if not np.all(np.isfinite(g)):
         return [f"{np.count_nonzero(~np.isfinite(g))} non-finite logits"], {}
     diff = np.abs(g - w)
-    lw, lg = _log_softmax(w), _log_softmax(g)
+    lw, lg = log_softmax(w), log_softmax(g)
     kl = (np.exp(lw) * (lw - lg)).sum(axis=-1)
     ga, wa = g.argmax(axis=-1), w.argmax(axis=-1)
     figures = {"max_abs": float(diff.max()), "max_abs_rel": float(diff.max() / np.abs(w).max()),
@@ -299,24 +296,14 @@ def test_converter_tensor_names(model_file):
 
 
 def engine_logits(peregrine_bin, path: Path, out: Path, *flags) -> np.ndarray:
-    cmd = [str(peregrine_bin), "logits", "-m", str(path), "--tokens", ",".join(map(str, TOKENS)), "-o", str(out),
-           "-t", "2", *flags]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, f"{' '.join(cmd)} exited {r.returncode}:\n{r.stderr[-3000:]}"
-    raw = np.fromfile(out, dtype="<f4")
-    assert raw.size % len(TOKENS) == 0, f"engine wrote {raw.size} floats for {len(TOKENS)} tokens"
-    return raw.reshape(len(TOKENS), -1)
-
-
-def _engine_flags(wtype: str) -> tuple[str, ...]:
-    return ("--kv-type", "f32") if wtype == "F32" else ()  # Q8_0: the default f16 cache
+    return _engine_logits(peregrine_bin, path, out, TOKENS, *flags)
 
 
 @pytest.mark.parametrize("wtype", WTYPES)
 @pytest.mark.parametrize("name", MODELS)
 def test_engine_matches_llama_cpp(name, wtype, peregrine_bin, model_file, llama_cpp_logits, tmp_path):
     gate(name)
-    got = engine_logits(peregrine_bin, model_file(name, wtype), tmp_path / "l.f32", *_engine_flags(wtype))
+    got = engine_logits(peregrine_bin, model_file(name, wtype), tmp_path / "l.f32", *engine_flags(wtype))
     problems, figures = compare(got, llama_cpp_logits(name, wtype), wtype, name)
     print(f"{name} {wtype}: {_fmt(figures)}")
     assert not problems, f"engine vs llama.cpp, {name} {wtype}:\n  " + "\n  ".join(problems[:10])
@@ -326,7 +313,7 @@ def test_engine_matches_llama_cpp(name, wtype, peregrine_bin, model_file, llama_
 @pytest.mark.parametrize("name", MODELS)
 def test_engine_matches_reference(name, wtype, peregrine_bin, model_file, reference, tmp_path):
     gate(name)
-    got = engine_logits(peregrine_bin, model_file(name, wtype), tmp_path / "l.f32", *_engine_flags(wtype))
+    got = engine_logits(peregrine_bin, model_file(name, wtype), tmp_path / "l.f32", *engine_flags(wtype))
     problems, figures = compare(got, ref_logits(reference, name, wtype), wtype, name)
     print(f"{name} {wtype}: {_fmt(figures)}")
     assert not problems, f"engine vs numpy reference, {name} {wtype}:\n  " + "\n  ".join(problems[:10])
