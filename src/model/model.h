@@ -127,6 +127,9 @@ class Model {
   int64_t kv_dim() const;
   // Weight bytes actually used by the model.
   virtual size_t weight_bytes() const = 0;
+  // What the routed-expert layers have read in this model's own forward passes (summed since
+  // load); null for a model without them.
+  virtual const MoeStats* moe_stats() const { return nullptr; }
 
   // Load-time repacking of matmul weights for the panel kernels (kernels/packed.h).
   struct PackStats {

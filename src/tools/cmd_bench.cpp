@@ -99,6 +99,7 @@ void register_bench(CLI::App& app) {
       if (!fill.empty()) check(session->eval(fill, false, logits));
     };
     std::vector<double> pp, tg, sg_plain, sg_spec;
+    double moe_expert_bytes = -1, moe_dense_bytes = 0;  // per generated token (tg), -1: no MoE
     SpecStats sg_stats;
     // sg (with --spec): the same greedy generation from a real prompt without and with
     // speculation, alternating, so the ratio is measured under the same conditions.
@@ -138,6 +139,8 @@ void register_bench(CLI::App& app) {
       if (o->n_gen > 0) {
         reset_to_depth();
         TokenId t = tok(rng);
+        const MoeStats* moe = session->model().moe_stats();
+        const MoeStats moe0 = moe ? *moe : MoeStats{};
         auto t0 = Clock::now();
         for (int64_t i = 0; i < o->n_gen; ++i) {
           TokenId one[1] = {t};
@@ -145,6 +148,10 @@ void register_bench(CLI::App& app) {
           t = tok(rng);
         }
         tg.push_back(double(o->n_gen) / std::chrono::duration<double>(Clock::now() - t0).count());
+        if (moe) {  // what one generated token read in the routed-expert layers, all of them
+          moe_expert_bytes = double(moe->expert_bytes - moe0.expert_bytes) / double(o->n_gen);
+          moe_dense_bytes = double(moe->dense_bytes - moe0.dense_bytes) / double(o->n_gen);
+        }
       }
     }
     struct rusage ru {};
@@ -166,6 +173,8 @@ void register_bench(CLI::App& app) {
                           {"repack_seconds", pk.seconds}, {"kv_mib", kv_mib}, {"kv_positions", kv.n_ctx}};
       if (!pp.empty()) j["pp"] = {{"n", o->n_prompt}, {"tps_mean", summarize(pp).mean}, {"tps_sd", summarize(pp).sd}};
       if (!tg.empty()) j["tg"] = {{"n", o->n_gen}, {"tps_mean", summarize(tg).mean}, {"tps_sd", summarize(tg).sd}};
+      if (!tg.empty() && moe_expert_bytes >= 0)
+        j["tg"]["moe_bytes_per_token"] = {{"experts", moe_expert_bytes}, {"router_and_shared", moe_dense_bytes}};
       if (!sg_spec.empty())
         j["sg"] = {{"n", o->n_gen}, {"spec", o->model.spec}, {"plain_tps_mean", summarize(sg_plain).mean},
                    {"spec_tps_mean", summarize(sg_spec).mean}, {"speedup", summarize(sg_spec).mean / summarize(sg_plain).mean},
@@ -195,6 +204,9 @@ void register_bench(CLI::App& app) {
       std::printf("| sg%-4lld | %7.2f ± %.2f | --spec %s: %.2fx, %s\n", (long long)o->n_gen, b.mean, b.sd,
                   o->model.spec.c_str(), b.mean / a.mean, sg_stats.describe().c_str());
     }
+    if (!tg.empty() && moe_expert_bytes >= 0)
+      std::printf("moe: a generated token read %.2f MiB of routed experts and %.2f MiB of routers and shared "
+                  "experts\n", moe_expert_bytes / (1024.0 * 1024.0), moe_dense_bytes / (1024.0 * 1024.0));
     std::printf("peak memory: %.1f MiB\n", peak_mib);
   });
 }

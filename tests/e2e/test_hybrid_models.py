@@ -189,6 +189,22 @@ def test_bench_and_perplexity_start_over_from_an_empty_state(models, ok, tmp_pat
     assert "PPL = " in r.stdout and "[2]" in r.stdout, r.stdout
 
 
+def test_bench_reports_the_expert_bytes_a_token_reads(models, ok):
+    """A decode step reads exactly its n_used experts per MoE layer: the bytes bench reports equal
+    n_used / n_expert of every expert stack, counted from the file with gguf-py (F32: unpacked rows)."""
+    import gguf
+    import json
+    r = ok("bench", "-m", models["qwen3moe"], *T, "-p", "0", "-n", "4", "-r", "1", "--json")
+    got = json.loads(r.stdout)["tg"]["moe_bytes_per_token"]
+    rd = gguf.GGUFReader(str(models["qwen3moe"]))
+    n_expert = int(rd.fields["qwen3moe.expert_count"].contents())
+    n_used = int(rd.fields["qwen3moe.expert_used_count"].contents())
+    stacks = sum(int(t.n_bytes) for t in rd.tensors if t.name.endswith("_exps.weight"))
+    routers = sum(int(t.n_bytes) for t in rd.tensors if t.name.endswith("ffn_gate_inp.weight"))
+    assert got["experts"] == stacks * n_used / n_expert, (got, stacks, n_used, n_expert)
+    assert got["router_and_shared"] == routers, (got, routers)
+
+
 # ---- info ---------------------------------------------------------------------------------------
 
 def test_info_reports_the_state_per_sequence(models, ok):

@@ -161,6 +161,12 @@ class Decoder final : public Model {
 
   size_t weight_bytes() const override { return weight_bytes_; }
 
+  const MoeStats* moe_stats() const override {
+    for (const LayerSpec& l : layers_)
+      if (l.ffn == FfnKind::Moe) return &scratch_.moe_stats;
+    return nullptr;
+  }
+
   std::string describe_extras() const override {
     std::string out;
     for (size_t r = 0; r < ropes_.size(); ++r) {
