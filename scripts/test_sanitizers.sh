@@ -19,7 +19,7 @@ start=$SECONDS
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${1:-build-asan}
 case $build in /*) ;; *) build=$root/$build ;; esac
-filter=${PEREGRINE_SANITIZE_FILTER:-Gguf*:ImatrixFile*:Api*:Grammar*:Gbnf*:Regex*:JsonSchema*:Catalogue*:ConstraintCompiler*:Http*:TokenizerChat*:StopMatcher*:BlockManager*:Scheduler*:Logprobs*:Metrics*:Sequence.*:Gemma3Load*:KvShape*:KvValidity*:*Rewind*:*Fork*:PrefixSharing*:RingSizing*}
+filter=${PEREGRINE_SANITIZE_FILTER:-Gguf*:ImatrixFile*:Api*:Grammar*:Gbnf*:Regex*:JsonSchema*:Catalogue*:ConstraintCompiler*:Http*:TokenizerChat*:StopMatcher*:BlockManager*:Scheduler*:Logprobs*:Metrics*:Sequence.*:Gemma3Load*:KvShape*:KvValidity*:*Rewind*:*Fork*:PrefixSharing*:RingSizing*:KvState*:Moe*:Mamba2*:MatmulGrouped*:Kernels.SsmScan*:Phi3*:SmolLM3*}
 jobs=${PEREGRINE_JOBS:-2}
 
 fail() {
@@ -141,6 +141,15 @@ if [[ -f $model ]]; then
       fail "server tests under the sanitizers"
     }
     real="$real, server tests ($(grep -oE '[0-9]+ passed' "$tmp/serve.log"))"
+    # The state-space, hybrid and MoE models end to end (speculative recompute from checkpoints,
+    # forks, preemption, concurrent requests) and their bad files.
+    PEREGRINE_BIN=$exe PEREGRINE_MODEL_PATH=$model timeout 900 "$root/.venv/bin/python" -m pytest -q \
+      -p no:cacheprovider "$root/tests/e2e/test_hybrid_models.py" "$root/tests/reference/test_forward_ssm.py" \
+      -k "not reference and not ablation and not tolerance" >"$tmp/hybrid.log" 2>&1 || {
+      tail -40 "$tmp/hybrid.log" >&2
+      fail "hybrid-model tests under the sanitizers"
+    }
+    real="$real, hybrid-model tests ($(grep -oE '[0-9]+ passed' "$tmp/hybrid.log"))"
   fi
 fi
 

@@ -96,14 +96,19 @@ struct KernelTable {
   // out[n] = gelu(g) * u with GELU's tanh approximation (GeGLU);
   // gelu(g) = g / 2 * (1 + tanh(sqrt(2/pi) * (g + 0.044715 g^3))). nullptr: the scalar table's.
   void (*gelu_mul)(const float* g, const float* u, float* out, int64_t n) = nullptr;
-  // One token of one Mamba-2 head's scan (model/blocks/mamba2.h). For each of the head's hd
-  // state rows S_i = S + i * ds, with xdt = x[i] * dt and 16 partial sums acc[16] = 0:
-  //   for j < ds:  S_i[j] = fma(S_i[j], dA, B[j] * xdt);  acc[j % 16] = fma(S_i[j], C[j], acc[j % 16])
-  //   then acc[l] += acc[l + k] for k = 8, 4, 2, 1 (l < k), and y[i] = fma(D, x[i], acc[0]).
-  // The same float operations in every table (SIMD results equal the scalar ones bit for bit).
-  // SIMD tables need ds to be a multiple of 16 (the caller uses the scalar table's otherwise).
-  void (*ssm_scan)(float* S, const float* x, const float* B, const float* C, float dt, float dA, float D,
-                   int64_t hd, int64_t ds, float* y) = nullptr;
+  // n_tok consecutive tokens of one sequence through one Mamba-2 head's scan
+  // (model/blocks/mamba2.h). Token t reads x_t = x + t * in_stride [hd], B_t = B + t * in_stride
+  // [ds], C_t likewise, dt[t] and dA[t] = exp(dt[t] * A), and writes y + t * y_stride [hd]. For
+  // each token in order and each of the hd state rows S_i = S + i * ds, with xdt = x_t[i] * dt[t]
+  // and 16 partial sums acc[16] = 0:
+  //   for j < ds:  S_i[j] = fma(S_i[j], dA[t], B_t[j] * xdt);  acc[j % 16] = fma(S_i[j], C_t[j], acc[j % 16])
+  //   then acc[l] += acc[l + k] for k = 8, 4, 2, 1 (l < k), and y_t[i] = fma(D, x_t[i], acc[0]).
+  // The same float operations in every table (SIMD results equal the scalar ones bit for bit, for
+  // any split of the tokens into calls). SIMD tables need ds to be a multiple of 16 (the caller
+  // uses the scalar table's otherwise).
+  void (*ssm_scan)(float* S, const float* x, const float* B, const float* C, int64_t in_stride, const float* dt,
+                   const float* dA, float D, int64_t hd, int64_t ds, int64_t n_tok, float* y,
+                   int64_t y_stride) = nullptr;
 };
 
 // Adds 16 partial sums in the tree order ssm_scan states: lanes l + 8 into l, then + 4, + 2, + 1.

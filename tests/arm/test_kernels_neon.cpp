@@ -28,7 +28,7 @@
 //                    bit-identical to the scalar float panel kernel for every token
 //                    tile split, strided activations (rows 16, 5, 21; nb = 1..4)
 //   silu_mul         bit-identical (n = 0..67)
-//   ssm_scan         bit-identical, state included (ds = 16, 64, 128)
+//   ssm_scan         bit-identical, state included (ds = 16, 64, 128, 256; 6 tokens a call)
 //   dispatch         `--isa` prints the table kernels() picked (the script checks
 //                    PEREGRINE_ISA handling with it)
 #include <cmath>
@@ -559,22 +559,27 @@ void check_silu_mul(const KernelTable& s, const KernelTable& t, std::mt19937& rn
   }
 }
 
-// ssm_scan: bit-identical to the reference, state included, over several steps.
+// ssm_scan: bit-identical to the reference, state included, over several calls of 6 tokens,
+// state widths of one register block or several.
 void check_ssm_scan(const KernelTable& s, const KernelTable& t, std::mt19937& rng) {
   CHECK(t.ssm_scan != nullptr, "ssm_scan is null");
   if (t.ssm_scan == nullptr) return;
-  for (int64_t ds : {16, 64, 128}) {
-    const int64_t hd = 5;
+  for (int64_t ds : {16, 64, 128, 256}) {
+    const int64_t hd = 5, n_tok = 6, stride = 2 * ds + hd + 3;
     auto S = random_floats(size_t(hd * ds), rng);
     auto S_ref = S;
-    std::vector<float> y(static_cast<size_t>(hd)), y_ref(static_cast<size_t>(hd));
+    std::vector<float> y(static_cast<size_t>(n_tok * hd)), y_ref(y.size()), dt(6), dA(6);
     int bad = 0;
-    for (int step = 0; step < 4; ++step) {
-      auto x = random_floats(size_t(hd), rng), B = random_floats(size_t(ds), rng), C = random_floats(size_t(ds), rng);
-      const float dt = 0.3f + 0.1f * float(step), dA = std::exp(-dt), D = 0.7f;
-      s.ssm_scan(S_ref.data(), x.data(), B.data(), C.data(), dt, dA, D, hd, ds, y_ref.data());
-      t.ssm_scan(S.data(), x.data(), B.data(), C.data(), dt, dA, D, hd, ds, y.data());
-      for (int64_t i = 0; i < hd; ++i) bad += !same_bits(y[size_t(i)], y_ref[size_t(i)]);
+    for (int call = 0; call < 3; ++call) {
+      auto in = random_floats(size_t(n_tok * stride), rng);
+      for (int k = 0; k < n_tok; ++k) {
+        dt[size_t(k)] = 0.2f + 0.1f * float(k + call);
+        dA[size_t(k)] = std::exp(-dt[size_t(k)]);
+      }
+      const float *x = in.data(), *B = x + hd, *C = B + ds;
+      s.ssm_scan(S_ref.data(), x, B, C, stride, dt.data(), dA.data(), 0.7f, hd, ds, n_tok, y_ref.data(), hd);
+      t.ssm_scan(S.data(), x, B, C, stride, dt.data(), dA.data(), 0.7f, hd, ds, n_tok, y.data(), hd);
+      for (size_t i = 0; i < y.size(); ++i) bad += !same_bits(y[i], y_ref[i]);
       for (size_t i = 0; i < S.size(); ++i) bad += !same_bits(S[i], S_ref[i]);
     }
     CHECK(bad == 0, "ssm_scan ds=%d: %d values differ from the reference", int(ds), bad);

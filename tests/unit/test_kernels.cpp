@@ -479,28 +479,41 @@ TEST(Fp16, ConversionsAreExactOnRepresentableValues) {
   EXPECT_EQ(f32_to_bf16(1.0f), 0x3f80);
 }
 
-// ssm_scan (one Mamba-2 head, one token): every table equals the scalar reference bit for bit,
-// state included, over several steps (the state feeds back) and state widths.
-TEST(Kernels, SsmScanIsBitExactAcrossIsas) {
+// ssm_scan (one Mamba-2 head over a run of tokens): every table equals the scalar reference bit
+// for bit, state included, over several calls (the state feeds back), state widths that fit one
+// register block or need several, and any split of the tokens into calls.
+TEST(Kernels, SsmScanIsBitExactAcrossIsasAndSplits) {
   std::mt19937 rng(21);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  for (const KernelTable* t : simd_tables()) {
+  std::vector<const KernelTable*> tables = simd_tables();
+  tables.push_back(&scalar_kernels());
+  for (const KernelTable* t : tables) {
     ASSERT_NE(t->ssm_scan, nullptr) << isa_name(t->isa);
-    for (int64_t ds : {16, 64, 128}) {
-      const int64_t hd = 5;
+    for (int64_t ds : {16, 64, 128, 256}) {
+      const int64_t hd = 5, n_tok = 6, stride = ds * 2 + hd + 3;  // token rows: x | B | C, padded
       const size_t nh = static_cast<size_t>(hd), ns = static_cast<size_t>(ds);
-      std::vector<float> S(nh * ns), x(nh), B(ns), C(ns), y(nh), y_ref(nh);
+      std::vector<float> S(nh * ns), in(static_cast<size_t>(n_tok * stride)), dt(6), dA(6);
       for (float& v : S) v = nd(rng);
-      std::vector<float> S_ref = S;
-      for (int step = 0; step < 4; ++step) {
-        for (float& v : x) v = nd(rng);
-        for (float& v : B) v = nd(rng);
-        for (float& v : C) v = nd(rng);
-        const float dt = std::abs(nd(rng)) * 0.5f, dA = std::exp(-dt), D = nd(rng);
-        scalar_kernels().ssm_scan(S_ref.data(), x.data(), B.data(), C.data(), dt, dA, D, hd, ds, y_ref.data());
-        t->ssm_scan(S.data(), x.data(), B.data(), C.data(), dt, dA, D, hd, ds, y.data());
-        ASSERT_EQ(y, y_ref) << isa_name(t->isa) << " ds " << ds << " step " << step;
-        ASSERT_EQ(S, S_ref) << isa_name(t->isa) << " ds " << ds << " step " << step;
+      std::vector<float> S_ref = S, S_split = S;
+      for (int call = 0; call < 3; ++call) {
+        for (float& v : in) v = nd(rng);
+        for (int64_t k = 0; k < n_tok; ++k) {
+          dt[size_t(k)] = std::abs(nd(rng)) * 0.5f;
+          dA[size_t(k)] = std::exp(-dt[size_t(k)]);
+        }
+        const float D = nd(rng);
+        const float *x = in.data(), *B = x + hd, *C = B + ds;
+        std::vector<float> y(static_cast<size_t>(n_tok * hd)), y_ref(y.size()), y_split(y.size());
+        scalar_kernels().ssm_scan(S_ref.data(), x, B, C, stride, dt.data(), dA.data(), D, hd, ds, n_tok, y_ref.data(), hd);
+        t->ssm_scan(S.data(), x, B, C, stride, dt.data(), dA.data(), D, hd, ds, n_tok, y.data(), hd);
+        ASSERT_EQ(y, y_ref) << isa_name(t->isa) << " ds " << ds << " call " << call;
+        ASSERT_EQ(S, S_ref) << isa_name(t->isa) << " ds " << ds << " call " << call;
+        // The same tokens as runs of 1, 2 and 3.
+        for (auto [first, n] : {std::pair<int64_t, int64_t>{0, 1}, {1, 2}, {3, 3}})
+          t->ssm_scan(S_split.data(), x + first * stride, B + first * stride, C + first * stride, stride,
+                      dt.data() + first, dA.data() + first, D, hd, ds, n, y_split.data() + first * hd, hd);
+        ASSERT_EQ(y_split, y_ref) << isa_name(t->isa) << " ds " << ds << " split";
+        ASSERT_EQ(S_split, S_ref) << isa_name(t->isa) << " ds " << ds << " split";
       }
     }
   }

@@ -44,6 +44,7 @@ struct Mamba2Fixture {
     w.d = make("d", 1, d.n_head, rng, 0.5f, 1.0f);
     w.norm = make("norm", 1, d.d_inner, rng, 0.1f, 1.0f);
     w.out = make("out", d.n_embd, d.d_inner, rng, 1.0f / std::sqrt(float(d.d_inner)));
+    prepare_mamba2(d, w);
   }
   const float* f(const Weight& x) const { return x.f32(); }
   KvShape shape(int64_t n_seq) const {

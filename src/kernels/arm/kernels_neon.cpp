@@ -6,9 +6,11 @@
 // Tested under qemu by scripts/test_neon.sh (tests/arm/test_kernels_neon.cpp).
 #include <arm_neon.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "kernels/kernels.h"
 #include "kernels/packed.h"
@@ -258,25 +260,42 @@ void silu_mul(const float* g, const float* u, float* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
-// KernelTable::ssm_scan: the 16 partial sums in four registers (acc[4 r + l] in lane l of
-// register r); ds a multiple of 16.
-void ssm_scan(float* S, const float* x, const float* B, const float* C, float dt, float dA, float D, int64_t hd,
-              int64_t ds, float* y) {
-  const float32x4_t da = vdupq_n_f32(dA);
+// KernelTable::ssm_scan: a state row's block of 64 floats in 16 registers while the tokens pass;
+// the 16 partial sums in four registers (acc[4 r + l] in lane l of register r), carried across
+// blocks in `carry`, added in the tree order: r + 2, then r + 1 (lanes l + 8, l + 4), then lanes
+// l + 2, l + 1. ds a multiple of 16.
+void ssm_scan(float* S, const float* x, const float* B, const float* C, int64_t in_stride, const float* dt,
+              const float* dA, float D, int64_t hd, int64_t ds, int64_t n_tok, float* y, int64_t y_stride) {
+  constexpr int64_t kBlock = 64, kRegs = kBlock / 4;
+  thread_local std::vector<float> carry;
+  if (ds > kBlock && carry.size() < size_t(n_tok * 16)) carry.resize(size_t(n_tok * 16));
   for (int64_t i = 0; i < hd; ++i) {
     float* s = S + i * ds;
-    const float32x4_t xdt = vdupq_n_f32(x[i] * dt);
-    float32x4_t acc[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
-    for (int64_t j = 0; j < ds; j += 16)
-      for (int r = 0; r < 4; ++r) {
-        const int64_t o = j + 4 * r;
-        const float32x4_t sv = vfmaq_f32(vmulq_f32(vld1q_f32(B + o), xdt), vld1q_f32(s + o), da);
-        vst1q_f32(s + o, sv);
-        acc[r] = vfmaq_f32(acc[r], sv, vld1q_f32(C + o));
+    for (int64_t b0 = 0; b0 < ds; b0 += kBlock) {
+      const int64_t nr = std::min(kBlock, ds - b0) / 4;
+      const bool first = b0 == 0, last = b0 + kBlock >= ds;
+      float32x4_t st[kRegs];
+      for (int64_t q = 0; q < nr; ++q) st[q] = vld1q_f32(s + b0 + 4 * q);
+      for (int64_t t = 0; t < n_tok; ++t) {
+        const float* xt = x + t * in_stride;
+        const float *Bt = B + t * in_stride + b0, *Ct = C + t * in_stride + b0;
+        const float32x4_t xdt = vdupq_n_f32(xt[i] * dt[t]), da = vdupq_n_f32(dA[t]);
+        float32x4_t acc[4];
+        for (int r = 0; r < 4; ++r) acc[r] = first ? vdupq_n_f32(0.0f) : vld1q_f32(carry.data() + t * 16 + 4 * r);
+        for (int64_t q = 0; q < nr; ++q) {
+          st[q] = vfmaq_f32(vmulq_f32(vld1q_f32(Bt + 4 * q), xdt), st[q], da);
+          acc[q % 4] = vfmaq_f32(acc[q % 4], st[q], vld1q_f32(Ct + 4 * q));
+        }
+        if (last) {
+          const float32x4_t a = vaddq_f32(vaddq_f32(acc[0], acc[2]), vaddq_f32(acc[1], acc[3]));
+          const float32x2_t b = vadd_f32(vget_low_f32(a), vget_high_f32(a));
+          y[t * y_stride + i] = std::fma(D, xt[i], vget_lane_f32(b, 0) + vget_lane_f32(b, 1));
+        } else {
+          for (int r = 0; r < 4; ++r) vst1q_f32(carry.data() + t * 16 + 4 * r, acc[r]);
+        }
       }
-    float lanes[16];
-    for (int r = 0; r < 4; ++r) vst1q_f32(lanes + 4 * r, acc[r]);
-    y[i] = std::fma(D, x[i], tree_sum16(lanes));
+      for (int64_t q = 0; q < nr; ++q) vst1q_f32(s + b0 + 4 * q, st[q]);
+    }
   }
 }
 

@@ -296,17 +296,20 @@ void gelu_mul(const float* g, const float* u, float* out, int64_t n) {
   }
 }
 
-void ssm_scan(float* S, const float* x, const float* B, const float* C, float dt, float dA, float D, int64_t hd,
-              int64_t ds, float* y) {
-  for (int64_t i = 0; i < hd; ++i) {
-    float* s = S + i * ds;
-    const float xdt = x[i] * dt;
-    float acc[16] = {};
-    for (int64_t j = 0; j < ds; ++j) {
-      s[j] = std::fma(s[j], dA, B[j] * xdt);
-      acc[j % 16] = std::fma(s[j], C[j], acc[j % 16]);
+void ssm_scan(float* S, const float* x, const float* B, const float* C, int64_t in_stride, const float* dt,
+              const float* dA, float D, int64_t hd, int64_t ds, int64_t n_tok, float* y, int64_t y_stride) {
+  for (int64_t t = 0; t < n_tok; ++t) {
+    const float *xt = x + t * in_stride, *Bt = B + t * in_stride, *Ct = C + t * in_stride;
+    for (int64_t i = 0; i < hd; ++i) {
+      float* s = S + i * ds;
+      const float xdt = xt[i] * dt[t];
+      float acc[16] = {};
+      for (int64_t j = 0; j < ds; ++j) {
+        s[j] = std::fma(s[j], dA[t], Bt[j] * xdt);
+        acc[j % 16] = std::fma(s[j], Ct[j], acc[j % 16]);
+      }
+      y[t * y_stride + i] = std::fma(D, xt[i], tree_sum16(acc));
     }
-    y[i] = std::fma(D, x[i], tree_sum16(acc));
   }
 }
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "kernels/kernels.h"
 
@@ -119,29 +120,80 @@ void silu_mul_simd(const float* g, const float* u, float* out, int64_t n) {
   }
 }
 
-// KernelTable::ssm_scan: 16 partial sums in 16 / kLanes registers, lane l of register r is
-// acc[r * kLanes + l]; ds a multiple of 16.
-template <class V>
-void ssm_scan_simd(float* S, const float* x, const float* B, const float* C, float dt, float dA, float D,
-                   int64_t hd, int64_t ds, float* y) {
+// KernelTable::ssm_scan. A state row is held in registers, 128 floats at a time, while the
+// tokens pass (the state is read and written once per call, not once per token); the 16 partial
+// sums of a token are 16 / kLanes registers (lane l of register r is acc[r * kLanes + l]), carried
+// across the row's blocks in `carry` and added in the tree order by V::tree16. ds a multiple of 16.
+// One block of NR registers (a compile-time count, so the block stays in registers).
+template <class V, int64_t NR>
+void ssm_scan_block(float* s, const float* x, const float* B, const float* C, int64_t in_stride, const float* dt,
+                    const float* dA, float D, int64_t i, int64_t n_tok, bool first, bool last, float* carry,
+                    float* y, int64_t y_stride) {
   constexpr int64_t L = V::kLanes, R = 16 / L;
   using Reg = typename V::Reg;
-  const Reg da = V::set1(dA);
+  Reg st[NR];
+  for (int64_t q = 0; q < NR; ++q) st[q] = V::load(s + q * L);
+  for (int64_t t = 0; t < n_tok; ++t) {
+    const float* xt = x + t * in_stride;
+    const float *Bt = B + t * in_stride, *Ct = C + t * in_stride;
+    const Reg xdt = V::set1(xt[i] * dt[t]), da = V::set1(dA[t]);
+    Reg acc[R];
+    for (int64_t r = 0; r < R; ++r) acc[r] = first ? V::zero() : V::load(carry + t * 16 + r * L);
+    for (int64_t q = 0; q < NR; ++q) {
+      st[q] = V::fma(st[q], da, V::mul(V::load(Bt + q * L), xdt));
+      acc[q % R] = V::fma(st[q], V::load(Ct + q * L), acc[q % R]);
+    }
+    if (last) y[t * y_stride + i] = std::fma(D, xt[i], V::tree16(acc));
+    else
+      for (int64_t r = 0; r < R; ++r) V::store(carry + t * 16 + r * L, acc[r]);
+  }
+  for (int64_t q = 0; q < NR; ++q) V::store(s + q * L, st[q]);
+}
+
+// The block of nr registers (a multiple of 16 / kLanes, at most NR) with its compile-time count.
+template <class V, int64_t NR>
+void ssm_scan_block_n(int64_t nr, float* s, const float* x, const float* B, const float* C, int64_t in_stride,
+                      const float* dt, const float* dA, float D, int64_t i, int64_t n_tok, bool first, bool last,
+                      float* carry, float* y, int64_t y_stride) {
+  constexpr int64_t R = 16 / V::kLanes;
+  if (nr == NR) {
+    ssm_scan_block<V, NR>(s, x, B, C, in_stride, dt, dA, D, i, n_tok, first, last, carry, y, y_stride);
+  } else if constexpr (NR > R) {
+    ssm_scan_block_n<V, NR - R>(nr, s, x, B, C, in_stride, dt, dA, D, i, n_tok, first, last, carry, y, y_stride);
+  }
+}
+
+template <class V>
+void ssm_scan_simd(float* S, const float* x, const float* B, const float* C, int64_t in_stride, const float* dt,
+                   const float* dA, float D, int64_t hd, int64_t ds, int64_t n_tok, float* y, int64_t y_stride) {
+  constexpr int64_t L = V::kLanes, kBlock = 128, kRegs = kBlock / L;
+  if (n_tok == 1) {  // decode: nothing to keep in registers between tokens; stream each row once
+    constexpr int64_t R = 16 / L;
+    using Reg = typename V::Reg;
+    const Reg da = V::set1(dA[0]);
+    for (int64_t i = 0; i < hd; ++i) {
+      float* s = S + i * ds;
+      const Reg xdt = V::set1(x[i] * dt[0]);
+      Reg acc[R];
+      for (int64_t r = 0; r < R; ++r) acc[r] = V::zero();
+      for (int64_t j = 0; j < ds; j += 16)
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t o = j + r * L;
+          const Reg sv = V::fma(V::load(s + o), da, V::mul(V::load(B + o), xdt));
+          V::store(s + o, sv);
+          acc[r] = V::fma(sv, V::load(C + o), acc[r]);
+        }
+      y[i] = std::fma(D, x[i], V::tree16(acc));
+    }
+    return;
+  }
+  thread_local std::vector<float> carry;  // [n_tok][16] partial sums between a row's blocks
+  if (ds > kBlock && carry.size() < size_t(n_tok * 16)) carry.resize(size_t(n_tok * 16));
   for (int64_t i = 0; i < hd; ++i) {
     float* s = S + i * ds;
-    const Reg xdt = V::set1(x[i] * dt);
-    Reg acc[R];
-    for (int64_t r = 0; r < R; ++r) acc[r] = V::zero();
-    for (int64_t j = 0; j < ds; j += 16)
-      for (int64_t r = 0; r < R; ++r) {
-        const int64_t o = j + r * L;
-        const Reg sv = V::fma(V::load(s + o), da, V::mul(V::load(B + o), xdt));
-        V::store(s + o, sv);
-        acc[r] = V::fma(sv, V::load(C + o), acc[r]);
-      }
-    alignas(64) float lanes[16];
-    for (int64_t r = 0; r < R; ++r) V::store(lanes + r * L, acc[r]);
-    y[i] = std::fma(D, x[i], tree_sum16(lanes));
+    for (int64_t b0 = 0; b0 < ds; b0 += kBlock)
+      ssm_scan_block_n<V, kRegs>(std::min(kBlock, ds - b0) / L, s + b0, x, B + b0, C + b0, in_stride, dt, dA, D, i,
+                                 n_tok, b0 == 0, b0 + kBlock >= ds, carry.data(), y, y_stride);
   }
 }
 

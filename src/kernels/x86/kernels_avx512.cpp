@@ -489,6 +489,14 @@ struct Vec512 {
   static Reg div(Reg a, Reg b) { return _mm512_div_ps(a, b); }
   static float reduce_add(Reg v) { return _mm512_reduce_add_ps(v); }
   static Reg exp(Reg x) { return exp512(x); }
+  // KernelTable::ssm_scan's 16 partial sums in one register, added in its tree order:
+  // lanes l + 8, then l + 4, l + 2, l + 1.
+  static float tree16(const Reg* acc) {
+    const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(acc[0]), _mm512_extractf32x8_ps(acc[0], 1));
+    const __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    const __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    return _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps(c, c, 1)));
+  }
 };
 
 }  // namespace

@@ -112,6 +112,7 @@ class Decoder final : public Model {
         PG_TRY(check_moe(L.moe, moe_.cfg, hp_.n_embd, where.c_str()));
       }
       if (l.mixer == MixerKind::Mamba2) {
+        prepare_mamba2(ssm_, L.ssm);
         for (const Weight* v : {&L.ssm.a, &L.ssm.d, &L.ssm.dt_bias})
           for (int64_t i = 0; i < v->cols * v->rows; ++i)
             if (!std::isfinite(v->f32()[i]))

@@ -27,10 +27,11 @@ Status Mamba2Dims::check() const {
   return Status::Ok();
 }
 
-void mamba2_scan_head(float* S, const float* x, const float* B, const float* C, float dt, float A, float D,
-                      int64_t head_dim, int64_t d_state, float* y) {
-  const KernelTable& k = d_state % 16 == 0 ? kernels() : scalar_kernels();
-  k.ssm_scan(S, x, B, C, dt, std::exp(dt * A), D, head_dim, d_state, y);
+void prepare_mamba2(const Mamba2Dims& dm, Mamba2Weights& w) {
+  const int64_t CH = dm.conv_channels(), K = dm.d_conv;
+  w.conv_by_tap.assign(size_t(K * CH), 0.0f);
+  for (int64_t c = 0; c < CH; ++c)
+    for (int64_t k = 0; k < K; ++k) w.conv_by_tap[size_t(k * CH + c)] = w.conv.f32()[c * K + k];
 }
 
 void mamba2_mixer(const Mamba2Dims& dm, const Mamba2Weights& w, MatIn in, const int32_t* seq, const int32_t* pos,
@@ -38,46 +39,62 @@ void mamba2_mixer(const Mamba2Dims& dm, const Mamba2Weights& w, MatIn in, const 
                   OpScratch& ops, Mamba2Scratch& sc) {
   const int64_t P = dm.in_proj(), CH = dm.conv_channels(), DI = dm.d_inner, DS = dm.d_state, K = dm.d_conv;
   const int64_t HD = dm.head_dim(), heads_per_group = dm.n_head / dm.n_group, G = dm.n_group;
+  PG_ASSERT(int64_t(w.conv_by_tap.size()) == K * CH);  // prepare_mamba2
   sc.proj.resize(size_t(T * P));
   sc.xbc.resize(size_t(T * CH));
   sc.y.resize(size_t(T * DI));
   float *proj = sc.proj.data(), *xbc = sc.xbc.data(), *y = sc.y.data();
   matmul_many({{&w.in, proj}}, in, T, pool, ops);  // proj [T, P]: z | xBC | dt
 
-  // Causal conv over each sequence's last K inputs, channel by channel (tokens in batch
-  // order), then SiLU: xbc [T, CH]. The window (state rows [K-1, CH]) slides as it goes.
-  const float* cw = w.conv.f32();  // [CH, K]
+  // Causal conv over each sequence's last K inputs (tokens in batch order), then SiLU: xbc
+  // [T, CH]. Per channel: acc = 0, + window row k * tap k for k < K - 1, + x * tap K - 1, + bias;
+  // channels are independent, so a thread takes a range of them and the rows stay contiguous.
+  // The window (state rows [K-1, CH]) slides as it goes.
+  const float* taps = w.conv_by_tap.data();  // [K, CH]
   const float* cb = w.conv_bias.data ? w.conv_bias.f32() : nullptr;
-  pool.parallel_range(CH, 64, [&](int64_t c0, int64_t c1, int) {
+  pool.parallel_range(CH, 256, [&](int64_t c0, int64_t c1, int) {
+    const int64_t n = c1 - c0;
     for (int64_t t = 0; t < T; ++t) {
-      float* win = cache.state(layer, seq[t]);  // [K-1, CH]
-      const float* xt = proj + t * P + DI;
-      for (int64_t c = c0; c < c1; ++c) {
-        const float* wc = cw + c * K;
-        float acc = 0.0f;
-        for (int64_t k = 0; k < K - 1; ++k) acc += win[k * CH + c] * wc[k];
-        acc += xt[c] * wc[K - 1];
-        for (int64_t k = 0; k + 1 < K - 1; ++k) win[k * CH + c] = win[(k + 1) * CH + c];
-        if (K > 1) win[(K - 2) * CH + c] = xt[c];
-        if (cb) acc += cb[c];
-        xbc[t * CH + c] = silu(acc);
+      float* win = cache.state(layer, seq[t]) + c0;  // row k at win + k * CH
+      const float* xt = proj + t * P + DI + c0;
+      float* o = xbc + t * CH + c0;
+      for (int64_t c = 0; c < n; ++c) o[c] = 0.0f;
+      for (int64_t k = 0; k < K - 1; ++k) {
+        const float *wk = win + k * CH, *tk = taps + k * CH + c0;
+        for (int64_t c = 0; c < n; ++c) o[c] += wk[c] * tk[c];
       }
+      const float* tl = taps + (K - 1) * CH + c0;
+      for (int64_t c = 0; c < n; ++c) o[c] += xt[c] * tl[c];
+      for (int64_t k = 0; k + 1 < K - 1; ++k) std::copy_n(win + (k + 1) * CH, n, win + k * CH);
+      if (K > 1) std::copy_n(xt, n, win + (K - 2) * CH);
+      if (cb)
+        for (int64_t c = 0; c < n; ++c) o[c] += cb[c0 + c];
+      for (int64_t c = 0; c < n; ++c) o[c] = silu(o[c]);
     }
   });
 
-  // The scan, head by head (tokens in batch order): y [T, DI] = S C + D x.
+  // The scan, head by head over runs of one sequence's consecutive tokens: y [T, DI] = S C + D x.
+  const KernelTable& kt = DS % 16 == 0 ? kernels() : scalar_kernels();
   const float *dt_bias = w.dt_bias.f32(), *A = w.a.f32(), *D = w.d.f32();
   pool.parallel_for(dm.n_head, [&](int64_t h, int) {
     const int64_t g = h / heads_per_group;
+    thread_local std::vector<float> dts;  // [T] dt, then [T] exp(dt A)
+    if (dts.size() < size_t(2 * T)) dts.resize(size_t(2 * T));
+    float *dt = dts.data(), *dA = dt + T;
     for (int64_t t = 0; t < T; ++t) {
-      float* S = cache.state(layer, seq[t]) + dm.conv_state() + h * HD * DS;
-      const float* xt = xbc + t * CH;
-      const float dt = softplus(proj[t * P + DI + CH + h] + dt_bias[h]);
-      mamba2_scan_head(S, xt + h * HD, xt + DI + g * DS, xt + DI + G * DS + g * DS, dt, A[h], D[h], HD, DS,
-                       y + t * DI + h * HD);
+      dt[t] = softplus(proj[t * P + DI + CH + h] + dt_bias[h]);
+      dA[t] = std::exp(dt[t] * A[h]);
+    }
+    for (int64_t t0 = 0; t0 < T;) {
+      int64_t t1 = t0 + 1;
+      while (t1 < T && seq[t1] == seq[t0]) ++t1;
+      float* S = cache.state(layer, seq[t0]) + dm.conv_state() + h * HD * DS;
+      const float* xt = xbc + t0 * CH;
+      kt.ssm_scan(S, xt + h * HD, xt + DI + g * DS, xt + DI + G * DS + g * DS, CH, dt + t0, dA + t0, D[h], HD, DS,
+                  t1 - t0, y + t0 * DI + h * HD, DI);
+      t0 = t1;
     }
   });
-
   // Gate with SiLU(z), then RMSNorm over each group of DI / G values.
   const float* nw = w.norm.f32();
   const int64_t gw = DI / G;

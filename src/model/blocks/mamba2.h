@@ -54,7 +54,11 @@ struct Mamba2Weights {
   Weight d;          // ssm_d [n_head]
   Weight norm;       // ssm_norm.weight [d_inner] (n_group groups)
   Weight out;        // ssm_out [d_inner -> n_embd]
+  std::vector<float> conv_by_tap;  // conv transposed, [d_conv][conv_ch] (prepare_mamba2)
 };
+
+// What the mixer derives from the weights once, after they are bound (the conv by tap).
+void prepare_mamba2(const Mamba2Dims& dims, Mamba2Weights& w);
 
 struct Mamba2Scratch {
   std::vector<float> proj;  // [T, in_proj]
@@ -67,11 +71,6 @@ struct Mamba2Scratch {
 void mamba2_mixer(const Mamba2Dims& dims, const Mamba2Weights& w, MatIn in, const int32_t* seq,
                   const int32_t* pos, int64_t T, KvCache& cache, int64_t layer, float norm_eps, float* out,
                   ThreadPool& pool, OpScratch& ops, Mamba2Scratch& sc);
-
-// One token of the scan for one head (KernelTable::ssm_scan of the active table; the same bits
-// in every table): S [head_dim, d_state] advanced in place, y [head_dim] written.
-void mamba2_scan_head(float* S, const float* x, const float* B, const float* C, float dt, float A, float D,
-                      int64_t head_dim, int64_t d_state, float* y);
 
 inline float softplus(float v) { return v > 20.0f ? v : std::log1p(std::exp(v)); }
 
