@@ -59,6 +59,11 @@ void register_info(CLI::App& app) {
     auto model = load_model(f, pool);
     if (model.ok()) {
       const Hparams& h = (*model)->hparams();
+      if (h.n_head == 0)  // a state-space stack: no heads, no RoPE, no FFN widths to show
+        std::printf("hparams:     layers %lld, embd %lld, no attention, vocab %lld, ctx %lld, rms eps %g\n",
+                    (long long)h.n_layer, (long long)h.n_embd, (long long)h.n_vocab, (long long)h.n_ctx_train,
+                    h.rms_eps);
+      else
       std::printf("hparams:     layers %lld, embd %lld, heads %lld (kv %lld, dim %lld), ffn %lld, "
                   "vocab %lld, ctx %lld, rope base %g (dims %lld), rms eps %g\n",
                   (long long)h.n_layer, (long long)h.n_embd, (long long)h.n_head,
