@@ -420,9 +420,15 @@ def write_model(model: str | Spec, path: str | Path, *, wtype: str = "F32", seed
     gw.add_quantization_version(gguf.GGML_QUANT_VERSION)
     add_tokenizer(gw, tok)
 
+    return write_tensors(gw, path, tensors, wtype, _is_quantized)
+
+
+def write_tensors(gw, path: Path, tensors: dict, wtype: str, is_quantized) -> Path:
+    """Adds TENSORS (name -> float32 array) to the gguf.GGUFWriter, Q8_0 where wtype says so and
+    is_quantized(name, array) agrees, and writes the file to PATH."""
     for name, a in tensors.items():
         a = np.ascontiguousarray(a, dtype=np.float32)
-        if wtype == "Q8_0" and _is_quantized(name, a):
+        if wtype == "Q8_0" and is_quantized(name, a):
             gw.add_tensor(name, gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0),
                           raw_dtype=gguf.GGMLQuantizationType.Q8_0)
         else:

@@ -53,7 +53,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from synthetic_models import (SMOLLM2_GGUF, VOCAB_SIZE, add_tokenizer, permute_qk, sample_tokens,  # noqa: F401
+from synthetic_models import (SMOLLM2_GGUF, VOCAB_SIZE, add_tokenizer, permute_qk, sample_tokens, write_tensors,  # noqa: F401
                               smollm2_tokenizer)
 
 # Scales (measured figures in test_forward_ssm.py): logits span about -19..18 (mamba2, tied head)
@@ -301,19 +301,7 @@ def write_model(model: str | Spec, path: str | Path, *, wtype: str = "F32", seed
         else:
             gw.add_array(full, list(value))
 
-    for name, a in tensors.items():
-        a = np.ascontiguousarray(a, dtype=np.float32)
-        if wtype == "Q8_0" and is_quantized(name, a):
-            gw.add_tensor(name, gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0),
-                          raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-        else:
-            gw.add_tensor(name, a)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    gw.write_header_to_file()
-    gw.write_kv_data_to_file()
-    gw.write_tensors_to_file()
-    gw.close()
-    return path
+    return write_tensors(gw, path, tensors, wtype, is_quantized)
 
 
 def with_spec(model: str, **changes) -> Spec:
