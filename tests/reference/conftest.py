@@ -88,3 +88,16 @@ def run_peregrine(peregrine_bin):
         return r
 
     return run
+
+
+@pytest.fixture(scope="session")
+def oracle():
+    """llama_cpp_oracle (llama_cpp_logits(path, tokens), ...) with the oracle built, or the build's failure
+    as a test failure: the synthetic-architecture tests' logits oracle."""
+    import llama_cpp_oracle as lco
+
+    try:
+        lco.build()
+    except lco.Failure as e:
+        pytest.fail(f"llama.cpp oracle build failed: {e}")
+    return lco

@@ -119,17 +119,6 @@ def model_file(ssm_dir):
     return get
 
 
-@pytest.fixture(scope="session")
-def oracle():
-    import llama_cpp_oracle as lco
-
-    try:
-        lco.build()
-    except lco.Failure as e:
-        pytest.fail(f"llama.cpp oracle build failed: {e}")
-    return lco
-
-
 _llama_cpp: dict = {}
 
 

@@ -115,18 +115,6 @@ def model_file(synth_dir):
     return get
 
 
-@pytest.fixture(scope="session")
-def oracle():
-    """llama_cpp_logits(path, tokens) with the oracle built (or the build's failure as a test failure)."""
-    import llama_cpp_oracle as lco
-
-    try:
-        lco.build()
-    except lco.Failure as e:
-        pytest.fail(f"llama.cpp oracle build failed: {e}")
-    return lco
-
-
 TOKENS = sm.sample_tokens(N_TOKENS)
 _llama_cpp: dict = {}
 _refs: dict = {}
