@@ -17,9 +17,10 @@ namespace peregrine {
 // recurrent state (blocks/mamba2.h). None: the layer has no mixer (a hybrid stack's
 // feed-forward-only layers).
 enum class MixerKind { Attention, Mamba2, None };
-// DenseGlu: gate/up/down. Moe: routed experts (blocks/moe.h). None: no feed-forward network
-// (Mamba-2 blocks, a hybrid stack's mixer-only layers).
-enum class FfnKind { DenseGlu, Moe, None };
+// DenseGlu: gate/up/down. DenseReluSqr: up, squared ReLU, down, no gate (Nemotron-H's MLP). Moe:
+// routed experts (blocks/moe.h). None: no feed-forward network (Mamba-2 blocks, a hybrid stack's
+// mixer-only layers).
+enum class FfnKind { DenseGlu, DenseReluSqr, Moe, None };
 
 struct LayerSpec {
   MixerKind mixer = MixerKind::Attention;

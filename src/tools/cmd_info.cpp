@@ -99,6 +99,7 @@ void register_info(CLI::App& app) {
         }
         switch (l.ffn) {
           case FfnKind::DenseGlu: ffn = fmt::format("{} {}", l.glu == Glu::SiLU ? "SwiGLU" : "GeGLU", l.n_ff); break;
+          case FfnKind::DenseReluSqr: ffn = fmt::format("squared-ReLU MLP {}", l.n_ff); break;
           case FfnKind::Moe: ffn = fmt::format("MoE {}", l.n_ff); break;
           case FfnKind::None: break;
         }

@@ -1,4 +1,5 @@
-"""Independent numpy forward pass of GGUF `mamba2` and `nemotron_h_moe` (Mamba-2 / attention / MoE hybrid).
+"""Independent numpy forward pass of GGUF `mamba2`, `nemotron_h_moe` (Mamba-2 / attention / MoE hybrid)
+and `nemotron_h` (Mamba-2 / attention / squared-ReLU MLP).
 
 Written from the definitions (the Mamba-2 paper's SSD recurrence, HF transformers' Mamba2Mixer /
 NemotronH blocks, DeepSeek-V3-style sigmoid routing), on the tensors as the llama.cpp converter
@@ -65,7 +66,7 @@ import numpy as np
 
 from hf_decoder_ref import _get, tensor_to_f32
 
-ARCHS = ("mamba2", "nemotron_h_moe")
+ARCHS = ("mamba2", "nemotron_h_moe", "nemotron_h")
 MOE_WEIGHTS_SUM_MIN = 6.103515625e-5  # llama.cpp clamps the selected weights' sum (smallest F16 normal)
 
 # Deliberate mistakes (each must fail against llama.cpp: test_forward_ssm.py).
@@ -99,7 +100,7 @@ ABLATIONS = frozenset({
 @dataclass(frozen=True)
 class Config:
     arch: str
-    kinds: str  # per layer: M Mamba-2, * attention, E MoE
+    kinds: str  # per layer: M Mamba-2, * attention, E MoE, - dense MLP
     n_embd: int
     n_vocab: int
     rms_eps: float
@@ -117,6 +118,7 @@ class Config:
     n_ff_shexp: int = 0
     weights_norm: bool = False
     weights_scale: float = 1.0
+    n_ff: tuple[int, ...] = ()  # feed_forward_length per layer (the dense MLPs' widths)
 
     @property
     def n_layer(self) -> int:
@@ -159,11 +161,10 @@ def read_config(reader: gguf.GGUFReader) -> Config:
     kv = _per_layer(_get(reader, p + "attention.head_count_kv"), n_layer, "head_count_kv")
     ff = _per_layer(_get(reader, p + "feed_forward_length"), n_layer, "feed_forward_length")
     n_expert = int(_get(reader, p + "expert_count", 0))
-    kinds = "".join("M" if k == 0 and f == 0 else "*" if f == 0 else "E" for k, f in zip(kv, ff))
-    if "E" in kinds and n_expert == 0:
-        raise ValueError("FFN layers without experts (dense ReLU^2 MLP) are not handled")
+    # FFN layers: routed experts when the file has experts, else dense squared-ReLU MLPs ("-").
+    kinds = "".join("M" if k == 0 and f == 0 else "*" if f == 0 else "E" if n_expert else "-" for k, f in zip(kv, ff))
     n_head = _per_layer(_get(reader, p + "attention.head_count"), n_layer, "head_count")
-    return Config(kinds=kinds, n_head=n_head, n_head_kv=kv,
+    return Config(kinds=kinds, n_head=n_head, n_head_kv=kv, n_ff=tuple(ff),
                   head_dim=int(_get(reader, p + "attention.key_length", common["n_embd"] // max(max(n_head), 1))),
                   n_expert=n_expert, n_expert_used=int(_get(reader, p + "expert_used_count", 0)),
                   n_ff_exp=int(_get(reader, p + "expert_feed_forward_length", 0)),
@@ -244,6 +245,9 @@ class SSMRef:
                 D, q, kv = c.head_dim, c.n_head[i], c.n_head_kv[i]
                 t = {"wq": w(b + "attn_q.weight", (q * D, E)), "wk": w(b + "attn_k.weight", (kv * D, E)),
                      "wv": w(b + "attn_v.weight", (kv * D, E)), "wo": w(b + "attn_output.weight", (E, q * D))}
+            elif kind == "-":
+                F = c.n_ff[i]
+                t = {"up": w(b + "ffn_up.weight", (F, E)), "down": w(b + "ffn_down.weight", (E, F))}
             else:
                 X, F, FS = c.n_expert, c.n_ff_exp, c.n_ff_shexp
                 t = {"router": w(b + "ffn_gate_inp.weight", (X, E)), "bias": w(b + "exp_probs_b.bias", (X,)),
@@ -254,7 +258,7 @@ class SSMRef:
                           "wk": "attn_k.weight", "wv": "attn_v.weight", "wo": "attn_output.weight",
                           "up_exps": "ffn_up_exps.weight", "down_exps": "ffn_down_exps.weight",
                           "up_sh": "ffn_up_shexp.weight", "down_sh": "ffn_down_shexp.weight",
-                          "router": "ffn_gate_inp.weight"}
+                          "router": "ffn_gate_inp.weight", "up": "ffn_up.weight", "down": "ffn_down.weight"}
             q8 = frozenset(k for k, f in file_names.items() if k in t and b + f in q8_names)
             layers.append(Layer(kind, w(b + "attn_norm.weight", (E,)), t, q8))
         tok = w("token_embd.weight", (c.n_vocab, E))
@@ -437,6 +441,11 @@ class SSMRef:
             out += self.mm(act(self.mm(a, t["up_sh"], "up_sh" in L.q8)), t["down_sh"], "down_sh" in L.q8)
         return out
 
+    def mlp(self, L: Layer, a: np.ndarray) -> np.ndarray:
+        """Nemotron-H's dense MLP: down(relu(up a)^2), no gate."""
+        r = np.maximum(self.mm(a, L.w["up"], "up" in L.q8), 0.0)
+        return self.mm(r if "relu_not_squared" in self.ablate else r * r, L.w["down"], "down" in L.q8)
+
     # ---- the model ----------------------------------------------------------------------------------
 
     def forward(self, tokens, st: State, scan: str = "sequential", chunk: int = 16,
@@ -449,6 +458,8 @@ class SSMRef:
                 h = h + self.mamba2(i, L, a, st, scan, chunk)
             elif L.kind == "*":
                 h = h + self.attention(i, L, a, st)
+            elif L.kind == "-":
+                h = h + self.mlp(L, a)
             else:
                 h = h + self.moe(L, a, trace)
         st.n_past += len(tokens)

@@ -1,4 +1,4 @@
-"""Small random-weight GGUF models of the state-space architectures `mamba2` and `nemotron_h_moe`.
+"""Small random-weight GGUF models of the state-space architectures `mamba2`, `nemotron_h_moe`, `nemotron_h`.
 
 A sibling of synthetic_models.py (whose tokenizer helpers it imports): written with gguf-py under
 exactly the tensor names, shapes and metadata keys that the pinned llama.cpp's HF->GGUF converter
@@ -10,6 +10,8 @@ logits oracle (tests/reference/test_forward_ssm.py; the numpy reference is ssm_r
   mamba2          mamba2          MMMM: 4 Mamba-2 blocks, tied output (no output.weight)
   nemotron_h_moe  nemotron_h_moe  MEM*EM: Mamba-2, MoE, Mamba-2, attention, MoE, Mamba-2;
                                   a Nemotron-3-Nano-shaped hybrid, untied output
+  nemotron_h      nemotron_h      M-M*-M: Mamba-2, MLP, Mamba-2, attention, MLP, Mamba-2 (squared-ReLU
+                                  MLP of 384, no experts: Nemotron-H 8B style), untied output
 
 Shapes (both): n_embd 256; Mamba-2 mixer d_inner 512 = 8 heads x head_dim 64 (ssm.time_step_rank =
 8 heads), d_state 64, n_group 2 (4 heads per B/C group), d_conv 4. nemotron_h_moe also: attention
@@ -72,7 +74,8 @@ BIAS_STD = 0.3
 class Spec:
     name: str
     arch: str  # general.architecture
-    # per-layer kinds, Nemotron's hybrid_override_pattern letters: M Mamba-2, * attention, E MoE
+    # per-layer kinds, Nemotron's hybrid_override_pattern letters: M Mamba-2, * attention, E MoE,
+    # - dense MLP (squared ReLU, nemotron_h)
     pattern: str
     n_embd: int = 256
     # Mamba-2 mixer
@@ -94,6 +97,7 @@ class Spec:
     n_ff_shexp: int = 256
     expert_weights_norm: bool = True
     expert_weights_scale: float = 2.5
+    n_ff_mlp: int = 384  # dense MLP layers (nemotron_h)
     tied: bool = True  # no output.weight: the LM head is token_embd
     seed: int = 0  # of the random weights
     # expert e's matrices = sqrt(1 - s^2) * common + s * own (s = expert_spread), as synthetic_models
@@ -121,6 +125,8 @@ MODELS: dict[str, Spec] = {
     # that differs from ggml's only in the block scales' precision by ~5e-3, so a small gap lets two
     # correct implementations choose different experts (test_forward_ssm.py docstring).
     "nemotron_h_moe": Spec("nemotron_h_moe", "nemotron_h_moe", "MEM*EM", tied=False, seed=21, expert_spread=0.3),
+    # Nemotron-H without experts (Nemotron-H 8B style): Mamba-2, attention and squared-ReLU MLP layers.
+    "nemotron_h": Spec("nemotron_h", "nemotron_h", "M-M*-M", tied=False),
 }
 
 
@@ -181,6 +187,9 @@ def gguf_weights(spec: Spec, n_vocab: int, seed: int = 0) -> dict[str, np.ndarra
             w[b + "ffn_down_exps.weight"] = np.stack([mix(down_c, mat(E, F, 0.5)) for _ in range(X)])
             w[b + "ffn_up_shexp.weight"] = mat(FS, E)
             w[b + "ffn_down_shexp.weight"] = mat(E, FS, 0.5)
+        elif kind == "-":
+            w[b + "ffn_up.weight"] = mat(spec.n_ff_mlp, E)
+            w[b + "ffn_down.weight"] = mat(E, spec.n_ff_mlp, 0.5)
         else:
             raise ValueError(f"{spec.name}: unknown layer kind {kind!r} in pattern {spec.pattern!r}")
     w["output_norm.weight"] = norm(E)
@@ -220,6 +229,7 @@ def _nemotron_h_moe_keys(gw: gguf.GGUFWriter, spec: Spec, n_vocab: int) -> None:
     chain writes twice: context_length, feed_forward_length, head_count_kv)."""
     attn = [i for i, k in enumerate(spec.pattern) if k == "*"]
     moe = [i for i, k in enumerate(spec.pattern) if k == "E"]
+    mlp = [i for i, k in enumerate(spec.pattern) if k == "-"]
     # TextModel
     gw.add_block_count(spec.n_layer)
     gw.add_embedding_length(spec.n_embd)
@@ -227,10 +237,11 @@ def _nemotron_h_moe_keys(gw: gguf.GGUFWriter, spec: Spec, n_vocab: int) -> None:
     gw.add_rope_freq_base(spec.rope_base)
     gw.add_layer_norm_rms_eps(spec.rms_eps)  # HF norm_eps
     gw.add_layer_norm_eps(spec.rms_eps)  # HF layer_norm_epsilon; llama.cpp requires the key
-    gw.add_expert_count(spec.n_expert)
-    gw.add_expert_used_count(spec.n_expert_used)
-    gw.add_expert_group_count(1)  # HF n_group
-    gw.add_expert_group_used_count(1)  # HF topk_group
+    if moe:
+        gw.add_expert_count(spec.n_expert)
+        gw.add_expert_used_count(spec.n_expert_used)
+        gw.add_expert_group_count(1)  # HF n_group
+        gw.add_expert_group_used_count(1)  # HF topk_group
     # LlamaModel (GraniteModel popped head_dim first, so the RoPE size is n_embd / n_head; unused)
     gw.add_vocab_size(n_vocab)
     gw.add_rope_dimension_count(spec.n_embd // spec.n_head)
@@ -246,7 +257,10 @@ def _nemotron_h_moe_keys(gw: gguf.GGUFWriter, spec: Spec, n_vocab: int) -> None:
     # NemotronHModel (is_moe)
     gw.add_key_length(spec.head_dim)
     gw.add_value_length(spec.head_dim)
-    gw.add_feed_forward_length([spec.n_ff_exp if i in moe else 0 for i in range(spec.n_layer)])
+    gw.add_feed_forward_length([spec.n_ff_exp if i in moe else spec.n_ff_mlp if i in mlp else 0
+                                for i in range(spec.n_layer)])
+    if not moe:
+        return
     gw.add_expert_feed_forward_length(spec.n_ff_exp)
     gw.add_expert_shared_feed_forward_length(spec.n_ff_shexp)
     gw.add_expert_shared_count(1)
@@ -282,7 +296,7 @@ def write_model(model: str | Spec, path: str | Path, *, wtype: str = "F32", seed
     gw.add_type(gguf.GGUFType.MODEL)
     if spec.arch == "mamba2":
         _mamba2_keys(gw, spec)
-    elif spec.arch == "nemotron_h_moe":
+    elif spec.arch in ("nemotron_h_moe", "nemotron_h"):
         _nemotron_h_moe_keys(gw, spec, nv)
     else:
         raise ValueError(f"unknown arch {spec.arch!r}")

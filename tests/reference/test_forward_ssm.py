@@ -1,4 +1,5 @@
-"""mamba2 and nemotron_h_moe (Mamba-2 / attention / MoE hybrid) on synthetic GGUF files: reference, llama.cpp, engine.
+"""mamba2, nemotron_h_moe (Mamba-2 / attention / MoE) and nemotron_h (Mamba-2 / attention / MLP) on synthetic
+GGUF files: reference, llama.cpp, engine.
 
 synthetic_ssm.py writes small random-weight models (n_embd 256, Mamba-2 mixer of 8 heads x 64 with
 d_state 64 and 2 groups; nemotron_h_moe adds NoPE attention 8/2 heads and a 16-expert top-4 sigmoid
@@ -52,7 +53,7 @@ import synthetic_ssm as ss
 from ssm_ref import ABLATIONS, SSMRef
 
 # ---- the gates: flip to True when the engine supports the architecture ------------------------------
-ENGINE_SUPPORTS = {"mamba2": True, "nemotron_h_moe": True}
+ENGINE_SUPPORTS = {"mamba2": True, "nemotron_h_moe": True, "nemotron_h": True}
 RUN_ALL = os.environ.get("PEREGRINE_SYNTHETIC_ALL") == "1"
 
 N_TOKENS = 48
@@ -212,7 +213,8 @@ def test_converter_tensor_names_shapes_and_types(model_file):
     import gguf
     from gguf.constants import MODEL_ARCH, MODEL_TENSORS, TENSOR_NAMES
 
-    arch_of = {"mamba2": MODEL_ARCH.MAMBA2, "nemotron_h_moe": MODEL_ARCH.NEMOTRON_H_MOE}
+    arch_of = {"mamba2": MODEL_ARCH.MAMBA2, "nemotron_h_moe": MODEL_ARCH.NEMOTRON_H_MOE,
+               "nemotron_h": MODEL_ARCH.NEMOTRON_H}
     for name, spec in ss.MODELS.items():
         allowed = {TENSOR_NAMES[t] for t in MODEL_TENSORS[arch_of[spec.arch]]}
         E, H = spec.n_embd, spec.ssm_n_head
@@ -229,7 +231,8 @@ def test_converter_tensor_names_shapes_and_types(model_file):
                      "ffn_gate_inp.weight": (E, spec.n_expert), "exp_probs_b.bias": (spec.n_expert,),
                      "ffn_up_exps.weight": (E, spec.n_ff_exp, spec.n_expert),
                      "ffn_down_exps.weight": (spec.n_ff_exp, E, spec.n_expert),
-                     "ffn_up_shexp.weight": (E, spec.n_ff_shexp), "ffn_down_shexp.weight": (spec.n_ff_shexp, E)}
+                     "ffn_up_shexp.weight": (E, spec.n_ff_shexp), "ffn_down_shexp.weight": (spec.n_ff_shexp, E),
+                     "ffn_up.weight": (E, spec.n_ff_mlp), "ffn_down.weight": (spec.n_ff_mlp, E)}
         for wtype in WTYPES:
             r = gguf.GGUFReader(str(model_file(name, wtype)))
             assert r.fields["general.architecture"].contents() == spec.arch
@@ -310,6 +313,8 @@ ABLATIONS_OF = {
     "mamba2": _MAMBA,
     "nemotron_h_moe": (*_MAMBA, "routing_softmax", "no_expert_bias", "bias_in_weights", "no_weights_norm",
                        "no_weights_scale", "relu_not_squared", "no_shared_expert", "attn_rope"),
+    # the dense MLP and NoPE attention; the Mamba-2 mixer is the same code as above
+    "nemotron_h": ("relu_not_squared", "attn_rope", "no_d_skip"),
 }
 assert {a for v in ABLATIONS_OF.values() for a in v} == ABLATIONS
 

@@ -17,6 +17,7 @@
   X("qwen3moe", qwen3moe)          \
   X("olmoe", olmoe)                \
   X("mamba2", mamba2)              \
+  X("nemotron_h", nemotron_h)      \
   X("nemotron_h_moe", nemotron_h_moe) \
   X("afmoe", afmoe)
 

@@ -79,7 +79,7 @@ class Decoder final : public Model {
         if (Status st = ssm_.check(); !st.ok()) return make_error("{}: {}", f.name(), st.error().message);
         layers_[il].state_floats = ssm_.state_floats();
       }
-      if (l.ffn == FfnKind::DenseGlu) {
+      if (l.ffn == FfnKind::DenseGlu || l.ffn == FfnKind::DenseReluSqr) {
         if (l.n_ff < 1) return make_error("{}: layer {} has a dense FFN of width {}", f.name(), il, l.n_ff);
         max_ff_ = std::max(max_ff_, l.n_ff);
       }
@@ -242,6 +242,7 @@ class Decoder final : public Model {
       }
       switch (layers_[size_t(il)].ffn) {
         case FfnKind::DenseGlu: ffn_block(il, T, sc, pool, opt.observer); break;
+        case FfnKind::DenseReluSqr: relu_sqr_block(il, T, sc, pool); break;
         case FfnKind::Moe: moe_block(il, T, sc, pool); break;
         case FfnKind::None: break;
       }
@@ -357,6 +358,22 @@ class Decoder final : public Model {
     add_rows(x, xn, T * E);
   }
 
+  // x += W_down * relu(W_up * RMSNorm(x))^2 (Nemotron-H's MLP, no gate).
+  void relu_sqr_block(int64_t il, int64_t T, ForwardScratch& sc, ThreadPool& pool) {
+    const LayerSpec& l = layers_[size_t(il)];
+    const LayerWeights& L = lw_[size_t(il)];
+    DecoderActivations& a = sc.act;
+    const int64_t E = hp_.n_embd;
+    float *x = a.x.data(), *xn = a.xn.data(), *h = a.gate.data();
+    matmul_many({{&L.w_up, h}}, MatIn(x, L.ffn_norm.f32(), hp_.rms_eps), T, pool, sc.ops);  // h [T, n_ff]
+    for (int64_t i = 0; i < T * l.n_ff; ++i) {
+      const float r = h[i] > 0.0f ? h[i] : 0.0f;
+      h[i] = r * r;
+    }
+    matmul(L.w_down, h, xn, T, pool, sc.ops);  // xn [T, E]
+    add_rows(x, xn, T * E);
+  }
+
   // x += Mamba2(RMSNorm(x)); advances each sequence's recurrent state.
   void mamba2_block(int64_t il, const Batch& batch, KvCache& cache, ForwardScratch& sc, ThreadPool& pool) {
     const LayerWeights& L = lw_[size_t(il)];
@@ -436,6 +453,11 @@ class Decoder final : public Model {
       if (style_.post_norms) add(n("post_ffw_norm.weight"), {E}, R::PostFfnNorm, il, true, true, &L.post_ffn_norm);
       if (l.ffn == FfnKind::Moe) {
         add_moe_tensors(t, il, L);
+        continue;
+      }
+      if (l.ffn == FfnKind::DenseReluSqr) {
+        add(n("ffn_up.weight"), {E, l.n_ff}, R::FfnUp, il, true, false, &L.w_up);
+        add(n("ffn_down.weight"), {l.n_ff, E}, R::FfnDown, il, true, false, &L.w_down);
         continue;
       }
       if (style_.fused_gate_up) {

@@ -1,8 +1,10 @@
-// Nemotron-H with routed experts (`nemotron_h_moe`, NVIDIA Nemotron 3 Nano): a hybrid stack
+// Nemotron-H (`nemotron_h`: Nemotron-H 8B and kin; `nemotron_h_moe`: NVIDIA Nemotron 3 Nano with
+// routed experts): a hybrid stack
 // whose layers are each ONE block after one RMSNorm (`attn_norm`): a Mamba-2 mixer, an attention
 // (no RoPE anywhere), or a routed-expert FFN. The kind of each layer comes from the per-layer
 // arrays, as llama.cpp decides it: head_count_kv 0 and feed_forward_length 0 -> Mamba-2;
-// feed_forward_length 0 with KV heads -> attention; otherwise an FFN layer. The experts are
+// feed_forward_length 0 with KV heads -> attention; otherwise an FFN layer: a squared-ReLU MLP
+// (up, relu^2, down, no gate) without experts, else routed experts. The experts are
 // squared-ReLU up/down without a gate, routed by sigmoid scores with a selection-only bias
 // (exp_probs_b), weights optionally renormalised and scaled; a shared squared-ReLU expert of
 // expert_shared_feed_forward_length is added unweighted.
@@ -12,8 +14,10 @@
 
 namespace peregrine::arch {
 
-Result<std::unique_ptr<Model>> make_nemotron_h_moe(std::shared_ptr<const gguf::File> file, ThreadPool& pool) {
-  const std::string arch = "nemotron_h_moe";
+namespace {
+
+Result<std::unique_ptr<Model>> make_nemotron_h(std::shared_ptr<const gguf::File> file, ThreadPool& pool,
+                                               const std::string& arch) {
   const gguf::File& f = *file;
   DecoderConfig c;
   PG_TRY(read_decoder_hparams(f, arch, c.hp, /*zero_widths=*/true));
@@ -38,14 +42,11 @@ Result<std::unique_ptr<Model>> make_nemotron_h_moe(std::shared_ptr<const gguf::F
                           "is one block ({}.attention.head_count_kv, {}.feed_forward_length)",
                           f.name(), il, ff, kv, arch, arch);
       l.mixer = MixerKind::None;
-      l.ffn = FfnKind::Moe;
+      l.ffn = FfnKind::DenseReluSqr;
       any_ffn = true;
     }
   }
-  if (any_ffn) {
-    if (f.find(arch + ".expert_count") == nullptr)
-      return make_error("{}: dense squared-ReLU FFN layers (no '{}.expert_count') are not supported yet", f.name(),
-                        arch);
+  if (any_ffn && f.find(arch + ".expert_count") != nullptr) {  // routed experts in every FFN layer
     // The expert width falls back to the first FFN layer's feed_forward_length / n_used.
     int64_t n_ff = 0;
     for (int64_t v : c.hp.n_ff_per_layer) n_ff = n_ff > 0 ? n_ff : v;
@@ -56,9 +57,22 @@ Result<std::unique_ptr<Model>> make_nemotron_h_moe(std::shared_ptr<const gguf::F
       PG_ASSIGN(c.moe.n_ff_shexp, read_hparam(f, arch + ".expert_shared_feed_forward_length", 0, 1 << 18));
     }
     for (LayerSpec& l : c.layers)
-      if (l.ffn == FfnKind::Moe) l.n_ff = c.moe.n_ff_exp;
+      if (l.ffn == FfnKind::DenseReluSqr) {
+        l.ffn = FfnKind::Moe;
+        l.n_ff = c.moe.n_ff_exp;
+      }
   }
   return make_decoder(std::move(file), pool, std::move(c));
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Model>> make_nemotron_h_moe(std::shared_ptr<const gguf::File> file, ThreadPool& pool) {
+  return make_nemotron_h(std::move(file), pool, "nemotron_h_moe");
+}
+
+Result<std::unique_ptr<Model>> make_nemotron_h(std::shared_ptr<const gguf::File> file, ThreadPool& pool) {
+  return make_nemotron_h(std::move(file), pool, "nemotron_h");
 }
 
 }  // namespace peregrine::arch
