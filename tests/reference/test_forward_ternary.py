@@ -59,7 +59,7 @@ from gguf_hf_tokenizer import build_tokenizer, encode
 from hf_decoder_ref import DecoderRef
 from llama_ref import LlamaRef, tensor_to_f32
 from test_forward import PROMPTS
-from test_forward_synthetic import compare, oracle  # noqa: F401  (oracle: the llama.cpp fixture)
+from test_forward_synthetic import compare  # (oracle, the llama.cpp fixture, comes from conftest.py)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from make_variants import field_value, variant_path  # noqa: E402  (bench/: the metadata copy)
