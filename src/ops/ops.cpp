@@ -24,6 +24,13 @@ void rmsnorm(const float* x, const float* weight, float* y, int64_t n_tok, int64
   }
 }
 
+void relu_sqr(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float r = x[i] > 0.0f ? x[i] : 0.0f;
+    x[i] = r * r;
+  }
+}
+
 void rope_angles(const int32_t* pos, int64_t n_tok, int64_t rot_dim, float base,
                  std::vector<float>& cs, float pos_scale) {
   RopeFreqs f;

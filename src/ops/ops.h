@@ -15,6 +15,9 @@ namespace peregrine {
 void rmsnorm(const float* x, const float* weight, float* y, int64_t n_tok, int64_t n, float eps);
 float rms_scale(const float* x, int64_t n, float eps);  // 1 / sqrt(mean(x^2) + eps)
 
+// x[n] <- relu(x)^2 in place (Nemotron-H's MLP and experts; ggml_relu then ggml_sqr).
+void relu_sqr(float* x, int64_t n);
+
 // Rotary embedding: pairs of each head's first rot_dim values are rotated by
 // pos * base^(-2i/rot_dim). Adjacent ("normal", llama): pair i is (x[2i], x[2i+1]).
 // Neox ("rotate half", Gemma, GPT-NeoX): pair i is (x[i], x[i + rot_dim/2]).

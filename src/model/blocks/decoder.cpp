@@ -366,10 +366,7 @@ class Decoder final : public Model {
     const int64_t E = hp_.n_embd;
     float *x = a.x.data(), *xn = a.xn.data(), *h = a.gate.data();
     matmul_many({{&L.w_up, h}}, MatIn(x, L.ffn_norm.f32(), hp_.rms_eps), T, pool, sc.ops);  // h [T, n_ff]
-    for (int64_t i = 0; i < T * l.n_ff; ++i) {
-      const float r = h[i] > 0.0f ? h[i] : 0.0f;
-      h[i] = r * r;
-    }
+    relu_sqr(h, T * l.n_ff);
     matmul(L.w_down, h, xn, T, pool, sc.ops);  // xn [T, E]
     add_rows(x, xn, T * E);
   }

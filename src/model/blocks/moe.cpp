@@ -8,6 +8,8 @@
 
 #include <fmt/format.h>
 
+#include "ops/ops.h"
+
 namespace peregrine {
 namespace {
 
@@ -82,14 +84,6 @@ void mask_groups(const MoeConfig& c, float* sel, MoeScratch& s) {
   std::partial_sort(order, order + c.n_group_used, order + c.n_group, Better{gs});
   for (int64_t i = c.n_group_used; i < c.n_group; ++i)
     std::fill_n(sel + int64_t(order[i]) * per, per, -std::numeric_limits<float>::infinity());
-}
-
-// x[n] <- relu(x)^2, in place (ggml_relu then ggml_sqr).
-void relu_sqr(float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float r = x[i] > 0.0f ? x[i] : 0.0f;
-    x[i] = r * r;
-  }
 }
 
 // y[n_tok, down.rows] = FFN(in) with the block's kind; act [n_tok, n_ff] is scratch.
@@ -291,94 +285,65 @@ void moe_ffn(const MoeWeights& w, const MoeConfig& c, MatIn in, float* out, int6
   }
   std::fill_n(acc, T * ein, 0.0f);
 
-  const int64_t max_ff = std::max(n_ff, n_sh);
-  // Every chosen expert packed: all of them run in two grouped parallel steps (gate/up, then
-  // down) over their gathered rows, instead of ~3 steps per expert.
+  // Every chosen expert's tokens gathered, by expert: xin [P, Ein] (pair j is token pair_tok[j]).
+  const int64_t P = T * k;
+  grow(s.xin, P * ein);
+  grow(s.act, std::max(P * n_ff, T * n_sh));
+  grow(s.y, std::max(P * ein, T * E));
+  float *xin = s.xin.data(), *act = s.act.data(), *y = s.y.data();
+  const int32_t* toks = s.pair_tok.data();
+  pool.parallel_range(P, 16, [&](int64_t b, int64_t end, int) {
+    for (int64_t j = b; j < end; ++j) std::memcpy(xin + j * ein, src + int64_t(toks[j]) * ein, size_t(ein) * 4);
+  });
+  expert_in.x = xin;
+  // The chosen experts' FFNs, y [P, Ein]: with every one packed, all of them in two grouped
+  // parallel steps (gate/up, then down); otherwise one after another on their rows.
   bool grouped = true;
-  for (int64_t e = 0; e < n && grouped; ++e)
-    if (start[e + 1] > start[e])
-      grouped = grouped_packed(w.up[size_t(e)]) && grouped_packed(w.down[size_t(e)]) &&
-                (c.act != MoeAct::SwiGlu || grouped_packed(w.gate[size_t(e)]));
+  grow(s.jobs, n);
+  GroupedJob* jobs = s.jobs.data();
+  int64_t nj = 0;
+  for (int64_t e = 0; e < n; ++e) {
+    const int64_t p0 = start[e], ne = start[e + 1] - p0;
+    if (ne == 0) continue;
+    const Weight* gate = c.act == MoeAct::SwiGlu ? &w.gate[size_t(e)] : nullptr;
+    grouped = grouped && grouped_packed(w.up[size_t(e)]) && grouped_packed(w.down[size_t(e)]) &&
+              (gate == nullptr || grouped_packed(*gate));
+    jobs[nj++] = {gate, &w.up[size_t(e)], p0, ne, act + p0 * n_ff};
+    expert_bytes += weight_bytes(w.up[size_t(e)]) + weight_bytes(w.down[size_t(e)]) + (gate ? weight_bytes(*gate) : 0);
+    ++experts_run;
+  }
   if (grouped) {
-    const int64_t P = T * k;  // (token, expert) pairs, grouped by expert
-    grow(s.xin, P * ein);
-    grow(s.act, std::max(P * n_ff, T * n_sh));
-    grow(s.y, std::max(P * ein, T * E));
-    float *xin = s.xin.data(), *act = s.act.data(), *y = s.y.data();
-    const int32_t* toks = s.pair_tok.data();
-    pool.parallel_range(P, 16, [&](int64_t b, int64_t end, int) {
-      for (int64_t j = b; j < end; ++j) std::memcpy(xin + j * ein, src + int64_t(toks[j]) * ein, size_t(ein) * 4);
-    });
-    grow(s.jobs, 2 * n);
-    GroupedJob* jobs = s.jobs.data();
-    int64_t nj = 0;
-    for (int64_t e = 0; e < n; ++e) {
-      const int64_t p0 = start[e], ne = start[e + 1] - p0;
-      if (ne == 0) continue;
-      jobs[nj++] = {c.act == MoeAct::SwiGlu ? &w.gate[size_t(e)] : nullptr, &w.up[size_t(e)], p0, ne, act + p0 * n_ff};
-      expert_bytes += weight_bytes(w.up[size_t(e)]) + weight_bytes(w.down[size_t(e)]) +
-                      (c.act == MoeAct::SwiGlu ? weight_bytes(w.gate[size_t(e)]) : 0);
-      ++experts_run;
-    }
-    expert_in.x = xin;
     matmul_grouped(jobs, nj, expert_in, P, pool, ops, Glu::SiLU);  // act [P, n_ff]
     if (c.act == MoeAct::ReluSqr) relu_sqr(act, P * n_ff);
     for (int64_t i = 0; i < nj; ++i) {
       GroupedJob& g = jobs[i];
-      const int64_t e = g.w - w.up.data();
-      g = {nullptr, &w.down[size_t(e)], g.row0, g.n, y + g.row0 * ein};
+      g = {nullptr, &w.down[size_t(g.w - w.up.data())], g.row0, g.n, y + g.row0 * ein};
     }
     matmul_grouped(jobs, nj, MatIn(act), P, pool, ops);  // y [P, Ein]
-    // Each token's experts are added in increasing expert index (the pairs' order), columns
-    // shared out over the threads.
-    const float* pw = s.pair_w.data();
-    pool.parallel_range(ein, 64, [&](int64_t c0, int64_t c1, int) {
-      for (int64_t j = 0; j < P; ++j) {
-        float* o = acc + int64_t(toks[j]) * ein;
-        const float* yj = y + j * ein;
-        const float wj = pw[j];
-        for (int64_t i = c0; i < c1; ++i) o[i] += wj * yj[i];
-      }
-    });
+  } else {
+    for (int64_t i = 0; i < nj; ++i) {
+      const GroupedJob& g = jobs[i];
+      MatIn rows = expert_in;
+      rows.x = xin + g.row0 * ein;
+      run_ffn(c.act, g.gate, *g.w, w.down[size_t(g.w - w.up.data())], rows, g.y, y + g.row0 * ein, g.n, pool, ops);
+    }
   }
-  if (!grouped) {
-  grow(s.act, T * max_ff);
-  grow(s.y, T * std::max(E, ein));
-  grow(s.xin, T * ein);
-  }
-  // Otherwise experts run one after another, each matmul spreading its rows over the pool.
-  for (int64_t e = 0; e < n && !grouped; ++e) {
-    const int64_t p0 = start[e], ne = start[e + 1] - p0;
-    if (ne == 0) continue;
-    const int32_t* toks = s.pair_tok.data() + p0;
-    const float* pw = s.pair_w.data() + p0;
-    float* xin = s.xin.data();  // [ne, Ein]
-    pool.parallel_range(ne, 16, [&](int64_t b, int64_t end, int) {
-      for (int64_t j = b; j < end; ++j) std::memcpy(xin + j * ein, src + int64_t(toks[j]) * ein, size_t(ein) * 4);
-    });
-    expert_in.x = xin;
-    const Weight* gate = c.act == MoeAct::SwiGlu ? &w.gate[size_t(e)] : nullptr;
-    run_ffn(c.act, gate, w.up[size_t(e)], w.down[size_t(e)], expert_in, s.act.data(), s.y.data(), ne, pool, ops);
-    const float* y = s.y.data();  // [ne, Ein]
-    // A token appears at most once per expert: the rows are disjoint.
-    pool.parallel_range(ne, 16, [&](int64_t b, int64_t end, int) {
-      for (int64_t j = b; j < end; ++j) {
-        float* o = acc + int64_t(toks[j]) * ein;
-        const float* yj = y + j * ein;
-        const float wj = pw[j];
-        for (int64_t i = 0; i < ein; ++i) o[i] += wj * yj[i];
-      }
-    });
-    expert_bytes += weight_bytes(w.up[size_t(e)]) + weight_bytes(w.down[size_t(e)]) +
-                    (gate ? weight_bytes(*gate) : 0);
-    ++experts_run;
-  }
+  // Each token's experts are added in increasing expert index (the pairs' order), columns
+  // shared out over the threads.
+  const float* pw = s.pair_w.data();
+  pool.parallel_range(ein, 64, [&](int64_t c0, int64_t c1, int) {
+    for (int64_t j = 0; j < P; ++j) {
+      float* o = acc + int64_t(toks[j]) * ein;
+      const float* yj = y + j * ein;
+      const float wj = pw[j];
+      for (int64_t i = c0; i < c1; ++i) o[i] += wj * yj[i];
+    }
+  });
   if (latent) matmul(w.latent_up, acc, out, T, pool, ops);  // out [T, E]
 
   if (w.has_shexp()) {
     const Weight* gate = c.act == MoeAct::SwiGlu ? &w.shexp_gate : nullptr;
-    run_ffn(c.act, gate, w.shexp_up, w.shexp_down, in, s.act.data(), s.y.data(), T, pool, ops);  // y [T, E]
-    const float* y = s.y.data();
+    run_ffn(c.act, gate, w.shexp_up, w.shexp_down, in, act, y, T, pool, ops);  // y [T, E]
     for (int64_t i = 0; i < T * E; ++i) out[i] += y[i];
     dense_bytes += weight_bytes(w.shexp_up) + weight_bytes(w.shexp_down) + (gate ? weight_bytes(*gate) : 0);
   }

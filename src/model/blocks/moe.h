@@ -18,10 +18,11 @@
 //
 // How a step runs: one matmul gives all T tokens' router logits; routing picks each token's
 // experts; the (token, expert) pairs are grouped by expert; for each expert chosen by n_e > 0
-// tokens, those tokens' input rows are gathered into a contiguous [n_e, E] block and run
-// through the expert's matmuls, and w * result is added to the tokens' outputs. So an expert's
-// weights are streamed once per step, not once per token that chose it, experts nobody chose
-// are not touched, and a decode step (T = 1) reads only its n_used experts.
+// tokens, those tokens' input rows are gathered into a contiguous [n_e, E] block; all chosen
+// experts run in two grouped parallel steps (matmul_grouped: gate/up, then down; one after
+// another when a weight is not packed), and w * result is added to the tokens' outputs. So an
+// expert's weights are streamed once per step, not once per token that chose it, experts nobody
+// chose are not touched, and a decode step (T = 1) reads only its n_used experts.
 //
 // Batch invariance: a token's output never depends on the other tokens of the step. The
 // gathered rows are the raw input rows and the matmuls normalise them on the way in (MatIn),
@@ -124,10 +125,10 @@ struct MoeScratch {
   std::vector<float> pair_w;      // [T * n_used] its weight
   std::vector<float> latent;      // [T, L] latent_down * x
   std::vector<float> acc;         // [T, L] the routed sum in latent space
-  std::vector<float> xin;         // [n_e, Ein] an expert's gathered input rows ([T k, Ein] when grouped)
-  std::vector<float> act;         // [max(n_e, T), max(n_ff_exp, n_ff_shexp)] FFN activations
-  std::vector<float> y;           // [max(n_e, T), E] an expert's (or the shared) output rows
-  std::vector<GroupedJob> jobs;   // [2 n_expert] the grouped matmuls' jobs
+  std::vector<float> xin;         // [T * n_used, Ein] the pairs' input rows, by expert
+  std::vector<float> act;         // [max(T * n_used * n_ff_exp, T * n_ff_shexp)] FFN activations
+  std::vector<float> y;           // [max(T * n_used * Ein, T * E)] the experts' (or the shared) outputs
+  std::vector<GroupedJob> jobs;   // [n_expert] the chosen experts' matmul jobs
 };
 
 // What the block read, summed over calls, for "bytes of weights read per token" reports.
