@@ -156,6 +156,13 @@ void run_groups(const KernelTable& k, const Weight& w, const float* x, const Blo
   }
 }
 
+// out[n] = act(g) * u for the GLU kind (the scalar table's GeGLU where a table has none).
+void (*glu_kernel(Glu glu))(const float*, const float*, float*, int64_t) {
+  const KernelTable& k = kernels();
+  if (glu == Glu::SiLU) return k.silu_mul;
+  return k.gelu_mul ? k.gelu_mul : scalar_kernels().gelu_mul;
+}
+
 }  // namespace
 
 Result<size_t> pack_weight(Weight& w) {
@@ -221,10 +228,7 @@ void matmul_many(std::initializer_list<MatmulOut> outs, MatIn in, int64_t n_tok,
 
 void matmul_glu(const Weight& gate, const Weight& up, MatIn in, float* out, int64_t n_tok,
                 ThreadPool& pool, OpScratch& scratch, Glu glu) {
-  const KernelTable& kt = kernels();
-  const auto act_mul = glu == Glu::SiLU ? kt.silu_mul
-                       : kt.gelu_mul    ? kt.gelu_mul
-                                        : scalar_kernels().gelu_mul;
+  const auto act_mul = glu_kernel(glu);
   const int64_t n_ff = gate.rows;
   PG_ASSERT(up.rows == n_ff && up.cols == gate.cols);
   const bool fused = gate.packed && up.packed && gate.type == up.type;
@@ -235,25 +239,9 @@ void matmul_glu(const Weight& gate, const Weight& up, MatIn in, float* out, int6
     act_mul(g, out, out, n_tok * n_ff);
     return;
   }
-  const KernelTable& k = kernels();
-  const bool q8 = input_of(gate) == MatmulInput::Q8;
-  const BlockQ8Act* xq = q8 ? quantize_input(in, n_tok, gate.cols, pool, scratch) : nullptr;
-  const float* x = q8 ? in.x : float_input(in, n_tok, gate.cols, scratch);
-  const int64_t groups = n_groups(gate), per_task = groups_per_task(2 * groups, pool.size());
-  pool.parallel_for((groups + per_task - 1) / per_task, [&](int64_t task, int) {
-    float g[kTokenChunk * kPanelRows], u[kTokenChunk * kPanelRows];
-    const int64_t p1 = std::min(groups, (task + 1) * per_task);
-    for (int64_t t0 = 0; t0 < n_tok; t0 += kTokenChunk) {
-      const int64_t nt = std::min(kTokenChunk, n_tok - t0);
-      for (int64_t p = task * per_task; p < p1; ++p) {
-        run_panel(k, gate, p, x, xq, t0, nt, g, kPanelRows);
-        run_panel(k, up, p, x, xq, t0, nt, u, kPanelRows);
-        const int64_t r0 = p * kPanelRows, nr = std::min<int64_t>(kPanelRows, n_ff - r0);
-        for (int64_t t = 0; t < nt; ++t)
-          act_mul(g + t * kPanelRows, u + t * kPanelRows, out + (t0 + t) * n_ff + r0, nr);
-      }
-    }
-  });
+  // Both packed alike: each task computes the same rows of gate and up and combines them at once.
+  const GroupedJob job{&gate, &up, 0, n_tok, out};
+  matmul_grouped(&job, 1, in, n_tok, pool, scratch, glu);
 }
 
 bool grouped_packed(const Weight& w) { return w.packed != nullptr; }
@@ -262,7 +250,7 @@ void matmul_grouped(const GroupedJob* jobs, int64_t n_jobs, MatIn in, int64_t n_
                     OpScratch& scratch, Glu glu) {
   if (n_jobs == 0 || n_rows == 0) return;
   const KernelTable& k = kernels();
-  const auto act_mul = glu == Glu::SiLU ? k.silu_mul : k.gelu_mul ? k.gelu_mul : scalar_kernels().gelu_mul;
+  const auto act_mul = glu_kernel(glu);
   const int64_t cols = jobs[0].w->cols;
   bool any_q8 = false, any_float = false;
   int64_t total = 0;
