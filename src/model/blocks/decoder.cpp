@@ -37,6 +37,12 @@ void mul_sigmoid(float* x, const float* g, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] *= 1.0f / (1.0f + std::exp(-g[i]));
 }
 
+// Layer il's tensor "blk.<il>.<suffix>" into a tensor table.
+void add_layer_tensor(std::vector<TensorSpec>& t, int64_t il, const char* suffix, std::vector<int64_t> dims,
+                      TensorRole role, bool required, bool float_only, Weight* dest) {
+  t.push_back({fmt::format("blk.{}.{}", il, suffix), std::move(dims), role, il, required, float_only, dest});
+}
+
 // x[T, n] += b[n] on every row.
 void add_bias(float* x, const Weight& b, int64_t T, int64_t n) {
   const float* bias = b.f32();
@@ -413,36 +419,9 @@ class Decoder final : public Model {
       const LayerSpec& l = layers_[size_t(il)];
       LayerWeights& L = lw_[size_t(il)];
       auto n = [il](const char* s) { return fmt::format("blk.{}.{}", il, s); };
-      const int64_t qd = l.q_dim(), kvd = l.kv_dim(), hd = l.head_dim;
       if (l.mixer != MixerKind::None) add(n("attn_norm.weight"), {E}, R::AttnNorm, il, true, true, &L.attn_norm);
       if (l.mixer == MixerKind::Mamba2) add_ssm_tensors(t, il, L.ssm);
-      if (l.mixer == MixerKind::Attention) {
-      const bool fused_qkv = style_.fused_qkv && (file_->find_tensor(n("attn_qkv.weight")) != nullptr ||
-                                                  file_->find_tensor(n("attn_q.weight")) == nullptr);
-      if (fused_qkv) {
-        add(n("attn_qkv.weight"), {E, qd + 2 * kvd}, R::AttnQkv, il, true, false, &L.wqkv);
-      } else {
-        add(n("attn_q.weight"), {E, qd}, R::AttnQ, il, true, false, &L.wq);
-        add(n("attn_k.weight"), {E, kvd}, R::AttnK, il, true, false, &L.wk);
-        add(n("attn_v.weight"), {E, kvd}, R::AttnV, il, true, false, &L.wv);
-      }
-      if (style_.qkv_bias) {
-        add(n("attn_q.bias"), {qd}, R::AttnQBias, il, true, true, &L.bq);
-        add(n("attn_k.bias"), {kvd}, R::AttnKBias, il, true, true, &L.bk);
-        add(n("attn_v.bias"), {kvd}, R::AttnVBias, il, true, true, &L.bv);
-      }
-      if (style_.qk_norm) {
-        add(n("attn_q_norm.weight"), {hd}, R::AttnQNorm, il, true, true, &L.q_norm);
-        add(n("attn_k_norm.weight"), {hd}, R::AttnKNorm, il, true, true, &L.k_norm);
-      }
-      if (style_.qk_norm_full) {
-        add(n("attn_q_norm.weight"), {qd}, R::AttnQNorm, il, true, true, &L.q_norm);
-        add(n("attn_k_norm.weight"), {kvd}, R::AttnKNorm, il, true, true, &L.k_norm);
-      }
-      if (style_.attn_gate) add(n("attn_gate.weight"), {E, qd}, R::AttnGate, il, true, false, &L.w_attn_gate);
-      add(n("attn_output.weight"), {qd, E}, R::AttnOut, il, true, false, &L.wo);
-      if (style_.post_norms) add(n("post_attention_norm.weight"), {E}, R::PostAttnNorm, il, true, true, &L.post_attn_norm);
-      }
+      if (l.mixer == MixerKind::Attention) add_attention_tensors(t, il, L);
       if (l.ffn == FfnKind::None) continue;
       // Nemotron-H: an FFN-only layer's norm is its attn_norm.
       if (style_.single_norm) add(n("attn_norm.weight"), {E}, R::AttnNorm, il, true, true, &L.ffn_norm);
@@ -468,12 +447,47 @@ class Decoder final : public Model {
     return t;
   }
 
+  void add_attention_tensors(std::vector<TensorSpec>& t, int64_t il, LayerWeights& L) {
+    using R = TensorRole;
+    const LayerSpec& l = layers_[size_t(il)];
+    const int64_t E = hp_.n_embd, qd = l.q_dim(), kvd = l.kv_dim(), hd = l.head_dim;
+    auto add = [&](const char* s, std::vector<int64_t> dims, R role, bool required, bool float_only, Weight* dest) {
+      add_layer_tensor(t, il, s, std::move(dims), role, required, float_only, dest);
+    };
+    // Fused q/k/v when the layer has attn_qkv or lacks attn_q (as llama.cpp reads Phi-3).
+    const bool fused_qkv = style_.fused_qkv && (file_->find_tensor(fmt::format("blk.{}.attn_qkv.weight", il)) ||
+                                                !file_->find_tensor(fmt::format("blk.{}.attn_q.weight", il)));
+    if (fused_qkv) {
+      add("attn_qkv.weight", {E, qd + 2 * kvd}, R::AttnQkv, true, false, &L.wqkv);
+    } else {
+      add("attn_q.weight", {E, qd}, R::AttnQ, true, false, &L.wq);
+      add("attn_k.weight", {E, kvd}, R::AttnK, true, false, &L.wk);
+      add("attn_v.weight", {E, kvd}, R::AttnV, true, false, &L.wv);
+    }
+    if (style_.qkv_bias) {
+      add("attn_q.bias", {qd}, R::AttnQBias, true, true, &L.bq);
+      add("attn_k.bias", {kvd}, R::AttnKBias, true, true, &L.bk);
+      add("attn_v.bias", {kvd}, R::AttnVBias, true, true, &L.bv);
+    }
+    if (style_.qk_norm) {
+      add("attn_q_norm.weight", {hd}, R::AttnQNorm, true, true, &L.q_norm);
+      add("attn_k_norm.weight", {hd}, R::AttnKNorm, true, true, &L.k_norm);
+    }
+    if (style_.qk_norm_full) {
+      add("attn_q_norm.weight", {qd}, R::AttnQNorm, true, true, &L.q_norm);
+      add("attn_k_norm.weight", {kvd}, R::AttnKNorm, true, true, &L.k_norm);
+    }
+    if (style_.attn_gate) add("attn_gate.weight", {E, qd}, R::AttnGate, true, false, &L.w_attn_gate);
+    add("attn_output.weight", {qd, E}, R::AttnOut, true, false, &L.wo);
+    if (style_.post_norms) add("post_attention_norm.weight", {E}, R::PostAttnNorm, true, true, &L.post_attn_norm);
+  }
+
   void add_ssm_tensors(std::vector<TensorSpec>& t, int64_t il, Mamba2Weights& w) {
     using R = TensorRole;
     const Mamba2Dims& d = ssm_;
     const int64_t E = hp_.n_embd, CH = d.conv_channels();
     auto add = [&](const char* s, std::vector<int64_t> dims, R role, bool required, bool float_only, Weight* dest) {
-      t.push_back({fmt::format("blk.{}.{}", il, s), std::move(dims), role, il, required, float_only, dest});
+      add_layer_tensor(t, il, s, std::move(dims), role, required, float_only, dest);
     };
     add("ssm_in.weight", {E, d.in_proj()}, R::SsmIn, true, false, &w.in);
     add("ssm_conv1d.weight", {d.d_conv, CH}, R::SsmConv, true, true, &w.conv);
@@ -490,7 +504,7 @@ class Decoder final : public Model {
     const int64_t E = hp_.n_embd, X = moe_.cfg.n_expert, F = moe_.n_ff_exp, FS = moe_.n_ff_shexp;
     const bool glu = moe_.cfg.act == MoeAct::SwiGlu;
     auto add = [&](const char* s, std::vector<int64_t> dims, R role, bool required, bool float_only, Weight* dest) {
-      t.push_back({fmt::format("blk.{}.{}", il, s), std::move(dims), role, il, required, float_only, dest});
+      add_layer_tensor(t, il, s, std::move(dims), role, required, float_only, dest);
     };
     add("ffn_gate_inp.weight", {E, X}, R::FfnRouter, true, false, &L.moe.router);
     add("exp_probs_b.bias", {X}, R::FfnExpertBias, moe_bias_required(), true, &L.moe.selection_bias);
