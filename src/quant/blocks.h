@@ -78,6 +78,15 @@ struct BlockQ8_0 {
 };
 static_assert(sizeof(BlockQ8_0) == 34);
 
+// value[j] = d * ((qs[j / 4] >> (2 * (j % 4))) & 3) + m: the 2-bit asymmetric blocks of the KIVI
+// KV cache (Liu et al. 2024), d = (max - min) / 3, m = min over the 32 values.
+struct BlockQ2 {
+  uint16_t d;  // fp16 scale
+  uint16_t m;  // fp16 minimum
+  uint8_t qs[kQK / 4];
+};
+static_assert(sizeof(BlockQ2) == 12);
+
 // Activations quantized on the fly: value[j] ~= d * qs[j]; s = d * sum(qs) feeds
 // the offset term of Q4_1 (sum_j (dw*q + m) * dx*qx = dw*dx*sum(q*qx) + m*s), and the
 // integer sums let kernels that multiply unsigned weights (u = q + 8 for Q4_0,

@@ -39,6 +39,14 @@ void dequantize_row_q8_0(const BlockQ8_0* src, float* dst, int64_t n) {
   }
 }
 
+void dequantize_row_q2(const BlockQ2* src, float* dst, int64_t n) {
+  PG_ASSERT(n % kQK == 0);
+  for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {
+    const float d = fp16_to_f32(src[i].d), m = fp16_to_f32(src[i].m);
+    for (int j = 0; j < kQK; ++j) dst[j] = d * float((src[i].qs[j / 4] >> (2 * (j % 4))) & 3) + m;
+  }
+}
+
 void dequantize_row_q4_0(const BlockQ4_0* src, float* dst, int64_t n) {
   PG_ASSERT(n % kQK == 0);
   for (int64_t i = 0; i < n / kQK; ++i, dst += kQK) {

@@ -34,5 +34,7 @@ void dequantize_row_q4_1(const BlockQ4_1* src, float* dst, int64_t n);
 void dequantize_row_q5_0(const BlockQ5_0* src, float* dst, int64_t n);
 void dequantize_row_q5_1(const BlockQ5_1* src, float* dst, int64_t n);
 void dequantize_row_q8_0(const BlockQ8_0* src, float* dst, int64_t n);
+// KIVI's 2-bit blocks of the KV cache (not a GGUF type): d * code + m.
+void dequantize_row_q2(const BlockQ2* src, float* dst, int64_t n);
 
 }  // namespace peregrine

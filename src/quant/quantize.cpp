@@ -189,4 +189,30 @@ void quantize_row_tq2_0_ref(const float* x, BlockTQ2_0* y, int64_t n) {
   }
 }
 
+
+void quantize_row_q2_ref(const float* x, BlockQ2* y, int64_t n) {  // x[n] -> y[n / 32]
+  PG_ASSERT(n % kQK == 0);
+  for (int64_t i = 0; i < n / kQK; ++i, x += kQK) {
+    const MinMax mm = min_max(x);
+    y[i].d = f32_to_fp16((mm.max - mm.min) / 3.0f);
+    y[i].m = f32_to_fp16(mm.min);
+    // Codes against the stored (fp16) scale and minimum: what the decoder will use.
+    const float d = fp16_to_f32(y[i].d), m = fp16_to_f32(y[i].m);
+    std::memset(y[i].qs, 0, sizeof(y[i].qs));
+    if (d == 0.0f) continue;
+    for (int j = 0; j < kQK; ++j) {
+      const int q = std::clamp(int(std::round((x[j] - m) / d)), 0, 3);
+      y[i].qs[j / 4] = uint8_t(y[i].qs[j / 4] | q << (2 * (j % 4)));
+    }
+  }
+}
+
+void quantize_group_q2_channel(const float* rows, int64_t row_stride, int64_t n_ch, BlockQ2* out) {
+  float col[kQK];  // channel c over the group's 32 positions
+  for (int64_t c = 0; c < n_ch; ++c) {
+    for (int j = 0; j < kQK; ++j) col[j] = rows[j * row_stride + c];
+    quantize_row_q2_ref(col, out + c, kQK);
+  }
+}
+
 }  // namespace peregrine

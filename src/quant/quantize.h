@@ -50,6 +50,16 @@ void quantize_row_q6_k_ref(const float* x, BlockQ6K* y, int64_t n);
 void quantize_row_tq1_0_ref(const float* x, BlockTQ1_0* y, int64_t n);
 void quantize_row_tq2_0_ref(const float* x, BlockTQ2_0* y, int64_t n);
 
+// KIVI's 2-bit asymmetric blocks (BlockQ2, the KV cache's quantized K and V; not a GGUF type).
+// Per 32 values: m = min, d = (max - min) / 3, both stored as fp16; codes round((x - m) / d)
+// (half away from zero) clamped to 0..3, computed with the fp16-rounded d and m, so a value
+// decodes to within d / 2 of x plus the fp16 rounding of d and m. d == 0: all codes 0.
+void quantize_row_q2_ref(const float* x, BlockQ2* y, int64_t n);
+// The per-channel form (KIVI's keys): rows [32][row_stride] floats, 32 positions of n_ch
+// channels; out[c] is channel c over the 32 positions (value j = position j), quantized
+// exactly as quantize_row_q2_ref quantizes that 32-value column.
+void quantize_group_q2_channel(const float* rows, int64_t row_stride, int64_t n_ch, BlockQ2* out);
+
 // ggml's Q8_K activation quantizer: d = max / -127 of the value of largest magnitude.
 // Not the engine's activation path (quantize_row_q8_k in kquants.h uses d = max|x| / 127
 // and is what the kernels are tested with); this one exists for bit-exact comparisons.
