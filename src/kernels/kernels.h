@@ -14,12 +14,31 @@ namespace peregrine {
 enum class Isa { Scalar, Avx2, Avx512, Neon };
 std::string_view isa_name(Isa isa);
 
-// A run of K/V rows for the attention kernels (element type as the entry says).
+// How a run of cached K or V rows is stored (kv/kv_cache.h chooses per layer; one run has one
+// format for K and one for V).
+enum class AttnFormat : uint8_t {
+  F32,
+  F16,
+  Q8_0,  // a row is head_dim / 32 BlockQ8_0 (value = d * q)
+  Q4_0,  // a row is head_dim / 32 BlockQ4_0 (value = d * (q - 8))
+  Q2,    // a row is head_dim / 32 BlockQ2 (per token: KIVI's values)
+  // KIVI's keys, per channel over groups of 32 positions: a group is head_dim BlockQ2, record c
+  // holding channel c of the group's 32 positions (position j of the group is value j). Only as
+  // K, and a run of this format starts at a group's first position and has n % 32 == 0.
+  Q2Channel,
+};
+
+// A run of K/V rows for the attention kernels.
 struct AttnRows {
   const void* k;
   const void* v;
   int64_t n;
-  int64_t k_stride, v_stride;  // elements between rows
+  // Bytes between rows (Q2Channel K: between groups of 32 rows).
+  int64_t k_stride, v_stride;
+  AttnFormat kf = AttnFormat::F32, vf = AttnFormat::F32;
+  // Optional (eviction statistics): weights[j] += sum over the nq queries of the final softmax
+  // probability of row j, exp(s_ij - m_i) / l_i, computed without a score matrix.
+  float* weights = nullptr;
 };
 
 struct KernelTable {
@@ -81,15 +100,17 @@ struct KernelTable {
   PanelDotF panel_bf16 = nullptr;
   // Attention of nq query rows that share one KV head (a GQA group) over runs of
   // cached rows: out[nq, hd] = softmax(q K^T) V over all rows of all runs, q [nq, hd]
-  // already scaled. Run r has rows.n rows; row j of K at k + j * k_stride, of V at
-  // v + j * v_stride (elements). Online softmax over tiles of kAttnTile rows; no score
-  // row is materialised. nq <= kAttnMaxQ. nullptr entries (or hd not a multiple of
-  // attn_hd_multiple): use the scalar table's.
-  using Attend16 = void (*)(const float* q, int64_t nq, int64_t hd, const struct AttnRows* runs,
-                            int n_runs, float* out);
-  using Attend32 = Attend16;
-  Attend16 attend_f16 = nullptr;
-  Attend32 attend_f32 = nullptr;
+  // already scaled. Run r has rows.n rows in the formats it names; row j of K at
+  // k + j * k_stride bytes, of V at v + j * v_stride. Online softmax over tiles of kAttnTile
+  // rows; no score row is materialised. nq <= kAttnMaxQ, hd a multiple of 32 when a run is
+  // quantized. Quantized keys (Q8_0, Q4_0) are scored with integer dot products against the
+  // queries quantized per 32 values (quantize_q8, as the matmuls quantize activations):
+  // s = sum over blocks b of float(isum_b) * (d_k,b * d_q,b); Q2 / Q2Channel keys and all
+  // quantized values are dequantized in registers (d * q + m), never into a copy of the run.
+  // A run with weights != nullptr also accumulates its rows' softmax probabilities (see
+  // AttnRows). nullptr (or hd not a multiple of attn_hd_multiple): the scalar table's.
+  using Attend = void (*)(const float* q, int64_t nq, int64_t hd, const AttnRows* runs, int n_runs, float* out);
+  Attend attend = nullptr;
   int64_t attn_hd_multiple = 1;
   // out[n] = silu(g) * u = g / (1 + exp(-g)) * u
   void (*silu_mul)(const float* g, const float* u, float* out, int64_t n) = nullptr;

@@ -5,7 +5,9 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/kernels.h"
@@ -14,6 +16,7 @@
 #include "quant/dequantize.h"
 #include "quant/fp16.h"
 #include "quant/kquants.h"
+#include "quant/quantize.h"
 
 namespace peregrine {
 namespace {
@@ -347,49 +350,206 @@ TEST(Kernels, PackRejectsBadShapesAndTypes) {
   EXPECT_FALSE(pack_matrix(GgmlType::Q4_0, w.data(), 0, 32, 18).ok());
 }
 
-// Attention kernels against the scalar one (itself checked against a direct
-// softmax in test_attention.cpp): GQA groups of 1-16 queries, lengths that are not
-// multiples of the tile, f16 and f32 rows with a stride.
-TEST(Kernels, AttendMatchesScalar) {
-  std::mt19937 rng(12);
-  for (const KernelTable* t : simd_tables()) {
-    for (int64_t hd : {64, 128, 256}) {
-      if (hd % t->attn_hd_multiple != 0) continue;
-      for (int64_t nq : {1, 3, 4, 5, 16}) {
-        for (int64_t n : {1, 15, 16, 17, 100}) {
-          const int64_t stride = hd * 2 + 16;
-          auto q = random_floats(size_t(nq * hd), rng, 0.3f);
-          auto kf = random_floats(size_t(n * stride), rng), vf = random_floats(size_t(n * stride), rng);
-          std::vector<uint16_t> kh(kf.size()), vh(vf.size());
-          for (size_t i = 0; i < kf.size(); ++i) {
-            kh[i] = f32_to_fp16(kf[i]);
-            vh[i] = f32_to_fp16(vf[i]);
-          }
-          // Two runs (a wrap-around ring gives two), split at n/3.
-          const int64_t n0 = n / 3;
-          auto runs_of = [&](const void* k, const void* v, size_t elem) {
-            auto* kb = static_cast<const uint8_t*>(k);
-            auto* vb = static_cast<const uint8_t*>(v);
-            return std::array<AttnRows, 2>{
-                AttnRows{kb, vb, n0, stride, stride},
-                AttnRows{kb + size_t(n0 * stride) * elem, vb + size_t(n0 * stride) * elem, n - n0, stride, stride}};
-          };
-          std::vector<float> ref(size_t(nq * hd)), got(ref.size());
-          auto r16 = runs_of(kh.data(), vh.data(), 2);
-          scalar_kernels().attend_f16(q.data(), nq, hd, r16.data(), 2, ref.data());
-          t->attend_f16(q.data(), nq, hd, r16.data(), 2, got.data());
-          for (size_t i = 0; i < ref.size(); ++i)
-            ASSERT_NEAR(got[i], ref[i], 2e-5f + 2e-5f * std::fabs(ref[i]))
-                << isa_name(t->isa) << " f16 hd=" << hd << " nq=" << nq << " n=" << n << " i=" << i;
-          auto r32 = runs_of(kf.data(), vf.data(), 4);
-          scalar_kernels().attend_f32(q.data(), nq, hd, r32.data(), 2, ref.data());
-          t->attend_f32(q.data(), nq, hd, r32.data(), 2, got.data());
-          for (size_t i = 0; i < ref.size(); ++i)
-            ASSERT_NEAR(got[i], ref[i], 2e-5f + 2e-5f * std::fabs(ref[i]))
-                << isa_name(t->isa) << " f32 hd=" << hd << " nq=" << nq << " n=" << n << " i=" << i;
+// ---- Attention over runs of cached rows in every K and V format (KernelTable::attend).
+
+constexpr AttnFormat kKeyFormats[] = {AttnFormat::F32, AttnFormat::F16, AttnFormat::Q8_0,
+                                      AttnFormat::Q4_0, AttnFormat::Q2, AttnFormat::Q2Channel};
+constexpr AttnFormat kValueFormats[] = {AttnFormat::F32, AttnFormat::F16, AttnFormat::Q8_0, AttnFormat::Q4_0,
+                                        AttnFormat::Q2};
+
+const char* format_name(AttnFormat f) {
+  constexpr const char* kNames[] = {"F32", "F16", "Q8_0", "Q4_0", "Q2", "Q2Channel"};
+  return kNames[int(f)];
+}
+
+// n rows of hd values in one format, `stride` bytes apart (Q2Channel: groups of 32 rows), with
+// padding between rows, and the floats they decode to ([n][hd]).
+struct EncodedRows {
+  std::vector<uint8_t> bytes;
+  int64_t stride = 0;
+  std::vector<float> decoded;
+};
+
+EncodedRows encode_rows(AttnFormat f, const std::vector<float>& x, int64_t n, int64_t hd) {
+  EncodedRows e;
+  const int64_t nb = hd / kQK;
+  const int64_t row_bytes[] = {hd * 4, hd * 2, nb * 34, nb * 18, nb * 12, hd * 12};
+  e.stride = row_bytes[int(f)] + 8;
+  const int64_t n_rows = f == AttnFormat::Q2Channel ? n / kQK : n;
+  e.bytes.assign(size_t(n_rows * e.stride), 0xCD);
+  e.decoded.resize(size_t(n * hd));
+  for (int64_t j = 0; j < n_rows; ++j) {
+    uint8_t* row = e.bytes.data() + j * e.stride;
+    const float* xr = x.data() + j * hd;
+    float* dr = e.decoded.data() + j * hd;
+    switch (f) {
+      case AttnFormat::F32:
+        std::memcpy(row, xr, size_t(hd) * 4);
+        dequantize_row_f32(reinterpret_cast<float*>(row), dr, hd);
+        break;
+      case AttnFormat::F16:
+        quantize_row_f16_ref(xr, reinterpret_cast<uint16_t*>(row), hd);
+        dequantize_row_f16(reinterpret_cast<uint16_t*>(row), dr, hd);
+        break;
+      case AttnFormat::Q8_0:
+        quantize_row_q8_0_ref(xr, reinterpret_cast<BlockQ8_0*>(row), hd);
+        dequantize_row_q8_0(reinterpret_cast<BlockQ8_0*>(row), dr, hd);
+        break;
+      case AttnFormat::Q4_0:
+        quantize_row_q4_0_ref(xr, reinterpret_cast<BlockQ4_0*>(row), hd);
+        dequantize_row_q4_0(reinterpret_cast<BlockQ4_0*>(row), dr, hd);
+        break;
+      case AttnFormat::Q2:
+        quantize_row_q2_ref(xr, reinterpret_cast<BlockQ2*>(row), hd);
+        dequantize_row_q2(reinterpret_cast<BlockQ2*>(row), dr, hd);
+        break;
+      case AttnFormat::Q2Channel: {  // group j: rows 32j..32j+31, record c = channel c
+        auto* rec = reinterpret_cast<BlockQ2*>(row);
+        quantize_group_q2_channel(x.data() + j * kQK * hd, hd, hd, rec);
+        for (int64_t c = 0; c < hd; ++c) {
+          float col[kQK];
+          dequantize_row_q2(rec + c, col, kQK);
+          for (int64_t p = 0; p < kQK; ++p) e.decoded[size_t((j * kQK + p) * hd + c)] = col[p];
         }
+        break;
       }
     }
+  }
+  return e;
+}
+
+// One run of a call: its rows in both formats and its (optional) weights.
+struct TestRun {
+  AttnFormat kf, vf;
+  int64_t n;
+  EncodedRows k, v;
+  std::vector<float> weights;
+};
+
+TestRun make_run(AttnFormat kf, AttnFormat vf, int64_t n, int64_t hd, bool weights, std::mt19937& rng) {
+  TestRun r{kf, vf, n, {}, {}, {}};
+  r.k = encode_rows(kf, random_floats(size_t(n * hd), rng), n, hd);
+  r.v = encode_rows(vf, random_floats(size_t(n * hd), rng), n, hd);
+  if (weights) r.weights.assign(size_t(n), 0.0f);
+  return r;
+}
+
+std::vector<AttnRows> attn_rows(std::vector<TestRun>& runs) {
+  std::vector<AttnRows> rows;
+  for (TestRun& r : runs)
+    rows.push_back(AttnRows{r.k.bytes.data(), r.v.bytes.data(), r.n, r.k.stride, r.v.stride, r.kf, r.vf,
+                            r.weights.empty() ? nullptr : r.weights.data()});
+  return rows;
+}
+
+// Every K format x every V format as the first of two runs, the second run in other formats;
+// nq 1..16, hd 64..256, lengths that are not multiples of the tile (Q2Channel: of 32), weights
+// off and on. fn(q, nq, hd, runs, label) for each case.
+template <class Fn>
+void for_each_attend_case(uint32_t seed, Fn fn) {
+  std::mt19937 rng(seed);
+  constexpr int64_t kLengths[] = {1, 15, 17, 37, 100}, kGroupLengths[] = {32, 64, 96};
+  int case_no = 0;
+  for (size_t ik = 0; ik < std::size(kKeyFormats); ++ik)
+    for (size_t iv = 0; iv < std::size(kValueFormats); ++iv)
+      for (int64_t hd : {64, 128, 256})
+        for (int64_t nq : {1, 3, 4, 5, 16})
+          for (bool weights : {false, true}) {
+            const AttnFormat kf[2] = {kKeyFormats[ik], kKeyFormats[(ik + 1 + iv) % std::size(kKeyFormats)]};
+            const AttnFormat vf[2] = {kValueFormats[iv], kValueFormats[(iv + 2 + ik) % std::size(kValueFormats)]};
+            std::vector<TestRun> runs;
+            std::string label;
+            for (int r = 0; r < 2; ++r) {
+              const int64_t n = kf[r] == AttnFormat::Q2Channel ? kGroupLengths[(case_no + r) % 3]
+                                                               : kLengths[(case_no + 2 * r) % 5];
+              runs.push_back(make_run(kf[r], vf[r], n, hd, weights, rng));
+              label += std::string(" ") + format_name(kf[r]) + "/" + format_name(vf[r]) + " n=" + std::to_string(n);
+            }
+            ++case_no;
+            const auto q = random_floats(size_t(nq * hd), rng, 0.3f);
+            fn(q, nq, hd, runs, label + " hd=" + std::to_string(hd) + " nq=" + std::to_string(nq) +
+                                    (weights ? " weights" : ""));
+          }
+}
+
+// The scalar kernel against a direct softmax in double over the dequantized rows; for Q8_0 / Q4_0
+// keys the query is the one the kernel scores with, quantized per 32 values and dequantized.
+// Weights against the probabilities (each row's summed over the queries; all rows' sum to nq).
+TEST(Kernels, ScalarAttendMatchesDoubleSoftmaxOverDequantizedRows) {
+  for_each_attend_case(12, [](const std::vector<float>& q, int64_t nq, int64_t hd, std::vector<TestRun>& runs,
+                              const std::string& label) {
+    const int64_t nb = hd / kQK;
+    std::vector<BlockQ8Act> qa(size_t(nq * nb));
+    scalar_kernels().quantize_q8(q.data(), qa.data(), nq * hd);
+    std::vector<double> want(size_t(nq * hd), 0.0);
+    std::vector<std::vector<double>> prob(runs.size());  // [run][row], summed over the queries
+    for (size_t r = 0; r < runs.size(); ++r) prob[r].assign(size_t(runs[r].n), 0.0);
+    for (int64_t i = 0; i < nq; ++i) {
+      std::vector<std::vector<double>> s(runs.size());
+      double mx = -INFINITY, sum = 0.0;
+      for (size_t r = 0; r < runs.size(); ++r) {
+        const bool int8 = runs[r].kf == AttnFormat::Q8_0 || runs[r].kf == AttnFormat::Q4_0;
+        for (int64_t j = 0; j < runs[r].n; ++j) {
+          double acc = 0.0;
+          for (int64_t d = 0; d < hd; ++d) {
+            const BlockQ8Act& b = qa[size_t(i * nb + d / kQK)];
+            const double qd = int8 ? double(b.d) * b.qs[d % kQK] : double(q[size_t(i * hd + d)]);
+            acc += qd * runs[r].k.decoded[size_t(j * hd + d)];
+          }
+          s[r].push_back(acc);
+          mx = std::max(mx, acc);
+        }
+      }
+      for (size_t r = 0; r < runs.size(); ++r)
+        for (double& e : s[r]) sum += (e = std::exp(e - mx));
+      for (size_t r = 0; r < runs.size(); ++r)
+        for (int64_t j = 0; j < runs[r].n; ++j) {
+          prob[r][size_t(j)] += s[r][size_t(j)] / sum;
+          for (int64_t d = 0; d < hd; ++d)
+            want[size_t(i * hd + d)] += s[r][size_t(j)] / sum * runs[r].v.decoded[size_t(j * hd + d)];
+        }
+    }
+    std::vector<AttnRows> rows = attn_rows(runs);
+    std::vector<float> got(size_t(nq * hd));
+    scalar_kernels().attend(q.data(), nq, hd, rows.data(), int(rows.size()), got.data());
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_NEAR(got[i], want[i], 1e-4 * (1.0 + std::fabs(want[i]))) << label << " i=" << i;
+    if (runs[0].weights.empty()) return;
+    double total = 0.0;
+    for (size_t r = 0; r < runs.size(); ++r)
+      for (int64_t j = 0; j < runs[r].n; ++j) {
+        ASSERT_NEAR(runs[r].weights[size_t(j)], prob[r][size_t(j)], 1e-5 + 1e-4 * prob[r][size_t(j)])
+            << label << " run " << r << " row " << j;
+        total += runs[r].weights[size_t(j)];
+      }
+    EXPECT_NEAR(total, double(nq), 1e-4 * double(nq)) << label;
+  });
+}
+
+// Every SIMD table against the scalar kernel on the same cases (tables that leave attend null
+// use the scalar one and are skipped).
+TEST(Kernels, AttendMatchesScalarInEveryFormat) {
+  for (const KernelTable* t : simd_tables()) {
+    if (t->attend == nullptr) continue;
+    for_each_attend_case(13, [&](const std::vector<float>& q, int64_t nq, int64_t hd, std::vector<TestRun>& runs,
+                                 const std::string& label) {
+      if (hd % t->attn_hd_multiple != 0) return;
+      std::vector<AttnRows> rows = attn_rows(runs);
+      std::vector<float> want(size_t(nq * hd)), got(want.size());
+      scalar_kernels().attend(q.data(), nq, hd, rows.data(), int(rows.size()), want.data());
+      std::vector<std::vector<float>> want_w;
+      for (TestRun& r : runs) {
+        want_w.push_back(r.weights);
+        std::fill(r.weights.begin(), r.weights.end(), 0.0f);
+      }
+      t->attend(q.data(), nq, hd, rows.data(), int(rows.size()), got.data());
+      for (size_t i = 0; i < want.size(); ++i)
+        ASSERT_NEAR(got[i], want[i], 2e-5f + 2e-5f * std::fabs(want[i])) << isa_name(t->isa) << label << " i=" << i;
+      for (size_t r = 0; r < runs.size(); ++r)
+        for (size_t j = 0; j < runs[r].weights.size(); ++j)
+          ASSERT_NEAR(runs[r].weights[j], want_w[r][j], 1e-6f + 1e-5f * want_w[r][j])
+              << isa_name(t->isa) << label << " run " << r << " row " << j;
+    });
   }
 }
 

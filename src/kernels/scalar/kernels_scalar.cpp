@@ -2,9 +2,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "kernels/kernels.h"
 #include "kernels/packed.h"
+#include "quant/dequantize.h"
 #include "quant/fp16.h"
 
 namespace peregrine {
@@ -211,31 +213,110 @@ void panel_dot_ternary(const uint8_t* panel, int64_t nb, const BlockQ8Act* x, in
   }
 }
 
-// Online softmax over tiles of kAttnTile positions: per query a running max m, sum l
-// and unnormalised output o; each tile rescales them by exp(m_old - m_new).
-template <class KV, float (*Load)(KV)>
+// ---- Attention (KernelTable::attend): the reference every SIMD table is tested against.
+
+// Row j of a run's K or V as floats, dst[hd]. Q2Channel (K only): channel c of position j is
+// value j % 32 of record c of group j / 32, groups `stride` bytes apart.
+void attn_row(AttnFormat f, const void* base, int64_t stride, int64_t j, int64_t hd, float* dst) {
+  const uint8_t* row = static_cast<const uint8_t*>(base) + j * stride;
+  switch (f) {
+    case AttnFormat::F32: dequantize_row_f32(reinterpret_cast<const float*>(row), dst, hd); break;
+    case AttnFormat::F16: dequantize_row_f16(reinterpret_cast<const uint16_t*>(row), dst, hd); break;
+    case AttnFormat::Q8_0: dequantize_row_q8_0(reinterpret_cast<const BlockQ8_0*>(row), dst, hd); break;
+    case AttnFormat::Q4_0: dequantize_row_q4_0(reinterpret_cast<const BlockQ4_0*>(row), dst, hd); break;
+    case AttnFormat::Q2: dequantize_row_q2(reinterpret_cast<const BlockQ2*>(row), dst, hd); break;
+    case AttnFormat::Q2Channel: {
+      const auto* group = reinterpret_cast<const BlockQ2*>(static_cast<const uint8_t*>(base) + (j / kQK) * stride);
+      for (int64_t c = 0; c < hd; ++c) {
+        float col[kQK];
+        dequantize_row_q2(group + c, col, kQK);
+        dst[c] = col[j % kQK];
+      }
+      break;
+    }
+  }
+}
+
+bool int8_keys(AttnFormat f) { return f == AttnFormat::Q8_0 || f == AttnFormat::Q4_0; }
+
+// Q8_0 / Q4_0 key row against a query quantized per 32 values (qa[nb]):
+// sum over blocks of float(isum) * (d_k * d_q).
+float attn_score_int8(AttnFormat f, const uint8_t* row, const BlockQ8Act* qa, int64_t nb) {
+  float acc = 0.0f;
+  for (int64_t b = 0; b < nb; ++b) {
+    int isum = 0;
+    uint16_t dk;
+    if (f == AttnFormat::Q8_0) {
+      const auto& kb = reinterpret_cast<const BlockQ8_0*>(row)[b];
+      for (int j = 0; j < kQK; ++j) isum += kb.qs[j] * qa[b].qs[j];
+      dk = kb.d;
+    } else {
+      const auto& kb = reinterpret_cast<const BlockQ4_0*>(row)[b];
+      for (int j = 0; j < kQK / 2; ++j)
+        isum += ((kb.qs[j] & 0xF) - 8) * qa[b].qs[j] + ((kb.qs[j] >> 4) - 8) * qa[b].qs[j + 16];
+      dk = kb.d;
+    }
+    acc += float(isum) * (fp16_to_f32(dk) * qa[b].d);
+  }
+  return acc;
+}
+
+// Online softmax over tiles of kAttnTile positions: per query a running max m, sum l and
+// unnormalised output o; each tile rescales them by exp(m_old - m_new). Rows are decoded one
+// at a time into a float buffer (hd values), never a whole run.
 void attend(const float* q, int64_t nq, int64_t hd, const AttnRows* runs, int n_runs, float* out) {
-  float m[kAttnMaxQ], l[kAttnMaxQ], p[kAttnMaxQ][kAttnTile];
+  constexpr int64_t kStackHd = 256;
+  const int64_t nb = hd / kQK;
+  BlockQ8Act qa_stack[kAttnMaxQ * (kStackHd / kQK)];  // [nq][nb] queries quantized per 32 values
+  float row_stack[2 * kStackHd];                     // one K row, one V row
+  thread_local std::vector<BlockQ8Act> qa_heap;
+  thread_local std::vector<float> row_heap;
+  BlockQ8Act* qa = qa_stack;
+  float* kbuf = row_stack;
+  if (hd > kStackHd) {
+    qa_heap.resize(size_t(nq * nb));
+    row_heap.resize(size_t(2 * hd));
+    qa = qa_heap.data();
+    kbuf = row_heap.data();
+  }
+  float* vbuf = kbuf + hd;
+  bool quantized_keys = false;
+  for (int r = 0; r < n_runs; ++r) quantized_keys |= int8_keys(runs[r].kf);
+  if (quantized_keys)
+    for (int64_t i = 0; i < nq; ++i) quantize_q8(q + i * hd, qa + i * nb, hd);
+
+  // s[nq] = scores of row j of a run.
+  auto score = [&](const AttnRows& run, int64_t j, float* s) {
+    if (int8_keys(run.kf)) {
+      const uint8_t* row = static_cast<const uint8_t*>(run.k) + j * run.k_stride;
+      for (int64_t i = 0; i < nq; ++i) s[i] = attn_score_int8(run.kf, row, qa + i * nb, nb);
+      return;
+    }
+    attn_row(run.kf, run.k, run.k_stride, j, hd, kbuf);
+    for (int64_t i = 0; i < nq; ++i) {
+      float acc = 0.0f;
+      for (int64_t d = 0; d < hd; ++d) acc += q[i * hd + d] * kbuf[d];
+      s[i] = acc;
+    }
+  };
+
+  float m[kAttnMaxQ], l[kAttnMaxQ], p[kAttnMaxQ][kAttnTile], s[kAttnMaxQ];
   for (int64_t i = 0; i < nq; ++i) {
     m[i] = -INFINITY;
     l[i] = 0.0f;
     std::fill(out + i * hd, out + (i + 1) * hd, 0.0f);
   }
   for (int r = 0; r < n_runs; ++r) {
-    const KV* k = static_cast<const KV*>(runs[r].k);
-    const KV* v = static_cast<const KV*>(runs[r].v);
-    const int64_t n = runs[r].n, ks = runs[r].k_stride, vs = runs[r].v_stride;
-    for (int64_t j0 = 0; j0 < n; j0 += kAttnTile) {
-      const int64_t nt = std::min(kAttnTile, n - j0);
+    const AttnRows& run = runs[r];
+    for (int64_t j0 = 0; j0 < run.n; j0 += kAttnTile) {
+      const int64_t nt = std::min(kAttnTile, run.n - j0);
+      for (int64_t j = 0; j < nt; ++j) {
+        score(run, j0 + j, s);
+        for (int64_t i = 0; i < nq; ++i) p[i][j] = s[i];
+      }
       for (int64_t i = 0; i < nq; ++i) {
         float tile_max = -INFINITY;
-        for (int64_t j = 0; j < nt; ++j) {
-          const KV* kr = k + (j0 + j) * ks;
-          float s = 0.0f;
-          for (int64_t d = 0; d < hd; ++d) s += q[i * hd + d] * Load(kr[d]);
-          p[i][j] = s;
-          tile_max = std::max(tile_max, s);
-        }
+        for (int64_t j = 0; j < nt; ++j) tile_max = std::max(tile_max, p[i][j]);
         const float m_new = std::max(m[i], tile_max);
         const float corr = std::exp(m[i] - m_new);  // 0 on the first tile
         float sum = 0.0f;
@@ -244,11 +325,24 @@ void attend(const float* q, int64_t nq, int64_t hd, const AttnRows* runs, int n_
         m[i] = m_new;
         float* o = out + i * hd;
         for (int64_t d = 0; d < hd; ++d) o[d] *= corr;
-        for (int64_t j = 0; j < nt; ++j) {
-          const KV* vr = v + (j0 + j) * vs;
-          for (int64_t d = 0; d < hd; ++d) o[d] += p[i][j] * Load(vr[d]);
+      }
+      for (int64_t j = 0; j < nt; ++j) {
+        attn_row(run.vf, run.v, run.v_stride, j0 + j, hd, vbuf);
+        for (int64_t i = 0; i < nq; ++i) {
+          float* o = out + i * hd;
+          for (int64_t d = 0; d < hd; ++d) o[d] += p[i][j] * vbuf[d];
         }
       }
+    }
+  }
+  // Eviction statistics: with the final m and l known, each row's probabilities once more.
+  for (int r = 0; r < n_runs; ++r) {
+    if (runs[r].weights == nullptr) continue;
+    for (int64_t j = 0; j < runs[r].n; ++j) {
+      score(runs[r], j, s);
+      float w = 0.0f;
+      for (int64_t i = 0; i < nq; ++i) w += std::exp(s[i] - m[i]) / l[i];
+      runs[r].weights[j] += w;
     }
   }
   for (int64_t i = 0; i < nq; ++i) {
@@ -256,9 +350,6 @@ void attend(const float* q, int64_t nq, int64_t hd, const AttnRows* runs, int n_
     for (int64_t d = 0; d < hd; ++d) out[i * hd + d] *= inv;
   }
 }
-
-float load_f32(float x) { return x; }
-float load_f16(uint16_t x) { return fp16_to_f32(x); }
 
 // Float panels: element [k][r] per 32-column block; two partial sums (even and odd
 // columns) per row, as kernels.h specifies for every table.
@@ -340,8 +431,7 @@ const KernelTable& scalar_kernels() {
       .panel_f32 = panel_dot_f<float>,
       .panel_f16 = panel_dot_f<uint16_t>,
       .panel_bf16 = panel_dot_f<Bf16>,
-      .attend_f16 = attend<uint16_t, load_f16>,
-      .attend_f32 = attend<float, load_f32>,
+      .attend = attend,
       .attn_hd_multiple = 1,
       .silu_mul = silu_mul,
       .gelu_mul = gelu_mul,

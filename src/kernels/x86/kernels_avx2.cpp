@@ -504,8 +504,6 @@ const KernelTable* avx2_kernels() {
       .panel_f32 = panel_dot_f<float>,
       .panel_f16 = panel_dot_f<uint16_t>,
       .panel_bf16 = panel_dot_f<Bf16>,
-      .attend_f16 = attend_simd<Vec256, uint16_t>,
-      .attend_f32 = attend_simd<Vec256, float>,
       .attn_hd_multiple = Vec256::kLanes,
       .silu_mul = silu_mul_simd<Vec256>,
       .ssm_scan = ssm_scan_simd<Vec256>,

@@ -526,8 +526,6 @@ const KernelTable* avx512_kernels() {
       .panel_f32 = panel_dot_f<float>,
       .panel_f16 = panel_dot_f<uint16_t>,
       .panel_bf16 = panel_dot_f<Bf16>,
-      .attend_f16 = attend_simd<Vec512, uint16_t>,
-      .attend_f32 = attend_simd<Vec512, float>,
       .attn_hd_multiple = Vec512::kLanes,
       .silu_mul = silu_mul_simd<Vec512>,
       .ssm_scan = ssm_scan_simd<Vec512>,
