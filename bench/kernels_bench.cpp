@@ -11,6 +11,8 @@
 //                               matrix, one thread, n_tok = 1 (no pool, no quantization)
 //   BM_dot_rows                 each ISA table's row kernels (the unpacked fallback)
 //   BM_quantize_q8              each ISA table's activation quantizer
+//   BM_attend                   each ISA table's attention kernel over one run of cached rows
+//                               per K/V format (decode: one GQA group of queries per call)
 //
 // Shapes: 576x1536 (in cache), 4096x16384 (tens to hundreds of MiB) and, per type,
 // 4096 x C with C chosen at start-up so the matrix is at least 1.5 x the L3 size: only
@@ -35,6 +37,7 @@
 #include <memory>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -50,6 +53,7 @@
 #include "quant/blocks.h"
 #include "quant/fp16.h"
 #include "quant/ggml_type.h"
+#include "quant/quantize.h"
 
 namespace peregrine {
 namespace {
@@ -641,6 +645,79 @@ void bm_quantize_q8(benchmark::State& state, const KernelTable* k, int64_t n) {
   state.SetItemsProcessed(state.iterations() * n);
 }
 
+// ---------------------------------------------------------------- attention
+
+// Names as kv/kv_cache.h's formats read in a benchmark name.
+const char* attn_format_name(AttnFormat f) {
+  constexpr const char* kNames[] = {"F32", "F16", "Q8_0", "Q4_0", "Q2", "Q2Channel"};
+  return kNames[int(f)];
+}
+
+// Bytes of one row of hd values (Q2Channel: of one group of 32 rows).
+int64_t attn_row_bytes(AttnFormat f, int64_t hd) {
+  const int64_t nb = hd / kQK;
+  const int64_t bytes[] = {hd * 4, hd * 2, nb * int64_t(sizeof(BlockQ8_0)), nb * int64_t(sizeof(BlockQ4_0)),
+                           nb * int64_t(sizeof(BlockQ2)), hd * int64_t(sizeof(BlockQ2))};
+  return bytes[int(f)];
+}
+
+// n rows of random values (unit Gaussian-ish) quantized to a format, rows back to back.
+std::vector<uint8_t> attn_rows_of(AttnFormat f, int64_t n, int64_t hd, uint64_t seed) {
+  FastRng rng(seed);
+  std::vector<float> x(size_t(n * hd));
+  for (float& v : x) v = rng.uniform(-1.7f, 1.7f);
+  const int64_t rb = attn_row_bytes(f, hd);
+  std::vector<uint8_t> out(size_t((f == AttnFormat::Q2Channel ? n / kQK : n) * rb));
+  for (int64_t j = 0; j < (f == AttnFormat::Q2Channel ? n / kQK : n); ++j) {
+    uint8_t* row = out.data() + j * rb;
+    const float* xr = x.data() + j * hd;
+    switch (f) {
+      case AttnFormat::F32: std::memcpy(row, xr, size_t(rb)); break;
+      case AttnFormat::F16: quantize_row_f16_ref(xr, reinterpret_cast<uint16_t*>(row), hd); break;
+      case AttnFormat::Q8_0: quantize_row_q8_0_ref(xr, reinterpret_cast<BlockQ8_0*>(row), hd); break;
+      case AttnFormat::Q4_0: quantize_row_q4_0_ref(xr, reinterpret_cast<BlockQ4_0*>(row), hd); break;
+      case AttnFormat::Q2: quantize_row_q2_ref(xr, reinterpret_cast<BlockQ2*>(row), hd); break;
+      case AttnFormat::Q2Channel:
+        quantize_group_q2_channel(x.data() + j * kQK * hd, hd, hd, reinterpret_cast<BlockQ2*>(row));
+        break;
+    }
+  }
+  return out;
+}
+
+// One call per iteration: nq queries (a GQA group) over n cached rows of one KV head, as
+// decode runs it. heads > 1 cycles through that many heads' rows so the reads come from
+// beyond the last-level cache (the many-streams case); bw = K and V bytes read per second.
+void bm_attend(benchmark::State& state, const KernelTable* k, AttnFormat kf, AttnFormat vf, int64_t hd, int64_t nq,
+               int64_t n, int64_t heads, bool weights) {
+  const int64_t kb = attn_row_bytes(kf, hd), vb = attn_row_bytes(vf, hd);
+  std::vector<std::vector<uint8_t>> ks, vs;
+  for (int64_t h = 0; h < heads; ++h) {
+    ks.push_back(attn_rows_of(kf, n, hd, uint64_t(2 * h + 1)));
+    vs.push_back(attn_rows_of(vf, n, hd, uint64_t(2 * h + 2)));
+  }
+  std::vector<float> q = random_floats(size_t(nq * hd), 17);  // [nq, hd]
+  for (float& v : q) v *= 0.125f;                              // 1 / sqrt(hd) at hd = 64
+  std::vector<float> out(static_cast<size_t>(nq * hd)), w(static_cast<size_t>(n));
+  KernelTable::Attend attend = k->attend != nullptr ? k->attend : scalar_kernels().attend;
+  int64_t h = 0;
+  LoopTimer timer;
+  for (auto _ : state) {
+    const AttnRows run{ks[size_t(h)].data(), vs[size_t(h)].data(), n, kb, vb, kf, vf,
+                       weights ? w.data() : nullptr};
+    attend(q.data(), nq, hd, &run, 1, out.data());
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+    h = h + 1 == heads ? 0 : h + 1;
+  }
+  const double bytes = double(n) * double(vb) + double(kf == AttnFormat::Q2Channel ? n / kQK : n) * double(kb);
+  const double secs = timer.seconds();
+  set_rates(state, bytes, 0);
+  set_pct_bw(state, bytes, secs, 1);
+  state.counters["per_row"] = benchmark::Counter(double(n) * double(state.iterations()),
+                                                 benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+
 // ---------------------------------------------------------------- registration
 
 std::string str(std::string_view s) { return std::string(s); }
@@ -700,6 +777,25 @@ void register_all() {
             bm_dot_rows, k, type, s)
             ->UseRealTime()->Unit(benchmark::kMicrosecond);
   }
+  // Attention: SmolLM2-135M's decode shape (hd 64, a GQA group of 3 queries, 4096 cached
+  // rows) in each KV format, hot (one head, in cache) and cold (enough heads to pass 1.5 x L3).
+  const std::pair<AttnFormat, AttnFormat> kAttnFormats[] = {
+      {AttnFormat::F32, AttnFormat::F32},   {AttnFormat::F16, AttnFormat::F16},
+      {AttnFormat::Q8_0, AttnFormat::Q8_0}, {AttnFormat::Q4_0, AttnFormat::Q4_0},
+      {AttnFormat::Q2, AttnFormat::Q2},     {AttnFormat::Q2Channel, AttnFormat::Q2}};
+  for (const KernelTable* k : runnable_tables())
+    for (const auto& [kf, vf] : kAttnFormats)
+      for (bool cold : {false, true}) {
+        constexpr int64_t hd = 64, nq = 3, n = 4096;
+        const double head_bytes = double(n) * double(attn_row_bytes(kf, hd) / (kf == AttnFormat::Q2Channel ? kQK : 1) +
+                                                     attn_row_bytes(vf, hd));
+        const double l3 = double(l3_bytes() > 0 ? l3_bytes() : size_t(32) << 20);
+        const int64_t heads = cold ? int64_t(std::ceil(1.5 * l3 / head_bytes)) : 1;
+        RegisterBenchmark(("BM_attend/" + std::string(attn_format_name(kf)) + "_" + attn_format_name(vf) + "/" +
+                           str(isa_name(k->isa)) + "/hd:64/nq:3/n:4096/" + (cold ? "cold" : "hot")).c_str(),
+                          bm_attend, k, kf, vf, hd, nq, n, heads, false)
+            ->UseRealTime()->Unit(benchmark::kMicrosecond);
+      }
   for (const KernelTable* k : runnable_tables())
     for (int64_t n : {int64_t(1536), int64_t(512) * 576})
       RegisterBenchmark(

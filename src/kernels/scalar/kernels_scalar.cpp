@@ -227,11 +227,9 @@ void attn_row(AttnFormat f, const void* base, int64_t stride, int64_t j, int64_t
     case AttnFormat::Q2: dequantize_row_q2(reinterpret_cast<const BlockQ2*>(row), dst, hd); break;
     case AttnFormat::Q2Channel: {
       const auto* group = reinterpret_cast<const BlockQ2*>(static_cast<const uint8_t*>(base) + (j / kQK) * stride);
-      for (int64_t c = 0; c < hd; ++c) {
-        float col[kQK];
-        dequantize_row_q2(group + c, col, kQK);
-        dst[c] = col[j % kQK];
-      }
+      const int64_t v = j % kQK;  // as dequantize_row_q2 decodes value v of each record
+      for (int64_t c = 0; c < hd; ++c)
+        dst[c] = fp16_to_f32(group[c].d) * float((group[c].qs[v / 4] >> (2 * (v % 4))) & 3) + fp16_to_f32(group[c].m);
       break;
     }
   }

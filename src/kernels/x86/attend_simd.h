@@ -7,9 +7,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "kernels/x86/x86_common.h"
 
 namespace peregrine {
 namespace {  // NOLINT: internal linkage in a header, see x86_common.h
@@ -18,13 +20,315 @@ namespace {  // NOLINT: internal linkage in a header, see x86_common.h
 // row is converted once for all of them (a GQA group is 2-8 heads).
 constexpr int64_t kAttnQueryChunk = 4;
 
-template <class V, class KV>
-void attend_simd(const float* q, int64_t nq, int64_t hd, const AttnRows* runs, int n_runs,
-                 float* out) {
+// What the tile functions of one call share: the queries, as floats and (for Q8_0 / Q4_0 keys)
+// quantized per 32 values, and the current Q2Channel group's folded queries.
+struct AttnCtx {
+  const float* q;         // [nq, hd]
+  int64_t nq, hd, nb;     // nb = hd / 32
+  const BlockQ8Act* qa;   // [nq, nb] or null
+  float* qd;              // [nq, hd] Q2Channel: q_c * d_c of the group
+  float* bias;            // [nq]     Q2Channel: sum_c q_c * m_c of the group
+  float* scratch;         // [2 * hd] Q2Channel: the group's d_c and m_c
+};
+
+// Tile row offsets in bytes from the tile's first row; rows past the end (nt <= j < kAttnTile)
+// repeat the last one, so every load stays inside the run.
+inline void tile_offsets(int64_t stride, int64_t nt, int32_t* off) {
+  for (int64_t j = 0; j < kAttnTile; ++j) off[j] = int32_t(std::min(j, nt - 1) * stride);
+}
+
+// One register (lanes c * kLanes ...) of a float-decoded K row: F32, F16, or Q2 in registers.
+template <class V, AttnFormat F>
+typename V::Reg load_row(const uint8_t* row, int64_t c) {
+  constexpr int64_t L = V::kLanes;
+  if constexpr (F == AttnFormat::F32) {
+    return V::load(reinterpret_cast<const float*>(row) + c * L);
+  } else if constexpr (F == AttnFormat::F16) {
+    return V::load(reinterpret_cast<const uint16_t*>(row) + c * L);
+  } else {
+    static_assert(F == AttnFormat::Q2);
+    const auto* b = reinterpret_cast<const BlockQ2*>(row) + (c * L) / kQK;
+    const int64_t o = (c * L) % kQK;  // first value of the register within its block
+    return V::fma(V::set1(h2f(b->d)), V::codes2(b->qs + o / 4), V::set1(h2f(b->m)));
+  }
+}
+
+// Scores p[i][j] = q_i . k_j for float-decoded keys: per row, all queries of a chunk against the
+// row's registers, then one horizontal sum each.
+template <class V, AttnFormat KF>
+void score_tile_float(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, float (*p)[kAttnTile]) {
   using Reg = typename V::Reg;
   constexpr int64_t L = V::kLanes;
-  const int64_t nc = hd / L;  // registers per head row
-  alignas(64) float p[kAttnMaxQ][kAttnTile];
+  const int64_t nc = cx.hd / L, hd = cx.hd;
+  const uint8_t* base = static_cast<const uint8_t*>(run.k) + j0 * run.k_stride;
+  for (int64_t j = 0; j < nt; ++j) {
+    const uint8_t* kr = base + j * run.k_stride;
+    for (int64_t i0 = 0; i0 < cx.nq; i0 += kAttnQueryChunk) {
+      const int64_t ni = std::min(kAttnQueryChunk, cx.nq - i0);
+      Reg acc[kAttnQueryChunk];
+      for (int64_t ii = 0; ii < kAttnQueryChunk; ++ii) acc[ii] = V::zero();
+      for (int64_t c = 0; c < nc; ++c) {
+        const Reg kv = load_row<V, KF>(kr, c);
+        for (int64_t ii = 0; ii < ni; ++ii) acc[ii] = V::fma(V::load(cx.q + (i0 + ii) * hd + c * L), kv, acc[ii]);
+      }
+      for (int64_t ii = 0; ii < ni; ++ii) p[i0 + ii][j] = V::reduce_add(acc[ii]);
+    }
+  }
+}
+
+// Scores for Q8_0 / Q4_0 keys: exact integer dots against the quantized queries, rows in lanes.
+// Per block, V::transpose_chunks turns 16-byte pieces of kLanes rows into registers whose lane
+// j holds bytes 4g..4g+3 of row j; one broadcast query dword then multiplies every row at once
+// and a block's integer sum lands in lane j with no horizontal reduction:
+//   s_j += float(isum_j) * (d_k,j * d_q).
+template <class V, AttnFormat KF>
+void score_tile_int8(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, float (*p)[kAttnTile]) {
+  using Reg = typename V::Reg;
+  using IReg = typename V::IReg;
+  constexpr int64_t L = V::kLanes;
+  constexpr bool kQ8 = KF == AttnFormat::Q8_0;
+  constexpr int64_t kBlockBytes = kQ8 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+  const uint8_t* base = static_cast<const uint8_t*>(run.k) + j0 * run.k_stride;
+  alignas(64) int32_t off[kAttnTile];
+  tile_offsets(run.k_stride, nt, off);
+  for (int64_t js = 0; js < nt; js += L) {  // one set of kLanes rows
+    for (int64_t b = 0; b < cx.nb; ++b) {
+      const uint8_t* blk = base + b * kBlockBytes;
+      const Reg dk = V::gather_f16(blk, off + js);
+      // kt[g] pairs with query bytes 4g..4g+3 (Q4_0: low nibbles with 0..15, high with 16..31).
+      IReg kt[8];
+      if constexpr (kQ8) {
+        V::transpose_chunks(blk + 2, off + js, kt);
+        V::transpose_chunks(blk + 18, off + js, kt + 4);
+      } else {
+        V::transpose_chunks(blk + 2, off + js, kt);
+        for (int g = 0; g < 4; ++g) {
+          kt[g + 4] = V::nibbles_hi(kt[g]);
+          kt[g] = V::nibbles_lo(kt[g]);
+        }
+      }
+      // kQ8: dot_s8 adds kS8Bias * sum(q) (its unsigned-times-signed trick); Q4_0: codes are q + 8.
+      constexpr int32_t kBias = kQ8 ? V::kS8Bias : 8;
+      for (int64_t i0 = 0; i0 < cx.nq; i0 += kAttnQueryChunk) {
+        const int64_t ni = std::min(kAttnQueryChunk, cx.nq - i0);
+        IReg acc[kAttnQueryChunk];
+        const BlockQ8Act* qb[kAttnQueryChunk];
+        for (int64_t ii = 0; ii < ni; ++ii) {
+          qb[ii] = cx.qa + (i0 + ii) * cx.nb + b;
+          acc[ii] = V::set1_i32(-kBias * qb[ii]->sum);
+        }
+        for (int g = 0; g < 8; ++g) {
+          if constexpr (kQ8) {
+            const auto kp = V::prep_s8(kt[g]);
+            for (int64_t ii = 0; ii < ni; ++ii) acc[ii] = V::dot_s8(acc[ii], kp, V::bcast4(qb[ii]->qs + 4 * g));
+          } else {
+            for (int64_t ii = 0; ii < ni; ++ii) acc[ii] = V::dot_u8(acc[ii], kt[g], V::bcast4(qb[ii]->qs + 4 * g));
+          }
+        }
+        for (int64_t ii = 0; ii < ni; ++ii) {
+          float* pr = p[i0 + ii] + js;
+          const Reg s = V::mul(V::cvt_i32(acc[ii]), V::mul(dk, V::set1(qb[ii]->d)));
+          V::store(pr, b == 0 ? s : V::add(V::load(pr), s));
+        }
+      }
+    }
+  }
+}
+
+// Scores for Q2Channel keys (KIVI's per-channel keys): within a group of 32 positions channel c
+// is d_c * code + m_c, so s_j = sum_c (q_c d_c) code_cj + sum_c q_c m_c. At a group's first tile
+// the queries are folded with the group's scales (qd, bias); then each channel's codes for the
+// tile's positions are unpacked into lanes (lane j = position j) and added with one fma per query.
+template <class V>
+void score_tile_q2c(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, float (*p)[kAttnTile]) {
+  using Reg = typename V::Reg;
+  constexpr int64_t L = V::kLanes, R = kAttnTile / L;  // registers per tile row
+  const int64_t hd = cx.hd, nc = hd / L;
+  const auto* grp = reinterpret_cast<const BlockQ2*>(static_cast<const uint8_t*>(run.k) + (j0 / kQK) * run.k_stride);
+  if (j0 % kQK == 0) {
+    float *d = cx.scratch, *m = cx.scratch + hd;
+    for (int64_t c = 0; c < hd; ++c) {
+      d[c] = h2f(grp[c].d);
+      m[c] = h2f(grp[c].m);
+    }
+    for (int64_t i = 0; i < cx.nq; ++i) {
+      Reg bias = V::zero();
+      for (int64_t c = 0; c < nc; ++c) {
+        const Reg qv = V::load(cx.q + i * hd + c * L);
+        V::store(cx.qd + i * hd + c * L, V::mul(qv, V::load(d + c * L)));
+        bias = V::fma(qv, V::load(m + c * L), bias);
+      }
+      cx.bias[i] = V::reduce_add(bias);
+    }
+  }
+  const int64_t half = (j0 % kQK) / kAttnTile;  // positions 16 * half ... of the group
+  for (int64_t i0 = 0; i0 < cx.nq; i0 += kAttnQueryChunk) {
+    const int64_t ni = std::min(kAttnQueryChunk, cx.nq - i0);
+    Reg acc[kAttnQueryChunk][R];
+    for (int64_t ii = 0; ii < ni; ++ii)
+      for (int64_t r = 0; r < R; ++r) acc[ii][r] = V::set1(cx.bias[i0 + ii]);
+    for (int64_t c = 0; c < hd; ++c) {
+      const uint8_t* codes = grp[c].qs + (half * kAttnTile) / 4;
+      for (int64_t r = 0; r < R; ++r) {
+        const Reg k = V::codes2(codes + r * L / 4);
+        for (int64_t ii = 0; ii < ni; ++ii) acc[ii][r] = V::fma(V::set1(cx.qd[(i0 + ii) * hd + c]), k, acc[ii][r]);
+      }
+    }
+    for (int64_t ii = 0; ii < ni; ++ii)
+      for (int64_t r = 0; r < R; ++r) V::store(p[i0 + ii] + r * L, acc[ii][r]);
+  }
+  (void)nt;  // a Q2Channel run has whole groups: every tile is full
+}
+
+// out_i += sum_j p[i][j] v_j for float V rows (F32, F16): register c of every row, for a chunk
+// of queries whose output registers stay in place while the tile's rows pass.
+template <class V, AttnFormat VF>
+void value_tile_float(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, float (*p)[kAttnTile], float* out) {
+  using Reg = typename V::Reg;
+  constexpr int64_t L = V::kLanes;
+  const int64_t nc = cx.hd / L, hd = cx.hd;
+  const uint8_t* base = static_cast<const uint8_t*>(run.v) + j0 * run.v_stride;
+  for (int64_t c = 0; c < nc; ++c) {
+    for (int64_t i0 = 0; i0 < cx.nq; i0 += kAttnQueryChunk) {
+      const int64_t ni = std::min(kAttnQueryChunk, cx.nq - i0);
+      Reg o[kAttnQueryChunk];
+      for (int64_t ii = 0; ii < ni; ++ii) o[ii] = V::load(out + (i0 + ii) * hd + c * L);
+      for (int64_t j = 0; j < nt; ++j) {
+        const Reg vv = load_row<V, VF>(base + j * run.v_stride, c);
+        for (int64_t ii = 0; ii < ni; ++ii) o[ii] = V::fma(V::set1(p[i0 + ii][j]), vv, o[ii]);
+      }
+      for (int64_t ii = 0; ii < ni; ++ii) V::store(out + (i0 + ii) * hd + c * L, o[ii]);
+    }
+  }
+}
+
+// Quantized V rows (Q8_0, Q4_0, Q2): per block the rows' scales are gathered once for the tile
+// and folded into the probabilities, pd[i][j] = p[i][j] * d_j, so a row register is just its codes
+// converted to floats; Q2's minimum adds sum_j p[i][j] * m_j to the block's lanes once per tile.
+template <class V, AttnFormat VF>
+void value_tile_quant(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, float (*p)[kAttnTile], float* out) {
+  using Reg = typename V::Reg;
+  constexpr int64_t L = V::kLanes;
+  constexpr int64_t kBlockBytes = VF == AttnFormat::Q8_0   ? sizeof(BlockQ8_0)
+                                  : VF == AttnFormat::Q4_0 ? sizeof(BlockQ4_0)
+                                                           : sizeof(BlockQ2);
+  const int64_t hd = cx.hd;
+  const uint8_t* base = static_cast<const uint8_t*>(run.v) + j0 * run.v_stride;
+  alignas(64) int32_t off[kAttnTile];
+  tile_offsets(run.v_stride, nt, off);
+  alignas(64) float pd[kAttnMaxQ][kAttnTile];
+  float pm[kAttnMaxQ];
+  for (int64_t b = 0; b < cx.nb; ++b) {
+    const uint8_t* blk = base + b * kBlockBytes;
+    for (int64_t js = 0; js < kAttnTile; js += L) {
+      Reg d, m;
+      if constexpr (VF == AttnFormat::Q2) V::gather_f16x2(blk, off + js, d, m);
+      else d = V::gather_f16(blk, off + js);
+      for (int64_t i = 0; i < cx.nq; ++i) {
+        const Reg pv = V::load(p[i] + js);  // zero past nt (the driver clears the tail)
+        V::store(pd[i] + js, V::mul(pv, d));
+        if constexpr (VF == AttnFormat::Q2) {
+          const float s = V::reduce_add(V::mul(pv, m));
+          pm[i] = js == 0 ? s : pm[i] + s;
+        }
+      }
+    }
+    for (int64_t c = b * (kQK / L); c < (b + 1) * (kQK / L); ++c) {
+      const int64_t o0 = (c * L) % kQK;  // first value of the register within the block
+      for (int64_t i0 = 0; i0 < cx.nq; i0 += kAttnQueryChunk) {
+        const int64_t ni = std::min(kAttnQueryChunk, cx.nq - i0);
+        Reg o[kAttnQueryChunk];
+        for (int64_t ii = 0; ii < ni; ++ii) o[ii] = V::load(out + (i0 + ii) * hd + c * L);
+        for (int64_t j = 0; j < nt; ++j) {
+          const uint8_t* vb = base + j * run.v_stride + b * kBlockBytes;
+          Reg vv;
+          if constexpr (VF == AttnFormat::Q8_0) vv = V::load_i8(reinterpret_cast<const int8_t*>(vb + 2) + o0);
+          else if constexpr (VF == AttnFormat::Q4_0) vv = V::load_q4(vb + 2 + o0 % 16, o0 >= 16);
+          else vv = V::codes2(vb + 4 + o0 / 4);
+          for (int64_t ii = 0; ii < ni; ++ii) o[ii] = V::fma(V::set1(pd[i0 + ii][j]), vv, o[ii]);
+        }
+        for (int64_t ii = 0; ii < ni; ++ii) {
+          if constexpr (VF == AttnFormat::Q2) o[ii] = V::add(o[ii], V::set1(pm[i0 + ii]));
+          V::store(out + (i0 + ii) * hd + c * L, o[ii]);
+        }
+      }
+    }
+  }
+}
+
+using ScoreTile = void (*)(AttnCtx&, const AttnRows&, int64_t, int64_t, float (*)[kAttnTile]);
+using ValueTile = void (*)(AttnCtx&, const AttnRows&, int64_t, int64_t, float (*)[kAttnTile], float*);
+
+template <class V>
+ScoreTile score_tile(AttnFormat f) {
+  switch (f) {
+    case AttnFormat::F32: return score_tile_float<V, AttnFormat::F32>;
+    case AttnFormat::F16: return score_tile_float<V, AttnFormat::F16>;
+    case AttnFormat::Q8_0: return score_tile_int8<V, AttnFormat::Q8_0>;
+    case AttnFormat::Q4_0: return score_tile_int8<V, AttnFormat::Q4_0>;
+    case AttnFormat::Q2: return score_tile_float<V, AttnFormat::Q2>;
+    case AttnFormat::Q2Channel: return score_tile_q2c<V>;
+  }
+  return nullptr;
+}
+
+template <class V>
+ValueTile value_tile(AttnFormat f) {
+  switch (f) {
+    case AttnFormat::F32: return value_tile_float<V, AttnFormat::F32>;
+    case AttnFormat::F16: return value_tile_float<V, AttnFormat::F16>;
+    case AttnFormat::Q8_0: return value_tile_quant<V, AttnFormat::Q8_0>;
+    case AttnFormat::Q4_0: return value_tile_quant<V, AttnFormat::Q4_0>;
+    case AttnFormat::Q2: return value_tile_quant<V, AttnFormat::Q2>;
+    case AttnFormat::Q2Channel: break;  // keys only
+  }
+  return nullptr;
+}
+
+bool is_quantized(AttnFormat f) { return f != AttnFormat::F32 && f != AttnFormat::F16; }
+
+// KernelTable::attend: the same online softmax as the scalar reference (kernels_scalar.cpp), a
+// driver over runs that picks each run's score and value tile functions by format.
+template <class V>
+void attend_simd(const float* q, int64_t nq, int64_t hd, const AttnRows* runs, int n_runs, float* out) {
+  using Reg = typename V::Reg;
+  constexpr int64_t L = V::kLanes;
+  const int64_t nc = hd / L;
+  bool int8_keys = false, q2c_keys = false;
+  for (int r = 0; r < n_runs; ++r) {
+    const AttnRows& run = runs[r];
+    // Quantized rows are addressed through 32-bit tile offsets (gathers): fine for any KV layout
+    // (rows of at most 2^27 bytes apart); anything else takes the reference.
+    constexpr int64_t kMaxStride = (int64_t(1) << 31) / kAttnTile;
+    if ((is_quantized(run.kf) && std::abs(run.k_stride) >= kMaxStride) ||
+        (is_quantized(run.vf) && std::abs(run.v_stride) >= kMaxStride))
+      return scalar_kernels().attend(q, nq, hd, runs, n_runs, out);
+    int8_keys |= run.kf == AttnFormat::Q8_0 || run.kf == AttnFormat::Q4_0;
+    q2c_keys |= run.kf == AttnFormat::Q2Channel;
+  }
+  // Scratch: on the stack up to hd = 256, past that per thread.
+  constexpr int64_t kStackHd = 256;
+  alignas(64) BlockQ8Act qa_stack[kAttnMaxQ * kStackHd / kQK];
+  alignas(64) float qd_stack[(kAttnMaxQ + 2) * kStackHd];
+  thread_local std::vector<BlockQ8Act> qa_heap;
+  thread_local std::vector<float> qd_heap;
+  AttnCtx cx{q, nq, hd, hd / kQK, nullptr, nullptr, nullptr, nullptr};
+  float bias[kAttnMaxQ];
+  if (int8_keys) {
+    BlockQ8Act* qa = qa_stack;
+    if (hd > kStackHd) qa = (qa_heap.resize(size_t(nq * cx.nb)), qa_heap.data());
+    for (int64_t i = 0; i < nq; ++i) V::quantize_query(q + i * hd, qa + i * cx.nb, hd);
+    cx.qa = qa;
+  }
+  if (q2c_keys) {
+    float* qd = qd_stack;
+    if (hd > kStackHd) qd = (qd_heap.resize(size_t((nq + 2) * hd)), qd_heap.data());
+    cx.qd = qd;
+    cx.scratch = qd + nq * hd;
+    cx.bias = bias;
+  }
+
+  alignas(64) float p[kAttnMaxQ][kAttnTile] = {};  // scores, then probabilities; lanes past a run's end 0
   float m[kAttnMaxQ], l[kAttnMaxQ];
   for (int64_t i = 0; i < nq; ++i) {
     m[i] = -INFINITY;
@@ -32,72 +336,56 @@ void attend_simd(const float* q, int64_t nq, int64_t hd, const AttnRows* runs, i
     std::fill(out + i * hd, out + (i + 1) * hd, 0.0f);
   }
   for (int r = 0; r < n_runs; ++r) {
-    const KV* k = static_cast<const KV*>(runs[r].k);
-    const KV* v = static_cast<const KV*>(runs[r].v);
-    const int64_t n = runs[r].n, k_stride = runs[r].k_stride, v_stride = runs[r].v_stride;
-    for (int64_t j0 = 0; j0 < n; j0 += kAttnTile) {
-      const int64_t nt = std::min(kAttnTile, n - j0);
-      // Scores p[i][j] = q_i . k_j
-      for (int64_t j = 0; j < nt; ++j) {
-        const KV* kr = k + (j0 + j) * k_stride;
-        for (int64_t i0 = 0; i0 < nq; i0 += kAttnQueryChunk) {
-          const int64_t ni = std::min(kAttnQueryChunk, nq - i0);
-          Reg acc[kAttnQueryChunk];
-          for (int64_t ii = 0; ii < kAttnQueryChunk; ++ii) acc[ii] = V::zero();
-          for (int64_t c = 0; c < nc; ++c) {
-            const Reg kv = V::load(kr + c * L);
-            for (int64_t ii = 0; ii < ni; ++ii)
-              acc[ii] = V::fma(V::load(q + (i0 + ii) * hd + c * L), kv, acc[ii]);
-          }
-          for (int64_t ii = 0; ii < ni; ++ii) p[i0 + ii][j] = V::reduce_add(acc[ii]);
-        }
-      }
+    const AttnRows& run = runs[r];
+    const ScoreTile score = score_tile<V>(run.kf);
+    const ValueTile value = value_tile<V>(run.vf);
+    for (int64_t j0 = 0; j0 < run.n; j0 += kAttnTile) {
+      const int64_t nt = std::min(kAttnTile, run.n - j0);
+      score(cx, run, j0, nt, p);
       // Softmax step per query: rescale the running state to the new maximum.
       for (int64_t i = 0; i < nq; ++i) {
         float tile_max = -INFINITY;
         for (int64_t j = 0; j < nt; ++j) tile_max = std::max(tile_max, p[i][j]);
         const float m_new = std::max(m[i], tile_max);
         const float corr = std::exp(m[i] - m_new);  // 0 on the first tile
-        float sum = 0.0f;
-        int64_t j = 0;
-        for (; j + L <= nt; j += L) {
-          const Reg e = V::exp(V::sub(V::load(&p[i][j]), V::set1(m_new)));
+        Reg sum = V::zero();
+        for (int64_t j = 0; j < kAttnTile; j += L) {
+          Reg e = V::exp(V::sub(V::load(&p[i][j]), V::set1(m_new)));
+          if (j + L > nt) e = V::first_n(e, nt - j);  // past the run's end: 0 (quantized V sums over the tile)
           V::store(&p[i][j], e);
-          sum += V::reduce_add(e);
+          sum = V::add(sum, e);
         }
-        if (j < nt) {  // the tail through the same vector exp (p rows are padded to kAttnTile)
-          alignas(64) float tail[V::kLanes] = {};
-          std::copy(&p[i][j], &p[i][nt], tail);
-          const Reg e = V::exp(V::sub(V::load(tail), V::set1(m_new)));
-          V::store(tail, e);
-          for (int64_t jj = j; jj < nt; ++jj) sum += (p[i][jj] = tail[jj - j]);
-        }
-        l[i] = l[i] * corr + sum;
+        l[i] = l[i] * corr + V::reduce_add(sum);
         m[i] = m_new;
         if (corr != 1.0f) {
           float* o = out + i * hd;
           for (int64_t c = 0; c < nc; ++c) V::store(o + c * L, V::mul(V::load(o + c * L), V::set1(corr)));
         }
       }
-      // out_i += sum_j p[i][j] v_j
-      for (int64_t c = 0; c < nc; ++c) {
-        for (int64_t i0 = 0; i0 < nq; i0 += kAttnQueryChunk) {
-          const int64_t ni = std::min(kAttnQueryChunk, nq - i0);
-          Reg o[kAttnQueryChunk];
-          for (int64_t ii = 0; ii < ni; ++ii) o[ii] = V::load(out + (i0 + ii) * hd + c * L);
-          for (int64_t j = 0; j < nt; ++j) {
-            const Reg vv = V::load(v + (j0 + j) * v_stride + c * L);
-            for (int64_t ii = 0; ii < ni; ++ii) o[ii] = V::fma(V::set1(p[i0 + ii][j]), vv, o[ii]);
-          }
-          for (int64_t ii = 0; ii < ni; ++ii) V::store(out + (i0 + ii) * hd + c * L, o[ii]);
-        }
+      value(cx, run, j0, nt, p, out);
+    }
+  }
+  // Eviction statistics: with the final m and l known, each row's probabilities once more.
+  for (int r = 0; r < n_runs; ++r) {
+    const AttnRows& run = runs[r];
+    if (run.weights == nullptr) continue;
+    const ScoreTile score = score_tile<V>(run.kf);
+    for (int64_t j0 = 0; j0 < run.n; j0 += kAttnTile) {
+      const int64_t nt = std::min(kAttnTile, run.n - j0);
+      score(cx, run, j0, nt, p);
+      for (int64_t j = 0; j < kAttnTile; j += L) {
+        Reg w = V::zero();
+        for (int64_t i = 0; i < nq; ++i)
+          w = V::fma(V::exp(V::sub(V::load(&p[i][j]), V::set1(m[i]))), V::set1(1.0f / l[i]), w);
+        alignas(64) float wl[L];
+        V::store(wl, w);
+        for (int64_t jj = j; jj < std::min(j + L, nt); ++jj) run.weights[j0 + jj] += wl[jj - j];
       }
     }
   }
   for (int64_t i = 0; i < nq; ++i) {
     const Reg inv = V::set1(1.0f / l[i]);
-    for (int64_t c = 0; c < nc; ++c)
-      V::store(out + i * hd + c * L, V::mul(V::load(out + i * hd + c * L), inv));
+    for (int64_t c = 0; c < nc; ++c) V::store(out + i * hd + c * L, V::mul(V::load(out + i * hd + c * L), inv));
   }
 }
 

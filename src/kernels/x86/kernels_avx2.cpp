@@ -2,6 +2,7 @@
 // accumulation order differs from the scalar reference (tested with a tolerance).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -467,6 +468,86 @@ struct Vec256 {
   static Reg div(Reg a, Reg b) { return _mm256_div_ps(a, b); }
   static float reduce_add(Reg v) { return hsum(v); }
   static Reg exp(Reg x) { return exp256(x); }
+  static Reg first_n(Reg v, int64_t n) {  // lanes >= n cleared
+    const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(int32_t(std::clamp<int64_t>(n, 0, 8))),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return _mm256_and_ps(v, _mm256_castsi256_ps(keep));
+  }
+
+  // ---- for attend_simd's quantized rows (attend_simd.h)
+  using IReg = __m256i;
+  static void quantize_query(const float* x, BlockQ8Act* out, int64_t n) { quantize_q8(x, out, n); }
+  static Reg cvt_i32(IReg v) { return _mm256_cvtepi32_ps(v); }
+  static IReg set1_i32(int32_t x) { return _mm256_set1_epi32(x); }
+  static IReg bcast4(const int8_t* p) {
+    int32_t x;
+    std::memcpy(&x, p, 4);
+    return _mm256_set1_epi32(x);
+  }
+  // Signed keys against signed queries: maddubs wants its left side unsigned, so |k| against q
+  // with k's sign (as the row kernels do); 2 * 128 * 127 fits its int16 lanes. No bias.
+  static constexpr int32_t kS8Bias = 0;
+  struct KeyS8 {
+    __m256i abs, k;
+  };
+  static KeyS8 prep_s8(IReg k) { return {_mm256_abs_epi8(k), k}; }
+  static IReg dot_s8(IReg acc, const KeyS8& k, IReg q) {
+    const __m256i p = _mm256_maddubs_epi16(k.abs, _mm256_sign_epi8(q, k.k));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+  }
+  static IReg dot_u8(IReg acc, IReg u, IReg q) {  // u <= 15: 2 * 15 * 127 fits int16
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), _mm256_set1_epi16(1)));
+  }
+  static IReg nibbles_lo(IReg v) { return _mm256_and_si256(v, _mm256_set1_epi8(0x0f)); }
+  static IReg nibbles_hi(IReg v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0f)); }
+  // out[g] lane j = bytes 4g..4g+3 of the 16 at p + off[j]: 128-bit lane k of r[a] holds row
+  // 4k + a, so two rounds of unpacks leave row 4k + a in lane 4k + a.
+  static void transpose_chunks(const uint8_t* p, const int32_t* off, IReg* out) {
+    auto ld = [&](int j) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + off[j])); };
+    IReg r[4];
+    for (int a = 0; a < 4; ++a) r[a] = _mm256_inserti128_si256(_mm256_castsi128_si256(ld(a)), ld(4 + a), 1);
+    const IReg t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+    const IReg t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+    out[0] = _mm256_unpacklo_epi64(t0, t2);
+    out[1] = _mm256_unpackhi_epi64(t0, t2);
+    out[2] = _mm256_unpacklo_epi64(t1, t3);
+    out[3] = _mm256_unpackhi_epi64(t1, t3);
+  }
+  // The fp16 at p + off[j] (and, x2, the one after it: Q2's d and m) of each lane's row: the
+  // low halves of the gathered dwords packed into 8 halves, then F16C.
+  static __m128i low_halves(IReg w) {
+    const IReg pick = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,  //
+                                       0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1);
+    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_shuffle_epi8(w, pick), 0x08));
+  }
+  static Reg gather_f16(const uint8_t* p, const int32_t* off) {
+    const IReg w = _mm256_i32gather_epi32(reinterpret_cast<const int*>(p),
+                                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(off)), 1);
+    return _mm256_cvtph_ps(low_halves(w));
+  }
+  static void gather_f16x2(const uint8_t* p, const int32_t* off, Reg& lo, Reg& hi) {
+    const IReg w = _mm256_i32gather_epi32(reinterpret_cast<const int*>(p),
+                                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(off)), 1);
+    lo = _mm256_cvtph_ps(low_halves(w));
+    hi = _mm256_cvtph_ps(low_halves(_mm256_srli_epi32(w, 16)));
+  }
+  // 8 two-bit codes (2 bytes, code l at bits 2l) as floats: vpermps reads the low 3 bits of
+  // w >> 2l, and the table maps them to their low 2.
+  static Reg codes2(const uint8_t* p) {
+    uint16_t w;
+    std::memcpy(&w, p, 2);
+    const IReg sh = _mm256_srlv_epi32(_mm256_set1_epi32(w), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
+    return _mm256_permutevar8x32_ps(_mm256_setr_ps(0, 1, 2, 3, 0, 1, 2, 3), sh);
+  }
+  static Reg load_i8(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  // Q4_0 values q - 8 of 8 bytes' low (or high) nibbles.
+  static Reg load_q4(const uint8_t* p, bool high) {
+    IReg v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    v = high ? _mm256_srli_epi32(v, 4) : _mm256_and_si256(v, _mm256_set1_epi32(0x0f));
+    return _mm256_cvtepi32_ps(_mm256_sub_epi32(v, _mm256_set1_epi32(8)));
+  }
   // KernelTable::ssm_scan's 16 partial sums in two registers, added in its tree order:
   // lanes l + 8 (the second register), then l + 4, l + 2, l + 1.
   static float tree16(const Reg* acc) {
@@ -504,6 +585,7 @@ const KernelTable* avx2_kernels() {
       .panel_f32 = panel_dot_f<float>,
       .panel_f16 = panel_dot_f<uint16_t>,
       .panel_bf16 = panel_dot_f<Bf16>,
+      .attend = attend_simd<Vec256>,
       .attn_hd_multiple = Vec256::kLanes,
       .silu_mul = silu_mul_simd<Vec256>,
       .ssm_scan = ssm_scan_simd<Vec256>,

@@ -489,6 +489,74 @@ struct Vec512 {
   static Reg div(Reg a, Reg b) { return _mm512_div_ps(a, b); }
   static float reduce_add(Reg v) { return _mm512_reduce_add_ps(v); }
   static Reg exp(Reg x) { return exp512(x); }
+  static Reg first_n(Reg v, int64_t n) {  // lanes >= n cleared
+    return _mm512_maskz_mov_ps(__mmask16(n <= 0 ? 0 : n >= 16 ? 0xFFFF : (1u << n) - 1), v);
+  }
+
+  // ---- for attend_simd's quantized rows (attend_simd.h)
+  using IReg = __m512i;
+  static void quantize_query(const float* x, BlockQ8Act* out, int64_t n) { quantize_q8(x, out, n); }
+  static Reg cvt_i32(IReg v) { return _mm512_cvtepi32_ps(v); }
+  static IReg set1_i32(int32_t x) { return _mm512_set1_epi32(x); }
+  static IReg bcast4(const int8_t* p) {
+    int32_t x;
+    std::memcpy(&x, p, 4);
+    return _mm512_set1_epi32(x);
+  }
+  // Signed keys against signed queries through vpdpbusd (unsigned x signed): k + 128 as the
+  // unsigned side, so each dot carries 128 * sum(q), which the caller subtracts.
+  static constexpr int32_t kS8Bias = 128;
+  static IReg prep_s8(IReg k) { return _mm512_xor_si512(k, _mm512_set1_epi8(char(0x80))); }
+  static IReg dot_s8(IReg acc, IReg k_prepped, IReg q) { return _mm512_dpbusd_epi32(acc, k_prepped, q); }
+  static IReg dot_u8(IReg acc, IReg u, IReg q) { return _mm512_dpbusd_epi32(acc, u, q); }
+  static IReg nibbles_lo(IReg v) { return _mm512_and_si512(v, _mm512_set1_epi8(0x0f)); }
+  static IReg nibbles_hi(IReg v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0f)); }
+  // out[g] lane j = bytes 4g..4g+3 of the 16 at p + off[j]: 128-bit lane k of r[a] holds row
+  // 4k + a, so two rounds of unpacks leave row 4k + a in lane 4k + a.
+  static void transpose_chunks(const uint8_t* p, const int32_t* off, IReg* out) {
+    auto ld = [&](int j) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + off[j])); };
+    IReg r[4];
+    for (int a = 0; a < 4; ++a) {
+      IReg v = _mm512_castsi128_si512(ld(a));
+      v = _mm512_inserti32x4(v, ld(4 + a), 1);
+      v = _mm512_inserti32x4(v, ld(8 + a), 2);
+      r[a] = _mm512_inserti32x4(v, ld(12 + a), 3);
+    }
+    const IReg t0 = _mm512_unpacklo_epi32(r[0], r[1]), t1 = _mm512_unpackhi_epi32(r[0], r[1]);
+    const IReg t2 = _mm512_unpacklo_epi32(r[2], r[3]), t3 = _mm512_unpackhi_epi32(r[2], r[3]);
+    out[0] = _mm512_unpacklo_epi64(t0, t2);
+    out[1] = _mm512_unpackhi_epi64(t0, t2);
+    out[2] = _mm512_unpacklo_epi64(t1, t3);
+    out[3] = _mm512_unpackhi_epi64(t1, t3);
+  }
+  // The fp16 at p + off[j] (and, x2, the one after it: Q2's d and m) of each lane's row.
+  static Reg gather_f16(const uint8_t* p, const int32_t* off) {
+    const IReg w = _mm512_i32gather_epi32(_mm512_loadu_si512(off), p, 1);
+    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(w));
+  }
+  static void gather_f16x2(const uint8_t* p, const int32_t* off, Reg& lo, Reg& hi) {
+    const IReg w = _mm512_i32gather_epi32(_mm512_loadu_si512(off), p, 1);
+    lo = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(w));
+    hi = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(w, 16)));
+  }
+  // 16 two-bit codes (4 bytes, code l at bits 2l) as floats: vpermps reads the low 4 bits of
+  // w >> 2l, and the table maps them to their low 2.
+  static Reg codes2(const uint8_t* p) {
+    uint32_t w;
+    std::memcpy(&w, p, 4);
+    const IReg sh = _mm512_srlv_epi32(_mm512_set1_epi32(int32_t(w)),
+                                      _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30));
+    return _mm512_permutexvar_ps(sh, _mm512_setr_ps(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3));
+  }
+  static Reg load_i8(const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  // Q4_0 values q - 8 of 16 bytes' low (or high) nibbles.
+  static Reg load_q4(const uint8_t* p, bool high) {
+    IReg v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    v = high ? _mm512_srli_epi32(v, 4) : _mm512_and_si512(v, _mm512_set1_epi32(0x0f));
+    return _mm512_cvtepi32_ps(_mm512_sub_epi32(v, _mm512_set1_epi32(8)));
+  }
   // KernelTable::ssm_scan's 16 partial sums in one register, added in its tree order:
   // lanes l + 8, then l + 4, l + 2, l + 1.
   static float tree16(const Reg* acc) {
@@ -526,6 +594,7 @@ const KernelTable* avx512_kernels() {
       .panel_f32 = panel_dot_f<float>,
       .panel_f16 = panel_dot_f<uint16_t>,
       .panel_bf16 = panel_dot_f<Bf16>,
+      .attend = attend_simd<Vec512>,
       .attn_hd_multiple = Vec512::kLanes,
       .silu_mul = silu_mul_simd<Vec512>,
       .ssm_scan = ssm_scan_simd<Vec512>,
