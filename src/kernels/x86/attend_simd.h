@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/kernels.h"
@@ -19,6 +20,21 @@ namespace {  // NOLINT: internal linkage in a header, see x86_common.h
 // Queries handled together: their accumulators stay in registers while one K or V
 // row is converted once for all of them (a GQA group is 2-8 heads).
 constexpr int64_t kAttnQueryChunk = 4;
+
+// f(i0, chunk) for the queries in chunks of kAttnQueryChunk, the last one smaller, with the
+// chunk's size a compile-time constant (decltype(chunk)::value): the per-query loops unroll
+// and their accumulators stay in registers.
+template <class F>
+void for_query_chunks(int64_t nq, F&& f) {
+  int64_t i0 = 0;
+  for (; i0 + kAttnQueryChunk <= nq; i0 += kAttnQueryChunk) f(i0, std::integral_constant<int64_t, kAttnQueryChunk>{});
+  switch (nq - i0) {
+    case 3: f(i0, std::integral_constant<int64_t, 3>{}); break;
+    case 2: f(i0, std::integral_constant<int64_t, 2>{}); break;
+    case 1: f(i0, std::integral_constant<int64_t, 1>{}); break;
+    default: break;
+  }
+}
 
 // What the tile functions of one call share: the queries, as floats and (for Q8_0 / Q4_0 keys)
 // quantized per 32 values, and the current Q2Channel group's folded queries.
@@ -63,8 +79,8 @@ void score_tile_float(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, 
   const uint8_t* base = static_cast<const uint8_t*>(run.k) + j0 * run.k_stride;
   for (int64_t j = 0; j < nt; ++j) {
     const uint8_t* kr = base + j * run.k_stride;
-    for (int64_t i0 = 0; i0 < cx.nq; i0 += kAttnQueryChunk) {
-      const int64_t ni = std::min(kAttnQueryChunk, cx.nq - i0);
+    for_query_chunks(cx.nq, [&](int64_t i0, auto chunk) {
+      constexpr int64_t ni = decltype(chunk)::value;
       Reg acc[kAttnQueryChunk];
       for (int64_t ii = 0; ii < kAttnQueryChunk; ++ii) acc[ii] = V::zero();
       for (int64_t c = 0; c < nc; ++c) {
@@ -72,7 +88,7 @@ void score_tile_float(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, 
         for (int64_t ii = 0; ii < ni; ++ii) acc[ii] = V::fma(V::load(cx.q + (i0 + ii) * hd + c * L), kv, acc[ii]);
       }
       for (int64_t ii = 0; ii < ni; ++ii) p[i0 + ii][j] = V::reduce_add(acc[ii]);
-    }
+    });
   }
 }
 
@@ -109,8 +125,8 @@ void score_tile_int8(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, f
       }
       // kQ8: dot_s8 adds kS8Bias * sum(q) (its unsigned-times-signed trick); Q4_0: codes are q + 8.
       constexpr int32_t kBias = kQ8 ? V::kS8Bias : 8;
-      for (int64_t i0 = 0; i0 < cx.nq; i0 += kAttnQueryChunk) {
-        const int64_t ni = std::min(kAttnQueryChunk, cx.nq - i0);
+      for_query_chunks(cx.nq, [&](int64_t i0, auto chunk) {
+        constexpr int64_t ni = decltype(chunk)::value;
         IReg acc[kAttnQueryChunk];
         const BlockQ8Act* qb[kAttnQueryChunk];
         for (int64_t ii = 0; ii < ni; ++ii) {
@@ -130,7 +146,7 @@ void score_tile_int8(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, f
           const Reg s = V::mul(V::cvt_i32(acc[ii]), V::mul(dk, V::set1(qb[ii]->d)));
           V::store(pr, b == 0 ? s : V::add(V::load(pr), s));
         }
-      }
+      });
     }
   }
 }
@@ -162,8 +178,8 @@ void score_tile_q2c(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, fl
     }
   }
   const int64_t half = (j0 % kQK) / kAttnTile;  // positions 16 * half ... of the group
-  for (int64_t i0 = 0; i0 < cx.nq; i0 += kAttnQueryChunk) {
-    const int64_t ni = std::min(kAttnQueryChunk, cx.nq - i0);
+  for_query_chunks(cx.nq, [&](int64_t i0, auto chunk) {
+    constexpr int64_t ni = decltype(chunk)::value;
     Reg acc[kAttnQueryChunk][R];
     for (int64_t ii = 0; ii < ni; ++ii)
       for (int64_t r = 0; r < R; ++r) acc[ii][r] = V::set1(cx.bias[i0 + ii]);
@@ -176,7 +192,7 @@ void score_tile_q2c(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, fl
     }
     for (int64_t ii = 0; ii < ni; ++ii)
       for (int64_t r = 0; r < R; ++r) V::store(p[i0 + ii] + r * L, acc[ii][r]);
-  }
+  });
   (void)nt;  // a Q2Channel run has whole groups: every tile is full
 }
 
@@ -189,8 +205,8 @@ void value_tile_float(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, 
   const int64_t nc = cx.hd / L, hd = cx.hd;
   const uint8_t* base = static_cast<const uint8_t*>(run.v) + j0 * run.v_stride;
   for (int64_t c = 0; c < nc; ++c) {
-    for (int64_t i0 = 0; i0 < cx.nq; i0 += kAttnQueryChunk) {
-      const int64_t ni = std::min(kAttnQueryChunk, cx.nq - i0);
+    for_query_chunks(cx.nq, [&](int64_t i0, auto chunk) {
+      constexpr int64_t ni = decltype(chunk)::value;
       Reg o[kAttnQueryChunk];
       for (int64_t ii = 0; ii < ni; ++ii) o[ii] = V::load(out + (i0 + ii) * hd + c * L);
       for (int64_t j = 0; j < nt; ++j) {
@@ -198,7 +214,7 @@ void value_tile_float(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, 
         for (int64_t ii = 0; ii < ni; ++ii) o[ii] = V::fma(V::set1(p[i0 + ii][j]), vv, o[ii]);
       }
       for (int64_t ii = 0; ii < ni; ++ii) V::store(out + (i0 + ii) * hd + c * L, o[ii]);
-    }
+    });
   }
 }
 
@@ -235,8 +251,8 @@ void value_tile_quant(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, 
     }
     for (int64_t c = b * (kQK / L); c < (b + 1) * (kQK / L); ++c) {
       const int64_t o0 = (c * L) % kQK;  // first value of the register within the block
-      for (int64_t i0 = 0; i0 < cx.nq; i0 += kAttnQueryChunk) {
-        const int64_t ni = std::min(kAttnQueryChunk, cx.nq - i0);
+      for_query_chunks(cx.nq, [&](int64_t i0, auto chunk) {
+        constexpr int64_t ni = decltype(chunk)::value;
         Reg o[kAttnQueryChunk];
         for (int64_t ii = 0; ii < ni; ++ii) o[ii] = V::load(out + (i0 + ii) * hd + c * L);
         for (int64_t j = 0; j < nt; ++j) {
@@ -251,7 +267,7 @@ void value_tile_quant(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, 
           if constexpr (VF == AttnFormat::Q2) o[ii] = V::add(o[ii], V::set1(pm[i0 + ii]));
           V::store(out + (i0 + ii) * hd + c * L, o[ii]);
         }
-      }
+      });
     }
   }
 }
@@ -297,7 +313,7 @@ void attend_simd(const float* q, int64_t nq, int64_t hd, const AttnRows* runs, i
   bool int8_keys = false, q2c_keys = false;
   for (int r = 0; r < n_runs; ++r) {
     const AttnRows& run = runs[r];
-    // Quantized rows are addressed through 32-bit tile offsets (gathers): fine for any KV layout
+    // Quantized rows are addressed through 32-bit offsets within a tile: fine for any KV layout
     // (rows of at most 2^27 bytes apart); anything else takes the reference.
     constexpr int64_t kMaxStride = (int64_t(1) << 31) / kAttnTile;
     if ((is_quantized(run.kf) && std::abs(run.k_stride) >= kMaxStride) ||
@@ -345,9 +361,16 @@ void attend_simd(const float* q, int64_t nq, int64_t hd, const AttnRows* runs, i
       // Softmax step per query: rescale the running state to the new maximum.
       for (int64_t i = 0; i < nq; ++i) {
         float tile_max = -INFINITY;
-        for (int64_t j = 0; j < nt; ++j) tile_max = std::max(tile_max, p[i][j]);
+        if (nt == kAttnTile) {
+          Reg mx = V::load(p[i]);
+          for (int64_t j = L; j < kAttnTile; j += L) mx = V::max(mx, V::load(p[i] + j));
+          tile_max = V::reduce_max(mx);
+        } else {
+          for (int64_t j = 0; j < nt; ++j) tile_max = std::max(tile_max, p[i][j]);
+        }
         const float m_new = std::max(m[i], tile_max);
-        const float corr = std::exp(m[i] - m_new);  // 0 on the first tile
+        // 0 on the first tile; once the maximum settles, 1 without a call to exp.
+        const float corr = m_new == m[i] ? 1.0f : std::exp(m[i] - m_new);
         Reg sum = V::zero();
         for (int64_t j = 0; j < kAttnTile; j += L) {
           Reg e = V::exp(V::sub(V::load(&p[i][j]), V::set1(m_new)));

@@ -467,6 +467,12 @@ struct Vec256 {
   static Reg mul(Reg a, Reg b) { return _mm256_mul_ps(a, b); }
   static Reg div(Reg a, Reg b) { return _mm256_div_ps(a, b); }
   static float reduce_add(Reg v) { return hsum(v); }
+  static Reg max(Reg a, Reg b) { return _mm256_max_ps(a, b); }
+  static float reduce_max(Reg v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+  }
   static Reg exp(Reg x) { return exp256(x); }
   static Reg first_n(Reg v, int64_t n) {  // lanes >= n cleared
     const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(int32_t(std::clamp<int64_t>(n, 0, 8))),
@@ -513,23 +519,11 @@ struct Vec256 {
     out[2] = _mm256_unpacklo_epi64(t1, t3);
     out[3] = _mm256_unpackhi_epi64(t1, t3);
   }
-  // The fp16 at p + off[j] (and, x2, the one after it: Q2's d and m) of each lane's row: the
-  // low halves of the gathered dwords packed into 8 halves, then F16C.
-  static __m128i low_halves(IReg w) {
-    const IReg pick = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,  //
-                                       0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1);
-    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_shuffle_epi8(w, pick), 0x08));
-  }
-  static Reg gather_f16(const uint8_t* p, const int32_t* off) {
-    const IReg w = _mm256_i32gather_epi32(reinterpret_cast<const int*>(p),
-                                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(off)), 1);
-    return _mm256_cvtph_ps(low_halves(w));
-  }
+  // The fp16 at p + off[j] of each lane's row (x2: and the one after it, Q2's d and m).
+  static Reg gather_f16(const uint8_t* p, const int32_t* off) { return _mm256_cvtph_ps(halves8(p, off)); }
   static void gather_f16x2(const uint8_t* p, const int32_t* off, Reg& lo, Reg& hi) {
-    const IReg w = _mm256_i32gather_epi32(reinterpret_cast<const int*>(p),
-                                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(off)), 1);
-    lo = _mm256_cvtph_ps(low_halves(w));
-    hi = _mm256_cvtph_ps(low_halves(_mm256_srli_epi32(w, 16)));
+    lo = gather_f16(p, off);
+    hi = gather_f16(p + 2, off);
   }
   // 8 two-bit codes (2 bytes, code l at bits 2l) as floats: vpermps reads the low 3 bits of
   // w >> 2l, and the table maps them to their low 2.

@@ -488,6 +488,8 @@ struct Vec512 {
   static Reg mul(Reg a, Reg b) { return _mm512_mul_ps(a, b); }
   static Reg div(Reg a, Reg b) { return _mm512_div_ps(a, b); }
   static float reduce_add(Reg v) { return _mm512_reduce_add_ps(v); }
+  static Reg max(Reg a, Reg b) { return _mm512_max_ps(a, b); }
+  static float reduce_max(Reg v) { return _mm512_reduce_max_ps(v); }
   static Reg exp(Reg x) { return exp512(x); }
   static Reg first_n(Reg v, int64_t n) {  // lanes >= n cleared
     return _mm512_maskz_mov_ps(__mmask16(n <= 0 ? 0 : n >= 16 ? 0xFFFF : (1u << n) - 1), v);
@@ -529,15 +531,13 @@ struct Vec512 {
     out[2] = _mm512_unpacklo_epi64(t1, t3);
     out[3] = _mm512_unpackhi_epi64(t1, t3);
   }
-  // The fp16 at p + off[j] (and, x2, the one after it: Q2's d and m) of each lane's row.
+  // The fp16 at p + off[j] of each lane's row (x2: and the one after it, Q2's d and m).
   static Reg gather_f16(const uint8_t* p, const int32_t* off) {
-    const IReg w = _mm512_i32gather_epi32(_mm512_loadu_si512(off), p, 1);
-    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(w));
+    return _mm512_cvtph_ps(_mm256_set_m128i(halves8(p, off + 8), halves8(p, off)));
   }
   static void gather_f16x2(const uint8_t* p, const int32_t* off, Reg& lo, Reg& hi) {
-    const IReg w = _mm512_i32gather_epi32(_mm512_loadu_si512(off), p, 1);
-    lo = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(w));
-    hi = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(w, 16)));
+    lo = gather_f16(p, off);
+    hi = gather_f16(p + 2, off);
   }
   // 16 two-bit codes (4 bytes, code l at bits 2l) as floats: vpermps reads the low 4 bits of
   // w >> 2l, and the table maps them to their low 2.

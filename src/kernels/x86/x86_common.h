@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "quant/blocks.h"
 
@@ -22,6 +23,24 @@ inline __m256i unpack_nibbles(const uint8_t* qs) {
   __m128i lo = _mm_and_si128(b, _mm_set1_epi8(0x0f));
   __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0f));
   return _mm256_set_m128i(hi, lo);
+}
+
+// The 8 fp16 values at p + off[j], j < 8, in one register (row scales for the attention kernels,
+// attend_simd.h). Scalar loads and inserts: on Zen 4 they cost less than vpgatherdd.
+inline __m128i halves8(const uint8_t* p, const int32_t* off) {
+  auto at = [&](int j) {
+    uint16_t h;
+    std::memcpy(&h, p + off[j], 2);
+    return int(h);
+  };
+  __m128i h = _mm_cvtsi32_si128(at(0));
+  h = _mm_insert_epi16(h, at(1), 1);
+  h = _mm_insert_epi16(h, at(2), 2);
+  h = _mm_insert_epi16(h, at(3), 3);
+  h = _mm_insert_epi16(h, at(4), 4);
+  h = _mm_insert_epi16(h, at(5), 5);
+  h = _mm_insert_epi16(h, at(6), 6);
+  return _mm_insert_epi16(h, at(7), 7);
 }
 
 // One weight row against n_x activation rows, four at a time: Dot<D, N> handles N
