@@ -196,30 +196,56 @@ void score_tile_q2c(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, fl
   (void)nt;  // a Q2Channel run has whole groups: every tile is full
 }
 
-// out_i += sum_j p[i][j] v_j for float V rows (F32, F16): register c of every row, for a chunk
-// of queries whose output registers stay in place while the tile's rows pass.
-template <class V, AttnFormat VF>
-void value_tile_float(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, float (*p)[kAttnTile], float* out) {
-  using Reg = typename V::Reg;
-  constexpr int64_t L = V::kLanes;
-  const int64_t nc = cx.hd / L, hd = cx.hd;
-  const uint8_t* base = static_cast<const uint8_t*>(run.v) + j0 * run.v_stride;
-  for (int64_t c = 0; c < nc; ++c) {
-    for_query_chunks(cx.nq, [&](int64_t i0, auto chunk) {
-      constexpr int64_t ni = decltype(chunk)::value;
-      Reg o[kAttnQueryChunk];
-      for (int64_t ii = 0; ii < ni; ++ii) o[ii] = V::load(out + (i0 + ii) * hd + c * L);
-      for (int64_t j = 0; j < nt; ++j) {
-        const Reg vv = load_row<V, VF>(base + j * run.v_stride, c);
-        for (int64_t ii = 0; ii < ni; ++ii) o[ii] = V::fma(V::set1(p[i0 + ii][j]), vv, o[ii]);
-      }
-      for (int64_t ii = 0; ii < ni; ++ii) V::store(out + (i0 + ii) * hd + c * L, o[ii]);
-    });
-  }
+// Output registers per query that one pass over a tile's rows updates: each (query, register)
+// is its own fma chain across the rows, and one chain per query (nq = 3: three chains) would leave
+// the loop bound by fma latency; R registers give ni * R chains within the register file.
+template <class V>
+constexpr int64_t value_regs(int64_t ni) {
+  return std::max<int64_t>(1, std::min<int64_t>(kQK / V::kLanes, 8 / ni));
 }
 
-// Quantized V rows (Q8_0, Q4_0, Q2): per block the rows' scales are gathered once for the tile
-// and folded into the probabilities, pd[i][j] = p[i][j] * d_j, so a row register is just its codes
+// out[i0 + ii] registers c .. c + R += sum over the tile's rows j of w[ii][j] * decode(row j, c + r),
+// then + add[ii] (Q2's minimum term) when add is not null.
+template <class V, int64_t NI, int64_t R, class Decode>
+void value_group(float* out, int64_t hd, int64_t i0, int64_t c, const uint8_t* base, int64_t stride, int64_t nt,
+                 const float (*w)[kAttnTile], const float* add, Decode decode) {
+  using Reg = typename V::Reg;
+  constexpr int64_t L = V::kLanes;
+  Reg o[NI][R];
+  for (int64_t ii = 0; ii < NI; ++ii)
+    for (int64_t r = 0; r < R; ++r) o[ii][r] = V::load(out + (i0 + ii) * hd + (c + r) * L);
+  for (int64_t j = 0; j < nt; ++j) {
+    Reg vv[R];
+    for (int64_t r = 0; r < R; ++r) vv[r] = decode(base + j * stride, c + r);
+    for (int64_t ii = 0; ii < NI; ++ii) {
+      const Reg wv = V::set1(w[i0 + ii][j]);
+      for (int64_t r = 0; r < R; ++r) o[ii][r] = V::fma(wv, vv[r], o[ii][r]);
+    }
+  }
+  for (int64_t ii = 0; ii < NI; ++ii)
+    for (int64_t r = 0; r < R; ++r) {
+      if (add != nullptr) o[ii][r] = V::add(o[ii][r], V::set1(add[i0 + ii]));
+      V::store(out + (i0 + ii) * hd + (c + r) * L, o[ii][r]);
+    }
+}
+
+// out_i += sum_j p[i][j] v_j for float V rows (F32, F16): the query chunk's output registers stay
+// in place while the tile's rows pass, each row register converted once for the chunk.
+template <class V, AttnFormat VF>
+void value_tile_float(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, float (*p)[kAttnTile], float* out) {
+  const int64_t nc = cx.hd / V::kLanes;
+  const uint8_t* base = static_cast<const uint8_t*>(run.v) + j0 * run.v_stride;
+  auto decode = [](const uint8_t* row, int64_t c) { return load_row<V, VF>(row, c); };
+  for_query_chunks(cx.nq, [&](int64_t i0, auto chunk) {
+    constexpr int64_t ni = decltype(chunk)::value, R = value_regs<V>(ni);
+    int64_t c = 0;
+    for (; c + R <= nc; c += R) value_group<V, ni, R>(out, cx.hd, i0, c, base, run.v_stride, nt, p, nullptr, decode);
+    for (; c < nc; ++c) value_group<V, ni, 1>(out, cx.hd, i0, c, base, run.v_stride, nt, p, nullptr, decode);
+  });
+}
+
+// Quantized V rows (Q8_0, Q4_0, Q2): per block the rows' scales are loaded once for the tile and
+// folded into the probabilities, pd[i][j] = p[i][j] * d_j, so a row register is just its codes
 // converted to floats; Q2's minimum adds sum_j p[i][j] * m_j to the block's lanes once per tile.
 template <class V, AttnFormat VF>
 void value_tile_quant(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, float (*p)[kAttnTile], float* out) {
@@ -228,7 +254,6 @@ void value_tile_quant(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, 
   constexpr int64_t kBlockBytes = VF == AttnFormat::Q8_0   ? sizeof(BlockQ8_0)
                                   : VF == AttnFormat::Q4_0 ? sizeof(BlockQ4_0)
                                                            : sizeof(BlockQ2);
-  const int64_t hd = cx.hd;
   const uint8_t* base = static_cast<const uint8_t*>(run.v) + j0 * run.v_stride;
   alignas(64) int32_t off[kAttnTile];
   tile_offsets(run.v_stride, nt, off);
@@ -249,26 +274,20 @@ void value_tile_quant(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, 
         }
       }
     }
-    for (int64_t c = b * (kQK / L); c < (b + 1) * (kQK / L); ++c) {
-      const int64_t o0 = (c * L) % kQK;  // first value of the register within the block
-      for_query_chunks(cx.nq, [&](int64_t i0, auto chunk) {
-        constexpr int64_t ni = decltype(chunk)::value;
-        Reg o[kAttnQueryChunk];
-        for (int64_t ii = 0; ii < ni; ++ii) o[ii] = V::load(out + (i0 + ii) * hd + c * L);
-        for (int64_t j = 0; j < nt; ++j) {
-          const uint8_t* vb = base + j * run.v_stride + b * kBlockBytes;
-          Reg vv;
-          if constexpr (VF == AttnFormat::Q8_0) vv = V::load_i8(reinterpret_cast<const int8_t*>(vb + 2) + o0);
-          else if constexpr (VF == AttnFormat::Q4_0) vv = V::load_q4(vb + 2 + o0 % 16, o0 >= 16);
-          else vv = V::codes2(vb + 4 + o0 / 4);
-          for (int64_t ii = 0; ii < ni; ++ii) o[ii] = V::fma(V::set1(pd[i0 + ii][j]), vv, o[ii]);
-        }
-        for (int64_t ii = 0; ii < ni; ++ii) {
-          if constexpr (VF == AttnFormat::Q2) o[ii] = V::add(o[ii], V::set1(pm[i0 + ii]));
-          V::store(out + (i0 + ii) * hd + c * L, o[ii]);
-        }
-      });
-    }
+    // Register c of a row: values (c * L) % 32 ... of block b.
+    auto decode = [b](const uint8_t* row, int64_t c) {
+      const uint8_t* vb = row + b * kBlockBytes;
+      const int64_t o = (c * L) % kQK;
+      if constexpr (VF == AttnFormat::Q8_0) return V::load_i8(reinterpret_cast<const int8_t*>(vb + 2) + o);
+      else if constexpr (VF == AttnFormat::Q4_0) return V::load_q4(vb + 2 + o % 16, o >= 16);
+      else return V::codes2(vb + 4 + o / 4);
+    };
+    const float* add = VF == AttnFormat::Q2 ? pm : nullptr;
+    for_query_chunks(cx.nq, [&](int64_t i0, auto chunk) {
+      constexpr int64_t ni = decltype(chunk)::value, R = value_regs<V>(ni);
+      for (int64_t c = b * (kQK / L); c < (b + 1) * (kQK / L); c += R)
+        value_group<V, ni, R>(out, cx.hd, i0, c, base, run.v_stride, nt, pd, add, decode);
+    });
   }
 }
 
@@ -346,9 +365,10 @@ void attend_simd(const float* q, int64_t nq, int64_t hd, const AttnRows* runs, i
 
   alignas(64) float p[kAttnMaxQ][kAttnTile] = {};  // scores, then probabilities; lanes past a run's end 0
   float m[kAttnMaxQ], l[kAttnMaxQ];
+  Reg lv[kAttnMaxQ];  // l per query as kLanes partial sums, added up once at the end
   for (int64_t i = 0; i < nq; ++i) {
     m[i] = -INFINITY;
-    l[i] = 0.0f;
+    lv[i] = V::zero();
     std::fill(out + i * hd, out + (i + 1) * hd, 0.0f);
   }
   for (int r = 0; r < n_runs; ++r) {
@@ -378,7 +398,7 @@ void attend_simd(const float* q, int64_t nq, int64_t hd, const AttnRows* runs, i
           V::store(&p[i][j], e);
           sum = V::add(sum, e);
         }
-        l[i] = l[i] * corr + V::reduce_add(sum);
+        lv[i] = V::fma(lv[i], V::set1(corr), sum);
         m[i] = m_new;
         if (corr != 1.0f) {
           float* o = out + i * hd;
@@ -388,6 +408,7 @@ void attend_simd(const float* q, int64_t nq, int64_t hd, const AttnRows* runs, i
       value(cx, run, j0, nt, p, out);
     }
   }
+  for (int64_t i = 0; i < nq; ++i) l[i] = V::reduce_add(lv[i]);
   // Eviction statistics: with the final m and l known, each row's probabilities once more.
   for (int r = 0; r < n_runs; ++r) {
     const AttnRows& run = runs[r];
