@@ -127,23 +127,29 @@ void score_tile_int8(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, f
       constexpr int32_t kBias = kQ8 ? V::kS8Bias : 8;
       for_query_chunks(cx.nq, [&](int64_t i0, auto chunk) {
         constexpr int64_t ni = decltype(chunk)::value;
-        IReg acc[kAttnQueryChunk];
-        const BlockQ8Act* qb[kAttnQueryChunk];
+        // Two sums per query (even and odd g) where registers allow: more chains in flight.
+        constexpr int64_t A = 2 * ni <= V::kRegs / 4 ? 2 : 1;
+        IReg acc[ni][A];
+        const BlockQ8Act* qb[ni];
         for (int64_t ii = 0; ii < ni; ++ii) {
           qb[ii] = cx.qa + (i0 + ii) * cx.nb + b;
-          acc[ii] = V::set1_i32(-kBias * qb[ii]->sum);
+          acc[ii][0] = V::set1_i32(-kBias * qb[ii]->sum);
+          if constexpr (A == 2) acc[ii][1] = V::set1_i32(0);
         }
         for (int g = 0; g < 8; ++g) {
           if constexpr (kQ8) {
             const auto kp = V::prep_s8(kt[g]);
-            for (int64_t ii = 0; ii < ni; ++ii) acc[ii] = V::dot_s8(acc[ii], kp, V::bcast4(qb[ii]->qs + 4 * g));
+            for (int64_t ii = 0; ii < ni; ++ii)
+              acc[ii][g % A] = V::dot_s8(acc[ii][g % A], kp, V::bcast4(qb[ii]->qs + 4 * g));
           } else {
-            for (int64_t ii = 0; ii < ni; ++ii) acc[ii] = V::dot_u8(acc[ii], kt[g], V::bcast4(qb[ii]->qs + 4 * g));
+            for (int64_t ii = 0; ii < ni; ++ii)
+              acc[ii][g % A] = V::dot_u8(acc[ii][g % A], kt[g], V::bcast4(qb[ii]->qs + 4 * g));
           }
         }
         for (int64_t ii = 0; ii < ni; ++ii) {
           float* pr = p[i0 + ii] + js;
-          const Reg s = V::mul(V::cvt_i32(acc[ii]), V::mul(dk, V::set1(qb[ii]->d)));
+          const IReg isum = A == 2 ? V::add_i32(acc[ii][0], acc[ii][A - 1]) : acc[ii][0];
+          const Reg s = V::mul(V::cvt_i32(isum), V::mul(dk, V::set1(qb[ii]->d)));
           V::store(pr, b == 0 ? s : V::add(V::load(pr), s));
         }
       });
@@ -180,18 +186,29 @@ void score_tile_q2c(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, fl
   const int64_t half = (j0 % kQK) / kAttnTile;  // positions 16 * half ... of the group
   for_query_chunks(cx.nq, [&](int64_t i0, auto chunk) {
     constexpr int64_t ni = decltype(chunk)::value;
-    Reg acc[kAttnQueryChunk][R];
+    // A accumulators per (query, register) take channels in turn: ni * R * A fma chains to cover
+    // the fma latency, within half the register file (hd is a multiple of 32, so of A).
+    constexpr int64_t A = 4 * ni * R <= V::kRegs / 2 ? 4 : 2 * ni * R <= V::kRegs / 2 ? 2 : 1;
+    Reg acc[ni][R][A];
     for (int64_t ii = 0; ii < ni; ++ii)
-      for (int64_t r = 0; r < R; ++r) acc[ii][r] = V::set1(cx.bias[i0 + ii]);
-    for (int64_t c = 0; c < hd; ++c) {
-      const uint8_t* codes = grp[c].qs + (half * kAttnTile) / 4;
-      for (int64_t r = 0; r < R; ++r) {
-        const Reg k = V::codes2(codes + r * L / 4);
-        for (int64_t ii = 0; ii < ni; ++ii) acc[ii][r] = V::fma(V::set1(cx.qd[(i0 + ii) * hd + c]), k, acc[ii][r]);
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t a = 0; a < A; ++a) acc[ii][r][a] = a == 0 ? V::set1(cx.bias[i0 + ii]) : V::zero();
+    for (int64_t c0 = 0; c0 < hd; c0 += A)
+      for (int64_t a = 0; a < A; ++a) {
+        const int64_t c = c0 + a;
+        const uint8_t* codes = grp[c].qs + (half * kAttnTile) / 4;
+        for (int64_t r = 0; r < R; ++r) {
+          const Reg k = V::codes2(codes + r * L / 4);
+          for (int64_t ii = 0; ii < ni; ++ii)
+            acc[ii][r][a] = V::fma(V::set1(cx.qd[(i0 + ii) * hd + c]), k, acc[ii][r][a]);
+        }
       }
-    }
     for (int64_t ii = 0; ii < ni; ++ii)
-      for (int64_t r = 0; r < R; ++r) V::store(p[i0 + ii] + r * L, acc[ii][r]);
+      for (int64_t r = 0; r < R; ++r) {
+        Reg sum = acc[ii][r][0];
+        for (int64_t a = 1; a < A; ++a) sum = V::add(sum, acc[ii][r][a]);
+        V::store(p[i0 + ii] + r * L, sum);
+      }
   });
   (void)nt;  // a Q2Channel run has whole groups: every tile is full
 }

@@ -454,6 +454,7 @@ inline __m256 exp256(__m256 x) {
 struct Vec256 {
   using Reg = __m256;
   static constexpr int64_t kLanes = 8;
+  static constexpr int64_t kRegs = 16;  // vector registers
   static Reg zero() { return _mm256_setzero_ps(); }
   static Reg set1(float x) { return _mm256_set1_ps(x); }
   static Reg load(const float* p) { return _mm256_loadu_ps(p); }
@@ -485,6 +486,7 @@ struct Vec256 {
   static void quantize_query(const float* x, BlockQ8Act* out, int64_t n) { quantize_q8(x, out, n); }
   static Reg cvt_i32(IReg v) { return _mm256_cvtepi32_ps(v); }
   static IReg set1_i32(int32_t x) { return _mm256_set1_epi32(x); }
+  static IReg add_i32(IReg a, IReg b) { return _mm256_add_epi32(a, b); }
   static IReg bcast4(const int8_t* p) {
     int32_t x;
     std::memcpy(&x, p, 4);

@@ -475,6 +475,7 @@ inline __m512 exp512(__m512 x) {
 struct Vec512 {
   using Reg = __m512;
   static constexpr int64_t kLanes = 16;
+  static constexpr int64_t kRegs = 32;  // vector registers
   static Reg zero() { return _mm512_setzero_ps(); }
   static Reg set1(float x) { return _mm512_set1_ps(x); }
   static Reg load(const float* p) { return _mm512_loadu_ps(p); }
@@ -500,6 +501,7 @@ struct Vec512 {
   static void quantize_query(const float* x, BlockQ8Act* out, int64_t n) { quantize_q8(x, out, n); }
   static Reg cvt_i32(IReg v) { return _mm512_cvtepi32_ps(v); }
   static IReg set1_i32(int32_t x) { return _mm512_set1_epi32(x); }
+  static IReg add_i32(IReg a, IReg b) { return _mm512_add_epi32(a, b); }
   static IReg bcast4(const int8_t* p) {
     int32_t x;
     std::memcpy(&x, p, 4);
