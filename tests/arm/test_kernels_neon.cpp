@@ -29,6 +29,10 @@
 //                    tile split, strided activations (rows 16, 5, 21; nb = 1..4)
 //   silu_mul         bit-identical (n = 0..67)
 //   ssm_scan         bit-identical, state included (ds = 16, 64, 128, 256; 6 tokens a call)
+//   attend           every K format x every V format as the first of two runs (the second in
+//                    other formats), nq 1, 3, 5, hd 64, 128, lengths that are not multiples
+//                    of the tile, eviction weights off and on: within 2e-5 (relative and
+//                    absolute) of the scalar kernel
 //   dispatch         `--isa` prints the table kernels() picked (the script checks
 //                    PEREGRINE_ISA handling with it)
 #include <cmath>
@@ -45,6 +49,7 @@
 #include "quant/dequantize.h"
 #include "quant/fp16.h"
 #include "quant/kquants.h"
+#include "quant/quantize.h"
 
 namespace peregrine {
 namespace {
@@ -616,6 +621,78 @@ void check_conversions(const KernelTable& s, const KernelTable& t) {
   CHECK(badbf == 0, "dot_bf16 of a single bf16 differs from the reference for %d values", badbf);
 }
 
+// ---- attend
+
+// n rows of hd values in format f, `stride` bytes apart (Q2Channel: groups of 32 rows).
+std::vector<uint8_t> encode_attn_rows(AttnFormat f, const std::vector<float>& x, int64_t n, int64_t hd,
+                                      int64_t& stride) {
+  const int64_t nb = hd / kQK;
+  const int64_t row_bytes[] = {hd * 4, hd * 2, nb * 34, nb * 18, nb * 12, hd * 12};
+  stride = row_bytes[int(f)] + 8;
+  const int64_t n_rows = f == AttnFormat::Q2Channel ? n / kQK : n;
+  std::vector<uint8_t> out(size_t(n_rows * stride), 0xCD);
+  for (int64_t j = 0; j < n_rows; ++j) {
+    uint8_t* row = out.data() + j * stride;
+    const float* xr = x.data() + j * hd;
+    switch (f) {
+      case AttnFormat::F32: std::memcpy(row, xr, size_t(hd) * 4); break;
+      case AttnFormat::F16: quantize_row_f16_ref(xr, reinterpret_cast<uint16_t*>(row), hd); break;
+      case AttnFormat::Q8_0: quantize_row_q8_0_ref(xr, reinterpret_cast<BlockQ8_0*>(row), hd); break;
+      case AttnFormat::Q4_0: quantize_row_q4_0_ref(xr, reinterpret_cast<BlockQ4_0*>(row), hd); break;
+      case AttnFormat::Q2: quantize_row_q2_ref(xr, reinterpret_cast<BlockQ2*>(row), hd); break;
+      case AttnFormat::Q2Channel:
+        quantize_group_q2_channel(x.data() + j * kQK * hd, hd, hd, reinterpret_cast<BlockQ2*>(row));
+        break;
+    }
+  }
+  return out;
+}
+
+void check_attend(const KernelTable& s, const KernelTable& t, std::mt19937& rng) {
+  CHECK(t.attend != nullptr, "NEON has no attend");
+  if (t.attend == nullptr) return;
+  const AttnFormat keys[] = {AttnFormat::F32, AttnFormat::F16, AttnFormat::Q8_0,
+                             AttnFormat::Q4_0, AttnFormat::Q2, AttnFormat::Q2Channel};
+  const AttnFormat values[] = {AttnFormat::F32, AttnFormat::F16, AttnFormat::Q8_0, AttnFormat::Q4_0, AttnFormat::Q2};
+  const int64_t lengths[] = {1, 15, 17, 37, 100}, group_lengths[] = {32, 64, 96};
+  int case_no = 0;
+  for (int ik = 0; ik < 6; ++ik)
+    for (int iv = 0; iv < 5; ++iv)
+      for (int64_t hd : {64, 128})
+        for (int64_t nq : {1, 3, 5})
+          for (bool weights : {false, true}) {
+            const AttnFormat kf[2] = {keys[ik], keys[(ik + 1 + iv) % 6]};
+            const AttnFormat vf[2] = {values[iv], values[(iv + 2 + ik) % 5]};
+            std::vector<uint8_t> kb[2], vb[2];
+            std::vector<float> w_ref[2], w_got[2];
+            AttnRows runs[2];
+            for (int r = 0; r < 2; ++r) {
+              const int64_t n = kf[r] == AttnFormat::Q2Channel ? group_lengths[(case_no + r) % 3]
+                                                               : lengths[(case_no + 2 * r) % 5];
+              int64_t ks = 0, vs = 0;
+              kb[r] = encode_attn_rows(kf[r], random_floats(size_t(n * hd), rng), n, hd, ks);
+              vb[r] = encode_attn_rows(vf[r], random_floats(size_t(n * hd), rng), n, hd, vs);
+              w_ref[r].assign(size_t(n), 0.0f);
+              w_got[r].assign(size_t(n), 0.0f);
+              runs[r] = AttnRows{kb[r].data(), vb[r].data(), n, ks, vs, kf[r], vf[r], nullptr};
+            }
+            ++case_no;
+            const auto q = random_floats(size_t(nq * hd), rng, 0.3f);
+            std::vector<float> want(size_t(nq * hd)), got(want.size());
+            for (int r = 0; r < 2; ++r) runs[r].weights = weights ? w_ref[r].data() : nullptr;
+            s.attend(q.data(), nq, hd, runs, 2, want.data());
+            for (int r = 0; r < 2; ++r) runs[r].weights = weights ? w_got[r].data() : nullptr;
+            t.attend(q.data(), nq, hd, runs, 2, got.data());
+            int bad = 0;
+            for (size_t i = 0; i < want.size(); ++i) bad += !(std::fabs(got[i] - want[i]) <= 2e-5f + 2e-5f * std::fabs(want[i]));
+            for (int r = 0; r < 2; ++r)
+              for (size_t j = 0; j < w_ref[r].size(); ++j)
+                bad += !(std::fabs(w_got[r][j] - w_ref[r][j]) <= 1e-6f + 1e-5f * w_ref[r][j]);
+            CHECK(bad == 0, "attend K %d/%d V %d/%d hd=%lld nq=%lld weights=%d: %d values off", int(kf[0]),
+                  int(kf[1]), int(vf[0]), int(vf[1]), (long long)hd, (long long)nq, int(weights), bad);
+          }
+}
+
 }  // namespace
 }  // namespace peregrine
 
@@ -651,6 +728,7 @@ int main(int argc, char** argv) {
   check_conversions(s, *t);
   check_silu_mul(s, *t, rng);
   check_ssm_scan(s, *t, rng);
+  check_attend(s, *t, rng);
 
   if (g_failures > 0) {
     std::fprintf(stderr, "%s: %d of %d checks FAILED\n", variant, g_failures, g_checks);

@@ -2,7 +2,7 @@
 // quantize_q8, the quantized row dots, the panel kernels (Q4_0, Q4_1, Q8_0, ternary) and
 // silu_mul are bit-identical to the scalar reference (exact integer sums, then its float
 // steps in its order); the float dots and axpy use FMA and several accumulators, so they
-// differ from it by rounding (tested with a bound).
+// differ from it by rounding (tested with a bound); attend is kernels/attend_simd.h's, as on x86.
 // Tested under qemu by scripts/test_neon.sh (tests/arm/test_kernels_neon.cpp).
 #include <arm_neon.h>
 
@@ -12,6 +12,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/attend_simd.h"
 #include "kernels/kernels.h"
 #include "kernels/packed.h"
 
@@ -525,6 +526,127 @@ void panel_dot_f(const uint8_t* panel, int64_t nb, const float* x, int64_t x_str
   }
 }
 
+// ---- Attention: kernels/attend_simd.h over 4-lane registers.
+
+// exp(x) = 2^n * e^r as the x86 units compute it: n = round(x / ln 2), |r| <= ln 2 / 2, a
+// degree-6 Taylor polynomial, 2^n built in the exponent bits. Below -87 (and -inf) -> 0.
+inline float32x4_t exp128(float32x4_t x) {
+  const uint32x4_t tiny = vcltq_f32(x, vdupq_n_f32(-87.0f));
+  x = vmaxq_f32(vminq_f32(x, vdupq_n_f32(88.0f)), vdupq_n_f32(-87.0f));
+  const float32x4_t n = vrndnq_f32(vmulq_n_f32(x, 1.44269504088896341f));
+  float32x4_t r = vfmsq_f32(x, n, vdupq_n_f32(0.693359375f));  // ln 2 split in two
+  r = vfmsq_f32(r, n, vdupq_n_f32(-2.12194440e-4f));
+  float32x4_t p = vdupq_n_f32(1.0f / 720);
+  p = vfmaq_f32(vdupq_n_f32(1.0f / 120), p, r);
+  p = vfmaq_f32(vdupq_n_f32(1.0f / 24), p, r);
+  p = vfmaq_f32(vdupq_n_f32(1.0f / 6), p, r);
+  p = vfmaq_f32(vdupq_n_f32(0.5f), p, r);
+  p = vfmaq_f32(vdupq_n_f32(1.0f), p, r);
+  p = vfmaq_f32(vdupq_n_f32(1.0f), p, r);
+  const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);  // n in [-126, 127]
+  const float32x4_t y = vmulq_f32(p, vreinterpretq_f32_s32(e));
+  return vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(y), tiny));
+}
+
+struct Vec128 {
+  using Reg = float32x4_t;
+  static constexpr int64_t kLanes = 4;
+  static constexpr int64_t kRegs = 32;  // vector registers
+  static Reg zero() { return vdupq_n_f32(0.0f); }
+  static Reg set1(float x) { return vdupq_n_f32(x); }
+  static Reg load(const float* p) { return vld1q_f32(p); }
+  static Reg load(const uint16_t* p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+  static void store(float* p, Reg v) { vst1q_f32(p, v); }
+  static Reg fma(Reg a, Reg b, Reg c) { return vfmaq_f32(c, a, b); }
+  static Reg add(Reg a, Reg b) { return vaddq_f32(a, b); }
+  static Reg sub(Reg a, Reg b) { return vsubq_f32(a, b); }
+  static Reg mul(Reg a, Reg b) { return vmulq_f32(a, b); }
+  static float reduce_add(Reg v) { return vaddvq_f32(v); }
+  static Reg max(Reg a, Reg b) { return vmaxq_f32(a, b); }
+  static float reduce_max(Reg v) { return vmaxvq_f32(v); }
+  static Reg exp(Reg x) { return exp128(x); }
+  static Reg first_n(Reg v, int64_t n) {  // lanes >= n cleared
+    const int32x4_t iota = {0, 1, 2, 3};
+    const uint32x4_t keep = vcltq_s32(iota, vdupq_n_s32(int32_t(std::clamp<int64_t>(n, 0, 4))));
+    return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(v), keep));
+  }
+
+  // ---- for attend_simd's quantized rows
+  using IReg = int32x4_t;
+  static float h2f(uint16_t h) { return peregrine::h2f(h); }
+  static void quantize_query(const float* x, BlockQ8Act* out, int64_t n) { quantize_q8(x, out, n); }
+  static Reg cvt_i32(IReg v) { return vcvtq_f32_s32(v); }
+  static IReg set1_i32(int32_t x) { return vdupq_n_s32(x); }
+  static IReg add_i32(IReg a, IReg b) { return vaddq_s32(a, b); }
+  static IReg bcast4(const int8_t* p) {
+    int32_t x;
+    std::memcpy(&x, p, 4);
+    return vdupq_n_s32(x);
+  }
+  // Signed x signed bytes, four per lane: SDOT, or widening multiplies and pairwise adds.
+  static constexpr int32_t kS8Bias = 0;
+  static IReg prep_s8(IReg k) { return k; }
+  static IReg dot_s8(IReg acc, IReg k, IReg q) {
+    const int8x16_t a = vreinterpretq_s8_s32(k), b = vreinterpretq_s8_s32(q);
+#if defined(__ARM_FEATURE_DOTPROD)
+    return vdotq_s32(acc, a, b);
+#else
+    const int32x4_t lo = vpaddlq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(b)));  // byte pairs of lanes 0, 1
+    const int32x4_t hi = vpaddlq_s16(vmull_high_s8(a, b));                      // of lanes 2, 3
+    return vaddq_s32(acc, vpaddq_s32(lo, hi));
+#endif
+  }
+  static IReg dot_u8(IReg acc, IReg u, IReg q) { return dot_s8(acc, u, q); }  // u <= 15: a signed byte too
+  static IReg nibbles_lo(IReg v) {
+    return vreinterpretq_s32_u8(vandq_u8(vreinterpretq_u8_s32(v), vdupq_n_u8(0x0f)));
+  }
+  static IReg nibbles_hi(IReg v) { return vreinterpretq_s32_u8(vshrq_n_u8(vreinterpretq_u8_s32(v), 4)); }
+  // out[g] lane j = bytes 4g..4g+3 of the 16 at p + off[j]: a 4 x 4 transpose of dwords.
+  static void transpose_chunks(const uint8_t* p, const int32_t* off, IReg* out) {
+    IReg r[4];
+    for (int a = 0; a < 4; ++a) r[a] = vreinterpretq_s32_u8(vld1q_u8(p + off[a]));
+    const int64x2_t t0 = vreinterpretq_s64_s32(vtrn1q_s32(r[0], r[1]));
+    const int64x2_t t1 = vreinterpretq_s64_s32(vtrn2q_s32(r[0], r[1]));
+    const int64x2_t t2 = vreinterpretq_s64_s32(vtrn1q_s32(r[2], r[3]));
+    const int64x2_t t3 = vreinterpretq_s64_s32(vtrn2q_s32(r[2], r[3]));
+    out[0] = vreinterpretq_s32_s64(vtrn1q_s64(t0, t2));
+    out[1] = vreinterpretq_s32_s64(vtrn1q_s64(t1, t3));
+    out[2] = vreinterpretq_s32_s64(vtrn2q_s64(t0, t2));
+    out[3] = vreinterpretq_s32_s64(vtrn2q_s64(t1, t3));
+  }
+  // The fp16 at p + off[j] of each lane's row (x2: and the one after it, Q2's d and m).
+  static Reg gather_f16(const uint8_t* p, const int32_t* off) {
+    uint16_t h[4];
+    for (int j = 0; j < 4; ++j) std::memcpy(&h[j], p + off[j], 2);
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
+  }
+  static void gather_f16x2(const uint8_t* p, const int32_t* off, Reg& lo, Reg& hi) {
+    lo = gather_f16(p, off);
+    hi = gather_f16(p + 2, off);
+  }
+  // 4 two-bit codes (one byte, code l at bits 2l) as floats.
+  static Reg codes2(const uint8_t* p) {
+    const int32x4_t shifts = {0, -2, -4, -6};
+    const uint32x4_t v = vshlq_u32(vdupq_n_u32(*p), shifts);
+    return vcvtq_f32_u32(vandq_u32(v, vdupq_n_u32(3)));
+  }
+  static Reg load_i8(const int8_t* p) {  // 4 values
+    int32_t w;
+    std::memcpy(&w, p, 4);
+    const int16x8_t h = vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(w)));
+    return vcvtq_f32_s32(vmovl_s16(vget_low_s16(h)));
+  }
+  // Q4_0 values q - 8 of 4 bytes' low (or high) nibbles.
+  static Reg load_q4(const uint8_t* p, bool high) {
+    uint32_t w;
+    std::memcpy(&w, p, 4);
+    const uint16x8_t h = vmovl_u8(vreinterpret_u8_u32(vdup_n_u32(w)));
+    uint32x4_t v = vmovl_u16(vget_low_u16(h));
+    v = high ? vshrq_n_u32(v, 4) : vandq_u32(v, vdupq_n_u32(0x0f));
+    return vcvtq_f32_s32(vsubq_s32(vreinterpretq_s32_u32(v), vdupq_n_s32(8)));
+  }
+};
+
 }  // namespace
 
 const KernelTable* neon_kernels() {
@@ -547,7 +669,8 @@ const KernelTable* neon_kernels() {
       .panel_f32 = panel_dot_f<float>,
       .panel_f16 = panel_dot_f<uint16_t>,
       .panel_bf16 = panel_dot_f<Bf16>,
-      // attend_f16/f32 left null: attention uses the scalar table's.
+      .attend = attend_simd<Vec128>,
+      .attn_hd_multiple = Vec128::kLanes,
       .silu_mul = silu_mul,
       .ssm_scan = ssm_scan,
   };

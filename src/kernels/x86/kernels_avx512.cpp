@@ -14,7 +14,7 @@
 
 #include "kernels/kernels.h"
 #include "kernels/packed.h"
-#include "kernels/x86/attend_simd.h"
+#include "kernels/attend_simd.h"
 #include "kernels/x86/x86_common.h"
 
 namespace peregrine {
@@ -498,6 +498,7 @@ struct Vec512 {
 
   // ---- for attend_simd's quantized rows (attend_simd.h)
   using IReg = __m512i;
+  static float h2f(uint16_t h) { return peregrine::h2f(h); }
   static void quantize_query(const float* x, BlockQ8Act* out, int64_t n) { quantize_q8(x, out, n); }
   static Reg cvt_i32(IReg v) { return _mm512_cvtepi32_ps(v); }
   static IReg set1_i32(int32_t x) { return _mm512_set1_epi32(x); }

@@ -1,7 +1,8 @@
-// The attention kernel written once over a vector-traits class V (V::kLanes floats
-// per register), instantiated by the AVX2 and AVX-512 units with their own target
-// flags. Internal linkage for the same reason as x86_common.h. Same algorithm as the
-// scalar reference (kernels_scalar.cpp): tiles of kAttnTile positions, online softmax.
+// The attention kernel (and the SIMD silu_mul and ssm_scan) written once over a vector-traits
+// class V (V::kLanes floats per register), instantiated by the AVX2 and AVX-512 units (Vec256,
+// Vec512) and, for attend, the NEON one (Vec128), each with its own target flags. Internal
+// linkage for the same reason as x86/x86_common.h. Same algorithm as the scalar reference
+// (kernels_scalar.cpp): tiles of kAttnTile positions, online softmax.
 #pragma once
 
 #include <algorithm>
@@ -12,10 +13,10 @@
 #include <vector>
 
 #include "kernels/kernels.h"
-#include "kernels/x86/x86_common.h"
+#include "quant/blocks.h"
 
 namespace peregrine {
-namespace {  // NOLINT: internal linkage in a header, see x86_common.h
+namespace {  // NOLINT: internal linkage in a header, see x86/x86_common.h
 
 // Queries handled together: their accumulators stay in registers while one K or V
 // row is converted once for all of them (a GQA group is 2-8 heads).
@@ -65,7 +66,7 @@ typename V::Reg load_row(const uint8_t* row, int64_t c) {
     static_assert(F == AttnFormat::Q2);
     const auto* b = reinterpret_cast<const BlockQ2*>(row) + (c * L) / kQK;
     const int64_t o = (c * L) % kQK;  // first value of the register within its block
-    return V::fma(V::set1(h2f(b->d)), V::codes2(b->qs + o / 4), V::set1(h2f(b->m)));
+    return V::fma(V::set1(V::h2f(b->d)), V::codes2(b->qs + o / 4), V::set1(V::h2f(b->m)));
   }
 }
 
@@ -170,8 +171,8 @@ void score_tile_q2c(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, fl
   if (j0 % kQK == 0) {
     float *d = cx.scratch, *m = cx.scratch + hd;
     for (int64_t c = 0; c < hd; ++c) {
-      d[c] = h2f(grp[c].d);
-      m[c] = h2f(grp[c].m);
+      d[c] = V::h2f(grp[c].d);
+      m[c] = V::h2f(grp[c].m);
     }
     for (int64_t i = 0; i < cx.nq; ++i) {
       Reg bias = V::zero();
