@@ -783,17 +783,20 @@ void register_all() {
       {AttnFormat::F32, AttnFormat::F32},   {AttnFormat::F16, AttnFormat::F16},
       {AttnFormat::Q8_0, AttnFormat::Q8_0}, {AttnFormat::Q4_0, AttnFormat::Q4_0},
       {AttnFormat::Q2, AttnFormat::Q2},     {AttnFormat::Q2Channel, AttnFormat::Q2}};
+  // "weights": the eviction statistics' second pass over the keys as well.
   for (const KernelTable* k : runnable_tables())
     for (const auto& [kf, vf] : kAttnFormats)
-      for (bool cold : {false, true}) {
+      for (const char* variant : {"hot", "cold", "hot/weights"}) {
         constexpr int64_t hd = 64, nq = 3, n = 4096;
+        const bool cold = std::string(variant) == "cold", weights = std::string(variant) == "hot/weights";
+        if (weights && kf != AttnFormat::F16 && kf != AttnFormat::Q8_0) continue;
         const double head_bytes = double(n) * double(attn_row_bytes(kf, hd) / (kf == AttnFormat::Q2Channel ? kQK : 1) +
                                                      attn_row_bytes(vf, hd));
         const double l3 = double(l3_bytes() > 0 ? l3_bytes() : size_t(32) << 20);
         const int64_t heads = cold ? int64_t(std::ceil(1.5 * l3 / head_bytes)) : 1;
         RegisterBenchmark(("BM_attend/" + std::string(attn_format_name(kf)) + "_" + attn_format_name(vf) + "/" +
-                           str(isa_name(k->isa)) + "/hd:64/nq:3/n:4096/" + (cold ? "cold" : "hot")).c_str(),
-                          bm_attend, k, kf, vf, hd, nq, n, heads, false)
+                           str(isa_name(k->isa)) + "/hd:64/nq:3/n:4096/" + variant).c_str(),
+                          bm_attend, k, kf, vf, hd, nq, n, heads, weights)
             ->UseRealTime()->Unit(benchmark::kMicrosecond);
       }
   for (const KernelTable* k : runnable_tables())
