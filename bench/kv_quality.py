@@ -91,8 +91,10 @@ MODELS = Path(os.environ.get("PEREGRINE_MODELS", CACHE / "models"))
 MODEL_ALIASES = {"smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf", "gemma3": "gemma-3-270m-q4_k_m.gguf"}
 DEFAULT_TEXT = HERE / "texts" / "long_essay.txt"
 ARG_MAX_CHARS = 120_000  # one argv string may hold 128 KiB on Linux (MAX_ARG_STRLEN)
-# KV element types llama.cpp's -ctk/-ctv take (ggml type names), for the --llama rows
+# KV element types llama.cpp's -ctk/-ctv take (ggml type names): llama-perplexity and llama-server
+# (common/arg.cpp) take f32 too, llama-bench (its own parser) does not.
 LLAMA_KV_TYPES = {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"}
+LLAMA_BENCH_KV_TYPES = LLAMA_KV_TYPES - {"f32"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,7 +109,7 @@ class Config:
     def shown(self) -> str:
         return shlex.join(self.flags) or "(none)"
 
-    def llama_kv(self) -> tuple[list[str] | None, str]:
+    def llama_kv(self, types: set[str] = LLAMA_KV_TYPES) -> tuple[list[str] | None, str]:
         """(llama.cpp flags for the same KV cache, or None, and why not). Only --kv-type,
         --kv-type-k and --kv-type-v of a type llama.cpp has translate; anything else (eviction,
         sparse prefill, KIVI, batch sizes) has no llama.cpp equivalent here."""
@@ -124,8 +126,8 @@ class Config:
                     return None, f"{w} without a value"
                 i += 1
                 val = words[i]
-            if val not in LLAMA_KV_TYPES:
-                return None, f"llama.cpp has no KV type {val}"
+            if val not in types:
+                return None, f"no KV type {val} in this llama.cpp tool"
             if name in ("--kv-type", "--kv-type-k"):
                 k = val
             if name in ("--kv-type", "--kv-type-v"):

@@ -343,11 +343,12 @@ class Plan:
             fallback = self.llama_fallback is not None
         if kind == "peregrine":
             cmd = [str(self.peregrine), "serve", "-m", str(self.model), "--host", "127.0.0.1", "--port", str(port),
-                   "--parallel", str(a.parallel), "-t", str(a.threads), "-c", str(self.ctx)]
+                   "--parallel", str(a.parallel), "-t", str(a.threads), "-c", str(self.ctx),
+                   *shlex.split(a.peregrine_args)]
         else:  # llama-server splits -c among its slots (no unified KV when -np is given)
             cmd = [str(self.llama_server), "-m", str(self.model), "--host", "127.0.0.1", "--port", str(port),
                    "-np", str(a.parallel), "-t", str(a.threads), "-c", str(self.ctx * a.parallel), "--no-webui",
-                   *(LLAMA_FALLBACK if fallback else [])]
+                   *(LLAMA_FALLBACK if fallback else []), *shlex.split(a.llama_args)]
         return cmd
 
 
@@ -569,6 +570,11 @@ def main() -> int:
     ap.add_argument("--llama-server", default="auto",
                     help="llama-server binary, or 'auto' to build it from the pinned sdist (default: auto)")
     ap.add_argument("--only", choices=("peregrine", "llama"), help="run one server only")
+    ap.add_argument("--peregrine-args", default="", metavar="FLAGS",
+                    help="extra flags for peregrine serve, one shell-quoted string (e.g. '--kv-type q8_0'; "
+                         "write --peregrine-args=--no-prefix-cache for a single flag)")
+    ap.add_argument("--llama-args", default="", metavar="FLAGS",
+                    help="extra flags for llama-server, one shell-quoted string (e.g. '-ctk q8_0 -ctv q8_0 -fa on')")
     ap.add_argument("--text", type=Path, default=DEFAULT_TEXT, help=f"prompt source text (default: {DEFAULT_TEXT})")
     ap.add_argument("--timeout", type=float, default=600, help="seconds for one batch of requests (default: 600)")
     ap.add_argument("--start-timeout", type=float, default=180, help="seconds for a server to become healthy (default: 180)")
@@ -583,6 +589,11 @@ def main() -> int:
         for name in ("clients", "prompt_tokens", "max_tokens", "threads", "parallel", "rounds", "jobs"):
             if getattr(args, name) < 1:
                 raise Failure(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("peregrine_args", "llama_args"):
+            try:
+                shlex.split(getattr(args, name))
+            except ValueError as e:
+                raise Failure(f"--{name.replace('_', '-')}: {e}") from None
         model = args.model.expanduser()
         if not model.is_file():
             raise Failure(f"model {model} not found (build/bin/peregrine pull smollm2-135m fetches the default)")
