@@ -382,18 +382,16 @@ inline void prefetch_rows(const void* base, int64_t stride, int64_t row_bytes, i
 // Tiles ahead that a tile's prefetch covers (2, 4 and 8 measured alike beyond the L3; 4 kept).
 constexpr int64_t kAttnPrefetchTiles = 4;
 
-// Quantized rows only: F32 / F16 rows are read front to back, which the hardware prefetcher
-// follows on its own (measured: the prefetches only cost there).
+// Runs with a quantized side only: F32 / F16 rows are read front to back, which the hardware
+// prefetcher follows on its own (measured: there the prefetches only cost), but next to quantized
+// rows it falls behind on both sides.
 inline void prefetch_tile(const AttnRows& run, int64_t hd, int64_t j0) {
   const int64_t j = j0 + kAttnPrefetchTiles * kAttnTile;
-  if (j >= run.n) return;
+  if (j >= run.n || (!is_quantized(run.kf) && !is_quantized(run.vf))) return;
   const int64_t n = std::min(kAttnTile, run.n - j);
-  if (run.kf == AttnFormat::Q2Channel) {
-    if (j % kQK == 0) prefetch_rows(run.k, run.k_stride, attn_row_bytes(run.kf, hd), j / kQK, 1);  // its group
-  } else if (is_quantized(run.kf)) {
-    prefetch_rows(run.k, run.k_stride, attn_row_bytes(run.kf, hd), j, n);
-  }
-  if (is_quantized(run.vf)) prefetch_rows(run.v, run.v_stride, attn_row_bytes(run.vf, hd), j, n);
+  if (run.kf != AttnFormat::Q2Channel) prefetch_rows(run.k, run.k_stride, attn_row_bytes(run.kf, hd), j, n);
+  else if (j % kQK == 0) prefetch_rows(run.k, run.k_stride, attn_row_bytes(run.kf, hd), j / kQK, 1);  // its group
+  prefetch_rows(run.v, run.v_stride, attn_row_bytes(run.vf, hd), j, n);
 }
 
 // KernelTable::attend: the same online softmax as the scalar reference (kernels_scalar.cpp), a
