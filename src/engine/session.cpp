@@ -47,7 +47,7 @@ Result<std::unique_ptr<Session>> Session::open(const std::string& path, const Se
                         a.describe(), n_ctx);
   }
   PG_TRY(opt.spec.validate());
-  KvShape shape = s->m_.model->kv_shape(n_ctx, 1, opt.kv_type, a, opt.n_batch);
+  KvShape shape = s->m_.model->kv_shape(n_ctx, 1, opt.kv, a, opt.n_batch);
   PG_TRY(shape.validate());
   PG_TRY(s->m_.model->check_kv(shape));
   PG_TRY(check_kv_memory(shape));

@@ -27,7 +27,7 @@ struct SessionOptions {
   int n_threads = 0;     // 0 = all cores
   int64_t n_ctx = 0;     // 0 = min(trained context, 4096)
   int64_t n_batch = 512; // prompt tokens per forward pass
-  KvType kv_type = KvType::F16;
+  KvConfig kv;  // --kv-type, --kv-type-k, --kv-type-v
   // Replaces the attention of the model's global layers, e.g. sinks + window
   // (StreamingLLM) to run past the context with a fixed KV budget.
   AttnKind attention = AttnKind::global();

@@ -9,16 +9,107 @@
 
 #include <fmt/format.h>
 
+#include "kv/hadamard.h"
+#include "quant/dequantize.h"
 #include "quant/fp16.h"
+#include "quant/quantize.h"
 
 namespace peregrine {
 
-std::string_view kv_type_name(KvType t) { return t == KvType::F16 ? "f16" : "f32"; }
+std::string_view kv_type_name(KvType t) {
+  switch (t) {
+    case KvType::F32: return "f32";
+    case KvType::F16: return "f16";
+    case KvType::Q8_0: return "q8_0";
+    case KvType::Q4_0: return "q4_0";
+    case KvType::Kivi2: return "kivi2";
+  }
+  return "?";
+}
 
 std::optional<KvType> parse_kv_type(std::string_view name) {
-  if (name == "f16") return KvType::F16;
-  if (name == "f32") return KvType::F32;
+  for (KvType t : {KvType::F32, KvType::F16, KvType::Q8_0, KvType::Q4_0, KvType::Kivi2})
+    if (name == kv_type_name(t)) return t;
   return std::nullopt;
+}
+
+std::string_view kv_evict_name(KvEvict e) {
+  switch (e) {
+    case KvEvict::None: return "none";
+    case KvEvict::H2O: return "h2o";
+    case KvEvict::SnapKV: return "snapkv";
+  }
+  return "?";
+}
+
+std::optional<KvEvict> parse_kv_evict(std::string_view name) {
+  for (KvEvict e : {KvEvict::None, KvEvict::H2O, KvEvict::SnapKV})
+    if (name == kv_evict_name(e)) return e;
+  return std::nullopt;
+}
+
+bool kv_type_blocked(KvType t) { return t == KvType::Q8_0 || t == KvType::Q4_0 || t == KvType::Kivi2; }
+
+namespace {
+// Bytes of n values in a row format.
+size_t format_bytes(AttnFormat f, int64_t n) {
+  switch (f) {
+    case AttnFormat::F32: return size_t(n) * 4;
+    case AttnFormat::F16: return size_t(n) * 2;
+    case AttnFormat::Q8_0: return size_t(n / kQK) * sizeof(BlockQ8_0);
+    case AttnFormat::Q4_0: return size_t(n / kQK) * sizeof(BlockQ4_0);
+    case AttnFormat::Q2:
+    case AttnFormat::Q2Channel: return size_t(n / kQK) * sizeof(BlockQ2);
+  }
+  return 0;
+}
+}  // namespace
+
+size_t kv_head_offset(AttnFormat f, int64_t head_dim, int64_t h) {
+  // A key group holds head_dim records (one per channel) per head.
+  if (f == AttnFormat::Q2Channel) return size_t(h * head_dim) * sizeof(BlockQ2);
+  return size_t(h) * format_bytes(f, head_dim);
+}
+
+bool KvShape::kivi(int64_t layer) const {
+  return (type_k() == KvType::Kivi2 || type_of_v() == KvType::Kivi2) && kind(layer).type == AttnKind::Type::Global;
+}
+
+AttnFormat KvShape::format(int64_t layer, int kv) const {
+  switch (kv == 0 ? type_k() : type_of_v()) {
+    case KvType::F32: return AttnFormat::F32;
+    case KvType::F16: return AttnFormat::F16;
+    case KvType::Q8_0: return AttnFormat::Q8_0;
+    case KvType::Q4_0: return AttnFormat::Q4_0;
+    case KvType::Kivi2:
+      if (!kivi(layer)) return AttnFormat::F16;  // a window's bounded ring stays f16
+      return kv == 0 ? AttnFormat::Q2Channel : AttnFormat::Q2;
+  }
+  return AttnFormat::F16;
+}
+
+int64_t KvShape::rotation(int64_t layer, int kv) const {
+  const int64_t hd = head_dim > 0 ? head_dim : kv_dim;
+  if (!rotate || hd % 64 != 0) return 0;
+  const AttnFormat f = format(layer, kv);
+  const bool quantized = f == AttnFormat::Q8_0 || f == AttnFormat::Q4_0 || (kv == 1 && f == AttnFormat::Q2);
+  if (!quantized) return 0;
+  if (kv == 1) return 64;
+  int64_t n = 64;
+  while (hd % (2 * n) == 0) n *= 2;
+  return n;
+}
+
+size_t KvShape::row_bytes(int64_t layer, int kv) const { return format_bytes(format(layer, kv), kv_dim); }
+
+std::string KvShape::describe_types() const {
+  std::string out = type_k() == type_of_v()
+                        ? std::string(kv_type_name(type_k()))
+                        : fmt::format("K {}, V {}", kv_type_name(type_k()), kv_type_name(type_of_v()));
+  bool any_kivi = false;
+  for (int64_t l = 0; l < n_layer; ++l) any_kivi = any_kivi || kivi(l);
+  if (any_kivi) out += fmt::format(" (last {}-{} positions in f16)", kivi_residual, kivi_residual + kKiviGroup - 1);
+  return out;
 }
 
 std::string AttnKind::describe() const {
@@ -57,9 +148,10 @@ size_t KvShape::state_bytes_per_seq() const {
 }
 
 int64_t KvShape::bytes_per_token() const {
-  int64_t layers = 0;
-  for (int64_t l = 0; l < n_layer; ++l) layers += kind(l).keeps_kv() ? 1 : 0;
-  return 2 * layers * kv_dim * int64_t(elem_bytes());
+  int64_t n = 0;
+  for (int64_t l = 0; l < n_layer; ++l)
+    if (kind(l).keeps_kv()) n += int64_t(row_bytes(l, 0) + row_bytes(l, 1));
+  return n;
 }
 
 bool KvShape::any_windowed() const {
@@ -69,7 +161,7 @@ bool KvShape::any_windowed() const {
 bool KvShape::prefix_sharing() const {
   bool any = false;
   for (int64_t l = 0; l < n_layer; ++l) {
-    if (state(l) > 0) return false;
+    if (state(l) > 0 || kivi(l)) return false;
     if (!kind(l).keeps_kv()) continue;
     if (!supports_prefix_sharing(l)) return false;
     any = true;
@@ -113,6 +205,25 @@ Status KvShape::validate() const {
   }
   if (block_size < 0 || (paged() && (n_blocks < 1 || block_size > 4096 || n_blocks > (int64_t(1) << 24))))
     return make_error("paged KV cache: {} blocks of {} positions is out of range", n_blocks, block_size);
+  const int64_t hd = head_dim > 0 ? head_dim : kv_dim;
+  for (KvType t : {type_k(), type_of_v()}) {
+    if (!kv_type_blocked(t) || !any_kv) continue;
+    if (hd < 1 || hd % kQK != 0 || kv_dim % hd != 0)
+      return make_error("--kv-type {} needs a head dimension that is a multiple of {}; this model's is {}",
+                        kv_type_name(t), kQK, hd);
+  }
+  if ((type_k() == KvType::Kivi2) != (type_of_v() == KvType::Kivi2))
+    return make_error("kivi2 quantizes K and V together: give it to both (--kv-type kivi2)");
+  bool any_kivi = false;
+  for (int64_t l = 0; l < n_layer; ++l) any_kivi = any_kivi || kivi(l);
+  if (any_kivi) {
+    if (kivi_residual < kKiviGroup || kivi_residual % kKiviGroup != 0 || kivi_residual > (int64_t(1) << 20))
+      return make_error("KIVI residual of {} positions: it must be a positive multiple of {}", kivi_residual,
+                        kKiviGroup);
+    if (paged() && block_size % kKiviGroup != 0)
+      return make_error("kivi2 in a paged cache needs blocks of a multiple of {} positions, not {}", kKiviGroup,
+                        block_size);
+  }
   return Status::Ok();
 }
 
@@ -123,10 +234,27 @@ static int64_t layer_rows(const KvShape& s, int64_t layer) {
   return s.n_seq * s.slots(layer);
 }
 
+// Bytes of a KIVI layer's f16 residual rings (K and V) for one sequence.
+static size_t kivi_ring_bytes(const KvShape& s, int64_t layer) {
+  return s.kivi(layer) ? 2 * size_t(s.kivi_ring() * s.kv_dim) * 2 : 0;
+}
+
 size_t KvShape::bytes() const {
   size_t total = 0;
-  for (int64_t l = 0; l < n_layer; ++l) total += 2 * size_t(layer_rows(*this, l) * kv_dim) * elem_bytes();
+  for (int64_t l = 0; l < n_layer; ++l)
+    total += size_t(layer_rows(*this, l)) * (row_bytes(l, 0) + row_bytes(l, 1)) +
+             size_t(n_seq) * kivi_ring_bytes(*this, l);
   return total + size_t(n_seq) * state_bytes_per_seq();
+}
+
+size_t KvShape::bytes_per_seq() const {
+  size_t total = 0;
+  for (int64_t l = 0; l < n_layer; ++l) {
+    if (!kind(l).keeps_kv()) continue;
+    const int64_t rows = supports_prefix_sharing(l) ? n_ctx : slots(l);
+    total += size_t(rows) * (row_bytes(l, 0) + row_bytes(l, 1)) + kivi_ring_bytes(*this, l);
+  }
+  return total + state_bytes_per_seq();
 }
 
 std::string KvShape::describe() const {
@@ -177,8 +305,12 @@ KvCache::KvCache(const KvShape& shape) : shape_(shape) {
     slots_.push_back(shape.slots(l));
     ring_.push_back(shape.kind(l).windowed() ? slots_.back() - shape.kind(l).sinks : 0);
     layer_base_.push_back(off);
-    plane_.push_back(size_t(layer_rows(shape, l) * shape.kv_dim) * shape.elem_bytes());
-    off += 2 * plane_.back();
+    plane_.push_back(size_t(layer_rows(shape, l)) * shape.row_bytes(l, 0));
+    off += plane_.back() + size_t(layer_rows(shape, l)) * shape.row_bytes(l, 1);
+  }
+  for (int64_t l = 0; l < shape.n_layer; ++l) {
+    kivi_base_.push_back(off);
+    off += size_t(shape.n_seq) * kivi_ring_bytes(shape, l);
   }
   bytes_ = off;
   data_.reset(static_cast<uint8_t*>(std::calloc(std::max<size_t>(off, 1), 1)));
@@ -214,7 +346,13 @@ size_t KvCache::offset(int64_t layer, int64_t seq, int64_t pos, int kv) const {
   } else {
     row = seq * slots_[size_t(layer)] + slot(layer, pos);
   }
-  return plane_offset(layer, kv) + size_t(row * shape_.kv_dim) * shape_.elem_bytes();
+  return plane_offset(layer, kv) + size_t(row) * shape_.row_bytes(layer, kv);
+}
+
+uint16_t* KvCache::residual(int64_t layer, int64_t seq, int64_t pos, int kv) const {
+  const int64_t ring = shape_.kivi_ring();
+  const size_t row = size_t((seq * 2 + kv) * ring + pos % ring);
+  return reinterpret_cast<uint16_t*>(data_.get() + kivi_base_[size_t(layer)] + row * size_t(shape_.kv_dim) * 2);
 }
 
 Status KvCache::set_block_table(int64_t seq, const int32_t* blocks, int64_t n) {
@@ -239,10 +377,10 @@ bool KvCache::holds(int64_t seq, int64_t pos) const {
 
 void KvCache::copy_block(int32_t src, int32_t dst) {
   PG_ASSERT(shape_.paged() && src >= 0 && dst >= 0 && src < shape_.n_blocks && dst < shape_.n_blocks);
-  const size_t block_bytes = size_t(shape_.block_size * shape_.kv_dim) * shape_.elem_bytes();
   for (int64_t l = 0; l < shape_.n_layer; ++l) {
     if (!paged_layer(l)) continue;  // (layers without K/V are not paged)
     for (int kv = 0; kv < 2; ++kv) {
+      const size_t block_bytes = size_t(shape_.block_size) * shape_.row_bytes(l, kv);
       uint8_t* base = data_.get() + plane_offset(l, kv);
       std::memcpy(base + size_t(dst) * block_bytes, base + size_t(src) * block_bytes, block_bytes);
     }
@@ -318,6 +456,8 @@ int64_t KvCache::kv_keepable(int64_t seq, int64_t n_keep) const {
     const AttnKind& kind = shape_.kind(l);
     const int64_t first = kind.first_recent(k);
     if (ring_[size_t(l)] > 0 && first < k && first < h.lo) k = std::min(k, kind.sinks);
+    // A KIVI residual that no longer holds what position k reads in f16 keeps nothing.
+    if (shape_.kivi(l) && shape_.kivi_quantized(k) < h.lo) k = 0;
     kept = std::min(kept, k);
   }
   return kept;
@@ -358,14 +498,19 @@ void KvCache::fork(int64_t src_seq, int64_t dst_seq) {
     held(l, dst_seq) = held(l, src_seq);
     if (const int64_t n = shape_.state(l); n > 0)
       std::copy_n(state_.data() + state_offset(l, src_seq), n, state_.data() + state_offset(l, dst_seq));
+    if (shape_.kivi(l)) {  // the residual rings, K and V
+      const size_t ring_bytes = 2 * size_t(shape_.kivi_ring() * shape_.kv_dim) * 2;
+      uint8_t* base = data_.get() + kivi_base_[size_t(l)];
+      std::memcpy(base + size_t(dst_seq) * ring_bytes, base + size_t(src_seq) * ring_bytes, ring_bytes);
+    }
     if (!shape_.kind(l).keeps_kv() || paged_layer(l)) continue;  // paged: the block table below
     // A ring: all its slots; a contiguous global layer: the written rows.
     const int64_t rows = ring_[size_t(l)] > 0 ? slots_[size_t(l)] : held(l, src_seq).end;
-    const size_t seq_bytes = size_t(slots_[size_t(l)] * shape_.kv_dim) * shape_.elem_bytes();
-    const size_t bytes = size_t(rows * shape_.kv_dim) * shape_.elem_bytes();
     for (int kv = 0; kv < 2; ++kv) {
+      const size_t seq_bytes = size_t(slots_[size_t(l)]) * shape_.row_bytes(l, kv);
       uint8_t* base = data_.get() + plane_offset(l, kv);
-      std::memcpy(base + size_t(dst_seq) * seq_bytes, base + size_t(src_seq) * seq_bytes, bytes);
+      std::memcpy(base + size_t(dst_seq) * seq_bytes, base + size_t(src_seq) * seq_bytes,
+                  size_t(rows) * shape_.row_bytes(l, kv));
     }
   }
   checkpoint_pos_[size_t(dst_seq)] = -1;
@@ -382,7 +527,8 @@ void KvCache::adopt_prefix(int64_t seq, int64_t n) {
 }
 
 int KvCache::max_spans() const {
-  return shape_.paged() ? int(std::max<int64_t>(3, shape_.max_blocks_per_seq())) : 3;
+  // Paged: a run per block (KIVI: its groups' blocks, then up to two of its f16 ring).
+  return shape_.paged() ? int(std::max<int64_t>(3, shape_.max_blocks_per_seq() + 2)) : 3;
 }
 
 void KvCache::store(int64_t layer, int64_t seq, int64_t pos, const float* k, const float* v) {
@@ -404,30 +550,93 @@ void KvCache::store(int64_t layer, int64_t seq, int64_t pos, const float* k, con
     else if (pos < h.lo) h.lo = pos;
     else h.lo = std::max(h.lo, pos + 1 - ring);
   }
+  if (shape_.kivi(layer)) {  // the residual ring's held range, as a window ring's
+    const int64_t ring = shape_.kivi_ring();
+    h.lo = pos < h.lo ? pos : std::max(h.lo, pos + 1 - ring);
+  }
   h.end = pos + 1;
-  uint8_t* kd = data_.get() + offset(layer, seq, pos, 0);
-  uint8_t* vd = data_.get() + offset(layer, seq, pos, 1);
-  if (shape_.type == KvType::F32) {
-    std::memcpy(kd, k, size_t(shape_.kv_dim) * 4);
-    std::memcpy(vd, v, size_t(shape_.kv_dim) * 4);
-    return;
+  // Rotated rows (see "Rotation") go through a per-thread copy.
+  thread_local std::vector<float> rotated[2];
+  const float* in[2] = {k, v};
+  for (int kv = 0; kv < 2; ++kv)
+    if (const int64_t block = shape_.rotation(layer, kv); block > 0) {
+      rotated[kv].assign(in[kv], in[kv] + shape_.kv_dim);
+      hadamard_rotate_blocks(rotated[kv].data(), shape_.kv_dim, block);
+      in[kv] = rotated[kv].data();
+    }
+  if (shape_.kivi(layer)) return store_kivi(layer, seq, pos, in[0], in[1]);
+  for (int kv = 0; kv < 2; ++kv) {
+    const float* x = in[kv];
+    uint8_t* d = data_.get() + offset(layer, seq, pos, kv);
+    const int64_t n = shape_.kv_dim;
+    switch (shape_.format(layer, kv)) {
+      case AttnFormat::F32: std::memcpy(d, x, size_t(n) * 4); break;
+      case AttnFormat::F16: quantize_row_f16_ref(x, reinterpret_cast<uint16_t*>(d), n); break;
+      case AttnFormat::Q8_0: quantize_row_q8_0_ref(x, reinterpret_cast<BlockQ8_0*>(d), n); break;
+      case AttnFormat::Q4_0: quantize_row_q4_0_ref(x, reinterpret_cast<BlockQ4_0*>(d), n); break;
+      case AttnFormat::Q2:
+      case AttnFormat::Q2Channel: PG_ASSERT(false && "KIVI rows are stored by store_kivi"); break;
+    }
   }
-  auto* kh = reinterpret_cast<uint16_t*>(kd);
-  auto* vh = reinterpret_cast<uint16_t*>(vd);
-  for (int64_t i = 0; i < shape_.kv_dim; ++i) {
-    kh[i] = f32_to_fp16(k[i]);
-    vh[i] = f32_to_fp16(v[i]);
+}
+
+void KvCache::store_kivi(int64_t layer, int64_t seq, int64_t pos, const float* k, const float* v) {
+  const int64_t n = shape_.kv_dim;
+  quantize_row_f16_ref(k, residual(layer, seq, pos, 0), n);
+  quantize_row_f16_ref(v, residual(layer, seq, pos, 1), n);
+  quantize_row_q2_ref(v, reinterpret_cast<BlockQ2*>(data_.get() + offset(layer, seq, pos, 1)), n);
+  if ((pos + 1) % kKiviGroup != 0) return;
+  // The group's last position: its keys, per channel, from the f16 residual (which holds the
+  // whole group: the ring is longer than a group).
+  thread_local std::vector<float> rows;  // [kKiviGroup][kv_dim]
+  rows.resize(size_t(kKiviGroup * n));
+  const int64_t first = pos + 1 - kKiviGroup;
+  for (int64_t j = 0; j < kKiviGroup; ++j) {
+    const uint16_t* r = residual(layer, seq, first + j, 0);
+    for (int64_t i = 0; i < n; ++i) rows[size_t(j * n + i)] = fp16_to_f32(r[i]);
   }
+  quantize_group_q2_channel(rows.data(), n, n, reinterpret_cast<BlockQ2*>(data_.get() + offset(layer, seq, first, 0)));
 }
 
 int KvCache::spans(int64_t layer, int64_t seq, int64_t pos, KvSpan* out) const {
   const AttnKind& kind = shape_.kind(layer);
+  const AttnFormat kf = shape_.format(layer, 0), vf = shape_.format(layer, 1);
+  const int64_t ks = int64_t(shape_.row_bytes(layer, 0)), vs = int64_t(shape_.row_bytes(layer, 1));
   int n = 0;
   auto add = [&](int64_t first, int64_t count) {  // positions [first, first + count), no wrap
     if (count <= 0) return;
     check_valid(layer, seq, first, first + count - 1);
-    out[n++] = {k(layer, seq, first), v(layer, seq, first), count, first};
+    out[n++] = {k(layer, seq, first), v(layer, seq, first), count, first, ks, vs, kf, vf};
   };
+  if (shape_.kivi(layer)) {
+    // Whole 2-bit groups up to kivi_quantized(pos) (per block when paged), then the f16 ring.
+    const int64_t q = shape_.kivi_quantized(pos);
+    const int64_t run = paged_layer(layer) ? shape_.block_size : q;
+    for (int64_t first = 0; first < q; first += run) {
+      const int64_t count = std::min(run, q - first);
+      check_valid(layer, seq, first, first + count - 1);
+      out[n++] = {k(layer, seq, first), v(layer, seq, first), count, first, ks * kKiviGroup, vs, kf, vf};
+    }
+    const int64_t ring = shape_.kivi_ring();
+    const int64_t until_wrap = ring - q % ring, count = pos + 1 - q;
+#ifndef NDEBUG
+    if (count > 0 && q < held(layer, seq).lo) {
+      std::fprintf(stderr, "internal error: KIVI layer %lld sequence %lld: position %lld reads %lld in f16 but the ring holds [%lld, %lld)\n",
+                   (long long)layer, (long long)seq, (long long)pos, (long long)q, (long long)held(layer, seq).lo,
+                   (long long)held(layer, seq).end);
+      std::abort();
+    }
+#endif
+    const int64_t rs = shape_.kv_dim * 2;
+    auto add_residual = [&](int64_t first, int64_t c) {
+      if (c > 0)
+        out[n++] = {residual(layer, seq, first, 0), residual(layer, seq, first, 1), c, first, rs, rs,
+                    AttnFormat::F16, AttnFormat::F16};
+    };
+    add_residual(q, std::min(count, until_wrap));
+    add_residual(q + until_wrap, count - until_wrap);
+    return n;
+  }
   if (paged_layer(layer)) {
     for (int64_t first = 0; first <= pos; first += shape_.block_size)
       add(first, std::min(shape_.block_size, pos + 1 - first));
@@ -449,17 +658,47 @@ int KvCache::spans(int64_t layer, int64_t seq, int64_t pos, KvSpan* out) const {
 }
 
 namespace {
-float value_at(KvType t, const void* row, int64_t i) {
-  if (t == KvType::F32) return static_cast<const float*>(row)[i];
-  return fp16_to_f32(static_cast<const uint16_t*>(row)[i]);
+// Value i of a row stored in format f (not a key group).
+float row_value(AttnFormat f, const uint8_t* row, int64_t i) {
+  switch (f) {
+    case AttnFormat::F32: return reinterpret_cast<const float*>(row)[i];
+    case AttnFormat::F16: return fp16_to_f32(reinterpret_cast<const uint16_t*>(row)[i]);
+    case AttnFormat::Q8_0: {
+      const auto& b = reinterpret_cast<const BlockQ8_0*>(row)[i / kQK];
+      return fp16_to_f32(b.d) * float(b.qs[i % kQK]);
+    }
+    case AttnFormat::Q4_0: {
+      const auto& b = reinterpret_cast<const BlockQ4_0*>(row)[i / kQK];
+      const int j = int(i % kQK);
+      return fp16_to_f32(b.d) * float(((b.qs[j % 16] >> (4 * (j / 16))) & 0xF) - 8);
+    }
+    case AttnFormat::Q2:
+    case AttnFormat::Q2Channel: {
+      const auto& b = reinterpret_cast<const BlockQ2*>(row)[i / kQK];
+      const int j = int(i % kQK);
+      return fp16_to_f32(b.d) * float((b.qs[j / 4] >> (2 * (j % 4))) & 3) + fp16_to_f32(b.m);
+    }
+  }
+  return 0.0f;
 }
 }  // namespace
 
 float KvCache::k_at(int64_t layer, int64_t seq, int64_t pos, int64_t i) const {
-  return value_at(shape_.type, k(layer, seq, pos), i);
+  if (shape_.kivi(layer)) {
+    if (pos >= shape_.kivi_quantized(std::max<int64_t>(held(layer, seq).end - 1, 0)))
+      return fp16_to_f32(residual(layer, seq, pos, 0)[i]);
+    // Channel i of the group: record i, value pos % kKiviGroup.
+    const uint8_t* group = data_.get() + offset(layer, seq, pos - pos % kKiviGroup, 0);
+    const auto& b = reinterpret_cast<const BlockQ2*>(group)[i];
+    const int64_t j = pos % kKiviGroup;
+    return fp16_to_f32(b.d) * float((b.qs[j / 4] >> (2 * (j % 4))) & 3) + fp16_to_f32(b.m);
+  }
+  return row_value(shape_.format(layer, 0), static_cast<const uint8_t*>(k(layer, seq, pos)), i);
 }
 float KvCache::v_at(int64_t layer, int64_t seq, int64_t pos, int64_t i) const {
-  return value_at(shape_.type, v(layer, seq, pos), i);
+  if (shape_.kivi(layer) && pos >= shape_.kivi_quantized(std::max<int64_t>(held(layer, seq).end - 1, 0)))
+    return fp16_to_f32(residual(layer, seq, pos, 1)[i]);
+  return row_value(shape_.format(layer, 1), static_cast<const uint8_t*>(v(layer, seq, pos)), i);
 }
 
 }  // namespace peregrine

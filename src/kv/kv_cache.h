@@ -54,6 +54,32 @@
 // or empties the sequence (returning 0). fork() copies the state; reset() zeroes it. Such
 // a cache shares no prefixes (a block of K/V does not carry the state at its end).
 //
+// Quantized rows (q8_0, q4_0): a position's K or V row is kv_dim / 32 blocks, written once by
+// store() from the layer's float rows; attention reads them in place (AttnFormat), so paged
+// blocks, copy-on-write, forks and prefix sharing work on them as on f16 rows.
+//
+// Rotation (kv/hadamard.h): with `rotate`, a layer whose K rows are quantized (q8_0, q4_0)
+// stores every head's keys rotated by a Walsh-Hadamard matrix of the largest power of two that
+// divides the head dimension, and attention rotates the queries alike; quantized V rows (q8_0,
+// q4_0, KIVI's 2-bit values) are rotated in blocks of 64 and attention rotates its output back.
+// Scores and outputs are those of the unrotated rows up to rounding, with the outlier channels
+// spread over the block before a scale is chosen for it (llama.cpp does the same). Head
+// dimensions that are not a multiple of 64 are not rotated. KIVI's keys are not: their
+// per-channel scales are the paper's answer to outlier channels.
+//
+// KIVI (kivi2, global layers): V rows are 2-bit per token (AttnFormat::Q2, written by store());
+// K is 2-bit per channel over groups of kKiviGroup positions (AttnFormat::Q2Channel), a group
+// taking the rows of its positions, quantized when its last position is stored. Each sequence
+// also keeps an f16 ring of kivi_ring() positions of K and V (the "residual" of the paper): the
+// query at position p reads the groups before kivi_quantized(p) in 2 bits and the rest, at
+// least kivi_residual positions, in f16. Which positions a query reads in 2 bits depends only
+// on its own position, so results do not depend on how tokens were batched. The ring holds what
+// the first token of the largest step reads (the argument for window rings above, with
+// W = kivi_residual + kKiviGroup - 1): rewinding the last step is exact; rewinding further than
+// the ring holds keeps nothing (the caller recomputes). A group is requantized whenever its
+// last position is stored again. KIVI layers share no prefixes (the residual ring is per
+// sequence), and paged KIVI layers need blocks of a multiple of kKiviGroup positions.
+//
 // Validity. Per (layer, sequence) the cache records which positions hold valid rows:
 // [0, end) for a global layer; the sinks [0, min(S, end)) and the ring positions [lo, end)
 // for a window layer. A sequence is written in position order: store() of position p
@@ -75,12 +101,56 @@
 #include <vector>
 
 #include "core/status.h"
+#include "kernels/kernels.h"
 
 namespace peregrine {
 
-enum class KvType { F32, F16 };
+// How K or V rows are stored (--kv-type, --kv-type-k, --kv-type-v):
+//   f32, f16     as floats;
+//   q8_0, q4_0   per 32 values of a row one fp16 scale and 8-bit / 4-bit codes (ggml's
+//                Q8_0 / Q4_0 blocks, as llama.cpp's -ctk/-ctv q8_0, q4_0);
+//   kivi2        KIVI (Liu et al. 2024, "KIVI: A Tuning-Free Asymmetric 2bit Quantization for KV
+//                Cache"): 2-bit codes with an fp16 scale and minimum per 32 values, keys per
+//                channel over groups of 32 positions, values per token, and the most recent
+//                positions in f16 (see "KIVI" below). Global layers only: a window layer
+//                keeps its bounded ring in f16.
+enum class KvType { F32, F16, Q8_0, Q4_0, Kivi2 };
 std::string_view kv_type_name(KvType t);
 std::optional<KvType> parse_kv_type(std::string_view name);
+inline constexpr const char* kKvTypeNames = "f32, f16, q8_0, q4_0, kivi2";
+// Whether rows of the type are blocks of 32 values (the head dimension must be a multiple of 32).
+bool kv_type_blocked(KvType t);
+
+// KV eviction (--kv-evict, --kv-budget): which entries a global layer keeps per KV head once
+// a sequence holds more than the budget (kv/kv_evict.h).
+enum class KvEvict { None, H2O, SnapKV };
+std::string_view kv_evict_name(KvEvict e);
+std::optional<KvEvict> parse_kv_evict(std::string_view name);
+
+// Block-sparse prefill attention (--sparse-prefill, ops/sparse_prefill.h): a query block
+// attends to the key blocks its pooled Q.K estimate selects.
+struct SparsePrefill {
+  enum class Mode { Off, TopK, TopP };
+  Mode mode = Mode::Off;
+  int64_t top_k = 0;   // TopK: key blocks kept per query block (besides the forced ones)
+  double top_p = 1.0;  // TopP: smallest set of key blocks with this much estimated mass
+  int64_t block = 64;  // positions per query and key block
+  bool on() const { return mode != Mode::Off; }
+};
+
+// How the user asked for the cache to be kept (--kv-type, --kv-type-k, --kv-type-v,
+// --kv-evict, --kv-budget, --sparse-prefill).
+struct KvConfig {
+  KvType k = KvType::F16;
+  KvType v = KvType::F16;
+  KvEvict evict = KvEvict::None;
+  int64_t budget = 0;  // entries per layer and KV head with eviction
+  SparsePrefill sparse;
+  bool rotate = true;  // Hadamard-rotate quantized K/V rows (kv/hadamard.h)
+};
+
+// KIVI: positions of a group of this many are quantized together (keys per channel).
+inline constexpr int64_t kKiviGroup = 32;
 
 struct AttnKind {
   enum class Type { Global, Window, SinksWindow, None };
@@ -108,7 +178,7 @@ struct KvShape {
   int64_t n_ctx = 0;      // positions per sequence for global layers
   int64_t n_seq = 1;      // sequence slots
   int64_t kv_dim = 0;     // n_kv_head * head_dim
-  KvType type = KvType::F16;
+  KvType type = KvType::F16;    // K, and V unless type_v says otherwise
   std::vector<AttnKind> kinds;  // per layer; empty: all global
   int64_t n_batch = 512;        // most tokens of one sequence written by one forward pass
   int64_t block_size = 0;       // > 0: global layers are paged (see above)
@@ -117,12 +187,40 @@ struct KvShape {
   // Per layer: f32 values of recurrent state one sequence keeps (see "Recurrent state");
   // empty: none anywhere.
   std::vector<int64_t> state_floats;
+  std::optional<KvType> type_v;  // V's type when it differs from K's
+  int64_t head_dim = 0;          // of a KV head; 0: kv_dim (quantized types need a multiple of 32)
+  // KIVI: the most recent positions every query reads in f16 (a multiple of kKiviGroup).
+  int64_t kivi_residual = 128;
+  KvEvict evict = KvEvict::None;
+  int64_t evict_budget = 0;  // entries kept per (global layer, sequence, KV head)
+  SparsePrefill sparse;      // an attention option of the cache's global layers
+  bool rotate = true;        // Hadamard-rotate quantized rows (see "Rotation")
 
+  KvType type_k() const { return type; }
+  KvType type_of_v() const { return type_v.value_or(type); }
   bool paged() const { return block_size > 0; }
   // Paged: the most blocks one sequence's table can hold (n_ctx positions).
   int64_t max_blocks_per_seq() const { return paged() ? (n_ctx + block_size - 1) / block_size : 0; }
 
-  size_t elem_bytes() const { return type == KvType::F16 ? 2 : 4; }
+  // How a layer stores K (kv 0) or V (kv 1), and the bytes of one position's row (kv_dim
+  // values; a KIVI key group of kKiviGroup positions takes kKiviGroup rows).
+  AttnFormat format(int64_t layer, int kv) const;
+  size_t row_bytes(int64_t layer, int kv) const;
+  // The Hadamard rotation a layer's K (kv 0) or V (kv 1) rows are stored under: the block size,
+  // 0 for none (see "Rotation").
+  int64_t rotation(int64_t layer, int kv) const;
+  // Whether the layer is a KIVI layer (2-bit groups plus an f16 residual ring per sequence).
+  bool kivi(int64_t layer) const;
+  // Slots of a KIVI layer's f16 residual ring per sequence: every position a query of the
+  // largest step reads in f16 (kivi_residual + kKiviGroup - 1 before it, the step itself).
+  int64_t kivi_ring() const { return kivi_residual + kKiviGroup + max_step(); }
+  // KIVI: positions [0, kivi_quantized(pos)) are read from the 2-bit groups by the query at pos,
+  // [kivi_quantized(pos), pos] from the f16 ring: the whole groups older than the last
+  // kivi_residual positions.
+  int64_t kivi_quantized(int64_t pos) const {
+    const int64_t n = pos + 1 - kivi_residual;
+    return n <= 0 ? 0 : n / kKiviGroup * kKiviGroup;
+  }
   const AttnKind& kind(int64_t layer) const;
   int64_t state(int64_t layer) const { return state_floats.empty() ? 0 : state_floats[size_t(layer)]; }
   bool recurrent() const;  // some layer keeps recurrent state
@@ -154,28 +252,38 @@ struct KvShape {
   // "(1027 slots: W + 512 batch + 4 draft - 1)".
   std::string describe() const;
   // K and V bytes one position adds to a global layer, summed over layers (what a dense
-  // cache would cost per token).
+  // cache would cost per token; KIVI: its 2-bit rows, the f16 residual is per sequence).
   int64_t bytes_per_token() const;
+  // Bytes one sequence slot takes at its full context: every layer's rows or ring, KIVI
+  // residual rings and recurrent state (a paged layer counts n_ctx positions).
+  size_t bytes_per_seq() const;
+  // "f16", or "K q8_0, V f16", with KIVI's residual.
+  std::string describe_types() const;
 };
 
 // Error when the cache would take more than 3/4 of the machine's physical memory (so an
 // oversized -c, --parallel or --kv-blocks is a one-line error, not an OOM kill).
 Status check_kv_memory(const KvShape& shape);
 
-// A run of visible positions whose rows lie `stride` elements apart.
+// A run of visible positions: rows k_stride / v_stride bytes apart in the formats named (a
+// KIVI key group: k_stride between groups of kKiviGroup positions, see AttnFormat::Q2Channel).
 struct KvSpan {
   const void* k;
   const void* v;
   int64_t n;
   int64_t first_pos;  // position of the first row
+  int64_t k_stride = 0, v_stride = 0;
+  AttnFormat kf = AttnFormat::F16, vf = AttnFormat::F16;
 };
+
+// Byte offset of KV head h's part of a row (or of a KIVI key group) stored in format f.
+size_t kv_head_offset(AttnFormat f, int64_t head_dim, int64_t h);
 
 class KvCache {
  public:
   explicit KvCache(const KvShape& shape);  // the shape must validate()
 
   const KvShape& shape() const { return shape_; }
-  KvType type() const { return shape_.type; }
   size_t bytes() const { return bytes_; }
 
   // Writes one position's K and V rows (kv_dim floats each), converting to the cache type.
@@ -236,10 +344,12 @@ class KvCache {
   // Copies the K and V of every paged layer from block src to block dst (copy-on-write).
   void copy_block(int32_t src, int32_t dst);
 
-  // Raw rows of a position the layer still holds (f32 or f16 as the type says).
+  // Raw rows of a position the layer still holds (in the layer's format; a KIVI key: inside
+  // its group).
   const void* k(int64_t layer, int64_t seq, int64_t pos) const { return data_.get() + offset(layer, seq, pos, 0); }
   const void* v(int64_t layer, int64_t seq, int64_t pos) const { return data_.get() + offset(layer, seq, pos, 1); }
-  // One value as float (tests and debugging: raw memory, valid or not; see written()).
+  // One value as float (tests and debugging: raw memory, valid or not; see written()). KIVI:
+  // the value the sequence's last position reads (f16 in the residual, else 2-bit).
   float k_at(int64_t layer, int64_t seq, int64_t pos, int64_t i) const;
   float v_at(int64_t layer, int64_t seq, int64_t pos, int64_t i) const;
 
@@ -253,6 +363,9 @@ class KvCache {
   int64_t slot(int64_t layer, int64_t pos) const;
   bool paged_layer(int64_t layer) const { return shape_.supports_prefix_sharing(layer); }
   size_t offset(int64_t layer, int64_t seq, int64_t pos, int kv) const;
+  // A KIVI layer's f16 residual row of (seq, pos).
+  uint16_t* residual(int64_t layer, int64_t seq, int64_t pos, int kv) const;
+  void store_kivi(int64_t layer, int64_t seq, int64_t pos, const float* k, const float* v);
   // Byte offset of a layer's K (kv 0) or V (kv 1) rows.
   size_t state_offset(int64_t layer, int64_t seq) const {
     return size_t(state_base_[size_t(layer)] + seq * shape_.state(layer));
@@ -260,7 +373,7 @@ class KvCache {
   // Positions every layer keeping KV rows still holds when going back to n_keep (less when a
   // ring evicted what n_keep attends to).
   int64_t kv_keepable(int64_t seq, int64_t n_keep) const;
-  size_t plane_offset(int64_t layer, int kv) const { return layer_base_[size_t(layer)] + size_t(kv) * plane_[size_t(layer)]; }
+  size_t plane_offset(int64_t layer, int kv) const { return layer_base_[size_t(layer)] + (kv ? plane_[size_t(layer)] : 0); }
   Held& held(int64_t layer, int64_t seq) { return held_[size_t(layer * shape_.n_seq + seq)]; }
   const Held& held(int64_t layer, int64_t seq) const { return held_[size_t(layer * shape_.n_seq + seq)]; }
   // Debug builds: abort unless positions [first, last] of (layer, seq) are all valid.
@@ -269,7 +382,8 @@ class KvCache {
   std::vector<int64_t> slots_;       // per layer
   std::vector<int64_t> ring_;        // per layer: ring slots R of a window layer, 0 otherwise
   std::vector<size_t> layer_base_;   // byte offset of each layer's K block (V follows)
-  std::vector<size_t> plane_;        // bytes of one layer's K (= its V)
+  std::vector<size_t> plane_;        // per layer: bytes of its K plane (its V plane follows)
+  std::vector<size_t> kivi_base_;    // per layer: byte offset of its f16 residual rings (K, then V)
   std::vector<int32_t> tables_;      // paged: [n_seq][max_blocks_per_seq], -1 = none
   std::vector<Held> held_;           // [n_layer][n_seq]
   std::vector<int64_t> state_base_;  // per layer: offset of its state block in state_ (floats)

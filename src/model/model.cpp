@@ -44,7 +44,7 @@ int64_t Model::kv_dim() const {
   return d;
 }
 
-KvShape Model::kv_shape(int64_t n_ctx, int64_t n_seq, KvType type, const AttnKind& global_override,
+KvShape Model::kv_shape(int64_t n_ctx, int64_t n_seq, const KvConfig& kv, const AttnKind& global_override,
                         int64_t n_batch) const {
   std::vector<AttnKind> kinds = attn_kinds();
   for (AttnKind& k : kinds)
@@ -52,7 +52,14 @@ KvShape Model::kv_shape(int64_t n_ctx, int64_t n_seq, KvType type, const AttnKin
   // Room for the longest draft whether or not this run speculates: the ring size decides where
   // attention's runs of positions wrap, so it must not change with --spec for speculation to
   // leave the output bit-identical.
-  KvShape shape{hp_.n_layer, n_ctx, n_seq, kv_dim(), type, std::move(kinds), n_batch};
+  KvShape shape{hp_.n_layer, n_ctx, n_seq, kv_dim(), kv.k, std::move(kinds), n_batch};
+  if (kv.v != kv.k) shape.type_v = kv.v;
+  shape.evict = kv.evict;
+  shape.evict_budget = kv.budget;
+  shape.sparse = kv.sparse;
+  shape.rotate = kv.rotate;
+  for (const LayerSpec& l : layers_)
+    if (l.mixer == MixerKind::Attention) shape.head_dim = std::max(shape.head_dim, l.head_dim);
   shape.n_draft = kMaxDraftTokens;
   if (recurrent())
     for (const LayerSpec& l : layers_) shape.state_floats.push_back(l.state_floats);

@@ -115,7 +115,7 @@ class Model {
   // the model's own attention kind (window layers of Gemma 3, say); `global_override`
   // replaces the kind of the global layers (e.g. sinks + window for a llama model).
   // n_batch: the most tokens of one sequence a forward pass writes.
-  KvShape kv_shape(int64_t n_ctx, int64_t n_seq, KvType type = KvType::F16,
+  KvShape kv_shape(int64_t n_ctx, int64_t n_seq, const KvConfig& kv = {},
                    const AttnKind& global_override = AttnKind::global(), int64_t n_batch = 512) const;
   // Whether forward() can run with this cache (attention kinds it supports).
   virtual Status check_kv(const KvShape&) const { return Status::Ok(); }

@@ -6,6 +6,8 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "kv/hadamard.h"
+#include "quant/dequantize.h"
 #include "quant/fp16.h"
 
 namespace peregrine {
@@ -74,6 +76,19 @@ void rerotate(const T* k, int64_t stride, int64_t n, int64_t hd, int64_t rot_dim
     for (int64_t i = rot_dim; i < hd; ++i) out[j * hd + i] = k[j * stride + i];
 }
 
+// One head's row of n values in a row format, as floats.
+void dequantize_kv_row(AttnFormat f, const uint8_t* row, float* out, int64_t n) {
+  switch (f) {
+    case AttnFormat::F32: std::copy_n(reinterpret_cast<const float*>(row), n, out); return;
+    case AttnFormat::F16: dequantize_row_f16(reinterpret_cast<const uint16_t*>(row), out, n); return;
+    case AttnFormat::Q8_0: dequantize_row_q8_0(reinterpret_cast<const BlockQ8_0*>(row), out, n); return;
+    case AttnFormat::Q4_0: dequantize_row_q4_0(reinterpret_cast<const BlockQ4_0*>(row), out, n); return;
+    case AttnFormat::Q2: dequantize_row_q2(reinterpret_cast<const BlockQ2*>(row), out, n); return;
+    case AttnFormat::Q2Channel: break;  // never a sink run: KIVI layers are global
+  }
+  PG_ASSERT(false && "no row layout");
+}
+
 }  // namespace
 
 Status check_attention(const KvShape& kv, const AttentionShape& /*s: any head dimension works*/) {
@@ -89,15 +104,12 @@ void attention(const float* q, const int32_t* pos, const int32_t* seq, int64_t n
                const KvCache& cache, int64_t layer, const AttentionShape& s, float* out,
                ThreadPool& pool) {
   const KernelTable& k = kernels();
-  const KernelTable& ref = scalar_kernels();
-  const int64_t hd = s.head_dim, group = s.n_head / s.n_head_kv, kv_dim = s.n_head_kv * hd;
-  const bool simd = hd % k.attn_hd_multiple == 0;
-  const bool f16 = cache.type() == KvType::F16;
-  const KernelTable::Attend16 attend =
-      f16 ? (simd && k.attend_f16 ? k.attend_f16 : ref.attend_f16)
-          : (simd && k.attend_f32 ? k.attend_f32 : ref.attend_f32);
+  const int64_t hd = s.head_dim, group = s.n_head / s.n_head_kv;
+  const KernelTable::Attend attend =
+      hd % k.attn_hd_multiple == 0 && k.attend ? k.attend : scalar_kernels().attend;
   const AttnKind& kind = cache.shape().kind(layer);
-  const size_t elem = cache.shape().elem_bytes();
+  // Rows stored rotated (kv/hadamard.h): queries rotate alike, outputs rotate back.
+  const int64_t rot_k = cache.shape().rotation(layer, 0), rot_v = cache.shape().rotation(layer, 1);
   // One task per (token, KV head): the query heads of a GQA group read each K and V
   // row once between them.
   pool.parallel_for(n_tok * s.n_head_kv, [&](int64_t task, int) {
@@ -112,10 +124,12 @@ void attention(const float* q, const int32_t* pos, const int32_t* seq, int64_t n
     KvSpan* spans = span_buf.data();
     AttnRows* runs = run_buf.data();
     const int n_spans = cache.spans(layer, seq[t], pos[t], spans);
-    for (int r = 0; r < n_spans; ++r)
-      runs[r] = {static_cast<const uint8_t*>(spans[r].k) + size_t(hk * hd) * elem,
-                 static_cast<const uint8_t*>(spans[r].v) + size_t(hk * hd) * elem, spans[r].n,
-                 kv_dim, kv_dim};
+    for (int r = 0; r < n_spans; ++r) {
+      const KvSpan& sp = spans[r];
+      runs[r] = {static_cast<const uint8_t*>(sp.k) + kv_head_offset(sp.kf, hd, hk),
+                 static_cast<const uint8_t*>(sp.v) + kv_head_offset(sp.vf, hd, hk),
+                 sp.n, sp.k_stride, sp.v_stride, sp.kf, sp.vf};
+    }
     // StreamingLLM positions: the sinks move up to just before the window.
     alignas(64) float sink_stack[kMaxSinks * kStackHeadDim];  // [sinks][hd] of the cache type
     thread_local std::vector<float> sink_big;
@@ -123,14 +137,25 @@ void attention(const float* q, const int32_t* pos, const int32_t* seq, int64_t n
     if (shift > 0 && s.rope_dim > 0 && n_spans > 0 && spans[0].first_pos == 0) {
       const int64_t n = spans[0].n;
       float* sink_keys = hd <= kStackHeadDim ? sink_stack : grown(sink_big, n * hd);
-      if (f16)
-        rerotate(static_cast<const uint16_t*>(runs[0].k), kv_dim, n, hd, s.rope_dim, s.rope_base,
-                 shift, reinterpret_cast<uint16_t*>(sink_keys));
-      else
-        rerotate(static_cast<const float*>(runs[0].k), kv_dim, n, hd, s.rope_dim, s.rope_base,
-                 shift, sink_keys);
-      runs[0].k = sink_keys;
-      runs[0].k_stride = hd;
+      AttnRows& r0 = runs[0];
+      if (r0.kf == AttnFormat::F16) {
+        rerotate(static_cast<const uint16_t*>(r0.k), r0.k_stride / 2, n, hd, s.rope_dim, s.rope_base, shift,
+                 reinterpret_cast<uint16_t*>(sink_keys));
+        r0.k_stride = hd * 2;
+      } else {
+        // f32, or quantized rows: rotated in f32 (a handful of sink rows).
+        thread_local std::vector<float> deq;
+        float* rows = grown(deq, n * hd);
+        for (int64_t j = 0; j < n; ++j) {
+          dequantize_kv_row(r0.kf, static_cast<const uint8_t*>(r0.k) + j * r0.k_stride, rows + j * hd, hd);
+          if (rot_k > 0) hadamard_rotate_blocks(rows + j * hd, hd, rot_k);  // back to RoPE's frame
+        }
+        rerotate(rows, hd, n, hd, s.rope_dim, s.rope_base, shift, sink_keys);
+        if (rot_k > 0) hadamard_rotate_blocks(sink_keys, n * hd, rot_k);
+        r0.kf = AttnFormat::F32;
+        r0.k_stride = hd * 4;
+      }
+      r0.k = sink_keys;
     }
     for (int64_t h0 = 0; h0 < group; h0 += kAttnMaxQ) {
       const int64_t nq = std::min(kAttnMaxQ, group - h0);
@@ -140,7 +165,10 @@ void attention(const float* q, const int32_t* pos, const int32_t* seq, int64_t n
       thread_local std::vector<float> q_big;
       float* qscaled = hd <= kStackHeadDim ? q_stack : grown(q_big, nq * hd);  // [nq, hd]
       for (int64_t i = 0; i < nq * hd; ++i) qscaled[i] = qh[i] * s.scale;
-      attend(qscaled, nq, hd, runs, n_spans, out + (t * s.n_head + head) * hd);
+      if (rot_k > 0) hadamard_rotate_blocks(qscaled, nq * hd, rot_k);
+      float* o = out + (t * s.n_head + head) * hd;
+      attend(qscaled, nq, hd, runs, n_spans, o);
+      if (rot_v > 0) hadamard_rotate_blocks(o, nq * hd, rot_v);
     }
   });
 }

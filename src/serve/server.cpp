@@ -202,6 +202,15 @@ Server::Server(const ServerOptions& opt, Scheduler& scheduler, const Tokenizer& 
   blocks_used_ = &metrics_.gauge("kv_blocks_used", "KV blocks referenced by sequences");
   blocks_free_ = &metrics_.gauge("kv_blocks_free", "KV blocks holding nothing");
   blocks_cached_ = &metrics_.gauge("kv_blocks_cached", "Unreferenced KV blocks kept for the prefix cache");
+  // What the KV cache type costs (--kv-type): per position of a full layer stack, per sequence
+  // at its context, and the cache in all.
+  const KvShape& kv = sched_.cache().shape();
+  metrics_.gauge("kv_bytes_per_token", std::string("KV bytes one position takes in every attention layer (") +
+                 kv.describe_types() + ")").set(double(kv.bytes_per_token()));
+  metrics_.gauge("kv_bytes_per_sequence", "KV bytes one sequence takes at its full context")
+      .set(double(kv.bytes_per_seq()));
+  metrics_.gauge("kv_cache_bytes", "Bytes of the whole KV cache (block pool, rings, state)")
+      .set(double(sched_.cache().bytes()));
   hit_rate_ = &metrics_.gauge("prefix_cache_hit_rate", "Prefix-cache hit tokens / looked-up tokens");
   spec_drafted_ = &metrics_.counter("spec_draft_tokens_total", "Speculative decoding: draft tokens verified");
   spec_accepted_ = &metrics_.counter("spec_accepted_tokens_total", "Speculative decoding: draft tokens accepted");

@@ -186,7 +186,7 @@ void register_bench(CLI::App& app) {
                 hp.arch.c_str(), weight_mib, threads, isa.c_str());
     std::printf("load: %lld matrices (%.1f MiB) repacked into 16-row panels in %.0f ms\n",
                 (long long)pk.matrices, packed_mib, pk.seconds * 1e3);
-    std::printf("kv cache: %.2f MiB %s for -c %lld: %s\n", kv_mib, kv_type_name(kv.type).data(),
+    std::printf("kv cache: %.2f MiB %s for -c %lld: %s\n", kv_mib, kv.describe_types().c_str(),
                 (long long)kv.n_ctx, kv.describe().c_str());
     const std::string at = o->depth > 0 ? fmt::format(" @ d{}", o->depth) : "";
     std::printf("| test   |          t/s |\n|--------|--------------|\n");

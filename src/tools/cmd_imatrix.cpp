@@ -196,7 +196,7 @@ void register_imatrix(CLI::App& app) {
       // Chunks per pass (separate sequences), or passes per chunk.
       const int64_t n_seq = std::max<int64_t>(1, o->batch / c);
       const int64_t step = std::min(o->batch, c);
-      KvShape shape = model.kv_shape(c, n_seq, KvType::F16, AttnKind::global(), step);
+      KvShape shape = model.kv_shape(c, n_seq, KvConfig{}, AttnKind::global(), step);
       check(shape.validate());
       check(model.check_kv(shape));
       KvCache cache(shape);

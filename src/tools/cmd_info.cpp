@@ -45,8 +45,10 @@ void register_info(CLI::App& app) {
   auto all = std::make_shared<bool>(false);
   CLI::App* cmd = app.add_subcommand("info", "Show a GGUF file's metadata, hyperparameters and tensors");
   cmd->add_option("file", *path, "GGUF file or cache name")->required();
+  auto kv_flags = std::make_shared<KvFlags>();
+  add_kv_options(cmd, *kv_flags);
   cmd->add_flag("--tensors", *all, "List every tensor");
-  cmd->callback([path, all] {
+  cmd->callback([path, all, kv_flags] {
     std::string p = check(resolve_model(*path));
     std::shared_ptr<const gguf::File> f = check(gguf::File::open(p));
     std::printf("file:        %s (%s)\n", p.c_str(), human_bytes(double(f->file_size())).c_str());
@@ -115,17 +117,18 @@ void register_info(CLI::App& app) {
       std::printf("layers:      %s\n", layers.c_str());
       if (std::string extras = (*model)->describe_extras(); !extras.empty())
         std::printf("rope/attn:   %s\n", extras.c_str());
-      const KvShape kv = (*model)->kv_shape(h.n_ctx_train, 1);
+      const KvShape kv = (*model)->kv_shape(h.n_ctx_train, 1, kv_config(*kv_flags));
+      if (Status st = kv.validate(); !st.ok()) fail(st.error());
       // State-space layers keep a fixed-size recurrent state per sequence (f32) instead of K/V
       // rows that grow with each token.
       std::string per = kv.bytes_per_token() > 0 || !kv.recurrent()
-                            ? fmt::format("{} per token for a global layer stack (f16)",
-                                          human_bytes(double(kv.bytes_per_token())))
+                            ? fmt::format("{} per token for a global layer stack ({})",
+                                          human_bytes(double(kv.bytes_per_token())), kv.describe_types())
                             : std::string("no K/V (no attention layers)");
       if (kv.recurrent())
         per += fmt::format(" + {} of recurrent state per sequence (f32)", human_bytes(double(kv.state_bytes_per_seq())));
-      std::printf("kv cache:    %s; at the trained context (%lld) %s\n", per.c_str(), (long long)h.n_ctx_train,
-                  human_bytes(double(kv.bytes())).c_str());
+      std::printf("kv cache:    %s; one sequence at the trained context (%lld) %s\n", per.c_str(),
+                  (long long)h.n_ctx_train, human_bytes(double(kv.bytes_per_seq())).c_str());
       std::printf("kv layout:   %s\n", kv.describe().c_str());
       const Model::PackStats& pk = (*model)->pack_stats();
       std::printf("load:        %lld matrices (%s) repacked into 16-row panels for the %s kernels in %.0f ms\n",

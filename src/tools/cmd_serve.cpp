@@ -37,7 +37,7 @@ void register_serve(CLI::App& app) {
     int64_t step_tokens = 128;
     int64_t kv_blocks = 0;
     int32_t block_size = 16;
-    std::string kv_type = "f16";
+    KvFlags kv;
     int32_t max_queue = 128;
     double grace = 10.0;
     bool no_prefix_cache = false;
@@ -90,7 +90,7 @@ void register_serve(CLI::App& app) {
   cmd->add_option("--kv-block-size", o->block_size, "Positions per KV block (a multiple of 16)")
       ->capture_default_str()
       ->check(CLI::Range(16, 4096));
-  cmd->add_option("--kv-type", o->kv_type, "KV cache element type")->capture_default_str()->check(CLI::IsMember({"f16", "f32"}));
+  add_kv_options(cmd, o->kv);
   cmd->add_option("--max-queue", o->max_queue, "Requests queued or running before 503")
       ->capture_default_str()
       ->check(CLI::Range(1, 4096));
@@ -105,7 +105,7 @@ void register_serve(CLI::App& app) {
                   "--spec ngram: tokens of earlier outputs kept to draft from (0: none; ~36 bytes each)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t(0), int64_t(1) << 28));
-  cmd->callback([o] {
+  cmd->callback([o, cmd] {
     if (o->block_size % 16 != 0) fail(fmt::format("--kv-block-size {} is not a multiple of 16", o->block_size));
     // SIGTERM and SIGINT are taken by one thread with sigtimedwait(): block them before any
     // thread (the model's pool, the scheduler, the HTTP workers) exists, so all inherit the mask.
@@ -154,9 +154,12 @@ void register_serve(CLI::App& app) {
     const std::string path = check(resolve_model(o->model));
     LoadedModel m = check(LoadedModel::load(path, o->threads));
     const int64_t n_ctx = check(m.context_size(o->ctx));
-    KvShape kv = m.model->kv_shape(n_ctx, o->parallel, *parse_kv_type(o->kv_type), AttnKind::global(),
-                                   o->step_tokens);
-    kv.block_size = o->block_size;
+    const KvConfig kv_cfg = kv_config(o->kv);
+    KvShape kv = m.model->kv_shape(n_ctx, o->parallel, kv_cfg, AttnKind::global(), o->step_tokens);
+    // KIVI quantizes keys in groups of 32 positions, which must not straddle blocks: the default
+    // block of 16 becomes 32 (an explicit size that does not fit is refused by validate()).
+    const bool block_given = cmd->count("--kv-block-size") > 0;
+    kv.block_size = kv_cfg.k == KvType::Kivi2 && !block_given ? int32_t(kKiviGroup) : o->block_size;
     kv.n_blocks = o->kv_blocks > 0 ? o->kv_blocks : o->parallel * kv.max_blocks_per_seq();
     check(kv.validate());
     check(m.model->check_kv(kv));

@@ -1,6 +1,7 @@
 #include "tools/common.h"
 
 #include <cstdio>
+#include <cstdlib>
 
 namespace peregrine::tools {
 
@@ -15,15 +16,76 @@ void add_model_options(CLI::App* cmd, ModelOptions& o, bool with_ctx) {
   cmd->add_option("-b,--batch-size", o.batch, "Prompt tokens per forward pass")
       ->capture_default_str()
       ->check(CLI::Range(int64_t(1), int64_t(65536)));
-  cmd->add_option("--kv-type", o.kv_type, "KV cache element type")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"f16", "f32"}));
+  add_kv_options(cmd, o.kv);
   cmd->add_option("--attn-window", o.attn_window,
                   "Attend to the last W positions only (0 = the model's own attention)")
       ->check(CLI::Range(int64_t(0), int64_t(1) << 20));
   cmd->add_option("--attn-sinks", o.attn_sinks,
                   "With --attn-window: also keep the first S positions (attention sinks)")
       ->check(CLI::Range(int64_t(0), int64_t(64)));
+}
+
+void add_kv_options(CLI::App* cmd, KvFlags& o) {
+  const std::vector<std::string> names{"f32", "f16", "q8_0", "q4_0", "kivi2"};
+  cmd->add_option("--kv-type", o.type, "KV cache type of K and V: f16 (default), f32, q8_0, q4_0, kivi2")
+      ->check(CLI::IsMember(names));
+  cmd->add_option("--kv-type-k", o.type_k, "KV cache type of K (overrides --kv-type)")->check(CLI::IsMember(names));
+  cmd->add_option("--kv-type-v", o.type_v, "KV cache type of V (overrides --kv-type)")->check(CLI::IsMember(names));
+  cmd->add_flag("--kv-no-rotation", o.no_rotation,
+                "Store quantized K/V rows as they are, without the Hadamard rotation that spreads outlier channels");
+  cmd->add_option("--kv-evict", o.evict,
+                  "Keep at most --kv-budget KV entries per layer and head: h2o (heavy hitters + recent), snapkv "
+                  "(observation-window votes), none")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"none", "h2o", "snapkv"}));
+  cmd->add_option("--kv-budget", o.budget, "With --kv-evict: KV entries kept per layer and KV head")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 24));
+  cmd->add_option("--sparse-prefill", o.sparse,
+                  "Block-sparse prefill attention: topk:N (N key blocks per query block) or topp:P (estimated mass P)");
+  cmd->add_option("--sparse-block", o.sparse_block, "With --sparse-prefill: positions per query and key block")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(16), int64_t(4096)));
+}
+
+Result<SparsePrefill> parse_sparse_prefill(std::string_view spec, int64_t block) {
+  SparsePrefill s;
+  s.block = block;
+  if (spec.empty() || spec == "off") return s;
+  const size_t colon = spec.find(':');
+  const std::string_view mode = spec.substr(0, colon), value = colon == spec.npos ? "" : spec.substr(colon + 1);
+  const std::string v(value);
+  char* end = nullptr;
+  if (mode == "topk") {
+    const long long k = v.empty() ? 0 : std::strtoll(v.c_str(), &end, 10);
+    if (v.empty() || *end != '\0' || k < 1 || k > (1 << 24))
+      return make_error("--sparse-prefill {}: topk needs a whole number of key blocks >= 1", spec);
+    s.mode = SparsePrefill::Mode::TopK;
+    s.top_k = k;
+  } else if (mode == "topp") {
+    const double p = v.empty() ? 0.0 : std::strtod(v.c_str(), &end);
+    if (v.empty() || *end != '\0' || !(p > 0.0 && p <= 1.0))
+      return make_error("--sparse-prefill {}: topp needs a mass in (0, 1]", spec);
+    s.mode = SparsePrefill::Mode::TopP;
+    s.top_p = p;
+  } else {
+    return make_error("--sparse-prefill {}: expected topk:N or topp:P", spec);
+  }
+  if (block % 16 != 0) return make_error("--sparse-block {} must be a multiple of 16", block);
+  return s;
+}
+
+KvConfig kv_config(const KvFlags& o) {
+  KvConfig c;
+  const KvType both = o.type.empty() ? KvType::F16 : *parse_kv_type(o.type);
+  c.k = o.type_k.empty() ? both : *parse_kv_type(o.type_k);
+  c.v = o.type_v.empty() ? both : *parse_kv_type(o.type_v);
+  c.rotate = !o.no_rotation;
+  c.evict = *parse_kv_evict(o.evict);
+  c.budget = o.budget;
+  if (c.evict != KvEvict::None && o.budget == 0) fail("--kv-evict " + o.evict + " needs --kv-budget N");
+  if (c.evict == KvEvict::None && o.budget > 0) fail("--kv-budget needs --kv-evict h2o or snapkv");
+  c.sparse = check(parse_sparse_prefill(o.sparse, o.sparse_block));
+  return c;
 }
 
 void add_spec_options(CLI::App* cmd, ModelOptions& o) {
@@ -74,7 +136,7 @@ void add_generation_options(CLI::App* cmd, SequenceOptions& g) {
 
 SessionOptions session_options(const ModelOptions& o) {
   if (o.attn_sinks > 0 && o.attn_window == 0) fail("--attn-sinks needs --attn-window");
-  SessionOptions so{o.threads, o.ctx, o.batch, *parse_kv_type(o.kv_type)};
+  SessionOptions so{o.threads, o.ctx, o.batch, kv_config(o.kv)};
   if (o.attn_window > 0)
     so.attention = o.attn_sinks > 0 ? AttnKind::sinks_window(o.attn_sinks, o.attn_window)
                                     : AttnKind::sliding(o.attn_window);

@@ -13,12 +13,29 @@
 
 namespace peregrine::tools {
 
+// --kv-type (K and V), --kv-type-k, --kv-type-v as given ("" = not given).
+// --kv-evict, --kv-budget, --sparse-prefill, --sparse-block likewise.
+struct KvFlags {
+  std::string type, type_k, type_v;
+  std::string evict = "none";
+  int64_t budget = 0;
+  std::string sparse;
+  int64_t sparse_block = 64;
+  bool no_rotation = false;
+};
+void add_kv_options(CLI::App* cmd, KvFlags& o);
+// The cache the flags ask for: --kv-type-k / --kv-type-v override --kv-type; default f16. Fails
+// with one line on flags that contradict each other or a malformed --sparse-prefill.
+KvConfig kv_config(const KvFlags& o);
+// "topk:N" (N >= 1) or "topp:P" (0 < P <= 1).
+Result<SparsePrefill> parse_sparse_prefill(std::string_view spec, int64_t block);
+
 struct ModelOptions {
   std::string model = kDefaultModel;
   int threads = 0;
   int64_t ctx = 0;
   int64_t batch = 512;
-  std::string kv_type = "f16";
+  KvFlags kv;
   int64_t attn_sinks = 0;   // with attn_window: StreamingLLM sinks + window
   int64_t attn_window = 0;  // 0: the model's own attention
   // Speculative decoding (add_spec_options): --spec and --draft-policy as given.

@@ -96,7 +96,7 @@ TEST(Gemma3Load, LayerPatternFromMetadata) {
   EXPECT_EQ(kinds(**flags->model), "LGGL");
   // The KV cache keeps a window ring for local layers (W + batch + the longest draft - 1) and
   // n_ctx slots for global ones.
-  const KvShape kv = (*flags->model)->kv_shape(200, 1, KvType::F16, AttnKind::global(), 8);
+  const KvShape kv = (*flags->model)->kv_shape(200, 1, KvConfig{}, AttnKind::global(), 8);
   EXPECT_EQ(kv.slots(0), 16 + 8 + kMaxDraftTokens - 1);
   EXPECT_EQ(kv.slots(1), 200);
 }
@@ -127,7 +127,7 @@ TEST(Gemma3Load, AttentionScaleFromMetadata) {
     std::vector<float> out;
     if (!l->model.ok()) return out;
     Model& m = **l->model;
-    KvCache cache(m.kv_shape(32, 1, KvType::F32, AttnKind::global(), 8));
+    KvCache cache(m.kv_shape(32, 1, KvConfig{KvType::F32, KvType::F32}, AttnKind::global(), 8));
     Batch b;
     for (int32_t i = 0; i < 6; ++i) b.add((i * 5 + 1) % int32_t(kVocab), i, 0, true);
     EXPECT_TRUE(m.forward(b, cache, out).ok());
@@ -153,7 +153,7 @@ TEST(Gemma3Load, WindowCacheTakesBatchPlusDrafts) {
                 Meta{16, kHd, true});
   ASSERT_TRUE(l->model.ok()) << l->model.error().message;
   Model& m = **l->model;
-  KvShape shape = m.kv_shape(64, 1, KvType::F32, AttnKind::global(), 4);
+  KvShape shape = m.kv_shape(64, 1, KvConfig{KvType::F32, KvType::F32}, AttnKind::global(), 4);
   shape.n_draft = 2;
   auto run = [&](int32_t n) {
     KvCache cache(shape);

@@ -63,14 +63,13 @@ TEST_F(ModelTest, RejectsBadBatches) {
   // Every K and V row of every slot, as raw bytes; together they must be the whole cache.
   auto snapshot = [](const KvCache& kv) {
     const KvShape& s = kv.shape();
-    const size_t row = size_t(s.kv_dim) * s.elem_bytes();
     std::vector<uint8_t> out;
     for (int64_t layer = 0; layer < s.n_layer; ++layer)
       for (int64_t seq = 0; seq < s.n_seq; ++seq)
         for (int64_t pos = 0; pos < s.slots(layer); ++pos)
           for (const void* r : {kv.k(layer, seq, pos), kv.v(layer, seq, pos)}) {
             const auto* b = static_cast<const uint8_t*>(r);
-            out.insert(out.end(), b, b + row);
+            out.insert(out.end(), b, b + s.row_bytes(layer, 0));
           }
     return out;
   };

@@ -101,7 +101,7 @@ std::unique_ptr<Loaded> load(const std::string& arch, int n_layer, const Tensors
 
 // Logits [T, kVocab] of a fixed 12-token sequence from position 0.
 std::vector<float> logits(Model& m) {
-  KvCache cache(m.kv_shape(32, 1, KvType::F32));
+  KvCache cache(m.kv_shape(32, 1, KvConfig{KvType::F32, KvType::F32}));
   Batch batch;
   for (int32_t i = 0; i < 12; ++i) batch.add((i * 7 + 3) % int32_t(kVocab), i, 0, true);
   std::vector<float> out;

@@ -131,7 +131,7 @@ Result<std::unique_ptr<DraftModelDrafter>> DraftModelDrafter::open(const std::st
       return make_error("draft model {} has a different vocabulary: token {} differs from the target's", path, id);
   }
   const int64_t n_batch = 512;
-  KvShape shape = m->model->kv_shape(n_ctx, n_seq, KvType::F16, AttnKind::global(), n_batch);
+  KvShape shape = m->model->kv_shape(n_ctx, n_seq, KvConfig{}, AttnKind::global(), n_batch);
   PG_ASSERT(shape.n_draft >= max_draft);
   PG_TRY(shape.validate());
   PG_TRY(m->model->check_kv(shape));
