@@ -338,10 +338,10 @@ ValueTile value_tile(AttnFormat f) {
   return nullptr;
 }
 
-bool is_quantized(AttnFormat f) { return f != AttnFormat::F32 && f != AttnFormat::F16; }
+inline bool is_quantized(AttnFormat f) { return f != AttnFormat::F32 && f != AttnFormat::F16; }
 
 // Bytes of one row of hd values (Q2Channel: of one group of 32 rows).
-int64_t attn_row_bytes(AttnFormat f, int64_t hd) {
+inline int64_t attn_row_bytes(AttnFormat f, int64_t hd) {
   const int64_t nb = hd / kQK;
   switch (f) {
     case AttnFormat::F32: return hd * 4;
