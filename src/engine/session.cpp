@@ -47,6 +47,8 @@ Result<std::unique_ptr<Session>> Session::open(const std::string& path, const Se
                         a.describe(), n_ctx);
   }
   PG_TRY(opt.spec.validate());
+  if (opt.kv.evict != KvEvict::None && opt.spec.kind != SpecKind::None)
+    return make_error("--kv-evict cannot be combined with --spec: evicted entries cannot come back when drafts are rejected");
   KvShape shape = s->m_.model->kv_shape(n_ctx, 1, opt.kv, a, opt.n_batch);
   PG_TRY(shape.validate());
   PG_TRY(s->m_.model->check_kv(shape));

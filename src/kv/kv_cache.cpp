@@ -1,6 +1,7 @@
 #include "kv/kv_cache.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <limits>
@@ -10,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "kv/hadamard.h"
+#include "kv/kv_evict.h"
 #include "quant/dequantize.h"
 #include "quant/fp16.h"
 #include "quant/quantize.h"
@@ -172,6 +174,7 @@ bool KvShape::prefix_sharing() const {
 int64_t KvShape::slots(int64_t layer) const {
   const AttnKind& k = kind(layer);
   if (!k.keeps_kv()) return 0;
+  if (evicting(layer)) return evict_capacity();
   if (!k.windowed()) return n_ctx;
   const int64_t ring = k.window + max_step() - 1;
   const int64_t total = k.sinks + ring;
@@ -212,6 +215,13 @@ Status KvShape::validate() const {
       return make_error("--kv-type {} needs a head dimension that is a multiple of {}; this model's is {}",
                         kv_type_name(t), kQK, hd);
   }
+  if (evict != KvEvict::None) {
+    if (evict_budget < kMinEvictBudget || evict_budget > (int64_t(1) << 24))
+      return make_error("--kv-budget {} is out of range: at least {} entries per layer and head (the sinks, "
+                        "the observation window and room to choose)",
+                        evict_budget, kMinEvictBudget);
+    if (type_k() == KvType::Kivi2) return make_error("--kv-evict cannot be combined with --kv-type kivi2");
+  }
   if ((type_k() == KvType::Kivi2) != (type_of_v() == KvType::Kivi2))
     return make_error("kivi2 quantizes K and V together: give it to both (--kv-type kivi2)");
   bool any_kivi = false;
@@ -234,8 +244,10 @@ static int64_t layer_rows(const KvShape& s, int64_t layer) {
   return s.n_seq * s.slots(layer);
 }
 
-// Bytes of a KIVI layer's f16 residual rings (K and V) for one sequence.
-static size_t kivi_ring_bytes(const KvShape& s, int64_t layer) {
+// Bytes a sequence keeps in a layer besides its rows: a KIVI layer's f16 residual rings (K
+// and V), an evicting layer's positions and scores.
+static size_t side_bytes(const KvShape& s, int64_t layer) {
+  if (s.evicting(layer)) return size_t(s.n_head_kv() * s.evict_capacity()) * 8;
   return s.kivi(layer) ? 2 * size_t(s.kivi_ring() * s.kv_dim) * 2 : 0;
 }
 
@@ -243,7 +255,7 @@ size_t KvShape::bytes() const {
   size_t total = 0;
   for (int64_t l = 0; l < n_layer; ++l)
     total += size_t(layer_rows(*this, l)) * (row_bytes(l, 0) + row_bytes(l, 1)) +
-             size_t(n_seq) * kivi_ring_bytes(*this, l);
+             size_t(n_seq) * side_bytes(*this, l);
   return total + size_t(n_seq) * state_bytes_per_seq();
 }
 
@@ -252,7 +264,7 @@ size_t KvShape::bytes_per_seq() const {
   for (int64_t l = 0; l < n_layer; ++l) {
     if (!kind(l).keeps_kv()) continue;
     const int64_t rows = supports_prefix_sharing(l) ? n_ctx : slots(l);
-    total += size_t(rows) * (row_bytes(l, 0) + row_bytes(l, 1)) + kivi_ring_bytes(*this, l);
+    total += size_t(rows) * (row_bytes(l, 0) + row_bytes(l, 1)) + side_bytes(*this, l);
   }
   return total + state_bytes_per_seq();
 }
@@ -272,7 +284,9 @@ std::string KvShape::describe() const {
       l += run;
       continue;
     }
-    if (supports_prefix_sharing(l)) {
+    if (evicting(l)) {
+      keeps = fmt::format("{} budget {} of {} entries per head", kv_evict_name(evict), evict_budget, slots(l));
+    } else if (supports_prefix_sharing(l)) {
       keeps = fmt::format("paged: {} blocks of {}", n_blocks, block_size);
     } else if (!k.windowed() || slots(l) < k.sinks + k.window + max_step() - 1) {
       keeps = fmt::format("{} slots", slots(l));  // global, or a ring as long as the context
@@ -310,7 +324,7 @@ KvCache::KvCache(const KvShape& shape) : shape_(shape) {
   }
   for (int64_t l = 0; l < shape.n_layer; ++l) {
     kivi_base_.push_back(off);
-    off += size_t(shape.n_seq) * kivi_ring_bytes(shape, l);
+    off += size_t(shape.n_seq) * side_bytes(shape, l);
   }
   bytes_ = off;
   data_.reset(static_cast<uint8_t*>(std::calloc(std::max<size_t>(off, 1), 1)));
@@ -326,6 +340,17 @@ KvCache::KvCache(const KvShape& shape) : shape_(shape) {
   }
   state_.assign(size_t(state_off), 0.0f);
   bytes_ += size_t(state_off) * sizeof(float);
+  int64_t heads = 0;
+  for (int64_t l = 0; l < shape.n_layer; ++l) {
+    evict_base_.push_back(shape.evicting(l) ? heads : -1);
+    if (shape.evicting(l)) heads += shape.n_seq * shape.n_head_kv();
+  }
+  if (heads > 0) {
+    evict_n_.assign(size_t(heads), 0);
+    evict_pos_.assign(size_t(heads * shape.evict_capacity()), 0);
+    evict_score_.assign(size_t(heads * shape.evict_capacity()), 0.0f);
+    snap_done_.assign(size_t(shape.n_layer * shape.n_seq), 0);
+  }
   checkpoint_pos_.assign(size_t(shape.n_seq), -1);
 }
 
@@ -485,6 +510,15 @@ int64_t KvCache::rewind(int64_t seq, int64_t n_keep) {
   }
   if (kept == 0 || (checkpoint_pos_[size_t(seq)] > kept)) checkpoint_pos_[size_t(seq)] = -1;
   for (int64_t l = 0; l < shape_.n_layer; ++l) {
+    if (!shape_.evicting(l)) continue;
+    for (int64_t h = 0; h < shape_.n_head_kv(); ++h) {
+      const size_t e = evict_index(l, seq, h);
+      const int32_t* p = evict_pos_.data() + e * size_t(shape_.evict_capacity());
+      evict_n_[e] = int32_t(std::lower_bound(p, p + evict_n_[e], int32_t(kept)) - p);
+    }
+    if (kept == 0) snap_done_[size_t(l * shape_.n_seq + seq)] = 0;
+  }
+  for (int64_t l = 0; l < shape_.n_layer; ++l) {
     Held& h = held(l, seq);
     h.end = std::min(h.end, kept);
   }
@@ -502,6 +536,21 @@ void KvCache::fork(int64_t src_seq, int64_t dst_seq) {
       const size_t ring_bytes = 2 * size_t(shape_.kivi_ring() * shape_.kv_dim) * 2;
       uint8_t* base = data_.get() + kivi_base_[size_t(l)];
       std::memcpy(base + size_t(dst_seq) * ring_bytes, base + size_t(src_seq) * ring_bytes, ring_bytes);
+    }
+    if (shape_.evicting(l)) {  // every head's entries, positions and scores
+      const int64_t cap = shape_.evict_capacity();
+      snap_done_[size_t(l * shape_.n_seq + dst_seq)] = snap_done_[size_t(l * shape_.n_seq + src_seq)];
+      for (int64_t h = 0; h < shape_.n_head_kv(); ++h) {
+        const size_t es = evict_index(l, src_seq, h), ed = evict_index(l, dst_seq, h);
+        const int32_t n = evict_n_[es];
+        evict_n_[ed] = n;
+        std::copy_n(evict_pos_.data() + es * size_t(cap), n, evict_pos_.data() + ed * size_t(cap));
+        std::copy_n(evict_score_.data() + es * size_t(cap), n, evict_score_.data() + ed * size_t(cap));
+        for (int kv = 0; kv < 2; ++kv)
+          std::memcpy(head_row(l, dst_seq, h, 0, kv), head_row(l, src_seq, h, 0, kv),
+                      size_t(n) * (shape_.row_bytes(l, kv) / size_t(shape_.n_head_kv())));
+      }
+      continue;
     }
     if (!shape_.kind(l).keeps_kv() || paged_layer(l)) continue;  // paged: the block table below
     // A ring: all its slots; a contiguous global layer: the written rows.
@@ -565,18 +614,117 @@ void KvCache::store(int64_t layer, int64_t seq, int64_t pos, const float* k, con
       in[kv] = rotated[kv].data();
     }
   if (shape_.kivi(layer)) return store_kivi(layer, seq, pos, in[0], in[1]);
-  for (int kv = 0; kv < 2; ++kv) {
-    const float* x = in[kv];
-    uint8_t* d = data_.get() + offset(layer, seq, pos, kv);
-    const int64_t n = shape_.kv_dim;
-    switch (shape_.format(layer, kv)) {
-      case AttnFormat::F32: std::memcpy(d, x, size_t(n) * 4); break;
-      case AttnFormat::F16: quantize_row_f16_ref(x, reinterpret_cast<uint16_t*>(d), n); break;
-      case AttnFormat::Q8_0: quantize_row_q8_0_ref(x, reinterpret_cast<BlockQ8_0*>(d), n); break;
-      case AttnFormat::Q4_0: quantize_row_q4_0_ref(x, reinterpret_cast<BlockQ4_0*>(d), n); break;
-      case AttnFormat::Q2:
-      case AttnFormat::Q2Channel: PG_ASSERT(false && "KIVI rows are stored by store_kivi"); break;
+  if (shape_.evicting(layer)) return store_evicting(layer, seq, pos, in[0], in[1]);
+  for (int kv = 0; kv < 2; ++kv)
+    store_row(shape_.format(layer, kv), in[kv], shape_.kv_dim, data_.get() + offset(layer, seq, pos, kv));
+}
+
+uint8_t* KvCache::head_row(int64_t layer, int64_t seq, int64_t h, int64_t slot, int kv) const {
+  const size_t row = shape_.row_bytes(layer, kv) / size_t(shape_.n_head_kv());  // one head's part
+  const int64_t cap = shape_.evict_capacity();
+  return data_.get() + plane_offset(layer, kv) + size_t((seq * shape_.n_head_kv() + h) * cap + slot) * row;
+}
+
+void KvCache::store_evicting(int64_t layer, int64_t seq, int64_t pos, const float* k, const float* v) {
+  const int64_t hd = shape_.kv_dim / shape_.n_head_kv(), cap = shape_.evict_capacity();
+  for (int64_t h = 0; h < shape_.n_head_kv(); ++h) {
+    const size_t e = evict_index(layer, seq, h);
+    int32_t& n = evict_n_[e];
+    int32_t* p = evict_pos_.data() + e * size_t(cap);
+    while (n > 0 && p[n - 1] >= pos) --n;  // writing pos again drops what followed it
+    PG_ASSERT(n < cap);                     // after_step() leaves room for a step
+    p[n] = int32_t(pos);
+    evict_score_[e * size_t(cap) + size_t(n)] = 0.0f;
+    for (int kv = 0; kv < 2; ++kv)
+      store_row(shape_.format(layer, kv), (kv == 0 ? k : v) + h * hd, hd, head_row(layer, seq, h, n, kv));
+    ++n;
+  }
+}
+
+int KvCache::evict_span(int64_t layer, int64_t seq, int64_t pos, int64_t h, KvSpan* out, float** scores) {
+  const size_t e = evict_index(layer, seq, h);
+  const int64_t cap = shape_.evict_capacity();
+  const int32_t* p = evict_pos_.data() + e * size_t(cap);
+  const int64_t m = std::upper_bound(p, p + evict_n_[e], int32_t(pos)) - p;  // causal: entries up to pos
+  *scores = evict_score_.data() + e * size_t(cap);
+  if (m == 0) return 0;
+  const int64_t n_head = shape_.n_head_kv();
+  *out = {head_row(layer, seq, h, 0, 0), head_row(layer, seq, h, 0, 1), m, p[0],
+          int64_t(shape_.row_bytes(layer, 0)) / n_head, int64_t(shape_.row_bytes(layer, 1)) / n_head,
+          shape_.format(layer, 0), shape_.format(layer, 1)};
+  return 1;
+}
+
+int64_t KvCache::evict_count(int64_t layer, int64_t seq, int64_t h) const { return evict_n_[evict_index(layer, seq, h)]; }
+
+const int32_t* KvCache::evict_positions(int64_t layer, int64_t seq, int64_t h) const {
+  return evict_pos_.data() + evict_index(layer, seq, h) * size_t(shape_.evict_capacity());
+}
+
+void KvCache::begin_step(int64_t layer, int64_t seq, int64_t n_tok) {
+  if (!shape_.evicting(layer) || shape_.evict != KvEvict::SnapKV || n_tok < 2) return;
+  snap_done_[size_t(layer * shape_.n_seq + seq)] = 0;  // a new prompt: compress it when generation starts
+  const int64_t cap = shape_.evict_capacity();
+  for (int64_t h = 0; h < shape_.n_head_kv(); ++h) {
+    const size_t e = evict_index(layer, seq, h);
+    std::fill_n(evict_score_.data() + e * size_t(cap), evict_n_[e], 0.0f);
+  }
+}
+
+void KvCache::compact(int64_t layer, int64_t seq, int64_t h, const std::vector<int32_t>& keep) {
+  const size_t e = evict_index(layer, seq, h);
+  const int64_t cap = shape_.evict_capacity();
+  int32_t* p = evict_pos_.data() + e * size_t(cap);
+  float* sc = evict_score_.data() + e * size_t(cap);
+  const size_t rk = shape_.row_bytes(layer, 0) / size_t(shape_.n_head_kv());
+  const size_t rv = shape_.row_bytes(layer, 1) / size_t(shape_.n_head_kv());
+  for (size_t i = 0; i < keep.size(); ++i) {  // ascending: a row only moves down
+    const int64_t from = keep[i];
+    if (from == int64_t(i)) continue;
+    p[i] = p[from];
+    sc[i] = sc[from];
+    std::memcpy(head_row(layer, seq, h, int64_t(i), 0), head_row(layer, seq, h, from, 0), rk);
+    std::memcpy(head_row(layer, seq, h, int64_t(i), 1), head_row(layer, seq, h, from, 1), rv);
+  }
+  evict_n_[e] = int32_t(keep.size());
+}
+
+void KvCache::after_step(int64_t layer, const int32_t* seq, int64_t n_tok) {
+  if (!shape_.evicting(layer)) return;
+  const int64_t cap = shape_.evict_capacity(), budget = shape_.evict_budget;
+  thread_local std::vector<int32_t> keep;
+  for (int64_t t = 0; t < n_tok; ++t) {
+    const int64_t s = seq[t];
+    if (t > 0 && seq[t - 1] == s) continue;  // a sequence's tokens come together
+    int64_t n_of_seq = 0;
+    for (int64_t u = t; u < n_tok && seq[u] == s; ++u) ++n_of_seq;
+    if (shape_.evict == KvEvict::SnapKV) {
+      // Compress a prompt once generation starts (a step of one token), then keep what comes.
+      uint8_t& done = snap_done_[size_t(layer * shape_.n_seq + s)];
+      if (n_of_seq > 1 || done) continue;
+      done = 1;
     }
+    for (int64_t h = 0; h < shape_.n_head_kv(); ++h) {
+      const size_t e = evict_index(layer, s, h);
+      const int64_t n = evict_n_[e];
+      if (n <= budget) continue;
+      const int32_t* p = evict_pos_.data() + e * size_t(cap);
+      const float* sc = evict_score_.data() + e * size_t(cap);
+      if (shape_.evict == KvEvict::H2O) h2o_select(p, sc, n, budget, keep);
+      else snapkv_select(p, sc, n, budget, keep);
+      compact(layer, s, h, keep);
+    }
+  }
+}
+
+void KvCache::store_row(AttnFormat f, const float* x, int64_t n, uint8_t* d) {
+  switch (f) {
+    case AttnFormat::F32: std::memcpy(d, x, size_t(n) * 4); break;
+    case AttnFormat::F16: quantize_row_f16_ref(x, reinterpret_cast<uint16_t*>(d), n); break;
+    case AttnFormat::Q8_0: quantize_row_q8_0_ref(x, reinterpret_cast<BlockQ8_0*>(d), n); break;
+    case AttnFormat::Q4_0: quantize_row_q4_0_ref(x, reinterpret_cast<BlockQ4_0*>(d), n); break;
+    case AttnFormat::Q2:
+    case AttnFormat::Q2Channel: PG_ASSERT(false && "KIVI rows are stored by store_kivi"); break;
   }
 }
 
@@ -684,6 +832,7 @@ float row_value(AttnFormat f, const uint8_t* row, int64_t i) {
 }  // namespace
 
 float KvCache::k_at(int64_t layer, int64_t seq, int64_t pos, int64_t i) const {
+  if (shape_.evicting(layer)) return evicted_value(layer, seq, pos, i, 0);
   if (shape_.kivi(layer)) {
     if (pos >= shape_.kivi_quantized(std::max<int64_t>(held(layer, seq).end - 1, 0)))
       return fp16_to_f32(residual(layer, seq, pos, 0)[i]);
@@ -695,7 +844,17 @@ float KvCache::k_at(int64_t layer, int64_t seq, int64_t pos, int64_t i) const {
   }
   return row_value(shape_.format(layer, 0), static_cast<const uint8_t*>(k(layer, seq, pos)), i);
 }
+float KvCache::evicted_value(int64_t layer, int64_t seq, int64_t pos, int64_t i, int kv) const {
+  const int64_t hd = shape_.kv_dim / shape_.n_head_kv(), h = i / hd;
+  const int32_t* p = evict_positions(layer, seq, h);
+  const int64_t n = evict_count(layer, seq, h);
+  const int64_t slot = std::lower_bound(p, p + n, int32_t(pos)) - p;
+  if (slot == n || p[slot] != pos) return std::nanf("");  // evicted
+  return row_value(shape_.format(layer, kv), head_row(layer, seq, h, slot, kv), i % hd);
+}
+
 float KvCache::v_at(int64_t layer, int64_t seq, int64_t pos, int64_t i) const {
+  if (shape_.evicting(layer)) return evicted_value(layer, seq, pos, i, 1);
   if (shape_.kivi(layer) && pos >= shape_.kivi_quantized(std::max<int64_t>(held(layer, seq).end - 1, 0)))
     return fp16_to_f32(residual(layer, seq, pos, 1)[i]);
   return row_value(shape_.format(layer, 1), static_cast<const uint8_t*>(v(layer, seq, pos)), i);

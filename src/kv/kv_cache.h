@@ -80,6 +80,16 @@
 // last position is stored again. KIVI layers share no prefixes (the residual ring is per
 // sequence), and paged KIVI layers need blocks of a multiple of kKiviGroup positions.
 //
+// Eviction (kv/kv_evict.h; --kv-evict h2o|snapkv --kv-budget N): an evicting global layer keeps,
+// per (sequence, KV head), up to evict_capacity() entries in position order, each a head's K
+// and V row with its position and an attention score that attention() accumulates (the kernel
+// adds each entry's softmax probabilities, no score matrix). After a step's attention,
+// after_step() compacts every head that holds more than the budget to what its method keeps.
+// A sequence within its budget is never compacted and reads the same rows in the same order
+// and tiles as without eviction: its results are identical. Evicting layers are per sequence
+// (never paged, no prefix sharing); rewind() drops the entries past the kept position, but what
+// was evicted stays evicted, so speculative decoding is refused with eviction.
+//
 // Validity. Per (layer, sequence) the cache records which positions hold valid rows:
 // [0, end) for a global layer; the sinks [0, min(S, end)) and the ring positions [lo, end)
 // for a window layer. A sequence is written in position order: store() of position p
@@ -91,6 +101,7 @@
 // the positions; release builds only keep the record (a few compares per store).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -211,6 +222,16 @@ struct KvShape {
   int64_t rotation(int64_t layer, int kv) const;
   // Whether the layer is a KIVI layer (2-bit groups plus an f16 residual ring per sequence).
   bool kivi(int64_t layer) const;
+  // Whether the layer evicts entries (a global layer with --kv-evict; see "Eviction").
+  bool evicting(int64_t layer) const {
+    return evict != KvEvict::None && kind(layer).type == AttnKind::Type::Global;
+  }
+  int64_t n_head_kv() const { return kv_dim / (head_dim > 0 ? head_dim : kv_dim); }
+  // Entries an evicting layer holds per (sequence, KV head): h2o the budget and one step,
+  // snapkv a whole context (a prompt is compressed once it has been read).
+  int64_t evict_capacity() const {
+    return evict == KvEvict::H2O ? std::min(n_ctx, evict_budget + max_step()) : n_ctx;
+  }
   // Slots of a KIVI layer's f16 residual ring per sequence: every position a query of the
   // largest step reads in f16 (kivi_residual + kKiviGroup - 1 before it, the step itself).
   int64_t kivi_ring() const { return kivi_residual + kKiviGroup + max_step(); }
@@ -241,7 +262,9 @@ struct KvShape {
   bool any_windowed() const;
   // Whether sequences may share this layer's rows of a common prefix: only a paged global
   // layer (its blocks hold the prefix; a ring or a contiguous row belongs to one sequence).
-  bool supports_prefix_sharing(int64_t layer) const { return paged() && kind(layer).type == AttnKind::Type::Global; }
+  bool supports_prefix_sharing(int64_t layer) const {
+    return paged() && kind(layer).type == AttnKind::Type::Global && !evicting(layer);
+  }
   // Every layer that keeps anything does (and no layer keeps recurrent state): a BlockManager
   // may take cached prefix blocks (prefix caching).
   bool prefix_sharing() const;
@@ -298,6 +321,19 @@ class KvCache {
   // stored (debug builds abort otherwise).
   int spans(int64_t layer, int64_t seq, int64_t pos, KvSpan* out) const;
   int max_spans() const;
+
+  // --- Eviction ---
+  // The entries of an evicting layer that token (seq, pos) attends to in KV head h: one run
+  // (in `out`, rows at the head's part already) and that run's scores; 0 runs when none.
+  int evict_span(int64_t layer, int64_t seq, int64_t pos, int64_t h, KvSpan* out, float** scores);
+  // Entries (seq, h) holds, and their positions (tests, info).
+  int64_t evict_count(int64_t layer, int64_t seq, int64_t h) const;
+  const int32_t* evict_positions(int64_t layer, int64_t seq, int64_t h) const;
+  // SnapKV votes only come from a prompt's observation window: a step of several tokens of seq
+  // clears its votes first (attention() calls this before the step attends).
+  void begin_step(int64_t layer, int64_t seq, int64_t n_tok);
+  // After a step's attention: compacts the heads of the batch's sequences that are over budget.
+  void after_step(int64_t layer, const int32_t* seq, int64_t n_tok);
 
   // --- Sequences: validity, going back, forking ---
   // Keeps positions [0, n_keep) of seq in every layer; later rows become invalid and are
@@ -366,6 +402,16 @@ class KvCache {
   // A KIVI layer's f16 residual row of (seq, pos).
   uint16_t* residual(int64_t layer, int64_t seq, int64_t pos, int kv) const;
   void store_kivi(int64_t layer, int64_t seq, int64_t pos, const float* k, const float* v);
+  void store_evicting(int64_t layer, int64_t seq, int64_t pos, const float* k, const float* v);
+  // n values of x into a row (or a head's part of one) of format f.
+  static void store_row(AttnFormat f, const float* x, int64_t n, uint8_t* dst);
+  float evicted_value(int64_t layer, int64_t seq, int64_t pos, int64_t i, int kv) const;
+  // Row `slot` of KV head h of an evicting layer.
+  uint8_t* head_row(int64_t layer, int64_t seq, int64_t h, int64_t slot, int kv) const;
+  size_t evict_index(int64_t layer, int64_t seq, int64_t h) const {
+    return size_t((evict_base_[size_t(layer)] + seq * shape_.n_head_kv() + h));
+  }
+  void compact(int64_t layer, int64_t seq, int64_t h, const std::vector<int32_t>& keep);
   // Byte offset of a layer's K (kv 0) or V (kv 1) rows.
   size_t state_offset(int64_t layer, int64_t seq) const {
     return size_t(state_base_[size_t(layer)] + seq * shape_.state(layer));
@@ -389,6 +435,13 @@ class KvCache {
   std::vector<int64_t> state_base_;  // per layer: offset of its state block in state_ (floats)
   std::vector<float> state_;         // [layer][n_seq][state(layer)]
   std::vector<float> checkpoint_;    // same layout, allocated by the first checkpoint()
+  // Eviction: per evicting layer n_seq * n_head_kv heads (evict_base_: the layer's first, -1
+  // for other layers), each evict_capacity() entries of position and score.
+  std::vector<int64_t> evict_base_;
+  std::vector<int32_t> evict_n_;      // entries per head
+  std::vector<int32_t> evict_pos_;    // [head][capacity]
+  std::vector<float> evict_score_;    // [head][capacity]
+  std::vector<uint8_t> snap_done_;    // per (layer, seq): SnapKV compressed the current prompt
   std::vector<int64_t> checkpoint_pos_;  // per sequence: position of its checkpoint, -1: none
   // calloc: large blocks come as untouched zero pages, so a pool costs memory as it fills.
   struct Free {

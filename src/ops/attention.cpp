@@ -7,6 +7,8 @@
 
 #include "kernels/kernels.h"
 #include "kv/hadamard.h"
+#include "kv/kv_evict.h"
+#include "ops/sparse_prefill.h"
 #include "quant/dequantize.h"
 #include "quant/fp16.h"
 
@@ -101,7 +103,7 @@ Status check_attention(const KvShape& kv, const AttentionShape& /*s: any head di
 }
 
 void attention(const float* q, const int32_t* pos, const int32_t* seq, int64_t n_tok,
-               const KvCache& cache, int64_t layer, const AttentionShape& s, float* out,
+               KvCache& cache, int64_t layer, const AttentionShape& s, float* out,
                ThreadPool& pool) {
   const KernelTable& k = kernels();
   const int64_t hd = s.head_dim, group = s.n_head / s.n_head_kv;
@@ -110,26 +112,64 @@ void attention(const float* q, const int32_t* pos, const int32_t* seq, int64_t n
   const AttnKind& kind = cache.shape().kind(layer);
   // Rows stored rotated (kv/hadamard.h): queries rotate alike, outputs rotate back.
   const int64_t rot_k = cache.shape().rotation(layer, 0), rot_v = cache.shape().rotation(layer, 1);
+  // Block-sparse prefill (ops/sparse_prefill.h): the key blocks each complete query block keeps.
+  SparsePrefillPlan sparse;
+  sparse.build(q, pos, seq, n_tok, cache, layer, s, pool);
+  const int max_runs = sparse.max_runs(cache);
+  // Eviction statistics (kv/kv_evict.h): which queries add their probabilities to the
+  // entries' scores. H2O: every query. SnapKV: the last kSnapWindow of a prompt step, and
+  // every generated token. The runs of a sequence's tokens are contiguous in the batch.
+  const bool evicting = cache.shape().evicting(layer);
+  const bool snapkv = evicting && cache.shape().evict == KvEvict::SnapKV;
+  // Per token: the first token and the last position of its sequence's run. (The calling
+  // thread's buffers, named by reference: the pool's threads have their own thread_locals.)
+  thread_local std::vector<int64_t> first_tok_buf, last_pos_buf, starts_buf;
+  std::vector<int64_t>& first_tok = first_tok_buf;
+  std::vector<int64_t>& last_pos = last_pos_buf;
+  std::vector<int64_t>& starts = starts_buf;  // first token of each sequence's run
+  if (evicting) {
+    first_tok.resize(size_t(n_tok));
+    last_pos.resize(size_t(n_tok));
+    for (int64_t t = 0; t < n_tok;) {
+      int64_t u = t, hi = pos[t];
+      while (u < n_tok && seq[u] == seq[t]) hi = std::max<int64_t>(hi, pos[u++]);
+      cache.begin_step(layer, seq[t], u - t);
+      for (int64_t i = t; i < u; ++i) {
+        first_tok[size_t(i)] = t;
+        last_pos[size_t(i)] = hi;
+      }
+      t = u;
+    }
+  }
   // One task per (token, KV head): the query heads of a GQA group read each K and V
-  // row once between them.
-  pool.parallel_for(n_tok * s.n_head_kv, [&](int64_t task, int) {
-    const int64_t t = task / s.n_head_kv, hk = task % s.n_head_kv;
+  // row once between them. An evicting layer: one task per (sequence, KV head) going through
+  // the sequence's tokens in order, as each adds to its head's scores.
+  auto attend_token = [&](int64_t t, int64_t hk) {
     // A paged cache gives one run per block; the buffers grow once per thread.
     thread_local std::vector<KvSpan> span_buf;
     thread_local std::vector<AttnRows> run_buf;
-    if (span_buf.size() < size_t(cache.max_spans())) {
-      span_buf.resize(size_t(cache.max_spans()));
-      run_buf.resize(size_t(cache.max_spans()));
-    }
+    if (span_buf.size() < size_t(cache.max_spans())) span_buf.resize(size_t(cache.max_spans()));
+    if (run_buf.size() < size_t(max_runs)) run_buf.resize(size_t(max_runs));
     KvSpan* spans = span_buf.data();
     AttnRows* runs = run_buf.data();
-    const int n_spans = cache.spans(layer, seq[t], pos[t], spans);
-    for (int r = 0; r < n_spans; ++r) {
-      const KvSpan& sp = spans[r];
-      runs[r] = {static_cast<const uint8_t*>(sp.k) + kv_head_offset(sp.kf, hd, hk),
-                 static_cast<const uint8_t*>(sp.v) + kv_head_offset(sp.vf, hd, hk),
-                 sp.n, sp.k_stride, sp.v_stride, sp.kf, sp.vf};
+    int n_spans;
+    if (evicting) {
+      float* scores = nullptr;
+      n_spans = cache.evict_span(layer, seq[t], pos[t], hk, spans, &scores);
+      const bool votes = !snapkv || pos[t] > last_pos[size_t(t)] - kSnapWindow || first_tok[size_t(t)] == t;
+      if (n_spans > 0)
+        runs[0] = {spans[0].k, spans[0].v, spans[0].n, spans[0].k_stride, spans[0].v_stride, spans[0].kf,
+                   spans[0].vf, votes ? scores : nullptr};
+    } else {
+      n_spans = cache.spans(layer, seq[t], pos[t], spans);
+      for (int r = 0; r < n_spans; ++r) {
+        const KvSpan& sp = spans[r];
+        runs[r] = {static_cast<const uint8_t*>(sp.k) + kv_head_offset(sp.kf, hd, hk),
+                   static_cast<const uint8_t*>(sp.v) + kv_head_offset(sp.vf, hd, hk),
+                   sp.n, sp.k_stride, sp.v_stride, sp.kf, sp.vf};
+      }
     }
+    const int n_runs = sparse.restrict_runs(t, hk, spans, runs, n_spans);
     // StreamingLLM positions: the sinks move up to just before the window.
     alignas(64) float sink_stack[kMaxSinks * kStackHeadDim];  // [sinks][hd] of the cache type
     thread_local std::vector<float> sink_big;
@@ -167,10 +207,22 @@ void attention(const float* q, const int32_t* pos, const int32_t* seq, int64_t n
       for (int64_t i = 0; i < nq * hd; ++i) qscaled[i] = qh[i] * s.scale;
       if (rot_k > 0) hadamard_rotate_blocks(qscaled, nq * hd, rot_k);
       float* o = out + (t * s.n_head + head) * hd;
-      attend(qscaled, nq, hd, runs, n_spans, o);
+      attend(qscaled, nq, hd, runs, n_runs, o);
       if (rot_v > 0) hadamard_rotate_blocks(o, nq * hd, rot_v);
     }
+  };
+  if (!evicting) {
+    pool.parallel_for(n_tok * s.n_head_kv, [&](int64_t task, int) { attend_token(task / s.n_head_kv, task % s.n_head_kv); });
+    return;
+  }
+  starts.clear();
+  for (int64_t t = 0; t < n_tok; ++t)
+    if (first_tok[size_t(t)] == t) starts.push_back(t);
+  pool.parallel_for(int64_t(starts.size()) * s.n_head_kv, [&](int64_t task, int) {
+    const int64_t t0 = starts[size_t(task / s.n_head_kv)], hk = task % s.n_head_kv;
+    for (int64_t t = t0; t < n_tok && first_tok[size_t(t)] == t0; ++t) attend_token(t, hk);
   });
+  cache.after_step(layer, seq, n_tok);
 }
 
 }  // namespace peregrine

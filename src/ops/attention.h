@@ -29,8 +29,10 @@ struct AttentionShape {
 // The attention kinds of a cache that attention() can run with this shape.
 Status check_attention(const KvShape& kv, const AttentionShape& s);
 
+// An evicting layer (KvShape::evicting) also accumulates its entries' scores and, after the
+// step, compacts the heads over budget (KvCache::after_step): the cache is not const.
 void attention(const float* q, const int32_t* pos, const int32_t* seq, int64_t n_tok,
-               const KvCache& cache, int64_t layer, const AttentionShape& s, float* out,
+               KvCache& cache, int64_t layer, const AttentionShape& s, float* out,
                ThreadPool& pool);
 
 }  // namespace peregrine

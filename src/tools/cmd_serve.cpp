@@ -155,6 +155,8 @@ void register_serve(CLI::App& app) {
     LoadedModel m = check(LoadedModel::load(path, o->threads));
     const int64_t n_ctx = check(m.context_size(o->ctx));
     const KvConfig kv_cfg = kv_config(o->kv);
+    if (kv_cfg.evict != KvEvict::None && spec.kind != SpecKind::None)
+      fail("--kv-evict cannot be combined with --spec: evicted entries cannot come back when drafts are rejected");
     KvShape kv = m.model->kv_shape(n_ctx, o->parallel, kv_cfg, AttnKind::global(), o->step_tokens);
     // KIVI quantizes keys in groups of 32 positions, which must not straddle blocks: the default
     // block of 16 becomes 32 (an explicit size that does not fit is refused by validate()).
