@@ -689,31 +689,25 @@ void KvCache::compact(int64_t layer, int64_t seq, int64_t h, const std::vector<i
   evict_n_[e] = int32_t(keep.size());
 }
 
-void KvCache::after_step(int64_t layer, const int32_t* seq, int64_t n_tok) {
+void KvCache::after_step(int64_t layer, int64_t s, int64_t n_tok) {
   if (!shape_.evicting(layer)) return;
   const int64_t cap = shape_.evict_capacity(), budget = shape_.evict_budget;
+  if (shape_.evict == KvEvict::SnapKV) {
+    // Compress a prompt once generation starts (a step of one token), then keep what comes.
+    uint8_t& done = snap_done_[size_t(layer * shape_.n_seq + s)];
+    if (n_tok > 1 || done) return;
+    done = 1;
+  }
   thread_local std::vector<int32_t> keep;
-  for (int64_t t = 0; t < n_tok; ++t) {
-    const int64_t s = seq[t];
-    if (t > 0 && seq[t - 1] == s) continue;  // a sequence's tokens come together
-    int64_t n_of_seq = 0;
-    for (int64_t u = t; u < n_tok && seq[u] == s; ++u) ++n_of_seq;
-    if (shape_.evict == KvEvict::SnapKV) {
-      // Compress a prompt once generation starts (a step of one token), then keep what comes.
-      uint8_t& done = snap_done_[size_t(layer * shape_.n_seq + s)];
-      if (n_of_seq > 1 || done) continue;
-      done = 1;
-    }
-    for (int64_t h = 0; h < shape_.n_head_kv(); ++h) {
-      const size_t e = evict_index(layer, s, h);
-      const int64_t n = evict_n_[e];
-      if (n <= budget) continue;
-      const int32_t* p = evict_pos_.data() + e * size_t(cap);
-      const float* sc = evict_score_.data() + e * size_t(cap);
-      if (shape_.evict == KvEvict::H2O) h2o_select(p, sc, n, budget, keep);
-      else snapkv_select(p, sc, n, budget, keep);
-      compact(layer, s, h, keep);
-    }
+  for (int64_t h = 0; h < shape_.n_head_kv(); ++h) {
+    const size_t e = evict_index(layer, s, h);
+    const int64_t n = evict_n_[e];
+    if (n <= budget) continue;
+    const int32_t* p = evict_pos_.data() + e * size_t(cap);
+    const float* sc = evict_score_.data() + e * size_t(cap);
+    if (shape_.evict == KvEvict::H2O) h2o_select(p, sc, n, budget, keep);
+    else snapkv_select(p, sc, n, budget, keep);
+    compact(layer, s, h, keep);
   }
 }
 

@@ -332,8 +332,8 @@ class KvCache {
   // SnapKV votes only come from a prompt's observation window: a step of several tokens of seq
   // clears its votes first (attention() calls this before the step attends).
   void begin_step(int64_t layer, int64_t seq, int64_t n_tok);
-  // After a step's attention: compacts the heads of the batch's sequences that are over budget.
-  void after_step(int64_t layer, const int32_t* seq, int64_t n_tok);
+  // After a step of n_tok tokens of seq attended: compacts its heads that are over budget.
+  void after_step(int64_t layer, int64_t seq, int64_t n_tok);
 
   // --- Sequences: validity, going back, forking ---
   // Keeps positions [0, n_keep) of seq in every layer; later rows become invalid and are

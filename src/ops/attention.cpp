@@ -2,8 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <type_traits>
 #include <vector>
+#include <cstdio>
+#include <cstdlib>
+#include <cstdint>  // DBGINSTR
 
 #include "kernels/kernels.h"
 #include "kv/hadamard.h"
@@ -91,6 +95,11 @@ void dequantize_kv_row(AttnFormat f, const uint8_t* row, float* out, int64_t n) 
   PG_ASSERT(false && "no row layout");
 }
 
+// An evicting layer's tokens of one sequence: order[begin, begin + n) of the batch.
+struct EvictGroup {
+  int64_t seq, begin, n, last_pos;
+};
+
 }  // namespace
 
 Status check_attention(const KvShape& kv, const AttentionShape& /*s: any head dimension works*/) {
@@ -118,27 +127,32 @@ void attention(const float* q, const int32_t* pos, const int32_t* seq, int64_t n
   const int max_runs = sparse.max_runs(cache);
   // Eviction statistics (kv/kv_evict.h): which queries add their probabilities to the
   // entries' scores. H2O: every query. SnapKV: the last kSnapWindow of a prompt step, and
-  // every generated token. The runs of a sequence's tokens are contiguous in the batch.
+  // every generated token (a step of one token).
   const bool evicting = cache.shape().evicting(layer);
   const bool snapkv = evicting && cache.shape().evict == KvEvict::SnapKV;
-  // Per token: the first token and the last position of its sequence's run. (The calling
-  // thread's buffers, named by reference: the pool's threads have their own thread_locals.)
-  thread_local std::vector<int64_t> first_tok_buf, last_pos_buf, starts_buf;
-  std::vector<int64_t>& first_tok = first_tok_buf;
-  std::vector<int64_t>& last_pos = last_pos_buf;
-  std::vector<int64_t>& starts = starts_buf;  // first token of each sequence's run
+  // The batch's tokens by sequence, in batch order within one (the calling thread's buffers,
+  // named by reference: the pool's threads have their own thread_locals).
+  thread_local std::vector<int64_t> order_buf;
+  thread_local std::vector<EvictGroup> group_buf;
+  std::vector<int64_t>& order = order_buf;       // token indices, grouped by sequence
+  std::vector<EvictGroup>& groups = group_buf;   // one per sequence of the batch
+  thread_local std::vector<uint8_t> votes_buf;   // per token: whether it adds to the scores
+  std::vector<uint8_t>& votes = votes_buf;
   if (evicting) {
-    first_tok.resize(size_t(n_tok));
-    last_pos.resize(size_t(n_tok));
-    for (int64_t t = 0; t < n_tok;) {
-      int64_t u = t, hi = pos[t];
-      while (u < n_tok && seq[u] == seq[t]) hi = std::max<int64_t>(hi, pos[u++]);
-      cache.begin_step(layer, seq[t], u - t);
-      for (int64_t i = t; i < u; ++i) {
-        first_tok[size_t(i)] = t;
-        last_pos[size_t(i)] = hi;
-      }
-      t = u;
+    order.resize(size_t(n_tok));
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return seq[a] < seq[b]; });
+    groups.clear();
+    votes.assign(size_t(n_tok), 1);
+    for (int64_t i = 0; i < n_tok;) {
+      EvictGroup g{seq[order[size_t(i)]], i, 0, -1};
+      while (i < n_tok && seq[order[size_t(i)]] == g.seq) g.last_pos = std::max<int64_t>(g.last_pos, pos[order[size_t(i++)]]);
+      g.n = i - g.begin;
+      cache.begin_step(layer, g.seq, g.n);
+      if (snapkv && g.n > 1)
+        for (int64_t j = g.begin; j < i; ++j)
+          votes[size_t(order[size_t(j)])] = pos[order[size_t(j)]] > g.last_pos - kSnapWindow;
+      groups.push_back(g);
     }
   }
   // One task per (token, KV head): the query heads of a GQA group read each K and V
@@ -156,10 +170,9 @@ void attention(const float* q, const int32_t* pos, const int32_t* seq, int64_t n
     if (evicting) {
       float* scores = nullptr;
       n_spans = cache.evict_span(layer, seq[t], pos[t], hk, spans, &scores);
-      const bool votes = !snapkv || pos[t] > last_pos[size_t(t)] - kSnapWindow || first_tok[size_t(t)] == t;
       if (n_spans > 0)
         runs[0] = {spans[0].k, spans[0].v, spans[0].n, spans[0].k_stride, spans[0].v_stride, spans[0].kf,
-                   spans[0].vf, votes ? scores : nullptr};
+                   spans[0].vf, votes[size_t(t)] ? scores : nullptr};
     } else {
       n_spans = cache.spans(layer, seq[t], pos[t], spans);
       for (int r = 0; r < n_spans; ++r) {
@@ -208,6 +221,17 @@ void attention(const float* q, const int32_t* pos, const int32_t* seq, int64_t n
       if (rot_k > 0) hadamard_rotate_blocks(qscaled, nq * hd, rot_k);
       float* o = out + (t * s.n_head + head) * hd;
       attend(qscaled, nq, hd, runs, n_runs, o);
+      if (std::getenv("PG_DBG_ATTN")) {  // DBGINSTR
+        std::vector<float> ref(size_t(nq * hd));
+        scalar_kernels().attend(qscaled, nq, hd, runs, n_runs, ref.data());
+        float worst = 0; int64_t wi = -1;
+        for (int64_t i = 0; i < nq * hd; ++i) { float d = std::fabs(ref[size_t(i)] - o[i]); if (d > worst) { worst = d; wi = i; } }
+        if (worst > (std::getenv("PG_DBG_TH") ? std::atof(std::getenv("PG_DBG_TH")) : 1e-3)) {
+          std::fprintf(stderr, "MISMATCH layer %lld t %lld pos %d hk %lld nq %lld worst %g at %lld (ref %g simd %g) q%%64=%lld o%%64=%lld runs:", (long long)layer, (long long)t, pos[t], (long long)hk, (long long)nq, worst, (long long)wi, ref[size_t(wi)], o[wi], (long long)(uintptr_t(qscaled)%64), (long long)(uintptr_t(o)%64));
+          for (int r = 0; r < n_runs; ++r) std::fprintf(stderr, " [n=%lld ks=%lld vs=%lld kf=%d vf=%d k%%64=%lld v%%64=%lld]", (long long)runs[r].n, (long long)runs[r].k_stride, (long long)runs[r].v_stride, int(runs[r].kf), int(runs[r].vf), (long long)(uintptr_t(runs[r].k)%64), (long long)(uintptr_t(runs[r].v)%64));
+          std::fprintf(stderr, "\n");
+        }
+      }
       if (rot_v > 0) hadamard_rotate_blocks(o, nq * hd, rot_v);
     }
   };
@@ -215,14 +239,11 @@ void attention(const float* q, const int32_t* pos, const int32_t* seq, int64_t n
     pool.parallel_for(n_tok * s.n_head_kv, [&](int64_t task, int) { attend_token(task / s.n_head_kv, task % s.n_head_kv); });
     return;
   }
-  starts.clear();
-  for (int64_t t = 0; t < n_tok; ++t)
-    if (first_tok[size_t(t)] == t) starts.push_back(t);
-  pool.parallel_for(int64_t(starts.size()) * s.n_head_kv, [&](int64_t task, int) {
-    const int64_t t0 = starts[size_t(task / s.n_head_kv)], hk = task % s.n_head_kv;
-    for (int64_t t = t0; t < n_tok && first_tok[size_t(t)] == t0; ++t) attend_token(t, hk);
+  pool.parallel_for(int64_t(groups.size()) * s.n_head_kv, [&](int64_t task, int) {
+    const EvictGroup& g = groups[size_t(task / s.n_head_kv)];
+    for (int64_t j = g.begin; j < g.begin + g.n; ++j) attend_token(order[size_t(j)], task % s.n_head_kv);
   });
-  cache.after_step(layer, seq, n_tok);
+  for (const EvictGroup& g : groups) cache.after_step(layer, g.seq, g.n);
 }
 
 }  // namespace peregrine
