@@ -223,7 +223,8 @@ Status KvShape::validate() const {
     if (type_k() == KvType::Kivi2) return make_error("--kv-evict cannot be combined with --kv-type kivi2");
   }
   if ((type_k() == KvType::Kivi2) != (type_of_v() == KvType::Kivi2))
-    return make_error("kivi2 quantizes K and V together: give it to both (--kv-type kivi2)");
+    return make_error("kivi2 quantizes K and V together: --kv-type-k and --kv-type-v must both be kivi2 "
+                      "(or --kv-type kivi2)");
   bool any_kivi = false;
   for (int64_t l = 0; l < n_layer; ++l) any_kivi = any_kivi || kivi(l);
   if (any_kivi) {
@@ -231,8 +232,9 @@ Status KvShape::validate() const {
       return make_error("KIVI residual of {} positions: it must be a positive multiple of {}", kivi_residual,
                         kKiviGroup);
     if (paged() && block_size % kKiviGroup != 0)
-      return make_error("kivi2 in a paged cache needs blocks of a multiple of {} positions, not {}", kKiviGroup,
-                        block_size);
+      return make_error("kivi2 in a paged cache needs blocks of a multiple of {} positions, not {} "
+                        "(--kv-block-size)",
+                        kKiviGroup, block_size);
   }
   return Status::Ok();
 }

@@ -49,16 +49,22 @@ void register_info(CLI::App& app) {
   add_kv_options(cmd, *kv_flags);
   cmd->add_flag("--tensors", *all, "List every tensor");
   cmd->callback([path, all, kv_flags] {
+    const KvConfig kv_cfg = kv_config(*kv_flags);  // contradicting flags fail before anything prints
     std::string p = check(resolve_model(*path));
     std::shared_ptr<const gguf::File> f = check(gguf::File::open(p));
+    ThreadPool pool(1);
+    auto model = load_model(f, pool);
+    std::optional<KvShape> kv;
+    if (model.ok()) {
+      kv = (*model)->kv_shape((*model)->hparams().n_ctx_train, 1, kv_cfg);
+      if (Status st = kv->validate(); !st.ok()) fail(st.error());
+    }
     std::printf("file:        %s (%s)\n", p.c_str(), human_bytes(double(f->file_size())).c_str());
     std::printf("gguf:        v%u, %zu metadata keys, %zu tensors, alignment %llu\n", f->version(),
                 f->metadata().size(), f->tensors().size(), (unsigned long long)f->alignment());
     std::string arch = f->get_string("general.architecture").ok()
                            ? f->get_string("general.architecture").value() : "?";
     std::printf("arch:        %s\n", arch.c_str());
-    ThreadPool pool(1);
-    auto model = load_model(f, pool);
     if (model.ok()) {
       const Hparams& h = (*model)->hparams();
       if (h.n_head == 0)  // a state-space stack: no heads, no RoPE, no FFN widths to show
@@ -117,19 +123,17 @@ void register_info(CLI::App& app) {
       std::printf("layers:      %s\n", layers.c_str());
       if (std::string extras = (*model)->describe_extras(); !extras.empty())
         std::printf("rope/attn:   %s\n", extras.c_str());
-      const KvShape kv = (*model)->kv_shape(h.n_ctx_train, 1, kv_config(*kv_flags));
-      if (Status st = kv.validate(); !st.ok()) fail(st.error());
       // State-space layers keep a fixed-size recurrent state per sequence (f32) instead of K/V
       // rows that grow with each token.
-      std::string per = kv.bytes_per_token() > 0 || !kv.recurrent()
+      std::string per = kv->bytes_per_token() > 0 || !kv->recurrent()
                             ? fmt::format("{} per token for a global layer stack ({})",
-                                          human_bytes(double(kv.bytes_per_token())), kv.describe_types())
+                                          human_bytes(double(kv->bytes_per_token())), kv->describe_types())
                             : std::string("no K/V (no attention layers)");
-      if (kv.recurrent())
-        per += fmt::format(" + {} of recurrent state per sequence (f32)", human_bytes(double(kv.state_bytes_per_seq())));
+      if (kv->recurrent())
+        per += fmt::format(" + {} of recurrent state per sequence (f32)", human_bytes(double(kv->state_bytes_per_seq())));
       std::printf("kv cache:    %s; one sequence at the trained context (%lld) %s\n", per.c_str(),
-                  (long long)h.n_ctx_train, human_bytes(double(kv.bytes_per_seq())).c_str());
-      std::printf("kv layout:   %s\n", kv.describe().c_str());
+                  (long long)h.n_ctx_train, human_bytes(double(kv->bytes_per_seq())).c_str());
+      std::printf("kv layout:   %s\n", kv->describe().c_str());
       const Model::PackStats& pk = (*model)->pack_stats();
       std::printf("load:        %lld matrices (%s) repacked into 16-row panels for the %s kernels in %.0f ms\n",
                   (long long)pk.matrices, human_bytes(double(pk.bytes)).c_str(),
