@@ -5,9 +5,6 @@
 #include <numeric>
 #include <type_traits>
 #include <vector>
-#include <cstdio>
-#include <cstdlib>
-#include <cstdint>  // DBGINSTR
 
 #include "kernels/kernels.h"
 #include "kv/hadamard.h"
@@ -221,17 +218,6 @@ void attention(const float* q, const int32_t* pos, const int32_t* seq, int64_t n
       if (rot_k > 0) hadamard_rotate_blocks(qscaled, nq * hd, rot_k);
       float* o = out + (t * s.n_head + head) * hd;
       attend(qscaled, nq, hd, runs, n_runs, o);
-      if (std::getenv("PG_DBG_ATTN")) {  // DBGINSTR
-        std::vector<float> ref(size_t(nq * hd));
-        scalar_kernels().attend(qscaled, nq, hd, runs, n_runs, ref.data());
-        float worst = 0; int64_t wi = -1;
-        for (int64_t i = 0; i < nq * hd; ++i) { float d = std::fabs(ref[size_t(i)] - o[i]); if (d > worst) { worst = d; wi = i; } }
-        if (worst > (std::getenv("PG_DBG_TH") ? std::atof(std::getenv("PG_DBG_TH")) : 1e-3)) {
-          std::fprintf(stderr, "MISMATCH layer %lld t %lld pos %d hk %lld nq %lld worst %g at %lld (ref %g simd %g) q%%64=%lld o%%64=%lld runs:", (long long)layer, (long long)t, pos[t], (long long)hk, (long long)nq, worst, (long long)wi, ref[size_t(wi)], o[wi], (long long)(uintptr_t(qscaled)%64), (long long)(uintptr_t(o)%64));
-          for (int r = 0; r < n_runs; ++r) std::fprintf(stderr, " [n=%lld ks=%lld vs=%lld kf=%d vf=%d k%%64=%lld v%%64=%lld]", (long long)runs[r].n, (long long)runs[r].k_stride, (long long)runs[r].v_stride, int(runs[r].kf), int(runs[r].vf), (long long)(uintptr_t(runs[r].k)%64), (long long)(uintptr_t(runs[r].v)%64));
-          std::fprintf(stderr, "\n");
-        }
-      }
       if (rot_v > 0) hadamard_rotate_blocks(o, nq * hd, rot_v);
     }
   };
