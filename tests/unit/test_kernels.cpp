@@ -553,6 +553,90 @@ TEST(Kernels, AttendMatchesScalarInEveryFormat) {
   }
 }
 
+// The StreamingLLM geometry (ops/attention.cpp with --attn-sinks / --attn-window): per call up to
+// three F16/F16 runs of one KV head -- the re-rotated sink keys in a dense buffer (K stride hd * 2
+// bytes) with their values in the cache ring (V stride n_kv * hd * 2: K and V strides differ), then
+// the window from the ring in one or two pieces -- of any length (0 included) and start; q and out
+// at addresses that are not 64-byte aligned, out holding garbage beforehand. Keys are scaled per
+// run so that whole tiles sit far below the running maximum (down to exp underflow: sink keys along
+// the query), set a new one, or tie it. Every SIMD table against the scalar kernel, within float
+// rounding of the scores (|error| grows with sum_d |q_d k_d|); nothing outside out[nq * hd] written.
+TEST(Kernels, AttendMatchesScalarOnStreamingRuns) {
+  constexpr int64_t kLens[] = {0, 1, 2, 3, 4, 15, 16, 17, 31, 32, 33, 47, 56, 60};
+  constexpr int64_t kCtx = 64, kKv = 3;
+  std::mt19937 rng(31);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (const KernelTable* t : simd_tables()) {
+    if (t->attend == nullptr) continue;
+    for (int64_t hd : {64, 128}) {
+      if (hd % t->attn_hd_multiple != 0) continue;
+      const int64_t row = kKv * hd;  // halves per ring position
+      for (int c = 0; c < 400; ++c) {
+        const int64_t nq = 1 + c % 3, hk = c % kKv;
+        const int64_t n_sink = std::min<int64_t>(4, kLens[size_t(c) % std::size(kLens)]);
+        const int64_t n1 = kLens[size_t(c / 3) % std::size(kLens)], n2 = kLens[size_t(c / 7 + 3) % std::size(kLens)];
+        const int kind = c % 5;  // 0: alike; 1: sinks along the queries (scores ~ +100 and more)
+        const float w_scale[2] = {kind == 2 ? 0.02f : kind == 3 ? 3.0f : 1.0f, kind == 4 ? 4.0f : 1.0f};
+        // q and out 1..15 floats past a 64-byte boundary; guards around out.
+        const int64_t qo = 1 + c % 15, oo = 1 + (c * 7) % 15, guard = 32;
+        std::vector<float> qbuf(size_t(nq * hd + 16), 0.0f), want(size_t(nq * hd));
+        float* q = qbuf.data() + qo;
+        const float q_scale = (c % 3 == 0 ? 4.0f : 1.0f) / std::sqrt(float(hd));
+        for (int64_t i = 0; i < nq * hd; ++i) q[i] = nd(rng) * q_scale;
+        std::vector<uint16_t> ring(size_t(kCtx * row)), sink_k(size_t(4 * hd + 8));
+        const int64_t s1 = std::max<int64_t>(n2, kCtx - n1);  // window: rows [s1, s1 + n1), then [0, n2)
+        for (int64_t j = 0; j < kCtx; ++j)
+          for (int64_t d = 0; d < row; ++d)
+            ring[size_t(j * row + d)] = f32_to_fp16(nd(rng) * (j >= s1 ? w_scale[0] : w_scale[1]));
+        double q0 = 0.0;  // |q_0|^2: sink keys 120 q_0 / |q_0|^2 score about 120 against query 0
+        for (int64_t d = 0; d < hd; ++d) q0 += double(q[d]) * q[d];
+        uint16_t* sk = sink_k.data() + c % 8;  // dense sink rows, not 64-byte aligned either
+        for (int64_t j = 0; j < 4; ++j)
+          for (int64_t d = 0; d < hd; ++d)
+            sk[j * hd + d] = f32_to_fp16(kind == 1 ? float(120.0 / q0) * q[d] + 0.1f * nd(rng) : nd(rng));
+        const uint16_t* rb = ring.data() + hk * hd;
+        std::vector<AttnRows> runs;
+        if (n_sink > 0 || c % 2 == 0)  // a run of 0 rows now and then
+          runs.push_back({sk, rb, n_sink, hd * 2, row * 2, AttnFormat::F16, AttnFormat::F16});
+        runs.push_back({rb + s1 * row, rb + s1 * row, std::min(n1, kCtx - s1), row * 2, row * 2, AttnFormat::F16,
+                        AttnFormat::F16});
+        runs.push_back({rb, rb, n2, row * 2, row * 2, AttnFormat::F16, AttnFormat::F16});
+        // Per query: max over rows of sum_d |q_d k_d|; over all rows: max |v|.
+        std::vector<double> sabs(size_t(nq), 0.0);
+        double vmax = 0.0;
+        for (const AttnRows& r : runs)
+          for (int64_t j = 0; j < r.n; ++j) {
+            const auto* kr = reinterpret_cast<const uint16_t*>(static_cast<const uint8_t*>(r.k) + j * r.k_stride);
+            const auto* vr = reinterpret_cast<const uint16_t*>(static_cast<const uint8_t*>(r.v) + j * r.v_stride);
+            for (int64_t i = 0; i < nq; ++i) {
+              double a = 0.0;
+              for (int64_t d = 0; d < hd; ++d) a += std::fabs(double(q[i * hd + d]) * fp16_to_f32(kr[d]));
+              sabs[size_t(i)] = std::max(sabs[size_t(i)], a);
+            }
+            for (int64_t d = 0; d < hd; ++d) vmax = std::max(vmax, std::fabs(double(fp16_to_f32(vr[d]))));
+          }
+        if (vmax == 0.0) continue;  // no rows at all
+        const std::vector<float> q_before = qbuf;
+        scalar_kernels().attend(q, nq, hd, runs.data(), int(runs.size()), want.data());
+        std::vector<float> obuf(size_t(nq * hd + 2 * guard + 16), std::nanf(""));
+        float* out = obuf.data() + guard + oo;
+        t->attend(q, nq, hd, runs.data(), int(runs.size()), out);
+        std::string label = std::string(isa_name(t->isa)) + " hd=" + std::to_string(hd) + " nq=" + std::to_string(nq) +
+                            " case " + std::to_string(c) + " runs";
+        for (const AttnRows& r : runs) label += " " + std::to_string(r.n);
+        for (int64_t i = 0; i < nq * hd; ++i) {
+          const double w = want[size_t(i)], tol = 2e-5 + 2e-5 * std::fabs(w) + 2e-7 * sabs[size_t(i / hd)] * vmax;
+          ASSERT_NEAR(out[i], w, tol) << label << " i=" << i;
+        }
+        for (int64_t i = 0; i < guard + oo; ++i) ASSERT_TRUE(std::isnan(obuf[size_t(i)])) << label << " before out";
+        for (size_t i = size_t(guard + oo + nq * hd); i < obuf.size(); ++i)
+          ASSERT_TRUE(std::isnan(obuf[i])) << label << " after out";
+        ASSERT_EQ(0, std::memcmp(qbuf.data(), q_before.data(), qbuf.size() * sizeof(float))) << label << " q written";
+      }
+    }
+  }
+}
+
 // silu(g) * u: the vector exp is within a few ulp of std::exp over the range that
 // matters (including saturation at both ends), and every element's result is the
 // same wherever it falls in a call (the tail takes the vector path too).
