@@ -64,7 +64,7 @@ void SparsePrefillPlan::build(const float* q, const int32_t* pos, const int32_t*
   const int64_t B = sp.block;
   blocks_.clear();
   if (!sp.on() || n_tok < B || kv.kind(layer).type != AttnKind::Type::Global || kv.kivi(layer) ||
-      kv.evict != KvEvict::None)
+      kv.evicting(layer))
     return;
   block_ = B;
   n_kv_ = s.n_head_kv;
@@ -75,7 +75,7 @@ void SparsePrefillPlan::build(const float* q, const int32_t* pos, const int32_t*
   std::iota(order_.begin(), order_.end(), 0);
   std::sort(order_.begin(), order_.end(),
             [&](int32_t x, int32_t y) { return seq[x] != seq[y] ? seq[x] < seq[y] : pos[x] < pos[y]; });
-  size_t n_keep = 0;
+  size_t n_lists = 0;
   for (size_t i = 0; i < order_.size();) {
     const int32_t t0 = order_[i];
     const int64_t b = pos[t0] / B;
@@ -83,8 +83,8 @@ void SparsePrefillPlan::build(const float* q, const int32_t* pos, const int32_t*
     while (j < order_.size() && seq[order_[j]] == seq[t0] && pos[order_[j]] / B == b) ++j;
     // Positions of a sequence are distinct within a batch: B of them in the block fill it.
     if (int64_t(j - i) == B && selects(sp, b)) {
-      blocks_.push_back({seq[t0], b, i, n_keep});
-      n_keep += size_t(n_kv_ * (b + 1));
+      blocks_.push_back({seq[t0], b, i, n_lists});
+      n_lists += size_t(n_kv_ * (b + 1));
     }
     i = j;
   }
@@ -92,7 +92,8 @@ void SparsePrefillPlan::build(const float* q, const int32_t* pos, const int32_t*
   token_block_.assign(size_t(n_tok), -1);
   for (size_t i = 0; i < blocks_.size(); ++i)
     for (int64_t j = 0; j < B; ++j) token_block_[size_t(order_[blocks_[i].first + size_t(j)])] = int32_t(i);
-  keep_.assign(n_keep, 0);
+  kept_.resize(n_lists);
+  n_kept_.resize(blocks_.size() * size_t(n_kv_));
 
   // Pooled keys, once per sequence for the key blocks its query blocks reach (blocks_ is in
   // (seq, b) order): [n_kb][n_kv][hd] per sequence, in the frame the cache stores them.
@@ -143,6 +144,7 @@ void SparsePrefillPlan::build(const float* q, const int32_t* pos, const int32_t*
     thread_local std::vector<double> pq, est;
     thread_local std::vector<float> pq_rot;
     thread_local std::vector<int64_t> order;
+    thread_local std::vector<uint8_t> keep;
     pq.assign(size_t(hd), 0.0);
     for (int64_t j = 0; j < B; ++j) {
       const int64_t t = order_[qb.first + size_t(j)];
@@ -166,7 +168,13 @@ void SparsePrefillPlan::build(const float* q, const int32_t* pos, const int32_t*
       for (int64_t i = 0; i < hd; ++i) dot += pq[size_t(i)] * pk[i];
       est[size_t(c)] = dot;
     }
-    select_blocks(sp, est.data(), qb.b, keep_.data() + qb.keep + size_t(hk * (qb.b + 1)), order);
+    keep.resize(size_t(qb.b + 1));
+    select_blocks(sp, est.data(), qb.b, keep.data(), order);
+    int32_t* list = kept_.data() + qb.kept + size_t(hk * (qb.b + 1));
+    int32_t n = 0;
+    for (int64_t c = 0; c <= qb.b; ++c)
+      if (keep[size_t(c)]) list[n++] = int32_t(c);
+    n_kept_[size_t(task)] = n;
   });
 }
 
@@ -178,25 +186,26 @@ int SparsePrefillPlan::max_runs(const KvCache& cache) const {
 
 int SparsePrefillPlan::restrict_runs(int64_t t, int64_t hk, const KvSpan* spans, AttnRows* runs, int n_runs) const {
   if (blocks_.empty() || token_block_[size_t(t)] < 0) return n_runs;
+  const size_t task = size_t(token_block_[size_t(t)] * n_kv_ + hk);
   const QueryBlock& qb = blocks_[size_t(token_block_[size_t(t)])];
-  const uint8_t* keep = keep_.data() + qb.keep + size_t(hk * (qb.b + 1));
+  const int32_t* kept = kept_.data() + qb.kept + size_t(hk * (qb.b + 1));
   thread_local std::vector<AttnRows> in;
   in.assign(runs, runs + n_runs);
-  int n = 0;
-  for (int r = 0; r < n_runs; ++r) {
-    const AttnRows& run = in[size_t(r)];
-    for (int64_t j = 0; j < run.n;) {
-      const int64_t p = spans[r].first_pos + j, c = p / block_;
-      const int64_t len = std::min(run.n - j, (c + 1) * block_ - p);  // up to the block's end
-      if (keep[c]) {
-        AttnRows& piece = runs[n++];
-        piece = run;
-        piece.k = static_cast<const uint8_t*>(run.k) + j * run.k_stride;
-        piece.v = static_cast<const uint8_t*>(run.v) + j * run.v_stride;
-        piece.n = len;
-        if (run.weights) piece.weights = run.weights + j;
-      }
-      j += len;
+  // Runs hold ascending, disjoint positions (a global layer): walk them beside the kept blocks.
+  int n = 0, r = 0;
+  for (int32_t i = 0; i < n_kept_[task]; ++i) {
+    const int64_t lo = kept[i] * block_, hi = lo + block_;  // the key block's positions
+    while (r < n_runs && spans[r].first_pos + in[size_t(r)].n <= lo) ++r;
+    for (int u = r; u < n_runs && spans[u].first_pos < hi; ++u) {
+      const AttnRows& run = in[size_t(u)];
+      const int64_t first = spans[u].first_pos;
+      const int64_t j = std::max(lo, first) - first, end = std::min(hi, first + run.n) - first;
+      AttnRows& piece = runs[n++];
+      piece = run;
+      piece.k = static_cast<const uint8_t*>(run.k) + j * run.k_stride;
+      piece.v = static_cast<const uint8_t*>(run.v) + j * run.v_stride;
+      piece.n = end - j;
+      if (run.weights) piece.weights = run.weights + j;
     }
   }
   return n;
@@ -204,11 +213,11 @@ int SparsePrefillPlan::restrict_runs(int64_t t, int64_t hk, const KvSpan* spans,
 
 std::vector<int64_t> SparsePrefillPlan::kept(int64_t seq, int64_t b, int64_t hk) const {
   std::vector<int64_t> out;
-  for (const QueryBlock& qb : blocks_) {
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    const QueryBlock& qb = blocks_[i];
     if (qb.seq != seq || qb.b != b) continue;
-    const uint8_t* keep = keep_.data() + qb.keep + size_t(hk * (qb.b + 1));
-    for (int64_t c = 0; c <= b; ++c)
-      if (keep[c]) out.push_back(c);
+    const int32_t* kept = kept_.data() + qb.kept + size_t(hk * (qb.b + 1));
+    out.assign(kept, kept + n_kept_[i * size_t(n_kv_) + size_t(hk)]);
   }
   return out;
 }

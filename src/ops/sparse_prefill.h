@@ -62,13 +62,14 @@ class SparsePrefillPlan {
     int32_t seq;
     int64_t b;     // positions [b * block, (b + 1) * block)
     size_t first;  // first of its tokens in order_
-    size_t keep;   // offset of its flags in keep_: [n_kv][b + 1]
+    size_t kept;   // offset of its lists in kept_: [n_kv][b + 1] (room for every block)
   };
   int64_t block_ = 0, n_kv_ = 0;
   std::vector<QueryBlock> blocks_;  // the sparse ones
   std::vector<int32_t> token_block_;  // [n_tok]: index in blocks_, -1 dense
   std::vector<int32_t> order_;        // token indices sorted by (seq, pos)
-  std::vector<uint8_t> keep_;
+  std::vector<int32_t> kept_;         // per (query block, KV head): the kept key blocks, ascending
+  std::vector<int32_t> n_kept_;       // [blocks_][n_kv]: how many
 };
 
 }  // namespace peregrine
