@@ -94,7 +94,7 @@ int64_t KvShape::rotation(int64_t layer, int kv) const {
   const int64_t hd = head_dim > 0 ? head_dim : kv_dim;
   if (!rotate || hd % 64 != 0) return 0;
   const AttnFormat f = format(layer, kv);
-  const bool quantized = f == AttnFormat::Q8_0 || f == AttnFormat::Q4_0 || (kv == 1 && f == AttnFormat::Q2);
+  const bool quantized = f != AttnFormat::F32 && f != AttnFormat::F16;
   if (!quantized) return 0;
   if (kv == 1) return 64;
   int64_t n = 64;
@@ -220,11 +220,9 @@ Status KvShape::validate() const {
       return make_error("--kv-budget {} is out of range: at least {} entries per layer and head (the sinks, "
                         "the observation window and room to choose)",
                         evict_budget, kMinEvictBudget);
-    if (type_k() == KvType::Kivi2) return make_error("--kv-evict cannot be combined with --kv-type kivi2");
+    if (type_k() == KvType::Kivi2 || type_of_v() == KvType::Kivi2)
+      return make_error("--kv-evict cannot be combined with --kv-type kivi2");
   }
-  if ((type_k() == KvType::Kivi2) != (type_of_v() == KvType::Kivi2))
-    return make_error("kivi2 quantizes K and V together: --kv-type-k and --kv-type-v must both be kivi2 "
-                      "(or --kv-type kivi2)");
   bool any_kivi = false;
   for (int64_t l = 0; l < n_layer; ++l) any_kivi = any_kivi || kivi(l);
   if (any_kivi) {
@@ -728,7 +726,14 @@ void KvCache::store_kivi(int64_t layer, int64_t seq, int64_t pos, const float* k
   const int64_t n = shape_.kv_dim;
   quantize_row_f16_ref(k, residual(layer, seq, pos, 0), n);
   quantize_row_f16_ref(v, residual(layer, seq, pos, 1), n);
-  quantize_row_q2_ref(v, reinterpret_cast<BlockQ2*>(data_.get() + offset(layer, seq, pos, 1)), n);
+  // Values: 2-bit per token (or the V type given beside KIVI keys).
+  uint8_t* vd = data_.get() + offset(layer, seq, pos, 1);
+  if (shape_.format(layer, 1) == AttnFormat::Q2) quantize_row_q2_ref(v, reinterpret_cast<BlockQ2*>(vd), n);
+  else store_row(shape_.format(layer, 1), v, n, vd);
+  if (shape_.format(layer, 0) != AttnFormat::Q2Channel) {  // KIVI values beside other keys
+    store_row(shape_.format(layer, 0), k, n, data_.get() + offset(layer, seq, pos, 0));
+    return;
+  }
   if ((pos + 1) % kKiviGroup != 0) return;
   // The group's last position: its keys, per channel, from the f16 residual (which holds the
   // whole group: the ring is longer than a group).
@@ -759,7 +764,8 @@ int KvCache::spans(int64_t layer, int64_t seq, int64_t pos, KvSpan* out) const {
     for (int64_t first = 0; first < q; first += run) {
       const int64_t count = std::min(run, q - first);
       check_valid(layer, seq, first, first + count - 1);
-      out[n++] = {k(layer, seq, first), v(layer, seq, first), count, first, ks * kKiviGroup, vs, kf, vf};
+      out[n++] = {k(layer, seq, first), v(layer, seq, first), count, first,
+                  kf == AttnFormat::Q2Channel ? ks * kKiviGroup : ks, vs, kf, vf};
     }
     const int64_t ring = shape_.kivi_ring();
     const int64_t until_wrap = ring - q % ring, count = pos + 1 - q;
@@ -832,6 +838,8 @@ float KvCache::k_at(int64_t layer, int64_t seq, int64_t pos, int64_t i) const {
   if (shape_.kivi(layer)) {
     if (pos >= shape_.kivi_quantized(std::max<int64_t>(held(layer, seq).end - 1, 0)))
       return fp16_to_f32(residual(layer, seq, pos, 0)[i]);
+    if (shape_.format(layer, 0) != AttnFormat::Q2Channel)
+      return row_value(shape_.format(layer, 0), static_cast<const uint8_t*>(k(layer, seq, pos)), i);
     // Channel i of the group: record i, value pos % kKiviGroup.
     const uint8_t* group = data_.get() + offset(layer, seq, pos - pos % kKiviGroup, 0);
     const auto& b = reinterpret_cast<const BlockQ2*>(group)[i];

@@ -72,22 +72,26 @@ std::vector<double> reference(const KvCache& cache, const float* q_tok, int64_t 
   const KvShape& s = cache.shape();
   const int64_t rot_k = s.rotation(0, 0), rot_v = s.rotation(0, 1);
   const bool int_keys = s.format(0, 0) == AttnFormat::Q8_0 || s.format(0, 0) == AttnFormat::Q4_0;
+  // Beside KIVI values the recent positions come from the f16 residual: float queries there.
+  const int64_t int_until = s.kivi(0) ? s.kivi_quantized(pos) : pos + 1;
   std::vector<double> out(static_cast<size_t>(kHeads * kHead));
   for (int64_t h = 0; h < kHeads; ++h) {
     const int64_t hk = h / (kHeads / kKvHeads);
     std::vector<float> q(q_tok + h * kHead, q_tok + (h + 1) * kHead);
     for (float& x : q) x *= kShape.scale;
     if (rot_k > 0) hadamard_rotate_blocks(q.data(), kHead, rot_k);
+    std::vector<float> qi = q;  // as the integer dots see it
     if (int_keys) {
       std::vector<BlockQ8Act> qa(static_cast<size_t>(kHead / kQK));
       kernels().quantize_q8(q.data(), qa.data(), kHead);
-      for (int64_t i = 0; i < kHead; ++i) q[size_t(i)] = qa[size_t(i / kQK)].d * float(qa[size_t(i / kQK)].qs[i % kQK]);
+      for (int64_t i = 0; i < kHead; ++i) qi[size_t(i)] = qa[size_t(i / kQK)].d * float(qa[size_t(i / kQK)].qs[i % kQK]);
     }
     std::vector<double> w(static_cast<size_t>(pos + 1));
     double mx = -1e300, sum = 0;
     for (int64_t j = 0; j <= pos; ++j) {
       double sc = 0;
-      for (int64_t i = 0; i < kHead; ++i) sc += double(q[size_t(i)]) * cache.k_at(0, seq, j, hk * kHead + i);
+      const std::vector<float>& qj = j < int_until ? qi : q;
+      for (int64_t i = 0; i < kHead; ++i) sc += double(qj[size_t(i)]) * cache.k_at(0, seq, j, hk * kHead + i);
       w[size_t(j)] = sc;
       mx = std::max(mx, sc);
     }
@@ -160,8 +164,10 @@ TEST(KvCompressed, KiviKeysArePerChannelGroupsAndTheResidualIsF16) {
   const KvShape& s = cache.shape();
   EXPECT_EQ(s.format(0, 0), AttnFormat::Q2Channel);
   EXPECT_EQ(s.format(0, 1), AttnFormat::Q2);
-  EXPECT_EQ(s.rotation(0, 0), 0);  // KIVI's keys stay in their channels
+  EXPECT_EQ(s.rotation(0, 0), 64);
   for (int64_t p = 0; p < n; ++p) cache.store(0, 0, p, &r.k[size_t(p * kDim)], &r.v[size_t(p * kDim)]);
+  std::vector<float> rk = r.k;  // the keys as stored: rotated per head
+  hadamard_rotate_blocks(rk.data(), int64_t(rk.size()), 64);
   // Position n-1 reads groups [0, 64) in 2 bits (200 - 128 = 72 -> 64) and 64..199 in f16.
   EXPECT_EQ(s.kivi_quantized(n - 1), 64);
   std::vector<float> hv(static_cast<size_t>(kDim));
@@ -170,11 +176,11 @@ TEST(KvCompressed, KiviKeysArePerChannelGroupsAndTheResidualIsF16) {
     const int64_t g = p / kKiviGroup;
     for (int64_t c : {0, 5, 77}) {
       float col[kKiviGroup], deq[kKiviGroup];
-      for (int64_t j = 0; j < kKiviGroup; ++j) col[j] = fp16_to_f32(f32_to_fp16(r.k[size_t((g * kKiviGroup + j) * kDim + c)]));
+      for (int64_t j = 0; j < kKiviGroup; ++j) col[j] = fp16_to_f32(f32_to_fp16(rk[size_t((g * kKiviGroup + j) * kDim + c)]));
       BlockQ2 b;
       quantize_row_q2_ref(col, &b, kKiviGroup);
       dequantize_row_q2(&b, deq, kKiviGroup);
-      const float want = p < 64 ? deq[p % kKiviGroup] : fp16_to_f32(f32_to_fp16(r.k[size_t(p * kDim + c)]));
+      const float want = p < 64 ? deq[p % kKiviGroup] : fp16_to_f32(f32_to_fp16(rk[size_t(p * kDim + c)]));
       ASSERT_EQ(cache.k_at(0, 0, p, c), want) << "p " << p << " c " << c;
     }
     // Values: per token, rotated in blocks of 64 before quantization.
@@ -222,7 +228,8 @@ INSTANTIATE_TEST_SUITE_P(Types, CompressedAttention,
                          ::testing::Values(TypePair{KvType::Q8_0, KvType::Q8_0}, TypePair{KvType::Q4_0, KvType::Q4_0},
                                            TypePair{KvType::Q8_0, KvType::Q4_0}, TypePair{KvType::F16, KvType::Q4_0},
                                            TypePair{KvType::Q4_0, KvType::F32},
-                                           TypePair{KvType::Kivi2, KvType::Kivi2}),
+                                           TypePair{KvType::Kivi2, KvType::Kivi2}, TypePair{KvType::Kivi2, KvType::Q8_0},
+                                           TypePair{KvType::Q4_0, KvType::Kivi2}),
                          [](const auto& info) {
                            return std::string(kv_type_name(info.param.k)) + "_" + std::string(kv_type_name(info.param.v));
                          });
@@ -336,7 +343,7 @@ TEST(KvCompressed, ShapesRefuseWhatTheyCannotHold) {
   EXPECT_FALSE(odd.validate().ok());  // blocks of 32 would straddle heads
   odd.type = KvType::F16;
   EXPECT_TRUE(odd.validate().ok());
-  EXPECT_FALSE(shape_of(KvType::Kivi2, KvType::F16, 64).validate().ok());
+  EXPECT_TRUE(shape_of(KvType::Kivi2, KvType::F16, 64).validate().ok());  // KIVI keys, f16 values
   KvShape evict = shape_of(KvType::F16, KvType::F16, 64);
   evict.evict = KvEvict::H2O;
   evict.evict_budget = kMinEvictBudget - 1;
