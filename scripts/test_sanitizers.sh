@@ -19,7 +19,7 @@ start=$SECONDS
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${1:-build-asan}
 case $build in /*) ;; *) build=$root/$build ;; esac
-filter=${PEREGRINE_SANITIZE_FILTER:-Gguf*:ImatrixFile*:Api*:Grammar*:Gbnf*:Regex*:JsonSchema*:Catalogue*:ConstraintCompiler*:Http*:TokenizerChat*:StopMatcher*:BlockManager*:Scheduler*:Logprobs*:Metrics*:Sequence.*:Gemma3Load*:KvShape*:KvValidity*:*Rewind*:*Fork*:PrefixSharing*:RingSizing*:KvState*:Moe*:Mamba2*:MatmulGrouped*:Kernels.SsmScan*:Phi3*:SmolLM3*}
+filter=${PEREGRINE_SANITIZE_FILTER:-Gguf*:ImatrixFile*:Api*:Grammar*:Gbnf*:Regex*:JsonSchema*:Catalogue*:ConstraintCompiler*:Http*:TokenizerChat*:StopMatcher*:BlockManager*:Scheduler*:Logprobs*:Metrics*:Sequence.*:Gemma3Load*:KvShape*:KvValidity*:*Rewind*:*Fork*:PrefixSharing*:RingSizing*:KvState*:Moe*:Mamba2*:MatmulGrouped*:Kernels.SsmScan*:Phi3*:SmolLM3*:KvCompressed*:KvEvict*:*CompressedAttention*:SparsePrefill*}
 jobs=${PEREGRINE_JOBS:-2}
 
 fail() {
@@ -150,6 +150,15 @@ if [[ -f $model ]]; then
       fail "hybrid-model tests under the sanitizers"
     }
     real="$real, hybrid-model tests ($(grep -oE '[0-9]+ passed' "$tmp/hybrid.log"))"
+    # Compressed and evicting KV caches end to end: every type generating, eviction past its
+    # budget, the servers with q8_0 and KIVI caches.
+    PEREGRINE_BIN=$exe PEREGRINE_MODEL_PATH=$model timeout 900 "$root/.venv/bin/python" -m pytest -q \
+      -p no:cacheprovider "$root/tests/e2e/test_kv_compression.py" \
+      -k "run_with_each or budget_64 or serve or within_budget" >"$tmp/kv.log" 2>&1 || {
+      tail -40 "$tmp/kv.log" >&2
+      fail "compressed-KV tests under the sanitizers"
+    }
+    real="$real, compressed-KV tests ($(grep -oE '[0-9]+ passed' "$tmp/kv.log"))"
   fi
 fi
 
