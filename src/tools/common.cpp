@@ -42,8 +42,7 @@ void add_kv_options(CLI::App* cmd, KvFlags& o) {
       ->check(CLI::Range(int64_t(1), int64_t(1) << 24));
   cmd->add_option("--sparse-prefill", o.sparse,
                   "Block-sparse prefill attention: topk:N (N key blocks per query block) or topp:P (estimated mass P)");
-  cmd->add_option("--sparse-block", o.sparse_block, "With --sparse-prefill: positions per query and key block")
-      ->capture_default_str()
+  cmd->add_option("--sparse-block", o.sparse_block, "With --sparse-prefill: positions per query and key block (64)")
       ->check(CLI::Range(int64_t(16), int64_t(4096)));
 }
 
@@ -84,7 +83,8 @@ KvConfig kv_config(const KvFlags& o) {
   c.budget = o.budget;
   if (c.evict != KvEvict::None && o.budget == 0) fail("--kv-evict " + o.evict + " needs --kv-budget N");
   if (c.evict == KvEvict::None && o.budget > 0) fail("--kv-budget needs --kv-evict h2o or snapkv");
-  c.sparse = check(parse_sparse_prefill(o.sparse, o.sparse_block));
+  if (o.sparse_block > 0 && o.sparse.empty()) fail("--sparse-block needs --sparse-prefill topk:N or topp:P");
+  c.sparse = check(parse_sparse_prefill(o.sparse, o.sparse_block > 0 ? o.sparse_block : 64));
   return c;
 }
 

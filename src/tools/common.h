@@ -20,7 +20,7 @@ struct KvFlags {
   std::string evict = "none";
   int64_t budget = 0;
   std::string sparse;
-  int64_t sparse_block = 64;
+  int64_t sparse_block = 0;  // 0: not given (64)
   bool no_rotation = false;
 };
 void add_kv_options(CLI::App* cmd, KvFlags& o);

@@ -47,7 +47,7 @@ def test_topk_drops_blocks_and_stays_close(ppl):
     dense, sparse = float(ppl()), float(ppl("--sparse-prefill", "topk:4"))
     # Measured on SmolLM2-135M Q4_1: dense 24.80, topk:4 27.09 (+9%: 7 of up to 32 key blocks).
     assert sparse != dense, "topk:4 should drop key blocks of a 2,048-token window"
-    assert dense < sparse < 1.10 * dense, f"topk:4 {sparse} against dense {dense}"
+    assert dense < sparse < 1.15 * dense, f"topk:4 {sparse} against dense {dense}"  # measured +9.2%
 
 
 @pytest.mark.parametrize("flags, names", [
@@ -57,6 +57,7 @@ def test_topk_drops_blocks_and_stays_close(ppl):
     (("--sparse-prefill", "foo"), "--sparse-prefill"),
     (("--sparse-prefill", "topk:x"), "--sparse-prefill"),
     (("--sparse-prefill", "topk:4", "--sparse-block", "24"), "--sparse-block"),
+    (("--sparse-block", "32"), "--sparse-block"),  # without --sparse-prefill
 ])
 def test_bad_values_are_one_line_errors(cli, model_path, describe, flags, names):
     r = cli("perplexity", "-m", model_path, *T, "-f", LONG, "-c", "128", "--chunks", "1", *flags)
