@@ -523,7 +523,9 @@ def main() -> int:
                     help="tokens of each context left for the chat template and the answer (default: 96)")
     ap.add_argument("--chat", action="store_true", help="wrap pass-key prompts in the model's chat template")
     ap.add_argument("--question", help=f"text after the filler (default: {PLAIN_QUESTION!r}; --chat: {CHAT_QUESTION!r})")
-    ap.add_argument("-n", "--n-predict", type=int, default=8, help="tokens generated per pass-key prompt (default: 8)")
+    ap.add_argument("-n", "--n-predict", type=int,
+                    help="tokens generated per pass-key prompt (default: 8; --chat: 32, the answer is a sentence and "
+                         "Gemma spells numbers one digit per token)")
     ap.add_argument("--via", choices=("run", "serve"), default="run",
                     help="pass-key prompts through `peregrine run` (default; serve for prompts over 120k chars) "
                          "or all through `peregrine serve`")
@@ -556,7 +558,10 @@ def main() -> int:
             raise Failure(f"every pass-key length must exceed --margin ({args.margin}) by 200 tokens at least")
         question = args.question if args.question is not None else (CHAT_QUESTION if args.chat else PLAIN_QUESTION)
         question = question.replace("\\n", "\n")
+        if args.n_predict is None:
+            args.n_predict = 32 if args.chat else 8
         src, peregrine = private_peregrine(args.peregrine, tmp)
+        checkout = git_describe()  # when the binary was copied: others may commit meanwhile
         llama_ppl, llama_commit = None, "?"
         if args.llama and "ppl" in tests:
             llama_ppl, llama_commit = build_target("llama-perplexity", args.jobs, no_amx=True)
@@ -594,7 +599,7 @@ def main() -> int:
     errors: list[str] = []
     base = configs[0]
     out = [f"**CPU:** {cpu_name()} ({os.cpu_count()} cores" + (f"; {cpu_isa()})" if cpu_isa() else ")")
-           + f" · **model:** {model.name} · **threads:** {args.threads} · **peregrine:** {git_describe()}"
+           + f" · **model:** {model.name} · **threads:** {args.threads} · **peregrine:** {checkout} (at the start)"
            + (f" · **llama.cpp:** {llama_commit} (llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}, no-AMX build)"
               if llama_ppl else "") + f" · **baseline:** {base.name}", ""]
     if "ppl" in tests:
@@ -676,7 +681,7 @@ def main() -> int:
         def cell_json(c: PplCell | None):
             return None if c is None else c.__dict__
         data = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "isa": cpu_isa()},
-                "peregrine_git": git_describe(), "peregrine_bin": str(src), "model": str(model),
+                "peregrine_git": checkout, "peregrine_bin": str(src), "model": str(model),
                 "threads": args.threads, "configs": [{"name": c.name, "flags": list(c.flags)} for c in configs],
                 "text": str(args.text), "text_tokens": n_text, "windows": args.windows,
                 "ppl": {c.name: {str(w): cell_json(ppl.get((c.name, w))) for w in args.windows} for c in configs},

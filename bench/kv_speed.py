@@ -63,7 +63,8 @@ if VENV_PYTHON.is_file() and Path(sys.prefix).resolve() != (REPO_ROOT / ".venv")
 sys.path.insert(0, str(HERE))
 from arch_speed import DISTURBED, execute, parse_json_out  # noqa: E402
 from compare import FALLBACK, BenchFailed, cpu_isa, cpu_name, footnote_mark, git_describe  # noqa: E402
-from kv_quality import LLAMA_BENCH_KV_TYPES, MODELS, Config, parse_configs, private_peregrine, resolve_model, shown_cmd  # noqa: E402
+from kv_quality import (LLAMA_BENCH_KV_TYPES, MODELS, Config, parse_configs, private_peregrine,  # noqa: E402
+                        resolve_model, shown_cmd)
 from llama_cpp_build import LLAMA_CPP_PYTHON_VERSION, Failure, build_target, log  # noqa: E402
 
 
@@ -145,7 +146,8 @@ def measure(tests: list[Test], peregrine: Path, lb: Path | None, model: Path, ar
                     elif engine == "llama" and lb and t.llama_flags and t.llama_error is None:
                         t.run_llama(lb, model, args, commands)
                 except BenchFailed as e:
-                    what = f"{'peregrine bench' if engine == 'ours' else 'llama-bench'} {t.cfg.name} {t.name} (round {rnd}): {e}"
+                    tool = "peregrine bench" if engine == "ours" else "llama-bench"
+                    what = f"{tool} {t.cfg.name} {t.name} (round {rnd}): {e}"
                     setattr(t, f"{engine}_error", what)
                     log(f"  error: {what}; not measured from now on")
             got = lambda xs: f"{xs[-1]:.1f}" if len(xs) >= rnd else "—"  # noqa: E731
@@ -322,6 +324,7 @@ def main() -> int:
         if min(args.threads, args.rounds, args.reps, args.serve_rounds, *clients) < 1 or min(depths) < 0:
             raise Failure("-t, --rounds, -r, --serve-rounds and --clients must be at least 1, depths at least 0")
         src, peregrine = private_peregrine(args.peregrine, tmp)
+        checkout = git_describe()  # when the binary was copied: others may commit meanwhile
         lb = llama_server = None
         commit = "?"
         if not args.no_llama and "bench" in tests_wanted:
@@ -363,7 +366,7 @@ def main() -> int:
         if binary:
             repl[str(binary)] = name
     out = [f"**CPU:** {cpu_name()} ({os.cpu_count()} cores" + (f"; {cpu_isa()})" if cpu_isa() else ")")
-           + f" · **model:** {model.name} · **threads:** {args.threads} · **peregrine:** {git_describe()}"
+           + f" · **model:** {model.name} · **threads:** {args.threads} · **peregrine:** {checkout} (at the start)"
            + ("" if args.no_llama else f" · **llama.cpp:** {commit} (llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}, "
                                        "no-AMX build, -fa on)") + f" · **baseline:** {base.name}", ""]
     if tests:
@@ -399,7 +402,7 @@ def main() -> int:
     errors = [e for t in tests for e in (t.ours_error, t.llama_error) if e] + [r.error for r in runs if r.error]
     if args.json_out:
         data = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "isa": cpu_isa()},
-                "peregrine_git": git_describe(), "peregrine_bin": str(src), "model": str(model),
+                "peregrine_git": checkout, "peregrine_bin": str(src), "model": str(model),
                 "llama_cpp_commit": commit, "threads": args.threads, "rounds": args.rounds, "reps": args.reps,
                 "configs": [{"name": c.name, "flags": list(c.flags)} for c in configs],
                 "bench": [{"config": t.cfg.name, "test": t.name, "depth": t.depth, "n_prompt": t.n_prompt,
