@@ -24,7 +24,9 @@ while other processes took over 10% of the machine are footnoted as disturbed.
 (--peregrine-args) and the llama.cpp equivalent to llama-server (--llama-args "-ctk K -ctv V -fa
 on"; --only peregrine where there is none), --parallel equal to the clients (or --parallel), the
 no-AMX llama-server, and the private copy of peregrine. Its JSON gives aggregate tok/s, TTFT and ITL
-percentiles per server. --serve-args passes more serve_load.py flags (e.g. "--prompt-tokens 512").
+percentiles per server, pooled over --rounds rounds (each a serve_load.py --rounds 1 per configuration
+and client count, the configurations in reverse order in even rounds). --serve-args passes more
+serve_load.py flags (e.g. "--prompt-tokens 512").
 
     .venv/bin/python bench/kv_speed.py --configs "f16=--kv-type f16" "q8_0=--kv-type q8_0" "q4_0=--kv-type q4_0"
     .venv/bin/python bench/kv_speed.py --configs "f16=--kv-type f16" "f32=--kv-type f32" --depths 0,4096 --rounds 1
@@ -61,6 +63,7 @@ if VENV_PYTHON.is_file() and Path(sys.prefix).resolve() != (REPO_ROOT / ".venv")
     os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), __file__, *sys.argv[1:]])
 
 sys.path.insert(0, str(HERE))
+import numpy as np  # noqa: E402
 from arch_speed import DISTURBED, execute, parse_json_out  # noqa: E402
 from compare import FALLBACK, BenchFailed, cpu_isa, cpu_name, footnote_mark, git_describe  # noqa: E402
 from kv_quality import (LLAMA_BENCH_KV_TYPES, MODELS, Config, parse_configs, private_peregrine,  # noqa: E402
@@ -211,70 +214,88 @@ def bench_table(tests: list[Test], base: Config, notes: list[str]) -> list[str]:
 
 @dataclass
 class ServeRun:
+    """One configuration and client count: serve_load.py's JSON of every round (one process each)."""
     cfg: Config
     clients: int
-    result: dict | None = None
+    results: list[dict] = field(default_factory=list)
     error: str | None = None
-    command: str = ""
+    commands: list[str] = field(default_factory=list)
+
+    def server(self, kind: str) -> dict | None:
+        """KIND's numbers pooled over the rounds: tok/s per batch, TTFT and ITL percentiles over every
+        request, and the largest share of the machine other processes and steal took during a batch."""
+        rounds = [r for res in self.results for r in res["servers"].get(kind, {}).get("rounds", [])]
+        if not rounds:
+            return None
+        reqs = [q for r in rounds for q in r["requests"]]
+        ttft = [q["ttft_s"] for q in reqs if q["ttft_s"] is not None]
+        itl = [g for q in reqs for g in q["itl_s"]]
+        cores = os.cpu_count() or 1
+        shares = [((r["cpu_s"]["other_processes"] or 0) + (r["cpu_s"]["steal"] or 0)) / (r["wall_s"] * cores)
+                  for r in rounds if r["wall_s"] > 0 and r["cpu_s"]["other_processes"] is not None]
+
+        def pct(xs, q):
+            return float(np.percentile(xs, q)) if xs else None
+        return {"tps": [r["tps"] for r in rounds], "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99),
+                "itl_p50": pct(itl, 50), "itl_p99": pct(itl, 99), "disturbed": max(shares, default=0.0)}
 
 
-def run_serve(cfg: Config, clients: int, args, peregrine: Path, model: Path, llama_server: Path | None,
-              tmp: Path) -> ServeRun:
+def run_serve(run: ServeRun, args, peregrine: Path, model: Path, llama_server: Path | None, tmp: Path) -> None:
+    """One more round of RUN: serve_load.py --rounds 1 (peregrine serve, then llama-server)."""
+    cfg, clients = run.cfg, run.clients
     out = tmp / f"serve-{len(list(tmp.glob('serve-*.json')))}.json"
     lflags, _why = cfg.llama_kv()
     cmd = [sys.executable, str(HERE / "serve_load.py"), "-m", str(model), "--clients", str(clients),
-           "--parallel", str(args.parallel or clients), "-t", str(args.threads), "--rounds", str(args.serve_rounds),
+           "--parallel", str(args.parallel or clients), "-t", str(args.threads), "--rounds", "1",
            "--peregrine", str(peregrine), f"--peregrine-args={shlex.join(cfg.flags)}", "--json", str(out),
            *shlex.split(args.serve_args)]
     if lflags is None or llama_server is None or args.no_llama:
         cmd += ["--only", "peregrine"]
     else:
         cmd += ["--llama-server", str(llama_server), f"--llama-args={shlex.join(lflags)}"]
-    run = ServeRun(cfg, clients, command=shlex.join(cmd))
-    log(f"[{cfg.name}] {clients} clients: $ {run.command}")
+    run.commands.append(shlex.join(cmd))
+    log(f"[{cfg.name}] {clients} clients: $ {shlex.join(cmd)}")
     try:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True, timeout=args.timeout * 4)
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, timeout=args.timeout * 4)
     except subprocess.TimeoutExpired:
-        run.error = f"serve_load.py timed out after {args.timeout * 4:.0f} s"
-        return run
+        run.error = f"serve_load.py {cfg.name} {clients} clients timed out after {args.timeout * 4:.0f} s"
+        return
     if proc.returncode != 0 or not out.is_file():
         run.error = f"serve_load.py {cfg.name} {clients} clients: exit {proc.returncode} (its stderr is above)"
-        return run
-    run.result = json.loads(out.read_text())
-    return run
+        return
+    run.results.append(json.loads(out.read_text()))
 
 
 def serve_table(runs: list[ServeRun], base: Config, notes: list[str]) -> list[str]:
     def ms(x):
         return "—" if x is None else (f"{x * 1e3:.0f}" if x >= 0.1 else f"{x * 1e3:.1f}")
+
+    def lat(srv):
+        return (f"{ms(srv['ttft_p50'])} / {ms(srv['ttft_p99'])} | {ms(srv['itl_p50'])} / {ms(srv['itl_p99'])}"
+                if srv else "— | —")
     lines = ["| config | clients | peregrine tok/s | vs base | llama.cpp tok/s | vs base | peregrine / llama | "
              "peregrine TTFT p50 / p99 ms | peregrine ITL p50 / p99 ms | llama.cpp TTFT p50 / p99 ms | "
              "llama.cpp ITL p50 / p99 ms |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     by_key = {(r.cfg.name, r.clients): r for r in runs}
     for r in runs:
-        if r.result is None:
-            lines.append(f"| {r.cfg.name} | {r.clients} | —{footnote_mark(notes, r.error or '?')} |" + " — |" * 8)
-            continue
-        s = r.result["servers"]
         b = by_key.get((base.name, r.clients))
-        bs = b.result["servers"] if b and b.result else {}
-
-        def tps(srv, key):
-            return srv.get(key, {}).get("tps_mean")
-
-        def vs(key):
-            x, y = tps(s, key), tps(bs, key)
-            return "base" if r.cfg is base and x else (f"{x / y:.2f}" if x and y else "—")
-        p, ll = s.get("peregrine", {}), s.get("llama", {})
-        fn = "".join(footnote_mark(notes, f) for f in r.result.get("footnotes", []))
-        lines.append(
-            f"| {r.cfg.name}{fn} | {r.clients} | {tps(s, 'peregrine') or 0:.1f} | {vs('peregrine')} | "
-            + (f"{tps(s, 'llama'):.1f} | {vs('llama')} | {tps(s, 'peregrine') / tps(s, 'llama'):.2f}" if ll
-               else "— | — | —") + " | "
-            + f"{ms(p.get('ttft_p50_s'))} / {ms(p.get('ttft_p99_s'))} | {ms(p.get('itl_p50_s'))} / "
-              f"{ms(p.get('itl_p99_s'))} | "
-            + (f"{ms(ll.get('ttft_p50_s'))} / {ms(ll.get('ttft_p99_s'))} | {ms(ll.get('itl_p50_s'))} / "
-               f"{ms(ll.get('itl_p99_s'))} |" if ll else "— | — |"))
+        cells = []
+        for kind in ("peregrine", "llama"):
+            srv, bsrv = r.server(kind), b.server(kind) if b else None
+            mark = ""
+            if srv and srv["disturbed"] > DISTURBED:
+                mark = footnote_mark(notes, f"disturbed: other processes and steal took up to {srv['disturbed']:.0%} "
+                                            "of the machine during a batch of this server; rerun on a quiet machine")
+            if kind == "llama" and srv is None and r.cfg.llama_kv()[0] is None:
+                mark = footnote_mark(notes, f"{r.cfg.name}: no llama.cpp row ({r.cfg.llama_kv()[1]})")
+            cells += [(num(srv["tps"]) if srv else "—") + mark,
+                      "base" if r.cfg is base and srv else rel(srv["tps"] if srv else [], bsrv["tps"] if bsrv else [])]
+        p, ll = r.server("peregrine"), r.server("llama")
+        label = r.cfg.name + (footnote_mark(notes, r.error) if r.error else "")
+        own = dict.fromkeys(f for res in r.results for f in res.get("footnotes", []) if not f.startswith("disturbed"))
+        label += "".join(footnote_mark(notes, f) for f in own)  # serve_load.py's (fallbacks, short answers)
+        lines.append(f"| {label} | {r.clients} | {' | '.join(cells)} | "
+                     f"{rel(p['tps'], ll['tps']) if p and ll else '—'} | {lat(p)} | {lat(ll)} |")
     return lines
 
 
@@ -292,12 +313,13 @@ def main() -> int:
     ap.add_argument("-p", "--n-prompt", type=int, default=512, help="prompt tokens of pp (default: 512)")
     ap.add_argument("-n", "--n-gen", type=int, default=128, help="generated tokens of tg (default: 128)")
     ap.add_argument("--depths", default="0,4096,8192", help="depths -d of both tests (default: 0,4096,8192)")
-    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds (default: 2)")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="alternating rounds (default: 2); --serve: rounds over the configurations, in reverse "
+                         "order in even rounds, each serve_load.py --rounds 1")
     ap.add_argument("-r", "--reps", type=int, default=1, help="repetitions inside each bench process (default: 1)")
     ap.add_argument("--no-llama", action="store_true", help="peregrine only")
     ap.add_argument("--clients", default="16,64", help="--serve: concurrent clients (default: 16,64)")
     ap.add_argument("--parallel", type=int, help="--serve: server slots (default: the clients)")
-    ap.add_argument("--serve-rounds", type=int, default=1, help="--serve: serve_load.py --rounds (default: 1)")
     ap.add_argument("--serve-args", default="", metavar="FLAGS",
                     help="--serve: more serve_load.py flags, one string (e.g. '--prompt-tokens 512 --max-tokens 64')")
     ap.add_argument("--peregrine", type=Path, help="peregrine binary (default: $PEREGRINE_BIN or build/bin/peregrine)")
@@ -321,8 +343,8 @@ def main() -> int:
             clients = [int(x) for x in args.clients.split(",") if x.strip()]
         except ValueError:
             raise Failure("--depths and --clients are comma lists of integers") from None
-        if min(args.threads, args.rounds, args.reps, args.serve_rounds, *clients) < 1 or min(depths) < 0:
-            raise Failure("-t, --rounds, -r, --serve-rounds and --clients must be at least 1, depths at least 0")
+        if min(args.threads, args.rounds, args.reps, *clients) < 1 or min(depths) < 0:
+            raise Failure("-t, --rounds, -r and --clients must be at least 1, depths at least 0")
         src, peregrine = private_peregrine(args.peregrine, tmp)
         checkout = git_describe()  # when the binary was copied: others may commit meanwhile
         lb = llama_server = None
@@ -349,10 +371,12 @@ def main() -> int:
             log(f"== {len(tests)} tests x {args.rounds} rounds")
             measure(tests, peregrine, lb, model, args, commands)
         if "serve" in tests_wanted:
-            for cfg in configs:
-                for c in clients:
-                    runs.append(run_serve(cfg, c, args, peregrine, model, llama_server, tmp))
-                    commands.append(runs[-1].command)
+            runs = [ServeRun(cfg, c) for cfg in configs for c in clients]
+            for rnd in range(1, args.rounds + 1):
+                for run in (runs if rnd % 2 else runs[::-1]):  # drift hits the first and last configurations alike
+                    if run.error is None:
+                        run_serve(run, args, peregrine, model, llama_server, tmp)
+                        commands.append(run.commands[-1])
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
@@ -378,9 +402,11 @@ def main() -> int:
                 "(depth + prompt + generated).", ""]
     if runs:
         out += serve_table(runs, base, notes)
-        out += ["", "bench/serve_load.py per configuration and client count (a fresh server each); tok/s = aggregate "
-                "generated tokens / batch wall time; TTFT and ITL percentiles over all requests. Its own report, "
-                "with the prompts and footnotes, is in the JSON (serve.*.result).", ""]
+        out += ["", f"bench/serve_load.py per configuration, client count and round ({args.rounds}, the configurations "
+                "in reverse order in even rounds; a fresh server each time, peregrine then llama-server); tok/s = "
+                "generated tokens / batch wall time (mean ± sd over rounds); TTFT and ITL percentiles pooled over "
+                "all requests of all rounds. serve_load.py's own reports, with the prompts, are in the JSON "
+                "(serve[].serve_load_results).", ""]
     if notes:
         out += [f"{footnote_mark(notes, n)} {n}" for n in list(notes)] + [""]
     out.append("Configurations: " + "; ".join(f"{c.name} = `{c.shown}`" for c in configs))
@@ -410,8 +436,9 @@ def main() -> int:
                            "kv_positions": t.kv_positions, "llama_flags": t.llama_flags,
                            "llama_default_failure": t.llama_default_failure, "others_share": t.others,
                            "errors": [e for e in (t.ours_error, t.llama_error) if e]} for t in tests],
-                "serve": [{"config": r.cfg.name, "clients": r.clients, "command": r.command, "error": r.error,
-                           "result": r.result} for r in runs],
+                "serve": [{"config": r.cfg.name, "clients": r.clients, "error": r.error,
+                           "peregrine": r.server("peregrine"), "llama": r.server("llama"), "commands": r.commands,
+                           "serve_load_results": r.results} for r in runs],
                 "commands": commands, "footnotes": notes, "errors": errors,
                 "seconds": time.monotonic() - started, "load_before": load_before, "load_after": load_after}
         args.json_out.write_text(json.dumps(data, indent=1) + "\n")
