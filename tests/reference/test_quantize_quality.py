@@ -63,7 +63,10 @@ def test_llama_cpp_runs_our_q4_k_m(run_peregrine, f16_model_path, llama_perplexi
     ours_exact, llama_exact = ours_ppl(run_peregrine, exact), llama_ppl(llama_perplexity, exact)
     summary = f"Q4_K_M ours {ours:.4f} llama {llama:.4f}; F32 of it ours {ours_exact:.4f} llama {llama_exact:.4f}"
     assert abs(ours_exact / llama_exact - 1) < 5e-4, summary
-    assert abs(ours / ours_exact - 1) < 5e-3, summary
+    # Q4_K_M against its own F32 decoding: llama.cpp's engine puts it 0.74% apart. Ours moves with
+    # the attention kernel's rounding alone (the matmuls are bit-identical across ISAs): 19.0413
+    # scalar, 19.0338 AVX-512, 19.0007 AVX2 against 18.9247 (measured), so the bound is 0.8%.
+    assert abs(ours / ours_exact - 1) < 8e-3, summary
     assert abs(llama / ours - 1) < 1.5e-2, summary
 
 
