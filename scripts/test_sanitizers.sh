@@ -19,7 +19,7 @@ start=$SECONDS
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${1:-build-asan}
 case $build in /*) ;; *) build=$root/$build ;; esac
-filter=${PEREGRINE_SANITIZE_FILTER:-Gguf*:ImatrixFile*:Api*:Grammar*:Gbnf*:Regex*:JsonSchema*:Catalogue*:ConstraintCompiler*:Http*:TokenizerChat*:StopMatcher*:BlockManager*:Scheduler*:Logprobs*:Metrics*:Sequence.*:Gemma3Load*:KvShape*:KvValidity*:*Rewind*:*Fork*:PrefixSharing*:RingSizing*:KvState*:Moe*:Mamba2*:MatmulGrouped*:Kernels.SsmScan*:Phi3*:SmolLM3*:KvCompressed*:KvEvict*:*CompressedAttention*:SparsePrefill*}
+filter=${PEREGRINE_SANITIZE_FILTER:-Gguf*:ImatrixFile*:Api*:Grammar*:Gbnf*:Regex*:JsonSchema*:Catalogue*:ConstraintCompiler*:Http*:TokenizerChat*:StopMatcher*:BlockManager*:Scheduler*:Logprobs*:Metrics*:Sequence.*:Gemma3Load*:KvShape*:KvValidity*:*Rewind*:*Fork*:PrefixSharing*:RingSizing*:KvState*:Moe*:Mamba2*:MatmulGrouped*:Kernels.SsmScan*:Phi3*:SmolLM3*:KvCompressed*:KvEvict*:*CompressedAttention*:*SparsePrefill*:KvQuant*}
 jobs=${PEREGRINE_JOBS:-2}
 
 fail() {

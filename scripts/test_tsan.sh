@@ -17,7 +17,7 @@ start=$SECONDS
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${1:-build-tsan}
 case $build in /*) ;; *) build=$root/$build ;; esac
-filter=${PEREGRINE_TSAN_FILTER:-ThreadPool.*:GrammarConstraint.Concurrent*:*/ThreadedOps.*:*/Attention.*:ModelTest.*:Scheduler.*:Metrics*:Http*:Moe*:Mamba2*:KvEvict*:*CompressedAttention*:SparsePrefill*}
+filter=${PEREGRINE_TSAN_FILTER:-ThreadPool.*:GrammarConstraint.Concurrent*:*/ThreadedOps.*:*/Attention.*:ModelTest.*:Scheduler.*:Metrics*:Http*:Moe*:Mamba2*:KvEvict*:*CompressedAttention*:*SparsePrefill*}
 jobs=${PEREGRINE_JOBS:-2}
 limit=${PEREGRINE_TSAN_TIMEOUT:-300}
 
