@@ -84,7 +84,7 @@ void check_model(std::shared_ptr<const peregrine::gguf::File> f) {
   auto m = load_model(std::move(f), pool);
   if (!m.ok()) return;
   Model& model = **m;
-  const KvShape shape = model.kv_shape(8, 1, KvType::F32, AttnKind::global(), 4);
+  const KvShape shape = model.kv_shape(8, 1, KvConfig{KvType::F32, KvType::F32}, AttnKind::global(), 4);
   if (!shape.validate().ok() || !model.check_kv(shape).ok()) return;
   if (shape.bytes() > (size_t(1) << 26)) return;  // a declared width the cache cannot hold here
   KvCache cache(shape);
