@@ -408,21 +408,26 @@ class ServeRunner:
     cache, so each prompt is computed from scratch as `run` does)."""
 
     def __init__(self, args, peregrine: Path, model: Path, cfg: Config, ctx: int, logs: Path, commands: list[str]):
-        from serve_load import Server, free_port  # openai and numpy: the repo's .venv
+        from serve_load import Server, ServerDied, free_port, tail  # openai and numpy: the repo's .venv
         self.args = args
         port = free_port()
         cmd = [str(peregrine), "serve", "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
                "--parallel", "1", "-t", str(args.threads), "-c", str(ctx), "--no-prefix-cache", "-q", *cfg.flags]
         commands.append(shlex.join(cmd).replace(f"--port {port}", "--port PORT"))
-        self.server = Server("peregrine", cmd, port, logs / f"serve-{cfg.name}-{ctx}.log".replace("/", "_"))
-        self.server.start(args.start_timeout)
+        log_path = logs / f"serve-{cfg.name}-{ctx}.log".replace("/", "_")
+        self.server = Server("peregrine", cmd, port, log_path)
+        try:
+            self.server.start(args.start_timeout)
+        except ServerDied as e:
+            raise CommandFailed(f"{e}: {tail(log_path, 1).strip()[:300]}") from None
+        self.model = self.server.model_id(model.name)
 
     def ask(self, prompt: str) -> tuple[str, int | None]:
         if self.args.chat:
             path, body = "/v1/chat/completions", {"messages": [{"role": "user", "content": prompt}]}
         else:
             path, body = "/v1/completions", {"prompt": prompt}
-        body.update({"max_tokens": self.args.n_predict, "temperature": 0})
+        body.update({"model": self.model, "max_tokens": self.args.n_predict, "temperature": 0})
         req = urllib.request.Request(self.server.base + path, data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
         try:
