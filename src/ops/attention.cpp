@@ -155,14 +155,19 @@ void attention(const float* q, const int32_t* pos, const int32_t* seq, int64_t n
   // One task per (token, KV head): the query heads of a GQA group read each K and V
   // row once between them. An evicting layer: one task per (sequence, KV head) going through
   // the sequence's tokens in order, as each adds to its head's scores.
-  auto attend_token = [&](int64_t t, int64_t hk) {
-    // A paged cache gives one run per block; the buffers grow once per thread.
-    thread_local std::vector<KvSpan> span_buf;
-    thread_local std::vector<AttnRows> run_buf;
-    if (span_buf.size() < size_t(cache.max_spans())) span_buf.resize(size_t(cache.max_spans()));
-    if (run_buf.size() < size_t(max_runs)) run_buf.resize(size_t(max_runs));
-    KvSpan* spans = span_buf.data();
-    AttnRows* runs = run_buf.data();
+  // A paged cache gives one run per block: a slice of spans and runs per pool thread, grown
+  // here on the calling thread (not lazily by whichever worker first takes a task, which made
+  // the first steps after a warm-up allocate depending on scheduling).
+  const int64_t n_span_slots = cache.max_spans(), n_run_slots = max_runs;
+  thread_local std::vector<KvSpan> span_buf;   // [pool threads][n_span_slots]
+  thread_local std::vector<AttnRows> run_buf;  // [pool threads][n_run_slots]
+  if (span_buf.size() < size_t(pool.size() * n_span_slots)) span_buf.resize(size_t(pool.size() * n_span_slots));
+  if (run_buf.size() < size_t(pool.size() * n_run_slots)) run_buf.resize(size_t(pool.size() * n_run_slots));
+  KvSpan* const span_base = span_buf.data();
+  AttnRows* const run_base = run_buf.data();
+  auto attend_token = [&](int64_t t, int64_t hk, int thread) {
+    KvSpan* spans = span_base + thread * n_span_slots;
+    AttnRows* runs = run_base + thread * n_run_slots;
     int n_spans;
     if (evicting) {
       float* scores = nullptr;
@@ -222,12 +227,14 @@ void attention(const float* q, const int32_t* pos, const int32_t* seq, int64_t n
     }
   };
   if (!evicting) {
-    pool.parallel_for(n_tok * s.n_head_kv, [&](int64_t task, int) { attend_token(task / s.n_head_kv, task % s.n_head_kv); });
+    pool.parallel_for(n_tok * s.n_head_kv, [&](int64_t task, int thread) {
+      attend_token(task / s.n_head_kv, task % s.n_head_kv, thread);
+    });
     return;
   }
-  pool.parallel_for(int64_t(groups.size()) * s.n_head_kv, [&](int64_t task, int) {
+  pool.parallel_for(int64_t(groups.size()) * s.n_head_kv, [&](int64_t task, int thread) {
     const EvictGroup& g = groups[size_t(task / s.n_head_kv)];
-    for (int64_t j = g.begin; j < g.begin + g.n; ++j) attend_token(order[size_t(j)], task % s.n_head_kv);
+    for (int64_t j = g.begin; j < g.begin + g.n; ++j) attend_token(order[size_t(j)], task % s.n_head_kv, thread);
   });
   for (const EvictGroup& g : groups) cache.after_step(layer, g.seq, g.n);
 }
