@@ -70,25 +70,34 @@ typename V::Reg load_row(const uint8_t* row, int64_t c) {
   }
 }
 
-// Scores p[i][j] = q_i . k_j for float-decoded keys: per row, all queries of a chunk against the
-// row's registers, then one horizontal sum each.
+// Scores p[i][j] = q_i . k_j for float-decoded keys: four rows at a time, all queries of a chunk
+// against each row register, then V::reduce_add4 sums the four rows' accumulators at once (a
+// horizontal sum per row costs more than the row's FMAs at hd 64). A tile's last rows repeat
+// its last row, so every row's sum takes the same path wherever it falls in the tile.
 template <class V, AttnFormat KF>
 void score_tile_float(AttnCtx& cx, const AttnRows& run, int64_t j0, int64_t nt, float (*p)[kAttnTile]) {
   using Reg = typename V::Reg;
-  constexpr int64_t L = V::kLanes;
+  constexpr int64_t L = V::kLanes, R = 4;
   const int64_t nc = cx.hd / L, hd = cx.hd;
   const uint8_t* base = static_cast<const uint8_t*>(run.k) + j0 * run.k_stride;
-  for (int64_t j = 0; j < nt; ++j) {
-    const uint8_t* kr = base + j * run.k_stride;
+  for (int64_t j = 0; j < nt; j += R) {
+    const uint8_t* kr[R];
+    for (int64_t r = 0; r < R; ++r) kr[r] = base + std::min(j + r, nt - 1) * run.k_stride;
     for_query_chunks(cx.nq, [&](int64_t i0, auto chunk) {
       constexpr int64_t ni = decltype(chunk)::value;
-      Reg acc[kAttnQueryChunk];
-      for (int64_t ii = 0; ii < kAttnQueryChunk; ++ii) acc[ii] = V::zero();
-      for (int64_t c = 0; c < nc; ++c) {
-        const Reg kv = load_row<V, KF>(kr, c);
-        for (int64_t ii = 0; ii < ni; ++ii) acc[ii] = V::fma(V::load(cx.q + (i0 + ii) * hd + c * L), kv, acc[ii]);
+      Reg acc[kAttnQueryChunk][R];
+      for (int64_t ii = 0; ii < ni; ++ii)
+        for (int64_t r = 0; r < R; ++r) acc[ii][r] = V::zero();
+      for (int64_t c = 0; c < nc; ++c)
+        for (int64_t r = 0; r < R; ++r) {
+          const Reg kv = load_row<V, KF>(kr[r], c);
+          for (int64_t ii = 0; ii < ni; ++ii) acc[ii][r] = V::fma(V::load(cx.q + (i0 + ii) * hd + c * L), kv, acc[ii][r]);
+        }
+      for (int64_t ii = 0; ii < ni; ++ii) {
+        alignas(16) float sums[R];
+        V::reduce_add4(acc[ii], sums);
+        for (int64_t r = 0; r < std::min(R, nt - j); ++r) p[i0 + ii][j + r] = sums[r];
       }
-      for (int64_t ii = 0; ii < ni; ++ii) p[i0 + ii][j] = V::reduce_add(acc[ii]);
     });
   }
 }
@@ -382,12 +391,12 @@ inline void prefetch_rows(const void* base, int64_t stride, int64_t row_bytes, i
 // Tiles ahead that a tile's prefetch covers (2, 4 and 8 measured alike beyond the L3; 4 kept).
 constexpr int64_t kAttnPrefetchTiles = 4;
 
-// Runs with a quantized side only: F32 / F16 rows are read front to back, which the hardware
-// prefetcher follows on its own (measured: there the prefetches only cost), but next to quantized
-// rows it falls behind on both sides.
+// Every run, float rows too: a head's rows are one piece of each cache row (the cache row holds
+// every KV head), and the hardware prefetcher does not follow those pieces across pages. Measured
+// on SmolLM2 (3 KV heads) with an f16 cache, decode at depth 4096 went from 54 to 83 tok/s.
 inline void prefetch_tile(const AttnRows& run, int64_t hd, int64_t j0) {
   const int64_t j = j0 + kAttnPrefetchTiles * kAttnTile;
-  if (j >= run.n || (!is_quantized(run.kf) && !is_quantized(run.vf))) return;
+  if (j >= run.n) return;
   const int64_t n = std::min(kAttnTile, run.n - j);
   if (run.kf != AttnFormat::Q2Channel) prefetch_rows(run.k, run.k_stride, attn_row_bytes(run.kf, hd), j, n);
   else if (j % kQK == 0) prefetch_rows(run.k, run.k_stride, attn_row_bytes(run.kf, hd), j / kQK, 1);  // its group

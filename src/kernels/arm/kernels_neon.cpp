@@ -562,6 +562,10 @@ struct Vec128 {
   static Reg sub(Reg a, Reg b) { return vsubq_f32(a, b); }
   static Reg mul(Reg a, Reg b) { return vmulq_f32(a, b); }
   static float reduce_add(Reg v) { return vaddvq_f32(v); }
+  // out[r] = the sum of a[r]'s lanes, r < 4: pairwise adds of pairs of rows.
+  static void reduce_add4(const Reg* a, float* out) {
+    vst1q_f32(out, vpaddq_f32(vpaddq_f32(a[0], a[1]), vpaddq_f32(a[2], a[3])));
+  }
   static Reg max(Reg a, Reg b) { return vmaxq_f32(a, b); }
   static float reduce_max(Reg v) { return vmaxvq_f32(v); }
   static Reg exp(Reg x) { return exp128(x); }

@@ -468,6 +468,15 @@ struct Vec256 {
   static Reg mul(Reg a, Reg b) { return _mm256_mul_ps(a, b); }
   static Reg div(Reg a, Reg b) { return _mm256_div_ps(a, b); }
   static float reduce_add(Reg v) { return hsum(v); }
+  // out[r] = the sum of a[r]'s lanes, r < 4 (as Vec512::reduce_add4, two 128-bit lanes).
+  static void reduce_add4(const Reg* a, float* out) {
+    const __m256 s01 = _mm256_add_ps(_mm256_unpacklo_ps(a[0], a[1]), _mm256_unpackhi_ps(a[0], a[1]));
+    const __m256 s23 = _mm256_add_ps(_mm256_unpacklo_ps(a[2], a[3]), _mm256_unpackhi_ps(a[2], a[3]));
+    const __m256d d01 = _mm256_castps_pd(s01), d23 = _mm256_castps_pd(s23);
+    const __m256 s = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(d01, d23)),
+                                   _mm256_castpd_ps(_mm256_unpackhi_pd(d01, d23)));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)));
+  }
   static Reg max(Reg a, Reg b) { return _mm256_max_ps(a, b); }
   static float reduce_max(Reg v) {
     __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

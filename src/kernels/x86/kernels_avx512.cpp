@@ -489,6 +489,18 @@ struct Vec512 {
   static Reg mul(Reg a, Reg b) { return _mm512_mul_ps(a, b); }
   static Reg div(Reg a, Reg b) { return _mm512_div_ps(a, b); }
   static float reduce_add(Reg v) { return _mm512_reduce_add_ps(v); }
+  // out[r] = the sum of a[r]'s lanes, r < 4: pairs of rows interleaved, then pairs of pairs, so
+  // each 128-bit lane holds one partial sum of every row; the four lanes added last.
+  static void reduce_add4(const Reg* a, float* out) {
+    const __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(a[0], a[1]), _mm512_unpackhi_ps(a[0], a[1]));
+    const __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(a[2], a[3]), _mm512_unpackhi_ps(a[2], a[3]));
+    const __m512d d01 = _mm512_castps_pd(s01), d23 = _mm512_castps_pd(s23);
+    const __m512 s = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(d01, d23)),
+                                   _mm512_castpd_ps(_mm512_unpackhi_pd(d01, d23)));
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(s),
+                                   _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+  }
   static Reg max(Reg a, Reg b) { return _mm512_max_ps(a, b); }
   static float reduce_max(Reg v) { return _mm512_reduce_max_ps(v); }
   static Reg exp(Reg x) { return exp512(x); }
