@@ -691,10 +691,17 @@ std::vector<uint8_t> attn_rows_of(AttnFormat f, int64_t n, int64_t hd, uint64_t 
 void bm_attend(benchmark::State& state, const KernelTable* k, AttnFormat kf, AttnFormat vf, int64_t hd, int64_t nq,
                int64_t n, int64_t heads, bool weights) {
   const int64_t kb = attn_row_bytes(kf, hd), vb = attn_row_bytes(vf, hd);
+  // Cold: laid out as the KV cache holds them, the rows of kHeadsPerRow heads interleaved (a
+  // cache row is every KV head's part; SmolLM2 has 3), so a head reads every third piece. The
+  // hardware prefetcher follows back-to-back rows but not these. Q2Channel keys (a block per 32
+  // positions) stay back to back.
+  constexpr int64_t kHeadsPerRow = 3;
+  const int64_t per_k = heads > 1 && kf != AttnFormat::Q2Channel ? kHeadsPerRow : 1;
+  const int64_t per_v = heads > 1 ? kHeadsPerRow : 1;
   std::vector<std::vector<uint8_t>> ks, vs;
-  for (int64_t h = 0; h < heads; ++h) {
-    ks.push_back(attn_rows_of(kf, n, hd, uint64_t(2 * h + 1)));
-    vs.push_back(attn_rows_of(vf, n, hd, uint64_t(2 * h + 2)));
+  for (int64_t h = 0; h < heads; h += kHeadsPerRow) {
+    ks.push_back(attn_rows_of(kf, n * per_k, hd, uint64_t(2 * h + 1)));
+    vs.push_back(attn_rows_of(vf, n * per_v, hd, uint64_t(2 * h + 2)));
   }
   std::vector<float> q = random_floats(size_t(nq * hd), 17);  // [nq, hd]
   for (float& v : q) v *= 0.125f;                              // 1 / sqrt(hd) at hd = 64
@@ -703,8 +710,10 @@ void bm_attend(benchmark::State& state, const KernelTable* k, AttnFormat kf, Att
   int64_t h = 0;
   LoopTimer timer;
   for (auto _ : state) {
-    const AttnRows run{ks[size_t(h)].data(), vs[size_t(h)].data(), n, kb, vb, kf, vf,
-                       weights ? w.data() : nullptr};
+    const size_t buf = size_t(h / kHeadsPerRow);
+    const int64_t part = h % kHeadsPerRow;
+    const AttnRows run{ks[buf].data() + (part % per_k) * kb, vs[buf].data() + (part % per_v) * vb, n,
+                       kb * per_k, vb * per_v, kf, vf, weights ? w.data() : nullptr};
     attend(q.data(), nq, hd, &run, 1, out.data());
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
@@ -793,7 +802,7 @@ void register_all() {
         const double head_bytes = double(n) * double(attn_row_bytes(kf, hd) / (kf == AttnFormat::Q2Channel ? kQK : 1) +
                                                      attn_row_bytes(vf, hd));
         const double l3 = double(l3_bytes() > 0 ? l3_bytes() : size_t(32) << 20);
-        const int64_t heads = cold ? int64_t(std::ceil(1.5 * l3 / head_bytes)) : 1;
+        const int64_t heads = cold ? (int64_t(std::ceil(1.5 * l3 / head_bytes)) + 2) / 3 * 3 : 1;
         RegisterBenchmark(("BM_attend/" + std::string(attn_format_name(kf)) + "_" + attn_format_name(vf) + "/" +
                            str(isa_name(k->isa)) + "/hd:64/nq:3/n:4096/" + variant).c_str(),
                           bm_attend, k, kf, vf, hd, nq, n, heads, weights)
