@@ -449,9 +449,17 @@ TWO_TURNS = [(NGRAM_SPECS[0], GREEDY), (NGRAM_SPECS[1], GREEDY), (NGRAM_SPECS[0]
                               "ngram-dynamic-seeded", "draft-greedy"])
 def test_chat_two_turns(memo, ok, smol, describe, spec, sampling):
     """The second turn reuses the first's KV (after drafts were cut back): the same replies."""
-    args = ("chat", "-m", smol["model"], *T, *sampling, "-n", 64)
-    base = memo(*args, input=TURNS)
-    assert base.stdout.count("\n") >= 2 and "kiwi" in base.stdout, describe(base)
+    def copies(r):  # two replies, and the model copied the list (so n-gram drafts are accepted)
+        return r.stdout.count("\n") >= 2 and "kiwi" in r.stdout
+    # Sampled: whether the model copies at temperature 0.8 depends on the seed (and moves with the
+    # last bit of the logits), so the first of a few seeds whose replies copy.
+    for seed in ([None] if sampling == GREEDY else ["3", "1", "5", "6", "7", "8"]):
+        run_sampling = sampling if seed is None else (*sampling[:-1], seed)
+        args = ("chat", "-m", smol["model"], *T, *run_sampling, "-n", 64)
+        base = memo(*args, input=TURNS)
+        if copies(base):
+            break
+    assert copies(base), describe(base)
     assert_same_text(base, ok(*args, *resolve(spec, smol), input=TURNS), describe)
 
 
