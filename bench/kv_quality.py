@@ -48,11 +48,12 @@ or `gemma3` (gemma-3-270m Q4_K_M, trained context 32768), from $PEREGRINE_MODELS
 
     .venv/bin/python bench/kv_quality.py --configs "f16=--kv-type f16" "f32=--kv-type f32"
     .venv/bin/python bench/kv_quality.py --model gemma3 --tests passkey --lengths 2048,8192 --seeds 2
-    .venv/bin/python bench/kv_quality.py --configs f16=--kv-type\\ f16 "q8_0=--kv-type q8_0" --llama --tests ppl
+    .venv/bin/python bench/kv_quality.py --configs "f16=--kv-type f16" "q8_0=--kv-type q8_0" --llama --tests ppl
 
 Time on 2 threads, SmolLM2: perplexity ~25 s at 4k and ~30-100 s at 8k per configuration (more on a
 busy machine); pass key ~2-4 s per 2k prompt, ~10 s per 4k and ~30-50 s per 8k, so about 12 minutes
-per configuration with the defaults (3 lengths x 5 depths x 3 seeds = 45 prompts).
+per configuration with the defaults (3 lengths x 5 depths x 3 seeds = 45 prompts); 31 min each
+measured with other work loading the machine 3-5x over.
 Standard library only, plus bench/serve_load.py's helpers (openai, numpy: the repo's .venv) for
 --via serve; started with another Python the script re-runs itself with .venv/bin/python.
 """
