@@ -327,8 +327,8 @@ KvCache::KvCache(const KvShape& shape) : shape_(shape) {
     off += size_t(shape.n_seq) * side_bytes(shape, l);
   }
   bytes_ = off;
-  data_.reset(static_cast<uint8_t*>(std::calloc(std::max<size_t>(off, 1), 1)));
-  PG_ASSERT(data_ != nullptr);  // check_kv_memory() keeps requests within the machine
+  data_ = HugeBuffer(off);
+  PG_ASSERT(data_.data() != nullptr);  // check_kv_memory() keeps requests within the machine
   tables_.assign(size_t(shape.n_seq * shape.max_blocks_per_seq()), -1);
   held_.resize(size_t(shape.n_layer * shape.n_seq));
   for (int64_t l = 0; l < shape.n_layer; ++l)
@@ -377,7 +377,7 @@ size_t KvCache::offset(int64_t layer, int64_t seq, int64_t pos, int kv) const {
 uint16_t* KvCache::residual(int64_t layer, int64_t seq, int64_t pos, int kv) const {
   const int64_t ring = shape_.kivi_ring();
   const size_t row = size_t((seq * 2 + kv) * ring + pos % ring);
-  return reinterpret_cast<uint16_t*>(data_.get() + kivi_base_[size_t(layer)] + row * size_t(shape_.kv_dim) * 2);
+  return reinterpret_cast<uint16_t*>(data_.data() + kivi_base_[size_t(layer)] + row * size_t(shape_.kv_dim) * 2);
 }
 
 Status KvCache::set_block_table(int64_t seq, const int32_t* blocks, int64_t n) {
@@ -406,7 +406,7 @@ void KvCache::copy_block(int32_t src, int32_t dst) {
     if (!paged_layer(l)) continue;  // (layers without K/V are not paged)
     for (int kv = 0; kv < 2; ++kv) {
       const size_t block_bytes = size_t(shape_.block_size) * shape_.row_bytes(l, kv);
-      uint8_t* base = data_.get() + plane_offset(l, kv);
+      uint8_t* base = data_.data() + plane_offset(l, kv);
       std::memcpy(base + size_t(dst) * block_bytes, base + size_t(src) * block_bytes, block_bytes);
     }
   }
@@ -534,7 +534,7 @@ void KvCache::fork(int64_t src_seq, int64_t dst_seq) {
       std::copy_n(state_.data() + state_offset(l, src_seq), n, state_.data() + state_offset(l, dst_seq));
     if (shape_.kivi(l)) {  // the residual rings, K and V
       const size_t ring_bytes = 2 * size_t(shape_.kivi_ring() * shape_.kv_dim) * 2;
-      uint8_t* base = data_.get() + kivi_base_[size_t(l)];
+      uint8_t* base = data_.data() + kivi_base_[size_t(l)];
       std::memcpy(base + size_t(dst_seq) * ring_bytes, base + size_t(src_seq) * ring_bytes, ring_bytes);
     }
     if (shape_.evicting(l)) {  // every head's entries, positions and scores
@@ -557,7 +557,7 @@ void KvCache::fork(int64_t src_seq, int64_t dst_seq) {
     const int64_t rows = ring_[size_t(l)] > 0 ? slots_[size_t(l)] : held(l, src_seq).end;
     for (int kv = 0; kv < 2; ++kv) {
       const size_t seq_bytes = size_t(slots_[size_t(l)]) * shape_.row_bytes(l, kv);
-      uint8_t* base = data_.get() + plane_offset(l, kv);
+      uint8_t* base = data_.data() + plane_offset(l, kv);
       std::memcpy(base + size_t(dst_seq) * seq_bytes, base + size_t(src_seq) * seq_bytes,
                   size_t(rows) * shape_.row_bytes(l, kv));
     }
@@ -616,13 +616,13 @@ void KvCache::store(int64_t layer, int64_t seq, int64_t pos, const float* k, con
   if (shape_.kivi(layer)) return store_kivi(layer, seq, pos, in[0], in[1]);
   if (shape_.evicting(layer)) return store_evicting(layer, seq, pos, in[0], in[1]);
   for (int kv = 0; kv < 2; ++kv)
-    store_row(shape_.format(layer, kv), in[kv], shape_.kv_dim, data_.get() + offset(layer, seq, pos, kv));
+    store_row(shape_.format(layer, kv), in[kv], shape_.kv_dim, data_.data() + offset(layer, seq, pos, kv));
 }
 
 uint8_t* KvCache::head_row(int64_t layer, int64_t seq, int64_t h, int64_t slot, int kv) const {
   const size_t row = shape_.row_bytes(layer, kv) / size_t(shape_.n_head_kv());  // one head's part
   const int64_t cap = shape_.evict_capacity();
-  return data_.get() + plane_offset(layer, kv) + size_t((seq * shape_.n_head_kv() + h) * cap + slot) * row;
+  return data_.data() + plane_offset(layer, kv) + size_t((seq * shape_.n_head_kv() + h) * cap + slot) * row;
 }
 
 void KvCache::store_evicting(int64_t layer, int64_t seq, int64_t pos, const float* k, const float* v) {
@@ -727,11 +727,11 @@ void KvCache::store_kivi(int64_t layer, int64_t seq, int64_t pos, const float* k
   quantize_row_f16_ref(k, residual(layer, seq, pos, 0), n);
   quantize_row_f16_ref(v, residual(layer, seq, pos, 1), n);
   // Values: 2-bit per token (or the V type given beside KIVI keys).
-  uint8_t* vd = data_.get() + offset(layer, seq, pos, 1);
+  uint8_t* vd = data_.data() + offset(layer, seq, pos, 1);
   if (shape_.format(layer, 1) == AttnFormat::Q2) quantize_row_q2_ref(v, reinterpret_cast<BlockQ2*>(vd), n);
   else store_row(shape_.format(layer, 1), v, n, vd);
   if (shape_.format(layer, 0) != AttnFormat::Q2Channel) {  // KIVI values beside other keys
-    store_row(shape_.format(layer, 0), k, n, data_.get() + offset(layer, seq, pos, 0));
+    store_row(shape_.format(layer, 0), k, n, data_.data() + offset(layer, seq, pos, 0));
     return;
   }
   if ((pos + 1) % kKiviGroup != 0) return;
@@ -744,7 +744,7 @@ void KvCache::store_kivi(int64_t layer, int64_t seq, int64_t pos, const float* k
     const uint16_t* r = residual(layer, seq, first + j, 0);
     for (int64_t i = 0; i < n; ++i) rows[size_t(j * n + i)] = fp16_to_f32(r[i]);
   }
-  quantize_group_q2_channel(rows.data(), n, n, reinterpret_cast<BlockQ2*>(data_.get() + offset(layer, seq, first, 0)));
+  quantize_group_q2_channel(rows.data(), n, n, reinterpret_cast<BlockQ2*>(data_.data() + offset(layer, seq, first, 0)));
 }
 
 int KvCache::spans(int64_t layer, int64_t seq, int64_t pos, KvSpan* out) const {
@@ -841,7 +841,7 @@ float KvCache::k_at(int64_t layer, int64_t seq, int64_t pos, int64_t i) const {
     if (shape_.format(layer, 0) != AttnFormat::Q2Channel)
       return row_value(shape_.format(layer, 0), static_cast<const uint8_t*>(k(layer, seq, pos)), i);
     // Channel i of the group: record i, value pos % kKiviGroup.
-    const uint8_t* group = data_.get() + offset(layer, seq, pos - pos % kKiviGroup, 0);
+    const uint8_t* group = data_.data() + offset(layer, seq, pos - pos % kKiviGroup, 0);
     const auto& b = reinterpret_cast<const BlockQ2*>(group)[i];
     const int64_t j = pos % kKiviGroup;
     return fp16_to_f32(b.d) * float((b.qs[j / 4] >> (2 * (j % 4))) & 3) + fp16_to_f32(b.m);

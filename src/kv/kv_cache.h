@@ -112,6 +112,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/huge_buffer.h"
 #include "core/status.h"
 #include "kernels/kernels.h"
 
@@ -384,8 +385,8 @@ class KvCache {
 
   // Raw rows of a position the layer still holds (in the layer's format; a KIVI key: inside
   // its group).
-  const void* k(int64_t layer, int64_t seq, int64_t pos) const { return data_.get() + offset(layer, seq, pos, 0); }
-  const void* v(int64_t layer, int64_t seq, int64_t pos) const { return data_.get() + offset(layer, seq, pos, 1); }
+  const void* k(int64_t layer, int64_t seq, int64_t pos) const { return data_.data() + offset(layer, seq, pos, 0); }
+  const void* v(int64_t layer, int64_t seq, int64_t pos) const { return data_.data() + offset(layer, seq, pos, 1); }
   // One value as float (tests and debugging: raw memory, valid or not; see written()). KIVI:
   // the value the sequence's last position reads (f16 in the residual, else 2-bit).
   float k_at(int64_t layer, int64_t seq, int64_t pos, int64_t i) const;
@@ -446,10 +447,7 @@ class KvCache {
   std::vector<uint8_t> snap_done_;    // per (layer, seq): SnapKV compressed the current prompt
   std::vector<int64_t> checkpoint_pos_;  // per sequence: position of its checkpoint, -1: none
   // calloc: large blocks come as untouched zero pages, so a pool costs memory as it fills.
-  struct Free {
-    void operator()(uint8_t* p) const { std::free(p); }
-  };
-  std::unique_ptr<uint8_t[], Free> data_;
+  HugeBuffer data_;  // every layer's K and V planes (plane_offset)
   size_t bytes_ = 0;
 };
 
