@@ -84,7 +84,7 @@ KvConfig kv_config(const KvFlags& o) {
   if (c.evict != KvEvict::None && o.budget == 0) fail("--kv-evict " + o.evict + " needs --kv-budget N");
   if (c.evict == KvEvict::None && o.budget > 0) fail("--kv-budget needs --kv-evict h2o or snapkv");
   if (o.sparse_block > 0 && o.sparse.empty()) fail("--sparse-block needs --sparse-prefill topk:N or topp:P");
-  c.sparse = check(parse_sparse_prefill(o.sparse, o.sparse_block > 0 ? o.sparse_block : 64));
+  c.sparse = check(parse_sparse_prefill(o.sparse, o.sparse_block > 0 ? o.sparse_block : SparsePrefill{}.block));
   return c;
 }
 
