@@ -271,6 +271,12 @@ struct KvShape {
   // Every layer that keeps anything does (and no layer keeps recurrent state): a BlockManager
   // may take cached prefix blocks (prefix caching).
   bool prefix_sharing() const;
+  // Rows of one layer's K (and of its V): a paged global layer holds the block pool, any other
+  // layer its slots for every sequence.
+  int64_t layer_rows(int64_t layer) const;
+  // Bytes a sequence keeps in a layer besides its rows: a KIVI layer's f16 residual rings (K
+  // and V), an evicting layer's positions and scores.
+  size_t side_bytes(int64_t layer) const;
   // Bytes of K and V for all layers and sequences, recurrent state included.
   size_t bytes() const;
   // Layer kinds with the slots each keeps: "30 x global (4096 slots)", "15 x window 512
